@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything the project needs, idempotently, caching under .cache/ (git-ignored):
+# uv (pinned) -> .venv from uv.lock -> web/node_modules from package-lock.json -> the real
+# servers of the local stack (Debian packages, Kafka jars, OpenFGA built with Go).
+# Usage: scripts/bootstrap.sh [--python-only]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.9
+export UV_CACHE_DIR="$PWD/.cache/uv" UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy
+
+if [ ! -x .cache/bootstrap/bin/uv ] || [ "$(.cache/bootstrap/bin/uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  echo "==> installing uv $UV_VERSION into .cache/bootstrap"
+  python3 -m venv .cache/bootstrap
+  .cache/bootstrap/bin/pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+
+echo "==> Python environment (.venv, from uv.lock)"
+.cache/bootstrap/bin/uv sync --frozen --quiet
+
+if [ "${1:-}" != "--python-only" ]; then
+  if [ ! -d web/node_modules ] || ! cmp -s web/package-lock.json web/node_modules/.package-lock.json.skm 2>/dev/null; then
+    echo "==> web tooling (npm ci: buf, protoc-gen-es, connect-web)"
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+    cp web/package-lock.json web/node_modules/.package-lock.json.skm
+  fi
+  echo "==> real servers of the local stack"
+  .venv/bin/python -m skm_stack install
+fi

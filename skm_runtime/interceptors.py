@@ -1,0 +1,323 @@
+"""The interceptors every SKM server and outbound channel runs.
+
+Server side, one interceptor per process does, for all four RPC kinds:
+- reject request bytes that are not a valid message with INVALID_ARGUMENT /
+  MALFORMED_REQUEST (grpc's own answer would be INTERNAL), for unary calls and for every
+  message of a stream;
+- continue the caller's trace (W3C context from metadata) in a SERVER span;
+- remember the call's deadline so outbound calls made while serving it inherit it;
+- map domain errors to `google.rpc.Status` + `ErrorInfo`; anything unexpected becomes
+  INTERNAL with a generic message, the cause logged and never sent;
+- record `rpc.server.duration` and `rpc.server.active`.
+
+Client side, `OutboundInterceptor` gives every call a deadline (its own, the default, or
+what remains of the inbound call's, whichever is soonest) and passes the trace context on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from skm_runtime.errors import Code, MalformedRequest, NotImplementedYet, SkmError
+from skm_runtime.status import status_of, trailers_of
+
+log = logging.getLogger("skm.runtime")
+
+# grpc's stubs type method handlers for the synchronous server; ours are asyncio ones.
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = grpc.RpcMethodHandler[Any, Any]
+
+# Absolute monotonic deadline of the inbound call being served in this task, if it has one.
+_inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "skm_inbound_deadline", default=None
+)
+
+_GENERIC_INTERNAL = "internal error"
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse; rejected before the servicer runs."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # any parse failure is the client's fault
+            return _Malformed(type(exc).__name__)
+
+    return parse
+
+
+def _reject_malformed(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise MalformedRequest(
+            "the request is not a valid protobuf message of this method's request type",
+            metadata={"problem": request.problem},
+        )
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        _reject_malformed(request)
+        yield request
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Errors, validation of the wire format, tracing, deadlines and metrics for one server."""
+
+    def __init__(self, tracer: trace.Tracer, meter: metrics.Meter) -> None:
+        self._tracer = tracer
+        self._duration = meter.create_histogram(
+            "rpc.server.duration", unit="ms", description="Time to serve one RPC"
+        )
+        self._active = meter.create_up_down_counter("rpc.server.active", description="RPCs being served now")
+        self._wrapped: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # grpc answers UNIMPLEMENTED; unknown names are never cached
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        span_name = method.lstrip("/")
+        service, _, rpc = span_name.partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+        deserialize = _tolerant(handler.request_deserializer)
+        serialize = handler.response_serializer
+        call = _Call(self, span_name, attributes)
+
+        if handler.unary_unary is not None:
+            inner_uu: Any = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Context) -> Any:
+                with call.serving(context) as outcome:
+                    try:
+                        _reject_malformed(request)
+                        result = inner_uu(request, context)
+                        return await result if inspect.isawaitable(result) else result
+                    except BaseException as exc:
+                        await outcome.fail(exc, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
+
+        if handler.stream_unary is not None:
+            inner_su: Any = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
+                with call.serving(context) as outcome:
+                    try:
+                        result = inner_su(_checked(requests), context)
+                        return await result if inspect.isawaitable(result) else result
+                    except BaseException as exc:
+                        await outcome.fail(exc, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
+
+        if handler.unary_stream is not None:
+            inner_us: Any = handler.unary_stream
+            if inspect.isasyncgenfunction(inner_us):
+
+                async def unary_stream_gen(request: Any, context: Context) -> Any:
+                    with call.serving(context) as outcome:
+                        try:
+                            _reject_malformed(request)
+                            async for response in inner_us(request, context):
+                                yield response
+                        except BaseException as exc:
+                            await outcome.fail(exc, context)
+
+                return grpc.unary_stream_rpc_method_handler(unary_stream_gen, deserialize, serialize)
+
+            async def unary_stream(request: Any, context: Context) -> None:
+                with call.serving(context) as outcome:
+                    try:
+                        _reject_malformed(request)
+                        result = inner_us(request, context)
+                        if inspect.isawaitable(result):
+                            await result
+                    except BaseException as exc:
+                        await outcome.fail(exc, context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
+
+        inner_ss: Any = handler.stream_stream
+        assert inner_ss is not None  # a handler has exactly one behaviour
+        if inspect.isasyncgenfunction(inner_ss):
+
+            async def stream_stream_gen(requests: AsyncIterator[Any], context: Context) -> Any:
+                with call.serving(context) as outcome:
+                    try:
+                        async for response in inner_ss(_checked(requests), context):
+                            yield response
+                    except BaseException as exc:
+                        await outcome.fail(exc, context)
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream_gen, deserialize, serialize)
+
+        async def stream_stream(requests: AsyncIterator[Any], context: Context) -> None:
+            with call.serving(context) as outcome:
+                try:
+                    result = inner_ss(_checked(requests), context)
+                    if inspect.isawaitable(result):
+                        await result
+                except BaseException as exc:
+                    await outcome.fail(exc, context)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
+
+
+class _Call:
+    """What the wrapped behaviours of one method share."""
+
+    def __init__(self, owner: ServerInterceptor, span_name: str, attributes: dict[str, str]) -> None:
+        self.owner = owner
+        self.span_name = span_name
+        self.attributes = attributes
+
+    def serving(self, context: Context) -> _Serving:
+        return _Serving(self, context)
+
+
+class _Serving:
+    """The life of one RPC: span, deadline, metrics and how it failed."""
+
+    __slots__ = ("_call", "_context", "_span", "_span_cm", "_start", "_token", "code")
+
+    def __init__(self, call: _Call, context: Context) -> None:
+        self._call = call
+        self._context = context
+        self.code = Code.OK
+
+    def __enter__(self) -> _Serving:
+        owner = self._call.owner
+        self._start = time.perf_counter()
+        carrier = {
+            key: value for key, value in self._context.invocation_metadata() or () if isinstance(value, str)
+        }
+        parent = propagate.extract(carrier)
+        self._span_cm = owner._tracer.start_as_current_span(
+            self._call.span_name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=self._call.attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        self._span = self._span_cm.__enter__()
+        remaining = self._context.time_remaining()
+        self._token = _inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)
+        owner._active.add(1, self._call.attributes)
+        return self
+
+    async def fail(self, exc: BaseException, context: Context) -> None:
+        """Turn `exc` into the status the client sees; always raises."""
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            # The client went away or the server is stopping: nothing to send.
+            self.code = Code.CANCELLED
+            raise exc
+        if isinstance(exc, grpc.aio.AbortError):
+            # The servicer aborted on purpose with its own status.
+            code = context.code()
+            self.code = Code(code.value[0]) if isinstance(code, grpc.StatusCode) else Code.UNKNOWN
+            raise exc
+        if isinstance(exc, NotImplementedError):
+            exc = NotImplementedYet("this method is part of the contract but not served yet")
+        if not isinstance(exc, SkmError):
+            log.error(
+                "unhandled error while serving an RPC",
+                exc_info=exc,
+                extra={"fields": {"rpc": self._call.span_name}},
+            )
+            exc = SkmError(_GENERIC_INTERNAL)
+        self.code = exc.code
+        status = status_of(exc)
+        await context.abort(grpc.StatusCode[exc.code.name], exc.message, trailers_of(status))
+
+    def __exit__(self, *_exc: object) -> None:
+        owner = self._call.owner
+        attributes = {**self._call.attributes, "rpc.grpc.status_code": self.code.value}
+        if self.code is not Code.OK:
+            self._span.set_status(Status(StatusCode.ERROR, self.code.name))
+        self._span.set_attribute("rpc.grpc.status_code", self.code.value)
+        self._span_cm.__exit__(None, None, None)
+        _inbound_deadline.reset(self._token)
+        owner._active.add(-1, self._call.attributes)
+        owner._duration.record((time.perf_counter() - self._start) * 1000.0, attributes)
+
+
+def outbound_timeout(own: float | None, default: float) -> float:
+    """The timeout an outbound call gets: its own or the default, cut to the inbound deadline."""
+    timeout = default if own is None else own
+    inbound = _inbound_deadline.get()
+    if inbound is not None:
+        timeout = min(timeout, max(inbound - time.monotonic(), 0.0))
+    return timeout
+
+
+class OutboundInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Deadline on every outbound call, and the trace context passed on."""
+
+    def __init__(self, *, call_timeout: float, stream_timeout: float) -> None:
+        self._call_timeout = call_timeout
+        self._stream_timeout = stream_timeout
+
+    def _details(self, details: grpc.aio.ClientCallDetails, default: float) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        for key, value in carrier.items():
+            metadata[key] = value
+        return grpc.aio.ClientCallDetails(
+            method=details.method,
+            timeout=outbound_timeout(details.timeout, default),
+            metadata=metadata,
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
+        return await continuation(self._details(client_call_details, self._call_timeout), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
+        return await continuation(self._details(client_call_details, self._stream_timeout), request)
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
+        return await continuation(self._details(client_call_details, self._stream_timeout), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
+        return await continuation(self._details(client_call_details, self._stream_timeout), request_iterator)

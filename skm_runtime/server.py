@@ -1,0 +1,262 @@
+"""How every SKM service starts, serves and stops.
+
+`run(spec, settings_cls)` is a service's whole `__main__`: settings from SKM_* variables
+(exit 2 with every bad value named), JSON logs, OpenTelemetry, a grpc.aio server with the
+runtime interceptor, explicit message-size and keepalive limits, gRPC health per service
+name, server reflection, and a graceful stop on SIGTERM/SIGINT: health turns NOT_SERVING,
+new calls are refused, calls in flight (open streams included) get up to
+SKM_GRPC_DRAIN_SECONDS to finish, then the process exits 0.
+
+`start_server(...)` is the same server without the process concerns, for tests and benches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from skm_runtime.interceptors import OutboundInterceptor, ServerInterceptor
+from skm_runtime.logs import configure_logging
+from skm_runtime.settings import SettingsError, address, bounded, env_name, load_settings
+from skm_runtime.telemetry import Exporter, Telemetry, configure_telemetry, install_globally
+
+log = logging.getLogger("skm.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """Process-wide settings, from SKM_GRPC_*, SKM_LOG_* and SKM_OTEL_* variables."""
+
+    grpc_max_receive_bytes: int = bounded(4 * 1024 * 1024, low=1024, high=64 * 1024 * 1024)
+    grpc_max_send_bytes: int = bounded(4 * 1024 * 1024, low=1024, high=64 * 1024 * 1024)
+    # Time calls in flight get to finish after SIGTERM before they are cancelled.
+    grpc_drain_seconds: float = bounded(10.0, low=0.0, high=600.0)
+    # Server pings an idle connection this often, and drops it when no ack comes in time.
+    grpc_keepalive_seconds: float = bounded(60.0, low=1.0, high=7200.0)
+    grpc_keepalive_timeout_seconds: float = bounded(20.0, low=1.0, high=600.0)
+    # Deadlines outbound calls get when they set none (cut to the inbound call's deadline).
+    grpc_call_timeout_seconds: float = bounded(10.0, low=0.01, high=3600.0)
+    grpc_stream_timeout_seconds: float = bounded(3600.0, low=0.01, high=86400.0)
+    log_level: str = "INFO"
+    log_personal_data: bool = False
+    otel_exporter: Exporter = Exporter.NONE
+    otel_endpoint: str = "127.0.0.1:4317"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """What every service reads under its own prefix: SKM_<NAME>_ADDR and _METRICS_ADDR.
+
+    Services extend it with their own fields (a frozen dataclass with defaults).
+    """
+
+    addr: str = address("127.0.0.1:0")
+    # Prometheus /metrics endpoint; empty = not served.
+    metrics_addr: str = ""
+
+
+class Listens(Protocol):
+    @property
+    def addr(self) -> str: ...
+
+    @property
+    def metrics_addr(self) -> str: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=Listens)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service as the runtime sees it.
+
+    `service_names` are the full gRPC names it serves (health and reflection list them);
+    `register` adds its servicers to a server; `start`/`stop` open and close its adapters
+    (pools, producers) around serving.
+    """
+
+    name: str
+    service_names: tuple[str, ...]
+    register: Callable[[grpc.aio.Server], None]
+    start: Callable[[], Awaitable[None]] | None = None
+    stop: Callable[[], Awaitable[None]] | None = None
+    reflect_extra: tuple[str, ...] = field(default=())
+
+
+def server_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", runtime.grpc_max_receive_bytes),
+        ("grpc.max_send_message_length", runtime.grpc_max_send_bytes),
+        ("grpc.keepalive_time_ms", int(runtime.grpc_keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(runtime.grpc_keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients may ping every 10 s; more often is abuse and gets the connection closed.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Two processes must never share a port silently.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def channel_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", runtime.grpc_max_receive_bytes),
+        ("grpc.max_send_message_length", runtime.grpc_max_send_bytes),
+        ("grpc.keepalive_time_ms", int(runtime.grpc_keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(runtime.grpc_keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def open_channel(target: str, runtime: RuntimeSettings) -> grpc.aio.Channel:
+    """A channel to another service: deadlines on every call, trace context passed on."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=channel_options(runtime),
+        interceptors=[
+            OutboundInterceptor(
+                call_timeout=runtime.grpc_call_timeout_seconds,
+                stream_timeout=runtime.grpc_stream_timeout_seconds,
+            )
+        ],
+    )
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound port, and how to drain it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    spec: ServiceSpec
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new calls, let calls in flight finish within `grace`, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self.spec.stop is not None:
+            await self.spec.stop()
+
+
+async def start_server(
+    spec: ServiceSpec, addr: str, runtime: RuntimeSettings, telemetry: Telemetry
+) -> RunningServer:
+    """Build, bind and start the server of one service."""
+    interceptor = ServerInterceptor(
+        telemetry.tracer_provider.get_tracer("skm.runtime"),
+        telemetry.meter_provider.get_meter("skm.runtime"),
+    )
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options(runtime))
+    spec.register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflected = (
+        *spec.service_names,
+        *spec.reflect_extra,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(reflected, server)
+    try:
+        port = server.add_insecure_port(addr)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {addr}: {exc}") from None
+    if spec.start is not None:
+        await spec.start()
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health.set("", serving)
+    for name in spec.service_names:
+        await health.set(name, serving)
+    return RunningServer(server, port, health, spec)
+
+
+def run(spec: ServiceSpec, settings_cls: type[SettingsT], argv: Sequence[str] | None = None) -> int:
+    """A service process from start to exit; returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args:
+        print(usage(spec, settings_cls), file=sys.stdout if args[0] in ("-h", "--help") else sys.stderr)
+        return 0 if args[0] in ("-h", "--help") else 2
+    problems: list[str] = []
+    try:
+        runtime = load_settings(RuntimeSettings, "")
+    except SettingsError as exc:
+        problems += exc.problems
+    try:
+        settings = load_settings(settings_cls, spec.name)
+    except SettingsError as exc:
+        problems += exc.problems
+    if problems:
+        print(f"{_program()}: {SettingsError(problems)}", file=sys.stderr)
+        return 2
+    configure_logging(spec.name, level=runtime.log_level, include_personal=runtime.log_personal_data)
+    telemetry = configure_telemetry(
+        spec.name,
+        exporter=runtime.otel_exporter,
+        otlp_endpoint=runtime.otel_endpoint,
+        metrics_addr=settings.metrics_addr,
+    )
+    install_globally(telemetry)
+    try:
+        return asyncio.run(_serve(spec, settings, runtime, telemetry))
+    except OSError as exc:
+        log.error("service cannot start", extra={"fields": {"error": str(exc)}})
+        return 1
+    finally:
+        telemetry.shutdown()
+
+
+def _program() -> str:
+    main = sys.modules.get("__main__")
+    main_spec = getattr(main, "__spec__", None)
+    name = getattr(main_spec, "name", "") or "skm"
+    return name.removesuffix(".__main__")
+
+
+def usage(spec: ServiceSpec, settings_cls: type[object]) -> str:
+    """`--help`: what the service serves and every variable it reads, with defaults."""
+    lines = [
+        f"usage: python -m {_program()}",
+        "",
+        f"Serves {', '.join(spec.service_names) or 'no public services'} over gRPC,",
+        "with health and reflection. Configured only by environment variables:",
+        "",
+    ]
+    for cls, prefix in ((settings_cls, spec.name), (RuntimeSettings, "")):
+        for item in dataclasses.fields(cls):  # type: ignore[arg-type]  # settings are dataclasses
+            default = item.default if item.default is not dataclasses.MISSING else "(required)"
+            shown = getattr(default, "value", default)
+            lines.append(f"  {env_name(prefix, item.name):<40} default: {shown!r}")
+    lines.append("")
+    lines.append("Stops gracefully on SIGTERM or SIGINT (exit 0).")
+    return "\n".join(lines)
+
+
+async def _serve(spec: ServiceSpec, settings: Listens, runtime: RuntimeSettings, telemetry: Telemetry) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    running = await start_server(spec, settings.addr, runtime, telemetry)
+    host = settings.addr.rpartition(":")[0]
+    log.info(
+        "serving",
+        extra={"fields": {"addr": f"{host}:{running.port}", "services": list(spec.service_names)}},
+    )
+    await stop.wait()
+    log.info("draining", extra={"fields": {"grace_seconds": runtime.grpc_drain_seconds}})
+    await running.drain(runtime.grpc_drain_seconds)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,70 @@
+"""A byte-echo service on the SKM runtime, for runtime tests and `make bench`.
+
+Methods take and return raw bytes (no protobuf), so the runtime's own cost is what a
+benchmark sees. `Fail` raises a domain error, `Crash` an unexpected one.
+
+Run as a process: `python -m tests.support.echo_service` (reads SKM_ECHO_ADDR).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from skm_runtime.errors import Code, SkmError
+from skm_runtime.server import ServiceSettings, ServiceSpec, run
+
+SERVICE = "skm.testing.v1.EchoService"
+
+
+class ThingNotFound(SkmError):
+    code = Code.NOT_FOUND
+    reason = "THING_NOT_FOUND"
+    domain = "testing.skm"
+
+
+async def _unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return request
+
+
+async def _bidi(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async for frame in requests:
+        yield frame
+
+
+async def _slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await asyncio.sleep(float(request.decode() or "1"))
+    return request
+
+
+async def _fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    raise ThingNotFound("no such thing", metadata={"thing": request.decode(errors="replace")})
+
+
+async def _crash(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    raise RuntimeError("database password is hunter2")  # must never reach a client
+
+
+def register(server: grpc.aio.Server) -> None:
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+                    "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+                    "Slow": grpc.unary_unary_rpc_method_handler(_slow),
+                    "Fail": grpc.unary_unary_rpc_method_handler(_fail),
+                    "Crash": grpc.unary_unary_rpc_method_handler(_crash),
+                },
+            ),
+        )
+    )
+
+
+SPEC = ServiceSpec(name="echo", service_names=(SERVICE,), register=register)
+
+if __name__ == "__main__":
+    raise SystemExit(run(SPEC, ServiceSettings))
