@@ -39,6 +39,12 @@ async def _slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return request
 
 
+async def _remaining(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    """The seconds left before this call's deadline, as text ("none" without one)."""
+    remaining = context.time_remaining()
+    return b"none" if remaining is None else f"{remaining:.3f}".encode()
+
+
 async def _fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     raise ThingNotFound("no such thing", metadata={"thing": request.decode(errors="replace")})
 
@@ -56,6 +62,7 @@ def register(server: grpc.aio.Server) -> None:
                     "Unary": grpc.unary_unary_rpc_method_handler(_unary),
                     "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
                     "Slow": grpc.unary_unary_rpc_method_handler(_slow),
+                    "Remaining": grpc.unary_unary_rpc_method_handler(_remaining),
                     "Fail": grpc.unary_unary_rpc_method_handler(_fail),
                     "Crash": grpc.unary_unary_rpc_method_handler(_crash),
                 },

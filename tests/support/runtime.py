@@ -1,0 +1,42 @@
+"""Helpers for tests that run SKM servers in the test process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from skm_runtime.server import RunningServer, RuntimeSettings, ServiceSpec, start_server
+from skm_runtime.telemetry import Exporter, configure_telemetry
+
+
+@dataclass
+class Served:
+    running: RunningServer
+    spans: InMemorySpanExporter
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+
+@asynccontextmanager
+async def serving(spec: ServiceSpec, runtime: RuntimeSettings | None = None) -> AsyncIterator[Served]:
+    """Start `spec` on a free loopback port with in-memory span capture; stop it afterwards."""
+    spans = InMemorySpanExporter()
+    telemetry = configure_telemetry(
+        spec.name,
+        exporter=Exporter.NONE,
+        otlp_endpoint="",
+        metrics_addr="",
+        extra_span_processors=(SimpleSpanProcessor(spans),),
+    )
+    running = await start_server(spec, "127.0.0.1:0", runtime or RuntimeSettings(), telemetry)
+    try:
+        yield Served(running, spans)
+    finally:
+        await running.server.stop(None)
+        telemetry.shutdown()
