@@ -57,13 +57,33 @@ class ProcessRecord:
     pid: int
     start_ticks: int
     log: str
+    stop_signal: int = signal.SIGTERM
+    stop_timeout: float = 20.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": self.pid, "start_ticks": self.start_ticks, "log": self.log}
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "log": self.log,
+            "stop_signal": signal.Signals(self.stop_signal).name,
+            "stop_timeout": self.stop_timeout,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProcessRecord:
-        return cls(str(data["name"]), int(data["pid"]), int(data["start_ticks"]), str(data["log"]))
+        return cls(
+            name=str(data["name"]),
+            pid=int(data["pid"]),
+            start_ticks=int(data["start_ticks"]),
+            log=str(data["log"]),
+            stop_signal=int(signal.Signals[str(data.get("stop_signal", "SIGTERM"))]),
+            stop_timeout=float(data.get("stop_timeout", 20.0)),
+        )
+
+    def stop(self, popen: subprocess.Popen[bytes] | None = None) -> bool:
+        """Stop this process group with its own signal and bound; True if it was killed."""
+        return stop_group(self, stop_signal=self.stop_signal, timeout=self.stop_timeout, popen=popen)
 
     def is_ours(self) -> bool:
         """True while the process group we started still has live members.
@@ -157,7 +177,9 @@ class ServerProcess:
                 start_new_session=True,
             )
         ticks = process_start_ticks(self.popen.pid)
-        self.record = ProcessRecord(name, self.popen.pid, ticks or 0, str(self.log_path))
+        self.record = ProcessRecord(
+            name, self.popen.pid, ticks or 0, str(self.log_path), int(stop_signal), stop_timeout
+        )
         self.pid_path.write_text(f"{self.popen.pid}\n")
 
     @property
@@ -173,9 +195,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         """End the whole process group, then forget the PID file."""
-        killed = stop_group(
-            self.record, stop_signal=self.stop_signal, timeout=self.stop_timeout, popen=self.popen
-        )
+        killed = self.record.stop(self.popen)
         if killed:
             with open(self.log_path, "ab") as log:
                 log.write(f"---- skm-stack: {self.name} ignored signal for {self.stop_timeout:.0f}s; killed\n".encode())

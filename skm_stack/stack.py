@@ -1,0 +1,393 @@
+"""The local stack as one object: start chosen servers into a state dir, stop them in reverse.
+
+``Stack`` says what to start (components, ports, state dir); ``Stack.start()`` returns a
+``RunningStack`` that holds every started server, exposes their URLs and the environment
+for services, records everything in ``<state>/stack.json`` and stops what it started.
+Tests (tests/conftest.py) and ``python -m skm_stack up`` share this code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from skm_stack.envoy import EnvoyServer, start_envoy
+from skm_stack.install import Report, Toolchain, ensure_installed, print_report
+from skm_stack.kafka import KafkaServer, start_kafka
+from skm_stack.openfga import OpenFGAServer, start_openfga
+from skm_stack.postgres import PostgresServer, start_postgres
+from skm_stack.process import ProcessRecord, free_port, port_is_free, process_start_ticks
+from skm_stack.redis_server import RedisServer, start_redis
+from skm_stack.services import ServiceProcess, ServiceSpec, start_service
+
+# Servers in start order; Envoy and the services are started separately, after them.
+SERVERS = ("postgres", "redis", "kafka", "openfga")
+_REQUIRES = {"openfga": ("postgres",)}
+
+DEFAULT_PORTS: Mapping[str, int] = {
+    "postgres": 55432,
+    "redis": 56379,
+    "kafka": 59092,
+    "kafka_controller": 59093,
+    "openfga_http": 58080,
+    "openfga_grpc": 58081,
+    "envoy": 8080,
+    "envoy_admin": 9901,
+}
+# Every port picked free at start: for test stacks that must not collide with anything.
+EPHEMERAL_PORTS: Mapping[str, int] = {name: 0 for name in DEFAULT_PORTS}
+
+MANIFEST = "stack.json"
+
+
+class PortInUse(RuntimeError):
+    """A fixed port a server needs is taken by some other process."""
+
+
+def ports_from_env(env: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Default ports, each overridable by ``SKM_STACK_<NAME>_PORT`` (0 = pick a free one)."""
+    env = os.environ if env is None else env
+    ports = dict(DEFAULT_PORTS)
+    for name in ports:
+        variable = f"SKM_STACK_{name.upper()}_PORT"
+        if env.get(variable):
+            try:
+                ports[name] = int(env[variable])
+            except ValueError:
+                raise ValueError(f"{variable} must be a port number, not {env[variable]!r}") from None
+            if not 0 <= ports[name] <= 65535:
+                raise ValueError(f"{variable}={ports[name]} is not a TCP port")
+    return ports
+
+
+def _resolve_port(owner: str, wanted: int, taken: set[int]) -> int:
+    if wanted == 0:
+        while True:
+            port = free_port()
+            if port not in taken:
+                taken.add(port)
+                return port
+    if wanted in taken or not port_is_free(wanted):
+        raise PortInUse(
+            f"127.0.0.1:{wanted} (for {owner}) is already in use; stop whatever holds it or "
+            f"set SKM_STACK_{owner.upper()}_PORT to another port (0 picks a free one)"
+        )
+    taken.add(wanted)
+    return wanted
+
+
+@dataclass
+class Stack:
+    """What to start: which servers, on which ports, into which state dir."""
+
+    state_dir: Path
+    components: Sequence[str] = SERVERS
+    ports: Mapping[str, int] = field(default_factory=ports_from_env)
+    # False turns off fsync and friends in PostgreSQL: right for throwaway test stacks.
+    durable: bool = True
+    report: Report = print_report
+    # None: run ensure_installed() first (fast when everything is there).
+    toolchain: Toolchain | None = None
+
+    def start(self) -> RunningStack:
+        """Start the chosen servers in dependency order and wait for each one's real health.
+
+        If one fails, everything already started is stopped again before the error (which
+        carries the tail of the failing server's log) propagates.
+        """
+        unknown = set(self.components) - set(SERVERS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; choose from {SERVERS}")
+        wanted = set(self.components)
+        for component in list(wanted):
+            wanted.update(_REQUIRES.get(component, ()))
+        toolchain = self.toolchain or ensure_installed(self.report)
+        running = RunningStack(Path(self.state_dir), toolchain, dict(self.ports), self.durable, self.report)
+        try:
+            for component in SERVERS:
+                if component in wanted:
+                    running.start_server(component)
+        except BaseException:
+            running.stop()
+            raise
+        return running
+
+
+class RunningStack:
+    """Servers started by this process, with their addresses; stops them in reverse order."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        toolchain: Toolchain,
+        ports: Mapping[str, int],
+        durable: bool = True,
+        report: Report = print_report,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.toolchain = toolchain
+        self.requested_ports = dict(ports)
+        self.durable = durable
+        self.report = report
+        self.ports: dict[str, int] = {}
+        self.postgres: PostgresServer | None = None
+        self.redis: RedisServer | None = None
+        self.kafka: KafkaServer | None = None
+        self.openfga: OpenFGAServer | None = None
+        self.envoy: EnvoyServer | None = None
+        self.services: dict[str, ServiceProcess] = {}
+        self.service_specs: list[ServiceSpec] = []
+        # Seconds from spawn to healthy, per started server.
+        self.start_seconds: dict[str, float] = {}
+        # Set by the foreground CLI, so `down` can ask it to stop everything in order.
+        self.supervisor: ProcessRecord | None = None
+        self._started: list[tuple[str, Callable[[], None], ProcessRecord]] = []
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # As root, PostgreSQL runs as user postgres and must be able to reach its data dir.
+        self.state_dir.chmod(0o755)
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def postgres_dsn(self) -> str:
+        return self._need(self.postgres, "postgres").dsn
+
+    @property
+    def postgres_admin_dsn(self) -> str:
+        return self._need(self.postgres, "postgres").admin_dsn
+
+    @property
+    def redis_url(self) -> str:
+        return self._need(self.redis, "redis").url
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self._need(self.kafka, "kafka").bootstrap
+
+    @property
+    def openfga_api_url(self) -> str:
+        return self._need(self.openfga, "openfga").api_url
+
+    @property
+    def openfga_token_file(self) -> Path:
+        return self._need(self.openfga, "openfga").token_file
+
+    @property
+    def envoy_url(self) -> str:
+        return self._need(self.envoy, "envoy").url
+
+    @property
+    def envoy_admin_url(self) -> str:
+        return self._need(self.envoy, "envoy").admin_url
+
+    @staticmethod
+    def _need(server: Any, name: str) -> Any:
+        if server is None:
+            raise RuntimeError(f"{name} is not part of this stack")
+        return server
+
+    def service_env(self) -> dict[str, str]:
+        """Variables every service gets: where the stores and the other services are."""
+        env: dict[str, str] = {}
+        if self.postgres:
+            env["SKM_POSTGRES_DSN"] = self.postgres.dsn
+        if self.redis:
+            env["SKM_REDIS_URL"] = self.redis.url
+        if self.kafka:
+            env["SKM_KAFKA_BOOTSTRAP"] = self.kafka.bootstrap
+        if self.openfga:
+            env["SKM_OPENFGA_API_URL"] = self.openfga.api_url
+            env["SKM_OPENFGA_API_TOKEN_FILE"] = str(self.openfga.token_file)
+        for spec in self.service_specs:
+            env[spec.addr_env_var] = spec.addr
+        return env
+
+    # -- starting ----------------------------------------------------------------------
+
+    def _port(self, name: str) -> int:
+        wanted = self.requested_ports.get(name, DEFAULT_PORTS[name])
+        port = _resolve_port(name, wanted, set(self.ports.values()))
+        self.ports[name] = port
+        return port
+
+    def _track(self, name: str, stop: Callable[[], None], record: ProcessRecord, started: float) -> None:
+        self._started.append((name, stop, record))
+        self.start_seconds[name] = time.monotonic() - started
+        self.report(f"{name} is up ({self.start_seconds[name]:.1f}s)")
+        self.write_manifest()
+
+    def start_server(self, component: str) -> None:
+        """Start one of :data:`SERVERS` (its dependencies must already run)."""
+        started = time.monotonic()
+        self.report(f"starting {component}...")
+        if component == "postgres":
+            pg = start_postgres(self.toolchain, self.state_dir, self._port("postgres"), durable=self.durable, report=self.report)
+            self.postgres = pg
+            self._track(component, pg.stop, pg.process.record, started)
+        elif component == "redis":
+            rd = start_redis(self.toolchain, self.state_dir, self._port("redis"))
+            self.redis = rd
+            self._track(component, rd.stop, rd.process.record, started)
+        elif component == "kafka":
+            kf = start_kafka(
+                self.toolchain, self.state_dir, self._port("kafka"), self._port("kafka_controller"), report=self.report
+            )
+            self.kafka = kf
+            self._track(component, kf.stop, kf.process.record, started)
+        elif component == "openfga":
+            pg = self._need(self.postgres, "postgres")
+            fga = start_openfga(
+                self.toolchain,
+                self.state_dir,
+                self._port("openfga_http"),
+                self._port("openfga_grpc"),
+                datastore_uri=f"{pg.dsn_for('openfga', 'openfga')}?sslmode=disable",
+            )
+            self.openfga = fga
+            self._track(component, fga.stop, fga.process.record, started)
+        else:
+            raise ValueError(f"unknown server {component!r}")
+
+    def start_services(self, specs: Iterable[ServiceSpec]) -> None:
+        """Start services in the given order; each waits for gRPC health SERVING.
+
+        Every address is fixed before the first one starts, so each service's environment
+        names all the others (``SKM_<NAME>_ADDR``). Envoy comes after, via start_envoy().
+        """
+        taken = set(self.ports.values())
+        resolved = []
+        for spec in specs:
+            port = _resolve_port(spec.name, spec.port, taken)
+            resolved.append(spec.with_port(port))
+        self.service_specs.extend(resolved)
+        for spec in resolved:
+            started = time.monotonic()
+            self.report(f"starting service {spec.name} (python -m {spec.module}) on {spec.addr}...")
+            service = start_service(spec, self.state_dir, self.service_env())
+            self.services[spec.name] = service
+            self._track(spec.name, service.stop, service.process.record, started)
+
+    def start_envoy(self, upstream_port: int | None = None) -> EnvoyServer:
+        """Start Envoy in front of ``upstream_port`` (default: the gateway service's port)."""
+        if upstream_port is None:
+            gateway = next((s for s in self.service_specs if s.name == "gateway"), None)
+            upstream_port = gateway.port if gateway else 50051
+        started = time.monotonic()
+        self.report(f"starting envoy (upstream 127.0.0.1:{upstream_port})...")
+        envoy = start_envoy(
+            self.toolchain.envoy, self.state_dir, self._port("envoy"), self._port("envoy_admin"), upstream_port
+        )
+        self.envoy = envoy
+        self._track("envoy", envoy.stop, envoy.process.record, started)
+        return envoy
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop everything this object started, last started first; never anything else."""
+        while self._started:
+            name, stop, _record = self._started.pop()
+            self.report(f"stopping {name}...")
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the rest; say what went wrong
+                self.report(f"stopping {name} failed: {exc!r}")
+            self.write_manifest()
+        self.postgres = self.redis = self.kafka = self.openfga = self.envoy = None
+        self.services.clear()
+        (self.state_dir / MANIFEST).unlink(missing_ok=True)
+
+    def __enter__(self) -> RunningStack:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- manifest ----------------------------------------------------------------------
+
+    def urls(self) -> dict[str, str]:
+        """Every address of the running stack, public Envoy URL first."""
+        urls: dict[str, str] = {}
+        if self.envoy:
+            urls["envoy"] = self.envoy.url
+            urls["envoy_admin"] = self.envoy.admin_url
+        for name, service in self.services.items():
+            urls[f"svc_{name}"] = service.addr
+        if self.postgres:
+            urls["postgres"] = self.postgres.dsn
+        if self.redis:
+            urls["redis"] = self.redis.url
+        if self.kafka:
+            urls["kafka"] = self.kafka.bootstrap
+        if self.openfga:
+            urls["openfga"] = self.openfga.api_url
+            urls["openfga_grpc"] = self.openfga.grpc_addr
+        return urls
+
+    def write_manifest(self) -> None:
+        """Write ``<state>/stack.json``: addresses, ports and the PIDs to stop."""
+        manifest = {
+            "version": 1,
+            "state_dir": str(self.state_dir),
+            "supervisor": self.supervisor.to_json() if self.supervisor else None,
+            "urls": self.urls(),
+            "ports": self.ports,
+            "env": self.service_env(),
+            "health": {spec.name: list(spec.health_services) for spec in self.service_specs},
+            "processes": [record.to_json() for _name, _stop, record in self._started],
+        }
+        path = self.state_dir / MANIFEST
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(manifest, indent=2) + "\n")
+        partial.replace(path)
+
+
+def read_manifest(state_dir: Path) -> dict[str, Any] | None:
+    """The ``stack.json`` of a state dir, or None when no stack was started there."""
+    path = Path(state_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def stop_recorded(state_dir: Path, report: Report = print_report, supervisor_timeout: float = 180.0) -> int:
+    """Stop a stack that another process started, using its ``stack.json``.
+
+    If the foreground ``up`` that owns it is alive, it is asked (SIGTERM) to stop
+    everything in order; whatever is still running afterwards is stopped by PID, last
+    started first. Returns how many server processes were still ours to stop.
+    """
+    import signal
+
+    manifest = read_manifest(state_dir)
+    if manifest is None:
+        report(f"no stack.json in {state_dir}: nothing to stop")
+        return 0
+    supervisor = manifest.get("supervisor")
+    if supervisor:
+        record = ProcessRecord.from_json(supervisor)
+        if process_start_ticks(record.pid) == record.start_ticks:
+            report(f"asking the running `up` (pid {record.pid}) to stop the stack...")
+            os.kill(record.pid, signal.SIGTERM)
+            deadline = time.monotonic() + supervisor_timeout
+            while process_start_ticks(record.pid) == record.start_ticks and time.monotonic() < deadline:
+                time.sleep(0.2)
+    stopped = 0
+    for data in reversed(manifest.get("processes", [])):
+        record = ProcessRecord.from_json(data)
+        if record.is_ours():
+            report(f"stopping {record.name} (pid {record.pid})...")
+            record.stop()
+            stopped += 1
+        Path(state_dir, "pids", f"{record.name}.pid").unlink(missing_ok=True)
+    Path(state_dir, MANIFEST).unlink(missing_ok=True)
+    return stopped
