@@ -8,7 +8,7 @@ Server side, one interceptor per process does, for all four RPC kinds:
 - remember the call's deadline so outbound calls made while serving it inherit it;
 - map domain errors to `google.rpc.Status` + `ErrorInfo`; anything unexpected becomes
   INTERNAL with a generic message, the cause logged and never sent;
-- record `rpc.server.duration` and `rpc.server.active`.
+- record `rpc.server.duration`.
 
 Client side, `OutboundInterceptor` gives every call a deadline (its own, the default, or
 what remains of the inbound call's, whichever is soonest) and passes the trace context on.
@@ -22,11 +22,13 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from skm_runtime.errors import Code, MalformedRequest, NotImplementedYet, SkmError
 from skm_runtime.status import status_of, trailers_of
@@ -34,8 +36,13 @@ from skm_runtime.status import status_of, trailers_of
 log = logging.getLogger("skm.runtime")
 
 # grpc's stubs type method handlers for the synchronous server; ours are asyncio ones.
-Context = grpc.aio.ServicerContext[Any, Any]
-Handler = grpc.RpcMethodHandler[Any, Any]
+# The stubs' classes are generic only to the type checker.
+if TYPE_CHECKING:
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:
+    Context = grpc.aio.ServicerContext
+    Handler = grpc.RpcMethodHandler
 
 # Absolute monotonic deadline of the inbound call being served in this task, if it has one.
 _inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -43,6 +50,9 @@ _inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar
 )
 
 _GENERIC_INTERNAL = "internal error"
+# Only W3C trace context is read from calls (metadata keys `traceparent`, `tracestate`).
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+_TRACE_KEYS = frozenset(("traceparent", "tracestate"))
 
 
 class _Malformed:
@@ -84,8 +94,11 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Errors, validation of the wire format, tracing, deadlines and metrics for one server."""
 
-    def __init__(self, tracer: trace.Tracer, meter: metrics.Meter) -> None:
+    def __init__(self, tracer: trace.Tracer, meter: metrics.Meter, *, record_spans: bool) -> None:
+        # Without a span receiver, no span is made: the caller's trace context is only
+        # carried through to outbound calls, which costs next to nothing.
         self._tracer = tracer
+        self._record_spans = record_spans
         self._duration = meter.create_histogram(
             "rpc.server.duration", unit="ms", description="Time to serve one RPC"
         )
@@ -203,6 +216,7 @@ class _Call:
         self.owner = owner
         self.span_name = span_name
         self.attributes = attributes
+        self.ok_attributes = {**attributes, "rpc.grpc.status_code": Code.OK.value}
 
     def serving(self, context: Context) -> _Serving:
         return _Serving(self, context)
@@ -211,7 +225,7 @@ class _Call:
 class _Serving:
     """The life of one RPC: span, deadline, metrics and how it failed."""
 
-    __slots__ = ("_call", "_context", "_span", "_span_cm", "_start", "_token", "code")
+    __slots__ = ("_call", "_context", "_span", "_span_cm", "_start", "_token", "_attached", "code")
 
     def __init__(self, call: _Call, context: Context) -> None:
         self._call = call
@@ -221,22 +235,28 @@ class _Serving:
     def __enter__(self) -> _Serving:
         owner = self._call.owner
         self._start = time.perf_counter()
-        carrier = {
-            key: value for key, value in self._context.invocation_metadata() or () if isinstance(value, str)
-        }
-        parent = propagate.extract(carrier)
-        self._span_cm = owner._tracer.start_as_current_span(
-            self._call.span_name,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes=self._call.attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        self._span = self._span_cm.__enter__()
+        carrier: dict[str, str] | None = None
+        for key, value in self._context.invocation_metadata() or ():
+            if key in _TRACE_KEYS:
+                carrier = carrier or {}
+                carrier[key] = value
+        parent = _TRACE_CONTEXT.extract(carrier) if carrier else None
+        self._attached = None
+        self._span = None
+        if owner._record_spans:
+            self._span_cm = owner._tracer.start_as_current_span(
+                self._call.span_name,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes=self._call.attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            self._span = self._span_cm.__enter__()
+        elif parent is not None:
+            self._attached = otel_context.attach(parent)
         remaining = self._context.time_remaining()
         self._token = _inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)
-        owner._active.add(1, self._call.attributes)
         return self
 
     async def fail(self, exc: BaseException, context: Context) -> None:
@@ -264,15 +284,20 @@ class _Serving:
         await context.abort(grpc.StatusCode[exc.code.name], exc.message, trailers_of(status))
 
     def __exit__(self, *_exc: object) -> None:
-        owner = self._call.owner
-        attributes = {**self._call.attributes, "rpc.grpc.status_code": self.code.value}
-        if self.code is not Code.OK:
-            self._span.set_status(Status(StatusCode.ERROR, self.code.name))
-        self._span.set_attribute("rpc.grpc.status_code", self.code.value)
-        self._span_cm.__exit__(None, None, None)
+        call = self._call
+        ok = self.code is Code.OK
+        attributes = (
+            call.ok_attributes if ok else {**call.attributes, "rpc.grpc.status_code": self.code.value}
+        )
+        if self._span is not None:
+            if not ok:
+                self._span.set_status(Status(StatusCode.ERROR, self.code.name))
+            self._span.set_attribute("rpc.grpc.status_code", self.code.value)
+            self._span_cm.__exit__(None, None, None)
+        elif self._attached is not None:
+            otel_context.detach(self._attached)
         _inbound_deadline.reset(self._token)
-        owner._active.add(-1, self._call.attributes)
-        owner._duration.record((time.perf_counter() - self._start) * 1000.0, attributes)
+        call.owner._duration.record((time.perf_counter() - self._start) * 1000.0, attributes)
 
 
 def outbound_timeout(own: float | None, default: float) -> float:
@@ -299,7 +324,7 @@ class OutboundInterceptor(
     def _details(self, details: grpc.aio.ClientCallDetails, default: float) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)
+        _TRACE_CONTEXT.inject(carrier)
         for key, value in carrier.items():
             metadata[key] = value
         return grpc.aio.ClientCallDetails(

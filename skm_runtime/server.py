@@ -157,6 +157,7 @@ async def start_server(
     interceptor = ServerInterceptor(
         telemetry.tracer_provider.get_tracer("skm.runtime"),
         telemetry.meter_provider.get_meter("skm.runtime"),
+        record_spans=telemetry.records_spans,
     )
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(runtime))
     spec.register(server)

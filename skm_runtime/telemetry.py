@@ -5,7 +5,7 @@ interceptor continues the caller's trace and the client interceptor passes it on
 trace spans every service hop. Exporters: `otlp` (to SKM_OTEL_ENDPOINT, e.g. an OpenTelemetry
 Collector or Tempo), `console` (debugging), or `none`.
 
-Metrics: `rpc.server.duration` (ms, by method and status code) and `rpc.server.active`;
+Metrics: `rpc.server.duration` (ms, by method and status code);
 served on a Prometheus endpoint when SKM_METRICS_ADDR is set, and exported over OTLP when
 the exporter is `otlp`.
 """
@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
 from skm_runtime.settings import parse_address
 
@@ -37,6 +38,8 @@ class Telemetry:
 
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
+    # False when no exporter or processor receives spans: servers then make none.
+    records_spans: bool
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
@@ -53,7 +56,10 @@ def configure_telemetry(
 ) -> Telemetry:
     """Build tracer and meter providers for one service (see `install_globally`)."""
     resource = Resource.create({"service.name": f"skm.{service}", "service.namespace": "skm"})
-    tracer_provider = TracerProvider(resource=resource)
+    # Spans are made only where something receives them; otherwise servers just carry
+    # the caller's trace context on to the next hop.
+    records = exporter is not Exporter.NONE or bool(extra_span_processors)
+    tracer_provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
     readers: list[MetricReader] = []
     if exporter is Exporter.OTLP:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -77,7 +83,7 @@ def configure_telemetry(
         start_http_server(port, addr=host)
         readers.append(PrometheusMetricReader())
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-    return Telemetry(tracer_provider, meter_provider)
+    return Telemetry(tracer_provider, meter_provider, records)
 
 
 def install_globally(telemetry: Telemetry) -> None:

@@ -166,6 +166,20 @@ async def test_trace_context_crosses_a_service_hop() -> None:
     assert echo_span.parent is not None and echo_span.parent.span_id == relay_span.context.span_id
 
 
+async def test_without_span_export_the_callers_trace_still_crosses_the_hop() -> None:
+    runtime = RuntimeSettings()
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with (
+        serving(echo_service.SPEC, record_spans=False) as echo,
+        serving(_relay_spec(echo.target, runtime), record_spans=False) as relay,
+        grpc.aio.insecure_channel(relay.target) as chan,
+    ):
+        relay_call = chan.unary_unary("/skm.testing.v1.RelayService/Relay")
+        seen = (await relay_call(b"Traceparent", timeout=5, metadata=(("traceparent", caller),))).decode()
+        assert seen.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+        assert relay.spans.get_finished_spans() == ()
+
+
 async def test_outbound_calls_inherit_the_inbound_deadline() -> None:
     """The relay's outbound default is 10 s; its caller gave 2 s: the hop gets what remains."""
     runtime = RuntimeSettings()

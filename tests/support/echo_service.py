@@ -45,6 +45,11 @@ async def _remaining(request: bytes, context: grpc.aio.ServicerContext) -> bytes
     return b"none" if remaining is None else f"{remaining:.3f}".encode()
 
 
+async def _traceparent(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    """The W3C `traceparent` this call arrived with (empty without one)."""
+    return dict(context.invocation_metadata() or ()).get("traceparent", "").encode()
+
+
 async def _fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     raise ThingNotFound("no such thing", metadata={"thing": request.decode(errors="replace")})
 
@@ -63,6 +68,7 @@ def register(server: grpc.aio.Server) -> None:
                     "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
                     "Slow": grpc.unary_unary_rpc_method_handler(_slow),
                     "Remaining": grpc.unary_unary_rpc_method_handler(_remaining),
+                    "Traceparent": grpc.unary_unary_rpc_method_handler(_traceparent),
                     "Fail": grpc.unary_unary_rpc_method_handler(_fail),
                     "Crash": grpc.unary_unary_rpc_method_handler(_crash),
                 },

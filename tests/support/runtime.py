@@ -24,15 +24,17 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(spec: ServiceSpec, runtime: RuntimeSettings | None = None) -> AsyncIterator[Served]:
-    """Start `spec` on a free loopback port with in-memory span capture; stop it afterwards."""
+async def serving(
+    spec: ServiceSpec, runtime: RuntimeSettings | None = None, *, record_spans: bool = True
+) -> AsyncIterator[Served]:
+    """Start `spec` on a free loopback port (spans captured in memory); stop it afterwards."""
     spans = InMemorySpanExporter()
     telemetry = configure_telemetry(
         spec.name,
         exporter=Exporter.NONE,
         otlp_endpoint="",
         metrics_addr="",
-        extra_span_processors=(SimpleSpanProcessor(spans),),
+        extra_span_processors=(SimpleSpanProcessor(spans),) if record_spans else (),
     )
     running = await start_server(spec, "127.0.0.1:0", runtime or RuntimeSettings(), telemetry)
     try:

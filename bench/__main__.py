@@ -1,0 +1,124 @@
+"""`make bench`: the runtime and Envoy measured side by side against bare baselines, one run.
+
+Four echo servers' worth of paths, measured in alternating rounds so machine noise falls
+on all of them alike:
+  bare      the echo handlers on a bare grpc.aio server
+  runtime   the same handlers on the SKM runtime (interceptors, health, reflection on)
+  envoy     the runtime server behind Envoy (the public path's proxy hop)
+Reported: unary echo (100 B, 16 concurrent callers) and a bidi stream of 640-byte frames
+(20 ms of 16 kHz PCM, ping-pong) as throughput and p50/p99 latency, and the ratios
+runtime/bare and envoy/runtime. The numbers are machine-dependent; the ratios are the point.
+
+Usage: python -m bench [--rounds N] [--calls N] [--frames N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from bench.measure import Figures, bidi, median_figures, unary
+from skm_stack.envoy import start_envoy
+from skm_stack.install import envoy_binary
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def _process(argv: list[str], env: dict[str, str]) -> Iterator[None]:
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+async def _ready(target: str) -> None:
+    deadline = time.monotonic() + 20
+    async with grpc.aio.insecure_channel(target) as chan:
+        while True:
+            try:
+                await chan.unary_unary("/skm.testing.v1.EchoService/Unary")(b"", timeout=1)
+                return
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+
+def _row(name: str, figures: Figures, unit: str) -> str:
+    return f"  {name:<10} {figures.per_second:>10.0f} {unit:<9} p50 {figures.p50_ms:7.3f} ms   p99 {figures.p99_ms:7.3f} ms"
+
+
+def _ratio(label: str, ours: Figures, base: Figures, goal: str) -> str:
+    return (
+        f"  {label:<18} throughput {ours.per_second / base.per_second:5.2f}x   "
+        f"p50 {ours.p50_ms - base.p50_ms:+.3f} ms   p99 {ours.p99_ms - base.p99_ms:+.3f} ms   ({goal})"
+    )
+
+
+async def _measure(targets: dict[str, str], rounds: int, calls: int, frames: int) -> None:
+    for target in targets.values():
+        await _ready(target)
+    unary_runs: dict[str, list[Figures]] = {name: [] for name in targets}
+    bidi_runs: dict[str, list[Figures]] = {name: [] for name in targets}
+    for index in range(rounds):
+        print(f"round {index + 1}/{rounds} ...", file=sys.stderr, flush=True)
+        for name, target in targets.items():
+            unary_runs[name].append(await unary(target, calls, concurrency=16))
+            bidi_runs[name].append(await bidi(target, frames))
+    u = {name: median_figures(runs) for name, runs in unary_runs.items()}
+    b = {name: median_figures(runs) for name, runs in bidi_runs.items()}
+    print(f"\nmedian of {rounds} alternating rounds; {calls} unary calls, {frames} bidi frames per round\n")
+    print("unary echo, 100 B, 16 concurrent callers")
+    for name in targets:
+        print(_row(name, u[name], "calls/s"))
+    print("bidi stream, 640 B frames (20 ms of 16 kHz PCM), ping-pong")
+    for name in targets:
+        print(_row(name, b[name], "frames/s"))
+    print("\nratios")
+    print(_ratio("unary runtime/bare", u["runtime"], u["bare"], "goal >= 0.8x"))
+    print(_ratio("bidi runtime/bare", b["runtime"], b["bare"], "goal >= 0.8x"))
+    print(_ratio("unary envoy/direct", u["envoy"], u["runtime"], "goal >= 0.7x, p50 <= +0.5 ms"))
+    print(_ratio("bidi envoy/direct", b["envoy"], b["runtime"], "goal >= 0.7x, p50 <= +0.5 ms"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument("--calls", type=int, default=4000, help="unary calls per round (default 4000)")
+    parser.add_argument("--frames", type=int, default=2000, help="bidi frames per round (default 2000)")
+    args = parser.parse_args()
+    bare, runtime = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    runtime_port = int(runtime.rpartition(":")[2])
+    with (
+        tempfile.TemporaryDirectory(prefix="skm-bench-") as state,
+        _process([sys.executable, "-m", "bench.bare_echo", bare], {}),
+        _process(
+            [sys.executable, "-m", "tests.support.echo_service"],
+            {"SKM_ECHO_ADDR": runtime, "SKM_LOG_LEVEL": "WARNING"},
+        ),
+    ):
+        envoy = start_envoy(envoy_binary(), Path(state), free_port(), free_port(), runtime_port, concurrency=1)
+        try:
+            targets = {"bare": bare, "runtime": runtime, "envoy": f"127.0.0.1:{envoy.port}"}
+            asyncio.run(_measure(targets, args.rounds, args.calls, args.frames))
+        finally:
+            envoy.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
