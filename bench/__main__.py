@@ -6,8 +6,8 @@ on all of them alike:
   runtime   the same handlers on the SKM runtime (interceptors, health, reflection on)
   envoy     the runtime server behind Envoy (the public path's proxy hop)
 Reported: unary echo (100 B, 16 concurrent callers) and a bidi stream of 640-byte frames
-(20 ms of 16 kHz PCM, ping-pong) as throughput and p50/p99 latency, and the ratios
-runtime/bare and envoy/runtime. The numbers are machine-dependent; the ratios are the point.
+(20 ms of 16 kHz PCM; throughput with frames sent back to back, latency ping-pong) as
+throughput and p50/p99 latency, and the ratios runtime/bare and envoy/runtime. The numbers are machine-dependent; the ratios are the point.
 
 Usage: python -m bench [--rounds N] [--calls N] [--frames N]
 """
@@ -85,7 +85,7 @@ async def _measure(targets: dict[str, str], rounds: int, calls: int, frames: int
     print("unary echo, 100 B, 16 concurrent callers")
     for name in targets:
         print(_row(name, u[name], "calls/s"))
-    print("bidi stream, 640 B frames (20 ms of 16 kHz PCM), ping-pong")
+    print("bidi stream, 640 B frames (20 ms of 16 kHz PCM); rate streamed, latency ping-pong")
     for name in targets:
         print(_row(name, b[name], "frames/s"))
     print("\nratios")

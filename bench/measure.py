@@ -51,20 +51,33 @@ async def unary(target: str, calls: int, concurrency: int) -> Figures:
 
 
 async def bidi(target: str, frames: int) -> Figures:
-    """One bidi stream: each 640-byte frame written and its echo read before the next."""
+    """One bidi stream of 640-byte frames.
+
+    Throughput: frames written back to back while a reader takes the echoes (a live audio
+    stream's shape). Latency: each frame written and its echo read before the next.
+    """
     async with grpc.aio.insecure_channel(target) as chan:
         call = chan.stream_stream(f"/{SERVICE}/Bidi")(timeout=120)
         for _ in range(50):
             await call.write(FRAME)
             await call.read()
         latencies: list[float] = []
-        start = time.perf_counter()
         for _ in range(frames):
             sent = time.perf_counter()
             await call.write(FRAME)
             await call.read()
             latencies.append(time.perf_counter() - sent)
+
+        async def write_all() -> None:
+            for _ in range(frames):
+                await call.write(FRAME)
+
+        start = time.perf_counter()
+        writer = asyncio.create_task(write_all())
+        for _ in range(frames):
+            await call.read()
         elapsed = time.perf_counter() - start
+        await writer
         await call.done_writing()
         await call.read()
     return Figures(frames / elapsed, _percentile(latencies, 0.5) * 1e3, _percentile(latencies, 0.99) * 1e3)

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from skm_runtime.interceptors import OutboundInterceptor, ServerInterceptor
 from skm_runtime.logs import configure_logging
-from skm_runtime.settings import SettingsError, address, bounded, env_name, load_settings
+from skm_runtime.settings import SettingsError, address, bounded, field_env_name, load_settings
 from skm_runtime.telemetry import Exporter, Telemetry, configure_telemetry, install_globally
 
 log = logging.getLogger("skm.runtime")
@@ -83,7 +83,9 @@ class ServiceSpec:
 
     `service_names` are the full gRPC names it serves (health and reflection list them);
     `register` adds its servicers to a server; `start`/`stop` open and close its adapters
-    (pools, producers) around serving.
+    (pools, producers) around serving. `reflect_extra` adds names to reflection only
+    (the gateway describes the services behind it); `health` replaces the standard health
+    servicer (a subclass, so that the gateway can answer for the services behind it).
     """
 
     name: str
@@ -92,6 +94,7 @@ class ServiceSpec:
     start: Callable[[], Awaitable[None]] | None = None
     stop: Callable[[], Awaitable[None]] | None = None
     reflect_extra: tuple[str, ...] = field(default=())
+    health: HealthServicer | None = None
 
 
 def server_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
@@ -161,7 +164,7 @@ async def start_server(
     )
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(runtime))
     spec.register(server)
-    health = HealthServicer()
+    health = spec.health or HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflected = (
         *spec.service_names,
@@ -184,34 +187,44 @@ async def start_server(
     return RunningServer(server, port, health, spec)
 
 
-def run(spec: ServiceSpec, settings_cls: type[SettingsT], argv: Sequence[str] | None = None) -> int:
-    """A service process from start to exit; returns the exit code."""
+def run(
+    name: str,
+    settings_cls: type[SettingsT],
+    build: Callable[[SettingsT, RuntimeSettings], Awaitable[ServiceSpec]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """A service process from start to exit; returns the exit code.
+
+    `name` is the service's settings prefix (SKM_<NAME>_*); `build` is its composition
+    root, run inside the event loop: from settings to adapters, core and servicers.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     if args:
-        print(usage(spec, settings_cls), file=sys.stdout if args[0] in ("-h", "--help") else sys.stderr)
-        return 0 if args[0] in ("-h", "--help") else 2
+        wants_help = args[0] in ("-h", "--help")
+        print(usage(name, settings_cls), file=sys.stdout if wants_help else sys.stderr)
+        return 0 if wants_help else 2
     problems: list[str] = []
     try:
         runtime = load_settings(RuntimeSettings, "")
     except SettingsError as exc:
         problems += exc.problems
     try:
-        settings = load_settings(settings_cls, spec.name)
+        settings = load_settings(settings_cls, name)
     except SettingsError as exc:
         problems += exc.problems
     if problems:
         print(f"{_program()}: {SettingsError(problems)}", file=sys.stderr)
         return 2
-    configure_logging(spec.name, level=runtime.log_level, include_personal=runtime.log_personal_data)
+    configure_logging(name, level=runtime.log_level, include_personal=runtime.log_personal_data)
     telemetry = configure_telemetry(
-        spec.name,
+        name,
         exporter=runtime.otel_exporter,
         otlp_endpoint=runtime.otel_endpoint,
         metrics_addr=settings.metrics_addr,
     )
     install_globally(telemetry)
     try:
-        return asyncio.run(_serve(spec, settings, runtime, telemetry))
+        return asyncio.run(_serve(build, settings, runtime, telemetry))
     except OSError as exc:
         log.error("service cannot start", extra={"fields": {"error": str(exc)}})
         return 1
@@ -226,26 +239,32 @@ def _program() -> str:
     return name.removesuffix(".__main__")
 
 
-def usage(spec: ServiceSpec, settings_cls: type[object]) -> str:
-    """`--help`: what the service serves and every variable it reads, with defaults."""
+def usage(name: str, settings_cls: type[object]) -> str:
+    """`--help`: what the process is and every variable it reads, with defaults."""
     lines = [
         f"usage: python -m {_program()}",
         "",
-        f"Serves {', '.join(spec.service_names) or 'no public services'} over gRPC,",
-        "with health and reflection. Configured only by environment variables:",
+        f"The SKM {name} service: a gRPC server with health and reflection.",
+        "Configured only by environment variables:",
         "",
     ]
-    for cls, prefix in ((settings_cls, spec.name), (RuntimeSettings, "")):
+    for cls, prefix in ((settings_cls, name), (RuntimeSettings, "")):
         for item in dataclasses.fields(cls):  # type: ignore[arg-type]  # settings are dataclasses
             default = item.default if item.default is not dataclasses.MISSING else "(required)"
-            shown = getattr(default, "value", default)
-            lines.append(f"  {env_name(prefix, item.name):<40} default: {shown!r}")
+            shown = "<secret>" if item.metadata.get("secret") else getattr(default, "value", default)
+            lines.append(f"  {field_env_name(item, prefix):<40} default: {shown!r}")
     lines.append("")
     lines.append("Stops gracefully on SIGTERM or SIGINT (exit 0).")
     return "\n".join(lines)
 
 
-async def _serve(spec: ServiceSpec, settings: Listens, runtime: RuntimeSettings, telemetry: Telemetry) -> int:
+async def _serve(
+    build: Callable[[SettingsT, RuntimeSettings], Awaitable[ServiceSpec]],
+    settings: SettingsT,
+    runtime: RuntimeSettings,
+    telemetry: Telemetry,
+) -> int:
+    spec = await build(settings, runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -5,8 +5,9 @@ every field, converts it to the field's type and reports every bad value at once
 the variable, what it expected and what it got. Supported field types: str, int, float,
 bool, pathlib.Path, enum.Enum subclasses, and tuple[str, ...] (comma-separated).
 
-Field metadata may carry `min`/`max` bounds for numbers and `secret=True` for values that
-must never be echoed back in an error message.
+Field metadata may carry `min`/`max` bounds for numbers, `secret=True` for values that
+must never be echoed back in an error message, and `env` to read another variable than
+the field's own.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def load_settings(cls: type[T], prefix: str, environ: Mapping[str, str] | None =
     values: dict[str, Any] = {}
     problems: list[str] = []
     for field in dataclasses.fields(cls):
-        name = env_name(prefix, field.name)
+        name = field_env_name(field, prefix)
         raw = env.get(name)
         if raw is None:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
@@ -66,6 +67,11 @@ def load_settings(cls: type[T], prefix: str, environ: Mapping[str, str] | None =
     if problems:
         raise SettingsError(problems)
     return cls(**values)
+
+
+def field_env_name(field: dataclasses.Field[Any], prefix: str) -> str:
+    """The variable one field is read from (fields may name another service's variable)."""
+    return str(field.metadata.get("env") or env_name(prefix, field.name))
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -135,6 +141,10 @@ def bounded(default: Any, *, low: float | None = None, high: float | None = None
     return dataclasses.field(default=default, metadata={"min": low, "max": high})
 
 
-def address(default: str) -> Any:
-    """A `host:port` field, checked when set from the environment."""
-    return dataclasses.field(default=default, metadata={"address": True})
+def address(default: str, *, env: str = "") -> Any:
+    """A `host:port` field, checked when set from the environment.
+
+    `env` names the variable when it is not the field's own, e.g. a client of the
+    conversation service reads SKM_CONVERSATION_ADDR, the address that service binds.
+    """
+    return dataclasses.field(default=default, metadata={"address": True, "env": env})

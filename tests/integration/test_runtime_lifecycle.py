@@ -186,8 +186,8 @@ async def test_outbound_calls_inherit_the_inbound_deadline() -> None:
     async with serving(echo_service.SPEC) as echo, serving(_relay_spec(echo.target, runtime)) as relay:
         async with grpc.aio.insecure_channel(relay.target) as chan:
             relay_call = chan.unary_unary("/skm.testing.v1.RelayService/Relay")
+            # grpc-timeout travels rounded up to its unit, hence the small allowances.
             inherited = float(await relay_call(b"Remaining", timeout=2.0))
-            assert 0 < inherited <= 2.0
+            assert 0 < inherited <= 2.1
             defaulted = float(await relay_call(b"Remaining"))  # no inbound deadline at all
-            # grpc-timeout travels rounded up to its unit, hence the small allowance.
-            assert 2.0 < defaulted <= runtime.grpc_call_timeout_seconds + 0.5
+            assert 5.0 < defaulted <= runtime.grpc_call_timeout_seconds + 0.5

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from skm_runtime.errors import Code, SkmError
-from skm_runtime.server import ServiceSettings, ServiceSpec, run
+from skm_runtime.server import RuntimeSettings, ServiceSettings, ServiceSpec, run
 
 SERVICE = "skm.testing.v1.EchoService"
 
@@ -79,5 +79,10 @@ def register(server: grpc.aio.Server) -> None:
 
 SPEC = ServiceSpec(name="echo", service_names=(SERVICE,), register=register)
 
+
+async def build(settings: ServiceSettings, runtime: RuntimeSettings) -> ServiceSpec:
+    return SPEC
+
+
 if __name__ == "__main__":
-    raise SystemExit(run(SPEC, ServiceSettings))
+    raise SystemExit(run("echo", ServiceSettings, build))
