@@ -67,7 +67,8 @@ def validate_config(envoy: Path, config: Path) -> None:
         raise ValueError(f"envoy rejects {config}:\n{result.stdout}{result.stderr}")
 
 
-def _ready(admin_url: str) -> None:
+def probe_ready(admin_url: str) -> None:
+    """Raise unless the admin ``/ready`` endpoint answers LIVE."""
     response = httpx.get(f"{admin_url}/ready", timeout=2.0)
     if response.status_code != 200 or response.text.strip() != "LIVE":
         raise RuntimeError(f"/ready says {response.status_code} {response.text.strip()!r}")
@@ -102,7 +103,9 @@ def start_envoy(
     process = ServerProcess(name, argv, state_dir=state_dir, cwd=root)
     server = EnvoyServer(process, port, admin_port, upstream_port, config)
     try:
-        wait_healthy(process, lambda: _ready(server.admin_url), timeout=timeout, what="admin /ready LIVE")
+        wait_healthy(
+            process, lambda: probe_ready(server.admin_url), timeout=timeout, what="admin /ready LIVE"
+        )
     except BaseException:
         process.stop()
         raise

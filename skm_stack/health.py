@@ -37,7 +37,7 @@ def run_coroutine_sync(factory: Callable[[], Awaitable[T]]) -> T:
 
         try:
             outcome["value"] = asyncio.run(main())
-        except BaseException as exc:  # handed back to the caller's thread below
+        except BaseException as exc:  # noqa: BLE001  # re-raised in the caller's thread below
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, name="skm-stack-probe", daemon=True)
@@ -68,7 +68,7 @@ def wait_healthy(
             raise StartError(process.name, f"exited with status {code} before {what}", process.log_tail())
         try:
             probe()
-        except Exception as exc:  # any failure means "not yet"; the last one is reported
+        except Exception as exc:  # noqa: BLE001  # any failure means "not yet"; the last one is reported
             last_error = exc
         else:
             return time.monotonic() - started

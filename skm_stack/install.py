@@ -190,9 +190,7 @@ def openfga_binary() -> Path:
 def _openfga_reports_pinned_version(binary: Path) -> bool:
     if not binary.is_file():
         return False
-    result = subprocess.run(
-        [str(binary), "version"], capture_output=True, text=True, check=False, timeout=30
-    )
+    result = subprocess.run([str(binary), "version"], capture_output=True, text=True, check=False, timeout=30)
     # It prints: OpenFGA version `v1.22.1` build from `...` on `...`
     return f"`{OPENFGA_VERSION}`" in result.stdout + result.stderr
 

@@ -9,6 +9,7 @@ to stdout (the stack's log file).
 from __future__ import annotations
 
 import base64
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ def _java_argv(toolchain: Toolchain, log4j: Path, main: str, *args: str) -> list
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",
         "-Djava.awt.headless=true",
+        # Bind plain IPv4 sockets (the listeners are 127.0.0.1 only anyway).
+        "-Djava.net.preferIPv4Stack=true",
         f"-Dlog4j.configuration={log4j.as_uri()}",
         "-cp",
         f"{toolchain.kafka_libs}/*",
@@ -78,23 +81,32 @@ def _read_cluster_id(data_dir: Path) -> str | None:
 
 def _format_storage(toolchain: Toolchain, state_dir: Path, config: Path, log4j: Path) -> None:
     log_path = state_dir / "logs" / "kafka-format.log"
-    argv = _java_argv(toolchain, log4j, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(config))
+    argv = _java_argv(
+        toolchain, log4j, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(config)
+    )
     with open(log_path, "wb") as log:
         result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False, timeout=180)
     if result.returncode != 0:
-        raise StartError("kafka", f"StorageTool format failed with status {result.returncode}", tail_file(log_path))
+        raise StartError(
+            "kafka", f"StorageTool format failed with status {result.returncode}", tail_file(log_path)
+        )
 
 
 async def _describe_cluster(bootstrap: str) -> dict[str, object]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     await admin.start()
     try:
-        return await admin.describe_cluster()
+        cluster: dict[str, object] = await admin.describe_cluster()
+        return cluster
     finally:
         await admin.close()
 
 
-def _broker_ready(bootstrap: str) -> None:
+def probe_broker(bootstrap: str) -> None:
+    """Raise unless the broker answers metadata that lists itself and a controller."""
+    host, _, port = bootstrap.rpartition(":")
+    # A plain connect first: aiokafka logs an ERROR line for every refused bootstrap.
+    socket.create_connection((host, int(port)), timeout=2.0).close()
     cluster = run_coroutine_sync(lambda: _describe_cluster(bootstrap))
     if not cluster.get("brokers") or cluster.get("controller_id", -1) == -1:
         raise RuntimeError(f"broker not registered yet: {cluster}")
@@ -124,7 +136,9 @@ def start_kafka(
         _format_storage(toolchain, state_dir, config, log4j)
     cluster_id = _read_cluster_id(data)
     if cluster_id is None:
-        raise StartError("kafka", "storage format wrote no cluster.id", tail_file(state_dir / "logs" / "kafka-format.log"))
+        raise StartError(
+            "kafka", "storage format wrote no cluster.id", tail_file(state_dir / "logs" / "kafka-format.log")
+        )
     process = ServerProcess(
         "kafka",
         _java_argv(toolchain, log4j, "kafka.Kafka", str(config)),
@@ -134,7 +148,9 @@ def start_kafka(
     )
     bootstrap = f"127.0.0.1:{port}"
     try:
-        wait_healthy(process, lambda: _broker_ready(bootstrap), timeout=timeout, what="broker in cluster metadata")
+        wait_healthy(
+            process, lambda: probe_broker(bootstrap), timeout=timeout, what="broker in cluster metadata"
+        )
     except BaseException:
         process.stop()
         raise

@@ -56,7 +56,8 @@ def _write_secret(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _healthz(api_url: str) -> None:
+def probe_healthz(api_url: str) -> None:
+    """Raise unless ``GET /healthz`` answers SERVING."""
     response = httpx.get(f"{api_url}/healthz", timeout=2.0)
     response.raise_for_status()
     if response.json().get("status") != "SERVING":
@@ -90,7 +91,9 @@ def start_openfga(
             timeout=120,
         )
     if migrated.returncode != 0:
-        raise StartError("openfga", f"openfga migrate failed with status {migrated.returncode}", tail_file(migrate_log))
+        raise StartError(
+            "openfga", f"openfga migrate failed with status {migrated.returncode}", tail_file(migrate_log)
+        )
 
     token_file = root / "api-token"
     token = secrets.token_urlsafe(32)
@@ -115,7 +118,7 @@ def start_openfga(
     process = ServerProcess("openfga", argv, state_dir=state_dir, env=env, cwd=root)
     server = OpenFGAServer(process, http_port, grpc_port, token_file)
     try:
-        wait_healthy(process, lambda: _healthz(server.api_url), timeout=timeout, what="/healthz SERVING")
+        wait_healthy(process, lambda: probe_healthz(server.api_url), timeout=timeout, what="/healthz SERVING")
     except BaseException:
         process.stop()
         raise

@@ -101,7 +101,9 @@ def _initdb(toolchain: Toolchain, root: Path, data: Path, *, durable: bool) -> N
                 " (as root the state dir and every folder above it must be searchable by the "
                 "postgres user, e.g. mode 0755)"
             )
-        raise StartError("postgres", f"initdb failed with status {result.returncode}{hint}", tail_file(log_path))
+        raise StartError(
+            "postgres", f"initdb failed with status {result.returncode}{hint}", tail_file(log_path)
+        )
     (data / "pg_hba.conf").write_text(_HBA)
     _chown_to_postgres(data / "pg_hba.conf")
 
@@ -119,10 +121,9 @@ async def _ensure_databases(port: int) -> None:
         await conn.close()
 
 
-async def _select_one(port: int) -> None:
-    conn = await asyncpg.connect(
-        host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=2
-    )
+async def probe_sql(port: int) -> None:
+    """Raise unless the server runs ``SELECT 1`` for the superuser over TCP."""
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=2)
     try:
         await conn.fetchval("SELECT 1")
     finally:
@@ -176,7 +177,12 @@ def start_postgres(
     )
     server = PostgresServer(process, port, socket_dir)
     try:
-        wait_healthy(process, lambda: run_coroutine_sync(lambda: _select_one(port)), timeout=timeout, what="SQL connection")
+        wait_healthy(
+            process,
+            lambda: run_coroutine_sync(lambda: probe_sql(port)),
+            timeout=timeout,
+            what="SQL connection",
+        )
         run_coroutine_sync(lambda: _ensure_databases(port))
     except BaseException:
         process.stop()

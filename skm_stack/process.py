@@ -198,7 +198,8 @@ class ServerProcess:
         killed = self.record.stop(self.popen)
         if killed:
             with open(self.log_path, "ab") as log:
-                log.write(f"---- skm-stack: {self.name} ignored signal for {self.stop_timeout:.0f}s; killed\n".encode())
+                note = f"---- skm-stack: {self.name} still ran after {self.stop_timeout:.0f}s; killed\n"
+                log.write(note.encode())
         self.pid_path.unlink(missing_ok=True)
 
 

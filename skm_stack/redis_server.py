@@ -51,7 +51,8 @@ def _config(port: int, data_dir: Path) -> str:
     )
 
 
-def _ping(port: int) -> None:
+def probe_ping(port: int) -> None:
+    """Raise unless the server answers PING."""
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
     try:
         if client.ping() is not True:
@@ -66,9 +67,11 @@ def start_redis(toolchain: Toolchain, state_dir: Path, port: int, *, timeout: fl
     root.mkdir(parents=True, exist_ok=True)
     config = root / "redis.conf"
     config.write_text(_config(port, root))
-    process = ServerProcess("redis", [str(toolchain.redis_server), str(config)], state_dir=state_dir, cwd=root)
+    process = ServerProcess(
+        "redis", [str(toolchain.redis_server), str(config)], state_dir=state_dir, cwd=root
+    )
     try:
-        wait_healthy(process, lambda: _ping(port), timeout=timeout, what="PING reply")
+        wait_healthy(process, lambda: probe_ping(port), timeout=timeout, what="PING reply")
     except BaseException:
         process.stop()
         raise

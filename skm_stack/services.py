@@ -121,7 +121,8 @@ class ServiceProcess:
         self.process.stop()
 
 
-def _check_serving(addr: str, names: Sequence[str]) -> None:
+def probe_serving(addr: str, names: Sequence[str]) -> None:
+    """Raise unless gRPC health answers SERVING for every name."""
     with grpc.insecure_channel(addr) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in names:
@@ -142,13 +143,17 @@ def start_service(
 ) -> ServiceProcess:
     """Start ``python -m <module>`` with ``env`` and wait until every health name is SERVING."""
     if not module_is_runnable(spec.module):
-        raise StartError(spec.name, f"`python -m {spec.module}` has nothing to run (no such module or no __main__)", "")
+        raise StartError(
+            spec.name, f"`python -m {spec.module}` has nothing to run (no such module or no __main__)", ""
+        )
     child_env = {**os.environ, **env, **spec.extra_env, "PYTHONUNBUFFERED": "1"}
-    process = ServerProcess(spec.name, [python, "-m", spec.module], state_dir=state_dir, env=child_env, cwd=cwd)
+    process = ServerProcess(
+        spec.name, [python, "-m", spec.module], state_dir=state_dir, env=child_env, cwd=cwd
+    )
     try:
         wait_healthy(
             process,
-            lambda: _check_serving(spec.addr, spec.health_services),
+            lambda: probe_serving(spec.addr, spec.health_services),
             timeout=timeout,
             what="gRPC health SERVING",
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from skm_stack.envoy import EnvoyServer, start_envoy
 from skm_stack.install import Report, Toolchain, ensure_installed, print_report
@@ -44,6 +44,8 @@ DEFAULT_PORTS: Mapping[str, int] = {
 EPHEMERAL_PORTS: Mapping[str, int] = {name: 0 for name in DEFAULT_PORTS}
 
 MANIFEST = "stack.json"
+
+_S = TypeVar("_S")
 
 
 class PortInUse(RuntimeError):
@@ -187,7 +189,7 @@ class RunningStack:
         return self._need(self.envoy, "envoy").admin_url
 
     @staticmethod
-    def _need(server: Any, name: str) -> Any:
+    def _need(server: _S | None, name: str) -> _S:
         if server is None:
             raise RuntimeError(f"{name} is not part of this stack")
         return server
@@ -227,7 +229,13 @@ class RunningStack:
         started = time.monotonic()
         self.report(f"starting {component}...")
         if component == "postgres":
-            pg = start_postgres(self.toolchain, self.state_dir, self._port("postgres"), durable=self.durable, report=self.report)
+            pg = start_postgres(
+                self.toolchain,
+                self.state_dir,
+                self._port("postgres"),
+                durable=self.durable,
+                report=self.report,
+            )
             self.postgres = pg
             self._track(component, pg.stop, pg.process.record, started)
         elif component == "redis":
@@ -236,7 +244,11 @@ class RunningStack:
             self._track(component, rd.stop, rd.process.record, started)
         elif component == "kafka":
             kf = start_kafka(
-                self.toolchain, self.state_dir, self._port("kafka"), self._port("kafka_controller"), report=self.report
+                self.toolchain,
+                self.state_dir,
+                self._port("kafka"),
+                self._port("kafka_controller"),
+                report=self.report,
             )
             self.kafka = kf
             self._track(component, kf.stop, kf.process.record, started)
@@ -281,7 +293,11 @@ class RunningStack:
         started = time.monotonic()
         self.report(f"starting envoy (upstream 127.0.0.1:{upstream_port})...")
         envoy = start_envoy(
-            self.toolchain.envoy, self.state_dir, self._port("envoy"), self._port("envoy_admin"), upstream_port
+            self.toolchain.envoy,
+            self.state_dir,
+            self._port("envoy"),
+            self._port("envoy_admin"),
+            upstream_port,
         )
         self.envoy = envoy
         self._track("envoy", envoy.stop, envoy.process.record, started)
@@ -296,7 +312,7 @@ class RunningStack:
             self.report(f"stopping {name}...")
             try:
                 stop()
-            except Exception as exc:  # keep stopping the rest; say what went wrong
+            except Exception as exc:  # noqa: BLE001  # keep stopping the rest; say what went wrong
                 self.report(f"stopping {name} failed: {exc!r}")
             self.write_manifest()
         self.postgres = self.redis = self.kafka = self.openfga = self.envoy = None

@@ -1,0 +1,220 @@
+"""Command line of the local stack: ``python -m skm_stack install | up | down | status``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from skm_stack.envoy import probe_ready
+from skm_stack.health import StartError, run_coroutine_sync
+from skm_stack.install import InstallError, ensure_installed, print_report
+from skm_stack.kafka import probe_broker
+from skm_stack.openfga import probe_healthz
+from skm_stack.paths import default_state_dir
+from skm_stack.postgres import probe_sql
+from skm_stack.process import ProcessRecord, process_start_ticks
+from skm_stack.redis_server import probe_ping
+from skm_stack.services import default_services, probe_serving
+from skm_stack.stack import PortInUse, RunningStack, Stack, read_manifest, stop_recorded
+
+# Where the platform's runtime may publish, per service, the full gRPC service names that
+# must be SERVING: a Mapping[str, Sequence[str]] keyed by short name ("conversation").
+# Without it, a service counts as up when the server-wide health check ("") is SERVING.
+HEALTH_NAMES = "skm_runtime.services:HEALTH_SERVICE_NAMES"
+
+
+class _Stop(BaseException):
+    """Raised from the signal handler: Ctrl-C or SIGTERM asked `up` to stop."""
+
+
+def _health_names() -> Mapping[str, Sequence[str]]:
+    module_name, _, attribute = HEALTH_NAMES.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return {}
+    names = getattr(module, attribute, {})
+    return names if isinstance(names, Mapping) else {}
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    # Stopping takes a few seconds; a second Ctrl-C must not cut it short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stop(signum)
+
+
+def _print_summary(running: RunningStack) -> None:
+    lines = ["", f"SKM local stack is up (state: {running.state_dir})"]
+    labels = {
+        "envoy": "public (Envoy: gRPC + grpc-web)",
+        "envoy_admin": "Envoy admin",
+        "postgres": "PostgreSQL",
+        "redis": "Redis",
+        "kafka": "Kafka bootstrap",
+        "openfga": "OpenFGA HTTP API",
+        "openfga_grpc": "OpenFGA gRPC",
+    }
+    for key, url in running.urls().items():
+        label = labels.get(key, key.replace("svc_", "service ") if key.startswith("svc_") else key)
+        lines.append(f"  {label:<34} {url}")
+    if running.openfga:
+        lines.append(f"  {'OpenFGA API token file':<34} {running.openfga.token_file}")
+    lines.append(f"  {'logs':<34} {running.state_dir / 'logs'}")
+    lines.append("Ctrl-C (or `python -m skm_stack down` from another shell) stops everything.")
+    print("\n".join(lines), flush=True)
+
+
+def _watch(running: RunningStack) -> int:
+    """Wait for a signal; if a child dies on its own, stop everything and fail."""
+    processes = {name: s.process for name, s in running.services.items()}
+    for name in ("postgres", "redis", "kafka", "openfga", "envoy"):
+        server = getattr(running, name)
+        if server is not None:
+            processes[name] = server.process
+    while True:
+        time.sleep(1.0)
+        for name, process in processes.items():
+            code = process.exit_code()
+            if code is not None:
+                print_report(f"{name} exited on its own with status {code}; stopping the stack")
+                print(f"---- last lines of {process.log_path} ----\n{process.log_tail()}", file=sys.stderr)
+                return 1
+
+
+def _up(state_dir: Path, with_services: bool) -> int:
+    manifest = read_manifest(state_dir)
+    if manifest and any(ProcessRecord.from_json(p).is_ours() for p in manifest.get("processes", [])):
+        print_report(
+            f"a stack started from {state_dir} is still running; stop it first with "
+            f"`python -m skm_stack down --state-dir {state_dir}`"
+        )
+        return 1
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    running: RunningStack | None = None
+    try:
+        running = Stack(state_dir=state_dir).start()
+        ticks = process_start_ticks(os.getpid()) or 0
+        running.supervisor = ProcessRecord("up", os.getpid(), ticks, "")
+        running.write_manifest()
+        if with_services:
+            running.start_services(default_services(_health_names()))
+        running.start_envoy()
+        _print_summary(running)
+        return _watch(running)
+    except _Stop:
+        return 0
+    except (StartError, PortInUse, InstallError) as exc:
+        print_report(str(exc))
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if running is not None:
+            running.stop()
+            print_report("stopped")
+
+
+def _status(state_dir: Path) -> int:
+    manifest = read_manifest(state_dir)
+    if manifest is None:
+        print(f"no stack is recorded in {state_dir}")
+        return 1
+    urls: dict[str, str] = manifest.get("urls", {})
+    ports: dict[str, int] = manifest.get("ports", {})
+    health: dict[str, list[str]] = manifest.get("health", {})
+    probes: dict[str, Callable[[], object]] = {
+        "postgres": lambda: run_coroutine_sync(lambda: probe_sql(int(ports["postgres"]))),
+        "redis": lambda: probe_ping(int(ports["redis"])),
+        "kafka": lambda: probe_broker(urls["kafka"]),
+        "openfga": lambda: probe_healthz(urls["openfga"]),
+        "envoy": lambda: probe_ready(urls["envoy_admin"]),
+    }
+    print(f"stack in {state_dir}")
+    healthy = True
+    for data in manifest.get("processes", []):
+        record = ProcessRecord.from_json(data)
+        name = record.name
+        probe: Callable[[], object] | None = probes.get(name)
+        if probe is None and f"svc_{name}" in urls:
+            addr, names = urls[f"svc_{name}"], health.get(name, [""])
+
+            def probe(addr: str = addr, names: Sequence[str] = names) -> None:
+                probe_serving(addr, names)
+
+        state = "running" if record.is_ours() else "gone"
+        verdict = ""
+        if state == "running" and probe is not None:
+            try:
+                probe()
+                verdict = "healthy"
+            except Exception as exc:  # noqa: BLE001  # status reports any probe failure, it does not raise
+                verdict = f"unhealthy ({type(exc).__name__})"
+        healthy = healthy and state == "running" and verdict in ("healthy", "")
+        where = urls.get(name) or urls.get(f"svc_{name}", "")
+        print(f"  {name:<14} pid {record.pid:<8} {state:<8} {verdict:<22} {where}")
+    return 0 if healthy else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m skm_stack",
+        description="The SKM local stack: real PostgreSQL, Redis, Kafka (KRaft), OpenFGA and Envoy "
+        "as child processes on 127.0.0.1, plus the platform's services.",
+    )
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"where servers keep data, logs, PID files and stack.json (default: {default_state_dir()})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("install", help="install what is missing (apt, Kafka jars, OpenFGA); idempotent")
+    up = commands.add_parser(
+        "up",
+        parents=[state],
+        help="run the stack in the foreground until Ctrl-C/SIGTERM",
+        description="Install what is missing, start PostgreSQL, Redis, Kafka and OpenFGA, then the "
+        "seven services, then Envoy, wait for each one's real health and print every URL. "
+        "Ports: SKM_STACK_<NAME>_PORT (0 = any free port); services: SKM_<NAME>_ADDR.",
+    )
+    up.add_argument("--no-services", action="store_true", help="start the servers and Envoy only")
+    commands.add_parser("down", parents=[state], help="stop the stack recorded in <state>/stack.json, by PID")
+    commands.add_parser(
+        "status", parents=[state], help="show what <state>/stack.json lists and whether each part is healthy"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args: Any = _parser().parse_args(argv)
+    state_dir: Path = (getattr(args, "state_dir", None) or default_state_dir()).resolve()
+    if args.command == "install":
+        try:
+            ensure_installed()
+        except InstallError as exc:
+            print_report(str(exc))
+            return 1
+        print_report("everything is installed")
+        return 0
+    if args.command == "up":
+        return _up(state_dir, with_services=not args.no_services)
+    if args.command == "down":
+        stopped = stop_recorded(state_dir)
+        print_report(f"down: {stopped} process group(s) were still running and are stopped")
+        return 0
+    return _status(state_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

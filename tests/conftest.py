@@ -1,0 +1,112 @@
+"""Fixtures for the real local stack (PostgreSQL, Redis, Kafka, OpenFGA, Envoy).
+
+Tests never skip because a server is missing: the ``stack`` fixture installs what is
+missing and starts every server, in a fresh temporary state dir on free ports, and stops
+exactly those processes (by PID) when the session ends. The install step (minutes on a
+fresh machine: OpenFGA is built with Go) runs once after collection, outside any test's
+timeout, and only when a selected test needs the stack.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack, Toolchain, ensure_installed
+from skm_stack.envoy import EnvoyServer
+
+_STACK_FIXTURES = {"stack", "toolchain", "envoy_factory", "stack_factory"}
+
+EnvoyFactory = Callable[[int], EnvoyServer]
+StackFactory = Callable[..., RunningStack]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install the stack's servers up front when any selected test will use them."""
+    if not any(_STACK_FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items):
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    try:
+        # Show install progress live: a cold install takes minutes.
+        with capture.global_and_fixture_disabled():
+            ensure_installed()
+    except Exception:  # noqa: BLE001  # the `toolchain` fixture re-raises it in the tests that need it
+        pass
+
+
+@pytest.fixture(scope="session")
+def toolchain() -> Toolchain:
+    """Where the installed servers are (installs whatever is still missing)."""
+    return ensure_installed()
+
+
+def _fresh_state_dir(prefix: str) -> Path:
+    # Not tmp_path: pytest makes its temp folders 0700, and as root PostgreSQL runs as
+    # user postgres, which must be able to reach its data dir.
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    state.chmod(0o755)
+    return state
+
+
+def _discard(state: Path, session: pytest.Session) -> None:
+    if session.testsfailed:
+        print(f"\nkept the stack's state dir (logs in {state / 'logs'})")
+    else:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(toolchain: Toolchain, request: pytest.FixtureRequest) -> Iterator[RunningStack]:
+    """PostgreSQL, Redis, Kafka and OpenFGA, started once per session on free ports."""
+    state = _fresh_state_dir("skm-test-stack-")
+    running = Stack(state_dir=state, ports=EPHEMERAL_PORTS, durable=False, toolchain=toolchain).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        _discard(state, request.session)
+
+
+@pytest.fixture
+def stack_factory(toolchain: Toolchain, request: pytest.FixtureRequest) -> Iterator[StackFactory]:
+    """Start a stack of one's own (``components=()`` for none), stopped after the test.
+
+    For tests that start services or Envoy on it, or that need servers the session
+    ``stack`` must not share.
+    """
+    started: list[tuple[RunningStack, Path]] = []
+
+    def start(components: tuple[str, ...] = (), **options: object) -> RunningStack:
+        state = _fresh_state_dir("skm-test-extra-")
+        running = Stack(
+            state_dir=state,
+            components=components,
+            ports=EPHEMERAL_PORTS,
+            durable=False,
+            toolchain=toolchain,
+            **options,  # type: ignore[arg-type]  # the remaining Stack fields, by name
+        ).start()
+        started.append((running, state))
+        return running
+
+    yield start
+    for running, state in reversed(started):
+        running.stop()
+        _discard(state, request.session)
+
+
+@pytest.fixture
+def envoy_factory(stack_factory: StackFactory) -> EnvoyFactory:
+    """Start Envoy (the committed config) in front of ``127.0.0.1:<upstream_port>``.
+
+    Listener and admin ports are free ones; it is stopped after the test.
+    """
+
+    def start(upstream_port: int) -> EnvoyServer:
+        return stack_factory().start_envoy(upstream_port)
+
+    return start
