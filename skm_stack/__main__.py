@@ -20,15 +20,10 @@ from skm_stack.kafka import probe_broker
 from skm_stack.openfga import probe_healthz
 from skm_stack.paths import default_state_dir
 from skm_stack.postgres import probe_sql
-from skm_stack.process import ProcessRecord, process_start_ticks
+from skm_stack.process import ProcessRecord, port_is_free, process_start_ticks
 from skm_stack.redis_server import probe_ping
-from skm_stack.services import default_services, probe_serving
-from skm_stack.stack import PortInUse, RunningStack, Stack, read_manifest, stop_recorded
-
-# Where the platform's runtime may publish, per service, the full gRPC service names that
-# must be SERVING: a Mapping[str, Sequence[str]] keyed by short name ("conversation").
-# Without it, a service counts as up when the server-wide health check ("") is SERVING.
-HEALTH_NAMES = "skm_runtime.services:HEALTH_SERVICE_NAMES"
+from skm_stack.services import DEFAULT_SERVICE_PORTS, default_services, probe_serving
+from skm_stack.stack import PortInUse, RunningStack, Stack, ports_from_env, read_manifest, stop_recorded
 
 
 class _Stop(BaseException):
@@ -36,13 +31,17 @@ class _Stop(BaseException):
 
 
 def _health_names() -> Mapping[str, Sequence[str]]:
-    module_name, _, attribute = HEALTH_NAMES.partition(":")
+    """Per service, the health names to wait for: the server ("") and every gRPC service it owns.
+
+    The owners come from the generated contract (``skm_runtime.contract.services_of``); where
+    that is not importable, a service counts as up when its server-wide check is SERVING.
+    """
     try:
-        module = importlib.import_module(module_name)
+        contract = importlib.import_module("skm_runtime.contract")
     except ImportError:
         return {}
-    names = getattr(module, attribute, {})
-    return names if isinstance(names, Mapping) else {}
+    services_of: Callable[[str], Sequence[str]] = contract.services_of
+    return {name: ("", *services_of(name)) for name in DEFAULT_SERVICE_PORTS}
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -98,16 +97,36 @@ def _up(state_dir: Path, with_services: bool) -> int:
             f"`python -m skm_stack down --state-dir {state_dir}`"
         )
         return 1
+    try:
+        ports = ports_from_env()
+        specs = default_services(_health_names()) if with_services else []
+    except ValueError as exc:
+        print_report(f"bad setting: {exc}")
+        return 1
+    # Servers check their own ports at start; Envoy's and the services' come later, so
+    # check them now rather than after a minute of starting everything else.
+    taken = [
+        f"127.0.0.1:{ports[name]} (Envoy; set SKM_STACK_{name.upper()}_PORT)"
+        for name in ("envoy", "envoy_admin")
+        if ports[name] and not port_is_free(ports[name])
+    ] + [
+        f"{spec.addr} (svc_{spec.name}; set {spec.addr_env_var})"
+        for spec in specs
+        if spec.port and not port_is_free(spec.port)
+    ]
+    if taken:
+        print_report("ports already in use: " + ", ".join(taken))
+        return 1
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     running: RunningStack | None = None
     try:
-        running = Stack(state_dir=state_dir).start()
+        running = Stack(state_dir=state_dir, ports=ports).start()
         ticks = process_start_ticks(os.getpid()) or 0
         running.supervisor = ProcessRecord("up", os.getpid(), ticks, "")
         running.write_manifest()
-        if with_services:
-            running.start_services(default_services(_health_names()))
+        if specs:
+            running.start_services(specs)
         running.start_envoy()
         _print_summary(running)
         return _watch(running)

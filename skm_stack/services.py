@@ -77,6 +77,8 @@ def default_services(
         configured = env.get(f"SKM_{name.upper()}_ADDR")
         if configured:
             host, _, port_text = configured.rpartition(":")
+            if not port_text.isdigit():
+                raise ValueError(f"SKM_{name.upper()}_ADDR must be host:port, not {configured!r}")
             port = int(port_text)
         specs.append(
             ServiceSpec(

@@ -29,6 +29,13 @@ from skm_stack.services import ServiceProcess, ServiceSpec, start_service
 # Servers in start order; Envoy and the services are started separately, after them.
 SERVERS = ("postgres", "redis", "kafka", "openfga")
 _REQUIRES = {"openfga": ("postgres",)}
+# The ports each server binds, by their names in DEFAULT_PORTS.
+_PORTS_OF = {
+    "postgres": ("postgres",),
+    "redis": ("redis",),
+    "kafka": ("kafka", "kafka_controller"),
+    "openfga": ("openfga_http", "openfga_grpc"),
+}
 
 DEFAULT_PORTS: Mapping[str, int] = {
     "postgres": 55432,
@@ -111,6 +118,11 @@ class Stack:
             wanted.update(_REQUIRES.get(component, ()))
         toolchain = self.toolchain or ensure_installed(self.report)
         running = RunningStack(Path(self.state_dir), toolchain, dict(self.ports), self.durable, self.report)
+        # Every port first, so a taken one fails the start before any server runs.
+        for component in SERVERS:
+            if component in wanted:
+                for port_name in _PORTS_OF[component]:
+                    running._port(port_name)
         try:
             for component in SERVERS:
                 if component in wanted:
@@ -213,6 +225,8 @@ class RunningStack:
     # -- starting ----------------------------------------------------------------------
 
     def _port(self, name: str) -> int:
+        if name in self.ports:
+            return self.ports[name]
         wanted = self.requested_ports.get(name, DEFAULT_PORTS[name])
         port = _resolve_port(name, wanted, set(self.ports.values()))
         self.ports[name] = port
