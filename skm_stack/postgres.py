@@ -12,6 +12,7 @@ import os
 import pwd
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from skm_stack.process import ServerProcess, tail_file
 # database -> owning role. `skm` is the services' database (one schema per owning service);
 # OpenFGA keeps its tables in a database of its own.
 DATABASES = {"skm": "skm", "openfga": "openfga"}
+
+# sockaddr_un holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
 
 _HBA = """\
 # Written by skm_stack for a local development stack: trust on loopback only.
@@ -146,9 +150,13 @@ def start_postgres(
     root = state_dir / "postgres"
     data = root / "data"
     socket_dir = root / "run"
+    if len(str(socket_dir / f".s.PGSQL.{port}.lock")) > _MAX_SOCKET_PATH:
+        # A deep state dir would overflow the kernel's limit on unix socket paths.
+        socket_dir = Path(tempfile.mkdtemp(prefix="skm-pg-"))
+        socket_dir.chmod(0o755)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
-    socket_dir.mkdir(exist_ok=True)
+    socket_dir.mkdir(parents=True, exist_ok=True)
     _chown_to_postgres(socket_dir)
     if not (data / "PG_VERSION").is_file():
         report(f"initialising a PostgreSQL data dir in {data}...")

@@ -13,6 +13,7 @@ import os
 import stat
 import struct
 import uuid
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -193,7 +194,9 @@ async def test_openfga_requires_the_stacks_preshared_key(stack: RunningStack) ->
 # -- Envoy --------------------------------------------------------------------------------
 
 
-def test_envoy_accepts_the_rendered_config_and_rejects_a_broken_one(toolchain: Toolchain, tmp_path) -> None:  # type: ignore[no-untyped-def]  # tmp_path is a pytest Path
+def test_envoy_accepts_the_rendered_config_and_rejects_a_broken_one(
+    toolchain: Toolchain, tmp_path: Path
+) -> None:
     good = tmp_path / "envoy.yaml"
     good.write_text(render_config(port=18080, admin_port=19901, upstream_port=50051))
     validate_config(toolchain.envoy, good)
