@@ -121,10 +121,8 @@ def _up(state_dir: Path, with_services: bool) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     running: RunningStack | None = None
     try:
-        running = Stack(state_dir=state_dir, ports=ports).start()
-        ticks = process_start_ticks(os.getpid()) or 0
-        running.supervisor = ProcessRecord("up", os.getpid(), ticks, "")
-        running.write_manifest()
+        me = ProcessRecord("up", os.getpid(), process_start_ticks(os.getpid()) or 0, "")
+        running = Stack(state_dir=state_dir, ports=ports, supervisor=me).start()
         if specs:
             running.start_services(specs)
         running.start_envoy()

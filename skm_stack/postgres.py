@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -59,6 +60,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         self.process.stop()
+        if self.socket_dir.name.startswith("skm-pg-"):
+            # the short socket dir made outside the state dir (see start_postgres)
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def _runs_as_root() -> bool:

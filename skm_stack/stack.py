@@ -103,6 +103,9 @@ class Stack:
     report: Report = print_report
     # None: run ensure_installed() first (fast when everything is there).
     toolchain: Toolchain | None = None
+    # The foreground process that owns the stack (`up`), recorded so that `down` can ask it
+    # to stop everything in order. None for stacks owned by tests.
+    supervisor: ProcessRecord | None = None
 
     def start(self) -> RunningStack:
         """Start the chosen servers in dependency order and wait for each one's real health.
@@ -118,6 +121,7 @@ class Stack:
             wanted.update(_REQUIRES.get(component, ()))
         toolchain = self.toolchain or ensure_installed(self.report)
         running = RunningStack(Path(self.state_dir), toolchain, dict(self.ports), self.durable, self.report)
+        running.supervisor = self.supervisor
         # Every port first, so a taken one fails the start before any server runs.
         for component in SERVERS:
             if component in wanted:
@@ -159,7 +163,7 @@ class RunningStack:
         self.service_specs: list[ServiceSpec] = []
         # Seconds from spawn to healthy, per started server.
         self.start_seconds: dict[str, float] = {}
-        # Set by the foreground CLI, so `down` can ask it to stop everything in order.
+        # See Stack.supervisor.
         self.supervisor: ProcessRecord | None = None
         self._started: list[tuple[str, Callable[[], None], ProcessRecord]] = []
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ timeout, and only when a selected test needs the stack.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     capture = session.config.pluginmanager.getplugin("capturemanager")
     try:
         # Show install progress live: a cold install takes minutes.
-        with capture.global_and_fixture_disabled():
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             ensure_installed()
     except Exception:  # noqa: BLE001  # the `toolchain` fixture re-raises it in the tests that need it
         pass
