@@ -7,7 +7,8 @@ on all of them alike:
   envoy     the runtime server behind Envoy (the public path's proxy hop)
 Reported: unary echo (100 B, 16 concurrent callers) and a bidi stream of 640-byte frames
 (20 ms of 16 kHz PCM; throughput with frames sent back to back, latency ping-pong) as
-throughput and p50/p99 latency, and the ratios runtime/bare and envoy/runtime. The numbers are machine-dependent; the ratios are the point.
+throughput and p50/p99 latency, and the ratios runtime/bare and envoy/runtime. The numbers
+are machine-dependent; the ratios are the point.
 
 Usage: python -m bench [--rounds N] [--calls N] [--frames N]
 """
@@ -59,7 +60,8 @@ async def _ready(target: str) -> None:
 
 
 def _row(name: str, figures: Figures, unit: str) -> str:
-    return f"  {name:<10} {figures.per_second:>10.0f} {unit:<9} p50 {figures.p50_ms:7.3f} ms   p99 {figures.p99_ms:7.3f} ms"
+    rate = f"{figures.per_second:>10.0f} {unit:<9}"
+    return f"  {name:<10} {rate} p50 {figures.p50_ms:7.3f} ms   p99 {figures.p99_ms:7.3f} ms"
 
 
 def _ratio(label: str, ours: Figures, base: Figures, goal: str) -> str:
@@ -111,7 +113,9 @@ def main() -> int:
             {"SKM_ECHO_ADDR": runtime, "SKM_LOG_LEVEL": "WARNING"},
         ),
     ):
-        envoy = start_envoy(envoy_binary(), Path(state), free_port(), free_port(), runtime_port, concurrency=1)
+        envoy = start_envoy(
+            envoy_binary(), Path(state), free_port(), free_port(), runtime_port, concurrency=1
+        )
         try:
             targets = {"bare": bare, "runtime": runtime, "envoy": f"127.0.0.1:{envoy.port}"}
             asyncio.run(_measure(targets, args.rounds, args.calls, args.frames))

@@ -23,9 +23,10 @@ class Figures:
     p99_ms: float
 
 
-def _percentile(samples: list[float], q: float) -> float:
+def _ms(samples: list[float], q: float) -> float:
+    """The q-quantile of samples in seconds, in milliseconds."""
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
 async def unary(target: str, calls: int, concurrency: int) -> Figures:
@@ -47,7 +48,7 @@ async def unary(target: str, calls: int, concurrency: int) -> Figures:
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return Figures(len(latencies) / elapsed, _percentile(latencies, 0.5) * 1e3, _percentile(latencies, 0.99) * 1e3)
+    return Figures(len(latencies) / elapsed, _ms(latencies, 0.5), _ms(latencies, 0.99))
 
 
 async def bidi(target: str, frames: int) -> Figures:
@@ -80,7 +81,7 @@ async def bidi(target: str, frames: int) -> Figures:
         await writer
         await call.done_writing()
         await call.read()
-    return Figures(frames / elapsed, _percentile(latencies, 0.5) * 1e3, _percentile(latencies, 0.99) * 1e3)
+    return Figures(frames / elapsed, _ms(latencies, 0.5), _ms(latencies, 0.99))
 
 
 def median_figures(runs: list[Figures]) -> Figures:

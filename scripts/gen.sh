@@ -13,7 +13,7 @@ mapfile -t files < <(cd proto && find skm -name '*.proto' | LC_ALL=C sort)
   --plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy \
   --plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc \
   --python_out="$py_out" --grpc_python_out="$py_out" \
-  --mypy_out="$py_out" --mypy_grpc_out="$py_out" \
+  --mypy_out="quiet:$py_out" --mypy_grpc_out="quiet:$py_out" \
   "${files[@]}"
 # Regular packages (not namespace ones), so mypy and the wheel see them plainly.
 find "$py_out/skm" -type d -exec touch {}/__init__.py \;

@@ -29,6 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from skm_runtime.errors import Code, MalformedRequest, NotImplementedYet, SkmError
 from skm_runtime.status import status_of, trailers_of
@@ -124,7 +125,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: Handler) -> Handler:
         span_name = method.lstrip("/")
         service, _, rpc = span_name.partition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+        attributes: dict[str, AttributeValue] = {
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": rpc,
+        }
         deserialize = _tolerant(handler.request_deserializer)
         serialize = handler.response_serializer
         call = _Call(self, span_name, attributes)
@@ -212,11 +217,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 class _Call:
     """What the wrapped behaviours of one method share."""
 
-    def __init__(self, owner: ServerInterceptor, span_name: str, attributes: dict[str, str]) -> None:
+    def __init__(
+        self, owner: ServerInterceptor, span_name: str, attributes: dict[str, AttributeValue]
+    ) -> None:
         self.owner = owner
         self.span_name = span_name
         self.attributes = attributes
-        self.ok_attributes = {**attributes, "rpc.grpc.status_code": Code.OK.value}
+        self.ok_attributes: dict[str, AttributeValue] = {**attributes, "rpc.grpc.status_code": Code.OK.value}
 
     def serving(self, context: Context) -> _Serving:
         return _Serving(self, context)
@@ -225,7 +232,7 @@ class _Call:
 class _Serving:
     """The life of one RPC: span, deadline, metrics and how it failed."""
 
-    __slots__ = ("_call", "_context", "_span", "_span_cm", "_start", "_token", "_attached", "code")
+    __slots__ = ("_attached", "_call", "_context", "_span", "_span_cm", "_start", "_token", "code")
 
     def __init__(self, call: _Call, context: Context) -> None:
         self._call = call
@@ -237,7 +244,7 @@ class _Serving:
         self._start = time.perf_counter()
         carrier: dict[str, str] | None = None
         for key, value in self._context.invocation_metadata() or ():
-            if key in _TRACE_KEYS:
+            if key in _TRACE_KEYS and isinstance(value, str):
                 carrier = carrier or {}
                 carrier[key] = value
         parent = _TRACE_CONTEXT.extract(carrier) if carrier else None

@@ -47,7 +47,8 @@ async def test_domain_error_arrives_with_its_code_and_error_info(channel: grpc.a
     assert (info.reason, info.domain) == ("THING_NOT_FOUND", "testing.skm")
     assert dict(info.metadata) == {"thing": "widget-7"}
     status = details_of(error.trailing_metadata())
-    assert status is not None and len(status.details) == 1  # exactly one ErrorInfo
+    assert status is not None
+    assert len(status.details) == 1
     await assert_still_serving(channel)
 
 
@@ -61,7 +62,8 @@ async def test_unknown_error_is_internal_without_internals(channel: grpc.aio.Cha
     assert "hunter2" not in everything_sent
     assert "RuntimeError" not in everything_sent
     info = error_info_of(error)
-    assert info is not None and info.reason == "INTERNAL"
+    assert info is not None
+    assert info.reason == "INTERNAL"
     await assert_still_serving(channel)
 
 
@@ -72,7 +74,8 @@ async def test_malformed_protobuf_bytes_are_invalid_argument(channel: grpc.aio.C
         await check(b"\x0a\xff\xff\xff\x0f\x01", timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info_of(raised.value)
-    assert info is not None and (info.reason, info.domain) == ("MALFORMED_REQUEST", "runtime.skm")
+    assert info is not None
+    assert (info.reason, info.domain) == ("MALFORMED_REQUEST", "runtime.skm")
     health = health_pb2_grpc.HealthStub(channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service=echo_service.SERVICE), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +31,9 @@ async def _wait_serving(target: str, deadline: float = 20.0) -> None:
         stub = health_pb2_grpc.HealthStub(chan)
         while True:
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=echo_service.SERVICE), timeout=1)
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=echo_service.SERVICE), timeout=1
+                )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:
@@ -42,29 +43,29 @@ async def _wait_serving(target: str, deadline: float = 20.0) -> None:
 
 
 @pytest.fixture
-async def echo_process() -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+async def echo_process() -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     target = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "SKM_ECHO_ADDR": target, "SKM_GRPC_DRAIN_SECONDS": str(DRAIN_SECONDS)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.echo_service"],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.echo_service",
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         await _wait_serving(target)
         yield proc, target
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-        proc.wait(timeout=10)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        await asyncio.wait_for(proc.wait(), 10)
 
 
 async def test_sigterm_lets_an_open_bidi_stream_finish_and_refuses_new_calls(
-    echo_process: tuple[subprocess.Popen[bytes], str],
+    echo_process: tuple[asyncio.subprocess.Process, str],
 ) -> None:
     proc, target = echo_process
     async with grpc.aio.insecure_channel(target) as chan:
@@ -90,12 +91,12 @@ async def test_sigterm_lets_an_open_bidi_stream_finish_and_refuses_new_calls(
         assert await call.code() == grpc.StatusCode.OK
 
     started = time.monotonic()
-    assert await asyncio.to_thread(proc.wait, 10) == 0
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
     assert time.monotonic() - started < DRAIN_SECONDS
 
 
 async def test_a_stream_that_outlives_the_drain_bound_is_cut_and_the_process_exits_0(
-    echo_process: tuple[subprocess.Popen[bytes], str],
+    echo_process: tuple[asyncio.subprocess.Process, str],
 ) -> None:
     proc, target = echo_process
     async with grpc.aio.insecure_channel(target) as chan:
@@ -104,7 +105,7 @@ async def test_a_stream_that_outlives_the_drain_bound_is_cut_and_the_process_exi
         assert await call.read() == b"b" * 640
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, DRAIN_SECONDS + 5)
+        code = await asyncio.wait_for(proc.wait(), DRAIN_SECONDS + 5)
         took = time.monotonic() - signalled
         assert code == 0
         assert DRAIN_SECONDS - 0.5 <= took <= DRAIN_SECONDS + 5
@@ -154,16 +155,16 @@ def _relay_spec(downstream: str, runtime: RuntimeSettings) -> ServiceSpec:
 
 async def test_trace_context_crosses_a_service_hop() -> None:
     runtime = RuntimeSettings()
-    async with serving(echo_service.SPEC) as echo:
-        async with serving(_relay_spec(echo.target, runtime)) as relay:
-            async with grpc.aio.insecure_channel(relay.target) as chan:
-                await chan.unary_unary("/skm.testing.v1.RelayService/Relay")(b"Unary", timeout=5)
-            (relay_span,) = [s for s in relay.spans.get_finished_spans() if s.kind is SpanKind.SERVER]
-            (echo_span,) = [s for s in echo.spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    async with serving(echo_service.SPEC) as echo, serving(_relay_spec(echo.target, runtime)) as relay:
+        async with grpc.aio.insecure_channel(relay.target) as chan:
+            await chan.unary_unary("/skm.testing.v1.RelayService/Relay")(b"Unary", timeout=5)
+        (relay_span,) = [s for s in relay.spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+        (echo_span,) = [s for s in echo.spans.get_finished_spans() if s.kind is SpanKind.SERVER]
     assert relay_span.name == "skm.testing.v1.RelayService/Relay"
     assert echo_span.name == f"{echo_service.SERVICE}/Unary"
     assert echo_span.context.trace_id == relay_span.context.trace_id
-    assert echo_span.parent is not None and echo_span.parent.span_id == relay_span.context.span_id
+    assert echo_span.parent is not None
+    assert echo_span.parent.span_id == relay_span.context.span_id
 
 
 async def test_without_span_export_the_callers_trace_still_crosses_the_hop() -> None:
@@ -183,11 +184,14 @@ async def test_without_span_export_the_callers_trace_still_crosses_the_hop() -> 
 async def test_outbound_calls_inherit_the_inbound_deadline() -> None:
     """The relay's outbound default is 10 s; its caller gave 2 s: the hop gets what remains."""
     runtime = RuntimeSettings()
-    async with serving(echo_service.SPEC) as echo, serving(_relay_spec(echo.target, runtime)) as relay:
-        async with grpc.aio.insecure_channel(relay.target) as chan:
-            relay_call = chan.unary_unary("/skm.testing.v1.RelayService/Relay")
-            # grpc-timeout travels rounded up to its unit, hence the small allowances.
-            inherited = float(await relay_call(b"Remaining", timeout=2.0))
-            assert 0 < inherited <= 2.1
-            defaulted = float(await relay_call(b"Remaining"))  # no inbound deadline at all
-            assert 5.0 < defaulted <= runtime.grpc_call_timeout_seconds + 0.5
+    async with (
+        serving(echo_service.SPEC) as echo,
+        serving(_relay_spec(echo.target, runtime)) as relay,
+        grpc.aio.insecure_channel(relay.target) as chan,
+    ):
+        relay_call = chan.unary_unary("/skm.testing.v1.RelayService/Relay")
+        # grpc-timeout travels rounded up to its unit, hence the small allowances.
+        inherited = float(await relay_call(b"Remaining", timeout=2.0))
+        assert 0 < inherited <= 2.1
+        defaulted = float(await relay_call(b"Remaining"))  # no inbound deadline at all
+        assert 5.0 < defaulted <= runtime.grpc_call_timeout_seconds + 0.5

@@ -1,0 +1,13 @@
+"""svc_profiles settings (SKM_PROFILES_*)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skm_runtime.server import ServiceSettings
+from skm_runtime.settings import address
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilesSettings(ServiceSettings):
+    addr: str = address("127.0.0.1:50056")
