@@ -24,7 +24,8 @@ from typing import Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from skm_runtime.interceptors import OutboundInterceptor, ServerInterceptor
 from skm_runtime.logs import configure_logging
@@ -172,7 +173,7 @@ async def start_server(
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
-    reflection.enable_server_reflection(reflected, server)
+    _serve_reflection(server, reflected)
     try:
         port = server.add_insecure_port(addr)
     except RuntimeError as exc:
@@ -185,6 +186,33 @@ async def start_server(
     for name in spec.service_names:
         await health.set(name, serving)
     return RunningServer(server, port, health, spec)
+
+
+def _serve_reflection(server: grpc.aio.Server, names: Sequence[str]) -> None:
+    """Server reflection under both protocol names.
+
+    grpcio-reflection implements only `grpc.reflection.v1alpha`; clients (buf curl, grpcurl)
+    ask `grpc.reflection.v1` first, and not every client falls back on every call. The two
+    protocols are the same messages under another package, so the v1 name is served by the
+    same servicer with the v1alpha message classes.
+    """
+    servicer = ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    request = reflection_pb2.ServerReflectionRequest
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "grpc.reflection.v1.ServerReflection",
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        servicer.ServerReflectionInfo,
+                        request_deserializer=request.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
 
 
 def run(

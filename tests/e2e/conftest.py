@@ -1,0 +1,26 @@
+"""The whole mesh for end-to-end tests: the real servers, all seven services, Envoy in front."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from skm_runtime.contract import services_of
+from skm_stack import RunningStack
+from skm_stack.services import default_services
+
+
+@pytest.fixture(scope="session")
+def mesh(stack: RunningStack) -> RunningStack:
+    """The session's stack with every service (free ports) and Envoy started on it.
+
+    They are stopped, with the servers, when the session's stack stops.
+    """
+    specs = [
+        replace(spec, port=0, health_services=("", *services_of(spec.name)))
+        for spec in default_services(env={})
+    ]
+    stack.start_services(specs)
+    stack.start_envoy()
+    return stack

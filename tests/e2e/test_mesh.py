@@ -1,0 +1,113 @@
+"""The platform as a client meets it: through Envoy's public listener only."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from skm_runtime.contract import service_owners
+from skm_runtime.status import error_info_of
+from skm_stack import RunningStack
+
+ROOT = Path(__file__).resolve().parents[2]
+BUF = ROOT / "web" / "node_modules" / ".bin" / "buf"
+OWNERS = {"conversation", "audio", "tools", "policy", "profiles", "analytics"}
+
+
+def _buf_curl(*args: str) -> str:
+    done = subprocess.run(
+        [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_contract_names_an_owner_for_every_service() -> None:
+    owners = service_owners()
+    assert set(owners.values()) == OWNERS
+    assert "skm.conversation.v1.ConversationService" in owners
+
+
+def test_buf_curl_lists_every_skm_service_through_envoy(mesh: RunningStack) -> None:
+    listed = set(_buf_curl("--list-services", mesh.envoy_url).split())
+    assert set(service_owners()) <= listed
+    assert {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
+
+
+def test_buf_curl_lists_methods_and_calls_health_through_envoy(mesh: RunningStack) -> None:
+    methods = set(_buf_curl("--list-methods", mesh.envoy_url).split())
+    assert "skm.conversation.v1.ConversationService/Converse" in methods
+    assert "skm.audio.v1.AudioService/StreamingRecognize" in methods
+    reply = _buf_curl(
+        "-d",
+        json.dumps({"service": "skm.policy.v1.PolicyService"}),
+        f"{mesh.envoy_url}/grpc.health.v1.Health/Check",
+    )
+    assert json.loads(reply) == {"status": "SERVING"}
+
+
+async def test_every_service_is_serving_through_envoy(mesh: RunningStack) -> None:
+    target = mesh.envoy_url.removeprefix("http://")
+    async with grpc.aio.insecure_channel(target) as chan:
+        health = health_pb2_grpc.HealthStub(chan)
+        for name in ["", *sorted(service_owners())]:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await health.Check(health_pb2.HealthCheckRequest(service="skm.nope.v1.Nope"), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_each_service_answers_on_its_own_port(mesh: RunningStack) -> None:
+    """Behind the gateway, every service serves its contract (UNIMPLEMENTED for now)."""
+    for name, service in mesh.services.items():
+        async with grpc.aio.insecure_channel(service.addr) as chan:
+            health = health_pb2_grpc.HealthStub(chan)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+    conversation = mesh.services["conversation"].addr
+    async with grpc.aio.insecure_channel(conversation) as chan:
+        call = chan.unary_unary("/skm.conversation.v1.ConversationService/GetSession")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(b"", timeout=5)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    info = error_info_of(raised.value)
+    assert info is not None
+    assert info.reason == "NOT_IMPLEMENTED"
+
+
+def test_grpc_web_from_a_browser_origin_reaches_health(mesh: RunningStack) -> None:
+    """A browser's grpc-web call (HTTP/1.1, CORS) through Envoy to the mesh."""
+    request = health_pb2.HealthCheckRequest(service="skm.audio.v1.AudioService").SerializeToString()
+    frame = b"\x00" + struct.pack(">I", len(request)) + request
+    response = httpx.post(
+        f"{mesh.envoy_url}/grpc.health.v1.Health/Check",
+        content=frame,
+        headers={
+            "content-type": "application/grpc-web+proto",
+            "x-grpc-web": "1",
+            "origin": "http://localhost:5173",
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
+    body = response.content
+    assert body[0] == 0  # a data frame first
+    length = struct.unpack(">I", body[1:5])[0]
+    reply = health_pb2.HealthCheckResponse.FromString(body[5 : 5 + length])
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    trailer = body[5 + length :]
+    assert trailer[0] == 0x80  # then the trailers frame
+    assert b"grpc-status:0" in trailer.replace(b" ", b"")

@@ -1,0 +1,69 @@
+"""The gateway answers health for the services behind it by asking them."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from skm_runtime.server import RuntimeSettings
+from svc_gateway.__main__ import build
+from svc_gateway.settings import GatewaySettings
+from svc_policy.__main__ import build as build_policy
+from svc_policy.settings import PolicySettings
+from tests.support.ports import free_port
+from tests.support.runtime import serving
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_a_backend_that_is_down_is_not_serving_and_one_that_is_up_is() -> None:
+    runtime = RuntimeSettings()
+    async with serving(await build_policy(PolicySettings(), runtime)) as policy:
+        settings = GatewaySettings(
+            policy_addr=policy.target,
+            analytics_addr=f"127.0.0.1:{free_port()}",  # nothing listens there
+            backend_health_timeout_seconds=0.5,
+        )
+        async with (
+            serving(await build(settings, runtime)) as gateway,
+            grpc.aio.insecure_channel(gateway.target) as chan,
+        ):
+            health = health_pb2_grpc.HealthStub(chan)
+
+            async def status(name: str) -> int:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                return int(reply.status)
+
+            assert await status("") == SERVING
+            assert await status("skm.policy.v1.PolicyService") == SERVING
+            assert await status("skm.policy.v1.BlockedActionService") == SERVING
+            assert await status("skm.analytics.v1.AnalyticsService") == NOT_SERVING
+
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="skm.analytics.v1.AnalyticsService"))
+            first = await watch.read()
+            assert first.status == NOT_SERVING
+            watch.cancel()
+
+
+async def test_the_gateway_describes_every_service_behind_it() -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    def request(**kind: str) -> bytes:
+        return reflection_pb2.ServerReflectionRequest(**kind).SerializeToString()
+
+    async with (
+        serving(await build(GatewaySettings(), RuntimeSettings())) as gateway,
+        grpc.aio.insecure_channel(gateway.target) as chan,
+    ):
+        # The v1 protocol name, which grpcio-reflection does not serve by itself.
+        call = chan.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(timeout=5)
+        await call.write(request(list_services=""))
+        listed = reflection_pb2.ServerReflectionResponse.FromString(await call.read())
+        await call.write(request(file_containing_symbol="skm.conversation.v1.ConversationService"))
+        described = reflection_pb2.ServerReflectionResponse.FromString(await call.read())
+        await call.done_writing()
+    names = {s.name for s in listed.list_services_response.service}
+    assert "skm.conversation.v1.ConversationService" in names
+    assert "skm.tools.v1.ToolService" in names
+    assert described.HasField("file_descriptor_response")
