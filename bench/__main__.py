@@ -7,8 +7,10 @@ on all of them alike:
   envoy     the runtime server behind Envoy (the public path's proxy hop)
 Reported: unary echo (100 B, 16 concurrent callers) and a bidi stream of 640-byte frames
 (20 ms of 16 kHz PCM; throughput with frames sent back to back, latency ping-pong) as
-throughput and p50/p99 latency, and the ratios runtime/bare and envoy/runtime. The numbers
-are machine-dependent; the ratios are the point.
+throughput, p50/p99 latency and the CPU the serving side spent per call or frame (server,
+plus Envoy on the envoy path; client, server and Envoy share this machine's cores), and
+the ratios runtime/bare and envoy/runtime. The numbers are machine-dependent; the ratios
+are the point.
 
 Usage: python -m bench [--rounds N] [--calls N] [--frames N]
 """
@@ -37,10 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def _process(argv: list[str], env: dict[str, str]) -> Iterator[None]:
+def _process(argv: list[str], env: dict[str, str]) -> Iterator[int]:
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
     try:
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -61,26 +63,30 @@ async def _ready(target: str) -> None:
 
 def _row(name: str, figures: Figures, unit: str) -> str:
     rate = f"{figures.per_second:>10.0f} {unit:<9}"
-    return f"  {name:<10} {rate} p50 {figures.p50_ms:7.3f} ms   p99 {figures.p99_ms:7.3f} ms"
+    latency = f"p50 {figures.p50_ms:7.3f} ms   p99 {figures.p99_ms:7.3f} ms"
+    return f"  {name:<10} {rate} {latency}   serving CPU {figures.cpu_us:6.1f} us each"
 
 
 def _ratio(label: str, ours: Figures, base: Figures, goal: str) -> str:
     return (
         f"  {label:<18} throughput {ours.per_second / base.per_second:5.2f}x   "
-        f"p50 {ours.p50_ms - base.p50_ms:+.3f} ms   p99 {ours.p99_ms - base.p99_ms:+.3f} ms   ({goal})"
+        f"p50 {ours.p50_ms - base.p50_ms:+.3f} ms   p99 {ours.p99_ms - base.p99_ms:+.3f} ms   "
+        f"CPU {ours.cpu_us - base.cpu_us:+6.1f} us   ({goal})"
     )
 
 
-async def _measure(targets: dict[str, str], rounds: int, calls: int, frames: int) -> None:
-    for target in targets.values():
+async def _measure(
+    targets: dict[str, tuple[str, tuple[int, ...]]], rounds: int, calls: int, frames: int
+) -> None:
+    for target, _pids in targets.values():
         await _ready(target)
     unary_runs: dict[str, list[Figures]] = {name: [] for name in targets}
     bidi_runs: dict[str, list[Figures]] = {name: [] for name in targets}
     for index in range(rounds):
         print(f"round {index + 1}/{rounds} ...", file=sys.stderr, flush=True)
-        for name, target in targets.items():
-            unary_runs[name].append(await unary(target, calls, concurrency=16))
-            bidi_runs[name].append(await bidi(target, frames))
+        for name, (target, pids) in targets.items():
+            unary_runs[name].append(await unary(target, pids, calls, concurrency=16))
+            bidi_runs[name].append(await bidi(target, pids, frames))
     u = {name: median_figures(runs) for name, runs in unary_runs.items()}
     b = {name: median_figures(runs) for name, runs in bidi_runs.items()}
     print(f"\nmedian of {rounds} alternating rounds; {calls} unary calls, {frames} bidi frames per round\n")
@@ -107,17 +113,21 @@ def main() -> int:
     runtime_port = int(runtime.rpartition(":")[2])
     with (
         tempfile.TemporaryDirectory(prefix="skm-bench-") as state,
-        _process([sys.executable, "-m", "bench.bare_echo", bare], {}),
+        _process([sys.executable, "-m", "bench.bare_echo", bare], {}) as bare_pid,
         _process(
             [sys.executable, "-m", "tests.support.echo_service"],
             {"SKM_ECHO_ADDR": runtime, "SKM_LOG_LEVEL": "WARNING"},
-        ),
+        ) as runtime_pid,
     ):
         envoy = start_envoy(
             envoy_binary(), Path(state), free_port(), free_port(), runtime_port, concurrency=1
         )
         try:
-            targets = {"bare": bare, "runtime": runtime, "envoy": f"127.0.0.1:{envoy.port}"}
+            targets = {
+                "bare": (bare, (bare_pid,)),
+                "runtime": (runtime, (runtime_pid,)),
+                "envoy": (f"127.0.0.1:{envoy.port}", (runtime_pid, envoy.process.pid)),
+            }
             asyncio.run(_measure(targets, args.rounds, args.calls, args.frames))
         finally:
             envoy.stop()

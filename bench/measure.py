@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,11 +17,23 @@ FRAME = b"\x00\x01" * 320  # 640 bytes: 20 ms of 16 kHz 16-bit mono PCM
 
 @dataclass(frozen=True)
 class Figures:
-    """One measured run: calls (or frames) per second and latency percentiles in ms."""
+    """One measured run: calls (or frames) per second, latency percentiles in ms, and the
+    CPU time the serving processes spent per call (or frame), in microseconds."""
 
     per_second: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system CPU seconds used so far by these processes (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(samples: list[float], q: float) -> float:
@@ -29,7 +42,7 @@ def _ms(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
-async def unary(target: str, calls: int, concurrency: int) -> Figures:
+async def unary(target: str, pids: tuple[int, ...], calls: int, concurrency: int) -> Figures:
     """`calls` unary echoes of 100 bytes from `concurrency` workers on one channel."""
     async with grpc.aio.insecure_channel(target) as chan:
         echo = chan.unary_unary(f"/{SERVICE}/Unary")
@@ -45,13 +58,16 @@ async def unary(target: str, calls: int, concurrency: int) -> Figures:
                 await echo(payload, timeout=10)
                 latencies.append(time.perf_counter() - start)
 
+        cpu = cpu_seconds(pids)
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return Figures(len(latencies) / elapsed, _ms(latencies, 0.5), _ms(latencies, 0.99))
+        cpu = cpu_seconds(pids) - cpu
+    count = len(latencies)
+    return Figures(count / elapsed, _ms(latencies, 0.5), _ms(latencies, 0.99), cpu / count * 1e6)
 
 
-async def bidi(target: str, frames: int) -> Figures:
+async def bidi(target: str, pids: tuple[int, ...], frames: int) -> Figures:
     """One bidi stream of 640-byte frames.
 
     Throughput: frames written back to back while a reader takes the echoes (a live audio
@@ -63,6 +79,7 @@ async def bidi(target: str, frames: int) -> Figures:
             await call.write(FRAME)
             await call.read()
         latencies: list[float] = []
+        cpu = cpu_seconds(pids)
         for _ in range(frames):
             sent = time.perf_counter()
             await call.write(FRAME)
@@ -79,9 +96,10 @@ async def bidi(target: str, frames: int) -> Figures:
             await call.read()
         elapsed = time.perf_counter() - start
         await writer
+        cpu = cpu_seconds(pids) - cpu
         await call.done_writing()
         await call.read()
-    return Figures(frames / elapsed, _ms(latencies, 0.5), _ms(latencies, 0.99))
+    return Figures(frames / elapsed, _ms(latencies, 0.5), _ms(latencies, 0.99), cpu / (2 * frames) * 1e6)
 
 
 def median_figures(runs: list[Figures]) -> Figures:
@@ -89,4 +107,5 @@ def median_figures(runs: list[Figures]) -> Figures:
         statistics.median(r.per_second for r in runs),
         statistics.median(r.p50_ms for r in runs),
         statistics.median(r.p99_ms for r in runs),
+        statistics.median(r.cpu_us for r in runs),
     )

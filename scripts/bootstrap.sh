@@ -20,8 +20,10 @@ echo "==> Python environment (.venv, from uv.lock)"
 
 if [ "${1:-}" != "--python-only" ]; then
   if [ ! -d web/node_modules ] || ! cmp -s web/package-lock.json web/node_modules/.package-lock.json.skm 2>/dev/null; then
-    echo "==> web tooling (npm ci: buf, protoc-gen-es, connect-web)"
-    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+    echo "==> web tooling (npm: buf, protoc-gen-es, connect-web; versions from package-lock.json)"
+    # `npm install`, not `npm ci`: npm 11 leaves other platforms' optional packages of
+    # @bufbuild/buf out of the lock file, and `npm ci` then refuses it as out of sync.
+    (cd web && npm install --no-audit --no-fund --loglevel=error)
     cp web/package-lock.json web/node_modules/.package-lock.json.skm
   fi
   echo "==> real servers of the local stack"
