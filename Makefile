@@ -22,13 +22,14 @@ gen: ## regenerate gen/python and web/src/gen from proto/
 check-gen: ## fail when gen/ or web/src/gen is stale against proto/
 	@scripts/check-gen.sh
 
-lint: ## ruff, mypy (strict), import-linter contracts, buf lint and format
+lint: ## ruff, mypy (strict), import-linter contracts, buf lint and format, tsc on web/
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	.venv/bin/lint-imports
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
+	web/node_modules/.bin/tsc -p web
 
 breaking: ## buf breaking (FILE) against the contract as it stood before this session's work
 	@scripts/breaking.sh

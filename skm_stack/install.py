@@ -203,7 +203,7 @@ def _install_openfga(report: Report) -> float:
     if go is None:
         raise InstallError(
             "`go` is not on PATH: OpenFGA is built with `go install` and needs a recent Go "
-            "toolchain (Debian's golang is too old); install one from https://go.dev/dl/"
+            "toolchain (Debian's golang is too old): install Go 1.24 or newer"
         )
     go_root = cache_dir() / "go"
     env = {

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
@@ -42,10 +43,18 @@ async def _wait_serving(target: str, deadline: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture
 async def echo_process() -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     target = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "SKM_ECHO_ADDR": target, "SKM_GRPC_DRAIN_SECONDS": str(DRAIN_SECONDS)}
+    env = {
+        **os.environ,
+        "SKM_ECHO_ADDR": target,
+        "SKM_ECHO_METRICS_ADDR": f"127.0.0.1:{METRICS_PORT}",
+        "SKM_GRPC_DRAIN_SECONDS": str(DRAIN_SECONDS),
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -111,6 +120,31 @@ async def test_a_stream_that_outlives_the_drain_bound_is_cut_and_the_process_exi
         assert DRAIN_SECONDS - 0.5 <= took <= DRAIN_SECONDS + 5
         with pytest.raises(grpc.aio.AioRpcError):
             await call.read()
+
+
+async def test_rpc_metrics_are_served_for_prometheus(
+    echo_process: tuple[asyncio.subprocess.Process, str],
+) -> None:
+    _proc, target = echo_process
+    async with grpc.aio.insecure_channel(target) as chan:
+        for _ in range(3):
+            await chan.unary_unary(f"/{echo_service.SERVICE}/Unary")(b"x", timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await chan.unary_unary(f"/{echo_service.SERVICE}/Fail")(b"x", timeout=5)
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5)).text
+    counts = [
+        line
+        for line in text.splitlines()
+        if line.startswith("rpc_server_duration")
+        and "_count{" in line
+        and f'rpc_service="{echo_service.SERVICE}"' in line
+    ]
+    ok = [line for line in counts if 'rpc_method="Unary"' in line and 'rpc_grpc_status_code="0"' in line]
+    failed = [line for line in counts if 'rpc_method="Fail"' in line and 'rpc_grpc_status_code="5"' in line]
+    assert len(ok) == 1
+    assert float(ok[0].rsplit(" ", 1)[1]) == 3.0
+    assert len(failed) == 1
 
 
 async def test_health_and_reflection_list_the_service() -> None:
