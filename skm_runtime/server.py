@@ -98,28 +98,25 @@ class ServiceSpec:
     health: HealthServicer | None = None
 
 
-def server_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
+def channel_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
+    """Message-size limits and keepalive, the same on both ends of every connection."""
     return [
         ("grpc.max_receive_message_length", runtime.grpc_max_receive_bytes),
         ("grpc.max_send_message_length", runtime.grpc_max_send_bytes),
         ("grpc.keepalive_time_ms", int(runtime.grpc_keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(runtime.grpc_keepalive_timeout_seconds * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def server_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
+    return [
+        *channel_options(runtime),
         # Clients may ping every 10 s; more often is abuse and gets the connection closed.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         # Two processes must never share a port silently.
         ("grpc.so_reuseport", 0),
-    ]
-
-
-def channel_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", runtime.grpc_max_receive_bytes),
-        ("grpc.max_send_message_length", runtime.grpc_max_send_bytes),
-        ("grpc.keepalive_time_ms", int(runtime.grpc_keepalive_seconds * 1000)),
-        ("grpc.keepalive_timeout_ms", int(runtime.grpc_keepalive_timeout_seconds * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
     ]
 
 
