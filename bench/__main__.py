@@ -75,9 +75,7 @@ def _ratio(label: str, ours: Figures, base: Figures, goal: str) -> str:
     )
 
 
-async def _measure(
-    targets: dict[str, tuple[str, tuple[int, ...]]], rounds: int, calls: int, frames: int
-) -> None:
+async def _measure(targets: dict[str, tuple[str, tuple[int, ...]]], rounds: int, calls: int, frames: int) -> None:
     for target, _pids in targets.values():
         await _ready(target)
     unary_runs: dict[str, list[Figures]] = {name: [] for name in targets}
@@ -119,9 +117,7 @@ def main() -> int:
             {"SKM_ECHO_ADDR": runtime, "SKM_LOG_LEVEL": "WARNING"},
         ) as runtime_pid,
     ):
-        envoy = start_envoy(
-            envoy_binary(), Path(state), free_port(), free_port(), runtime_port, concurrency=1
-        )
+        envoy = start_envoy(envoy_binary(), Path(state), free_port(), free_port(), runtime_port, concurrency=1)
         try:
             targets = {
                 "bare": (bare, (bare_pid,)),

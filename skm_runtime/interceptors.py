@@ -46,9 +46,7 @@ else:
     Handler = grpc.RpcMethodHandler
 
 # Absolute monotonic deadline of the inbound call being served in this task, if it has one.
-_inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "skm_inbound_deadline", default=None
-)
+_inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("skm_inbound_deadline", default=None)
 
 _GENERIC_INTERNAL = "internal error"
 # Only W3C trace context is read from calls (metadata keys `traceparent`, `tracestate`).
@@ -100,9 +98,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # carried through to outbound calls, which costs next to nothing.
         self._tracer = tracer
         self._record_spans = record_spans
-        self._duration = meter.create_histogram(
-            "rpc.server.duration", unit="ms", description="Time to serve one RPC"
-        )
+        self._duration = meter.create_histogram("rpc.server.duration", unit="ms", description="Time to serve one RPC")
         self._active = meter.create_up_down_counter("rpc.server.active", description="RPCs being served now")
         self._wrapped: dict[str, Handler] = {}
 
@@ -217,9 +213,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 class _Call:
     """What the wrapped behaviours of one method share."""
 
-    def __init__(
-        self, owner: ServerInterceptor, span_name: str, attributes: dict[str, AttributeValue]
-    ) -> None:
+    def __init__(self, owner: ServerInterceptor, span_name: str, attributes: dict[str, AttributeValue]) -> None:
         self.owner = owner
         self.span_name = span_name
         self.attributes = attributes
@@ -293,9 +287,7 @@ class _Serving:
     def __exit__(self, *_exc: object) -> None:
         call = self._call
         ok = self.code is Code.OK
-        attributes = (
-            call.ok_attributes if ok else {**call.attributes, "rpc.grpc.status_code": self.code.value}
-        )
+        attributes = call.ok_attributes if ok else {**call.attributes, "rpc.grpc.status_code": self.code.value}
         if self._span is not None:
             if not ok:
                 self._span.set_status(Status(StatusCode.ERROR, self.code.name))

@@ -151,9 +151,7 @@ class RunningServer:
             await self.spec.stop()
 
 
-async def start_server(
-    spec: ServiceSpec, addr: str, runtime: RuntimeSettings, telemetry: Telemetry
-) -> RunningServer:
+async def start_server(spec: ServiceSpec, addr: str, runtime: RuntimeSettings, telemetry: Telemetry) -> RunningServer:
     """Build, bind and start the server of one service."""
     interceptor = ServerInterceptor(
         telemetry.tracer_provider.get_tracer("skm.runtime"),

@@ -103,9 +103,7 @@ def start_envoy(
     process = ServerProcess(name, argv, state_dir=state_dir, cwd=root)
     server = EnvoyServer(process, port, admin_port, upstream_port, config)
     try:
-        wait_healthy(
-            process, lambda: probe_ready(server.admin_url), timeout=timeout, what="admin /ready LIVE"
-        )
+        wait_healthy(process, lambda: probe_ready(server.admin_url), timeout=timeout, what="admin /ready LIVE")
     except BaseException:
         process.stop()
         raise

@@ -119,9 +119,7 @@ def _install_debian_packages(report: Report) -> float:
     return elapsed
 
 
-def _run_logged(
-    argv: Sequence[str], *, env: dict[str, str] | None = None, what: str, cwd: Path | None = None
-) -> str:
+def _run_logged(argv: Sequence[str], *, env: dict[str, str] | None = None, what: str, cwd: Path | None = None) -> str:
     """Run a tool to completion; on failure raise with the tail of its output."""
     result = subprocess.run(
         list(argv),

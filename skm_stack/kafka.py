@@ -81,15 +81,11 @@ def _read_cluster_id(data_dir: Path) -> str | None:
 
 def _format_storage(toolchain: Toolchain, state_dir: Path, config: Path, log4j: Path) -> None:
     log_path = state_dir / "logs" / "kafka-format.log"
-    argv = _java_argv(
-        toolchain, log4j, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(config)
-    )
+    argv = _java_argv(toolchain, log4j, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(config))
     with open(log_path, "wb") as log:
         result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False, timeout=180)
     if result.returncode != 0:
-        raise StartError(
-            "kafka", f"StorageTool format failed with status {result.returncode}", tail_file(log_path)
-        )
+        raise StartError("kafka", f"StorageTool format failed with status {result.returncode}", tail_file(log_path))
 
 
 async def _describe_cluster(bootstrap: str) -> dict[str, object]:
@@ -148,9 +144,7 @@ def start_kafka(
     )
     bootstrap = f"127.0.0.1:{port}"
     try:
-        wait_healthy(
-            process, lambda: probe_broker(bootstrap), timeout=timeout, what="broker in cluster metadata"
-        )
+        wait_healthy(process, lambda: probe_broker(bootstrap), timeout=timeout, what="broker in cluster metadata")
     except BaseException:
         process.stop()
         raise

@@ -91,9 +91,7 @@ def start_openfga(
             timeout=120,
         )
     if migrated.returncode != 0:
-        raise StartError(
-            "openfga", f"openfga migrate failed with status {migrated.returncode}", tail_file(migrate_log)
-        )
+        raise StartError("openfga", f"openfga migrate failed with status {migrated.returncode}", tail_file(migrate_log))
 
     token_file = root / "api-token"
     token = secrets.token_urlsafe(32)

@@ -99,9 +99,7 @@ def _initdb(toolchain: Toolchain, root: Path, data: Path, *, durable: bool) -> N
     log_path = root.parent / "logs" / "postgres-initdb.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        result = subprocess.run(
-            _as_postgres(argv), stdout=log, stderr=subprocess.STDOUT, cwd=root, check=False
-        )
+        result = subprocess.run(_as_postgres(argv), stdout=log, stderr=subprocess.STDOUT, cwd=root, check=False)
     if result.returncode != 0:
         hint = ""
         if _runs_as_root():
@@ -109,9 +107,7 @@ def _initdb(toolchain: Toolchain, root: Path, data: Path, *, durable: bool) -> N
                 " (as root the state dir and every folder above it must be searchable by the "
                 "postgres user, e.g. mode 0755)"
             )
-        raise StartError(
-            "postgres", f"initdb failed with status {result.returncode}{hint}", tail_file(log_path)
-        )
+        raise StartError("postgres", f"initdb failed with status {result.returncode}{hint}", tail_file(log_path))
     (data / "pg_hba.conf").write_text(_HBA)
     _chown_to_postgres(data / "pg_hba.conf")
 

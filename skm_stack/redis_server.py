@@ -67,9 +67,7 @@ def start_redis(toolchain: Toolchain, state_dir: Path, port: int, *, timeout: fl
     root.mkdir(parents=True, exist_ok=True)
     config = root / "redis.conf"
     config.write_text(_config(port, root))
-    process = ServerProcess(
-        "redis", [str(toolchain.redis_server), str(config)], state_dir=state_dir, cwd=root
-    )
+    process = ServerProcess("redis", [str(toolchain.redis_server), str(config)], state_dir=state_dir, cwd=root)
     try:
         wait_healthy(process, lambda: probe_ping(port), timeout=timeout, what="PING reply")
     except BaseException:

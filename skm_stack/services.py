@@ -145,13 +145,9 @@ def start_service(
 ) -> ServiceProcess:
     """Start ``python -m <module>`` with ``env`` and wait until every health name is SERVING."""
     if not module_is_runnable(spec.module):
-        raise StartError(
-            spec.name, f"`python -m {spec.module}` has nothing to run (no such module or no __main__)", ""
-        )
+        raise StartError(spec.name, f"`python -m {spec.module}` has nothing to run (no such module or no __main__)", "")
     child_env = {**os.environ, **env, **spec.extra_env, "PYTHONUNBUFFERED": "1"}
-    process = ServerProcess(
-        spec.name, [python, "-m", spec.module], state_dir=state_dir, env=child_env, cwd=cwd
-    )
+    process = ServerProcess(spec.name, [python, "-m", spec.module], state_dir=state_dir, env=child_env, cwd=cwd)
     try:
         wait_healthy(
             process,

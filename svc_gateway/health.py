@@ -39,9 +39,7 @@ class GatewayHealth(HealthServicer):  # type: ignore[misc]  # grpc_health ships 
         except grpc.aio.AioRpcError:
             return health_pb2.HealthCheckResponse(status=_NOT_SERVING)
 
-    async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         stub = self._stubs.get(request.service)
         if stub is None:
             await super().Watch(request, context)

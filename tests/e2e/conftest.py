@@ -17,10 +17,7 @@ def mesh(stack: RunningStack) -> RunningStack:
 
     They are stopped, with the servers, when the session's stack stops.
     """
-    specs = [
-        replace(spec, port=0, health_services=("", *services_of(spec.name)))
-        for spec in default_services(env={})
-    ]
+    specs = [replace(spec, port=0, health_services=("", *services_of(spec.name))) for spec in default_services(env={})]
     stack.start_services(specs)
     stack.start_envoy()
     return stack

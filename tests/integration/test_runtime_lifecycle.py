@@ -32,9 +32,7 @@ async def _wait_serving(target: str, deadline: float = 20.0) -> None:
         stub = health_pb2_grpc.HealthStub(chan)
         while True:
             try:
-                reply = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=echo_service.SERVICE), timeout=1
-                )
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=echo_service.SERVICE), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:

@@ -164,16 +164,10 @@ async def test_openfga_stores_a_model_and_answers_checks(stack: RunningStack) ->
         model = await fga.write_authorization_model(WriteAuthorizationModelRequest(**_MODEL))
         fga.set_authorization_model_id(model.authorization_model_id)
         await fga.write(
-            ClientWriteRequest(
-                writes=[ClientTuple(user="user:ana", relation="viewer", object="document:plan")]
-            )
+            ClientWriteRequest(writes=[ClientTuple(user="user:ana", relation="viewer", object="document:plan")])
         )
-        allowed = await fga.check(
-            ClientCheckRequest(user="user:ana", relation="viewer", object="document:plan")
-        )
-        denied = await fga.check(
-            ClientCheckRequest(user="user:bo", relation="viewer", object="document:plan")
-        )
+        allowed = await fga.check(ClientCheckRequest(user="user:ana", relation="viewer", object="document:plan"))
+        denied = await fga.check(ClientCheckRequest(user="user:bo", relation="viewer", object="document:plan"))
     assert allowed.allowed is True
     assert denied.allowed is False
 
@@ -194,9 +188,7 @@ async def test_openfga_requires_the_stacks_preshared_key(stack: RunningStack) ->
 # -- Envoy --------------------------------------------------------------------------------
 
 
-def test_envoy_accepts_the_rendered_config_and_rejects_a_broken_one(
-    toolchain: Toolchain, tmp_path: Path
-) -> None:
+def test_envoy_accepts_the_rendered_config_and_rejects_a_broken_one(toolchain: Toolchain, tmp_path: Path) -> None:
     good = tmp_path / "envoy.yaml"
     good.write_text(render_config(port=18080, admin_port=19901, upstream_port=50051))
     validate_config(toolchain.envoy, good)
@@ -235,11 +227,7 @@ async def test_envoy_carries_grpc_and_grpc_web_to_a_service_the_stack_started(
 ) -> None:
     running = stack_factory()
     running.start_services(
-        [
-            ServiceSpec(
-                "echo", "tests.support.echo_service", port=0, health_services=("", echo_service.SERVICE)
-            )
-        ]
+        [ServiceSpec("echo", "tests.support.echo_service", port=0, health_services=("", echo_service.SERVICE))]
     )
     envoy = running.start_envoy(running.service_specs[0].port)
     method = f"/{echo_service.SERVICE}/Unary"
@@ -248,9 +236,7 @@ async def test_envoy_carries_grpc_and_grpc_web_to_a_service_the_stack_started(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
         unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
         assert await unary(b"ping", timeout=10) == b"ping"
-        bidi: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
-            f"/{echo_service.SERVICE}/Bidi"
-        )
+        bidi: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(f"/{echo_service.SERVICE}/Bidi")
         frames = [bytes([n]) * 640 for n in range(5)]  # 20 ms of 16 kHz PCM each
         call = bidi(iter(frames), timeout=10)
         assert [reply async for reply in call] == frames

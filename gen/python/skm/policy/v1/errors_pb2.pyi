@@ -63,6 +63,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ABORTED: the etag given is not the resource's current one; read it again."""
     ERROR_REASON_CONSTITUTION_TOO_LARGE: _ErrorReason.ValueType  # 19
     """INVALID_ARGUMENT: the constitution is larger than 256 KiB (metadata: limit_bytes)."""
+    ERROR_REASON_NOT_AN_OPERATOR: _ErrorReason.ValueType  # 20
+    """PERMISSION_DENIED: the caller is not an operator of the blocked action's
+    tenant (policy does not allow it `can_operate` on the tenant), so it may
+    not approve or reject it.
+    """
+    ERROR_REASON_PRINCIPAL_MISSING: _ErrorReason.ValueType  # 21
+    """UNAUTHENTICATED: the call carries no principal (the gateway forwards one
+    with every public call; services send theirs with internal calls).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_policy puts in the google.rpc.ErrorInfo of its errors.
@@ -117,4 +126,13 @@ ERROR_REASON_ETAG_MISMATCH: ErrorReason.ValueType  # 18
 """ABORTED: the etag given is not the resource's current one; read it again."""
 ERROR_REASON_CONSTITUTION_TOO_LARGE: ErrorReason.ValueType  # 19
 """INVALID_ARGUMENT: the constitution is larger than 256 KiB (metadata: limit_bytes)."""
+ERROR_REASON_NOT_AN_OPERATOR: ErrorReason.ValueType  # 20
+"""PERMISSION_DENIED: the caller is not an operator of the blocked action's
+tenant (policy does not allow it `can_operate` on the tenant), so it may
+not approve or reject it.
+"""
+ERROR_REASON_PRINCIPAL_MISSING: ErrorReason.ValueType  # 21
+"""UNAUTHENTICATED: the call carries no principal (the gateway forwards one
+with every public call; services send theirs with internal calls).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
