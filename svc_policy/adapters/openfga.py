@@ -1,0 +1,457 @@
+"""OpenFGA behind svc_policy's Authorizer port, through openfga-sdk's async HTTP client.
+
+- One store and one authorization model per deployment. `bootstrap` finds or creates the
+  store by name and writes the model only when it differs from the store's latest one;
+  the authorizer names that model id on every call, so a model change is explicit (a new
+  model file, a restart), never picked up behind svc_policy's back.
+- The model's source is deploy/openfga/model.fga; what is sent is its JSON form,
+  deploy/openfga/model.json, committed next to it (tests/unit/test_openfga_model.py
+  checks that `fga model transform` of the DSL still gives it). Production then needs
+  neither the `fga` binary nor a subprocess at start.
+- Checks go out as server-side BatchCheck: one round trip for up to `max_checks_per_batch`
+  checks (OpenFGA's --max-checks-per-batch-check, 50 by default); larger lists are split
+  into that many concurrent requests.
+- Fail closed. A condition whose parameters the check lacks (or carries with the wrong
+  type) makes OpenFGA report an error for that check: it counts as False. Unreachable
+  server, timeout, 5xx, 429, refused credentials, a missing store or model:
+  PolicyBackendUnavailable. Unknown types or relations: InvalidCheck / InvalidRelationship.
+  No openfga-sdk or aiohttp exception leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import re
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from openfga_sdk import ClientConfiguration, OpenFgaClient
+from openfga_sdk.client.models import (
+    ClientBatchCheckItem,
+    ClientBatchCheckRequest,
+    ClientTuple,
+    ClientWriteRequest,
+)
+from openfga_sdk.client.models.write_conflict_opts import (
+    ClientWriteRequestOnDuplicateWrites,
+    ClientWriteRequestOnMissingDeletes,
+    ConflictOptions,
+)
+from openfga_sdk.configuration import RetryParams
+from openfga_sdk.credentials import CredentialConfiguration, Credentials
+from openfga_sdk.exceptions import (
+    ApiException,
+    AuthenticationError,
+    ForbiddenException,
+    NotFoundException,
+    OpenApiException,
+    UnauthorizedException,
+    ValidationException,
+)
+from openfga_sdk.models import (
+    CreateStoreRequest,
+    ReadRequestTupleKey,
+    RelationshipCondition,
+    WriteAuthorizationModelRequest,
+)
+
+from svc_policy.errors import (
+    InvalidCheck,
+    InvalidPageToken,
+    InvalidRelationship,
+    PolicyBackendUnavailable,
+    PolicyError,
+    TooManyRelationships,
+)
+from svc_policy.model import AccessCheck, Condition, Relationship
+
+MODEL_JSON = Path(__file__).resolve().parents[2] / "deploy" / "openfga" / "model.json"
+DEFAULT_TIMEOUT = 3.0
+# OpenFGA's defaults for --max-checks-per-batch-check and --max-tuples-per-write, and the
+# largest page its Read returns.
+SERVER_BATCH_LIMIT = 50
+WRITE_LIMIT = 100
+READ_PAGE_LIMIT = 100
+# How many pages of the whole store one type-wide read without a subject may scan.
+_SCAN_PAGES = 20
+
+# OpenFGA reports a condition it cannot evaluate (a parameter missing from the context or
+# of the wrong type) with this message prefix on the check's own error.
+_CONDITION_NOT_EVALUATED = "failed to evaluate relationship condition"
+# Validation codes that mean the pinned store or model is gone: a deployment fault, not
+# the caller's.
+_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+_BACKEND_FAULTS = {"authorization_model_not_found", "latest_authorization_model_not_found", "store_id_invalid_length"}
+
+
+def read_model(path: Path) -> dict[str, Any]:
+    """The JSON form of the authorization model at `path`.
+
+    `path` is the JSON file or the DSL file it was made from; for "model.fga" the
+    committed "model.json" beside it is read.
+    """
+    json_path = path.with_suffix(".json") if path.suffix == ".fga" else path
+    model = json.loads(json_path.read_text())
+    if not isinstance(model, dict) or model.get("schema_version") != "1.1":
+        raise ValueError(f"{json_path}: not an OpenFGA 1.1 authorization model in JSON form")
+    return model
+
+
+def relations_of(model: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """Type name -> the relations the model defines on it."""
+    return {
+        str(definition["type"]): frozenset(definition.get("relations") or {})
+        for definition in model.get("type_definitions", [])
+    }
+
+
+class OpenFgaAuthorizer:
+    """The Authorizer port on one OpenFGA store and pinned authorization model.
+
+    Call `close` when done (it owns an HTTP connection pool). Every call ends within
+    `timeout` seconds.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        store_id: str,
+        model_id: str,
+        *,
+        model_path: Path = MODEL_JSON,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_checks_per_batch: int = SERVER_BATCH_LIMIT,
+    ) -> None:
+        for name, value in (("store_id", store_id), ("model_id", model_id)):
+            if not _ULID.fullmatch(value):
+                raise ValueError(f"{name} must be an OpenFGA id (a ULID), got {value!r}")
+        # The model svc_policy was started with; bootstrap wrote it as `model_id`.
+        self._relations = relations_of(read_model(model_path))
+        self._configuration = _configuration(api_url, token, timeout, store_id=store_id, model_id=model_id)
+        self._timeout = timeout
+        self._batch = max_checks_per_batch
+        self._client: OpenFgaClient | None = None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()  # type: ignore[no-untyped-call]  # openfga-sdk leaves it unannotated
+
+    async def __aenter__(self) -> OpenFgaAuthorizer:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def defines(self, object_type: str, relation: str) -> bool:
+        return relation in self._relations.get(object_type, ())
+
+    async def check(self, checks: Sequence[AccessCheck], *, fresh: bool) -> list[bool]:
+        for check in checks:
+            object_type = check.object.partition(":")[0]
+            if not self.defines(object_type, check.relation):
+                raise InvalidCheck(
+                    "the authorization model has no such relation on this type",
+                    metadata={"type": object_type, "relation": check.relation},
+                )
+        if not checks:
+            return []
+        items = [
+            ClientBatchCheckItem(
+                user=check.subject,
+                relation=check.relation,
+                object=check.object,
+                context=dict(check.context) or None,
+                correlation_id=str(index),
+            )
+            for index, check in enumerate(checks)
+        ]
+        options: dict[str, Any] = {
+            "consistency": "HIGHER_CONSISTENCY" if fresh else "MINIMIZE_LATENCY",
+            "max_batch_size": self._batch,
+            "max_parallel_requests": math.ceil(len(items) / self._batch),
+        }
+        async with self._translated("check", InvalidCheck):
+            response = await self._fga().batch_check(ClientBatchCheckRequest(checks=items), options)
+        answers: list[bool | None] = [None] * len(checks)
+        for result in response.result:
+            answers[int(result.correlation_id)] = _answer(result)
+        if any(answer is None for answer in answers):
+            raise PolicyBackendUnavailable("OpenFGA left checks of a batch unanswered")
+        return [bool(answer) for answer in answers]
+
+    async def write(self, relationships: Sequence[Relationship]) -> None:
+        tuples = _tuples(relationships, with_conditions=True)
+        if tuples:
+            conflict = ConflictOptions(on_duplicate_writes=ClientWriteRequestOnDuplicateWrites.IGNORE)
+            async with self._translated("write", InvalidRelationship):
+                await self._fga().write(ClientWriteRequest(writes=tuples), _options(conflict=conflict))
+
+    async def delete(self, relationships: Sequence[Relationship]) -> None:
+        tuples = _tuples(relationships, with_conditions=False)
+        if tuples:
+            conflict = ConflictOptions(on_missing_deletes=ClientWriteRequestOnMissingDeletes.IGNORE)
+            async with self._translated("delete", InvalidRelationship):
+                await self._fga().write(ClientWriteRequest(deletes=tuples), _options(conflict=conflict))
+
+    async def read(
+        self, subject: str, relation: str, object_: str, page_size: int, page_token: str
+    ) -> tuple[list[Relationship], str]:
+        """A page holds at most 100 relationships (OpenFGA's limit).
+
+        OpenFGA filters by a whole object, or by an object type together with a subject. A
+        type-wide filter without a subject ("tool:", any subject) is served by reading the
+        store's tuples in order and keeping the matching ones, so its pages may hold fewer
+        relationships than asked for, even none, and still carry a next page token.
+        """
+        object_type, sep, object_id = object_.partition(":")
+        if not sep or not object_type:
+            raise InvalidRelationship('the filter\'s object must be "{type}:{id}" or "{type}:"')
+        limit = max(1, min(page_size, READ_PAGE_LIMIT))
+        async with self._translated("read", InvalidRelationship):
+            if object_id or subject:
+                key = ReadRequestTupleKey(  # type: ignore[no-untyped-call]  # openfga-sdk leaves it unannotated
+                    user=subject or None, relation=relation or None, object=object_
+                )
+                return await self._read_page(key, limit, page_token)
+            found: list[Relationship] = []
+            token = page_token
+            for _ in range(_SCAN_PAGES):
+                page, token = await self._read_page(None, limit - len(found), token)
+                found += [r for r in page if r.object.startswith(object_) and relation in ("", r.relation)]
+                if len(found) >= limit or not token:
+                    break
+            return found, token
+
+    async def _read_page(self, key: Any, limit: int, token: str) -> tuple[list[Relationship], str]:
+        options: dict[str, Any] = {"page_size": limit}
+        if token:
+            options["continuation_token"] = token
+        response = await self._fga().read(key, options)
+        found = [_relationship(item.key) for item in response.tuples or []]
+        return found, response.continuation_token or ""
+
+    def _fga(self) -> OpenFgaClient:
+        # Made on first use, inside the running event loop that its aiohttp session binds to.
+        if self._client is None:
+            self._client = OpenFgaClient(self._configuration)
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def _translated(self, operation: str, invalid: type[PolicyError]) -> AsyncIterator[None]:
+        async with _translated(operation, invalid, self._timeout):
+            yield
+
+
+async def bootstrap(
+    api_url: str, token: str, store_name: str, model_path: Path, *, deadline: float = DEFAULT_TIMEOUT
+) -> tuple[str, str]:
+    """Find or create the store `store_name` and make sure its latest model is the one at
+    `model_path` (see `read_model`), writing it only when it differs. Returns (store id,
+    model id) for OpenFgaAuthorizer.
+
+    Idempotent; when several copies start at once and each creates the store, all of them
+    settle on the oldest store of that name. Refused credentials or an unreachable server
+    raise PolicyBackendUnavailable, so a misconfigured svc_policy fails at start.
+    """
+    model = read_model(model_path)
+    async with (
+        OpenFgaClient(_configuration(api_url, token, deadline)) as fga,
+        _translated("bootstrap", InvalidRelationship, deadline * 4),
+    ):
+        store_id = await _store_named(fga, store_name)
+        if store_id is None:
+            await fga.create_store(CreateStoreRequest(name=store_name))  # type: ignore[no-untyped-call]  # as above
+            store_id = await _store_named(fga, store_name)
+            assert store_id is not None  # just created
+        fga.set_store_id(store_id)
+        try:
+            latest = await fga.read_latest_authorization_model()
+            current = latest.authorization_model
+        except ValidationException as error:  # a new store has no model yet
+            if _code(error) != "latest_authorization_model_not_found":
+                raise
+            current = None
+        if current is not None and _canonical(_json_form(current), drop={"id"}) == _canonical(model):
+            return store_id, str(current.id)
+        request = WriteAuthorizationModelRequest(**model)  # type: ignore[no-untyped-call]  # as above
+        written = await fga.write_authorization_model(request)
+        return store_id, str(written.authorization_model_id)
+
+
+async def _store_named(fga: OpenFgaClient, name: str) -> str | None:
+    stores: list[Any] = []
+    token = ""
+    while True:
+        options: dict[str, Any] = {"name": name, "page_size": 100}
+        if token:
+            options["continuation_token"] = token
+        page = await fga.list_stores(options)
+        stores.extend(store for store in page.stores or [] if store.name == name)
+        token = page.continuation_token or ""
+        if not token:
+            break
+    if not stores:
+        return None
+    return str(min(stores, key=lambda store: (store.created_at, store.id)).id)
+
+
+def _configuration(
+    api_url: str, token: str, timeout: float, *, store_id: str | None = None, model_id: str | None = None
+) -> ClientConfiguration:
+    return ClientConfiguration(
+        api_url=api_url,
+        store_id=store_id,
+        authorization_model_id=model_id,
+        credentials=Credentials(method="api_token", configuration=CredentialConfiguration(api_token=token)),
+        # One quick retry of a 429/5xx; the caller's deadline (asyncio.timeout) bounds it all.
+        retry_params=RetryParams(max_retry=1, min_wait_in_ms=20),  # type: ignore[no-untyped-call]  # as above
+        timeout_millisec=max(1, int(timeout * 1000)),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _translated(operation: str, invalid: type[PolicyError], seconds: float) -> AsyncIterator[None]:
+    """Run an OpenFGA call under a deadline; turn every driver error into a domain error."""
+    meta = {"operation": operation}
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as error:
+        raise PolicyBackendUnavailable(f"OpenFGA did not answer within {seconds:g} s", metadata=meta) from error
+    except (aiohttp.ClientError, OSError) as error:
+        raise PolicyBackendUnavailable("OpenFGA cannot be reached", metadata=meta) from error
+    except (UnauthorizedException, ForbiddenException, AuthenticationError) as error:
+        # svc_policy's own credentials are wrong: the caller can do nothing about it, and
+        # no decision can be made, so it is an outage of the backend (and fails closed).
+        raise PolicyBackendUnavailable(
+            "OpenFGA refused svc_policy's credentials", metadata={**meta, "cause": "UNAUTHENTICATED"}
+        ) from error
+    except NotFoundException as error:
+        raise PolicyBackendUnavailable(
+            "OpenFGA does not know svc_policy's store", metadata={**meta, "cause": "STORE_NOT_FOUND"}
+        ) from error
+    except ValidationException as error:
+        code = _code(error)
+        if code in _BACKEND_FAULTS:
+            raise PolicyBackendUnavailable(
+                "OpenFGA does not know svc_policy's store or model", metadata={**meta, "cause": code.upper()}
+            ) from error
+        if code == "invalid_continuation_token":
+            raise InvalidPageToken("the page token is not valid for this filter", metadata=meta) from error
+        raise invalid(_message(error), metadata=meta) from error
+    except ApiException as error:
+        if error.status == 409 and "different condition" in _message(error):
+            raise InvalidRelationship(
+                "the relationship exists with a different condition; delete it first", metadata=meta
+            ) from error
+        # 5xx and 429 after the retry, 409 transaction conflicts, anything else the server says.
+        raise PolicyBackendUnavailable(
+            "OpenFGA failed the request", metadata={**meta, "status": str(error.status)}
+        ) from error
+    except OpenApiException as error:
+        # The SDK's own validation of what we would send (e.g. a malformed context).
+        raise invalid(str(error), metadata=meta) from error
+
+
+def _options(**values: Any) -> dict[str, Any]:
+    # openfga-sdk types its options as dict[str, int | str | dict]; they carry objects too.
+    return values
+
+
+def _answer(result: Any) -> bool:
+    error = result.error
+    if error is None:
+        return bool(result.allowed)
+    message = str(error.message or "")
+    if error.internal_error not in (None, "no_internal_error"):
+        raise PolicyBackendUnavailable("OpenFGA failed a check", metadata={"cause": str(error.internal_error)})
+    if message.startswith(_CONDITION_NOT_EVALUATED):
+        return False  # fail closed: a condition that cannot be evaluated is not met
+    raise InvalidCheck(message or "OpenFGA refused the check")
+
+
+def _tuples(relationships: Sequence[Relationship], *, with_conditions: bool) -> list[ClientTuple]:
+    if len(relationships) > WRITE_LIMIT:
+        raise TooManyRelationships(
+            f"at most {WRITE_LIMIT} relationships at once", metadata={"count": str(len(relationships))}
+        )
+    # The same tuple twice in one request is an error to OpenFGA; it is not one here.
+    unique: dict[tuple[str, str, str], Relationship] = {}
+    for relationship in relationships:
+        unique.setdefault((relationship.subject, relationship.relation, relationship.object), relationship)
+    return [
+        ClientTuple(
+            user=relationship.subject,
+            relation=relationship.relation,
+            object=relationship.object,
+            condition=_condition(relationship.condition) if with_conditions else None,
+        )
+        for relationship in unique.values()
+    ]
+
+
+def _condition(condition: Condition | None) -> RelationshipCondition | None:
+    if condition is None:
+        return None
+    return RelationshipCondition(  # type: ignore[no-untyped-call]  # openfga-sdk leaves it unannotated
+        name=condition.name, context=dict(condition.context) or None
+    )
+
+
+def _relationship(key: Any) -> Relationship:
+    condition = None
+    if key.condition is not None and key.condition.name:
+        condition = Condition(key.condition.name, dict(key.condition.context or {}))
+    return Relationship(key.user, key.relation, key.object, condition)
+
+
+def _code(error: ApiException) -> str:
+    parsed = getattr(error, "parsed_exception", None)
+    return str(getattr(parsed, "code", "") or "")
+
+
+def _message(error: ApiException) -> str:
+    parsed = getattr(error, "parsed_exception", None)
+    message = getattr(parsed, "message", None)
+    if message:
+        return str(message)
+    return str(error.body or error.reason or "")
+
+
+def _json_form(value: Any) -> Any:
+    """An SDK model object as the JSON the API speaks (its attribute_map names)."""
+    if hasattr(value, "attribute_map") and hasattr(value, "openapi_types"):
+        return {
+            value.attribute_map[name]: _json_form(getattr(value, name))
+            for name in value.openapi_types
+            if getattr(value, name) is not None
+        }
+    if isinstance(value, list):
+        return [_json_form(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_form(item) for key, item in value.items()}
+    return value
+
+
+def _canonical(value: Any, drop: Collection[str] = ()) -> Any:
+    """A model's JSON without proto3 defaults ("", [], {}), which the server fills in and
+    the DSL transform leaves out. `this: {}` stays: the empty message is the definition."""
+    if isinstance(value, dict):
+        kept: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in drop:
+                continue
+            item = _canonical(item)
+            if key == "this" or item not in ("", [], {}, None):
+                kept[key] = item
+        return kept
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value

@@ -1,0 +1,138 @@
+"""The decision table: which relations answer a question, and what each answer means.
+
+For an (object type, relation) a caller may ask, the table lists probes: relations of the
+authorization model, in order, each with the verdict and reason it stands for. The engine
+answers every probe; the first that holds decides, and when none holds the answer is DENY
+with the rule's own reason. The table lives in deploy/openfga/decisions.yaml.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from svc_policy.model import Verdict
+
+_REASON = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*")
+
+
+class InvalidDecisionTable(ValueError):
+    """The table is malformed or names a relation the authorization model lacks."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """If `relation` holds, the answer is `verdict` for `reason`."""
+
+    relation: str
+    verdict: Verdict
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """How one question is decided: probes in order, then DENY for `deny_reason`."""
+
+    probes: tuple[Rule, ...]
+    deny_reason: str
+
+    def decide(self, answers: Sequence[bool]) -> tuple[Verdict, str]:
+        """The verdict and reason for the engine's answers, one per probe, in order."""
+        if len(answers) != len(self.probes):
+            raise ValueError(f"expected {len(self.probes)} answers, got {len(answers)}")
+        for rule, holds in zip(self.probes, answers, strict=True):
+            if holds:
+                return rule.verdict, rule.reason
+        return Verdict.DENY, self.deny_reason
+
+
+class DecisionTable:
+    """Rules per (object type, relation asked)."""
+
+    def __init__(self, rules: Mapping[tuple[str, str], Rules]) -> None:
+        self._rules = dict(rules)
+
+    @classmethod
+    def load(cls, path: Path, *, defines: Callable[[str, str], bool] | None = None) -> DecisionTable:
+        """Read and validate a table. With `defines(object_type, relation)` (for instance
+        `Authorizer.defines`), every relation asked or probed must exist in the model."""
+        try:
+            document = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise InvalidDecisionTable(f"{path}: not YAML: {error}") from error
+        return cls.parse(document, defines=defines, source=str(path))
+
+    @classmethod
+    def parse(
+        cls, document: Any, *, defines: Callable[[str, str], bool] | None = None, source: str = "table"
+    ) -> DecisionTable:
+        """Validate an already parsed table (see `load`)."""
+        document = _mapping(document, source)
+        if document.get("version") != 1:
+            raise InvalidDecisionTable(f"{source}: version must be 1")
+        types = document.get("types")
+        rules: dict[tuple[str, str], Rules] = {}
+        for object_type, questions in _mapping(types, f"{source}: types").items():
+            for relation, spec in _mapping(questions, f"{source}: {object_type}").items():
+                where = f"{source}: {object_type}#{relation}"
+                rules[(str(object_type), str(relation))] = _rules(spec, where)
+        if defines is not None:
+            for (object_type, relation), rule in rules.items():
+                for name in (relation, *(probe.relation for probe in rule.probes)):
+                    if not defines(object_type, name):
+                        raise InvalidDecisionTable(
+                            f"{source}: {object_type}#{relation}: the model has no relation {object_type}#{name}"
+                        )
+        return cls(rules)
+
+    def rules_for(self, object_type: str, relation: str) -> Rules | None:
+        """How to decide `relation` on an object of `object_type`; None if it may not be asked."""
+        return self._rules.get((object_type, relation))
+
+    def questions(self) -> list[tuple[str, str]]:
+        """Every (object type, relation) the table answers."""
+        return sorted(self._rules)
+
+
+def _rules(spec: Any, where: str) -> Rules:
+    spec = _mapping(spec, where)
+    unknown = set(spec) - {"probes", "otherwise_deny"}
+    if unknown:
+        raise InvalidDecisionTable(f"{where}: unknown keys {sorted(unknown)}")
+    probes = spec.get("probes")
+    if not isinstance(probes, list):
+        raise InvalidDecisionTable(f"{where}: probes must be a list")
+    rules = tuple(_rule(probe, f"{where}: probe {index + 1}") for index, probe in enumerate(probes))
+    relations = [rule.relation for rule in rules]
+    if len(set(relations)) != len(relations):
+        raise InvalidDecisionTable(f"{where}: a relation is probed twice")
+    return Rules(rules, _reason(spec.get("otherwise_deny"), f"{where}: otherwise_deny"))
+
+
+def _rule(probe: Any, where: str) -> Rule:
+    probe = _mapping(probe, where)
+    if set(probe) != {"relation", "verdict", "reason"}:
+        raise InvalidDecisionTable(f"{where}: needs exactly relation, verdict and reason")
+    relation, verdict = probe["relation"], probe["verdict"]
+    if not isinstance(relation, str) or not relation:
+        raise InvalidDecisionTable(f"{where}: relation must be a name")
+    if verdict not in Verdict.__members__:
+        raise InvalidDecisionTable(f"{where}: verdict must be one of {', '.join(Verdict.__members__)}")
+    return Rule(relation, Verdict[verdict], _reason(probe["reason"], where))
+
+
+def _reason(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _REASON.fullmatch(value):
+        raise InvalidDecisionTable(f"{where}: a reason must be UPPER_SNAKE_CASE, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or not value:
+        raise InvalidDecisionTable(f"{where}: expected a non-empty mapping")
+    return value
