@@ -177,7 +177,7 @@ class OpenFgaAuthorizer:
             "max_batch_size": self._batch,
             "max_parallel_requests": math.ceil(len(items) / self._batch),
         }
-        async with self._translated("check", InvalidCheck):
+        async with _translated("check", InvalidCheck, self._timeout):
             response = await self._fga().batch_check(ClientBatchCheckRequest(checks=items), options)
         answers: list[bool | None] = [None] * len(checks)
         for result in response.result:
@@ -190,14 +190,14 @@ class OpenFgaAuthorizer:
         tuples = _tuples(relationships, with_conditions=True)
         if tuples:
             conflict = ConflictOptions(on_duplicate_writes=ClientWriteRequestOnDuplicateWrites.IGNORE)
-            async with self._translated("write", InvalidRelationship):
+            async with _translated("write", InvalidRelationship, self._timeout):
                 await self._fga().write(ClientWriteRequest(writes=tuples), _options(conflict=conflict))
 
     async def delete(self, relationships: Sequence[Relationship]) -> None:
         tuples = _tuples(relationships, with_conditions=False)
         if tuples:
             conflict = ConflictOptions(on_missing_deletes=ClientWriteRequestOnMissingDeletes.IGNORE)
-            async with self._translated("delete", InvalidRelationship):
+            async with _translated("delete", InvalidRelationship, self._timeout):
                 await self._fga().write(ClientWriteRequest(deletes=tuples), _options(conflict=conflict))
 
     async def read(
@@ -214,7 +214,7 @@ class OpenFgaAuthorizer:
         if not sep or not object_type:
             raise InvalidRelationship('the filter\'s object must be "{type}:{id}" or "{type}:"')
         limit = max(1, min(page_size, READ_PAGE_LIMIT))
-        async with self._translated("read", InvalidRelationship):
+        async with _translated("read", InvalidRelationship, self._timeout):
             if object_id or subject:
                 key = ReadRequestTupleKey(  # type: ignore[no-untyped-call]  # openfga-sdk leaves it unannotated
                     user=subject or None, relation=relation or None, object=object_
@@ -243,11 +243,6 @@ class OpenFgaAuthorizer:
             self._client = OpenFgaClient(self._configuration)
         return self._client
 
-    @contextlib.asynccontextmanager
-    async def _translated(self, operation: str, invalid: type[PolicyError]) -> AsyncIterator[None]:
-        async with _translated(operation, invalid, self._timeout):
-            yield
-
 
 async def bootstrap(
     api_url: str, token: str, store_name: str, model_path: Path, *, deadline: float = DEFAULT_TIMEOUT
@@ -257,8 +252,10 @@ async def bootstrap(
     model id) for OpenFgaAuthorizer.
 
     Idempotent; when several copies start at once and each creates the store, all of them
-    settle on the oldest store of that name. Refused credentials or an unreachable server
-    raise PolicyBackendUnavailable, so a misconfigured svc_policy fails at start.
+    settle on the oldest store of that name (the others stay behind, empty). Each request
+    has `deadline` seconds, the whole bootstrap four times that. Refused credentials or an
+    unreachable server raise PolicyBackendUnavailable, so a misconfigured svc_policy fails
+    at start rather than at its first check.
     """
     model = read_model(model_path)
     async with (

@@ -287,6 +287,14 @@ async def test_bootstrap_is_idempotent_and_writes_a_changed_model_once(fga: Fga,
     assert await bootstrap(fga.api_url, fga.token, name, changed) == (store_id, second)
 
 
+async def test_copies_starting_together_settle_on_one_store(fga: Fga) -> None:
+    name = f"skm-test-{uuid.uuid4().hex[:12]}"
+    started = await asyncio.gather(*(bootstrap(fga.api_url, fga.token, name, MODEL) for _ in range(4)))
+    assert len({store_id for store_id, _ in started}) == 1
+    # Later starts find that store and its model as they are.
+    assert await bootstrap(fga.api_url, fga.token, name, MODEL) in started
+
+
 async def test_the_authorizer_answers_from_its_pinned_model(fga: Fga, tmp_path: Path) -> None:
     name = f"skm-test-{uuid.uuid4().hex[:12]}"
     store_id, original = await bootstrap(fga.api_url, fga.token, name, MODEL)
