@@ -12,7 +12,10 @@ plus Envoy on the envoy path; client, server and Envoy share this machine's core
 the ratios runtime/bare and envoy/runtime. The numbers are machine-dependent; the ratios
 are the point.
 
-Usage: python -m bench [--rounds N] [--calls N] [--frames N]
+Then the policy checks (bench/policy.py): svc_policy with a cache hit and a miss against
+OpenFGA called directly, on a real stack started for the run.
+
+Usage: python -m bench [runtime|policy|all] [--rounds N] [--calls N] [--frames N]
 """
 
 from __future__ import annotations
@@ -103,10 +106,22 @@ async def _measure(targets: dict[str, tuple[str, tuple[int, ...]]], rounds: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", choices=("runtime", "policy", "all"), default="all")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--calls", type=int, default=4000, help="unary calls per round (default 4000)")
     parser.add_argument("--frames", type=int, default=2000, help="bidi frames per round (default 2000)")
     args = parser.parse_args()
+    if args.what in ("runtime", "all"):
+        _runtime(args)
+    if args.what in ("policy", "all"):
+        from bench import policy
+
+        policy.main(rounds=args.rounds)
+    return 0
+
+
+def _runtime(args: argparse.Namespace) -> None:
+    print("== the service runtime and Envoy ==")
     bare, runtime = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     runtime_port = int(runtime.rpartition(":")[2])
     with (
@@ -127,7 +142,6 @@ def main() -> int:
             asyncio.run(_measure(targets, args.rounds, args.calls, args.frames))
         finally:
             envoy.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -162,44 +162,53 @@ class OutboxRelay:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        backoff = 0.2
         listener: Any = None
+        try:
+            backoff = 0.2
+            while True:
+                producer = None
+                try:
+                    if listener is None:
+                        listener = await self._pool.acquire()
+                        await listener.add_listener(_channel(self._schema), self._notified)
+                    await self._ensure_topics()
+                    producer = AIOKafkaProducer(
+                        bootstrap_servers=self._bootstrap,
+                        acks="all",
+                        enable_idempotence=True,
+                        request_timeout_ms=10_000,
+                    )
+                    await producer.start()
+                    backoff = 0.2
+                    await self._publish_forever(producer)
+                except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning(
+                        "outbox relay waiting for Kafka or Postgres",
+                        extra={"fields": {"schema": self._schema, "error": type(exc).__name__, "retry_s": backoff}},
+                    )
+                    if listener is not None and isinstance(exc, (OSError, asyncpg.InterfaceError)):
+                        await self._pool.release(listener)
+                        listener = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                finally:
+                    if producer is not None:
+                        await producer.stop()
+        finally:
+            if listener is not None:
+                await listener.remove_listener(_channel(self._schema), self._notified)
+                await self._pool.release(listener)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _publish_forever(self, producer: AIOKafkaProducer) -> None:
         while True:
-            producer = None
-            try:
-                if listener is None:
-                    listener = await self._pool.acquire()
-                    await listener.add_listener(_channel(self._schema), lambda *_: self._wake.set())
-                await self._ensure_topics()
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap,
-                    acks="all",
-                    enable_idempotence=True,
-                    request_timeout_ms=10_000,
-                )
-                await producer.start()
-                backoff = 0.2
-                while True:
-                    sent = await self._publish_batch(producer)
-                    if sent < self._batch:
-                        self._wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), self._poll)
-            except asyncio.CancelledError:
-                raise
-            except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning(
-                    "outbox relay waiting for Kafka or Postgres",
-                    extra={"fields": {"schema": self._schema, "error": type(exc).__name__, "retry_s": backoff}},
-                )
-                if listener is not None and isinstance(exc, (OSError, asyncpg.InterfaceError)):
-                    await self._pool.release(listener)
-                    listener = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                if producer is not None:
-                    await producer.stop()
+            sent = await self._publish_batch(producer)
+            if sent < self._batch:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
 
     async def _ensure_topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=10_000)

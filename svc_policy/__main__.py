@@ -1,18 +1,93 @@
 """svc_policy: authorization on OpenFGA, the requeue of blocked actions, tenant constitutions.
 
-Composition root: settings -> adapters -> core -> servicers -> server.
+Composition root: settings -> adapters (OpenFGA, Postgres, Redis, Kafka outbox) -> core
+-> servicers -> server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+
 from skm_runtime.contract import services_of
+from skm_runtime.outbox import BufferedOutbox, OutboxRelay
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_policy import api
+from svc_policy.adapters.audit import TOPIC_AUDIT, OutboxAuditTrail
+from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap
+from svc_policy.adapters.postgres import SCHEMA, TOPIC_BLOCKED, PostgresPolicyStore
+from svc_policy.adapters.redis import RedisBlockedIndex
+from svc_policy.checks import Checker
+from svc_policy.core import Policy
+from svc_policy.decisions import DecisionTable
 from svc_policy.settings import PolicySettings
+
+log = logging.getLogger("skm.policy")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _expire_forever(policy: Policy, interval: float) -> None:
+    while True:
+        try:
+            expired = await policy.expire_due()
+            if expired:
+                log.info("blocked actions expired", extra={"fields": {"count": expired}})
+        except Exception:
+            log.exception("expiry pass failed; trying again")
+        await asyncio.sleep(interval)
 
 
 async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSpec:
-    return ServiceSpec(name="policy", service_names=services_of("policy"), register=api.register)
+    token_file = settings.openfga_api_token_file
+    token = (await asyncio.to_thread(Path(token_file).read_text)).strip() if token_file else ""
+    store_id, model_id = await bootstrap(settings.openfga_api_url, token, settings.openfga_store, settings.model_path)
+    authorizer = OpenFgaAuthorizer(settings.openfga_api_url, token, store_id, model_id, model_path=settings.model_path)
+    table = DecisionTable.load(settings.decisions_path, defines=authorizer.defines)
+    checker = Checker(authorizer, table, ttl=settings.cache_ttl_seconds)
+    index = RedisBlockedIndex.connect(settings.redis_url)
+    store = await PostgresPolicyStore.open(settings.postgres_dsn, index)
+    await store.rebuild_index()
+    outbox = BufferedOutbox(store.pool, SCHEMA)
+    relay = OutboxRelay(store.pool, SCHEMA, settings.kafka_bootstrap, topics=(TOPIC_AUDIT, TOPIC_BLOCKED))
+    policy = Policy(
+        checker,
+        authorizer,
+        store,
+        store,
+        OutboxAuditTrail(outbox),
+        hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+        now=_now,
+    )
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        outbox.start()
+        relay.start()
+        tasks.append(asyncio.create_task(_expire_forever(policy, settings.expiry_interval_seconds)))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await outbox.close()
+        await relay.close()
+        await authorizer.close()
+        await index.close()
+        await store.close()
+
+    def register(server: grpc.aio.Server) -> None:
+        api.register(server, policy)
+
+    return ServiceSpec(name="policy", service_names=services_of("policy"), register=register, start=start, stop=stop)
 
 
 if __name__ == "__main__":

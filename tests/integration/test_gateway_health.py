@@ -6,10 +6,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from skm_runtime.server import RuntimeSettings
+from svc_analytics.__main__ import build as build_analytics
+from svc_analytics.settings import AnalyticsSettings
 from svc_gateway.__main__ import build
 from svc_gateway.settings import GatewaySettings
-from svc_policy.__main__ import build as build_policy
-from svc_policy.settings import PolicySettings
 from tests.support.ports import free_port
 from tests.support.runtime import serving
 
@@ -19,10 +19,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 async def test_a_backend_that_is_down_is_not_serving_and_one_that_is_up_is() -> None:
     runtime = RuntimeSettings()
-    async with serving(await build_policy(PolicySettings(), runtime)) as policy:
+    async with serving(await build_analytics(AnalyticsSettings(), runtime)) as analytics:
         settings = GatewaySettings(
-            policy_addr=policy.target,
-            analytics_addr=f"127.0.0.1:{free_port()}",  # nothing listens there
+            analytics_addr=analytics.target,
+            policy_addr=f"127.0.0.1:{free_port()}",  # nothing listens there
             backend_health_timeout_seconds=0.5,
         )
         async with (
@@ -36,11 +36,11 @@ async def test_a_backend_that_is_down_is_not_serving_and_one_that_is_up_is() -> 
                 return int(reply.status)
 
             assert await status("") == SERVING
-            assert await status("skm.policy.v1.PolicyService") == SERVING
-            assert await status("skm.policy.v1.BlockedActionService") == SERVING
-            assert await status("skm.analytics.v1.AnalyticsService") == NOT_SERVING
+            assert await status("skm.analytics.v1.AnalyticsService") == SERVING
+            assert await status("skm.policy.v1.PolicyService") == NOT_SERVING
+            assert await status("skm.policy.v1.BlockedActionService") == NOT_SERVING
 
-            watch = health.Watch(health_pb2.HealthCheckRequest(service="skm.analytics.v1.AnalyticsService"))
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="skm.policy.v1.PolicyService"))
             first = await watch.read()
             assert first.status == NOT_SERVING
             watch.cancel()

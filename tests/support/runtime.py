@@ -40,5 +40,5 @@ async def serving(
     try:
         yield Served(running, spans)
     finally:
-        await running.server.stop(None)
+        await running.drain(0)
         telemetry.shutdown()

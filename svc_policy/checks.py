@@ -1,0 +1,132 @@
+"""Deciding one authorization question: ids, tenancy, the decision table, the cache.
+
+A check is answered, in this order:
+1. Malformed ids (not "{type}:{id}", or an id outside any tenant) -> INVALID_CHECK.
+2. A subject and an object of different tenants -> DENY CROSS_TENANT, without asking
+   the engine: no relationship may ever reach across tenants.
+3. The decision table names the relations to probe for (object type, relation), in
+   order; the first one that holds gives the verdict and reason, none gives DENY.
+4. The engine answers all probes in one round trip. When it cannot be reached the check
+   fails closed: PolicyBackendUnavailable (UNAVAILABLE), never an ALLOW.
+
+Decisions are cached for `ttl` seconds (per subject, relation, object and context), unless
+the caller asks for a fresh one. Every relationship write or delete made here empties the
+cache, so within one svc_policy process a decision is never staler than the last write;
+across processes the bound is `ttl`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from svc_policy.decisions import DecisionTable
+from svc_policy.errors import InvalidCheck, TooManyChecks
+from svc_policy.model import AccessCheck, Decision, Verdict
+from svc_policy.ports import Authorizer
+
+MAX_BATCH = 100
+CROSS_TENANT = "CROSS_TENANT"
+
+
+def split_id(value: str, *, what: str, userset: bool) -> tuple[str, str, str]:
+    """ "type:id" or, when allowed, "type:id#relation" -> (type, id, relation)."""
+    head, _, relation = value.partition("#") if userset else (value, "", "")
+    object_type, sep, object_id = head.partition(":")
+    if not sep or not object_type or not object_id or (userset and "#" in value and not relation):
+        raise InvalidCheck(f'{what} must be "{{type}}:{{id}}"', metadata={"field": what})
+    if "*" in object_id:
+        raise InvalidCheck(f"{what} may not be a wildcard", metadata={"field": what})
+    return object_type, object_id, relation
+
+
+def tenant_of(object_id: str, *, what: str) -> str:
+    """The tenant "tenants/{t}" an SKM resource name belongs to."""
+    parts = object_id.split("/")
+    if len(parts) < 2 or parts[0] != "tenants" or not parts[1]:
+        raise InvalidCheck(f"{what} must name an SKM resource (tenants/...)", metadata={"field": what})
+    return f"tenants/{parts[1]}"
+
+
+class Checker:
+    """Answers AccessChecks with the authorization engine and the decision table."""
+
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        table: DecisionTable,
+        *,
+        ttl: float = 5.0,
+        max_entries: int = 100_000,
+    ) -> None:
+        self._authorizer = authorizer
+        self._table = table
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._cache: OrderedDict[tuple[str, str, str, str], tuple[float, Verdict, str]] = OrderedDict()
+        self._generation = 0
+
+    def invalidate(self) -> None:
+        """Forget every cached decision (after a relationship write or delete)."""
+        self._generation += 1
+        self._cache.clear()
+
+    async def check(self, check: AccessCheck, *, fresh: bool = False) -> Decision:
+        (decision,) = await self.check_many([check], fresh=fresh)
+        return decision
+
+    async def check_many(self, checks: Sequence[AccessCheck], *, fresh: bool = False) -> list[Decision]:
+        """Decisions in request order (decision ids are the caller's to assign)."""
+        if not 1 <= len(checks) <= MAX_BATCH:
+            raise TooManyChecks(f"a batch holds 1 to {MAX_BATCH} checks", metadata={"count": str(len(checks))})
+        decisions: list[Decision | None] = [None] * len(checks)
+        probes: list[AccessCheck] = []
+        pending: list[tuple[int, tuple[str, str, str, str], int, int]] = []
+        now = time.monotonic()
+        generation = self._generation
+        for index, check in enumerate(checks):
+            _, subject_id, _ = split_id(check.subject, what="subject", userset=True)
+            object_type, object_id, _ = split_id(check.object, what="object", userset=False)
+            if not check.relation:
+                raise InvalidCheck("relation is required", metadata={"field": "relation"})
+            rules = self._table.rules_for(object_type, check.relation)
+            if rules is None:
+                raise InvalidCheck(
+                    "the authorization model has no such relation on this type",
+                    metadata={"type": object_type, "relation": check.relation},
+                )
+            if tenant_of(subject_id, what="subject") != tenant_of(object_id, what="object"):
+                decisions[index] = Decision(Verdict.DENY, CROSS_TENANT)
+                continue
+            key = (check.subject, check.relation, check.object, json.dumps(check.context, sort_keys=True))
+            cached = None if fresh else self._cache.get(key)
+            if cached is not None and cached[0] > now:
+                decisions[index] = Decision(cached[1], cached[2], cached=True)
+                continue
+            first = len(probes)
+            probes.extend(
+                AccessCheck(check.subject, rule.relation, check.object, check.context) for rule in rules.probes
+            )
+            pending.append((index, key, first, len(probes)))
+        if probes:
+            answers = await self._authorizer.check(probes, fresh=fresh)
+            for index, key, first, last in pending:
+                rules = self._table.rules_for(*_type_and_relation(checks[index]))
+                assert rules is not None  # looked up above
+                verdict, reason = rules.decide(answers[first:last])
+                decisions[index] = Decision(verdict, reason)
+                if generation == self._generation:
+                    self._remember(key, verdict, reason)
+        return [decision for decision in decisions if decision is not None]
+
+    def _remember(self, key: tuple[str, str, str, str], verdict: Verdict, reason: str) -> None:
+        self._cache[key] = (time.monotonic() + self._ttl, verdict, reason)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+
+
+def _type_and_relation(check: AccessCheck) -> tuple[str, str]:
+    return check.object.partition(":")[0], check.relation

@@ -1,0 +1,223 @@
+"""Between svc_policy's domain and its wire types (skm.policy.v1, skm.type.v1, skm.events.v1)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+
+from skm.events.v1 import event_pb2
+from skm.policy.v1 import access_pb2, blocked_action_pb2
+from skm.type.v1 import policy_decision_pb2, principal_pb2
+from svc_policy.model import (
+    AccessCheck,
+    BlockedAction,
+    BlockedState,
+    Condition,
+    Decision,
+    JsonObject,
+    Outcome,
+    Payload,
+    Principal,
+    Relationship,
+    Verdict,
+)
+
+SOURCE = "policy"
+_ROLE_NAMES = {
+    principal_pb2.ROLE_MEMBER: "member",
+    principal_pb2.ROLE_OPERATOR: "operator",
+    principal_pb2.ROLE_ADMIN: "admin",
+}
+_ROLES = {name: number for number, name in _ROLE_NAMES.items()}
+
+
+def context_of(message: struct_pb2.Struct) -> JsonObject:
+    return json_format.MessageToDict(message)
+
+
+def struct_of(context: JsonObject) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(dict(context))
+    return message
+
+
+def check_of(message: access_pb2.AccessCheck) -> AccessCheck:
+    return AccessCheck(message.subject, message.relation, message.object, context_of(message.context))
+
+
+def check_to(check: AccessCheck) -> access_pb2.AccessCheck:
+    return access_pb2.AccessCheck(
+        subject=check.subject, relation=check.relation, object=check.object, context=struct_of(check.context)
+    )
+
+
+def relationship_of(message: access_pb2.Relationship) -> Relationship:
+    condition = None
+    if message.HasField("condition") and message.condition.name:
+        condition = Condition(message.condition.name, context_of(message.condition.context))
+    return Relationship(message.subject, message.relation, message.object, condition)
+
+
+def relationship_to(relationship: Relationship) -> access_pb2.Relationship:
+    message = access_pb2.Relationship(
+        subject=relationship.subject, relation=relationship.relation, object=relationship.object
+    )
+    if relationship.condition is not None:
+        message.condition.name = relationship.condition.name
+        message.condition.context.CopyFrom(struct_of(relationship.condition.context))
+    return message
+
+
+def decision_to(decision: Decision) -> policy_decision_pb2.PolicyDecision:
+    return policy_decision_pb2.PolicyDecision(
+        verdict=policy_decision_pb2.Verdict.Value(f"VERDICT_{decision.verdict.value}"),
+        reason=decision.reason,
+        decision_id=decision.decision_id,
+        blocked_action=decision.blocked_action,
+    )
+
+
+def decision_of(message: policy_decision_pb2.PolicyDecision) -> Decision:
+    verdict = policy_decision_pb2.Verdict.Name(message.verdict).removeprefix("VERDICT_")
+    return Decision(Verdict(verdict), message.reason, message.decision_id, message.blocked_action)
+
+
+def principal_of(message: principal_pb2.Principal) -> Principal:
+    roles = tuple(_ROLE_NAMES[role] for role in message.roles if role in _ROLE_NAMES)
+    return Principal(message.tenant, message.user, roles)
+
+
+def principal_to(principal: Principal) -> principal_pb2.Principal:
+    return principal_pb2.Principal(
+        tenant=principal.tenant,
+        user=principal.user,
+        roles=[_ROLES[role] for role in principal.roles if role in _ROLES],
+    )
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def state_to(state: BlockedState) -> blocked_action_pb2.BlockedAction.State.ValueType:
+    return blocked_action_pb2.BlockedAction.State.Value(f"STATE_{state.value}")
+
+
+def state_of(value: int) -> BlockedState:
+    name = blocked_action_pb2.BlockedAction.State.Name(value)  # type: ignore[arg-type]  # any wire int
+    return BlockedState(name.removeprefix("STATE_"))
+
+
+def blocked_action_to(action: BlockedAction) -> blocked_action_pb2.BlockedAction:
+    message = blocked_action_pb2.BlockedAction(
+        name=action.name,
+        principal=principal_to(action.principal),
+        check=check_to(action.check),
+        decision=decision_to(action.decision),
+        payload=any_pb2.Any(type_url=action.payload.type_url, value=action.payload.value),
+        summary=action.summary,
+        session=action.session,
+        state=state_to(action.state),
+        create_time=_timestamp(action.create_time),
+        update_time=_timestamp(action.update_time),
+        expire_time=_timestamp(action.expire_time),
+        resolve_time=_timestamp(action.resolve_time),
+        resolver=action.resolver,
+        note=action.note,
+        claim_id=action.claim_id,
+        etag=action.etag,
+    )
+    if action.outcome is not None:
+        message.outcome.succeeded = action.outcome.succeeded
+        message.outcome.failure_reason = action.outcome.failure_reason
+    return message
+
+
+def payload_of(message: any_pb2.Any) -> Payload:
+    return Payload(message.type_url, message.value)
+
+
+def outcome_of(succeeded: bool, failure_reason: str) -> Outcome:
+    return Outcome(succeeded, failure_reason)
+
+
+def _envelope(tenant: str, session: str, principal: Principal | None, trace_id: str) -> event_pb2.Event:
+    event = event_pb2.Event(
+        event_id=str(uuid.uuid4()),
+        tenant=tenant,
+        session=session,
+        trace_id=trace_id,
+        source=SOURCE,
+    )
+    event.event_time.FromDatetime(datetime.now(UTC))
+    if principal is not None:
+        event.principal.CopyFrom(principal_to(principal))
+    return event
+
+
+def blocked_event(action: BlockedAction, previous: BlockedState | None, *, trace_id: str = "") -> event_pb2.Event:
+    """ActionBlocked for a new hold, ActionResolved for every later state change."""
+    event = _envelope(action.tenant, action.session, action.principal, trace_id)
+    if previous is None:
+        event.action_blocked.blocked_action.CopyFrom(blocked_action_to(action))
+    else:
+        event.action_resolved.blocked_action.CopyFrom(blocked_action_to(action))
+        event.action_resolved.previous_state = state_to(previous)
+    return event
+
+
+def decision_event(
+    check: AccessCheck,
+    decision: Decision,
+    tenant: str,
+    principal: Principal | None,
+    *,
+    cached: bool,
+    trace_id: str = "",
+) -> event_pb2.Event:
+    event = _envelope(tenant, "", principal, trace_id)
+    event.policy_decided.check.CopyFrom(check_to(check))
+    event.policy_decided.decision.CopyFrom(decision_to(decision))
+    event.policy_decided.cached = cached
+    return event
+
+
+def _datetime(stamp: timestamp_pb2.Timestamp, present: bool = True) -> datetime | None:
+    if not present:
+        return None
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def blocked_action_of(message: blocked_action_pb2.BlockedAction, request_id: str) -> BlockedAction:
+    create = _datetime(message.create_time)
+    update = _datetime(message.update_time)
+    expire = _datetime(message.expire_time)
+    if create is None or update is None or expire is None:
+        raise ValueError("a stored blocked action lacks its times")
+    return BlockedAction(
+        name=message.name,
+        request_id=request_id,
+        principal=principal_of(message.principal),
+        check=check_of(message.check),
+        decision=decision_of(message.decision),
+        payload=payload_of(message.payload),
+        summary=message.summary,
+        session=message.session,
+        state=state_of(message.state),
+        create_time=create,
+        update_time=update,
+        expire_time=expire,
+        resolve_time=_datetime(message.resolve_time, message.HasField("resolve_time")),
+        resolver=message.resolver,
+        note=message.note,
+        claim_id=message.claim_id,
+        outcome=outcome_of(message.outcome.succeeded, message.outcome.failure_reason)
+        if message.HasField("outcome")
+        else None,
+    )
