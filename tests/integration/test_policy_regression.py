@@ -386,6 +386,25 @@ async def test_a_failing_openfga_fails_closed() -> None:
     assert {error.metadata["status"] for error in errors} == {"503"}
 
 
+async def test_a_check_is_tried_once_more_after_a_429_or_5xx() -> None:
+    answers = [
+        web.json_response({"code": "rate_limit_exceeded", "message": "slow down"}, status=429),
+        web.json_response({"result": {"0": {"allowed": True}}}),
+        web.json_response({"code": "internal_error", "message": "oops"}, status=500),
+        web.json_response({"code": "unavailable", "message": "datastore down"}, status=503),
+    ]
+
+    async def next_answer(request: web.Request) -> web.Response:
+        return answers.pop(0)
+
+    async with _http_server(next_answer) as url, OpenFgaAuthorizer(url, "token", ANY_ID, ANY_ID) as authorizer:
+        assert await authorizer.check([QUESTION], fresh=False) == [True]
+        with pytest.raises(PolicyBackendUnavailable) as error:
+            await authorizer.check([QUESTION], fresh=False)
+    assert error.value.metadata["status"] == "503"
+    assert not answers
+
+
 async def test_a_silent_openfga_fails_closed_within_the_timeout() -> None:
     async def accept_and_say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up
