@@ -1,25 +1,91 @@
 """svc_tools's servicers: request in, one core call, response out.
 
-Not served yet: every RPC answers UNIMPLEMENTED (ErrorInfo reason NOT_IMPLEMENTED, domain
-runtime.skm) until the tool-executor issue fills these classes in. The contract, health and reflection
-are live already.
+KnowledgeService is not served yet: its RPCs answer UNIMPLEMENTED (ErrorInfo reason
+NOT_IMPLEMENTED, domain runtime.skm) until the knowledge-base work fills it in.
 """
 
 from __future__ import annotations
 
-import grpc
+from collections.abc import AsyncIterator
+from typing import Any
 
-from skm.tools.v1 import knowledge_service_pb2_grpc, tool_service_pb2_grpc
+import grpc
+from opentelemetry import trace
+
+from skm.tools.v1 import (
+    knowledge_service_pb2_grpc,
+    tool_service_pb2,
+    tool_service_pb2_grpc,
+)
+from skm_runtime.principal import principal_from
+from svc_tools import convert
+from svc_tools.core import Tools
+from svc_tools.model import Principal
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Metadata the gateway puts on every call it forwards (see ExecuteToolRequest.policy_context:
+# facts for policy conditions are honoured only on calls from inside the mesh).
+FORWARDED_BY_GATEWAY = "x-skm-forwarded-by"
+
+
+def _principal(context: Context) -> Principal | None:
+    message = principal_from(context.invocation_metadata())
+    return None if message is None else convert.principal_of(message)
+
+
+def _from_inside_the_mesh(context: Context) -> bool:
+    return not any(key == FORWARDED_BY_GATEWAY for key, _ in context.invocation_metadata() or ())
+
+
+def _trace_id() -> str:
+    span = trace.get_current_span().get_span_context()
+    return format(span.trace_id, "032x") if span.is_valid else ""
 
 
 class ToolApi(tool_service_pb2_grpc.ToolServiceServicer):
     """skm.tools.v1.ToolService."""
+
+    def __init__(self, tools: Tools) -> None:
+        self._tools = tools
+
+    async def ListTools(
+        self, request: tool_service_pb2.ListToolsRequest, context: Context
+    ) -> tool_service_pb2.ListToolsResponse:
+        tools, token = self._tools.list_tools(request.parent, request.page_size, request.page_token)
+        return tool_service_pb2.ListToolsResponse(
+            tools=[convert.tool_to(tool, request.parent) for tool in tools], next_page_token=token
+        )
+
+    async def ExecuteTool(
+        self, request: tool_service_pb2.ExecuteToolRequest, context: Context
+    ) -> AsyncIterator[tool_service_pb2.ExecuteToolResponse]:
+        updates = self._tools.execute(
+            convert.request_of(request),
+            _principal(context),
+            trusted_context=_from_inside_the_mesh(context),
+            trace_id=_trace_id(),
+        )
+        async for update in updates:
+            yield convert.update_to(update)
+
+    async def CancelExecution(
+        self, request: tool_service_pb2.CancelExecutionRequest, context: Context
+    ) -> tool_service_pb2.CancelExecutionResponse:
+        execution = await self._tools.cancel_execution(request.name, _principal(context))
+        return tool_service_pb2.CancelExecutionResponse(execution=convert.execution_to(execution))
+
+    async def GetExecution(
+        self, request: tool_service_pb2.GetExecutionRequest, context: Context
+    ) -> tool_service_pb2.GetExecutionResponse:
+        execution = await self._tools.get_execution(request.name, _principal(context))
+        return tool_service_pb2.GetExecutionResponse(execution=convert.execution_to(execution))
 
 
 class KnowledgeApi(knowledge_service_pb2_grpc.KnowledgeServiceServicer):
     """skm.tools.v1.KnowledgeService."""
 
 
-def register(server: grpc.aio.Server) -> None:
-    tool_service_pb2_grpc.add_ToolServiceServicer_to_server(ToolApi(), server)  # type: ignore[abstract]  # not served yet
+def register(server: grpc.aio.Server, tools: Tools) -> None:
+    tool_service_pb2_grpc.add_ToolServiceServicer_to_server(ToolApi(tools), server)
     knowledge_service_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeApi(), server)  # type: ignore[abstract]  # not served yet

@@ -53,6 +53,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: the document's media type is not accepted."""
     ERROR_REASON_EMBEDDING_UNAVAILABLE: _ErrorReason.ValueType  # 14
     """UNAVAILABLE: the embedding model cannot be reached."""
+    ERROR_REASON_PRINCIPAL_MISSING: _ErrorReason.ValueType  # 15
+    """UNAUTHENTICATED: the call carries no principal (or a malformed one), so
+    policy cannot be asked on whose behalf a tool would run.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_tools puts in the google.rpc.ErrorInfo of its errors.
@@ -94,4 +98,8 @@ ERROR_REASON_UNSUPPORTED_MIME_TYPE: ErrorReason.ValueType  # 13
 """INVALID_ARGUMENT: the document's media type is not accepted."""
 ERROR_REASON_EMBEDDING_UNAVAILABLE: ErrorReason.ValueType  # 14
 """UNAVAILABLE: the embedding model cannot be reached."""
+ERROR_REASON_PRINCIPAL_MISSING: ErrorReason.ValueType  # 15
+"""UNAUTHENTICATED: the call carries no principal (or a malformed one), so
+policy cannot be asked on whose behalf a tool would run.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

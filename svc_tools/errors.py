@@ -1,0 +1,80 @@
+"""svc_tools's domain errors; reasons are skm.tools.v1.ErrorReason names without prefix."""
+
+from __future__ import annotations
+
+from skm_runtime.errors import Code, SkmError
+
+DOMAIN = "tools.skm"
+
+
+class ToolsError(SkmError):
+    domain = DOMAIN
+
+
+class InvalidResourceName(ToolsError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_RESOURCE_NAME"
+
+
+class InvalidPageToken(ToolsError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_PAGE_TOKEN"
+
+
+class ToolNotFound(ToolsError):
+    code = Code.NOT_FOUND
+    reason = "TOOL_NOT_FOUND"
+
+
+class ToolNotExecutable(ToolsError):
+    """A conversation-side tool: the agent loop runs it, not svc_tools."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = "TOOL_NOT_EXECUTABLE"
+
+
+class ArgumentsInvalid(ToolsError):
+    code = Code.INVALID_ARGUMENT
+    reason = "ARGUMENTS_INVALID"
+
+
+class ArgumentsTooLarge(ToolsError):
+    code = Code.INVALID_ARGUMENT
+    reason = "ARGUMENTS_TOO_LARGE"
+
+
+class RequestIdReused(ToolsError):
+    code = Code.INVALID_ARGUMENT
+    reason = "REQUEST_ID_REUSED"
+
+
+class ExecutionNotFound(ToolsError):
+    code = Code.NOT_FOUND
+    reason = "EXECUTION_NOT_FOUND"
+
+
+class ExecutionFinished(ToolsError):
+    code = Code.FAILED_PRECONDITION
+    reason = "EXECUTION_FINISHED"
+
+
+class PolicyUnavailable(ToolsError):
+    """svc_policy cannot be reached (or failed): the check fails closed, nothing runs."""
+
+    code = Code.UNAVAILABLE
+    reason = "POLICY_UNAVAILABLE"
+
+
+class PrincipalMissing(ToolsError):
+    code = Code.UNAUTHENTICATED
+    reason = "PRINCIPAL_MISSING"
+
+
+class ClaimRefused(Exception):
+    """svc_policy refused to bind an approved action to this execution (not an RPC error:
+    the execution fails with a result instead)."""
+
+    def __init__(self, state: str, detail: str) -> None:
+        super().__init__(detail)
+        self.state = state
+        self.detail = detail

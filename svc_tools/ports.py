@@ -1,0 +1,124 @@
+"""What svc_tools's core needs from the world, as protocols its adapters implement."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from svc_tools.model import (
+    AccessCheck,
+    Change,
+    Decision,
+    Execution,
+    HoldRequest,
+    Principal,
+    Resolution,
+    SandboxJob,
+    SandboxOutcome,
+    Stream,
+)
+
+
+class ExecutionStore(Protocol):
+    """Durable executions (Postgres), each driven by at most one process at a time.
+
+    A process drives an execution while it holds its lease (renewed by `renew`); a lease
+    that ran out lets another process take the execution over. Every write that moves an
+    execution into a terminal state also writes its ToolCompleted audit event, in the same
+    transaction; `create` writes ToolRequested for direct runs (no turn).
+    Raises `skm_runtime.errors.ServiceUnavailable` when the database cannot be reached.
+    """
+
+    async def create(self, execution: Execution, driver: str) -> tuple[Execution, bool]:
+        """Insert it, driven by `driver`; when its (tenant, request_id) exists already,
+        return the stored one and False instead."""
+        ...
+
+    async def get(self, name: str) -> Execution | None: ...
+
+    async def take(self, name: str, driver: str) -> Execution | None:
+        """Become the driver of a non-terminal execution that nobody drives (no driver,
+        or the driver's lease ran out). None when it is driven or finished."""
+        ...
+
+    async def save(self, before: Execution, after: Execution, driver: str) -> bool:
+        """Write `after` only if the stored state is still `before.state` and `driver`
+        still drives it. A terminal `after` ends the drive. False if it changed."""
+        ...
+
+    async def release(self, name: str, driver: str) -> None:
+        """Stop driving a non-terminal execution, so that any process may take it."""
+        ...
+
+    async def renew(self, driver: str, names: Sequence[str]) -> None:
+        """Extend `driver`'s lease on the named executions (those it drives right now)."""
+        ...
+
+    async def orphans(self, limit: int) -> list[Execution]:
+        """Executions waiting for approval or running whose driver is gone."""
+        ...
+
+    async def unreported(self, limit: int) -> list[Execution]:
+        """Finished executions whose claimed blocked action was not completed yet."""
+        ...
+
+    async def mark_reported(self, name: str) -> None: ...
+
+    async def request_cancel(self, name: str) -> None:
+        """Record that a caller wants the execution stopped, and tell its driver."""
+        ...
+
+    def changes(self) -> AbstractAsyncContextManager[AsyncIterator[Change]]:
+        """Executions as they change (or are asked to stop), in every process."""
+        ...
+
+
+class PolicyGate(Protocol):
+    """svc_policy: checks, the hold of runs that need approval, and the claim protocol.
+
+    Every method raises `svc_tools.errors.PolicyUnavailable` when svc_policy cannot be
+    reached or answers with an error: callers fail closed.
+    """
+
+    async def check(self, checks: Sequence[AccessCheck], principal: Principal) -> list[Decision]:
+        """One decision per check, in order; nothing is held."""
+        ...
+
+    async def hold(self, check: AccessCheck, principal: Principal, hold: HoldRequest, execution: Execution) -> Decision:
+        """Check again and, on REQUIRES_APPROVAL, hold `execution` as the blocked action's
+        payload; retrying with the same hold.request_id returns the same blocked action."""
+        ...
+
+    async def wait_resolution(self, blocked_action: str) -> Resolution:
+        """Wait until the blocked action leaves PENDING (across lost streams and restarts
+        of svc_policy) and return how it left."""
+        ...
+
+    async def claim(self, blocked_action: str, claim_id: str) -> None:
+        """Bind an APPROVED action to `claim_id` (idempotent for the same claim id).
+        Raises `svc_tools.errors.ClaimRefused` when it is not approved or claimed by another."""
+        ...
+
+    async def complete(self, blocked_action: str, claim_id: str, succeeded: bool, failure_reason: str) -> None:
+        """Report the outcome of a claimed action (idempotent)."""
+        ...
+
+    async def cancel(self, blocked_action: str) -> None:
+        """Withdraw a PENDING or APPROVED action; one resolved otherwise is left as it is."""
+        ...
+
+
+OutputSink = Callable[[Stream, bytes], None]
+
+
+class Sandbox(Protocol):
+    """Runs untrusted code in isolation: no network, a read-only system, a private work
+    dir, resource limits, a wall-clock timeout, capped output, and no process left behind.
+
+    `run` streams output to `sink` as it is produced and returns how the run ended.
+    Cancelling the awaiting task stops the sandbox at once (every process of it killed)
+    before the cancellation propagates.
+    """
+
+    async def run(self, job: SandboxJob, sink: OutputSink) -> SandboxOutcome: ...
