@@ -11,7 +11,11 @@ import functools
 import importlib
 import pkgutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
+
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 import skm
 from skm.options.v1 import authz_pb2
@@ -35,3 +39,39 @@ def service_owners() -> Mapping[str, str]:
 def services_of(owner: str) -> tuple[str, ...]:
     """The full gRPC service names one SKM service serves, sorted."""
     return tuple(sorted(name for name, who in service_owners().items() if who == owner))
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One RPC of the contract as the gateway routes it."""
+
+    path: str  # "/skm.conversation.v1.ConversationService/CreateSession"
+    owner: str
+    client_streaming: bool
+    server_streaming: bool
+    request_type: type[Message]
+    # The method's `skm.options.v1.authz` rule; None for an internal method.
+    authz: authz_pb2.AuthzRule | None
+
+
+@functools.cache
+def methods() -> Mapping[str, Method]:
+    """Every method of every owned service, by path."""
+    service_owners()  # imports every generated module
+    found: dict[str, Method] = {}
+    pool = descriptor_pool.Default()
+    for service_name, owner in service_owners().items():
+        service = pool.FindServiceByName(service_name)
+        for method in service.methods:
+            options = method.GetOptions()
+            rule = options.Extensions[authz_pb2.authz] if options.HasExtension(authz_pb2.authz) else None
+            path = f"/{service.full_name}/{method.name}"
+            found[path] = Method(
+                path,
+                owner,
+                method.client_streaming,
+                method.server_streaming,
+                message_factory.GetMessageClass(method.input_type),
+                rule,
+            )
+    return MappingProxyType(found)

@@ -193,7 +193,7 @@ class OutboxRelay:
                     backoff = min(backoff * 2, 5.0)
                 finally:
                     if producer is not None:
-                        await producer.stop()
+                        await asyncio.shield(producer.stop())
         finally:
             if listener is not None:
                 await listener.remove_listener(_channel(self._schema), self._notified)
@@ -212,8 +212,8 @@ class OutboxRelay:
 
     async def _ensure_topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=10_000)
-        await admin.start()
         try:
+            await admin.start()
             existing = set(await admin.list_topics())
             missing = [t for t in self._topics if t not in existing]
             if missing:
@@ -222,7 +222,8 @@ class OutboxRelay:
                         [NewTopic(name=t, num_partitions=3, replication_factor=1) for t in missing]
                     )
         finally:
-            await admin.close()
+            # Also after a start cut short (cancelled, refused): aiokafka leaves sockets open otherwise.
+            await asyncio.shield(admin.close())
 
     async def _publish_batch(self, producer: AIOKafkaProducer) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

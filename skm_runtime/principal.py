@@ -14,6 +14,8 @@ from typing import Any
 from skm.type.v1 import principal_pb2
 
 PRINCIPAL_KEY = "x-skm-principal-bin"
+# Set by the gateway on every call it forwards from outside the mesh.
+FORWARDED_BY_KEY = "x-skm-forwarded-by"
 
 
 def principal_metadata(principal: principal_pb2.Principal) -> tuple[tuple[str, bytes], ...]:

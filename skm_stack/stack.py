@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from skm_stack.devkeys import ensure_dev_keys
 from skm_stack.envoy import EnvoyServer, start_envoy
 from skm_stack.install import Report, Toolchain, ensure_installed, print_report
 from skm_stack.kafka import KafkaServer, start_kafka
@@ -224,6 +225,8 @@ class RunningStack:
             env["SKM_OPENFGA_API_TOKEN_FILE"] = str(self.openfga.token_file)
         for spec in self.service_specs:
             env[spec.addr_env_var] = spec.addr
+        if self.service_specs:
+            env["SKM_GATEWAY_JWKS_FILE"] = str(ensure_dev_keys(self.state_dir).jwks)
         return env
 
     # -- starting ----------------------------------------------------------------------

@@ -1,38 +1,66 @@
 """svc_gateway: the only public entry, behind Envoy.
 
-Composition root. This version routes health checks to the services behind it and
-describes all of them through reflection; authenticated, authorized forwarding of every
-public RPC comes with the text-conversation capability.
+Composition root: settings -> token verifier, rate limiter (Redis), policy client
+(svc_policy) -> core -> the generic proxy of every public RPC, plus health and reflection
+answered for the whole mesh.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
+
 import grpc
 
-from skm_runtime.contract import service_owners
+from skm_runtime.contract import methods, service_owners
 from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel, run
+from svc_gateway.adapters.policy import GrpcPolicy
+from svc_gateway.adapters.ratelimit import RedisRateLimiter
+from svc_gateway.adapters.tokens import JwtVerifier
+from svc_gateway.core import Gateway
 from svc_gateway.health import GatewayHealth
+from svc_gateway.proxy import Proxy
 from svc_gateway.settings import GatewaySettings
+
+log = logging.getLogger("skm.gateway")
 
 
 async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceSpec:
+    jwks = await asyncio.to_thread(Path(settings.jwks_file).read_text) if settings.jwks_file else '{"keys": []}'
+    verifier = JwtVerifier.from_json(
+        jwks, algorithms=settings.jwt_algorithms, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    if not settings.jwks_file:
+        log.warning("no SKM_GATEWAY_JWKS_FILE: no token can verify, every public call is refused")
     owners = service_owners()
     channels: dict[str, grpc.aio.Channel] = {}
-    routes: dict[str, grpc.aio.Channel] = {}
-    for service, owner in owners.items():
-        addr = settings.backend_addr(owner)
-        if addr not in channels:
-            channels[addr] = open_channel(addr, runtime)
-        routes[service] = channels[addr]
+    for owner in sorted(set(owners.values())):
+        channels[owner] = open_channel(settings.backend_addr(owner), runtime)
+    limiter = RedisRateLimiter.connect(
+        settings.redis_url,
+        {
+            "tenant": (settings.tenant_rate_per_second, settings.tenant_burst),
+            "user": (settings.user_rate_per_second, settings.user_burst),
+        },
+    )
+    policy = GrpcPolicy(channels["policy"], constitution_ttl=settings.constitution_ttl_seconds)
+    gateway = Gateway(verifier, policy, limiter, policy)
+    proxy = Proxy(gateway, methods(), channels, stream_timeout=runtime.grpc_stream_timeout_seconds)
+    routes = {service: channels[owner] for service, owner in owners.items()}
 
     async def stop() -> None:
+        await limiter.close()
         for channel in channels.values():
             await channel.close()
+
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((proxy,))
 
     return ServiceSpec(
         name="gateway",
         service_names=(),
-        register=lambda server: None,
+        register=register,
         stop=stop,
         reflect_extra=tuple(sorted(owners)),
         health=GatewayHealth(routes, settings.backend_health_timeout_seconds),

@@ -1,8 +1,8 @@
-"""Gateway settings: its own address, and where each service behind it listens."""
+"""Gateway settings: its own address, tokens, rate limits, and where each backend listens."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from skm_runtime.server import ServiceSettings
 from skm_runtime.settings import address, bounded
@@ -19,6 +19,20 @@ class GatewaySettings(ServiceSettings):
     policy_addr: str = address("127.0.0.1:50055", env="SKM_POLICY_ADDR")
     profiles_addr: str = address("127.0.0.1:50056", env="SKM_PROFILES_ADDR")
     analytics_addr: str = address("127.0.0.1:50057", env="SKM_ANALYTICS_ADDR")
+    redis_url: str = field(default="redis://127.0.0.1:56379/0", metadata={"env": "SKM_REDIS_URL"})
+    # The JWKS document (JSON) whose keys sign tokens. No keys: every call is refused.
+    jwks_file: str = ""
+    # Signing algorithms accepted; never taken from a token.
+    jwt_algorithms: tuple[str, ...] = ("EdDSA", "ES256")
+    jwt_issuer: str = "skm-dev"
+    jwt_audience: str = "skm"
+    # Token buckets: calls per second and burst, per tenant and per user.
+    tenant_rate_per_second: float = bounded(200.0, low=0.001, high=1e6)
+    tenant_burst: float = bounded(400.0, low=1.0, high=1e6)
+    user_rate_per_second: float = bounded(50.0, low=0.001, high=1e6)
+    user_burst: float = bounded(100.0, low=1.0, high=1e6)
+    # How long a tenant's constitution hash is trusted before it is read again.
+    constitution_ttl_seconds: float = bounded(2.0, low=0.0, high=3600.0)
     # How long a health check of a backend may take before it counts as NOT_SERVING.
     backend_health_timeout_seconds: float = bounded(2.0, low=0.05, high=60.0)
 

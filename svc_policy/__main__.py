@@ -49,12 +49,23 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
     token_file = settings.openfga_api_token_file
     token = (await asyncio.to_thread(Path(token_file).read_text)).strip() if token_file else ""
     store_id, model_id = await bootstrap(settings.openfga_api_url, token, settings.openfga_store, settings.model_path)
-    authorizer = OpenFgaAuthorizer(settings.openfga_api_url, token, store_id, model_id, model_path=settings.model_path)
-    table = DecisionTable.load(settings.decisions_path, defines=authorizer.defines)
-    checker = Checker(authorizer, table, ttl=settings.cache_ttl_seconds)
-    index = RedisBlockedIndex.connect(settings.redis_url)
-    store = await PostgresPolicyStore.open(settings.postgres_dsn, index)
-    await store.rebuild_index()
+    # Whatever is opened is closed again, also when a later step of the start fails.
+    resources = contextlib.AsyncExitStack()
+    try:
+        authorizer = OpenFgaAuthorizer(
+            settings.openfga_api_url, token, store_id, model_id, model_path=settings.model_path
+        )
+        resources.push_async_callback(authorizer.close)
+        table = DecisionTable.load(settings.decisions_path, defines=authorizer.defines)
+        checker = Checker(authorizer, table, ttl=settings.cache_ttl_seconds)
+        index = RedisBlockedIndex.connect(settings.redis_url)
+        resources.push_async_callback(index.close)
+        store = await PostgresPolicyStore.open(settings.postgres_dsn, index)
+        resources.push_async_callback(store.close)
+        await store.rebuild_index()
+    except BaseException:
+        await resources.aclose()
+        raise
     outbox = BufferedOutbox(store.pool, SCHEMA)
     relay = OutboxRelay(store.pool, SCHEMA, settings.kafka_bootstrap, topics=(TOPIC_AUDIT, TOPIC_BLOCKED))
     policy = Policy(
@@ -80,9 +91,7 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
                 await task
         await outbox.close()
         await relay.close()
-        await authorizer.close()
-        await index.close()
-        await store.close()
+        await resources.aclose()
 
     def register(server: grpc.aio.Server) -> None:
         api.register(server, policy)

@@ -100,7 +100,8 @@ class Checker:
             if tenant_of(subject_id, what="subject") != tenant_of(object_id, what="object"):
                 decisions[index] = Decision(Verdict.DENY, CROSS_TENANT)
                 continue
-            key = (check.subject, check.relation, check.object, json.dumps(check.context, sort_keys=True))
+            context = json.dumps(check.context, sort_keys=True) if check.context else ""
+            key = (check.subject, check.relation, check.object, context)
             cached = None if fresh else self._cache.get(key)
             if cached is not None and cached[0] > now:
                 decisions[index] = Decision(cached[1], cached[2], cached=True)

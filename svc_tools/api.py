@@ -17,16 +17,12 @@ from skm.tools.v1 import (
     tool_service_pb2,
     tool_service_pb2_grpc,
 )
-from skm_runtime.principal import principal_from
+from skm_runtime.principal import FORWARDED_BY_KEY, principal_from
 from svc_tools import convert
 from svc_tools.core import Tools
 from svc_tools.model import Principal
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-# Metadata the gateway puts on every call it forwards (see ExecuteToolRequest.policy_context:
-# facts for policy conditions are honoured only on calls from inside the mesh).
-FORWARDED_BY_GATEWAY = "x-skm-forwarded-by"
 
 
 def _principal(context: Context) -> Principal | None:
@@ -35,7 +31,9 @@ def _principal(context: Context) -> Principal | None:
 
 
 def _from_inside_the_mesh(context: Context) -> bool:
-    return not any(key == FORWARDED_BY_GATEWAY for key, _ in context.invocation_metadata() or ())
+    # Facts for policy conditions (ExecuteToolRequest.policy_context) are honoured only on
+    # calls from inside the mesh, never on calls the gateway forwards.
+    return not any(key == FORWARDED_BY_KEY for key, _ in context.invocation_metadata() or ())
 
 
 def _trace_id() -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import grpc
@@ -12,9 +15,11 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm_runtime.contract import service_owners
 from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
+from skm_stack.devkeys import dev_keys_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / "web" / "node_modules" / ".bin" / "buf"
@@ -111,3 +116,40 @@ def test_grpc_web_from_a_browser_origin_reaches_health(mesh: RunningStack) -> No
     trailer = body[5 + length :]
     assert trailer[0] == 0x80  # then the trailers frame
     assert b"grpc-status:0" in trailer.replace(b" ", b"")
+
+
+def _skm(mesh: RunningStack, *args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SKM_URL": mesh.envoy_url, "SKM_TOKEN": token}
+    return subprocess.run(
+        [sys.executable, "-m", "skm_cli", *args], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+
+
+async def test_a_user_gets_a_token_and_works_through_envoy_with_the_cli(mesh: RunningStack) -> None:
+    """`skm token` signs with the stack's dev key; the gateway verifies it; policy decides."""
+    tenant = f"e{uuid.uuid4().hex[:8]}"
+    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+        await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=f"tenants/{tenant}",
+                relationships=[
+                    access_pb2.Relationship(
+                        subject=f"user:tenants/{tenant}/users/{who}", relation=role, object=f"tenant:tenants/{tenant}"
+                    )
+                    for who, role in (("olga", "operator"), ("mike", "member"))
+                ],
+            ),
+            timeout=10,
+        )
+    key = str(dev_keys_dir(mesh.state_dir) / "dev-signing-key.pem")
+    minted = _skm(mesh, "token", "--tenant", tenant, "--user", "olga", "--role", "operator", "--key", key)
+    assert minted.returncode == 0, minted.stderr
+    listed = _skm(mesh, "--json", "blocked", "list", "--tenant", tenant, token=minted.stdout.strip())
+    assert listed.returncode == 0, listed.stderr
+    member = _skm(mesh, "token", "--tenant", tenant, "--user", "mike", "--key", key).stdout.strip()
+    refused = _skm(mesh, "blocked", "list", "--tenant", tenant, token=member)
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr
+    anonymous = _skm(mesh, "blocked", "list", "--tenant", tenant)
+    assert anonymous.returncode == 2
+    assert "no token" in anonymous.stderr

@@ -580,3 +580,34 @@ async def test_checks_fail_closed_when_openfga_is_gone(
             grpc.StatusCode.UNAVAILABLE,
             "POLICY_BACKEND_UNAVAILABLE",
         )
+
+
+async def test_every_decision_becomes_an_audit_event(tenant: Tenant, stack: RunningStack) -> None:
+    t = tenant
+    decisions = [
+        await check(t, t.user("olga"), "can_execute", t.tool("code_execution")),
+        await check(t, t.user("nobody"), "can_execute", t.tool("search")),
+    ]
+    wanted = {d.decision_id: d for d in decisions}
+    consumer = AIOKafkaConsumer(
+        "audit", bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: dict[str, event_pb2.Event] = {}
+    try:
+        async with asyncio.timeout(30):
+            while len(found) < len(wanted):
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        event = event_pb2.Event.FromString(record.value)
+                        if event.WhichOneof("payload") == "policy_decided":
+                            decision_id = event.policy_decided.decision.decision_id
+                            if decision_id in wanted:
+                                found[decision_id] = event
+    finally:
+        await consumer.stop()
+    for decision_id, event in found.items():
+        assert event.tenant == t.name
+        assert event.source == "policy"
+        assert event.policy_decided.decision.verdict == wanted[decision_id].verdict
+        assert event.policy_decided.check.object.startswith("tool:")

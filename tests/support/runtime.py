@@ -36,7 +36,13 @@ async def serving(
         metrics_addr="",
         extra_span_processors=(SimpleSpanProcessor(spans),) if record_spans else (),
     )
-    running = await start_server(spec, "127.0.0.1:0", runtime or RuntimeSettings(), telemetry)
+    try:
+        running = await start_server(spec, "127.0.0.1:0", runtime or RuntimeSettings(), telemetry)
+    except BaseException:
+        if spec.stop is not None:
+            await spec.stop()
+        telemetry.shutdown()
+        raise
     try:
         yield Served(running, spans)
     finally:

@@ -1,0 +1,211 @@
+"""`skm`: the platform from a terminal, through Envoy's public listener.
+
+    skm token --tenant t1 --user alice --role operator    mint a development token
+    skm constitution get|set --tenant t1 [--file F]     read or replace the constitution
+    skm blocked list --tenant t1                         blocked actions waiting for an operator
+    skm blocked approve|reject NAME [--note TEXT]        decide on one
+
+Calls read the token from --token or SKM_TOKEN and go to --url or SKM_URL
+(default http://127.0.0.1:8080).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+from google.protobuf import json_format
+
+from skm.policy.v1 import (
+    blocked_action_pb2,
+    blocked_action_service_pb2,
+    blocked_action_service_pb2_grpc,
+    constitution_pb2,
+    constitution_service_pb2,
+    constitution_service_pb2_grpc,
+)
+from skm_runtime.status import error_info_of
+from skm_stack.devkeys import KEY_ID, dev_keys_dir
+from skm_stack.paths import default_state_dir
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+class CliError(Exception):
+    """A failure to report in one line, without a traceback."""
+
+
+def _target(url: str) -> str:
+    for prefix in ("http://", "https://"):
+        if url.startswith(prefix):
+            return url[len(prefix) :].rstrip("/")
+    return url
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    return grpc.insecure_channel(_target(args.url))
+
+
+def _auth(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    token = args.token or os.environ.get("SKM_TOKEN", "")
+    if not token:
+        raise CliError("no token: pass --token or set SKM_TOKEN (make one with `skm token`)")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _mint(args: argparse.Namespace, constitution_sha256: str) -> str:
+    key_file = Path(args.key) if args.key else dev_keys_dir(default_state_dir()) / "dev-signing-key.pem"
+    if not key_file.is_file():
+        raise CliError(f"no signing key at {key_file}: start the platform with `make run` first, or pass --key")
+    now = int(time.time())
+    claims = {
+        "iss": args.issuer,
+        "aud": args.audience,
+        "sub": args.user,
+        "tenant": args.tenant,
+        "roles": args.role or ["member"],
+        "constitution_sha256": constitution_sha256,
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(args.ttl),
+        "jti": str(uuid.uuid4()),
+    }
+    return jwt.encode(claims, key_file.read_bytes(), algorithm="EdDSA", headers={"kid": KEY_ID})
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A token for the current constitution: mint, read the constitution with it, mint again."""
+    digest = EMPTY_SHA256
+    if not args.offline:
+        first = _mint(args, EMPTY_SHA256)
+        stub = constitution_service_pb2_grpc.ConstitutionServiceStub(_channel(args))
+        request = constitution_service_pb2.GetConstitutionRequest(name=f"tenants/{args.tenant}/constitution")
+        reply = stub.GetConstitution(request, timeout=10, metadata=(("authorization", f"Bearer {first}"),))
+        digest = reply.constitution.sha256
+    print(_mint(args, digest))
+    return 0
+
+
+def cmd_constitution(args: argparse.Namespace) -> int:
+    stub = constitution_service_pb2_grpc.ConstitutionServiceStub(_channel(args))
+    name = f"tenants/{args.tenant}/constitution"
+    current = stub.GetConstitution(
+        constitution_service_pb2.GetConstitutionRequest(name=name), timeout=10, metadata=_auth(args)
+    ).constitution
+    if args.action == "get":
+        _print(current, args)
+        return 0
+    content = Path(args.file).read_text() if args.file else sys.stdin.read()
+    updated = stub.UpdateConstitution(
+        constitution_service_pb2.UpdateConstitutionRequest(
+            constitution=constitution_pb2.Constitution(name=name, content=content, etag=current.etag)
+        ),
+        timeout=10,
+        metadata=_auth(args),
+    ).constitution
+    _print(updated, args)
+    print("tokens issued for the old constitution are now stale: get a new one with `skm token`", file=sys.stderr)
+    return 0
+
+
+def cmd_blocked(args: argparse.Namespace) -> int:
+    stub = blocked_action_service_pb2_grpc.BlockedActionServiceStub(_channel(args))
+    if args.action == "list":
+        reply = stub.ListBlockedActions(
+            blocked_action_service_pb2.ListBlockedActionsRequest(
+                parent=f"tenants/{args.tenant}", states=[blocked_action_pb2.BlockedAction.STATE_PENDING]
+            ),
+            timeout=10,
+            metadata=_auth(args),
+        )
+        for action in reply.blocked_actions:
+            _print(action, args)
+        if not reply.blocked_actions and not args.json:
+            print("no blocked action waits for a decision")
+        return 0
+    if not args.name:
+        raise CliError(f"`skm blocked {args.action}` needs the blocked action's name")
+    if args.action == "approve":
+        decided = stub.ApproveBlockedAction(
+            blocked_action_service_pb2.ApproveBlockedActionRequest(name=args.name, note=args.note),
+            timeout=10,
+            metadata=_auth(args),
+        ).blocked_action
+    else:
+        decided = stub.RejectBlockedAction(
+            blocked_action_service_pb2.RejectBlockedActionRequest(name=args.name, note=args.note),
+            timeout=10,
+            metadata=_auth(args),
+        ).blocked_action
+    _print(decided, args)
+    return 0
+
+
+def _print(message: Any, args: argparse.Namespace) -> None:
+    data = json_format.MessageToDict(message)
+    print(json.dumps(data) if args.json else json.dumps(data, indent=2))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="skm", description=__doc__.split("\n\n")[0])
+    top.add_argument(
+        "--url", default=os.environ.get("SKM_URL", DEFAULT_URL), help=f"public URL (default {DEFAULT_URL})"
+    )
+    top.add_argument("--token", default="", help="bearer token (default: $SKM_TOKEN)")
+    top.add_argument("--json", action="store_true", help="one JSON object per line")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    token = commands.add_parser("token", help="mint a development token (signed with `make run`'s dev key)")
+    token.add_argument("--tenant", required=True, help="tenant id, e.g. t1")
+    token.add_argument("--user", required=True, help="user id, e.g. alice")
+    token.add_argument("--role", action="append", choices=("member", "operator", "admin"), help="repeatable")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
+    token.add_argument("--key", default="", help="PEM private key (default: the running stack's dev key)")
+    token.add_argument("--issuer", default="skm-dev")
+    token.add_argument("--audience", default="skm")
+    token.add_argument("--offline", action="store_true", help="don't ask for the constitution (empty document)")
+    token.set_defaults(run=cmd_token)
+
+    constitution = commands.add_parser("constitution", help="read or replace a tenant's constitution")
+    constitution.add_argument("action", choices=("get", "set"))
+    constitution.add_argument("--tenant", required=True)
+    constitution.add_argument("--file", default="", help="with set: the document (default: stdin)")
+    constitution.set_defaults(run=cmd_constitution)
+
+    blocked = commands.add_parser("blocked", help="blocked actions waiting for an operator")
+    blocked.add_argument("action", choices=("list", "approve", "reject"))
+    blocked.add_argument("name", nargs="?", default="", help="with approve/reject: tenants/T/blockedActions/ID")
+    blocked.add_argument("--tenant", default="", help="with list: tenant id")
+    blocked.add_argument("--note", default="", help="with approve/reject: why")
+    blocked.set_defaults(run=cmd_blocked)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except CliError as error:
+        print(f"skm: {error}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as error:
+        info = error_info_of(error)
+        reason = f" [{info.reason}]" if info is not None else ""
+        print(f"skm: {error.code().name}{reason}: {error.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

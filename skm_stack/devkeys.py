@@ -1,0 +1,56 @@
+"""The development signing key pair for gateway tokens, made once per state dir.
+
+`make run` gives the gateway the public half (a JWKS file) and `skm token` signs with the
+private half. Ed25519 (JWT algorithm EdDSA). For development only: deployments configure
+the gateway with their identity provider's JWKS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+KEY_ID = "skm-dev-1"
+
+
+@dataclass(frozen=True)
+class DevKeys:
+    private_key: Path  # PEM, mode 0600
+    jwks: Path  # the public key as a JWKS document
+
+
+def dev_keys_dir(state_dir: Path) -> Path:
+    return state_dir / "gateway"
+
+
+def ensure_dev_keys(state_dir: Path) -> DevKeys:
+    """The state dir's key pair, created on first use."""
+    folder = dev_keys_dir(state_dir)
+    keys = DevKeys(folder / "dev-signing-key.pem", folder / "jwks.json")
+    if keys.private_key.is_file() and keys.jwks.is_file():
+        return keys
+    folder.mkdir(parents=True, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    descriptor = os.open(keys.private_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
+    public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": base64.urlsafe_b64encode(public).rstrip(b"=").decode(),
+        "kid": KEY_ID,
+        "alg": "EdDSA",
+        "use": "sig",
+    }
+    keys.jwks.write_text(json.dumps({"keys": [jwk]}, indent=2) + "\n")
+    return keys

@@ -1,0 +1,74 @@
+"""svc_policy as the gateway sees it: decisions and tenant constitutions, over gRPC.
+
+Both fail closed: when svc_policy cannot answer, the call is refused (POLICY_UNAVAILABLE).
+Constitution hashes are cached for `constitution_ttl` seconds per tenant, so a changed
+constitution turns old tokens stale within that bound.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from skm.policy.v1 import (
+    access_pb2,
+    constitution_service_pb2,
+    constitution_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+)
+from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.principal import principal_metadata
+from svc_gateway.errors import PolicyUnavailable
+from svc_gateway.model import Principal, Verdict
+
+_ROLES = {
+    "member": principal_pb2.ROLE_MEMBER,
+    "operator": principal_pb2.ROLE_OPERATOR,
+    "admin": principal_pb2.ROLE_ADMIN,
+}
+
+
+def principal_message(principal: Principal) -> principal_pb2.Principal:
+    return principal_pb2.Principal(
+        tenant=principal.tenant, user=principal.user, roles=[_ROLES[r] for r in principal.roles if r in _ROLES]
+    )
+
+
+class GrpcPolicy:
+    def __init__(self, channel: grpc.aio.Channel, *, constitution_ttl: float) -> None:
+        self._policy = policy_service_pb2_grpc.PolicyServiceStub(channel)
+        self._constitutions = constitution_service_pb2_grpc.ConstitutionServiceStub(channel)
+        self._ttl = constitution_ttl
+        self._hashes: dict[str, tuple[float, str]] = {}
+
+    async def allows(self, principal: Principal, permission: str, object_: str) -> Verdict:
+        request = policy_service_pb2.CheckRequest(
+            check=access_pb2.AccessCheck(subject=f"user:{principal.user}", relation=permission, object=object_)
+        )
+        try:
+            reply = await self._policy.Check(request, metadata=principal_metadata(principal_message(principal)))
+        except grpc.aio.AioRpcError as error:
+            raise PolicyUnavailable(
+                "the policy service cannot decide; the call is refused", metadata={"code": error.code().name}
+            ) from None
+        decision = reply.decision
+        allowed = decision.verdict == policy_decision_pb2.VERDICT_ALLOW
+        return Verdict(allowed, decision.reason, decision.decision_id)
+
+    async def current_sha256(self, tenant: str) -> str:
+        cached = self._hashes.get(tenant)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        request = constitution_service_pb2.GetConstitutionRequest(name=f"{tenant}/constitution")
+        try:
+            reply = await self._constitutions.GetConstitution(request)
+        except grpc.aio.AioRpcError as error:
+            raise PolicyUnavailable(
+                "the tenant's constitution cannot be read; the call is refused", metadata={"code": error.code().name}
+            ) from None
+        digest = reply.constitution.sha256
+        self._hashes[tenant] = (now + self._ttl, digest)
+        return digest

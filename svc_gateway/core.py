@@ -1,0 +1,98 @@
+"""Admitting a public call: who it is, whether the tenant's rules hold, whether policy allows.
+
+In order, for every public call (the first message of a client stream):
+1. the bearer token proves a principal (pinned algorithms, issuer, audience, times, claims);
+2. the token's constitution hash is the SHA-256 of the tenant's current constitution
+   (except for the one method that lets a client read it with a stale token);
+3. the tenant's and the user's rate limits have room;
+4. the resource the rule names belongs to the caller's tenant;
+5. unless any member may call, policy allows the user the rule's permission on it.
+Only then is the call forwarded, with the principal attached.
+"""
+
+from __future__ import annotations
+
+from svc_gateway.errors import (
+    ConstitutionHashStale,
+    CrossTenantResource,
+    PermissionDenied,
+    RateLimited,
+    ResourceNameInvalid,
+    TokenMissing,
+)
+from svc_gateway.model import Principal, Rule
+from svc_gateway.ports import Constitutions, Policy, RateLimiter, TokenVerifier
+
+
+def object_of(rule: Rule, resource: str, tenant: str) -> str:
+    """The OpenFGA object a rule names in a resource: "{type}:{name cut after that type}".
+
+    "tenants/t1/sessions/s1/turns/4" with type "session" -> "session:tenants/t1/sessions/s1";
+    with type "tenant" -> "tenant:tenants/t1". An empty field means the caller's own tenant.
+    """
+    name = resource or tenant
+    parts = name.split("/")
+    # Collections alternate with ids; a singleton ("tenants/t1/constitution") ends odd.
+    if len(parts) < 2 or parts[0] != "tenants" or not all(parts):
+        raise ResourceNameInvalid(
+            f"{rule.resource_field or 'resource'} must be a resource name (tenants/...)",
+            metadata={"field": rule.resource_field},
+        )
+    if f"{parts[0]}/{parts[1]}" != tenant:
+        raise CrossTenantResource("the resource belongs to another tenant", metadata={"field": rule.resource_field})
+    collection = f"{rule.resource_type}s"
+    for index in range(0, len(parts) - 1, 2):
+        if parts[index] == collection:
+            return f"{rule.resource_type}:{'/'.join(parts[: index + 2])}"
+    raise ResourceNameInvalid(
+        f"{rule.resource_field} names no {rule.resource_type}", metadata={"field": rule.resource_field}
+    )
+
+
+class Gateway:
+    def __init__(
+        self,
+        tokens: TokenVerifier,
+        constitutions: Constitutions,
+        limiter: RateLimiter,
+        policy: Policy,
+    ) -> None:
+        self._tokens = tokens
+        self._constitutions = constitutions
+        self._limiter = limiter
+        self._policy = policy
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenMissing("send `authorization: Bearer <token>`")
+        return self._tokens.verify(token.strip())
+
+    async def admit(self, principal: Principal, rule: Rule, resource: str) -> None:
+        """Raise unless this principal may make this call on `resource` now."""
+        if not rule.allow_stale_constitution:
+            current = await self._constitutions.current_sha256(principal.tenant)
+            if principal.constitution_sha256 != current:
+                raise ConstitutionHashStale(
+                    "the token's constitution hash is stale: read the constitution and get a new token",
+                    metadata={"tenant": principal.tenant},
+                )
+        for scope, key in (("tenant", principal.tenant), ("user", principal.user)):
+            wait = await self._limiter.take(scope, key)
+            if wait > 0:
+                raise RateLimited(
+                    f"the {scope}'s rate limit is spent", metadata={"scope": scope}, retry_after_seconds=wait
+                )
+        object_ = object_of(rule, resource, principal.tenant)
+        if rule.any_tenant_member:
+            return
+        verdict = await self._policy.allows(principal, rule.permission, object_)
+        if not verdict.allowed:
+            raise PermissionDenied(
+                "policy does not allow this call",
+                metadata={
+                    "permission": rule.permission,
+                    "decision_reason": verdict.reason,
+                    "decision_id": verdict.decision_id,
+                },
+            )

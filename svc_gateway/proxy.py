@@ -1,0 +1,221 @@
+"""Forwarding every public RPC, all four kinds, with no per-RPC code.
+
+The contract drives it: `skm_runtime.contract.methods()` says, for each method path, which
+service owns it, whether each side streams, the request type, and the authorization rule.
+Messages pass through as bytes; only a unary request, or the first message of a client
+stream, is parsed, to read the resource its rule names. The call goes on with the caller's
+deadline, cancellation and trace context, and with the authenticated principal in
+`x-skm-principal-bin`; a client's own `authorization` and principal headers never pass.
+Errors of the owning service reach the client as they are, details included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+
+from skm_runtime.contract import Method
+from skm_runtime.errors import MalformedRequest
+from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY, principal_metadata
+from svc_gateway.adapters.policy import principal_message
+from svc_gateway.core import Gateway
+from svc_gateway.errors import MethodNotPublic, ResourceNameInvalid, ServiceUnavailable
+from svc_gateway.model import Rule
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Metadata that is the gateway's or the transport's to set, never passed on from a client.
+_NOT_FORWARDED = {
+    "authorization",
+    PRINCIPAL_KEY,
+    FORWARDED_BY_KEY,
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "content-type",
+    "te",
+}
+# Marks a call as coming from outside the mesh: services then ignore what only internal
+# callers may set (e.g. svc_tools' policy context).
+FORWARDED = ((FORWARDED_BY_KEY, "gateway"),)
+_STATUS_DETAILS = "grpc-status-details-bin"
+
+
+def _rule(method: Method) -> Rule:
+    rule = method.authz
+    assert rule is not None  # only public methods get here
+    return Rule(
+        rule.permission, rule.resource_type, rule.resource_field, rule.any_tenant_member, rule.allow_stale_constitution
+    )
+
+
+def _resource(method: Method, rule: Rule, request: bytes | None) -> str:
+    if not rule.resource_field:
+        return ""
+    if request is None:
+        raise ResourceNameInvalid("the first message must name the resource", metadata={"field": rule.resource_field})
+    try:
+        value: Any = method.request_type.FromString(request)
+    except Exception:  # noqa: BLE001  # any parse failure is the client's
+        raise MalformedRequest("the request is not a valid message of this method's type") from None
+    for part in rule.resource_field.split("."):
+        value = getattr(value, part, None)
+    if not isinstance(value, str) or not value:
+        raise ResourceNameInvalid(
+            f"{rule.resource_field} is required: the resource this call acts on",
+            metadata={"field": rule.resource_field},
+        )
+    return value
+
+
+# Raw-bytes callables (no serializers): grpc's stubs cannot infer their message types.
+def _unary_unary(channel: grpc.aio.Channel, path: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    return channel.unary_unary(path)
+
+
+def _unary_stream(channel: grpc.aio.Channel, path: str) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(path)
+
+
+def _stream_unary(channel: grpc.aio.Channel, path: str) -> grpc.aio.StreamUnaryMultiCallable[bytes, bytes]:
+    return channel.stream_unary(path)
+
+
+def _stream_stream(channel: grpc.aio.Channel, path: str) -> grpc.aio.StreamStreamMultiCallable[bytes, bytes]:
+    return channel.stream_stream(path)
+
+
+class Proxy(grpc.GenericRpcHandler):
+    """One generic handler for every public method of the contract."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        methods: Mapping[str, Method],
+        channels: Mapping[str, grpc.aio.Channel],
+        *,
+        stream_timeout: float,
+    ) -> None:
+        self._gateway = gateway
+        self._methods = methods
+        self._channels = channels
+        self._stream_timeout = stream_timeout
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        path: str = handler_call_details.method
+        handler = self._handlers.get(path)
+        if handler is not None:
+            return handler
+        method = self._methods.get(path)
+        if method is None or method.authz is None:
+            if not path.startswith("/skm."):
+                return None  # health, reflection: served by the gateway itself
+            return grpc.stream_stream_rpc_method_handler(self._not_public)
+        handler = self._handler(method)
+        self._handlers[path] = handler
+        return handler
+
+    async def _not_public(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        raise MethodNotPublic("no such public method")
+
+    async def _admit(
+        self, method: Method, context: Context, first: bytes | None
+    ) -> tuple[tuple[str, str | bytes], ...]:
+        metadata = context.invocation_metadata() or ()
+        authorization = next((v for k, v in metadata if k == "authorization" and isinstance(v, str)), None)
+        principal = self._gateway.authenticate(authorization)
+        rule = _rule(method)
+        await self._gateway.admit(principal, rule, _resource(method, rule, first))
+        passed = tuple((k, v) for k, v in metadata if k not in _NOT_FORWARDED and not k.startswith((":", "grpc-")))
+        return passed + principal_metadata(principal_message(principal)) + FORWARDED
+
+    def _timeout(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        return self._stream_timeout if remaining is None else remaining
+
+    async def _relay(self, error: grpc.aio.AioRpcError, method: Method, context: Context) -> None:
+        trailing = tuple(error.trailing_metadata() or ())
+        has_details = any(k == _STATUS_DETAILS for k, _ in trailing)
+        if error.code() == grpc.StatusCode.UNAVAILABLE and not has_details:
+            raise ServiceUnavailable("the owning service cannot be reached; retry", metadata={"method": method.path})
+        passed = tuple(
+            (k, v) for k, v in trailing if not k.startswith(":") and (k == _STATUS_DETAILS or not k.startswith("grpc-"))
+        )
+        await context.abort(error.code(), error.details() or "", passed)
+
+    def _handler(self, method: Method) -> grpc.RpcMethodHandler[Any, Any]:
+        channel = self._channels[method.owner]
+        path = method.path
+
+        if not method.client_streaming and not method.server_streaming:
+
+            async def unary_unary(request: bytes, context: Context) -> bytes:
+                metadata = await self._admit(method, context, request)
+                try:
+                    response: bytes = await _unary_unary(channel, path)(
+                        request, metadata=metadata, timeout=self._timeout(context)
+                    )
+                except grpc.aio.AioRpcError as error:
+                    await self._relay(error, method, context)
+                    raise
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary)
+
+        if not method.client_streaming:
+
+            async def unary_stream(request: bytes, context: Context) -> AsyncIterator[bytes]:
+                metadata = await self._admit(method, context, request)
+                call = _unary_stream(channel, path)(request, metadata=metadata, timeout=self._timeout(context))
+                try:
+                    async for response in call:
+                        yield response
+                except grpc.aio.AioRpcError as error:
+                    await self._relay(error, method, context)
+                finally:
+                    call.cancel()
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream)
+
+        async def _opened(requests: AsyncIterator[bytes], context: Context) -> tuple[Any, AsyncIterator[bytes]]:
+            first = await anext(aiter(requests), None)
+            metadata = await self._admit(method, context, first)
+
+            async def upstream() -> AsyncIterator[bytes]:
+                if first is not None:
+                    yield first
+                async for request in requests:
+                    yield request
+
+            return metadata, upstream()
+
+        if not method.server_streaming:
+
+            async def stream_unary(requests: AsyncIterator[bytes], context: Context) -> bytes:
+                metadata, upstream = await _opened(requests, context)
+                try:
+                    response: bytes = await _stream_unary(channel, path)(
+                        upstream, metadata=metadata, timeout=self._timeout(context)
+                    )
+                except grpc.aio.AioRpcError as error:
+                    await self._relay(error, method, context)
+                    raise
+                return response
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary)
+
+        async def stream_stream(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+            metadata, upstream = await _opened(requests, context)
+            call = _stream_stream(channel, path)(upstream, metadata=metadata, timeout=self._timeout(context))
+            try:
+                async for response in call:
+                    yield response
+            except grpc.aio.AioRpcError as error:
+                await self._relay(error, method, context)
+            finally:
+                call.cancel()
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream)
