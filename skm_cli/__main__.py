@@ -4,6 +4,8 @@
     skm constitution get|set --tenant t1 [--file F]     read or replace the constitution
     skm blocked list --tenant t1                         blocked actions waiting for an operator
     skm blocked approve|reject NAME [--note TEXT]        decide on one
+    skm tool list --tenant t1                            the tool catalogue
+    skm tool run NAME --tenant t1 --args 'JSON'          run a tool, streaming its output
 
 Calls read the token from --token or SKM_TOKEN and go to --url or SKM_URL
 (default http://127.0.0.1:8080).
@@ -34,6 +36,8 @@ from skm.policy.v1 import (
     constitution_service_pb2,
     constitution_service_pb2_grpc,
 )
+from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
+from skm.type.v1 import policy_decision_pb2
 from skm_runtime.status import error_info_of
 from skm_stack.devkeys import KEY_ID, dev_keys_dir
 from skm_stack.paths import default_state_dir
@@ -152,6 +156,51 @@ def cmd_blocked(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tool(args: argparse.Namespace) -> int:
+    stub = tool_service_pb2_grpc.ToolServiceStub(_channel(args))
+    if args.action == "list":
+        reply = stub.ListTools(
+            tool_service_pb2.ListToolsRequest(parent=f"tenants/{args.tenant}"), timeout=10, metadata=_auth(args)
+        )
+        for tool in reply.tools:
+            if args.json:
+                _print(tool, args)
+            else:
+                risk = tool_pb2.RiskLevel.Name(tool.risk_level).removeprefix("RISK_LEVEL_").lower()
+                print(f"{tool.name.rsplit('/', 1)[-1]:<20} {risk:<8} {tool.description.splitlines()[0]}")
+        return 0
+    if not args.name:
+        raise CliError("`skm tool run` needs the tool's name, e.g. code_execution")
+    request = tool_service_pb2.ExecuteToolRequest(
+        tool=f"tenants/{args.tenant}/tools/{args.name}", arguments_json=args.args, request_id=str(uuid.uuid4())
+    )
+    succeeded = False
+    for update in stub.ExecuteTool(request, timeout=args.timeout, metadata=_auth(args)):
+        kind = update.WhichOneof("update")
+        if args.json:
+            _print(update, args)
+        elif kind == "output":
+            stream = sys.stdout if update.output.stream == execution_pb2.OutputChunk.STREAM_STDOUT else sys.stderr
+            stream.write(update.output.data.decode(errors="replace"))
+            stream.flush()
+        elif kind == "decision":
+            verdict = policy_decision_pb2.Verdict.Name(update.decision.verdict).removeprefix("VERDICT_")
+            waiting = (
+                f", waiting for an operator: {update.decision.blocked_action}" if update.decision.blocked_action else ""
+            )
+            print(f"[policy: {verdict} {update.decision.reason}{waiting}]", file=sys.stderr)
+        elif kind == "result":
+            if update.result.HasField("success"):
+                print(f"[result: {update.result.success.output_json}]", file=sys.stderr)
+            else:
+                failure = update.result.failure
+                reason = execution_pb2.FailureReason.Name(failure.reason).removeprefix("FAILURE_REASON_")
+                print(f"[failed: {reason}: {failure.message}]", file=sys.stderr)
+        if kind == "result":
+            succeeded = update.result.HasField("success")
+    return 0 if succeeded else 1
+
+
 def _print(message: Any, args: argparse.Namespace) -> None:
     data = json_format.MessageToDict(message)
     print(json.dumps(data) if args.json else json.dumps(data, indent=2))
@@ -189,6 +238,16 @@ def parser() -> argparse.ArgumentParser:
     blocked.add_argument("--tenant", default="", help="with list: tenant id")
     blocked.add_argument("--note", default="", help="with approve/reject: why")
     blocked.set_defaults(run=cmd_blocked)
+
+    tool = commands.add_parser("tool", help="list tools, or run one and stream its output")
+    tool.add_argument("action", choices=("list", "run"))
+    tool.add_argument("name", nargs="?", default="", help="with run: the tool, e.g. code_execution")
+    tool.add_argument("--tenant", required=True)
+    tool.add_argument(
+        "--args", default="{}", help='with run: the arguments as JSON, e.g. {"runtime": "python", "code": "print(1)"}'
+    )
+    tool.add_argument("--timeout", type=float, default=600.0, help="seconds to wait, approval included (default 600)")
+    tool.set_defaults(run=cmd_tool)
     return top
 
 

@@ -153,3 +153,35 @@ async def test_a_user_gets_a_token_and_works_through_envoy_with_the_cli(mesh: Ru
     anonymous = _skm(mesh, "blocked", "list", "--tenant", tenant)
     assert anonymous.returncode == 2
     assert "no token" in anonymous.stderr
+
+
+async def test_an_operator_runs_code_in_the_sandbox_through_envoy(mesh: RunningStack) -> None:
+    """The whole path: Envoy -> gateway (token, policy) -> svc_tools (policy again) -> bubblewrap."""
+    tenant = f"e{uuid.uuid4().hex[:8]}"
+    t, tool = f"tenant:tenants/{tenant}", f"tool:tenants/{tenant}/tools/code_execution"
+    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+        await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=f"tenants/{tenant}",
+                relationships=[
+                    access_pb2.Relationship(subject=f"user:tenants/{tenant}/users/olga", relation="operator", object=t),
+                    access_pb2.Relationship(subject=t, relation="tenant", object=tool),
+                    access_pb2.Relationship(subject=t, relation="high_risk", object=tool),
+                ],
+            ),
+            timeout=10,
+        )
+    key = str(dev_keys_dir(mesh.state_dir) / "dev-signing-key.pem")
+    operator = _skm(mesh, "token", "--tenant", tenant, "--user", "olga", "--role", "operator", "--key", key)
+    listed = _skm(mesh, "tool", "list", "--tenant", tenant, token=operator.stdout.strip())
+    assert listed.returncode == 0, listed.stderr
+    assert "code_execution" in listed.stdout
+    code = json.dumps({"runtime": "python", "code": "print(6 * 7)"})
+    ran = _skm(mesh, "tool", "run", "code_execution", "--tenant", tenant, "--args", code, token=operator.stdout.strip())
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "42"
+    assert "[policy: ALLOW" in ran.stderr
+    stranger = _skm(mesh, "token", "--tenant", tenant, "--user", "eve", "--key", key).stdout.strip()
+    refused = _skm(mesh, "tool", "run", "code_execution", "--tenant", tenant, "--args", code, token=stranger)
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr
