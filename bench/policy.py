@@ -2,7 +2,7 @@
 
 One run starts its own real stack (PostgreSQL, Redis, Kafka, OpenFGA on Postgres) and
 svc_policy as a process, writes a tenant's relationships, then alternates rounds of:
-  direct   one Check straight to OpenFGA's HTTP API (openfga-sdk), as svc_policy's
+  direct   one check straight to OpenFGA's HTTP API (BatchCheck of one), with the same client as svc_policy's
            adapter makes it
   miss     PolicyService.Check over gRPC for a subject not seen before (every probe of the
            decision table goes to OpenFGA in one BatchCheck)
@@ -110,7 +110,7 @@ async def _against(stack: RunningStack, store: str, token: str, rounds: int, cal
 
     print(f"\npolicy checks: median of {rounds} alternating rounds, {calls} sequential calls each\n")
     for name, label in [
-        ("direct", "OpenFGA direct (SDK)"),
+        ("direct", "OpenFGA direct"),
         ("miss", "svc_policy, cache miss"),
         ("hit", "svc_policy, cache hit"),
     ]:
