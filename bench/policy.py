@@ -2,8 +2,8 @@
 
 One run starts its own real stack (PostgreSQL, Redis, Kafka, OpenFGA on Postgres) and
 svc_policy as a process, writes a tenant's relationships, then alternates rounds of:
-  direct   one check straight to OpenFGA's HTTP API (BatchCheck of one), with the same client as svc_policy's
-           adapter makes it
+  direct   one check straight to OpenFGA's HTTP API (a BatchCheck of one) through
+           svc_policy's own OpenFGA adapter, in the bench process
   miss     PolicyService.Check over gRPC for a subject not seen before (every probe of the
            decision table goes to OpenFGA in one BatchCheck)
   hit      PolicyService.Check for a subject just decided (answered from the cache)
