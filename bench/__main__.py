@@ -1,6 +1,6 @@
 """`make bench`: the runtime and Envoy measured side by side against bare baselines, one run.
 
-Four echo servers' worth of paths, measured in alternating rounds so machine noise falls
+Three paths to the same echo handlers, measured in alternating rounds so machine noise falls
 on all of them alike:
   bare      the echo handlers on a bare grpc.aio server
   runtime   the same handlers on the SKM runtime (interceptors, health, reflection on)

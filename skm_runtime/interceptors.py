@@ -99,7 +99,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._tracer = tracer
         self._record_spans = record_spans
         self._duration = meter.create_histogram("rpc.server.duration", unit="ms", description="Time to serve one RPC")
-        self._active = meter.create_up_down_counter("rpc.server.active", description="RPCs being served now")
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(

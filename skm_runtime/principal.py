@@ -18,6 +18,24 @@ PRINCIPAL_KEY = "x-skm-principal-bin"
 FORWARDED_BY_KEY = "x-skm-forwarded-by"
 
 
+_ROLE_NAMES = {
+    principal_pb2.ROLE_MEMBER: "member",
+    principal_pb2.ROLE_OPERATOR: "operator",
+    principal_pb2.ROLE_ADMIN: "admin",
+}
+_ROLES = {name: number for number, name in _ROLE_NAMES.items()}
+
+
+def role_names(message: principal_pb2.Principal) -> tuple[str, ...]:
+    """The principal's roles as the words services use ("member", "operator", "admin")."""
+    return tuple(_ROLE_NAMES[role] for role in message.roles if role in _ROLE_NAMES)
+
+
+def principal_message(tenant: str, user: str, roles: Iterable[str]) -> principal_pb2.Principal:
+    """The wire form of a principal; unknown role words are dropped."""
+    return principal_pb2.Principal(tenant=tenant, user=user, roles=[_ROLES[r] for r in roles if r in _ROLES])
+
+
 def principal_metadata(principal: principal_pb2.Principal) -> tuple[tuple[str, bytes], ...]:
     return ((PRINCIPAL_KEY, principal.SerializeToString()),)
 

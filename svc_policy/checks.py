@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from svc_policy.decisions import DecisionTable
+from svc_policy.decisions import DecisionTable, Rules
 from svc_policy.errors import InvalidCheck, TooManyChecks
 from svc_policy.model import AccessCheck, Decision, Verdict
 from svc_policy.ports import Authorizer
@@ -83,7 +83,7 @@ class Checker:
             raise TooManyChecks(f"a batch holds 1 to {MAX_BATCH} checks", metadata={"count": str(len(checks))})
         decisions: list[Decision | None] = [None] * len(checks)
         probes: list[AccessCheck] = []
-        pending: list[tuple[int, tuple[str, str, str, str], int, int]] = []
+        pending: list[tuple[int, tuple[str, str, str, str], Rules, int, int]] = []
         now = time.monotonic()
         generation = self._generation
         for index, check in enumerate(checks):
@@ -110,12 +110,10 @@ class Checker:
             probes.extend(
                 AccessCheck(check.subject, rule.relation, check.object, check.context) for rule in rules.probes
             )
-            pending.append((index, key, first, len(probes)))
+            pending.append((index, key, rules, first, len(probes)))
         if probes:
             answers = await self._authorizer.check(probes, fresh=fresh)
-            for index, key, first, last in pending:
-                rules = self._table.rules_for(*_type_and_relation(checks[index]))
-                assert rules is not None  # looked up above
+            for index, key, rules, first, last in pending:
                 verdict, reason = rules.decide(answers[first:last])
                 decisions[index] = Decision(verdict, reason)
                 if generation == self._generation:
@@ -127,7 +125,3 @@ class Checker:
         self._cache.move_to_end(key)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
-
-
-def _type_and_relation(check: AccessCheck) -> tuple[str, str]:
-    return check.object.partition(":")[0], check.relation

@@ -10,6 +10,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
 from skm.events.v1 import event_pb2
 from skm.policy.v1 import access_pb2, blocked_action_pb2
 from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.principal import principal_message, role_names
 from svc_policy.model import (
     AccessCheck,
     BlockedAction,
@@ -25,12 +26,6 @@ from svc_policy.model import (
 )
 
 SOURCE = "policy"
-_ROLE_NAMES = {
-    principal_pb2.ROLE_MEMBER: "member",
-    principal_pb2.ROLE_OPERATOR: "operator",
-    principal_pb2.ROLE_ADMIN: "admin",
-}
-_ROLES = {name: number for number, name in _ROLE_NAMES.items()}
 
 
 def context_of(message: struct_pb2.Struct) -> JsonObject:
@@ -87,16 +82,11 @@ def decision_of(message: policy_decision_pb2.PolicyDecision) -> Decision:
 
 
 def principal_of(message: principal_pb2.Principal) -> Principal:
-    roles = tuple(_ROLE_NAMES[role] for role in message.roles if role in _ROLE_NAMES)
-    return Principal(message.tenant, message.user, roles)
+    return Principal(message.tenant, message.user, role_names(message))
 
 
 def principal_to(principal: Principal) -> principal_pb2.Principal:
-    return principal_pb2.Principal(
-        tenant=principal.tenant,
-        user=principal.user,
-        roles=[_ROLES[role] for role in principal.roles if role in _ROLES],
-    )
+    return principal_message(principal.tenant, principal.user, principal.roles)
 
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

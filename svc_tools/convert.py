@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from skm.events.v1 import event_pb2
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2
 from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.principal import principal_message, role_names
 from svc_tools.model import (
     Accepted,
     Decided,
@@ -34,12 +35,6 @@ from svc_tools.model import (
 )
 
 SOURCE = "tools"
-_ROLE_NAMES = {
-    principal_pb2.ROLE_MEMBER: "member",
-    principal_pb2.ROLE_OPERATOR: "operator",
-    principal_pb2.ROLE_ADMIN: "admin",
-}
-_ROLES = {name: number for number, name in _ROLE_NAMES.items()}
 _STREAMS = {
     Stream.STDOUT: execution_pb2.OutputChunk.STREAM_STDOUT,
     Stream.STDERR: execution_pb2.OutputChunk.STREAM_STDERR,
@@ -47,14 +42,11 @@ _STREAMS = {
 
 
 def principal_of(message: principal_pb2.Principal) -> Principal:
-    roles = tuple(_ROLE_NAMES[role] for role in message.roles if role in _ROLE_NAMES)
-    return Principal(message.tenant, message.user, roles)
+    return Principal(message.tenant, message.user, role_names(message))
 
 
 def principal_to(principal: Principal) -> principal_pb2.Principal:
-    return principal_pb2.Principal(
-        tenant=principal.tenant, user=principal.user, roles=[_ROLES[r] for r in principal.roles if r in _ROLES]
-    )
+    return principal_message(principal.tenant, principal.user, principal.roles)
 
 
 def context_of(message: struct_pb2.Struct) -> JsonObject:

@@ -19,21 +19,14 @@ from skm.policy.v1 import (
     policy_service_pb2_grpc,
 )
 from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.principal import principal_message as wire_principal
 from skm_runtime.principal import principal_metadata
 from svc_gateway.errors import PolicyUnavailable
 from svc_gateway.model import Principal, Verdict
 
-_ROLES = {
-    "member": principal_pb2.ROLE_MEMBER,
-    "operator": principal_pb2.ROLE_OPERATOR,
-    "admin": principal_pb2.ROLE_ADMIN,
-}
-
 
 def principal_message(principal: Principal) -> principal_pb2.Principal:
-    return principal_pb2.Principal(
-        tenant=principal.tenant, user=principal.user, roles=[_ROLES[r] for r in principal.roles if r in _ROLES]
-    )
+    return wire_principal(principal.tenant, principal.user, principal.roles)
 
 
 class GrpcPolicy:
