@@ -5,7 +5,8 @@ Each service owns `<schema>.outbox` in its own Postgres schema. A use case that 
 state calls `add_events(conn, schema, records)` inside its own transaction; the same
 transaction sends a NOTIFY so the relay wakes at once. `OutboxRelay` publishes unpublished
 rows in order (acks=all, idempotent producer) and marks them published; on any Kafka error
-it leaves them for the next attempt. Delivery is at least once: a crash between the send
+it leaves them for the next attempt. Several copies of a service may run a relay; one
+publishes at a time, so records keep their order. Delivery is at least once: a crash between the send
 and the mark resends a batch, with the same `event_id`s, which consumers use to drop
 duplicates.
 
@@ -227,9 +228,14 @@ class OutboxRelay:
 
     async def _publish_batch(self, producer: AIOKafkaProducer) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
+            # One publisher per schema at a time, whatever the number of service copies:
+            # rows skipped by a second publisher would overtake the first one's, and Kafka
+            # would see a session's events out of order.
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", f"skm.outbox:{self._schema}"):
+                return 0
             rows = await conn.fetch(
                 f"SELECT seq, topic, key, value FROM {self._schema}.outbox"
-                " WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                " WHERE published_at IS NULL ORDER BY seq LIMIT $1",
                 self._batch,
             )
             if not rows:

@@ -77,3 +77,30 @@ async def test_events_written_while_kafka_is_down_arrive_once_it_is_back(
         async with pool.acquire() as conn:
             await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await pool.close()
+
+
+async def test_two_relays_on_one_outbox_keep_the_order(stack: RunningStack) -> None:
+    """Two copies of a service relay the same outbox: every record once, in outbox order."""
+    schema = f"outbox_test_{uuid.uuid4().hex[:8]}"
+    topic = f"test.outbox.{uuid.uuid4().hex[:8]}"
+    pool = await asyncpg.create_pool(stack.postgres_dsn, min_size=1, max_size=6)
+    assert pool is not None
+    relays = [
+        OutboxRelay(pool, schema, stack.kafka_bootstrap, topics=(topic,), batch=5, poll_seconds=0.05) for _ in range(2)
+    ]
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(outbox_ddl(schema))
+        for relay in relays:
+            relay.start()
+        for start in range(0, 200, 10):
+            async with pool.acquire() as conn, conn.transaction():
+                await add_events(conn, schema, _records(topic, "session-1", start, start + 10))
+        got = await _consume(stack.kafka_bootstrap, topic, 200)
+        assert [v for _, v in got] == [f"event-{i}".encode() for i in range(200)]
+    finally:
+        for relay in relays:
+            await relay.close()
+        async with pool.acquire() as conn:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
