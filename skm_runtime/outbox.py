@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger("skm.outbox")
+
+
+_CLOSE_SECONDS = 5.0
+
+
+async def _closed(closing: Awaitable[None]) -> None:
+    """Close a Kafka client, also when this task is being cancelled, within a bound."""
+    try:
+        await asyncio.wait_for(asyncio.shield(closing), _CLOSE_SECONDS)
+    except (TimeoutError, KafkaError, OSError):
+        log.warning("a Kafka client did not close cleanly")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +116,10 @@ class BufferedOutbox:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._flush()
+        try:
+            await asyncio.wait_for(self._flush(), _CLOSE_SECONDS)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("outbox batch lost at shutdown", extra={"fields": {"error": type(exc).__name__}})
 
     async def _run(self) -> None:
         while True:
@@ -160,7 +174,8 @@ class OutboxRelay:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Bounded: a Kafka client stuck in its own shutdown must not hold up the service's.
+            await asyncio.wait({self._task}, timeout=_CLOSE_SECONDS * 2)
 
     async def _run(self) -> None:
         listener: Any = None
@@ -194,7 +209,7 @@ class OutboxRelay:
                     backoff = min(backoff * 2, 5.0)
                 finally:
                     if producer is not None:
-                        await asyncio.shield(producer.stop())
+                        await _closed(producer.stop())
         finally:
             if listener is not None:
                 await listener.remove_listener(_channel(self._schema), self._notified)
@@ -224,7 +239,7 @@ class OutboxRelay:
                     )
         finally:
             # Also after a start cut short (cancelled, refused): aiokafka leaves sockets open otherwise.
-            await asyncio.shield(admin.close())
+            await _closed(admin.close())
 
     async def _publish_batch(self, producer: AIOKafkaProducer) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

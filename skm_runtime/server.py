@@ -34,6 +34,9 @@ from skm_runtime.telemetry import Exporter, Telemetry, configure_telemetry, inst
 
 log = logging.getLogger("skm.runtime")
 
+# How long a service's adapters (pools, producers) get to close after the server stopped.
+_STOP_SECONDS = 20.0
+
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
@@ -148,7 +151,11 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self.spec.stop is not None:
-            await self.spec.stop()
+            try:
+                # Bounded, so that SIGTERM always ends the process.
+                await asyncio.wait_for(self.spec.stop(), _STOP_SECONDS)
+            except TimeoutError:
+                log.error("the service's adapters did not close in time", extra={"fields": {"seconds": _STOP_SECONDS}})
 
 
 async def start_server(spec: ServiceSpec, addr: str, runtime: RuntimeSettings, telemetry: Telemetry) -> RunningServer:
