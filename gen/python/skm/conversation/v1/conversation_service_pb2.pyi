@@ -676,6 +676,7 @@ class SendMessageRequest(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session, "tenants/{tenant}/sessions/{session}"."""
     text: _builtins.str
@@ -684,16 +685,22 @@ class SendMessageRequest(_message.Message):
     """Idempotency key (a UUID) chosen by the client: a retry with the same
     request_id returns the turn the first call started. Required.
     """
+    tool_choice: _builtins.str
+    """A tool the model must call in the turn's first iteration, by its id
+    (e.g. "code_execution"), like tool_choice in OpenAI's API; it must be one
+    of the persona's tools. Empty: the model chooses.
+    """
     def __init__(
         self,
         *,
         session: _builtins.str = ...,
         text: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        tool_choice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session", b"session", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session", b"session", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

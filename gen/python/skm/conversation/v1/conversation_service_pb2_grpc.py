@@ -263,7 +263,7 @@ class ConversationServiceServicer:
         A retry with the same request_id returns the same turn.
 
         Errors: NOT_FOUND (SESSION_NOT_FOUND), INVALID_ARGUMENT (MESSAGE_EMPTY,
-        MESSAGE_TOO_LONG, REQUEST_ID_REUSED), FAILED_PRECONDITION
+        MESSAGE_TOO_LONG, REQUEST_ID_REUSED, INVALID_TOOL_CHOICE), FAILED_PRECONDITION
         (TURN_IN_PROGRESS: the newest turn is RUNNING or AWAITING_APPROVAL;
         interrupt it or nudge it instead).
         Callers: users who may write the session.

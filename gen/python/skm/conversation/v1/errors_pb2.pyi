@@ -79,6 +79,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: a service the turn needs (profiles, tools, policy) cannot be
     reached; retry.
     """
+    ERROR_REASON_INVALID_TOOL_CHOICE: _ErrorReason.ValueType  # 26
+    """INVALID_ARGUMENT: SendMessage's tool_choice names no tool of the persona."""
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 27
+    """PERMISSION_DENIED: the caller is not the session's tenant (or, for
+    commands, not a principal the gateway forwarded).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_conversation puts in the google.rpc.ErrorInfo of its errors,
@@ -146,5 +152,11 @@ without a `response`.
 ERROR_REASON_DEPENDENCY_UNAVAILABLE: ErrorReason.ValueType  # 25
 """UNAVAILABLE: a service the turn needs (profiles, tools, policy) cannot be
 reached; retry.
+"""
+ERROR_REASON_INVALID_TOOL_CHOICE: ErrorReason.ValueType  # 26
+"""INVALID_ARGUMENT: SendMessage's tool_choice names no tool of the persona."""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 27
+"""PERMISSION_DENIED: the caller is not the session's tenant (or, for
+commands, not a principal the gateway forwarded).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

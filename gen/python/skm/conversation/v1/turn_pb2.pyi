@@ -125,7 +125,9 @@ class Turn(_message.Message):
     """The final response text (or the refusal shown to the user). Output only."""
     iterations: _builtins.int
     """Model-then-tool iterations run so far (bounded by the server, 25 by
-    default; reaching the bound fails the turn). Output only.
+    default). In the last allowed iteration the model may only call
+    `response`; if even that reply is unusable the turn fails with
+    ITERATION_LIMIT_REACHED. Output only.
     """
     failure_reason: _builtins.str
     """Why the turn FAILED or was REFUSED, UPPER_SNAKE_CASE (an ErrorReason

@@ -90,7 +90,9 @@ export type Turn = Message<"skm.conversation.v1.Turn"> & {
 
   /**
    * Model-then-tool iterations run so far (bounded by the server, 25 by
-   * default; reaching the bound fails the turn). Output only.
+   * default). In the last allowed iteration the model may only call
+   * `response`; if even that reply is unusable the turn fails with
+   * ITERATION_LIMIT_REACHED. Output only.
    *
    * @generated from field: int32 iterations = 10;
    */
