@@ -1,4 +1,4 @@
-"""The real local stack: PostgreSQL, Redis, Kafka, OpenFGA and Envoy as child processes.
+"""The real local stack: PostgreSQL, Redis, Kafka, OpenFGA, the LLM engine and Envoy as child processes.
 
 ``python -m skm_stack install | up | down | status`` is the command line; tests and
 ``make run`` share the API below.

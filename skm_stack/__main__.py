@@ -17,6 +17,7 @@ from skm_stack.envoy import probe_ready
 from skm_stack.health import StartError, run_coroutine_sync
 from skm_stack.install import InstallError, ensure_installed, print_report
 from skm_stack.kafka import probe_broker
+from skm_stack.llm import probe_models
 from skm_stack.openfga import probe_healthz
 from skm_stack.paths import default_state_dir
 from skm_stack.postgres import probe_sql
@@ -61,12 +62,17 @@ def _print_summary(running: RunningStack) -> None:
         "kafka": "Kafka bootstrap",
         "openfga": "OpenFGA HTTP API",
         "openfga_grpc": "OpenFGA gRPC",
+        "llm": "LLM (OpenAI API, llama.cpp)",
     }
     for key, url in running.urls().items():
         label = labels.get(key, key.replace("svc_", "service ") if key.startswith("svc_") else key)
         lines.append(f"  {label:<34} {url}")
     if running.openfga:
         lines.append(f"  {'OpenFGA API token file':<34} {running.openfga.token_file}")
+    if running.llm:
+        for tier, model in enumerate(running.llm.models):
+            note = "UNTRAINED, answers are meaningless" if model.untrained else str(model.path)
+            lines.append(f"  {f'LLM tier {tier} model':<34} {model.alias} ({note})")
     lines.append(f"  {'logs':<34} {running.state_dir / 'logs'}")
     lines.append("Ctrl-C (or `python -m skm_stack down` from another shell) stops everything.")
     print("\n".join(lines), flush=True)
@@ -75,7 +81,7 @@ def _print_summary(running: RunningStack) -> None:
 def _watch(running: RunningStack) -> int:
     """Wait for a signal; if a child dies on its own, stop everything and fail."""
     processes = {name: s.process for name, s in running.services.items()}
-    for name in ("postgres", "redis", "kafka", "openfga", "envoy"):
+    for name in ("postgres", "redis", "kafka", "openfga", "llm", "envoy"):
         server = getattr(running, name)
         if server is not None:
             processes[name] = server.process
@@ -154,6 +160,7 @@ def _status(state_dir: Path) -> int:
         "redis": lambda: probe_ping(int(ports["redis"])),
         "kafka": lambda: probe_broker(urls["kafka"]),
         "openfga": lambda: probe_healthz(urls["openfga"]),
+        "llm": lambda: probe_models(urls["llm"]),
         "envoy": lambda: probe_ready(urls["envoy_admin"]),
     }
     print(f"stack in {state_dir}")
@@ -185,8 +192,8 @@ def _status(state_dir: Path) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m skm_stack",
-        description="The SKM local stack: real PostgreSQL, Redis, Kafka (KRaft), OpenFGA and Envoy "
-        "as child processes on 127.0.0.1, plus the platform's services.",
+        description="The SKM local stack: real PostgreSQL, Redis, Kafka (KRaft), OpenFGA, the LLM engine "
+        "(llama.cpp) and Envoy as child processes on 127.0.0.1, plus the platform's services.",
     )
     state = argparse.ArgumentParser(add_help=False)
     state.add_argument(
@@ -196,12 +203,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"where servers keep data, logs, PID files and stack.json (default: {default_state_dir()})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("install", help="install what is missing (apt, Kafka jars, OpenFGA); idempotent")
+    commands.add_parser(
+        "install", help="install what is missing (apt, Kafka jars, OpenFGA, the tiny test LLMs); idempotent"
+    )
     up = commands.add_parser(
         "up",
         parents=[state],
         help="run the stack in the foreground until Ctrl-C/SIGTERM",
-        description="Install what is missing, start PostgreSQL, Redis, Kafka and OpenFGA, then the "
+        description="Install what is missing, start PostgreSQL, Redis, Kafka, OpenFGA and the LLM engine, then the "
         "seven services, then Envoy, wait for each one's real health and print every URL. "
         "Ports: SKM_STACK_<NAME>_PORT (0 = any free port); services: SKM_<NAME>_ADDR.",
     )

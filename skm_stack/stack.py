@@ -21,6 +21,7 @@ from skm_stack.devkeys import ensure_dev_keys
 from skm_stack.envoy import EnvoyServer, start_envoy
 from skm_stack.install import Report, Toolchain, ensure_installed, print_report
 from skm_stack.kafka import KafkaServer, start_kafka
+from skm_stack.llm import LLMServer, start_llm
 from skm_stack.openfga import OpenFGAServer, start_openfga
 from skm_stack.postgres import PostgresServer, start_postgres
 from skm_stack.process import ProcessRecord, free_port, port_is_free, process_start_ticks
@@ -28,7 +29,7 @@ from skm_stack.redis_server import RedisServer, start_redis
 from skm_stack.services import ServiceProcess, ServiceSpec, start_service
 
 # Servers in start order; Envoy and the services are started separately, after them.
-SERVERS = ("postgres", "redis", "kafka", "openfga")
+SERVERS = ("postgres", "redis", "kafka", "openfga", "llm")
 _REQUIRES = {"openfga": ("postgres",)}
 # The ports each server binds, by their names in DEFAULT_PORTS.
 _PORTS_OF = {
@@ -36,6 +37,7 @@ _PORTS_OF = {
     "redis": ("redis",),
     "kafka": ("kafka", "kafka_controller"),
     "openfga": ("openfga_http", "openfga_grpc"),
+    "llm": ("llm",),
 }
 
 DEFAULT_PORTS: Mapping[str, int] = {
@@ -45,6 +47,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "kafka_controller": 59093,
     "openfga_http": 58080,
     "openfga_grpc": 58081,
+    "llm": 58090,
     "envoy": 8080,
     "envoy_admin": 9901,
 }
@@ -159,6 +162,7 @@ class RunningStack:
         self.redis: RedisServer | None = None
         self.kafka: KafkaServer | None = None
         self.openfga: OpenFGAServer | None = None
+        self.llm: LLMServer | None = None
         self.envoy: EnvoyServer | None = None
         self.services: dict[str, ServiceProcess] = {}
         self.service_specs: list[ServiceSpec] = []
@@ -198,6 +202,11 @@ class RunningStack:
         return self._need(self.openfga, "openfga").token_file
 
     @property
+    def llm_url(self) -> str:
+        """The OpenAI-compatible base URL (``.../v1``) of the embedded LLM engine."""
+        return self._need(self.llm, "llm").url
+
+    @property
     def envoy_url(self) -> str:
         return self._need(self.envoy, "envoy").url
 
@@ -223,6 +232,9 @@ class RunningStack:
         if self.openfga:
             env["SKM_OPENFGA_API_URL"] = self.openfga.api_url
             env["SKM_OPENFGA_API_TOKEN_FILE"] = str(self.openfga.token_file)
+        if self.llm:
+            env["SKM_LLM_URL"] = self.llm.url
+            env["SKM_LLM_MODELS"] = ",".join(self.llm.aliases)
         for spec in self.service_specs:
             env[spec.addr_env_var] = spec.addr
         if self.service_specs:
@@ -284,6 +296,10 @@ class RunningStack:
             )
             self.openfga = fga
             self._track(component, fga.stop, fga.process.record, started)
+        elif component == "llm":
+            llm = start_llm(self.state_dir, self._port("llm"), report=self.report)
+            self.llm = llm
+            self._track(component, llm.stop, llm.process.record, started)
         else:
             raise ValueError(f"unknown server {component!r}")
 
@@ -336,7 +352,7 @@ class RunningStack:
             except Exception as exc:  # noqa: BLE001  # keep stopping the rest; say what went wrong
                 self.report(f"stopping {name} failed: {exc!r}")
             self.write_manifest()
-        self.postgres = self.redis = self.kafka = self.openfga = self.envoy = None
+        self.postgres = self.redis = self.kafka = self.openfga = self.llm = self.envoy = None
         self.services.clear()
         (self.state_dir / MANIFEST).unlink(missing_ok=True)
 
@@ -367,6 +383,8 @@ class RunningStack:
         if self.openfga:
             urls["openfga"] = self.openfga.api_url
             urls["openfga_grpc"] = self.openfga.grpc_addr
+        if self.llm:
+            urls["llm"] = self.llm.url
         return urls
 
     def write_manifest(self) -> None:

@@ -1,0 +1,227 @@
+"""The embedded LLM engine: llama-cpp-python's OpenAI-compatible server on 127.0.0.1.
+
+Production runs vLLM; both speak the OpenAI API (``/v1/chat/completions`` with streaming,
+``/v1/models``), so services hold one client for either. The stack starts
+``python -m skm_stack.llm_engine --config_file <state>/llm/config.json`` (llama-cpp-python's
+server and config file, with two fixes: see skm_stack.llm_engine) with two models, each its
+own ``model_alias``, in tier order:
+
+- tier 0: ``skm-tiny-untrained`` (2 layers, 64 wide), tier 1: ``skm-tiny-untrained-large``
+  (4 layers, 128 wide). Both are built by skm_stack.tinyllm: a locally trained tokenizer and
+  RANDOM weights. They run through llama.cpp for real, but their answers are UNTRAINED and
+  MEANINGLESS; only the format is real (grammar-constrained JSON parses and validates when
+  max_tokens leaves room for it). They also answer ``/v1/embeddings`` (mean-pooled, 64 and
+  128 wide): the server's protocol, not semantic vectors.
+- ``SKM_STACK_LLM_MODEL=/path/to/model.gguf`` serves that local file as tier 0 instead (its
+  alias is the file name without ``.gguf``), the tiny large model stays tier 1.
+- ``SKM_STACK_LLM_FETCH=<hf repo>:<file>`` (opt-in, needs network access, which the
+  development machines lack) fetches a small instruct GGUF with huggingface_hub into
+  ``.cache/models/hub`` once and serves it as tier 0, for example
+  ``SKM_STACK_LLM_FETCH=Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf``.
+  When the hub cannot be reached the tiny model serves instead, with a loud message.
+
+The server holds one model in memory at a time: a request naming the other alias reloads
+(milliseconds for the tiny models, seconds for a real one), and an unknown alias silently
+gets tier 0. Requests are served one at a time, in arrival order (``interrupt_requests`` is
+off, so a new request never cuts a running stream short).
+
+Services get ``SKM_LLM_URL`` (``http://127.0.0.1:<port>/v1``) and ``SKM_LLM_MODELS`` (the
+aliases, comma-separated, in tier order). ``SKM_STACK_LLM_THREADS`` sets llama.cpp's
+threads (default 1 for the tiny models, 2 for a real one).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from skm_stack.health import StartError, wait_healthy
+from skm_stack.install import Report, print_report
+from skm_stack.process import ServerProcess
+
+# skm_stack.tinyllm (numpy, gguf, sentencepiece) is imported where it is used: the package
+# imports this module, and `python -m skm_stack.tinyllm` must not find its own module
+# already imported (runpy would run a second copy of it).
+
+# The context window of every served model (the tiny models are built for 2048 tokens).
+N_CTX = 2048
+_HUB_ENDPOINT = "https://huggingface.co"
+_HUB_PROBE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One ``model_alias`` of the server and the GGUF file behind it."""
+
+    alias: str
+    path: Path
+    untrained: bool
+
+
+@dataclass
+class LLMServer:
+    """A running llama-cpp-python server; services get ``url`` as ``SKM_LLM_URL``."""
+
+    process: ServerProcess
+    port: int
+    models: tuple[ServedModel, ...]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return tuple(model.alias for model in self.models)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def _fetch_from_hub(spec: str, report: Report) -> Path | None:
+    """The GGUF named by ``<repo>:<file>``, from the local hub cache or downloaded; None on failure."""
+    repo, _, filename = spec.partition(":")
+    if not repo or not filename:
+        report(f"!!! SKM_STACK_LLM_FETCH={spec!r} is not <hf repo>:<file>; ignoring it")
+        return None
+    try:
+        import huggingface_hub
+    except ImportError:
+        report("!!! SKM_STACK_LLM_FETCH is set but huggingface_hub is not installed; ignoring it")
+        return None
+    from skm_stack.tinyllm import models_dir
+
+    cache = models_dir() / "hub"
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo, filename, cache_dir=cache, local_files_only=True))
+    except Exception:  # noqa: BLE001  # not cached yet (or a broken cache entry): try the network
+        pass
+    endpoint = os.environ.get("HF_ENDPOINT", _HUB_ENDPOINT)
+    try:
+        httpx.head(endpoint, timeout=_HUB_PROBE_TIMEOUT, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        report(f"!!! cannot reach {endpoint} to fetch {spec} ({type(exc).__name__}); serving the tiny model")
+        return None
+    report(f"fetching {filename} from {repo} (once; cached in {cache})...")
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo, filename, cache_dir=cache, etag_timeout=_HUB_PROBE_TIMEOUT))
+    except Exception as exc:  # noqa: BLE001  # any failure falls back to the tiny model, said loudly
+        report(f"!!! fetching {spec} failed ({exc!r}); serving the tiny model")
+        return None
+
+
+def served_models(report: Report = print_report, env: Mapping[str, str] | None = None) -> tuple[ServedModel, ...]:
+    """The models to serve, in tier order (see the module docstring for the variables)."""
+    from skm_stack.tinyllm import ensure_tiny_models
+
+    env = os.environ if env is None else env
+    tiny = [ServedModel(alias, path, untrained=True) for alias, path in ensure_tiny_models(report).items()]
+    real: Path | None = None
+    local = env.get("SKM_STACK_LLM_MODEL")
+    if local:
+        real = Path(local).expanduser()
+        if not real.is_file():
+            raise StartError("llm", f"SKM_STACK_LLM_MODEL={local} is not a file", "")
+    elif env.get("SKM_STACK_LLM_FETCH"):
+        real = _fetch_from_hub(env["SKM_STACK_LLM_FETCH"], report)
+    if real is None:
+        return tuple(tiny)
+    alias = real.name.removesuffix(".gguf")
+    return (ServedModel(alias, real.resolve(), untrained=False), tiny[-1])
+
+
+def server_config(models: Sequence[ServedModel], port: int, env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """llama-cpp-python's multi-model config file (``ConfigFileSettings``) as a dict."""
+    env = os.environ if env is None else env
+    entries = []
+    for model in models:
+        threads = int(env.get("SKM_STACK_LLM_THREADS") or (1 if model.untrained else 2))
+        entries.append(
+            {
+                "model": str(model.path),
+                "model_alias": model.alias,
+                # No chat_format: the GGUF's own chat template applies (ChatML for the tiny
+                # models, whatever a real model ships with).
+                "n_ctx": N_CTX,
+                "n_threads": threads,
+                "n_threads_batch": threads,
+                "n_gpu_layers": 0,
+                "seed": 0,
+                # The tiny models also answer /v1/embeddings (mean-pooled, n_embd wide); a real
+                # chat model is a poor embedder, and embeddings on would cost it every decode.
+                "embedding": model.untrained,
+                # llama.cpp's load report and per-request timings go to the server's log.
+                "verbose": True,
+            }
+        )
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        # Queue requests instead of cancelling a running stream when another one arrives.
+        "interrupt_requests": False,
+        "models": entries,
+    }
+
+
+def probe_models(url: str, aliases: Sequence[str] = ()) -> None:
+    """Raise unless ``GET <url>/models`` answers and lists every alias."""
+    response = httpx.get(f"{url}/models", timeout=5.0)
+    response.raise_for_status()
+    listed = {entry.get("id") for entry in response.json().get("data", [])}
+    missing = [alias for alias in aliases if alias not in listed]
+    if missing:
+        raise RuntimeError(f"/v1/models does not list {missing} (it lists {sorted(map(str, listed))})")
+
+
+def start_llm(
+    state_dir: Path,
+    port: int,
+    *,
+    report: Report = print_report,
+    env: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+    timeout: float = 180.0,
+) -> LLMServer:
+    """Build the tiny models if needed, start the server, wait until it lists every alias."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise StartError("llm", "llama-cpp-python is not installed in this environment; run `uv sync --frozen`", "")
+    env = dict(os.environ if env is None else env)
+    models = served_models(report, env)
+    root = state_dir / "llm"
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.json"
+    config.write_text(json.dumps(server_config(models, port, env), indent=2) + "\n")
+    process = ServerProcess(
+        "llm",
+        [python, "-m", "skm_stack.llm_engine", "--config_file", str(config)],
+        state_dir=state_dir,
+        env=env,
+        cwd=root,
+    )
+    server = LLMServer(process, port, models)
+    try:
+        wait_healthy(
+            process,
+            lambda: probe_models(server.url, server.aliases),
+            timeout=timeout,
+            what="/v1/models listing " + ", ".join(server.aliases),
+        )
+    except BaseException:
+        process.stop()
+        raise
+    for model in models:
+        if model.untrained:
+            report(
+                f"!!! LLM model {model.alias!r} is UNTRAINED (random weights, built by skm_stack.tinyllm): "
+                "its answers are MEANINGLESS; only their format (e.g. schema-constrained JSON) is real"
+            )
+        else:
+            report(f"LLM model {model.alias!r} is {model.path}")
+    return server
