@@ -1,13 +1,38 @@
-"""svc_conversation settings (SKM_CONVERSATION_*)."""
+"""svc_conversation settings: SKM_CONVERSATION_* plus the stores and services the stack names for everyone."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from skm_runtime.server import ServiceSettings
-from skm_runtime.settings import address
+from skm_runtime.settings import address, bounded
 
 
 @dataclass(frozen=True, slots=True)
 class ConversationSettings(ServiceSettings):
     addr: str = address("127.0.0.1:50052")
+    postgres_dsn: str = field(default="postgresql://skm@127.0.0.1:55432/skm", metadata={"env": "SKM_POSTGRES_DSN"})
+    redis_url: str = field(default="redis://127.0.0.1:56379/0", metadata={"env": "SKM_REDIS_URL"})
+    kafka_bootstrap: str = field(default="127.0.0.1:59092", metadata={"env": "SKM_KAFKA_BOOTSTRAP"})
+    policy_addr: str = address("127.0.0.1:50055", env="SKM_POLICY_ADDR")
+    tools_addr: str = address("127.0.0.1:50054", env="SKM_TOOLS_ADDR")
+    profiles_addr: str = address("127.0.0.1:50056", env="SKM_PROFILES_ADDR")
+    # Model-then-tool iterations per turn; the last one may only call `response`.
+    max_iterations: int = bounded(25, low=1, high=500)
+    # A model call that sends no first token in this time, or stalls this long between
+    # tokens, fails over to the next tier.
+    model_first_token_timeout_seconds: float = bounded(30.0, low=0.1, high=600.0)
+    model_idle_timeout_seconds: float = bounded(30.0, low=0.1, high=600.0)
+    # Wall-clock limit of one tool call of the loop.
+    tool_timeout_seconds: float = bounded(120.0, low=1.0, high=3600.0)
+    # History is compressed by the UTILITY model when the prompt would pass this share of
+    # the model's context window.
+    compress_at_context_share: float = bounded(0.7, low=0.1, high=0.95)
+    # Refuse messages that carry prompt-injection markers (the verdict is recorded either way).
+    refuse_prompt_injection: bool = True
+    # A process that stops renewing its lease on a running turn for this long loses the
+    # turn to another process (or to itself after a restart), which resumes it.
+    lease_seconds: float = bounded(15.0, low=1.0, high=600.0)
+    maintain_interval_seconds: float = bounded(2.0, low=0.1, high=600.0)
+    # Sessions with no running turn and no attached stream are dropped from memory after this.
+    idle_evict_seconds: float = bounded(60.0, low=1.0, high=86_400.0)

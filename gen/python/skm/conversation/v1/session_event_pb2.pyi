@@ -191,19 +191,25 @@ class UserMessage(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text. Personal data."""
     request_id: _builtins.str
     """The request_id it was sent with."""
+    tool_choice: _builtins.str
+    """The tool the first iteration had to call (SendMessageRequest.tool_choice);
+    empty when the model chose.
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        tool_choice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

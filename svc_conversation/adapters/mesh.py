@@ -1,0 +1,248 @@
+"""svc_conversation's calls into the mesh: svc_profiles, svc_tools and svc_policy.
+
+Every call carries the principal of the user the turn works for, so svc_tools and
+svc_policy decide on the user and the persona together. A dependency that cannot be
+reached becomes DependencyUnavailable (the loop records it and the turn fails, or the RPC
+answers UNAVAILABLE), never a silent allow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm.profiles.v1 import (
+    model_pb2,
+    model_profile_pb2,
+    model_profile_service_pb2,
+    model_profile_service_pb2_grpc,
+    persona_service_pb2,
+    persona_service_pb2_grpc,
+)
+from skm.tools.v1 import tool_pb2, tool_service_pb2, tool_service_pb2_grpc
+from skm.type.v1 import deployment_mode_pb2, policy_decision_pb2
+from skm.type.v1 import model_pb2 as type_model_pb2
+from skm_runtime.principal import principal_message, principal_metadata
+from skm_runtime.status import error_info_of
+from svc_conversation.errors import DependencyUnavailable, PersonaNotFound
+from svc_conversation.model import ModelTier, Persona, Principal, ResolvedProfile, ToolSpec
+
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+_CALL_SECONDS = 10.0
+
+
+def _metadata(principal: Principal) -> tuple[tuple[str, bytes], ...]:
+    return principal_metadata(principal_message(principal.tenant, principal.user, principal.roles))
+
+
+def _unavailable(what: str, error: grpc.aio.AioRpcError) -> DependencyUnavailable:
+    return DependencyUnavailable(f"{what} is unavailable ({error.code().name})", retry_after_seconds=1.0)
+
+
+def _money(money: Any) -> float:
+    return float(money.units) + float(money.nanos) / 1e9
+
+
+def tier_of(model: model_pb2.Model, tier: int) -> ModelTier:
+    capabilities = set(model.capabilities)
+    # llama-cpp-python's server takes schemas its own way; other engines the OpenAI way.
+    schema_style = "llama_cpp" if "llama-cpp" in model.display_name.lower() or "skm-tiny" in model.name else "openai"
+    return ModelTier(
+        name=model.name,
+        tier=tier,
+        endpoint_uri=model.endpoint_uri,
+        served_model=model.served_model or model.name.removeprefix("models/"),
+        credential_secret=model.credential_secret,
+        context_length=model.context_length or 4096,
+        input_cost_per_million=_money(model.input_cost_per_million_tokens),
+        output_cost_per_million=_money(model.output_cost_per_million_tokens),
+        currency=model.input_cost_per_million_tokens.currency_code or "USD",
+        structured_output=model_pb2.MODEL_CAPABILITY_STRUCTURED_OUTPUT in capabilities,
+        schema_style=schema_style,
+    )
+
+
+class GrpcProfiles:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._personas = persona_service_pb2_grpc.PersonaServiceStub(channel)
+        self._profiles = model_profile_service_pb2_grpc.ModelProfileServiceStub(channel)
+
+    async def persona(self, name: str, principal: Principal) -> Persona:
+        try:
+            response = await self._personas.GetPersona(
+                persona_service_pb2.GetPersonaRequest(name=name), metadata=_metadata(principal), timeout=_CALL_SECONDS
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise PersonaNotFound(f"persona {name!r} does not exist", metadata={"persona": name}) from None
+            if error.code() in _UNREACHABLE:
+                raise _unavailable("svc_profiles", error) from None
+            raise
+        persona = response.persona
+        return Persona(
+            name=persona.name,
+            system_prompt=persona.system_prompt,
+            allowed_tools=tuple(tool.rsplit("/", 1)[-1] for tool in persona.allowed_tools),
+            bundle_digest=persona.bundle_digest,
+            signed=bool(persona.signature),
+            memory_namespaces=tuple(persona.memory_namespaces),
+        )
+
+    async def resolve(
+        self,
+        principal: Principal,
+        role: int,
+        mode: int,
+        persona: str,
+        overrides: Sequence[model_profile_pb2.ModelOverride],
+    ) -> ResolvedProfile:
+        request = model_profile_service_pb2.ResolveModelProfileRequest(
+            parent=principal.tenant,
+            role=type_model_pb2.ModelRole.ValueType(role),
+            mode=deployment_mode_pb2.DeploymentMode.ValueType(mode),
+            persona=persona,
+            overrides=list(overrides),
+        )
+        try:
+            response = await self._profiles.ResolveModelProfile(
+                request, metadata=_metadata(principal), timeout=_CALL_SECONDS
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _UNREACHABLE:
+                raise _unavailable("svc_profiles", error) from None
+            raise
+        resolved = response.resolved_model_profile
+        return ResolvedProfile(
+            role=role,
+            tiers=tuple(tier_of(model, index) for index, model in enumerate(resolved.model_tiers)),
+            temperature=resolved.temperature if resolved.HasField("temperature") else None,
+            max_output_tokens=resolved.max_output_tokens,
+        )
+
+
+class ToolStream:
+    """An ExecuteTool call in progress; iterate for its updates, cancel to stop it."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __aiter__(self) -> AsyncIterator[tool_service_pb2.ExecuteToolResponse]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[tool_service_pb2.ExecuteToolResponse]:
+        try:
+            async for update in self._call:
+                yield update
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _UNREACHABLE:
+                raise _unavailable("svc_tools", error) from None
+            raise ToolCallRejected(error) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class ToolCallRejected(Exception):
+    """svc_tools refused the call outright (bad arguments, unknown tool...)."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        info = error_info_of(error)
+        self.reason = info.reason if info is not None else error.code().name
+        self.message = error.details() or self.reason
+        super().__init__(f"{self.reason}: {self.message}")
+
+
+class GrpcTools:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = tool_service_pb2_grpc.ToolServiceStub(channel)
+
+    async def catalogue(self, principal: Principal) -> list[ToolSpec]:
+        try:
+            response = await self._stub.ListTools(
+                tool_service_pb2.ListToolsRequest(parent=principal.tenant, page_size=1000),
+                metadata=_metadata(principal),
+                timeout=_CALL_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _UNREACHABLE:
+                raise _unavailable("svc_tools", error) from None
+            raise
+        return [_spec_of(tool) for tool in response.tools]
+
+    def execute(
+        self,
+        principal: Principal,
+        *,
+        tool: str,
+        arguments_json: str,
+        request_id: str,
+        persona: str,
+        turn: str,
+        tool_call_id: str,
+        timeout_seconds: float,
+    ) -> ToolStream:
+        request = tool_service_pb2.ExecuteToolRequest(
+            tool=tool,
+            arguments_json=arguments_json,
+            request_id=request_id,
+            persona=persona,
+            turn=turn,
+            tool_call_id=tool_call_id,
+            timeout=duration_pb2.Duration(seconds=int(timeout_seconds)),
+        )
+        return ToolStream(self._stub.ExecuteTool(request, metadata=_metadata(principal)))
+
+    async def cancel(self, principal: Principal, execution: str) -> None:
+        # Already finished, or svc_tools is gone: either way nothing runs on for us.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._stub.CancelExecution(
+                tool_service_pb2.CancelExecutionRequest(name=execution), metadata=_metadata(principal), timeout=2.0
+            )
+
+
+def _spec_of(tool: tool_pb2.Tool) -> ToolSpec:
+    try:
+        schema = json.loads(tool.arguments_schema_json or "{}")
+    except ValueError:
+        schema = {"type": "object"}
+    return ToolSpec(id=tool.name.rsplit("/", 1)[-1], description=tool.description, arguments_schema=schema)
+
+
+class GrpcPolicy:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = policy_service_pb2_grpc.PolicyServiceStub(channel)
+
+    async def own_session(self, principal: Principal, session: str) -> None:
+        """Records the session's tenant and owner, so the gateway lets its owner use it."""
+        obj = f"session:{session}"
+        request = policy_service_pb2.WriteRelationshipsRequest(
+            parent=principal.tenant,
+            relationships=[
+                access_pb2.Relationship(subject=f"tenant:{principal.tenant}", relation="tenant", object=obj),
+                access_pb2.Relationship(subject=f"user:{principal.user}", relation="owner", object=obj),
+            ],
+        )
+        try:
+            await self._stub.WriteRelationships(request, metadata=_metadata(principal), timeout=_CALL_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            raise _unavailable("svc_policy", error) from None
+
+    async def check(
+        self, principal: Principal, subject: str, relation: str, obj: str
+    ) -> policy_decision_pb2.PolicyDecision:
+        request = policy_service_pb2.CheckRequest(
+            check=access_pb2.AccessCheck(subject=subject, relation=relation, object=obj)
+        )
+        try:
+            response = await self._stub.Check(request, metadata=_metadata(principal), timeout=_CALL_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _UNREACHABLE:
+                raise _unavailable("svc_policy", error) from None
+            raise
+        return response.decision

@@ -1,0 +1,227 @@
+"""One client for every OpenAI-compatible engine: vLLM, llama.cpp's server, hosted providers.
+
+Chat completions are streamed (server-sent events) and handed over token by token; the
+client measures what the platform records for every call: tokens in and out, time to
+first token, tokens per second, cost and which model answered. Structured output is asked
+for with ``response_format``: the JSON-schema form OpenAI and vLLM take, or the
+``json_object`` + ``schema`` form of llama-cpp-python's server, per model.
+
+A call fails with :class:`ModelCallFailed` and an UPPER_SNAKE_CASE reason (the agent loop
+then tries the next tier): MODEL_TIMEOUT (no first token, or a stall between tokens, within
+the configured time), MODEL_UNAVAILABLE (connection refused or reset, 5xx, 429),
+MODEL_REJECTED (another 4xx: the request itself is wrong for that engine) and
+MODEL_BAD_RESPONSE (bytes that are not the protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from svc_conversation.model import CallStats, ModelTier
+
+OnDelta = Callable[[str], Awaitable[None]]
+
+
+class ModelCallFailed(Exception):
+    """A model call did not produce a usable answer; ``reason`` says why."""
+
+    def __init__(self, reason: str, detail: str, stats: CallStats) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.stats = stats
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    messages: Sequence[Mapping[str, str]]
+    temperature: float | None = None
+    max_tokens: int = 0
+    # Constrain the reply to this JSON schema when the model supports structured output.
+    json_schema: Mapping[str, Any] | None = None
+    schema_name: str = "reply"
+
+
+@dataclass(slots=True)
+class ChatResult:
+    text: str
+    stats: CallStats
+    finish_reason: str = ""
+
+
+@dataclass
+class _Meter:
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    chunks: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def stats(self, tier: ModelTier) -> CallStats:
+        ended = time.perf_counter()
+        output = self.output_tokens or self.chunks
+        ttft = None if self.first_token is None else self.first_token - self.started
+        generating = ended - self.first_token if self.first_token is not None else 0.0
+        rate = (output - 1) / generating if output > 1 and generating > 0 else 0.0
+        cost = (self.input_tokens * tier.input_cost_per_million + output * tier.output_cost_per_million) / 1_000_000
+        return CallStats(
+            model=tier.name,
+            tier=tier.tier,
+            input_tokens=self.input_tokens,
+            output_tokens=output,
+            time_to_first_token=ttft,
+            duration=ended - self.started,
+            tokens_per_second=rate,
+            cost=cost,
+            currency=tier.currency,
+        )
+
+
+def response_format(tier: ModelTier, request: ChatRequest) -> dict[str, Any] | None:
+    if request.json_schema is None or not tier.structured_output:
+        return None
+    if tier.schema_style == "llama_cpp":
+        return {"type": "json_object", "schema": dict(request.json_schema)}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": request.schema_name, "schema": dict(request.json_schema), "strict": True},
+    }
+
+
+class OpenAICompatibleClient:
+    """Streams chat completions and fetches embeddings over HTTP."""
+
+    def __init__(
+        self,
+        *,
+        first_token_timeout: float = 30.0,
+        idle_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._first_token_timeout = first_token_timeout
+        self._idle_timeout = idle_timeout
+        self._environ = os.environ if environ is None else environ
+        # No overall timeout: generation may run long; the loop below bounds waits.
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def _headers(self, tier: ModelTier) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if tier.credential_secret:
+            # The secret's name comes from the registry; its value only from the environment.
+            key = self._environ.get(tier.credential_secret, "")
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def chat(self, tier: ModelTier, request: ChatRequest, on_delta: OnDelta) -> ChatResult:
+        """One streamed chat completion; ``on_delta`` gets each piece of text as it arrives."""
+        body: dict[str, Any] = {
+            "model": tier.served_model,
+            "messages": [dict(m) for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens:
+            body["max_tokens"] = request.max_tokens
+        fmt = response_format(tier, request)
+        if fmt is not None:
+            body["response_format"] = fmt
+        meter = _Meter()
+        url = tier.endpoint_uri.rstrip("/") + "/chat/completions"
+        pieces: list[str] = []
+        finish = ""
+        try:
+            async with self._http.stream("POST", url, json=body, headers=self._headers(tier)) as response:
+                if response.status_code != 200:
+                    detail = (await response.aread())[:300].decode("utf-8", "replace")
+                    retryable = response.status_code >= 500 or response.status_code == 429
+                    reason = "MODEL_UNAVAILABLE" if retryable else "MODEL_REJECTED"
+                    raise ModelCallFailed(reason, f"HTTP {response.status_code}: {detail}", meter.stats(tier))
+                lines = response.aiter_lines()
+                while True:
+                    wait = self._first_token_timeout if meter.first_token is None else self._idle_timeout
+                    try:
+                        line = await asyncio.wait_for(anext(lines), wait)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise ModelCallFailed(
+                            "MODEL_TIMEOUT", f"no token within {wait:g} s", meter.stats(tier)
+                        ) from None
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        raise ModelCallFailed(
+                            "MODEL_BAD_RESPONSE", "an event that is not JSON", meter.stats(tier)
+                        ) from None
+                    usage = chunk.get("usage") or {}
+                    if usage:
+                        meter.input_tokens = int(usage.get("prompt_tokens") or 0)
+                        meter.output_tokens = int(usage.get("completion_tokens") or 0)
+                    for choice in chunk.get("choices") or ():
+                        delta = (choice.get("delta") or {}).get("content") or ""
+                        if choice.get("finish_reason"):
+                            finish = str(choice["finish_reason"])
+                        if delta:
+                            if meter.first_token is None:
+                                meter.first_token = time.perf_counter()
+                            meter.chunks += 1
+                            pieces.append(delta)
+                            await on_delta(delta)
+        except httpx.TransportError as error:
+            raise ModelCallFailed("MODEL_UNAVAILABLE", type(error).__name__, meter.stats(tier)) from None
+        return ChatResult("".join(pieces), meter.stats(tier), finish)
+
+    async def complete(self, tier: ModelTier, request: ChatRequest) -> ChatResult:
+        """A chat completion whose text is only needed whole (pre-processing, compression)."""
+
+        async def ignore(_: str) -> None:
+            return None
+
+        return await self.chat(tier, request, ignore)
+
+    async def embed(self, tier: ModelTier, texts: Sequence[str]) -> list[list[float]]:
+        """Embeddings of ``texts``, in order."""
+        url = tier.endpoint_uri.rstrip("/") + "/embeddings"
+        meter = _Meter()
+        try:
+            response = await asyncio.wait_for(
+                self._http.post(
+                    url, json={"model": tier.served_model, "input": list(texts)}, headers=self._headers(tier)
+                ),
+                self._first_token_timeout,
+            )
+        except TimeoutError:
+            raise ModelCallFailed("MODEL_TIMEOUT", "no answer in time", meter.stats(tier)) from None
+        except httpx.TransportError as error:
+            raise ModelCallFailed("MODEL_UNAVAILABLE", type(error).__name__, meter.stats(tier)) from None
+        if response.status_code != 200:
+            reason = "MODEL_UNAVAILABLE" if response.status_code >= 500 else "MODEL_REJECTED"
+            raise ModelCallFailed(reason, f"HTTP {response.status_code}", meter.stats(tier))
+        try:
+            rows = sorted(response.json()["data"], key=lambda row: row["index"])
+            return [[float(x) for x in row["embedding"]] for row in rows]
+        except (ValueError, KeyError, TypeError):
+            raise ModelCallFailed("MODEL_BAD_RESPONSE", "not an embeddings answer", meter.stats(tier)) from None

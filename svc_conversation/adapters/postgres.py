@@ -1,0 +1,368 @@
+"""Durable sessions, turns and events in PostgreSQL (schema ``conversation``).
+
+Sessions, turns and events are stored as their protobuf messages plus the columns the
+queries need. Events are append-only; each write of a session (its events, its turns, the
+session row, the audit records for the outbox and the ids of accepted commands) is one
+transaction, so a crash leaves either all of it or none.
+
+Sequence numbers are handed out by the one process that runs the session's turn, from a
+block reserved in the session row: streamed token deltas get numbers before they are
+stored (they are stored in batches), and a process that takes a session over starts after
+the reserved block, so a number a client has seen is never given to another event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
+from skm_runtime.outbox import OutboxRecord, add_events, outbox_ddl
+
+SCHEMA = "conversation"
+TOPIC_AUDIT = "audit"
+
+_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.sessions (
+    tenant text NOT NULL,
+    id text NOT NULL,
+    owner text NOT NULL,
+    request_id text,
+    update_time timestamptz NOT NULL,
+    reserved_sequence bigint NOT NULL DEFAULT 0,
+    body bytea NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sessions_request ON {SCHEMA}.sessions (tenant, owner, request_id)
+    WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_recent ON {SCHEMA}.sessions (tenant, update_time DESC, id DESC);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.turns (
+    tenant text NOT NULL,
+    session text NOT NULL,
+    ordinal integer NOT NULL,
+    request_id text NOT NULL,
+    state text NOT NULL,
+    runner text,
+    lease_until timestamptz,
+    body bytea NOT NULL,
+    PRIMARY KEY (tenant, session, ordinal)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS turns_request ON {SCHEMA}.turns (tenant, session, request_id);
+CREATE INDEX IF NOT EXISTS turns_live ON {SCHEMA}.turns (lease_until)
+    WHERE state IN ('RUNNING', 'AWAITING_APPROVAL');
+CREATE TABLE IF NOT EXISTS {SCHEMA}.events (
+    tenant text NOT NULL,
+    session text NOT NULL,
+    sequence bigint NOT NULL,
+    turn integer NOT NULL,
+    delta boolean NOT NULL,
+    body bytea NOT NULL,
+    PRIMARY KEY (tenant, session, sequence)
+);
+CREATE INDEX IF NOT EXISTS events_turn ON {SCHEMA}.events (tenant, session, turn, sequence);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.commands (
+    tenant text NOT NULL,
+    session text NOT NULL,
+    request_id text NOT NULL,
+    kind text NOT NULL,
+    turn integer NOT NULL,
+    fingerprint text NOT NULL,
+    PRIMARY KEY (tenant, session, request_id)
+);
+{outbox_ddl(SCHEMA)}
+"""
+
+
+def _state_name(turn: turn_pb2.Turn) -> str:
+    return turn_pb2.Turn.State.Name(turn.state).removeprefix("STATE_")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """An accepted command's idempotency record."""
+
+    request_id: str
+    kind: str
+    turn: int
+    fingerprint: str
+
+
+@dataclass(slots=True)
+class Write:
+    """Everything one transaction writes for a session."""
+
+    session: session_pb2.Session
+    reserved_sequence: int
+    turns: list[turn_pb2.Turn] = field(default_factory=list)
+    events: list[tuple[session_event_pb2.SessionEvent, int, bool]] = field(default_factory=list)
+    audit: list[OutboxRecord] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    # Turns whose token deltas are dropped (they ended; their text is in final_response).
+    compact_turns: list[int] = field(default_factory=list)
+    # Runner lease to set on the written turns (None keeps what is there).
+    runner: str | None = None
+    lease_until: datetime | None = None
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """("tenants/t", "s") of "tenants/t/sessions/s"."""
+    tenant, _, session = name.partition("/sessions/")
+    return tenant, session
+
+
+def turn_ordinal(name: str) -> int:
+    return int(name.rsplit("/", 1)[1])
+
+
+class PostgresSessionStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str) -> PostgresSessionStore:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
+        # One migrator at a time when several copies start together.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('skm.conversation.migrate'))")
+            await conn.execute(_DDL)
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # -- sessions --------------------------------------------------------------------
+
+    async def create_session(
+        self, session: session_pb2.Session, request_id: str | None, audit: Sequence[OutboxRecord]
+    ) -> tuple[session_pb2.Session, bool]:
+        """Stores a new session; with a request_id already used by its owner, returns that
+        session instead (and False)."""
+        tenant, sid = split_name(session.name)
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                f"INSERT INTO {SCHEMA}.sessions (tenant, id, owner, request_id, update_time, body)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
+                tenant,
+                sid,
+                session.owner,
+                request_id,
+                session.update_time.ToDatetime().astimezone(),
+                session.SerializeToString(),
+            )
+            if inserted:
+                await add_events(conn, SCHEMA, audit)
+                return session, True
+            body = await conn.fetchval(
+                f"SELECT body FROM {SCHEMA}.sessions WHERE tenant = $1 AND owner = $2 AND request_id = $3",
+                tenant,
+                session.owner,
+                request_id,
+            )
+        if body is None:
+            raise RuntimeError("session id collision")
+        return session_pb2.Session.FromString(body), False
+
+    async def get_session(self, name: str) -> tuple[session_pb2.Session, int] | None:
+        tenant, sid = split_name(name)
+        row = await self.pool.fetchrow(
+            f"SELECT body, reserved_sequence FROM {SCHEMA}.sessions WHERE tenant = $1 AND id = $2", tenant, sid
+        )
+        if row is None:
+            return None
+        return session_pb2.Session.FromString(row["body"]), int(row["reserved_sequence"])
+
+    async def list_sessions(
+        self, tenant: str, owner: str | None, limit: int, after: tuple[datetime, str] | None
+    ) -> list[session_pb2.Session]:
+        args: list[Any] = [tenant, limit]
+        where = "tenant = $1"
+        if owner is not None:
+            args.append(owner)
+            where += f" AND owner = ${len(args)}"
+        if after is not None:
+            args.extend(after)
+            where += f" AND (update_time, id) < (${len(args) - 1}, ${len(args)})"
+        rows = await self.pool.fetch(
+            f"SELECT body FROM {SCHEMA}.sessions WHERE {where} ORDER BY update_time DESC, id DESC LIMIT $2", *args
+        )
+        return [session_pb2.Session.FromString(row["body"]) for row in rows]
+
+    async def delete_session(self, name: str) -> None:
+        tenant, sid = split_name(name)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for table in ("events", "turns", "commands"):
+                await conn.execute(f"DELETE FROM {SCHEMA}.{table} WHERE tenant = $1 AND session = $2", tenant, sid)
+            await conn.execute(f"DELETE FROM {SCHEMA}.sessions WHERE tenant = $1 AND id = $2", tenant, sid)
+
+    async def reserve(self, name: str, upto: int) -> None:
+        tenant, sid = split_name(name)
+        await self.pool.execute(
+            f"UPDATE {SCHEMA}.sessions SET reserved_sequence = GREATEST(reserved_sequence, $3)"
+            " WHERE tenant = $1 AND id = $2",
+            tenant,
+            sid,
+            upto,
+        )
+
+    # -- one session's writes --------------------------------------------------------
+
+    async def write(self, write: Write) -> None:
+        tenant, sid = split_name(write.session.name)
+        async with self.pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute(
+                f"UPDATE {SCHEMA}.sessions SET body = $3, update_time = $4,"
+                " reserved_sequence = GREATEST(reserved_sequence, $5) WHERE tenant = $1 AND id = $2",
+                tenant,
+                sid,
+                write.session.SerializeToString(),
+                write.session.update_time.ToDatetime().astimezone(),
+                write.reserved_sequence,
+            )
+            if updated == "UPDATE 0":
+                raise SessionGone(write.session.name)
+            for turn in write.turns:
+                await conn.execute(
+                    f"INSERT INTO {SCHEMA}.turns"
+                    " (tenant, session, ordinal, request_id, state, runner, lease_until, body)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant, session, ordinal)"
+                    " DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body,"
+                    " runner = COALESCE(EXCLUDED.runner, turns.runner),"
+                    " lease_until = COALESCE(EXCLUDED.lease_until, turns.lease_until)",
+                    tenant,
+                    sid,
+                    turn_ordinal(turn.name),
+                    turn.request_id,
+                    _state_name(turn),
+                    write.runner,
+                    write.lease_until,
+                    turn.SerializeToString(),
+                )
+            if write.events:
+                await conn.executemany(
+                    f"INSERT INTO {SCHEMA}.events (tenant, session, sequence, turn, delta, body)"
+                    " VALUES ($1, $2, $3, $4, $5, $6)",
+                    [
+                        (tenant, sid, event.sequence, ordinal, delta, event.SerializeToString())
+                        for event, ordinal, delta in write.events
+                    ],
+                )
+            for ordinal in write.compact_turns:
+                await conn.execute(
+                    f"DELETE FROM {SCHEMA}.events WHERE tenant = $1 AND session = $2 AND turn = $3 AND delta",
+                    tenant,
+                    sid,
+                    ordinal,
+                )
+            if write.commands:
+                await conn.executemany(
+                    f"INSERT INTO {SCHEMA}.commands (tenant, session, request_id, kind, turn, fingerprint)"
+                    " VALUES ($1, $2, $3, $4, $5, $6)",
+                    [(tenant, sid, c.request_id, c.kind, c.turn, c.fingerprint) for c in write.commands],
+                )
+            await add_events(conn, SCHEMA, write.audit)
+
+    # -- turns and events ------------------------------------------------------------
+
+    async def get_turn(self, session: str, ordinal: int) -> turn_pb2.Turn | None:
+        tenant, sid = split_name(session)
+        body = await self.pool.fetchval(
+            f"SELECT body FROM {SCHEMA}.turns WHERE tenant = $1 AND session = $2 AND ordinal = $3", tenant, sid, ordinal
+        )
+        return None if body is None else turn_pb2.Turn.FromString(body)
+
+    async def turn_by_request(self, session: str, request_id: str) -> turn_pb2.Turn | None:
+        tenant, sid = split_name(session)
+        body = await self.pool.fetchval(
+            f"SELECT body FROM {SCHEMA}.turns WHERE tenant = $1 AND session = $2 AND request_id = $3",
+            tenant,
+            sid,
+            request_id,
+        )
+        return None if body is None else turn_pb2.Turn.FromString(body)
+
+    async def list_turns(self, session: str, after_ordinal: int, limit: int) -> list[turn_pb2.Turn]:
+        tenant, sid = split_name(session)
+        rows = await self.pool.fetch(
+            f"SELECT body FROM {SCHEMA}.turns WHERE tenant = $1 AND session = $2 AND ordinal > $3"
+            " ORDER BY ordinal LIMIT $4",
+            tenant,
+            sid,
+            after_ordinal,
+            limit,
+        )
+        return [turn_pb2.Turn.FromString(row["body"]) for row in rows]
+
+    async def list_events(
+        self, session: str, after_sequence: int, limit: int, *, turn: int | None = None
+    ) -> list[session_event_pb2.SessionEvent]:
+        tenant, sid = split_name(session)
+        if turn is None:
+            rows = await self.pool.fetch(
+                f"SELECT body FROM {SCHEMA}.events WHERE tenant = $1 AND session = $2 AND sequence > $3"
+                " ORDER BY sequence LIMIT $4",
+                tenant,
+                sid,
+                after_sequence,
+                limit,
+            )
+        else:
+            rows = await self.pool.fetch(
+                f"SELECT body FROM {SCHEMA}.events WHERE tenant = $1 AND session = $2 AND turn = $5"
+                " AND sequence > $3 ORDER BY sequence LIMIT $4",
+                tenant,
+                sid,
+                after_sequence,
+                limit,
+                turn,
+            )
+        return [session_event_pb2.SessionEvent.FromString(row["body"]) for row in rows]
+
+    async def command(self, session: str, request_id: str) -> Command | None:
+        tenant, sid = split_name(session)
+        row = await self.pool.fetchrow(
+            f"SELECT kind, turn, fingerprint FROM {SCHEMA}.commands"
+            " WHERE tenant = $1 AND session = $2 AND request_id = $3",
+            tenant,
+            sid,
+            request_id,
+        )
+        return None if row is None else Command(request_id, row["kind"], row["turn"], row["fingerprint"])
+
+    # -- leases on running turns -----------------------------------------------------
+
+    async def renew(self, runner: str, sessions: Sequence[str], lease_until: datetime) -> None:
+        if not sessions:
+            return
+        keys = [split_name(name) for name in sessions]
+        await self.pool.execute(
+            f"UPDATE {SCHEMA}.turns SET lease_until = $2 WHERE runner = $1"
+            " AND state IN ('RUNNING', 'AWAITING_APPROVAL')"
+            " AND (tenant, session) IN (SELECT * FROM unnest($3::text[], $4::text[]))",
+            runner,
+            lease_until,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+
+    async def take_orphans(self, runner: str, now: datetime, lease_until: datetime, limit: int = 50) -> list[str]:
+        """Claims running turns whose runner stopped renewing; returns their session names."""
+        rows = await self.pool.fetch(
+            f"UPDATE {SCHEMA}.turns SET runner = $1, lease_until = $3 WHERE (tenant, session, ordinal) IN ("
+            f" SELECT tenant, session, ordinal FROM {SCHEMA}.turns"
+            " WHERE state IN ('RUNNING', 'AWAITING_APPROVAL') AND (lease_until IS NULL OR lease_until < $2)"
+            " LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING tenant, session",
+            runner,
+            now,
+            lease_until,
+            limit,
+        )
+        return [f"{row['tenant']}/sessions/{row['session']}" for row in rows]
+
+
+class SessionGone(Exception):
+    """The session was deleted while a write for it was under way."""

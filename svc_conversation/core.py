@@ -1,0 +1,900 @@
+"""svc_conversation's core: sessions, turns, user interventions and attached streams.
+
+State lives in PostgreSQL (sessions, turns, append-only events, outbox) and is mirrored
+for quick reads in Redis; a process holds a session in memory only while it runs one of
+its turns or streams it. Running turns carry a lease: the process renews it while the
+turn runs, and when a process dies another one (or the same one after its restart, at
+once, since its runner id is stable) takes the turn over and resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
+from skm.profiles.v1 import model_profile_pb2
+from skm.tools.v1 import execution_pb2
+from skm.type.v1 import deployment_mode_pb2, policy_decision_pb2
+from skm_runtime.errors import FieldViolation, InvalidArgument
+from svc_conversation import audit
+from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools
+from svc_conversation.adapters.openai import ChatRequest, ModelCallFailed, OpenAICompatibleClient
+from svc_conversation.adapters.postgres import Command, PostgresSessionStore, SessionGone, split_name, turn_ordinal
+from svc_conversation.errors import (
+    DependencyUnavailable,
+    EtagMismatch,
+    FirstMessageNotConfig,
+    InvalidPageToken,
+    InvalidSession,
+    InvalidToolChoice,
+    InvalidUpdateMask,
+    MessageEmpty,
+    MessageTooLong,
+    NoLargerModel,
+    PermissionDenied,
+    PersonaNotSigned,
+    RequestIdReused,
+    SequenceOutOfRange,
+    SessionNotFound,
+    TurnAwaitingApproval,
+    TurnInProgress,
+    TurnNotActive,
+    TurnNotFound,
+    TurnNotInterrupted,
+    TurnNotResumable,
+)
+from svc_conversation.loop import PRIMARY, UTILITY, TurnRun, usage_of
+from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec
+from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, SessionHandle, Subscriber, timestamp
+from svc_conversation.settings import ConversationSettings
+from svc_conversation.toolcall import ToolCall
+
+log = logging.getLogger("skm.conversation")
+
+Turn = turn_pb2.Turn
+Session = session_pb2.Session
+MAX_TEXT = 32_768
+_INTERRUPT_WAIT = 0.15
+_CATALOGUE_SECONDS = 30.0
+_SUBORDINATE_NAMESPACE = uuid.UUID("c4b1f1a2-77e4-4a57-9d0f-5a9f3b2e8c64")
+
+
+class HotState(Protocol):
+    async def mirror(self, session: Session) -> None: ...
+
+    async def forget(self, name: str) -> None: ...
+
+
+def _uuid(value: str, field: str) -> None:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} must be a UUID", violations=[FieldViolation(field, "required: a UUID")]
+        ) from None
+
+
+def _page_token(token: str) -> dict[str, object]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error):
+        raise InvalidPageToken("the page token is not one this service issued") from None
+    if not isinstance(value, dict):
+        raise InvalidPageToken("the page token is not one this service issued")
+    return value
+
+
+def _token(value: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+def _page_size(size: int, default: int) -> int:
+    if size < 0:
+        raise InvalidArgument("page_size must not be negative", violations=[FieldViolation("page_size", "negative")])
+    return min(size or default, 1000)
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+class Conversation:
+    def __init__(
+        self,
+        store: PostgresSessionStore,
+        hot: HotState,
+        profiles: GrpcProfiles,
+        tools: GrpcTools,
+        policy: GrpcPolicy,
+        llm: OpenAICompatibleClient,
+        settings: ConversationSettings,
+        *,
+        runner_id: str,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.hot = hot
+        self.profiles = profiles
+        self.tools = tools
+        self.policy = policy
+        self.llm = llm
+        self.settings = settings
+        self.runner_id = runner_id
+        self._now = now
+        self._handles: dict[str, SessionHandle] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._catalogue: tuple[float, list[ToolSpec]] | None = None
+        self._summaries: dict[str, tuple[int, str]] = {}
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resumes this runner's own turns left running by its previous incarnation."""
+        await self.maintain(own_first=True)
+
+    async def close(self) -> None:
+        """Stops every runner without changing its turn (the next owner resumes it) and
+        ends every attached stream with UNAVAILABLE."""
+        self._closing = True
+        runners = [h.runner for h in self._handles.values() if h.runner is not None and not h.runner.done()]
+        for runner in runners:
+            runner.cancel()
+        for runner in runners:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(runner, 5.0)
+        for handle in self._handles.values():
+            handle.close_streams("SHUTDOWN")
+
+    async def maintain(self, *, own_first: bool = False) -> None:
+        """Renews the leases of running turns, takes over abandoned ones, drops idle sessions."""
+        now = self._now()
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        running = [name for name, h in self._handles.items() if h.runner is not None and not h.runner.done()]
+        await self.store.renew(self.runner_id, running, lease_until)
+        # At start, this runner's own turns count as abandoned at once.
+        cutoff = now + timedelta(days=3650) if own_first else now
+        for name in await self._take(cutoff, lease_until, own_first):
+            with contextlib.suppress(SessionNotFound):
+                handle = await self._handle(name)
+                turn = handle.turn
+                if turn is not None and turn.state in ACTIVE and (handle.runner is None or handle.runner.done()):
+                    log.info("resuming a turn another runner left behind")
+                    self._start_runner(handle, turn, self._owner_principal(handle.session))
+        idle_before = time.monotonic() - self.settings.idle_evict_seconds
+        for name, handle in list(self._handles.items()):
+            if handle.idle() and handle.last_used < idle_before:
+                del self._handles[name]
+
+    async def _take(self, cutoff: datetime, lease_until: datetime, own_first: bool) -> list[str]:
+        if own_first:
+            rows = await self.store.pool.fetch(
+                "UPDATE conversation.turns SET lease_until = $2 WHERE runner = $1"
+                " AND state IN ('RUNNING', 'AWAITING_APPROVAL') RETURNING tenant, session",
+                self.runner_id,
+                lease_until,
+            )
+            own = [f"{row['tenant']}/sessions/{row['session']}" for row in rows]
+            return own + await self.store.take_orphans(self.runner_id, self._now(), lease_until)
+        return await self.store.take_orphans(self.runner_id, cutoff, lease_until)
+
+    # -- shared helpers for the loop -------------------------------------------------
+
+    async def persona(self, name: str, principal: Principal) -> Persona:
+        return await self.profiles.persona(name, principal)
+
+    async def catalogue(self, principal: Principal) -> list[ToolSpec]:
+        cached = self._catalogue
+        if cached is not None and time.monotonic() - cached[0] < _CATALOGUE_SECONDS:
+            return cached[1]
+        tools = await self.tools.catalogue(principal)
+        self._catalogue = (time.monotonic(), tools)
+        return tools
+
+    async def step(
+        self, handle: SessionHandle, turn: Turn, principal: Principal, payloads: list[tuple[str, object]]
+    ) -> list[session_event_pb2.SessionEvent]:
+        events = await handle.step(
+            turn,
+            payloads,
+            audit_of=lambda evs: audit.records_for(handle.session, principal, turn, evs),
+        )
+        await self._mirror(handle)
+        return events
+
+    async def _mirror(self, handle: SessionHandle) -> None:
+        try:
+            await self.hot.mirror(handle.session)
+        except Exception:  # noqa: BLE001  # the mirror is a cache; Postgres has the truth
+            log.warning("could not mirror session state to Redis")
+
+    async def history(self, handle: SessionHandle, turn: Turn) -> list[dict[str, str]]:
+        """Earlier turns of the session as user/assistant messages (answered ones only)."""
+        ordinal = turn_ordinal(turn.name)
+        messages: list[dict[str, str]] = []
+        after = 0
+        while True:
+            turns = await self.store.list_turns(handle.name, after, 500)
+            for earlier in turns:
+                if turn_ordinal(earlier.name) >= ordinal:
+                    return messages
+                if earlier.response_text and earlier.state == Turn.STATE_COMPLETED:
+                    messages.append({"role": "user", "content": earlier.input_text})
+                    messages.append({"role": "assistant", "content": earlier.response_text})
+            if len(turns) < 500:
+                return messages
+            after = turn_ordinal(turns[-1].name)
+
+    async def compress(
+        self, run: TurnRun, messages: list[dict[str, str]], primary: ResolvedProfile
+    ) -> list[dict[str, str]]:
+        """``messages``, with the oldest history summarised by the UTILITY model when the
+        prompt would fill too much of the primary model's context window."""
+        window = min(tier.context_length for tier in primary.tiers)
+        budget = int(window * self.settings.compress_at_context_share)
+        # ~4 characters per token: a cheap, engine-independent estimate.
+        if sum(len(m["content"]) for m in messages) // 4 <= budget or len(messages) < 4:
+            return messages
+        system, rest = messages[0], messages[1:]
+        keep = rest[-2:]
+        older = rest[:-2]
+        key = run.handle.name
+        cached = self._summaries.get(key)
+        if cached is not None and cached[0] == len(older):
+            summary = cached[1]
+        else:
+            summary = await self._summarise(run, older)
+            self._summaries[key] = (len(older), summary)
+        return [system, {"role": "user", "content": f"Summary of the conversation so far: {summary}"}, *keep]
+
+    async def _summarise(self, run: TurnRun, older: list[dict[str, str]]) -> str:
+        session = run.handle.session
+        profile = await self.profiles.resolve(
+            run.principal, UTILITY, session.mode, session.persona, list(session.model_overrides)
+        )
+        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in older)[-20_000:]
+        request = ChatRequest(
+            messages=[
+                {"role": "system", "content": "Summarise this conversation in a few sentences, keeping facts."},
+                {"role": "user", "content": transcript},
+            ],
+            max_tokens=min(profile.max_output_tokens or 256, 256),
+        )
+        for tier in profile.tiers:
+            try:
+                result = await self.llm.complete(tier, request)
+            except ModelCallFailed as failure:
+                await run._model_call(0, failure.stats, UTILITY, failure.reason)
+                continue
+            await run._model_call(0, result.stats, UTILITY, "")
+            return result.text
+        # No utility model answered: keep the newest part of the transcript instead.
+        return transcript[-2000:]
+
+    async def subordinate(
+        self, run: TurnRun, requested: session_event_pb2.ToolCallRequested, call: ToolCall
+    ) -> execution_pb2.ToolResult:
+        """call_subordinate: svc_policy decides whether the persona may spawn a subordinate
+        (of its own persona); the subordinate is a session of its own, whose first turn runs
+        to its end here and whose answer is the tool's result."""
+        session = run.handle.session
+        persona_object = f"persona:{session.persona}"
+        decision = await self.policy.check(run.principal, persona_object, "can_spawn", persona_object)
+        await run._verdict(requested.tool_call_id, decision)
+        if decision.verdict != policy_decision_pb2.VERDICT_ALLOW:
+            reason = (
+                execution_pb2.FAILURE_REASON_DENIED
+                if decision.verdict == policy_decision_pb2.VERDICT_DENY
+                else execution_pb2.FAILURE_REASON_REJECTED
+            )
+            if run.turn.state == Turn.STATE_AWAITING_APPROVAL:
+                run.turn.state = Turn.STATE_RUNNING
+            result = execution_pb2.ToolResult(
+                failure=execution_pb2.ToolFailure(reason=reason, message=f"spawning a subordinate: {decision.reason}")
+            )
+            await run._step(
+                (
+                    "tool_call_result",
+                    session_event_pb2.ToolCallResult(tool_call_id=requested.tool_call_id, result=result),
+                )
+            )
+            return result
+        message = str(call.tool_args.get("message", ""))[:MAX_TEXT] or "(no task given)"
+        request_id = str(uuid.uuid5(_SUBORDINATE_NAMESPACE, f"{run.turn.name}#{requested.tool_call_id}"))
+        child = Session(persona=session.persona, mode=session.mode, display_name="subordinate")
+        child.model_overrides.extend(session.model_overrides)
+        created = await self.create_session(
+            run.principal, run.principal.tenant, child, request_id, superior=session.name
+        )
+        turn = await self.send_message(run.principal, created.name, message, request_id, "")
+        handle = await self._handle(created.name)
+        if handle.runner is not None:
+            await asyncio.shield(handle.runner)
+        finished = await self.store.get_turn(created.name, turn_ordinal(turn.name))
+        if finished is not None and finished.state == Turn.STATE_COMPLETED:
+            result = execution_pb2.ToolResult(
+                success=execution_pb2.ToolSuccess(output_json=json.dumps({"response": finished.response_text}))
+            )
+        else:
+            state = Turn.State.Name(finished.state) if finished is not None else "UNKNOWN"
+            result = execution_pb2.ToolResult(
+                failure=execution_pb2.ToolFailure(
+                    reason=execution_pb2.FAILURE_REASON_TOOL_ERROR, message=f"the subordinate's turn ended {state}"
+                )
+            )
+        await run._step(
+            (
+                "tool_call_result",
+                session_event_pb2.ToolCallResult(
+                    tool_call_id=requested.tool_call_id, execution=created.name, result=result
+                ),
+            )
+        )
+        return result
+
+    # -- handles ---------------------------------------------------------------------
+
+    async def _handle(self, name: str) -> SessionHandle:
+        handle = self._handles.get(name)
+        if handle is not None and not handle.deleted:
+            handle.last_used = time.monotonic()
+            return handle
+        lock = self._loading.setdefault(name, asyncio.Lock())
+        async with lock:
+            handle = self._handles.get(name)
+            if handle is not None and not handle.deleted:
+                return handle
+            found = await self.store.get_session(name)
+            if found is None:
+                raise SessionNotFound(f"session {name!r} does not exist", metadata={"session": name})
+            session, reserved = found
+            handle = SessionHandle(self.store, session, reserved)
+            if session.current_turn:
+                handle.turn = await self.store.get_turn(name, turn_ordinal(session.current_turn))
+            self._handles[name] = handle
+        self._loading.pop(name, None)
+        return handle
+
+    @staticmethod
+    def _owner_principal(session: Session) -> Principal:
+        tenant, _ = split_name(session.name)
+        return Principal(tenant=tenant, user=session.owner)
+
+    def _check_tenant(self, principal: Principal | None, name: str) -> Principal:
+        if principal is None:
+            raise PermissionDenied("the call carries no principal")
+        tenant = name.split("/sessions/")[0]
+        if not name.startswith("tenants/") or "/" in tenant.removeprefix("tenants/"):
+            raise InvalidSession(f"{name!r} is not a session name", metadata={"session": name})
+        if tenant != principal.tenant:
+            # Another tenant's session looks exactly like one that does not exist.
+            raise SessionNotFound(f"session {name!r} does not exist", metadata={"session": name})
+        return principal
+
+    async def _session_for(self, principal: Principal | None, name: str) -> SessionHandle:
+        name = name.strip()
+        session_name = name.split("/turns/")[0]
+        parts = session_name.split("/")
+        if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "sessions" or not parts[1] or not parts[3]:
+            raise InvalidSession(f"{name!r} is not a session name", metadata={"session": name})
+        self._check_tenant(principal, session_name)
+        return await self._handle(session_name)
+
+    # -- sessions --------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        principal: Principal | None,
+        parent: str,
+        session: Session,
+        request_id: str,
+        *,
+        superior: str = "",
+    ) -> Session:
+        if principal is None:
+            raise PermissionDenied("the call carries no principal")
+        if parent != principal.tenant:
+            raise PermissionDenied("sessions are created in the caller's own tenant", metadata={"parent": parent})
+        violations = []
+        if not session.persona.startswith(f"{parent}/personas/") or session.persona.count("/") != 3:
+            violations.append(FieldViolation("session.persona", f"required: a persona of {parent}"))
+        if session.mode == deployment_mode_pb2.DEPLOYMENT_MODE_UNSPECIFIED:
+            violations.append(FieldViolation("session.mode", "required"))
+        if len(session.display_name) > 200:
+            violations.append(FieldViolation("session.display_name", "at most 200 characters"))
+        roles = [o.role for o in session.model_overrides]
+        if len(roles) != len(set(roles)):
+            violations.append(FieldViolation("session.model_overrides", "at most one override per role"))
+        if request_id:
+            try:
+                uuid.UUID(request_id)
+            except ValueError:
+                violations.append(FieldViolation("request_id", "a UUID"))
+        if violations:
+            raise InvalidSession("the session is not valid", violations=violations)
+        persona = await self.persona(session.persona, principal)
+        if session.mode != deployment_mode_pb2.DEPLOYMENT_MODE_DEVELOPER and not persona.signed:
+            raise PersonaNotSigned(
+                "only signed personas run in TEST and PRODUCTION mode", metadata={"persona": session.persona}
+            )
+        sid = uuid.uuid4().hex
+        name = f"{parent}/sessions/{sid}"
+        created = Session()
+        created.CopyFrom(session)
+        created.name = name
+        created.persona_bundle_digest = persona.bundle_digest
+        created.state = Session.STATE_IDLE
+        created.owner = principal.user
+        created.superior_session = superior
+        created.current_turn = ""
+        created.last_sequence = 0
+        created.acknowledged_sequence = 0
+        created.create_time.CopyFrom(timestamp())
+        created.update_time.CopyFrom(created.create_time)
+        created.etag = uuid.uuid4().hex
+        # The owner relationship first: without it nobody could use the session, and a
+        # session row that fails to follow leaves only a harmless tuple behind.
+        await self.policy.own_session(principal, name)
+        stored, _ = await self.store.create_session(created, request_id or None, ())
+        return stored
+
+    async def get_session(self, principal: Principal | None, name: str) -> Session:
+        handle = await self._session_for(principal, name)
+        return handle.session
+
+    async def list_sessions(
+        self, principal: Principal | None, parent: str, page_size: int, page_token: str
+    ) -> tuple[list[Session], str]:
+        if principal is None:
+            raise PermissionDenied("the call carries no principal")
+        if parent != principal.tenant:
+            raise PermissionDenied("sessions are listed in the caller's own tenant", metadata={"parent": parent})
+        size = _page_size(page_size, 50)
+        after = None
+        if page_token:
+            token = _page_token(page_token)
+            try:
+                after = (datetime.fromisoformat(str(token["t"])), str(token["id"]))
+            except (KeyError, ValueError):
+                raise InvalidPageToken("the page token is not one this service issued") from None
+        operator = "operator" in principal.roles or "admin" in principal.roles
+        sessions = await self.store.list_sessions(parent, None if operator else principal.user, size + 1, after)
+        next_token = ""
+        if len(sessions) > size:
+            sessions = sessions[:size]
+            last = sessions[-1]
+            next_token = _token(
+                {"t": last.update_time.ToDatetime().replace(tzinfo=UTC).isoformat(), "id": split_name(last.name)[1]}
+            )
+        return sessions, next_token
+
+    async def update_session(self, principal: Principal | None, session: Session, paths: Sequence[str]) -> Session:
+        handle = await self._session_for(principal, session.name)
+        allowed = {"display_name", "model_overrides"}
+        if not paths or not set(paths) <= allowed:
+            raise InvalidUpdateMask(f"update_mask must name some of {sorted(allowed)}")
+        if len(session.display_name) > 200:
+            raise InvalidSession(
+                "display_name is too long", violations=[FieldViolation("session.display_name", "at most 200")]
+            )
+        async with handle.lock:
+            if session.etag and session.etag != handle.session.etag:
+                raise EtagMismatch("the session changed since it was read", metadata={"etag": handle.session.etag})
+            updated = Session()
+            updated.CopyFrom(handle.session)
+            if "display_name" in paths:
+                updated.display_name = session.display_name
+            if "model_overrides" in paths:
+                roles = [o.role for o in session.model_overrides]
+                if len(roles) != len(set(roles)):
+                    raise InvalidSession(
+                        "at most one override per role",
+                        violations=[FieldViolation("session.model_overrides", "one per role")],
+                    )
+                del updated.model_overrides[:]
+                updated.model_overrides.extend(session.model_overrides)
+            updated.update_time.CopyFrom(timestamp())
+            updated.etag = uuid.uuid4().hex
+        await handle.save_session(updated)
+        await self._mirror(handle)
+        return updated
+
+    async def delete_session(self, principal: Principal | None, name: str, etag: str) -> None:
+        handle = await self._session_for(principal, name)
+        if etag and etag != handle.session.etag:
+            raise EtagMismatch("the session changed since it was read", metadata={"etag": handle.session.etag})
+        if handle.turn is not None and handle.turn.state in ACTIVE:
+            await self._stop_runner(handle)
+        handle.deleted = True
+        await self.store.delete_session(handle.name)
+        handle.close_streams("DELETED")
+        self._handles.pop(handle.name, None)
+        with contextlib.suppress(Exception):
+            await self.hot.forget(handle.name)
+
+    # -- turns -----------------------------------------------------------------------
+
+    async def _turn(self, principal: Principal | None, name: str) -> tuple[SessionHandle, Turn]:
+        parts = name.split("/")
+        if len(parts) != 6 or parts[4] != "turns" or not parts[5].isdigit():
+            raise TurnNotFound(f"{name!r} is not a turn name", metadata={"turn": name})
+        try:
+            handle = await self._session_for(principal, name)
+        except SessionNotFound:
+            raise TurnNotFound(f"turn {name!r} does not exist", metadata={"turn": name}) from None
+        ordinal = int(parts[5])
+        if handle.turn is not None and turn_ordinal(handle.turn.name) == ordinal:
+            return handle, handle.turn
+        turn = await self.store.get_turn(handle.name, ordinal)
+        if turn is None:
+            raise TurnNotFound(f"turn {name!r} does not exist", metadata={"turn": name})
+        return handle, turn
+
+    async def get_turn(self, principal: Principal | None, name: str) -> Turn:
+        return (await self._turn(principal, name))[1]
+
+    async def list_turns(
+        self, principal: Principal | None, parent: str, page_size: int, page_token: str
+    ) -> tuple[list[Turn], str]:
+        handle = await self._session_for(principal, parent)
+        size = _page_size(page_size, 50)
+        after = 0
+        if page_token:
+            value = _page_token(page_token).get("after")
+            if not isinstance(value, int):
+                raise InvalidPageToken("the page token is not one this service issued")
+            after = value
+        turns = await self.store.list_turns(handle.name, after, size + 1)
+        token = ""
+        if len(turns) > size:
+            turns = turns[:size]
+            token = _token({"after": turn_ordinal(turns[-1].name)})
+        return turns, token
+
+    async def list_turn_events(
+        self, principal: Principal | None, parent: str, page_size: int, page_token: str
+    ) -> tuple[list[session_event_pb2.SessionEvent], str]:
+        handle, turn = await self._turn(principal, parent)
+        size = _page_size(page_size, 200)
+        after = 0
+        if page_token:
+            value = _page_token(page_token).get("after")
+            if not isinstance(value, int):
+                raise InvalidPageToken("the page token is not one this service issued")
+            after = value
+        events = await self.store.list_events(handle.name, after, size + 1, turn=turn_ordinal(turn.name))
+        token = ""
+        if len(events) > size:
+            events = events[:size]
+            token = _token({"after": events[-1].sequence})
+        return events, token
+
+    def _start_runner(self, handle: SessionHandle, turn: Turn, principal: Principal) -> None:
+        run = TurnRun(self, handle, turn, principal)
+
+        async def guarded() -> None:
+            try:
+                await run.run()
+            except asyncio.CancelledError:
+                raise
+            except SessionGone:
+                log.info("the session was deleted under its running turn")
+            except Exception:
+                # Left RUNNING on purpose: the lease runs out and the turn is resumed.
+                log.exception("a turn's runner failed; the turn will be resumed")
+
+        handle.runner = asyncio.create_task(guarded(), name=f"turn {turn.name}")
+
+    async def _stop_runner(self, handle: SessionHandle) -> None:
+        runner = handle.runner
+        if runner is None or runner.done():
+            return
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(runner), _INTERRUPT_WAIT)
+        if not runner.done():
+            # It keeps unwinding (e.g. a slow cancel of a tool call); its events are stale.
+            log.warning("a turn's runner took longer than %.0f ms to stop", _INTERRUPT_WAIT * 1000)
+
+    async def send_message(
+        self, principal: Principal | None, session_name: str, text: str, request_id: str, tool_choice: str
+    ) -> Turn:
+        handle = await self._session_for(principal, session_name)
+        assert principal is not None
+        if not text.strip():
+            raise MessageEmpty("the message is empty")
+        if len(text) > MAX_TEXT:
+            raise MessageTooLong(f"the message is longer than {MAX_TEXT} characters", metadata={"limit": str(MAX_TEXT)})
+        _uuid(request_id, "request_id")
+        existing = await self.store.turn_by_request(handle.name, request_id)
+        if existing is not None:
+            if existing.input_text == text and not existing.rerun_of:
+                return existing
+            raise RequestIdReused("this request_id was used for another message", metadata={"request_id": request_id})
+        if tool_choice:
+            persona = await self.persona(handle.session.persona, principal)
+            if tool_choice not in persona.allowed_tools:
+                raise InvalidToolChoice(
+                    f"{tool_choice!r} is not a tool of this session's persona", metadata={"tool_choice": tool_choice}
+                )
+        return await self._new_turn(handle, principal, text, request_id, tool_choice=tool_choice)
+
+    async def _new_turn(
+        self,
+        handle: SessionHandle,
+        principal: Principal,
+        text: str,
+        request_id: str,
+        *,
+        tool_choice: str = "",
+        rerun_of: Turn | None = None,
+        start_tier: int = 0,
+        intervention_id: str = "",
+    ) -> Turn:
+        if handle.turn is not None and handle.turn.state in ACTIVE:
+            raise TurnInProgress(
+                "a turn of this session is running; interrupt it or nudge it", metadata={"turn": handle.turn.name}
+            )
+        ordinal = (turn_ordinal(handle.turn.name) if handle.turn is not None else 0) + 1
+        turn = Turn(
+            name=f"{handle.name}/turns/{ordinal}",
+            state=Turn.STATE_RUNNING,
+            input_text=text,
+            request_id=request_id,
+            start_tier=start_tier,
+        )
+        turn.create_time.CopyFrom(timestamp())
+        if rerun_of is not None:
+            turn.rerun_of = rerun_of.name
+            # The original turn records the rerun before the new turn's first event.
+            intervention = session_event_pb2.Intervention(
+                kind=session_event_pb2.Intervention.KIND_RERUN, request_id=intervention_id, rerun_turn=turn.name
+            )
+            await handle.step(
+                rerun_of,
+                [("intervention", intervention)],
+                audit_of=lambda evs: audit.records_for(handle.session, principal, rerun_of, evs),
+                commands=[Command(intervention_id, "RERUN", turn_ordinal(rerun_of.name), _fingerprint("RERUN"))],
+            )
+        lease = self._now() + timedelta(seconds=self.settings.lease_seconds)
+        await handle.step(
+            turn,
+            [
+                ("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_RUNNING)),
+                (
+                    "user_message",
+                    session_event_pb2.UserMessage(text=text, request_id=request_id, tool_choice=tool_choice),
+                ),
+            ],
+            audit_of=lambda evs: audit.records_for(handle.session, principal, turn, evs),
+            runner=self.runner_id,
+            lease_until=lease,
+        )
+        await self._mirror(handle)
+        self._start_runner(handle, turn, principal)
+        return turn
+
+    async def interrupt(self, principal: Principal | None, name: str, request_id: str) -> Turn:
+        handle, turn = await self._turn(principal, name)
+        assert principal is not None
+        if turn.state == Turn.STATE_INTERRUPTED:
+            return turn
+        if turn.state not in ACTIVE:
+            raise TurnNotActive("the turn has ended", metadata={"turn": name})
+        await self._stop_runner(handle)
+        turn = handle.turn if handle.turn is not None and handle.turn.name == turn.name else turn
+        turn.state = Turn.STATE_INTERRUPTED
+        await self.step(
+            handle,
+            turn,
+            principal,
+            [
+                (
+                    "intervention",
+                    session_event_pb2.Intervention(
+                        kind=session_event_pb2.Intervention.KIND_INTERRUPT, request_id=request_id
+                    ),
+                ),
+                ("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_INTERRUPTED)),
+            ],
+        )
+        return turn
+
+    def _newest(self, handle: SessionHandle, turn: Turn) -> bool:
+        return handle.turn is not None and handle.turn.name == turn.name
+
+    async def resume(self, principal: Principal | None, name: str, request_id: str) -> Turn:
+        handle, turn = await self._turn(principal, name)
+        assert principal is not None
+        if turn.state != Turn.STATE_INTERRUPTED:
+            raise TurnNotInterrupted("only an interrupted turn can be resumed", metadata={"turn": name})
+        if not self._newest(handle, turn):
+            raise TurnNotResumable("a newer turn exists", metadata={"turn": name})
+        turn = handle.turn or turn
+        turn.state = Turn.STATE_RUNNING
+        await self.step(
+            handle,
+            turn,
+            principal,
+            [
+                (
+                    "intervention",
+                    session_event_pb2.Intervention(
+                        kind=session_event_pb2.Intervention.KIND_RESUME, request_id=request_id
+                    ),
+                ),
+                ("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_RUNNING)),
+            ],
+        )
+        self._start_runner(handle, turn, principal)
+        return turn
+
+    async def nudge(self, principal: Principal | None, name: str, text: str, request_id: str) -> Turn:
+        handle, turn = await self._turn(principal, name)
+        assert principal is not None
+        if len(text) > MAX_TEXT:
+            raise MessageTooLong(f"the guidance is longer than {MAX_TEXT} characters")
+        _uuid(request_id, "request_id")
+        done = await self.store.command(handle.name, request_id)
+        if done is not None:
+            if done.kind == "NUDGE" and done.fingerprint == _fingerprint("NUDGE", name, text):
+                return handle.turn if handle.turn is not None and handle.turn.name == name else turn
+            raise RequestIdReused("this request_id was used for another command", metadata={"request_id": request_id})
+        if turn.state == Turn.STATE_AWAITING_APPROVAL:
+            raise TurnAwaitingApproval("the turn waits for an operator's decision", metadata={"turn": name})
+        if turn.state not in (Turn.STATE_RUNNING, Turn.STATE_INTERRUPTED):
+            raise TurnNotActive("the turn has ended", metadata={"turn": name})
+        if not self._newest(handle, turn):
+            raise TurnNotResumable("a newer turn exists", metadata={"turn": name})
+        await self._stop_runner(handle)
+        turn = handle.turn or turn
+        payloads: list[tuple[str, object]] = [
+            (
+                "intervention",
+                session_event_pb2.Intervention(
+                    kind=session_event_pb2.Intervention.KIND_NUDGE, request_id=request_id, text=text
+                ),
+            )
+        ]
+        if turn.state != Turn.STATE_RUNNING:
+            turn.state = Turn.STATE_RUNNING
+            payloads.append(("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_RUNNING)))
+        await handle.step(
+            turn,
+            payloads,
+            audit_of=lambda evs: audit.records_for(handle.session, principal, turn, evs),
+            commands=[Command(request_id, "NUDGE", turn_ordinal(name), _fingerprint("NUDGE", name, text))],
+        )
+        self._start_runner(handle, turn, principal)
+        return turn
+
+    async def rerun(self, principal: Principal | None, name: str, request_id: str) -> Turn:
+        handle, original = await self._turn(principal, name)
+        assert principal is not None
+        _uuid(request_id, "request_id")
+        done = await self.store.command(handle.name, request_id)
+        if done is not None:
+            again = await self.store.turn_by_request(handle.name, request_id)
+            if done.kind == "RERUN" and again is not None and again.rerun_of == name:
+                return again
+            raise RequestIdReused("this request_id was used for another command", metadata={"request_id": request_id})
+        if handle.turn is not None and handle.turn.state in ACTIVE:
+            raise TurnInProgress("a turn of this session is running", metadata={"turn": handle.turn.name})
+        if original.state not in TERMINAL | {Turn.STATE_INTERRUPTED}:
+            raise TurnInProgress("the turn is still running", metadata={"turn": name})
+        events = await self.store.list_events(handle.name, 0, 100_000, turn=turn_ordinal(name))
+        answered = [
+            e.model_call.usage.tier
+            for e in events
+            if e.WhichOneof("event") == "model_call"
+            and not e.model_call.failure_reason
+            and e.model_call.usage.role == PRIMARY
+        ]
+        start = (answered[-1] if answered else original.start_tier) + 1
+        session = handle.session
+        primary = await self.profiles.resolve(
+            principal, PRIMARY, session.mode, session.persona, list(session.model_overrides)
+        )
+        if start >= len(primary.tiers):
+            raise NoLargerModel("the turn was answered by the largest model tier", metadata={"turn": name})
+        return await self._new_turn(
+            handle,
+            principal,
+            original.input_text,
+            request_id,
+            rerun_of=original,
+            start_tier=start,
+            intervention_id=request_id,
+        )
+
+    # -- attached streams ------------------------------------------------------------
+
+    async def acknowledge(self, principal: Principal | None, session_name: str, sequence: int) -> None:
+        handle = await self._session_for(principal, session_name)
+        if sequence <= handle.session.acknowledged_sequence:
+            return
+        updated = Session()
+        updated.CopyFrom(handle.session)
+        updated.acknowledged_sequence = min(sequence, handle.session.last_sequence)
+        await handle.save_session(updated)
+
+    async def attach(
+        self, principal: Principal | None, session_name: str, after: int | None
+    ) -> tuple[Session, int, AsyncIterator[session_event_pb2.SessionEvent]]:
+        """The session as of now, where the replay starts, and every event after it: stored
+        ones first, then live ones, in order and without duplicates."""
+        handle = await self._session_for(principal, session_name)
+        async with handle.lock:
+            start = handle.session.acknowledged_sequence if after is None else after
+            if start < 0 or start > handle.session.last_sequence:
+                raise SequenceOutOfRange(
+                    f"after_sequence must be between 0 and {handle.session.last_sequence}",
+                    metadata={"last_sequence": str(handle.session.last_sequence)},
+                )
+            subscriber, snapshot, unstored = handle.subscribe()
+        return snapshot, start, self._events(handle, subscriber, start, unstored)
+
+    async def _events(
+        self,
+        handle: SessionHandle,
+        subscriber: Subscriber,
+        after: int,
+        unstored: list[session_event_pb2.SessionEvent],
+    ) -> AsyncIterator[session_event_pb2.SessionEvent]:
+        cursor = after
+        try:
+            while True:
+                batch = await self.store.list_events(handle.name, cursor, 1000)
+                for event in batch:
+                    cursor = event.sequence
+                    yield event
+                if len(batch) < 1000:
+                    break
+            for event in unstored:
+                if event.sequence > cursor:
+                    cursor = event.sequence
+                    yield event
+            while True:
+                item = await subscriber.queue.get()
+                if isinstance(item, Closed):
+                    raise StreamClosed(item.reason)
+                if item.sequence > cursor:
+                    cursor = item.sequence
+                    yield item
+        finally:
+            handle.unsubscribe(subscriber)
+
+    def check_command_session(self, first: str, command_session: str) -> None:
+        if command_session and command_session != first:
+            from svc_conversation.errors import SessionMismatch
+
+            raise SessionMismatch("a command names another session", metadata={"session": command_session})
+
+    @staticmethod
+    def first_message_error() -> FirstMessageNotConfig:
+        return FirstMessageNotConfig("the first message of Converse must carry session and config")
+
+    def closing(self) -> bool:
+        return self._closing
+
+
+class StreamClosed(Exception):
+    """The stream ended on the server's side: DELETED, SHUTDOWN or OVERFLOW."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+__all__ = ["Conversation", "DependencyUnavailable", "StreamClosed", "model_profile_pb2", "usage_of"]

@@ -1,0 +1,136 @@
+"""svc_conversation's domain errors; reasons are skm.conversation.v1.ErrorReason names without prefix."""
+
+from __future__ import annotations
+
+from skm_runtime.errors import Code, SkmError
+
+DOMAIN = "conversation.skm"
+
+
+class ConversationError(SkmError):
+    domain = DOMAIN
+
+
+class InvalidResourceName(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_RESOURCE_NAME"
+
+
+class InvalidPageToken(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_PAGE_TOKEN"
+
+
+class InvalidUpdateMask(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_UPDATE_MASK"
+
+
+class RequestIdReused(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "REQUEST_ID_REUSED"
+
+
+class EtagMismatch(ConversationError):
+    code = Code.ABORTED
+    reason = "ETAG_MISMATCH"
+
+
+class SessionNotFound(ConversationError):
+    code = Code.NOT_FOUND
+    reason = "SESSION_NOT_FOUND"
+
+
+class InvalidSession(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_SESSION"
+
+
+class PersonaNotFound(ConversationError):
+    code = Code.NOT_FOUND
+    reason = "PERSONA_NOT_FOUND"
+
+
+class PersonaNotSigned(ConversationError):
+    code = Code.FAILED_PRECONDITION
+    reason = "PERSONA_NOT_SIGNED"
+
+
+class TurnNotFound(ConversationError):
+    code = Code.NOT_FOUND
+    reason = "TURN_NOT_FOUND"
+
+
+class MessageEmpty(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "MESSAGE_EMPTY"
+
+
+class MessageTooLong(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "MESSAGE_TOO_LONG"
+
+
+class TurnInProgress(ConversationError):
+    code = Code.FAILED_PRECONDITION
+    reason = "TURN_IN_PROGRESS"
+
+
+class TurnNotActive(ConversationError):
+    code = Code.FAILED_PRECONDITION
+    reason = "TURN_NOT_ACTIVE"
+
+
+class TurnNotInterrupted(ConversationError):
+    code = Code.FAILED_PRECONDITION
+    reason = "TURN_NOT_INTERRUPTED"
+
+
+class TurnNotResumable(ConversationError):
+    code = Code.FAILED_PRECONDITION
+    reason = "TURN_NOT_RESUMABLE"
+
+
+class TurnAwaitingApproval(ConversationError):
+    code = Code.FAILED_PRECONDITION
+    reason = "TURN_AWAITING_APPROVAL"
+
+
+class NoLargerModel(ConversationError):
+    code = Code.FAILED_PRECONDITION
+    reason = "NO_LARGER_MODEL"
+
+
+class FirstMessageNotConfig(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "FIRST_MESSAGE_NOT_CONFIG"
+
+
+class UnexpectedConfig(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "UNEXPECTED_CONFIG"
+
+
+class SessionMismatch(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "SESSION_MISMATCH"
+
+
+class SequenceOutOfRange(ConversationError):
+    code = Code.OUT_OF_RANGE
+    reason = "SEQUENCE_OUT_OF_RANGE"
+
+
+class DependencyUnavailable(ConversationError):
+    code = Code.UNAVAILABLE
+    reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class InvalidToolChoice(ConversationError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_TOOL_CHOICE"
+
+
+class PermissionDenied(ConversationError):
+    code = Code.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"

@@ -1,0 +1,72 @@
+"""Plain values the agent loop works with, independent of gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTier:
+    """One model of a resolved profile, with everything needed to call it."""
+
+    name: str  # "models/{model}"
+    tier: int
+    endpoint_uri: str
+    served_model: str
+    credential_secret: str = ""
+    context_length: int = 4096
+    input_cost_per_million: float = 0.0
+    output_cost_per_million: float = 0.0
+    currency: str = "USD"
+    structured_output: bool = False
+    # How the engine takes a JSON schema: "openai" (response_format json_schema) or
+    # "llama_cpp" (response_format json_object + schema).
+    schema_style: str = "openai"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedProfile:
+    role: int
+    tiers: tuple[ModelTier, ...]
+    temperature: float | None = None
+    max_output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    model: str
+    tier: int
+    input_tokens: int
+    output_tokens: int
+    time_to_first_token: float | None
+    duration: float
+    tokens_per_second: float
+    cost: float
+    currency: str = "USD"
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    name: str
+    system_prompt: str
+    allowed_tools: tuple[str, ...]  # tool ids, e.g. "code_execution"
+    bundle_digest: str = ""
+    signed: bool = False
+    memory_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as the model is shown it."""
+
+    id: str  # "code_execution"
+    description: str
+    arguments_schema: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str  # "tenants/{tenant}"
+    user: str  # "tenants/{tenant}/users/{user}"
+    roles: tuple[str, ...] = ()

@@ -1,0 +1,207 @@
+"""One session in memory: its numbered event log, live subscribers and the running turn.
+
+A :class:`SessionHandle` is the only writer of its session inside this process. Events get
+their sequence numbers here, are stored through the store in one transaction per step, and
+are then handed to every attached stream. Token deltas are handed out at once and stored
+with the step that follows them (the model_call that ends the attempt), so streaming a
+token costs no database round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
+from skm_runtime.outbox import OutboxRecord
+from svc_conversation.adapters.postgres import Command, PostgresSessionStore, Write, turn_ordinal
+
+# Sequence numbers reserved per round trip for token deltas.
+_RESERVE_BLOCK = 1024
+# A subscriber that falls this far behind is dropped (it re-attaches and replays).
+_QUEUE_LIMIT = 20_000
+
+Turn = turn_pb2.Turn
+SessionEvent = session_event_pb2.SessionEvent
+
+_SESSION_STATE = {
+    Turn.STATE_RUNNING: session_pb2.Session.STATE_RUNNING,
+    Turn.STATE_AWAITING_APPROVAL: session_pb2.Session.STATE_AWAITING_APPROVAL,
+    Turn.STATE_INTERRUPTED: session_pb2.Session.STATE_INTERRUPTED,
+}
+TERMINAL = {Turn.STATE_COMPLETED, Turn.STATE_FAILED, Turn.STATE_REFUSED}
+ACTIVE = {Turn.STATE_RUNNING, Turn.STATE_AWAITING_APPROVAL}
+
+
+def timestamp(at: datetime | None = None) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(at or datetime.now(UTC))
+    return stamp
+
+
+class Closed:
+    """Sent to subscribers when the stream must end: the session was deleted, or shutdown."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+Item = SessionEvent | Closed
+
+
+@dataclass(eq=False)
+class Subscriber:
+    queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    overflowed: bool = False
+
+
+class SessionHandle:
+    def __init__(self, store: PostgresSessionStore, session: session_pb2.Session, reserved: int) -> None:
+        self.store = store
+        self.session = session
+        # Numbers up to `reserved` may have been handed out by an earlier owner: start after.
+        self.next_sequence = max(session.last_sequence, reserved) + 1
+        self.reserved = max(session.last_sequence, reserved)
+        self.lock = asyncio.Lock()
+        self.subscribers: set[Subscriber] = set()
+        self.pending: list[tuple[SessionEvent, int]] = []
+        self.turn: Turn | None = None
+        self.runner: asyncio.Task[None] | None = None
+        self.last_used = time.monotonic()
+        self.deleted = False
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+    def idle(self) -> bool:
+        return not self.subscribers and (self.runner is None or self.runner.done()) and not self.lock.locked()
+
+    async def _sequence(self) -> int:
+        if self.next_sequence > self.reserved:
+            upto = self.next_sequence + _RESERVE_BLOCK
+            await self.store.reserve(self.name, upto)
+            self.reserved = upto
+        number = self.next_sequence
+        self.next_sequence += 1
+        return number
+
+    def _publish(self, item: Item) -> None:
+        for subscriber in list(self.subscribers):
+            if subscriber.queue.qsize() >= _QUEUE_LIMIT:
+                subscriber.overflowed = True
+                self.subscribers.discard(subscriber)
+                subscriber.queue.put_nowait(Closed("OVERFLOW"))
+                continue
+            subscriber.queue.put_nowait(item)
+
+    def _new_event(self, turn: Turn, number: int) -> SessionEvent:
+        event = SessionEvent(sequence=number, turn=turn.name)
+        event.create_time.CopyFrom(timestamp())
+        return event
+
+    async def delta(self, turn: Turn, iteration: int, text: str) -> None:
+        """Streams a token delta now; it is stored with the next step."""
+        async with self.lock:
+            event = self._new_event(turn, await self._sequence())
+            event.token_delta.iteration = iteration
+            event.token_delta.text = text
+            self.pending.append((event, turn_ordinal(turn.name)))
+            self.session.last_sequence = event.sequence
+            turn.last_sequence = event.sequence
+            self._publish(event)
+
+    async def step(
+        self,
+        turn: Turn,
+        payloads: Sequence[tuple[str, object]],
+        *,
+        audit: Sequence[OutboxRecord] | None = None,
+        audit_of: object = None,
+        commands: Sequence[Command] = (),
+        extra_turns: Sequence[Turn] = (),
+        runner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> list[SessionEvent]:
+        """Stores one step of ``turn`` (events given as (oneof field, message) pairs) with
+        the turn, the session and the audit records, in one transaction, then publishes it.
+
+        ``audit_of`` is a callable that maps the numbered events to outbox records.
+        """
+        async with self.lock:
+            events = []
+            for field_name, message in payloads:
+                event = self._new_event(turn, await self._sequence())
+                getattr(event, field_name).CopyFrom(message)
+                events.append(event)
+            if events:
+                if not turn.first_sequence:
+                    turn.first_sequence = events[0].sequence
+                turn.last_sequence = events[-1].sequence
+            if turn.state in TERMINAL and not turn.HasField("end_time"):
+                turn.end_time.CopyFrom(timestamp())
+            session = session_pb2.Session()
+            session.CopyFrom(self.session)
+            if events:
+                session.last_sequence = max(session.last_sequence, events[-1].sequence)
+            newest = max([turn, *extra_turns], key=lambda t: turn_ordinal(t.name))
+            if not session.current_turn or turn_ordinal(newest.name) >= turn_ordinal(session.current_turn):
+                session.current_turn = newest.name
+                session.state = _SESSION_STATE.get(newest.state, session_pb2.Session.STATE_IDLE)
+            session.update_time.CopyFrom(timestamp())
+            session.etag = uuid.uuid4().hex
+            records = list(audit or ())
+            if callable(audit_of):
+                records.extend(audit_of(events))
+            ended = [turn_ordinal(t.name) for t in (turn, *extra_turns) if t.state in TERMINAL]
+            write = Write(
+                session=session,
+                reserved_sequence=self.reserved,
+                turns=[turn, *extra_turns],
+                events=[(e, turn_ordinal(e.turn), False) for e in events]
+                + [(e, ordinal, True) for e, ordinal in self.pending if ordinal not in ended],
+                audit=records,
+                commands=list(commands),
+                compact_turns=ended,
+                runner=runner,
+                lease_until=lease_until,
+            )
+            await self.store.write(write)
+            self.pending.clear()
+            self.session = session
+            if turn_ordinal(newest.name) >= turn_ordinal(self.turn.name if self.turn else "x/0"):
+                self.turn = newest
+            for event in events:
+                self._publish(event)
+            return events
+
+    async def save_session(self, session: session_pb2.Session) -> None:
+        """Stores a change of the session itself (display name, overrides, acknowledgement)."""
+        async with self.lock:
+            await self.store.write(Write(session=session, reserved_sequence=self.reserved))
+            self.session = session
+
+    def subscribe(self) -> tuple[Subscriber, session_pb2.Session, list[SessionEvent]]:
+        """A new live subscriber, the session as of now, and the deltas not stored yet.
+
+        Must be called with the lock held, so nothing is published in between.
+        """
+        subscriber = Subscriber()
+        self.subscribers.add(subscriber)
+        snapshot = session_pb2.Session()
+        snapshot.CopyFrom(self.session)
+        return subscriber, snapshot, [event for event, _ in self.pending]
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+        self.last_used = time.monotonic()
+
+    def close_streams(self, reason: str) -> None:
+        self._publish(Closed(reason))
+        self.subscribers.clear()
