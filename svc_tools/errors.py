@@ -78,3 +78,25 @@ class ClaimRefused(Exception):
         super().__init__(detail)
         self.state = state
         self.detail = detail
+
+
+class DocumentNotFound(ToolsError):
+    code = Code.NOT_FOUND
+    reason = "DOCUMENT_NOT_FOUND"
+
+
+class DocumentTooLarge(ToolsError):
+    code = Code.INVALID_ARGUMENT
+    reason = "DOCUMENT_TOO_LARGE"
+
+
+class UnsupportedMimeType(ToolsError):
+    code = Code.INVALID_ARGUMENT
+    reason = "UNSUPPORTED_MIME_TYPE"
+
+
+class EmbeddingUnavailable(ToolsError):
+    """The embedding model cannot be reached (or answered nonsense); nothing was stored."""
+
+    code = Code.UNAVAILABLE
+    reason = "EMBEDDING_UNAVAILABLE"
