@@ -1,18 +1,62 @@
-"""svc_profiles: model profiles per role, tenant and mode; the model registry; personas; scores.
+"""svc_profiles: personas, the model registry, tenants' model profiles, and role resolution.
 
-Composition root: settings -> adapters -> core -> servicers -> server.
+Composition root: settings -> adapters (Postgres, trusted persona keys, the deployment
+defaults file) -> core -> servicers -> server.
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
+
+import grpc
+
 from skm_runtime.contract import services_of
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_profiles import api
+from svc_profiles.adapters.keys import Ed25519PersonaKeys
+from svc_profiles.adapters.postgres import PostgresProfileStore
+from svc_profiles.core import Profiles
+from svc_profiles.defaults import load_defaults
 from svc_profiles.settings import ProfilesSettings
+
+log = logging.getLogger("skm.profiles")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 async def build(settings: ProfilesSettings, runtime: RuntimeSettings) -> ServiceSpec:
-    return ServiceSpec(name="profiles", service_names=services_of("profiles"), register=api.register)
+    # Configuration errors stop the start before any connection is opened.
+    defaults = load_defaults(settings.defaults_file)
+    keys = Ed25519PersonaKeys.load(settings.persona_keys, settings.persona_keys_dir)
+    store = await PostgresProfileStore.open(settings.postgres_dsn)
+    profiles = Profiles(store, keys, defaults, now=_now)
+
+    async def start() -> None:
+        await profiles.start()
+        log.info(
+            "deployment defaults loaded",
+            extra={
+                "fields": {
+                    "models": len(defaults.models),
+                    "role_defaults": len(defaults.role_defaults),
+                    "personas": len(defaults.personas),
+                    "trusted_keys": len(keys.key_ids),
+                }
+            },
+        )
+
+    async def stop() -> None:
+        await store.close()
+
+    def register(server: grpc.aio.Server) -> None:
+        api.register(server, profiles)
+
+    return ServiceSpec(
+        name="profiles", service_names=services_of("profiles"), register=register, start=start, stop=stop
+    )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,24 @@
-"""svc_profiles settings (SKM_PROFILES_*)."""
+"""svc_profiles settings: SKM_PROFILES_* plus the database the stack names for everyone."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from skm_runtime.server import ServiceSettings
 from skm_runtime.settings import address
+from svc_profiles.defaults import DEFAULTS_FILE
 
 
 @dataclass(frozen=True, slots=True)
 class ProfilesSettings(ServiceSettings):
     addr: str = address("127.0.0.1:50056")
+    postgres_dsn: str = field(default="postgresql://skm@127.0.0.1:55432/skm", metadata={"env": "SKM_POSTGRES_DSN"})
+    # The deployment defaults (models registered at start, role defaults, built-in personas);
+    # the repository's deploy/profiles/defaults.yaml unless set.
+    defaults_file: Path = DEFAULTS_FILE
+    # Trusted persona publisher keys, "key_id=BASE64" of the 32 raw Ed25519 public key bytes,
+    # comma-separated.
+    persona_keys: tuple[str, ...] = ()
+    # A folder of trusted persona publisher keys, one PEM public key per `{key_id}.pem`.
+    persona_keys_dir: Path | None = None

@@ -890,7 +890,7 @@ async def test_the_committed_defaults_start_and_resolve_as_documented() -> None:
     world = await world_of(defaults)
     tiny = await world.profiles.get_model(TINY)
     assert tiny.endpoint_uri == "http://127.0.0.1:12345/v1"
-    assert (tiny.served_model, tiny.context_length) == ("skm-tiny-untrained", 2048)
+    assert (tiny.served_model, tiny.context_length) == ("skm-tiny-untrained", 8192)
     assert tiny.capabilities == (Capability.CHAT, Capability.STRUCTURED_OUTPUT)
     assert tiny.input_cost.is_zero
     assert tiny.output_cost.is_zero
