@@ -50,8 +50,8 @@ from skm_stack.process import ServerProcess
 # imports this module, and `python -m skm_stack.tinyllm` must not find its own module
 # already imported (runpy would run a second copy of it).
 
-# The context window of every served model (the tiny models are built for 2048 tokens).
-N_CTX = 2048
+# The context window of every served model (the tiny models are built for 8192 tokens).
+N_CTX = 8192
 _HUB_ENDPOINT = "https://huggingface.co"
 _HUB_PROBE_TIMEOUT = 5.0
 

@@ -8,8 +8,10 @@ Tests (tests/conftest.py) and ``python -m skm_stack up`` share this code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -321,6 +323,22 @@ class RunningStack:
             service = start_service(spec, self.state_dir, self.service_env())
             self.services[spec.name] = service
             self._track(spec.name, service.stop, service.process.record, started)
+
+    def restart_service(self, name: str, *, kill: bool = False) -> ServiceProcess:
+        """Stop one started service (SIGKILL with ``kill``: no drain, as in a crash) and
+        start it again on the same address with the same environment."""
+        old = self.services[name]
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(old.process.record.pid, signal.SIGKILL)
+        old.stop()
+        self._started = [entry for entry in self._started if entry[2] is not old.process.record]
+        started = time.monotonic()
+        self.report(f"restarting service {name} on {old.spec.addr}...")
+        service = start_service(old.spec, self.state_dir, self.service_env())
+        self.services[name] = service
+        self._track(name, service.stop, service.process.record, started)
+        return service
 
     def start_envoy(self, upstream_port: int | None = None) -> EnvoyServer:
         """Start Envoy in front of ``upstream_port`` (default: the gateway service's port)."""

@@ -44,7 +44,7 @@ UNTRAINED_NOTE = (
     "UNTRAINED: random weights built by skm_stack.tinyllm for tests; its answers are meaningless "
     "(only the format, e.g. grammar-constrained JSON, is real)"
 )
-CONTEXT_LENGTH = 2048
+CONTEXT_LENGTH = 8192
 VOCAB_SIZE = 2048
 TOKENIZER_FILE = "tokenizer.model"
 

@@ -837,7 +837,9 @@ class Conversation:
         handle = await self._session_for(principal, session_name)
         async with handle.lock:
             start = handle.session.acknowledged_sequence if after is None else after
-            if start < 0 or start > handle.session.last_sequence:
+            # A client may have seen token deltas up to the reserved block that a process
+            # which died never stored: resuming after one of those is fine.
+            if start < 0 or start > max(handle.session.last_sequence, handle.reserved):
                 raise SequenceOutOfRange(
                     f"after_sequence must be between 0 and {handle.session.last_sequence}",
                     metadata={"last_sequence": str(handle.session.last_sequence)},

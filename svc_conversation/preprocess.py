@@ -31,6 +31,7 @@ _INJECTION = re.compile("|".join(f"(?:{m})" for m in _INJECTION_MARKERS), re.IGN
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w+])\+?\d[\d ()./-]{7,}\d(?!\w)")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 
 PROMPT_INJECTION = "PROMPT_INJECTION"
@@ -80,12 +81,22 @@ def _cards(text: str) -> list[re.Match[str]]:
     return found
 
 
+def _phones(text: str) -> list[re.Match[str]]:
+    found = []
+    for match in _PHONE.finditer(text):
+        if _DATE.fullmatch(match.group()):
+            continue
+        if 9 <= len(re.sub(r"\D", "", match.group())) <= 15:
+            found.append(match)
+    return found
+
+
 def has_injection(text: str) -> bool:
     return _INJECTION.search(text) is not None
 
 
 def has_pii(text: str) -> bool:
-    return bool(_EMAIL.search(text) or _cards(text) or _IBAN.search(text) or _PHONE.search(text))
+    return bool(_EMAIL.search(text) or _cards(text) or _IBAN.search(text) or _phones(text))
 
 
 def redact(text: str) -> str:
@@ -94,7 +105,9 @@ def redact(text: str) -> str:
         text = text[: match.start()] + "[card]" + text[match.end() :]
     text = _EMAIL.sub("[email]", text)
     text = _IBAN.sub("[iban]", text)
-    return _PHONE.sub("[phone]", text)
+    for match in sorted(_phones(text), key=lambda m: m.start(), reverse=True):
+        text = text[: match.start()] + "[phone]" + text[match.end() :]
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,8 +51,6 @@ def _money(money: Any) -> float:
 
 def tier_of(model: model_pb2.Model, tier: int) -> ModelTier:
     capabilities = set(model.capabilities)
-    # llama-cpp-python's server takes schemas its own way; other engines the OpenAI way.
-    schema_style = "llama_cpp" if "llama-cpp" in model.display_name.lower() or "skm-tiny" in model.name else "openai"
     return ModelTier(
         name=model.name,
         tier=tier,
@@ -64,7 +62,6 @@ def tier_of(model: model_pb2.Model, tier: int) -> ModelTier:
         output_cost_per_million=_money(model.output_cost_per_million_tokens),
         currency=model.input_cost_per_million_tokens.currency_code or "USD",
         structured_output=model_pb2.MODEL_CAPABILITY_STRUCTURED_OUTPUT in capabilities,
-        schema_style=schema_style,
     )
 
 
