@@ -7,6 +7,7 @@ defaults file) -> core -> servicers -> server.
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import UTC, datetime
 
 import grpc
@@ -14,10 +15,11 @@ import grpc
 from skm_runtime.contract import services_of
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_profiles import api
-from svc_profiles.adapters.keys import Ed25519PersonaKeys
+from svc_profiles.adapters.keys import Ed25519PersonaKeys, PersonaKeysInvalid
 from svc_profiles.adapters.postgres import PostgresProfileStore
 from svc_profiles.core import Profiles
 from svc_profiles.defaults import load_defaults
+from svc_profiles.errors import DefaultsInvalid
 from svc_profiles.settings import ProfilesSettings
 
 log = logging.getLogger("skm.profiles")
@@ -59,5 +61,14 @@ async def build(settings: ProfilesSettings, runtime: RuntimeSettings) -> Service
     )
 
 
+def main() -> int:
+    try:
+        return run("profiles", ProfilesSettings, build)
+    except (DefaultsInvalid, PersonaKeysInvalid) as exc:
+        # Configuration, like a bad SKM_* value: named on stderr, exit 2, no traceback.
+        print(f"svc_profiles: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(run("profiles", ProfilesSettings, build))
+    raise SystemExit(main())
