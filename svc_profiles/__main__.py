@@ -15,7 +15,7 @@ import grpc
 from skm_runtime.contract import services_of
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_profiles import api
-from svc_profiles.adapters.keys import Ed25519PersonaKeys, PersonaKeysInvalid
+from svc_profiles.adapters.keys import Ed25519PersonaKeys, Ed25519PersonaSigner, PersonaKeysInvalid
 from svc_profiles.adapters.postgres import PostgresProfileStore
 from svc_profiles.core import Profiles
 from svc_profiles.defaults import load_defaults
@@ -33,8 +33,12 @@ async def build(settings: ProfilesSettings, runtime: RuntimeSettings) -> Service
     # Configuration errors stop the start before any connection is opened.
     defaults = load_defaults(settings.defaults_file)
     keys = Ed25519PersonaKeys.load(settings.persona_keys, settings.persona_keys_dir)
+    signer = None
+    if settings.builtin_signing_key_file is not None:
+        signer = Ed25519PersonaSigner.load(settings.builtin_signing_key_id, settings.builtin_signing_key_file)
+        keys = keys.trusting(signer.key_id, signer.public_key)
     store = await PostgresProfileStore.open(settings.postgres_dsn)
-    profiles = Profiles(store, keys, defaults, now=_now)
+    profiles = Profiles(store, keys, defaults, now=_now, builtin_signer=signer)
 
     async def start() -> None:
         await profiles.start()
@@ -46,6 +50,7 @@ async def build(settings: ProfilesSettings, runtime: RuntimeSettings) -> Service
                     "role_defaults": len(defaults.role_defaults),
                     "personas": len(defaults.personas),
                     "trusted_keys": len(keys.key_ids),
+                    "built_in_personas_signed": signer is not None,
                 }
             },
         )

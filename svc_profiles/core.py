@@ -67,7 +67,7 @@ from svc_profiles.model import (
     ResolvedModelProfile,
     RoleDefault,
 )
-from svc_profiles.ports import PersonaKeys, ProfileStore
+from svc_profiles.ports import PersonaKeys, PersonaSigner, ProfileStore
 
 PERSONA_PAGE = 50
 MODEL_PAGE = 100
@@ -142,8 +142,9 @@ def _changed(current: Any, patch: Any, fields: dict[str, str]) -> Any:
     return dataclasses.replace(current, **{attr: getattr(patch, attr) for attr in fields.values()})
 
 
-def builtin_persona_of(builtin: BuiltInPersona, tenant: str) -> Persona:
-    """A built-in persona as one tenant sees it (its tools named in that tenant)."""
+def builtin_persona_of(builtin: BuiltInPersona, tenant: str, signer: PersonaSigner | None = None) -> Persona:
+    """A built-in persona as one tenant sees it (its tools named in that tenant), signed by
+    the deployment's key when it has one."""
     persona = Persona(
         name=f"{tenant}/personas/{builtin.persona_id}",
         display_name=builtin.display_name,
@@ -156,8 +157,15 @@ def builtin_persona_of(builtin: BuiltInPersona, tenant: str) -> Persona:
         built_in=True,
     )
     digest = bundle_digest(persona)
-    # Stable across processes and restarts; changes when the configured persona does.
-    return dataclasses.replace(persona, bundle_digest=digest, etag=f"builtin-{digest[:24]}")
+    signature = signer.sign(bytes.fromhex(digest)) if signer is not None else b""
+    return dataclasses.replace(
+        persona,
+        bundle_digest=digest,
+        signature=signature,
+        signing_key=signer.key_id if signer is not None else "",
+        # Stable across processes and restarts; changes when the configured persona does.
+        etag=f"builtin-{digest[:24]}",
+    )
 
 
 class Profiles:
@@ -170,12 +178,16 @@ class Profiles:
         defaults: Defaults,
         *,
         now: Callable[[], datetime],
+        builtin_signer: PersonaSigner | None = None,
     ) -> None:
+        """`builtin_signer` signs the built-in personas (its key must be among `keys`);
+        without one they are unsigned, so that only DEVELOPER-mode sessions may run them."""
         self._store = store
         self._keys = keys
         self._defaults = defaults
         self._builtins = {persona.persona_id: persona for persona in defaults.personas}
         self._now = now
+        self._signer = builtin_signer
 
     # -- deployment defaults ---------------------------------------------------------------
 
@@ -186,6 +198,8 @@ class Profiles:
         start rather than fail its first resolutions.
         """
         problems = [f"{v.field}: {v.description}" for v in self._defaults_violations()]
+        if self._signer is not None and not self._keys.is_trusted(self._signer.key_id):
+            problems.append(f"the built-in persona key {self._signer.key_id} is not among the trusted keys")
         if problems:
             raise DefaultsInvalid("deployment defaults", problems)
         now = self._now()
@@ -316,7 +330,7 @@ class Profiles:
             after = PersonaCursor(position[0], position[1])
         stored = await self._store.list_personas(tenant, after, size + 1)
         replaced = await self._store.stored_persona_ids(tenant, list(self._builtins)) if self._builtins else set()
-        builtins = [builtin_persona_of(b, tenant) for i, b in self._builtins.items() if i not in replaced]
+        builtins = [builtin_persona_of(b, tenant, self._signer) for i, b in self._builtins.items() if i not in replaced]
         if after is not None:
             builtins = [p for p in builtins if (p.display_name, p.persona_id) > (after.display_name, after.persona_id)]
         merged = sorted([*stored, *builtins], key=lambda p: (p.display_name, p.persona_id))
@@ -396,7 +410,7 @@ class Profiles:
         builtin = self._builtins.get(persona_id)
         if builtin is None:
             raise _persona_not_found(name)
-        return builtin_persona_of(builtin, tenant)
+        return builtin_persona_of(builtin, tenant, self._signer)
 
     async def _check_preferences(self, persona: Persona) -> None:
         await self._models_for(

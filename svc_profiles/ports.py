@@ -99,3 +99,14 @@ class PersonaKeys(Protocol):
         """True only when `key_id` is trusted and `signature` is its Ed25519 signature of
         `message`."""
         ...
+
+
+class PersonaSigner(Protocol):
+    """The deployment's own publisher key, which signs the built-in personas."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def sign(self, message: bytes) -> bytes:
+        """The Ed25519 signature of `message`."""
+        ...

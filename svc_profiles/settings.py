@@ -22,3 +22,8 @@ class ProfilesSettings(ServiceSettings):
     persona_keys: tuple[str, ...] = ()
     # A folder of trusted persona publisher keys, one PEM public key per `{key_id}.pem`.
     persona_keys_dir: Path | None = None
+    # The deployment's Ed25519 private key (unencrypted PEM) that signs the built-in personas,
+    # its public half trusted as `builtin_signing_key_id`. Unset: built-in personas are
+    # unsigned, so svc_conversation runs them in DEVELOPER mode only.
+    builtin_signing_key_file: Path | None = None
+    builtin_signing_key_id: str = "deployment"

@@ -6,7 +6,10 @@ Keys come from settings, in either or both forms:
   one per key, the key id being the file name without `.pem`;
 - entries `key_id=BASE64` of the 32 raw public key bytes (standard or URL-safe base64).
 
-Only public keys are read; a private key file in the folder is refused.
+Only public keys are read there; a private key file in the folder is refused.
+
+`Ed25519PersonaSigner` holds the one private key svc_profiles may have: the deployment's
+key for its built-in personas (see ProfilesSettings.builtin_signing_key_file).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
@@ -62,6 +65,12 @@ class Ed25519PersonaKeys:
             raise PersonaKeysInvalid("trusted persona keys:\n  " + "\n  ".join(problems))
         return cls(keys)
 
+    def trusting(self, key_id: str, key: Ed25519PublicKey) -> Ed25519PersonaKeys:
+        """These keys and one more."""
+        if key_id in self._keys:
+            raise PersonaKeysInvalid(f"trusted persona keys: key id {key_id} given twice")
+        return Ed25519PersonaKeys({**self._keys, key_id: key})
+
     @property
     def key_ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._keys))
@@ -97,3 +106,36 @@ def _load_pem(path: Path, keys: dict[str, Ed25519PublicKey]) -> str:
         return f"{path.name}: key id {key_id} given twice"
     keys[key_id] = key
     return ""
+
+
+class Ed25519PersonaSigner:
+    """Signs with the deployment's built-in persona key."""
+
+    def __init__(self, key_id: str, key: Ed25519PrivateKey) -> None:
+        self._key_id = key_id
+        self._key = key
+
+    @classmethod
+    def load(cls, key_id: str, path: Path) -> Ed25519PersonaSigner:
+        if not _KEY_ID.fullmatch(key_id):
+            raise PersonaKeysInvalid(f"built-in persona key id {key_id[:40]!r}: 1-128 characters of [A-Za-z0-9_.-]")
+        try:
+            key = load_pem_private_key(path.read_bytes(), password=None)
+        except OSError as exc:
+            raise PersonaKeysInvalid(f"{path}: cannot be read: {exc.strerror or exc}") from None
+        except (ValueError, TypeError):
+            raise PersonaKeysInvalid(f"{path}: not an unencrypted PEM private key") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise PersonaKeysInvalid(f"{path}: not an Ed25519 key")
+        return cls(key_id, key)
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)

@@ -50,6 +50,7 @@ LARGE = "models/skm-tiny-untrained-large"
 MINILM = "models/all-minilm-l6-v2"
 KEY_ID = "publisher-1"
 SIGNER = Ed25519PrivateKey.generate()
+DEPLOYMENT_KEY = Ed25519PrivateKey.generate()
 
 
 def _public_entry(key: Ed25519PrivateKey) -> str:
@@ -57,13 +58,26 @@ def _public_entry(key: Ed25519PrivateKey) -> str:
     return f"{KEY_ID}={base64.b64encode(raw).decode()}"
 
 
-def profiles_settings(stack: RunningStack) -> ProfilesSettings:
-    return ProfilesSettings(addr="127.0.0.1:0", postgres_dsn=stack.postgres_dsn, persona_keys=(_public_entry(SIGNER),))
+@pytest.fixture(scope="module")
+def settings(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> ProfilesSettings:
+    """Trusts SIGNER; signs the built-in personas with DEPLOYMENT_KEY."""
+    key_file = tmp_path_factory.mktemp("profiles-keys") / "deployment.pem"
+    key_file.write_bytes(
+        DEPLOYMENT_KEY.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return ProfilesSettings(
+        addr="127.0.0.1:0",
+        postgres_dsn=stack.postgres_dsn,
+        persona_keys=(_public_entry(SIGNER),),
+        builtin_signing_key_file=key_file,
+    )
 
 
 @pytest.fixture(scope="module")
-async def profiles(stack: RunningStack) -> AsyncIterator[Served]:
-    async with serving(await build(profiles_settings(stack), RuntimeSettings()), record_spans=False) as served:
+async def profiles(settings: ProfilesSettings) -> AsyncIterator[Served]:
+    async with serving(await build(settings, RuntimeSettings()), record_spans=False) as served:
         yield served
 
 
@@ -197,6 +211,9 @@ async def test_a_new_tenant_already_has_the_built_in_personas(client: Client) ->
     assert len(agent.bundle_digest) == 64
     assert agent.etag
     assert not agent.HasField("create_time")
+    # Signed with the deployment's key, for this tenant's bundle.
+    assert agent.signing_key == "deployment"
+    DEPLOYMENT_KEY.public_key().verify(agent.signature, bytes.fromhex(agent.bundle_digest))
 
 
 async def test_persona_lifecycle_on_postgres(client: Client, stack: RunningStack) -> None:
@@ -631,9 +648,11 @@ async def test_resolution_and_profile_errors(client: Client) -> None:
     assert bad_parent.reason == "INVALID_RESOURCE_NAME"
 
 
-async def test_a_restart_migrates_idempotently_and_keeps_unchanged_models(stack: RunningStack, client: Client) -> None:
+async def test_a_restart_migrates_idempotently_and_keeps_unchanged_models(
+    settings: ProfilesSettings, client: Client
+) -> None:
     before = (await client.models.GetModel(model_service_pb2.GetModelRequest(name=TINY))).model
-    spec = await build(profiles_settings(stack), RuntimeSettings())
+    spec = await build(settings, RuntimeSettings())
     async with serving(spec, record_spans=False) as second, grpc.aio.insecure_channel(second.target) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         after = (await stub.GetModel(model_service_pb2.GetModelRequest(name=TINY))).model

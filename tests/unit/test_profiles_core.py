@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from skm.profiles.v1 import persona_pb2
 from skm_runtime.errors import SkmError
 from svc_profiles import convert
-from svc_profiles.adapters.keys import Ed25519PersonaKeys, PersonaKeysInvalid
+from svc_profiles.adapters.keys import Ed25519PersonaKeys, Ed25519PersonaSigner, PersonaKeysInvalid
 from svc_profiles.bundle import bundle_digest, bundle_json, canonical_json, number_text
 from svc_profiles.core import Profiles
 from svc_profiles.defaults import DEFAULTS_FILE, load_defaults, parse_defaults
@@ -582,6 +582,30 @@ async def test_built_in_personas_exist_in_every_tenant_with_its_own_tools(world:
         await world.profiles.get_persona(f"{T1}/personas/nobody", None)
 
 
+async def test_the_deployment_key_signs_built_in_personas_per_tenant() -> None:
+    deployment = Ed25519PrivateKey.generate()
+    signer = Ed25519PersonaSigner("deployment", deployment)
+    keys = Ed25519PersonaKeys({}).trusting("deployment", signer.public_key)
+    profiles = Profiles(MemoryStore(), keys, DEFAULTS, now=Clock(), builtin_signer=signer)
+    await profiles.start()
+    for tenant in (T1, T2):
+        agent = await profiles.get_persona(f"{tenant}/personas/default", None)
+        assert agent.signing_key == "deployment"
+        assert keys.verify("deployment", agent.signature, bytes.fromhex(agent.bundle_digest))
+    listed, _ = await profiles.list_personas(T1, 0, "", None)
+    assert all(p.signature for p in listed)
+    # The tenant's copy keeps the signature while its bundle is the signed one.
+    agent = await profiles.get_persona(f"{T1}/personas/default", None)
+    lineage = Lineage(parent_persona=agent.name, parent_bundle_digest=agent.bundle_digest)
+    copy = await profiles.update_persona(dataclasses.replace(agent, lineage=lineage), ["lineage"], None)
+    assert (copy.signature, copy.built_in) == (agent.signature, False)
+    changed = await profiles.update_persona(dataclasses.replace(copy, tone="x"), ["tone"], None)
+    assert changed.signature == b""
+    untrusted = Profiles(MemoryStore(), Ed25519PersonaKeys({}), DEFAULTS, now=Clock(), builtin_signer=signer)
+    with pytest.raises(DefaultsInvalid, match="not among the trusted keys"):
+        await untrusted.start()
+
+
 async def test_a_tenant_replaces_a_built_in_persona_and_gets_it_back(world: World) -> None:
     name = f"{T1}/personas/default"
     builtin = await world.profiles.get_persona(name, None)
@@ -1029,6 +1053,26 @@ def test_trusted_keys_load_from_entries_and_a_folder(tmp_path: Path) -> None:
         Ed25519PersonaKeys.load(["k=AAAA"])
     with pytest.raises(PersonaKeysInvalid, match="expected key_id=BASE64"):
         Ed25519PersonaKeys.load(["just-a-key"])
+
+
+def test_the_built_in_signing_key_loads_from_a_private_pem(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "deployment.pem"
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    signer = Ed25519PersonaSigner.load("deployment", path)
+    assert Ed25519PersonaKeys({"deployment": key.public_key()}).verify("deployment", signer.sign(b"m"), b"m")
+    public = tmp_path / "public.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(PersonaKeysInvalid, match="not an unencrypted PEM private key"):
+        Ed25519PersonaSigner.load("deployment", public)
+    with pytest.raises(PersonaKeysInvalid, match="cannot be read"):
+        Ed25519PersonaSigner.load("deployment", tmp_path / "missing.pem")
+    with pytest.raises(PersonaKeysInvalid, match="given twice"):
+        Ed25519PersonaKeys({"deployment": key.public_key()}).trusting("deployment", key.public_key())
 
 
 def test_wire_personas_round_trip() -> None:
