@@ -69,6 +69,8 @@ from svc_profiles.model import (
 )
 from svc_profiles.ports import PersonaKeys, PersonaSigner, ProfileStore
 
+T = TypeVar("T")
+
 PERSONA_PAGE = 50
 MODEL_PAGE = 100
 PROFILE_PAGE = 50
@@ -728,9 +730,6 @@ class Profiles:
 
 def _as_override(base: ModelProfile | RoleDefault) -> ModelOverride:
     return ModelOverride(base.role, base.model_tiers, base.temperature, base.max_output_tokens)
-
-
-T = TypeVar("T")
 
 
 def _same_request(earlier: tuple[T, str], fingerprint: str, request_id: str) -> T:
