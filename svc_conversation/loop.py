@@ -276,8 +276,9 @@ class TurnRun:
         """Records the pre-processing verdict; True when the message is refused."""
         text = self.turn.input_text
         verdict = preprocess.heuristics(text, refuse_injection=self.c.settings.refuse_prompt_injection)
+        calls: list[tuple[str, object]] = []
         if not verdict.refused:
-            verdict = await self._intent(verdict)
+            verdict = await self._intent(verdict, calls)
         message = turn_pb2.PreprocessingVerdict(
             intent=verdict.intent,
             intent_confidence=verdict.intent_confidence,
@@ -301,10 +302,11 @@ class TurnRun:
                 ),
             )
             return True
-        await self._step(("preprocessing", message))
+        # The pre-SLM's calls are recorded right after the verdict they served.
+        await self._step(("preprocessing", message), *calls)
         return False
 
-    async def _intent(self, verdict: preprocess.Verdict) -> preprocess.Verdict:
+    async def _intent(self, verdict: preprocess.Verdict, calls: list[tuple[str, object]]) -> preprocess.Verdict:
         session = self.handle.session
         try:
             profile = await self.c.profiles.resolve(
@@ -326,20 +328,21 @@ class TurnRun:
             try:
                 result = await self.c.llm.complete(tier, request)
             except ModelCallFailed as failure:
-                await self._model_call(0, failure.stats, PRE_SLM, failure.reason)
+                calls.append(self._model_call_event(0, failure.stats, PRE_SLM, failure.reason))
                 continue
-            await self._model_call(0, result.stats, PRE_SLM, "")
+            calls.append(self._model_call_event(0, result.stats, PRE_SLM, ""))
             return preprocess.with_intent(verdict, result.text)
         return verdict
 
     # -- model calls -----------------------------------------------------------------
 
-    async def _model_call(self, iteration: int, stats: CallStats, role: int, failure: str) -> None:
+    def _model_call_event(self, iteration: int, stats: CallStats, role: int, failure: str) -> tuple[str, object]:
         usage = usage_of(stats, role)
         self.turn.model_calls.append(usage)
-        await self._step(
-            ("model_call", session_event_pb2.ModelCall(iteration=iteration, usage=usage, failure_reason=failure))
-        )
+        return "model_call", session_event_pb2.ModelCall(iteration=iteration, usage=usage, failure_reason=failure)
+
+    async def _model_call(self, iteration: int, stats: CallStats, role: int, failure: str) -> None:
+        await self._step(self._model_call_event(iteration, stats, role, failure))
 
     async def _call_primary(
         self, profile: ResolvedProfile, iteration: int, messages: list[dict[str, str]], tools: Sequence[ToolSpec]

@@ -23,6 +23,8 @@ from aiokafka import AIOKafkaConsumer
 
 from skm.conversation.v1 import (
     conversation_service_pb2 as pb,
+)
+from skm.conversation.v1 import (
     conversation_service_pb2_grpc,
     session_pb2,
     turn_pb2,
@@ -142,16 +144,16 @@ def _kinds(events: list[Any]) -> list[str]:
     return [event.WhichOneof("event") for event in events]
 
 
-async def _audit(bootstrap: str, session: str, *, until: int, timeout: float = 60.0) -> list[event_pb2.Event]:
+async def _audit(bootstrap: str, session: str, *, until: int, seconds: float = 60.0) -> list[event_pb2.Event]:
     """The session's audit events on Kafka, once ``until`` of svc_conversation's own have
-    arrived (and 2 s more, for any duplicate to show), or when ``timeout`` runs out."""
+    arrived (and 2 s more, for any duplicate to show), or when ``seconds`` have passed."""
     consumer = AIOKafkaConsumer(
         "audit", bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     found: list[event_pb2.Event] = []
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if sum(1 for e in found if e.source == "conversation") >= until:
                 deadline = min(deadline, time.monotonic() + 2.0)
@@ -183,7 +185,8 @@ async def test_a_turn_with_a_tool_call_streams_tokens_verdict_result_and_respons
     assert kinds[:3] == ["turn_state_changed", "user_message", "preprocessing"]
     assert "token_delta" in kinds
     requested = kinds.index("tool_call_requested")
-    assert kinds.index("token_delta") < kinds.index("model_call") < requested
+    primary = next(i for i, e in enumerate(events) if kinds[i] == "model_call" and e.model_call.iteration == 1)
+    assert kinds.index("token_delta") < primary < requested
     assert events[requested].tool_call_requested.tool.endswith("/tools/code_execution")
     verdict = kinds.index("tool_call_verdict")
     assert verdict == requested + 1
@@ -197,14 +200,16 @@ async def test_a_turn_with_a_tool_call_streams_tokens_verdict_result_and_respons
     stored = await client.stub.GetTurn(pb.GetTurnRequest(name=turn.name), metadata=client.metadata, timeout=10)
     assert stored.turn.state == Turn.STATE_COMPLETED
     assert stored.turn.response_text == events[-2].final_response.text
-    assert [u.model for u in stored.turn.model_calls if u.role == 2][0] == "models/skm-tiny-untrained"
+    assert next(u.model for u in stored.turn.model_calls if u.role == 2) == "models/skm-tiny-untrained"
 
     expected = sum(1 for e in events if e.WhichOneof("event") in {"model_call", "tool_call_requested"}) + 2
-    audit = await _audit(mesh.kafka_bootstrap, session.name, until=expected, timeout=60)
+    audit = await _audit(mesh.kafka_bootstrap, session.name, until=expected, seconds=60)
     ours = [e.WhichOneof("payload") for e in audit if e.source == "conversation"]
     assert len(ours) == expected
-    assert ours[0] == "turn_started" and ours[-1] == "turn_completed"
-    assert "tool_requested" in ours and "model_call_completed" in ours
+    assert ours[0] == "turn_started"
+    assert ours[-1] == "turn_completed"
+    assert "tool_requested" in ours
+    assert "model_call_completed" in ours
     assert ours.index("tool_requested") > ours.index("model_call_completed")
     assert any(e.WhichOneof("payload") == "tool_completed" for e in audit)
     ids = [e.event_id for e in audit]
@@ -244,18 +249,25 @@ async def test_interrupt_stops_generation_resume_continues_and_rerun_takes_the_n
     rerun = await client.stub.RerunTurn(
         pb.RerunTurnRequest(name=turn.name, request_id=str(uuid.uuid4())), metadata=client.metadata, timeout=10
     )
-    assert rerun.turn.rerun_of == turn.name and rerun.turn.start_tier == 1
+    assert rerun.turn.rerun_of == turn.name
+    assert rerun.turn.start_tier == 1
     events = await _read_turn(stream, rerun.turn.name)
-    calls = [e.model_call.usage for e in events if e.WhichOneof("event") == "model_call" and e.model_call.usage.role == 2]
-    assert calls and {u.model for u in calls} == {"models/skm-tiny-untrained-large"}
+    calls = [
+        e.model_call.usage for e in events if e.WhichOneof("event") == "model_call" and e.model_call.usage.role == 2
+    ]
+    assert calls
+    assert {u.model for u in calls} == {"models/skm-tiny-untrained-large"}
     assert {u.tier for u in calls} == {1}
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await client.stub.RerunTurn(
-            pb.RerunTurnRequest(name=rerun.turn.name, request_id=str(uuid.uuid4())), metadata=client.metadata, timeout=10
+            pb.RerunTurnRequest(name=rerun.turn.name, request_id=str(uuid.uuid4())),
+            metadata=client.metadata,
+            timeout=10,
         )
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info_of(raised.value)
-    assert info is not None and info.reason == "NO_LARGER_MODEL"
+    assert info is not None
+    assert info.reason == "NO_LARGER_MODEL"
 
 
 async def test_bad_messages_get_clear_errors_and_the_session_stays_usable(mesh: RunningStack) -> None:
@@ -296,7 +308,8 @@ async def test_bad_messages_get_clear_errors_and_the_session_stays_usable(mesh: 
         )
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
     got = await client.stub.GetSession(pb.GetSessionRequest(name=session.name), metadata=client.metadata, timeout=10)
-    assert got.session.last_sequence == 0 and not got.session.current_turn
+    assert got.session.last_sequence == 0
+    assert not got.session.current_turn
     # The session still works.
     stream = client.events(session.name)
     await anext(stream)
@@ -321,7 +334,8 @@ async def test_a_prompt_injection_is_refused_before_any_model_sees_it(mesh: Runn
         "turn_state_changed",
     ]
     verdict = events[2].preprocessing
-    assert verdict.refused and verdict.refusal_reason == "PROMPT_INJECTION"
+    assert verdict.refused
+    assert verdict.refusal_reason == "PROMPT_INJECTION"
     assert events[-1].turn_state_changed.state == Turn.STATE_REFUSED
 
 
@@ -369,7 +383,7 @@ async def test_kafka_down_during_a_turn_loses_no_audit_event(mesh: RunningStack)
     finally:
         await asyncio.to_thread(mesh.start_server, "kafka")
     expected = sum(1 for e in events if e.WhichOneof("event") in {"model_call", "tool_call_requested"}) + 2
-    audit = await _audit(mesh.kafka_bootstrap, session.name, until=expected, timeout=90)
+    audit = await _audit(mesh.kafka_bootstrap, session.name, until=expected, seconds=90)
     ours = [e for e in audit if e.source == "conversation"]
     assert len(ours) == expected
     assert len({e.event_id for e in ours}) == expected

@@ -29,8 +29,10 @@ export const file_skm_conversation_v1_session_event: GenFile = /*@__PURE__*/
  * interleave):
  *   1. turn_state_changed RUNNING: the first event of every turn.
  *   2. user_message: once, the input that started the turn.
- *   3. preprocessing: once, before any model output. A refusal continues
- *      with final_response (the refusal text) and turn_state_changed REFUSED.
+ *   3. preprocessing: once, before any model output, followed by the
+ *      model_calls (iteration 0) of the PRE_SLM that served it. A refusal
+ *      continues with final_response (the refusal text) and
+ *      turn_state_changed REFUSED.
  *   4. Then one or more iterations; each one is:
  *      a. token_delta*, then model_call, per model attempt. token_deltas
  *         before a model_call belong to the attempt it reports; when that
