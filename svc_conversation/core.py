@@ -282,6 +282,16 @@ class Conversation:
         # No utility model answered: keep the newest part of the transcript instead.
         return transcript[-2000:]
 
+    async def subordinate_depth(self, session: Session) -> int:
+        """How many superiors the session has."""
+        depth = 0
+        superior = session.superior_session
+        while superior and depth < 16:
+            depth += 1
+            found = await self.store.get_session(superior)
+            superior = found[0].superior_session if found is not None else ""
+        return depth
+
     async def subordinate(
         self, run: TurnRun, requested: session_event_pb2.ToolCallRequested, call: ToolCall
     ) -> execution_pb2.ToolResult:
@@ -318,10 +328,21 @@ class Conversation:
             run.principal, run.principal.tenant, child, request_id, superior=session.name
         )
         turn = await self.send_message(run.principal, created.name, message, request_id, "")
-        handle = await self._handle(created.name)
-        if handle.runner is not None:
-            await asyncio.shield(handle.runner)
-        finished = await self.store.get_turn(created.name, turn_ordinal(turn.name))
+        try:
+            while True:
+                handle = await self._handle(created.name)
+                if handle.runner is not None and not handle.runner.done():
+                    await asyncio.shield(handle.runner)
+                finished = await self.store.get_turn(created.name, turn_ordinal(turn.name))
+                if finished is None or finished.state not in ACTIVE:
+                    break
+                # Run elsewhere (e.g. taken over after a restart): wait for its end.
+                await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            # The superior was interrupted: its subordinate stops with it.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.interrupt(run.principal, turn.name, str(uuid.uuid4())))
+            raise
         if finished is not None and finished.state == Turn.STATE_COMPLETED:
             result = execution_pb2.ToolResult(
                 success=execution_pb2.ToolSuccess(output_json=json.dumps({"response": finished.response_text}))

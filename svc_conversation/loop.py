@@ -160,6 +160,8 @@ class TurnRun:
         persona = await self.c.persona(session.persona, self.principal)
         catalogue = await self.c.catalogue(self.principal)
         offered = [tool for tool in catalogue if tool.id in persona.allowed_tools or tool.id == RESPONSE_TOOL]
+        if await self.c.subordinate_depth(session) >= self.c.settings.max_subordinate_depth:
+            offered = [tool for tool in offered if tool.id != SUBORDINATE_TOOL]
         context = await self._context(persona, offered)
         if not context.preprocessed and await self._preprocess():
             return

@@ -28,6 +28,9 @@ class ConversationSettings(ServiceSettings):
     # History is compressed by the UTILITY model when the prompt would pass this share of
     # the model's context window.
     compress_at_context_share: float = bounded(0.7, low=0.1, high=0.95)
+    # How deep subordinates may nest: a session this many superiors down is not offered
+    # call_subordinate (0 turns subordinates off).
+    max_subordinate_depth: int = bounded(2, low=0, high=10)
     # Refuse messages that carry prompt-injection markers (the verdict is recorded either way).
     refuse_prompt_injection: bool = True
     # A process that stops renewing its lease on a running turn for this long loses the

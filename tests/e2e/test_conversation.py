@@ -30,7 +30,14 @@ from skm.conversation.v1 import (
     turn_pb2,
 )
 from skm.events.v1 import event_pb2
-from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm.policy.v1 import (
+    access_pb2,
+    blocked_action_service_pb2,
+    blocked_action_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+)
+from skm.tools.v1 import execution_pb2
 from skm.type.v1 import deployment_mode_pb2, policy_decision_pb2
 from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
@@ -294,7 +301,7 @@ async def test_bad_messages_get_clear_errors_and_the_session_stays_usable(mesh: 
         pb.SendMessageRequest(session=session.name, text="hi", request_id=rid, tool_choice="format_disk")
     ) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TOOL_CHOICE")
     # Malformed bytes straight at the method, through Envoy and the gateway.
-    raw = client.channel.unary_unary("/skm.conversation.v1.ConversationService/SendMessage")
+    raw: Any = client.channel.unary_unary("/skm.conversation.v1.ConversationService/SendMessage")
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await raw(b"\xff\xff\xff", metadata=client.metadata, timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -389,3 +396,193 @@ async def test_kafka_down_during_a_turn_loses_no_audit_event(mesh: RunningStack)
     assert len({e.event_id for e in ours}) == expected
     assert ours[0].WhichOneof("payload") == "turn_started"
     assert ours[-1].WhichOneof("payload") == "turn_completed"
+
+
+async def test_a_high_risk_tool_call_waits_for_an_operator_then_runs_once(mesh: RunningStack) -> None:
+    tenant = f"c{uuid.uuid4().hex[:8]}"
+    await _grant(mesh, tenant, users={"alice": "member", "olga": "operator"}, low_risk=False)
+    client = Client(mesh, tenant, "alice")
+    operator = Client(mesh, tenant, "olga")
+    session = await client.session()
+    stream = client.events(session.name)
+    await anext(stream)
+    turn = await client.send(session.name, "Run this for me.", tool_choice="code_execution")
+    seen: list[Any] = []
+    async for message in stream:
+        if message.HasField("event"):
+            seen.append(message.event)
+            change = message.event.turn_state_changed
+            if (
+                message.event.WhichOneof("event") == "turn_state_changed"
+                and change.state == Turn.STATE_AWAITING_APPROVAL
+            ):
+                break
+    verdict = next(e.tool_call_verdict for e in seen if e.WhichOneof("event") == "tool_call_verdict")
+    assert verdict.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
+    assert verdict.decision.blocked_action.startswith(f"tenants/{tenant}/blockedActions/")
+    got = await client.stub.GetSession(pb.GetSessionRequest(name=session.name), metadata=client.metadata, timeout=10)
+    assert got.session.state == session_pb2.Session.STATE_AWAITING_APPROVAL
+    blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(operator.channel)
+    await blocked.ApproveBlockedAction(
+        blocked_action_service_pb2.ApproveBlockedActionRequest(name=verdict.decision.blocked_action, note="ok"),
+        metadata=operator.metadata,
+        timeout=10,
+    )
+    events = await _read_turn(stream, turn.name)
+    kinds = _kinds(events)
+    assert kinds[0] == "turn_state_changed"
+    assert events[0].turn_state_changed.state == Turn.STATE_RUNNING
+    results = [e.tool_call_result for e in events if e.WhichOneof("event") == "tool_call_result"]
+    assert results[0].execution.startswith(f"tenants/{tenant}/executions/")
+    assert events[-1].turn_state_changed.state in TERMINAL
+    assert operator.tenant == client.tenant
+
+
+async def _spawn_turn(client: Client) -> tuple[session_pb2.Session, list[Any]]:
+    session = await client.session()
+    stream = client.events(session.name)
+    await anext(stream)
+    turn = await client.send(session.name, "Ask a helper.", tool_choice="call_subordinate")
+    return session, await _read_turn(stream, turn.name)
+
+
+async def _sessions(client: Client) -> list[session_pb2.Session]:
+    reply = await client.stub.ListSessions(
+        pb.ListSessionsRequest(parent=client.tenant), metadata=client.metadata, timeout=10
+    )
+    return list(reply.sessions)
+
+
+async def test_spawning_a_subordinate_is_decided_by_policy(mesh: RunningStack) -> None:
+    tenant, client = await _tenant(mesh)
+    session, events = await _spawn_turn(client)
+    verdict = next(e.tool_call_verdict for e in events if e.WhichOneof("event") == "tool_call_verdict")
+    assert verdict.decision.verdict == policy_decision_pb2.VERDICT_DENY
+    result = next(e.tool_call_result for e in events if e.WhichOneof("event") == "tool_call_result")
+    assert result.result.failure.reason == execution_pb2.FAILURE_REASON_DENIED
+    # Denied: no subordinate session exists.
+    assert [s.name for s in await _sessions(client)] == [session.name]
+
+    persona = f"persona:tenants/{tenant}/personas/default"
+    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+        await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=f"tenants/{tenant}",
+                relationships=[access_pb2.Relationship(subject=persona, relation="spawner", object=persona)],
+            ),
+            timeout=10,
+        )
+    session, events = await _spawn_turn(client)
+    verdict = next(e.tool_call_verdict for e in events if e.WhichOneof("event") == "tool_call_verdict")
+    assert verdict.decision.verdict == policy_decision_pb2.VERDICT_ALLOW
+    result = next(e.tool_call_result for e in events if e.WhichOneof("event") == "tool_call_result")
+    children = [s for s in await _sessions(client) if s.superior_session == session.name]
+    assert [c.name for c in children] == [result.execution]
+
+
+async def _drain(call: Any) -> None:
+    while True:
+        await call.read()
+
+
+async def test_converse_carries_commands_and_events_on_one_stream(mesh: RunningStack) -> None:
+    _, client = await _tenant(mesh)
+    session = await client.session()
+    outgoing: asyncio.Queue[pb.ConverseRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[pb.ConverseRequest]:
+        while (item := await outgoing.get()) is not None:
+            yield item
+
+    call: Any = client.stub.Converse(requests(), metadata=client.metadata, timeout=120)
+    await outgoing.put(pb.ConverseRequest(session=session.name, config=pb.ConverseConfig()))
+    first = await call.read()
+    assert first.attached.session.name == session.name
+    rid = str(uuid.uuid4())
+    await outgoing.put(
+        pb.ConverseRequest(send_message=pb.SendMessageRequest(session=session.name, text="hello", request_id=rid))
+    )
+    # A second message while the turn runs is rejected; the stream goes on.
+    await outgoing.put(
+        pb.ConverseRequest(
+            send_message=pb.SendMessageRequest(session=session.name, text="again", request_id=str(uuid.uuid4()))
+        )
+    )
+    rejected = None
+    ended = False
+    while not ended:
+        message = await call.read()
+        if message.HasField("rejected"):
+            rejected = message.rejected
+        elif message.HasField("event") and message.event.WhichOneof("event") == "turn_state_changed":
+            ended = message.event.turn_state_changed.state in TERMINAL
+    assert rejected is not None
+    assert (rejected.reason, rejected.code) == ("TURN_IN_PROGRESS", grpc.StatusCode.FAILED_PRECONDITION.value[0])
+    # Config again ends the stream with its own reason.
+    await outgoing.put(pb.ConverseRequest(config=pb.ConverseConfig()))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _drain(call)
+    info = error_info_of(raised.value)
+    assert info is not None
+    assert info.reason == "UNEXPECTED_CONFIG"
+    await outgoing.put(None)
+    # A first message without config is refused.
+    bad: Any = client.stub.Converse(
+        iter([pb.ConverseRequest(session=session.name, ack=pb.AcknowledgeEvents(sequence=1))]),
+        metadata=client.metadata,
+        timeout=30,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await bad.read()
+    info = error_info_of(raised.value)
+    assert info is not None
+    assert info.reason == "FIRST_MESSAGE_NOT_CONFIG"
+
+
+@pytest.mark.parametrize(
+    ("claims", "code", "reason"),
+    [
+        ({"exp": 1}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED"),
+        ({"aud": "someone-else"}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_WRONG_AUDIENCE"),
+        ({"constitution_sha256": "0" * 64}, grpc.StatusCode.FAILED_PRECONDITION, "CONSTITUTION_HASH_STALE"),
+        ({"forged": True}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"),
+        ({"alg_none": True}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"),
+    ],
+)
+async def test_bad_tokens_are_refused_and_nothing_is_written(
+    mesh: RunningStack, claims: dict[str, Any], code: grpc.StatusCode, reason: str
+) -> None:
+    tenant, client = await _tenant(mesh)
+    session = await client.session()
+    user = f"tenants/{tenant}/users/alice"
+    if claims.pop("forged", False):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        other = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        token = jwt.encode(
+            jwt.decode(client.token, options={"verify_signature": False}), other, "EdDSA", headers={"kid": KEY_ID}
+        )
+    elif claims.pop("alg_none", False):
+        token = jwt.encode(
+            jwt.decode(client.token, options={"verify_signature": False}),
+            None,  # type: ignore[arg-type]  # PyJWT signs "none" without a key
+            "none",
+        )
+    else:
+        token = _token(mesh.state_dir, tenant, "alice", **claims)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.SendMessage(
+            pb.SendMessageRequest(session=session.name, text="hi", request_id=str(uuid.uuid4())),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=10,
+        )
+    assert raised.value.code() == code
+    info = error_info_of(raised.value)
+    assert info is not None
+    assert info.reason == reason
+    got = await client.stub.GetSession(pb.GetSessionRequest(name=session.name), metadata=client.metadata, timeout=10)
+    assert got.session.last_sequence == 0
+    assert got.session.owner == user
