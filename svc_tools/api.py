@@ -1,8 +1,4 @@
-"""svc_tools's servicers: request in, one core call, response out.
-
-KnowledgeService is not served yet: its RPCs answer UNIMPLEMENTED (ErrorInfo reason
-NOT_IMPLEMENTED, domain runtime.skm) until the knowledge-base work fills it in.
-"""
+"""svc_tools's servicers: request in, one core call, response out."""
 
 from __future__ import annotations
 
@@ -13,6 +9,7 @@ import grpc
 from opentelemetry import trace
 
 from skm.tools.v1 import (
+    knowledge_service_pb2,
     knowledge_service_pb2_grpc,
     tool_service_pb2,
     tool_service_pb2_grpc,
@@ -20,6 +17,7 @@ from skm.tools.v1 import (
 from skm_runtime.principal import FORWARDED_BY_KEY, principal_from
 from svc_tools import convert
 from svc_tools.core import Tools
+from svc_tools.knowledge import Knowledge
 from svc_tools.model import Principal
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -83,7 +81,34 @@ class ToolApi(tool_service_pb2_grpc.ToolServiceServicer):
 class KnowledgeApi(knowledge_service_pb2_grpc.KnowledgeServiceServicer):
     """skm.tools.v1.KnowledgeService."""
 
+    def __init__(self, knowledge: Knowledge) -> None:
+        self._knowledge = knowledge
 
-def register(server: grpc.aio.Server, tools: Tools) -> None:
+    async def ImportDocument(
+        self, request: knowledge_service_pb2.ImportDocumentRequest, context: Context
+    ) -> knowledge_service_pb2.ImportDocumentResponse:
+        document = await self._knowledge.import_document(
+            request.parent, convert.new_document_of(request.document), _principal(context)
+        )
+        return knowledge_service_pb2.ImportDocumentResponse(document=convert.document_to(document))
+
+    async def ListDocuments(
+        self, request: knowledge_service_pb2.ListDocumentsRequest, context: Context
+    ) -> knowledge_service_pb2.ListDocumentsResponse:
+        documents, token = await self._knowledge.list_documents(
+            request.parent, request.page_size, request.page_token, _principal(context)
+        )
+        return knowledge_service_pb2.ListDocumentsResponse(
+            documents=[convert.document_to(d) for d in documents], next_page_token=token
+        )
+
+    async def DeleteDocument(
+        self, request: knowledge_service_pb2.DeleteDocumentRequest, context: Context
+    ) -> knowledge_service_pb2.DeleteDocumentResponse:
+        await self._knowledge.delete_document(request.name, _principal(context))
+        return knowledge_service_pb2.DeleteDocumentResponse()
+
+
+def register(server: grpc.aio.Server, tools: Tools, knowledge: Knowledge) -> None:
     tool_service_pb2_grpc.add_ToolServiceServicer_to_server(ToolApi(tools), server)
-    knowledge_service_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeApi(), server)  # type: ignore[abstract]  # not served yet
+    knowledge_service_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeApi(knowledge), server)

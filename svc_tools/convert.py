@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from skm.events.v1 import event_pb2
-from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2
+from skm.tools.v1 import execution_pb2, knowledge_pb2, tool_pb2, tool_service_pb2
 from skm.type.v1 import policy_decision_pb2, principal_pb2
 from skm_runtime.principal import principal_message, role_names
 from svc_tools.model import (
     Accepted,
     Decided,
     Decision,
+    Document,
     ExecuteRequest,
     Execution,
     ExecutionState,
@@ -23,6 +24,8 @@ from svc_tools.model import (
     FailureReason,
     Finished,
     JsonObject,
+    MemoryOperation,
+    NewDocument,
     Output,
     Principal,
     Progressed,
@@ -255,3 +258,29 @@ def tool_completed_event(execution: Execution) -> event_pb2.Event:
     event = _envelope(execution)
     event.tool_completed.execution.CopyFrom(execution_to(execution))
     return event
+
+
+def memory_operation_event(operation: MemoryOperation) -> event_pb2.Event:
+    execution = operation.execution
+    event = _envelope(execution)
+    event.memory_operation.kind = event_pb2.MemoryOperation.Kind.Value(f"KIND_{operation.kind.value}")
+    event.memory_operation.namespace = operation.namespace
+    event.memory_operation.memory_ids.extend(operation.memory_ids)
+    event.memory_operation.execution = execution.name
+    event.memory_operation.turn = execution.turn
+    return event
+
+
+def new_document_of(message: knowledge_pb2.Document) -> NewDocument:
+    return NewDocument(title=message.title, mime_type=message.mime_type, content=message.content)
+
+
+def document_to(document: Document) -> knowledge_pb2.Document:
+    return knowledge_pb2.Document(
+        name=document.name,
+        title=document.title,
+        mime_type=document.mime_type,
+        sha256=document.sha256,
+        chunk_count=document.chunk_count,
+        create_time=_timestamp(document.create_time),
+    )

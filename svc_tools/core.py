@@ -1,5 +1,9 @@
 """svc_tools's use cases: the catalogue, policy-gated tool executions, cancellation.
 
+code_execution runs in the Sandbox; every other tool the service runs (memory, knowledge)
+through its ToolRunner, which also names what the run touches, so that policy is asked
+about that too (e.g. can_write on a memory namespace) before anything runs.
+
 An execution's life (ExecutionState):
 
     CHECKING --ALLOW--> RUNNING --result--> SUCCEEDED | FAILED
@@ -39,7 +43,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]  # jsonschema ships no type information
 
 from skm_runtime.errors import FieldViolation, InvalidArgument
-from svc_tools.catalogue import CODE_EXECUTION, TOOLS
+from svc_tools.catalogue import CODE_EXECUTION, DEFAULT_AREAS, TOOLS
 from svc_tools.errors import (
     ArgumentsInvalid,
     ArgumentsTooLarge,
@@ -57,6 +61,7 @@ from svc_tools.errors import (
 from svc_tools.model import (
     RESTRICTIVENESS,
     Accepted,
+    Access,
     AccessCheck,
     BlockedState,
     Decided,
@@ -83,7 +88,7 @@ from svc_tools.model import (
     Update,
     Verdict,
 )
-from svc_tools.ports import ExecutionStore, PolicyGate, Sandbox
+from svc_tools.ports import ExecutionStore, PolicyGate, Sandbox, ToolRunner
 
 log = logging.getLogger("skm.tools")
 
@@ -186,6 +191,7 @@ class Tools:
         now: Callable[[], datetime],
         max_timeout_seconds: float = 300.0,
         catalogue: Sequence[Tool] = TOOLS,
+        runners: Sequence[ToolRunner] = (),
         instance: str = "",
     ) -> None:
         self._store = store
@@ -196,6 +202,8 @@ class Tools:
         self._catalogue = tuple(sorted(catalogue, key=lambda tool: tool.id))
         self._by_id = {tool.id: tool for tool in self._catalogue}
         self._validators = {tool.id: jsonschema.Draft202012Validator(tool.arguments_schema) for tool in self._catalogue}
+        # Who runs each tool other than code_execution (memory, knowledge).
+        self._runners = {tool_id: runner for runner in runners for tool_id in runner.tool_ids}
         # Which process drives an execution: this one, for as long as it lives.
         self._me = instance or f"tools-{uuid.uuid4()}"
         self._runs: dict[str, _Run] = {}
@@ -564,9 +572,18 @@ class Tools:
     async def _check(self, run: _Run) -> None:
         execution = run.execution
         context = execution.policy_context
-        checks = [AccessCheck(f"user:{execution.principal.user}", "can_execute", f"tool:{execution.tool}", context)]
+        runner = self._runners.get(execution.tool_id)
+        # The tool, then what the run touches (e.g. a memory namespace), for the user and
+        # the persona alike: the most restrictive decision wins.
+        accesses = [Access("can_execute", f"tool:{execution.tool}")]
+        if runner is not None:
+            accesses.extend(await runner.access(execution))
+        subjects = [f"user:{execution.principal.user}"]
         if execution.persona:
-            checks.append(AccessCheck(f"persona:{execution.persona}", "can_execute", f"tool:{execution.tool}", context))
+            subjects.append(f"persona:{execution.persona}")
+        checks = [
+            AccessCheck(subject, access.relation, access.object, context) for access in accesses for subject in subjects
+        ]
         decisions = await self._policy.check(checks, execution.principal)
         decision = _most_restrictive(decisions)
         if decision.verdict is Verdict.REQUIRES_APPROVAL:
@@ -643,7 +660,7 @@ class Tools:
     async def _run_tool(self, run: _Run) -> None:
         execution = run.execution
         if execution.tool_id != CODE_EXECUTION.id:
-            await self._finish(run, Failure(FailureReason.TOOL_ERROR, "this tool cannot run here yet"))
+            await self._finish(run, await self._run_other(run))
             return
         arguments = json.loads(execution.arguments_json)
         runtime = Runtime(arguments["runtime"])
@@ -651,6 +668,23 @@ class Tools:
         job = SandboxJob(runtime, arguments["code"], execution.timeout_seconds)
         outcome = await self._sandbox.run(job, run.output)
         await self._finish(run, code_result(outcome, execution.timeout_seconds))
+
+    async def _run_other(self, run: _Run) -> Result:
+        runner = self._runners.get(run.execution.tool_id)
+        if runner is None:
+            return Failure(FailureReason.TOOL_ERROR, "this tool is not available in this deployment")
+
+        def committing() -> None:
+            # From here on the tool changes things: too late to cancel (see ToolRunner).
+            run.finishing = True
+
+        try:
+            return await runner.run(run.execution, lambda message: run.publish(Progressed(message)), committing)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("a tool failed unexpectedly", extra={"fields": {"execution": run.execution.name}})
+            return Failure(FailureReason.TOOL_ERROR, "svc_tools failed while running the tool")
 
     async def _cancelled(self, run: _Run) -> None:
         execution = run.execution
@@ -777,14 +811,22 @@ def _most_restrictive(decisions: Sequence[Decision]) -> Decision:
 
 
 def _code_shape(execution: Execution) -> str:
-    if execution.tool_id != CODE_EXECUTION.id:
-        return ""
+    """What an operator needs to see of the arguments in a hold's summary (never texts)."""
     try:
         arguments = json.loads(execution.arguments_json)
-        lines = len(str(arguments["code"]).splitlines())
-        return f" ({arguments['runtime']}, {lines} line{'s' if lines != 1 else ''})"
-    except (ValueError, KeyError, TypeError):
-        return ""
+        if execution.tool_id == CODE_EXECUTION.id:
+            lines = len(str(arguments["code"]).splitlines())
+            return f" ({arguments['runtime']}, {lines} line{'s' if lines != 1 else ''})"
+        if execution.tool_id == "memory_save":
+            return f" (area {str(arguments.get('area', 'main'))[:64]})"
+        if execution.tool_id in ("memory_load", "memory_forget"):
+            areas = arguments.get("areas", DEFAULT_AREAS)
+            return f" (areas {', '.join(str(a)[:64] for a in areas[:16])})"
+        if "ids" in arguments:
+            return f" ({len(arguments['ids'])} memories)"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return ""
 
 
 def _argument_path(path: Sequence[object]) -> str:

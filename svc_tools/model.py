@@ -297,3 +297,141 @@ class Change:
 
     name: str
     cancel_requested: bool = False
+
+
+# -- memory and knowledge ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """Vectors searched together: one memory namespace or one knowledge base of a tenant,
+    embedded by one model (vectors of different models are never compared)."""
+
+    tenant: str
+    # "tenants/{t}/memoryNamespaces/{n}", "tenants/{t}/users/{u}/memoryNamespaces/main",
+    # or "tenants/{t}/knowledgeBases/{kb}".
+    name: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class VectorPoint:
+    id: str
+    vector: list[float]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A stored vector near a query; `score` is the cosine similarity, -1..1."""
+
+    space: Space
+    id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """One saved memory. `author` is the user it was saved for; `persona` the agent's
+    persona, if any; `execution` the memory_save run that saved it."""
+
+    id: str
+    tenant: str
+    namespace: str
+    text: str
+    model: str
+    create_time: datetime
+    author: str
+    persona: str = ""
+    execution: str = ""
+
+    @property
+    def space(self) -> Space:
+        return Space(self.tenant, self.namespace, self.model)
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    memory: Memory
+    score: float
+
+
+class MemoryOperationKind(enum.Enum):
+    SAVE = "SAVE"
+    LOAD = "LOAD"
+    DELETE = "DELETE"
+    FORGET = "FORGET"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryOperation:
+    """What a memory tool did, for the audit log (skm.events.v1.MemoryOperation)."""
+
+    kind: MemoryOperationKind
+    namespace: str
+    memory_ids: tuple[str, ...]
+    execution: Execution
+
+    @property
+    def tenant(self) -> str:
+        return self.execution.tenant
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A document of a tenant's knowledge base (without its content)."""
+
+    name: str
+    title: str
+    mime_type: str
+    sha256: str
+    chunk_count: int
+    model: str
+    create_time: datetime
+    creator: str = ""
+
+    @property
+    def tenant(self) -> str:
+        return "/".join(self.name.split("/")[:2])
+
+    @property
+    def knowledge_base(self) -> str:
+        return "/".join(self.name.split("/")[:4])
+
+    @property
+    def space(self) -> Space:
+        return Space(self.tenant, self.knowledge_base, self.model)
+
+
+@dataclass(frozen=True, slots=True)
+class NewDocument:
+    title: str
+    mime_type: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a document, embedded on its own; `ordinal` counts from 0."""
+
+    id: str
+    document: str
+    ordinal: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A chunk recalled for a query, with its document."""
+
+    document: Document
+    chunk: Chunk
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A permission a tool run needs besides can_execute on the tool, e.g. can_write on
+    "memory_namespace:tenants/t1/memoryNamespaces/solutions"."""
+
+    relation: str
+    object: str

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import Protocol
 
 from svc_tools.model import (
+    Access,
     AccessCheck,
     Change,
+    Chunk,
     Decision,
+    Document,
     Execution,
+    Hit,
     HoldRequest,
+    Memory,
+    MemoryOperation,
     Principal,
     Resolution,
+    Result,
     SandboxJob,
     SandboxOutcome,
+    Space,
     Stream,
+    VectorPoint,
 )
 
 
@@ -122,3 +132,114 @@ class Sandbox(Protocol):
     """
 
     async def run(self, job: SandboxJob, sink: OutputSink) -> SandboxOutcome: ...
+
+
+class Embedder(Protocol):
+    """Turns texts into vectors of `dimensions` floats with the model named `model`.
+
+    Raises `svc_tools.errors.EmbeddingUnavailable` when the model cannot answer.
+    """
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order."""
+        ...
+
+
+class VectorIndex(Protocol):
+    """Vectors by space (Qdrant): points are ids with a vector, searched by cosine similarity.
+
+    Only ids and vectors live here; what they stand for lives in the metadata stores, which
+    are the truth: a vector whose metadata is gone is never shown. Raises
+    `skm_runtime.errors.ServiceUnavailable` when the index cannot be used.
+    """
+
+    async def upsert(self, space: Space, points: Sequence[VectorPoint]) -> None: ...
+
+    async def search(
+        self, spaces: Sequence[Space], vector: Sequence[float], *, threshold: float, limit: int
+    ) -> list[Hit]:
+        """The `limit` nearest points of all `spaces` together with score >= threshold,
+        best first."""
+        ...
+
+    async def delete(self, space: Space, ids: Sequence[str]) -> None:
+        """Remove these points (ids that are not there are ignored)."""
+        ...
+
+
+class MemoryStore(Protocol):
+    """Memories' metadata and text (Postgres), with their audit events (outbox).
+
+    Raises `skm_runtime.errors.ServiceUnavailable` when the database cannot be reached.
+    """
+
+    async def add(self, memory: Memory, operation: MemoryOperation) -> None: ...
+
+    async def get(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
+        """The tenant's memories among `ids` (others' and unknown ids are left out)."""
+        ...
+
+    async def remove(self, tenant: str, ids: Sequence[str], operations: Sequence[MemoryOperation]) -> list[Memory]:
+        """Delete the tenant's memories among `ids` and record `operations`; returns what
+        was deleted."""
+        ...
+
+    async def record(self, operation: MemoryOperation) -> None:
+        """Record an operation that changed nothing (a recall)."""
+        ...
+
+
+class KnowledgeStore(Protocol):
+    """Knowledge-base documents and their chunks' text (Postgres).
+
+    Raises `skm_runtime.errors.ServiceUnavailable` when the database cannot be reached.
+    """
+
+    async def find(self, knowledge_base: str, sha256: str) -> Document | None:
+        """The document of this knowledge base whose content has this digest."""
+        ...
+
+    async def add(self, document: Document, chunks: Sequence[Chunk]) -> tuple[Document, bool]:
+        """Store both; when a document with the same digest was stored meanwhile, store
+        nothing and return that one and False."""
+        ...
+
+    async def get(self, name: str) -> Document | None: ...
+
+    async def page(self, knowledge_base: str, after: tuple[datetime, str] | None, limit: int) -> list[Document]:
+        """Documents newest first (by create_time, then name), starting after `after`."""
+        ...
+
+    async def remove(self, name: str) -> tuple[Document, list[str]] | None:
+        """Delete a document and its chunks; returns it and its chunks' ids."""
+        ...
+
+    async def chunks(self, tenant: str, ids: Sequence[str]) -> list[tuple[Chunk, Document]]:
+        """The tenant's chunks among `ids`, with their documents."""
+        ...
+
+
+Progress = Callable[[str], None]
+
+
+class ToolRunner(Protocol):
+    """Runs the tools other than code_execution for the core (memory, knowledge).
+
+    `access` says what policy must allow besides can_execute on the tool (asked for the
+    user and the persona alike, before anything runs). `run` does the work and returns the
+    single result; expected failures are Failure results, not exceptions. Before it changes
+    anything it calls `committing()`: from then on the run is not cancelled, so that a
+    result never says CANCELLED about a change that was made.
+    """
+
+    tool_ids: tuple[str, ...]
+
+    async def access(self, execution: Execution) -> list[Access]: ...
+
+    async def run(self, execution: Execution, progress: Progress, committing: Callable[[], None]) -> Result: ...

