@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -23,6 +24,7 @@ from skm_runtime.server import RuntimeSettings
 from skm_runtime.status import details_of
 from skm_stack import RunningStack
 from svc_policy.__main__ import build as build_policy
+from tests.support.ports import free_port
 from tests.support.runtime import Served, serving
 from tests.support.tools import (
     BlockedState,
@@ -36,6 +38,7 @@ from tests.support.tools import (
     read_rest,
     read_until,
     sandbox_uids,
+    serving_at,
     serving_tools,
     tools_settings,
 )
@@ -79,7 +82,17 @@ async def stored_executions(stack: RunningStack, tenant: str) -> int:
 async def test_the_catalogue_lists_every_tool_by_name_with_schema_and_risk(tenant: Tenant) -> None:
     reply = await tenant.stub.ListTools(tool_service_pb2.ListToolsRequest(parent=tenant.name), timeout=10)
     by_id = {tool.name.rsplit("/", 1)[1]: tool for tool in reply.tools}
-    assert list(by_id) == sorted(by_id) == ["call_subordinate", "code_execution", "response"]
+    assert list(by_id) == sorted(by_id)
+    assert list(by_id) == [
+        "call_subordinate",
+        "code_execution",
+        "knowledge_query",
+        "memory_delete",
+        "memory_forget",
+        "memory_load",
+        "memory_save",
+        "response",
+    ]
     assert reply.next_page_token == ""
     code = by_id["code_execution"]
     assert code.name == tenant.tool
@@ -93,13 +106,15 @@ async def test_the_catalogue_lists_every_tool_by_name_with_schema_and_risk(tenan
         assert by_id[conversation_side].execution_side == tool_pb2.EXECUTION_SIDE_CONVERSATION
         json.loads(by_id[conversation_side].arguments_schema_json)
 
-    first = await tenant.stub.ListTools(tool_service_pb2.ListToolsRequest(parent=tenant.name, page_size=2), timeout=10)
-    rest = await tenant.stub.ListTools(
-        tool_service_pb2.ListToolsRequest(parent=tenant.name, page_size=2, page_token=first.next_page_token),
-        timeout=10,
-    )
-    assert [t.name for t in [*first.tools, *rest.tools]] == [t.name for t in reply.tools]
-    assert rest.next_page_token == ""
+    first = await tenant.stub.ListTools(tool_service_pb2.ListToolsRequest(parent=tenant.name, page_size=3), timeout=10)
+    paged, token = list(first.tools), first.next_page_token
+    while token:
+        page = await tenant.stub.ListTools(
+            tool_service_pb2.ListToolsRequest(parent=tenant.name, page_size=3, page_token=token), timeout=10
+        )
+        paged += page.tools
+        token = page.next_page_token
+    assert [t.name for t in paged] == [t.name for t in reply.tools]
     await expect_error(
         tenant.stub.ListTools(
             tool_service_pb2.ListToolsRequest(parent="tenants/other", page_token=first.next_page_token), timeout=10
@@ -538,3 +553,46 @@ async def test_a_run_cut_short_by_a_stop_is_interrupted_never_rerun(
     again = await tenant.run(request)
     assert again.result.failure.reason == Failure.FAILURE_REASON_INTERRUPTED
     assert first.sandbox.ran(tag) + tools.sandbox.ran(tag) == 1
+
+
+async def test_svc_policy_restarts_while_a_run_is_held_and_the_approved_run_runs_once(stack: RunningStack) -> None:
+    tag = marker()
+    port = free_port()
+    settings = policy_settings(stack)
+    async with contextlib.AsyncExitStack() as running:
+        first = contextlib.AsyncExitStack()
+        running.push_async_callback(first.aclose)
+        first_policy = await first.enter_async_context(
+            serving_at(await build_policy(settings, RuntimeSettings()), port)
+        )
+        # A copy of svc_tools of its own, pointed at the address that will be restarted.
+        tools = await running.enter_async_context(
+            serving_tools(tools_settings(stack, first_policy.target, slot_group=6))
+        )
+        async for tenant in new_tenant(first_policy, tools.target):
+            call = tenant.stub.ExecuteTool(tenant.request(f"print('{tag}')"), metadata=tenant.mike, timeout=60)
+            name = (await call.read()).accepted.execution
+            blocked = (await call.read()).decision.blocked_action
+            read = asyncio.ensure_future(call.read())
+            # svc_policy goes away while the run is held ...
+            await first.aclose()
+            await asyncio.sleep(1.0)
+            assert not read.done()
+            assert tools.sandbox.ran(tag) == 0
+            # ... and comes back on the same address, where an operator approves.
+            await running.enter_async_context(serving_at(await build_policy(settings, RuntimeSettings()), port))
+            await tenant.approve(blocked, note="after the restart")
+            rest = [await read, *await read_rest(call)]
+            assert rest[-1].WhichOneof("update") == "result"
+            assert json.loads(rest[-1].result.success.output_json)["stdout"] == f"{tag}\n"
+            assert tools.sandbox.ran(tag) == 1
+            action = await tenant.blocked_action(blocked)
+            for _ in range(50):
+                if action.state == BlockedState.STATE_EXECUTED:
+                    break
+                await asyncio.sleep(0.1)
+                action = await tenant.blocked_action(blocked)
+            assert action.state == BlockedState.STATE_EXECUTED
+            assert action.claim_id == name
+            assert (await tenant.execution(name)).state == State.STATE_SUCCEEDED
+            assert tools.sandbox.ran(tag) == 1

