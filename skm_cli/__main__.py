@@ -6,9 +6,11 @@
     skm blocked approve|reject NAME [--note TEXT]        decide on one
     skm tool list --tenant t1                            the tool catalogue
     skm tool run NAME --tenant t1 --args 'JSON'          run a tool, streaming its output
+    skm chat [--session ID] [--tool-choice TOOL]         talk with an agent: tokens, tool calls, verdicts
+    skm chat -m TEXT --json                              one message; every event as a JSON line
 
 Calls read the token from --token or SKM_TOKEN and go to --url or SKM_URL
-(default http://127.0.0.1:8080).
+(default http://127.0.0.1:8080). --url, --token and --json go before or after the command.
 """
 
 from __future__ import annotations
@@ -38,16 +40,14 @@ from skm.policy.v1 import (
 )
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
+from skm_cli import chat
+from skm_cli.errors import CallFailed, CliError
 from skm_runtime.status import error_info_of
 from skm_stack.devkeys import KEY_ID, dev_keys_dir
 from skm_stack.paths import default_state_dir
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-class CliError(Exception):
-    """A failure to report in one line, without a traceback."""
 
 
 def _target(url: str) -> str:
@@ -61,11 +61,15 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     return grpc.insecure_channel(_target(args.url))
 
 
-def _auth(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    token = args.token or os.environ.get("SKM_TOKEN", "")
+def _token(args: argparse.Namespace) -> str:
+    token: str = args.token or os.environ.get("SKM_TOKEN", "")
     if not token:
         raise CliError("no token: pass --token or set SKM_TOKEN (make one with `skm token`)")
-    return (("authorization", f"Bearer {token}"),)
+    return token
+
+
+def _auth(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {_token(args)}"),)
 
 
 def _mint(args: argparse.Namespace, constitution_sha256: str) -> str:
@@ -201,6 +205,10 @@ def cmd_tool(args: argparse.Namespace) -> int:
     return 0 if succeeded else 1
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    return chat.run(args, _channel(args), _token(args), _auth(args))
+
+
 def _print(message: Any, args: argparse.Namespace) -> None:
     data = json_format.MessageToDict(message)
     print(json.dumps(data) if args.json else json.dumps(data, indent=2))
@@ -213,9 +221,17 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--token", default="", help="bearer token (default: $SKM_TOKEN)")
     top.add_argument("--json", action="store_true", help="one JSON object per line")
+    # The same options after the command (`skm chat -m hi --json`); SUPPRESS leaves the values
+    # given before it in place when they are not repeated.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help="public URL (default: $SKM_URL or the local one)")
+    common.add_argument("--token", default=argparse.SUPPRESS, help="bearer token (default: $SKM_TOKEN)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per line")
     commands = top.add_subparsers(dest="command", required=True)
 
-    token = commands.add_parser("token", help="mint a development token (signed with `make run`'s dev key)")
+    token = commands.add_parser(
+        "token", parents=[common], help="mint a development token (signed with `make run`'s dev key)"
+    )
     token.add_argument("--tenant", required=True, help="tenant id, e.g. t1")
     token.add_argument("--user", required=True, help="user id, e.g. alice")
     token.add_argument("--role", action="append", choices=("member", "operator", "admin"), help="repeatable")
@@ -226,20 +242,20 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--offline", action="store_true", help="don't ask for the constitution (empty document)")
     token.set_defaults(run=cmd_token)
 
-    constitution = commands.add_parser("constitution", help="read or replace a tenant's constitution")
+    constitution = commands.add_parser("constitution", parents=[common], help="read or replace a tenant's constitution")
     constitution.add_argument("action", choices=("get", "set"))
     constitution.add_argument("--tenant", required=True)
     constitution.add_argument("--file", default="", help="with set: the document (default: stdin)")
     constitution.set_defaults(run=cmd_constitution)
 
-    blocked = commands.add_parser("blocked", help="blocked actions waiting for an operator")
+    blocked = commands.add_parser("blocked", parents=[common], help="blocked actions waiting for an operator")
     blocked.add_argument("action", choices=("list", "approve", "reject"))
     blocked.add_argument("name", nargs="?", default="", help="with approve/reject: tenants/T/blockedActions/ID")
     blocked.add_argument("--tenant", default="", help="with list: tenant id")
     blocked.add_argument("--note", default="", help="with approve/reject: why")
     blocked.set_defaults(run=cmd_blocked)
 
-    tool = commands.add_parser("tool", help="list tools, or run one and stream its output")
+    tool = commands.add_parser("tool", parents=[common], help="list tools, or run one and stream its output")
     tool.add_argument("action", choices=("list", "run"))
     tool.add_argument("name", nargs="?", default="", help="with run: the tool, e.g. code_execution")
     tool.add_argument("--tenant", required=True)
@@ -248,6 +264,37 @@ def parser() -> argparse.ArgumentParser:
     )
     tool.add_argument("--timeout", type=float, default=600.0, help="seconds to wait, approval included (default 600)")
     tool.set_defaults(run=cmd_tool)
+
+    talk = commands.add_parser(
+        "chat",
+        parents=[common],
+        help="talk with an agent: its tokens, tool calls and policy verdicts as they happen",
+        description=chat.DESCRIPTION,
+        epilog="commands at the prompt:\n" + chat.SLASH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    talk.add_argument("-m", "--message", default=None, metavar="TEXT", help="send this one message and exit")
+    talk.add_argument("--tenant", default="", help="tenant id (default: the token's tenant claim)")
+    talk.add_argument("--session", default="", help="continue a session: its id or tenants/T/sessions/ID")
+    talk.add_argument("--persona", default="default", help="new session's persona (default: default)")
+    talk.add_argument(
+        "--mode", choices=tuple(chat.MODES), default="developer", help="new session's mode (default: developer)"
+    )
+    talk.add_argument(
+        "--tool-choice",
+        default="",
+        metavar="TOOL",
+        help="a tool the model must call first in each turn, e.g. code_execution",
+    )
+    talk.add_argument(
+        "--after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --session: first replay the stored events after sequence N (0: all of them); "
+        "default: only what happens from now on",
+    )
+    talk.set_defaults(run=cmd_chat)
     return top
 
 
@@ -259,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         print(f"skm: {error}", file=sys.stderr)
         return 2
+    except CallFailed as error:
+        print(f"skm: {error}", file=sys.stderr)
+        return 1
     except grpc.RpcError as error:
         info = error_info_of(error)
         reason = f" [{info.reason}]" if info is not None else ""

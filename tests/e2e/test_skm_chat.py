@@ -1,0 +1,195 @@
+"""`skm chat` end to end: the command line as a user runs it, through Envoy and the gateway,
+on svc_conversation's agent loop with the tiny UNTRAINED models.
+
+The models' words mean nothing; the tests check what the CLI shows and how it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import grpc
+
+from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm_stack import RunningStack
+from skm_stack.devkeys import dev_keys_dir
+
+
+def _tenant(mesh: RunningStack) -> str:
+    """A fresh tenant whose member alice may run code_execution (low risk) with the default persona."""
+    tenant = f"k{uuid.uuid4().hex[:8]}"
+    t, tool = f"tenant:tenants/{tenant}", f"tool:tenants/{tenant}/tools/code_execution"
+    with grpc.insecure_channel(mesh.services["policy"].addr) as channel:
+        policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=f"tenants/{tenant}",
+                relationships=[
+                    access_pb2.Relationship(subject=f"user:tenants/{tenant}/users/alice", relation="member", object=t),
+                    access_pb2.Relationship(subject=t, relation="tenant", object=tool),
+                    access_pb2.Relationship(subject=t, relation="low_risk", object=tool),
+                    access_pb2.Relationship(
+                        subject=f"persona:tenants/{tenant}/personas/default", relation="persona_user", object=tool
+                    ),
+                ],
+            ),
+            timeout=10,
+        )
+    return tenant
+
+
+def _env(mesh: RunningStack, token: str) -> dict[str, str]:
+    return {**os.environ, "SKM_URL": mesh.envoy_url, "SKM_TOKEN": token}
+
+
+def _skm(mesh: RunningStack, *args: str, token: str = "", stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "skm_cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=_env(mesh, token),
+    )
+
+
+def _token(mesh: RunningStack, tenant: str) -> str:
+    key = str(dev_keys_dir(mesh.state_dir) / "dev-signing-key.pem")
+    minted = _skm(mesh, "token", "--tenant", tenant, "--user", "alice", "--key", key)
+    assert minted.returncode == 0, minted.stderr
+    return minted.stdout.strip()
+
+
+def _lines(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line is one JSON object (the call fails here otherwise)."""
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def _kind(message: dict[str, Any]) -> str:
+    """The event's kind (`tokenDelta`, ...), or the message's (`attached`, `rejected`)."""
+    if "event" not in message:
+        return next(iter(message))
+    event: dict[str, Any] = message["event"]
+    return next(k for k in event if k not in {"sequence", "turn", "createTime"})
+
+
+def _new_session(stderr: str) -> str:
+    return next(word for word in stderr.split() if word.startswith("tenants/") and "/sessions/" in word)
+
+
+def test_one_message_as_json_lines_shows_the_whole_turn(mesh: RunningStack) -> None:
+    tenant = _tenant(mesh)
+    token = _token(mesh, tenant)
+    run = _skm(
+        mesh, "chat", "-m", "Work out 6 times 7 with Python.", "--json", "--tool-choice", "code_execution", token=token
+    )
+    assert run.returncode == 0, run.stderr
+    messages = _lines(run.stdout)
+    assert _kind(messages[0]) == "attached"
+    session = _new_session(run.stderr)
+    assert messages[0]["attached"]["session"]["name"] == session
+    assert session.startswith(f"tenants/{tenant}/sessions/")
+    kinds = [_kind(m) for m in messages[1:]]
+    assert kinds[:3] == ["turnStateChanged", "userMessage", "preprocessing"]
+    for kind in ("tokenDelta", "modelCall", "toolCallRequested", "toolCallVerdict", "toolCallResult"):
+        assert kind in kinds, kind
+    assert kinds.index("tokenDelta") < kinds.index("toolCallRequested") < kinds.index("toolCallVerdict")
+    verdict = messages[1 + kinds.index("toolCallVerdict")]["event"]["toolCallVerdict"]
+    assert verdict["decision"]["verdict"] == "VERDICT_ALLOW"
+    assert kinds[-2:] == ["finalResponse", "turnStateChanged"]
+    assert messages[-1]["event"]["turnStateChanged"]["state"] == "STATE_COMPLETED"
+    assert {m["event"]["turn"] for m in messages[1:]} == {f"{session}/turns/1"}
+    # The untrained models are named for what they are, once, on stderr only.
+    assert run.stderr.count("UNTRAINED") == 1
+
+
+def test_session_continues_a_session_and_after_replays_it(mesh: RunningStack) -> None:
+    tenant = _tenant(mesh)
+    token = _token(mesh, tenant)
+    first = _skm(mesh, "chat", "-m", "hello", "--json", token=token)
+    session = _new_session(first.stderr)
+    last = _lines(first.stdout)[-1]["event"]
+    assert last["turnStateChanged"]["state"] in {"STATE_COMPLETED", "STATE_FAILED"}
+    # The session's id alone is enough: the tenant comes from the token.
+    second = _skm(mesh, "chat", "--session", session.rsplit("/", 1)[-1], "-m", "hello again", "--json", token=token)
+    assert "new session" not in second.stderr
+    messages = _lines(second.stdout)
+    assert messages[0]["attached"]["session"]["name"] == session
+    # Only what happened from the attach on: the new turn's events.
+    assert {m["event"]["turn"] for m in messages[1:]} == {f"{session}/turns/2"}
+    assert int(messages[1]["event"]["sequence"]) > int(last["sequence"])
+    assert second.returncode == (0 if messages[-1]["event"]["turnStateChanged"]["state"] == "STATE_COMPLETED" else 1)
+    # --after 0 replays the stored history first (the finished turns' deltas are compacted away).
+    replay = _skm(mesh, "chat", "--session", session, "--after", "0", "-m", "and again", "--json", token=token)
+    turns = [m["event"]["turn"] for m in _lines(replay.stdout)[1:]]
+    assert turns[0] == f"{session}/turns/1"
+    assert {f"{session}/turns/{n}" for n in (1, 2, 3)} == set(turns)
+    assert "tokenDelta" not in [_kind(m) for m in _lines(replay.stdout)[1:] if m["event"]["turn"].endswith("/1")]
+
+
+def test_no_token_is_a_usage_error_and_another_tenants_session_is_denied(mesh: RunningStack) -> None:
+    tenant = _tenant(mesh)
+    anonymous = _skm(mesh, "chat", "-m", "hello")
+    assert anonymous.returncode == 2
+    assert "no token" in anonymous.stderr
+    assert "Traceback" not in anonymous.stderr
+    mine = _skm(mesh, "chat", "-m", "hello", "--json", token=_token(mesh, tenant))
+    session = _new_session(mine.stderr)
+    other = _token(mesh, _tenant(mesh))
+    denied = _skm(mesh, "chat", "--session", session, "-m", "let me in", token=other)
+    assert denied.returncode == 1
+    assert "PERMISSION_DENIED" in denied.stderr
+    assert "Traceback" not in denied.stderr
+    assert denied.stdout == ""
+
+
+def test_interactive_chat_over_stdin_shows_the_answer_and_reruns(mesh: RunningStack) -> None:
+    tenant = _tenant(mesh)
+    token = _token(mesh, tenant)
+    run = _skm(
+        mesh, "chat", "--tool-choice", "code_execution", token=token, stdin="Add 2 and 3.\n/help\n/rerun\n/quit\n"
+    )
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert out.startswith("you> ")
+    assert out.count("agent> ") == 2
+    assert "[tool code_execution {" in out
+    assert "[policy ALLOW " in out
+    assert "[model models/skm-tiny-untrained tier 0: " in out
+    assert "/nudge [TEXT]" in out  # /help
+    session = _new_session(run.stderr)
+    assert f"[rerun as {session}/turns/2]" in out
+    # The rerun answers with the next tier's model.
+    assert "[model models/skm-tiny-untrained-large tier 1: " in out
+    assert "UNTRAINED" in run.stderr
+
+
+def test_ctrl_c_interrupts_the_running_turn(mesh: RunningStack) -> None:
+    tenant = _tenant(mesh)
+    messages = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "skm_cli", "chat", "-m", "Tell me a long story.", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(mesh, _token(mesh, tenant)),
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        # Read to the end (communicate() would skip what this reader has buffered).
+        for line in process.stdout:
+            messages.append(json.loads(line))
+            if _kind(messages[-1]) == "tokenDelta" and "tokenDelta" not in map(_kind, messages[:-1]):
+                process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        stderr = process.stderr.read()
+    assert process.returncode == 1, stderr
+    assert [_kind(m) for m in messages][-2:] == ["intervention", "turnStateChanged"]
+    assert messages[-1]["event"]["turnStateChanged"]["state"] == "STATE_INTERRUPTED"
+    assert "interrupting the turn" in stderr
