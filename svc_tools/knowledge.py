@@ -201,6 +201,9 @@ class KnowledgeQueryTool:
             )
         except EmbeddingUnavailable:
             return Failure(FailureReason.TOOL_ERROR, "the embedding model is not available")
+        except ServiceUnavailable:
+            log.warning("a knowledge store cannot be reached", extra={"fields": {"execution": execution.name}})
+            return Failure(FailureReason.TOOL_ERROR, "the knowledge base cannot be reached")
         payload = {
             "passages": [
                 {

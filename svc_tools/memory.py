@@ -123,8 +123,12 @@ class Memories:
         by_namespace: dict[str, list[str]] = {namespace: [] for namespace in namespaces}
         for item in recalled:
             by_namespace[item.memory.namespace].append(item.memory.id)
-        for namespace, ids in by_namespace.items():
-            await self._store.record(MemoryOperation(MemoryOperationKind.LOAD, namespace, tuple(ids), execution))
+        await self._store.record(
+            [
+                MemoryOperation(MemoryOperationKind.LOAD, namespace, tuple(ids), execution)
+                for namespace, ids in by_namespace.items()
+            ]
+        )
         return recalled
 
     async def find(self, tenant: str, ids: Sequence[str]) -> list[Memory]:
@@ -218,6 +222,11 @@ class MemoryTools:
             return await self._forget(execution, arguments, committing)
         except EmbeddingUnavailable:
             return Failure(FailureReason.TOOL_ERROR, "the embedding model is not available; memory was not changed")
+        except ServiceUnavailable:
+            # Every change is made in one store write that either happened or did not,
+            # and a failure before it changes nothing (see the module).
+            log.warning("a memory store cannot be reached", extra={"fields": {"execution": execution.name}})
+            return Failure(FailureReason.TOOL_ERROR, "the memory store cannot be reached; memory was not changed")
 
     async def _save(self, execution: Execution, arguments: dict[str, Any], committing: Callable[[], None]) -> Result:
         area = arguments.get("area", "main")

@@ -190,8 +190,8 @@ class MemoryStore(Protocol):
         was deleted."""
         ...
 
-    async def record(self, operation: MemoryOperation) -> None:
-        """Record an operation that changed nothing (a recall)."""
+    async def record(self, operations: Sequence[MemoryOperation]) -> None:
+        """Record operations that changed nothing (recalls), together."""
         ...
 
 

@@ -166,10 +166,10 @@ class PostgresMemoryStore:
             raise _unavailable(exc) from exc
         return [_memory(row) for row in rows]
 
-    async def record(self, operation: MemoryOperation) -> None:
+    async def record(self, operations: Sequence[MemoryOperation]) -> None:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                await add_events(conn, SCHEMA, _records([operation]))
+                await add_events(conn, SCHEMA, _records(operations))
         except _DB_ERRORS as exc:
             raise _unavailable(exc) from exc
 

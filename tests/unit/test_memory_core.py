@@ -86,8 +86,8 @@ class DictMemoryStore:
         self.operations.extend(operations)
         return removed
 
-    async def record(self, operation: MemoryOperation) -> None:
-        self.operations.append(operation)
+    async def record(self, operations: Sequence[MemoryOperation]) -> None:
+        self.operations.extend(operations)
 
 
 class Clock:
@@ -275,8 +275,8 @@ async def test_without_the_embedding_model_nothing_is_stored(world: World) -> No
 
 async def test_a_failed_metadata_write_leaves_no_vector(world: World) -> None:
     world.store.fail_add = True
-    with pytest.raises(ServiceUnavailable):
-        await world.run("memory_save", {"text": "half written"})
+    result = await world.run("memory_save", {"text": "half written"})
+    assert result == Failure(FailureReason.TOOL_ERROR, "the memory store cannot be reached; memory was not changed")
     assert world.index.count(Space(T1, f"{ALICE.user}/memoryNamespaces/main", MODEL)) == 0
 
 
