@@ -3,7 +3,10 @@
 One catalogue for every tenant, ordered by id. Descriptions are written for the model;
 argument schemas are JSON Schema draft 2020-12 and are enforced before policy is asked.
 Conversation-side tools (`response`, `call_subordinate`) are listed so that the model sees
-one catalogue; svc_conversation runs them, and ExecuteTool refuses them.
+one catalogue; svc_conversation runs them, and ExecuteTool refuses them. The memory tools'
+and knowledge_query's default score thresholds depend on the embedding model, so the
+composition root builds the catalogue from settings (`catalogue_of`); TOOLS has the
+defaults for all-MiniLM-L6-v2.
 """
 
 from __future__ import annotations
