@@ -130,9 +130,11 @@ class _SessionStream:
         self._metadata = metadata
         self._on_response = on_response
         self.cursor = after
-        self._outbox: queue.Queue[pb.ConverseRequest] = queue.Queue()
+        self._outbox: queue.Queue[tuple[str, pb.ConverseRequest]] = queue.Queue()
         # Commands the server has not answered (no event, no rejection) yet, by request_id.
         self._pending: dict[str, pb.ConverseRequest] = {}
+        # What each call that died took from the outbox: it may or may not have reached the server.
+        self._lost_calls: list[set[str]] = []
         self._lock = threading.Lock()
         self._call: Any = None
         self._closed = False
@@ -151,7 +153,7 @@ class _SessionStream:
     def send(self, request: pb.ConverseRequest, request_id: str) -> None:
         with self._lock:
             self._pending[request_id] = request
-        self._outbox.put(request)
+        self._outbox.put((request_id, request))
 
     def answered(self, request_id: str) -> None:
         with self._lock:
@@ -168,13 +170,28 @@ class _SessionStream:
     def raise_error(self) -> None:
         raise self.error if self.error is not None else CallFailed("the event stream stopped")
 
-    def _requests(self, first: pb.ConverseRequest, alive: threading.Event) -> Iterator[pb.ConverseRequest]:
+    def _requests(
+        self, first: pb.ConverseRequest, alive: threading.Event, taken: set[str]
+    ) -> Iterator[pb.ConverseRequest]:
         yield first
         while alive.is_set():
             try:
-                yield self._outbox.get(timeout=0.1)
+                request_id, request = self._outbox.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if not alive.is_set():
+                self._outbox.put((request_id, request))  # for the next call
+                return
+            taken.add(request_id)
+            yield request
+
+    def _send_unsure_again(self) -> None:
+        """Sends again the commands a dead call may have lost. Called once the replay is over:
+        a command that did reach the server has shown up in it by then (and is answered)."""
+        with self._lock:
+            for request_id in set().union(*self._lost_calls) & self._pending.keys():
+                self._outbox.put((request_id, self._pending[request_id]))
+            self._lost_calls.clear()
 
     def _read(self) -> None:
         try:
@@ -188,25 +205,26 @@ class _SessionStream:
             alive = threading.Event()
             alive.set()
             first = pb.ConverseRequest(session=self._session, config=pb.ConverseConfig(after_sequence=self.cursor))
+            taken: set[str] = set()
             with self._lock:
                 if self._closed:
                     return
-                if self._attached.is_set():
-                    # A command taken by the call that died may never have left: send the
-                    # unanswered ones again; their request_ids keep them from running twice.
-                    for request in self._pending.values():
-                        self._outbox.put(request)
-                call = self._stub.Converse(self._requests(first, alive), metadata=self._metadata)
+                call = self._stub.Converse(self._requests(first, alive, taken), metadata=self._metadata)
                 self._call = call
             ended: grpc.RpcError | None = None
+            replay_end: int | None = None
             try:
                 for response in call:
                     failures = 0
-                    if response.HasField("event"):
+                    if response.HasField("attached"):
+                        replay_end = response.attached.session.last_sequence
+                    elif response.HasField("event"):
                         self.cursor = max(self.cursor, response.event.sequence)
                     self._on_response(response)
                     if response.HasField("attached"):
                         self._attached.set()
+                    if self._lost_calls and replay_end is not None and self.cursor >= replay_end:
+                        self._send_unsure_again()
             except grpc.RpcError as error:
                 ended = error
             finally:
@@ -214,6 +232,7 @@ class _SessionStream:
             with self._lock:
                 if self._closed:
                     return
+                self._lost_calls.append(taken)
             code = ended.code() if ended is not None else grpc.StatusCode.OK
             if not self._attached.is_set() or (ended is not None and code not in _REATTACH):
                 self.error = ended

@@ -193,3 +193,31 @@ def test_ctrl_c_interrupts_the_running_turn(mesh: RunningStack) -> None:
     assert [_kind(m) for m in messages][-2:] == ["intervention", "turnStateChanged"]
     assert messages[-1]["event"]["turnStateChanged"]["state"] == "STATE_INTERRUPTED"
     assert "interrupting the turn" in stderr
+
+
+def test_the_chat_re_attaches_when_svc_conversation_is_killed_mid_turn(mesh: RunningStack) -> None:
+    tenant = _tenant(mesh)
+    messages = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "skm_cli", "chat", "-m", "Tell me a story.", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(mesh, _token(mesh, tenant)),
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        for line in process.stdout:
+            messages.append(json.loads(line))
+            if _kind(messages[-1]) == "tokenDelta" and "tokenDelta" not in map(_kind, messages[:-1]):
+                mesh.restart_service("conversation", kill=True)
+        process.wait(timeout=60)
+        stderr = process.stderr.read()
+    assert "re-attaching after event" in stderr
+    kinds = [_kind(m) for m in messages]
+    assert kinds.count("attached") == 2
+    assert messages[-1]["event"]["turnStateChanged"]["state"] in {"STATE_COMPLETED", "STATE_FAILED"}
+    assert process.returncode == (0 if messages[-1]["event"]["turnStateChanged"]["state"] == "STATE_COMPLETED" else 1)
+    # Read on where it left: no event twice, none out of order.
+    sequences = [int(m["event"]["sequence"]) for m in messages if "event" in m]
+    assert sequences == sorted(set(sequences))
