@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -21,8 +24,9 @@ from skm_stack import RunningStack
 from skm_stack.devkeys import dev_keys_dir
 
 
-def _tenant(mesh: RunningStack) -> str:
-    """A fresh tenant whose member alice may run code_execution (low risk) with the default persona."""
+def _tenant(mesh: RunningStack, *, risk: str = "low_risk") -> str:
+    """A fresh tenant with a member, alice, and an operator, olga; its default persona may use
+    code_execution, low risk (allowed) or high risk (held for an operator when alice asks)."""
     tenant = f"k{uuid.uuid4().hex[:8]}"
     t, tool = f"tenant:tenants/{tenant}", f"tool:tenants/{tenant}/tools/code_execution"
     with grpc.insecure_channel(mesh.services["policy"].addr) as channel:
@@ -31,8 +35,9 @@ def _tenant(mesh: RunningStack) -> str:
                 parent=f"tenants/{tenant}",
                 relationships=[
                     access_pb2.Relationship(subject=f"user:tenants/{tenant}/users/alice", relation="member", object=t),
+                    access_pb2.Relationship(subject=f"user:tenants/{tenant}/users/olga", relation="operator", object=t),
                     access_pb2.Relationship(subject=t, relation="tenant", object=tool),
-                    access_pb2.Relationship(subject=t, relation="low_risk", object=tool),
+                    access_pb2.Relationship(subject=t, relation=risk, object=tool),
                     access_pb2.Relationship(
                         subject=f"persona:tenants/{tenant}/personas/default", relation="persona_user", object=tool
                     ),
@@ -59,9 +64,9 @@ def _skm(mesh: RunningStack, *args: str, token: str = "", stdin: str = "") -> su
     )
 
 
-def _token(mesh: RunningStack, tenant: str) -> str:
+def _token(mesh: RunningStack, tenant: str, user: str = "alice", role: str = "member") -> str:
     key = str(dev_keys_dir(mesh.state_dir) / "dev-signing-key.pem")
-    minted = _skm(mesh, "token", "--tenant", tenant, "--user", "alice", "--key", key)
+    minted = _skm(mesh, "token", "--tenant", tenant, "--user", user, "--role", role, "--key", key)
     assert minted.returncode == 0, minted.stderr
     return minted.stdout.strip()
 
@@ -221,3 +226,91 @@ def test_the_chat_re_attaches_when_svc_conversation_is_killed_mid_turn(mesh: Run
     # Read on where it left: no event twice, none out of order.
     sequences = [int(m["event"]["sequence"]) for m in messages if "event" in m]
     assert sequences == sorted(set(sequences))
+
+
+def test_a_held_tool_call_names_its_blocked_action_and_goes_on_once_approved(mesh: RunningStack) -> None:
+    tenant = _tenant(mesh, risk="high_risk")
+    shown = []
+    approved = None
+    with subprocess.Popen(
+        [sys.executable, "-m", "skm_cli", "chat", "-m", "Run this for me.", "--tool-choice", "code_execution"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(mesh, _token(mesh, tenant)),
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        for line in process.stdout:
+            shown.append(line)
+            held = re.search(r"waits for an operator to approve (tenants/\S+/blockedActions/[\w-]+)", line)
+            if held and approved is None:
+                assert line.startswith("[policy REQUIRES_APPROVAL ")
+                operator = _token(mesh, tenant, "olga", "operator")
+                approved = _skm(mesh, "blocked", "approve", held.group(1), "--note", "fine", token=operator)
+        process.wait(timeout=60)
+        stderr = process.stderr.read()
+    assert approved is not None, "".join(shown)
+    assert approved.returncode == 0, approved.stderr
+    out = "".join(shown)
+    assert "[awaiting an operator's decision]" in out
+    assert out.index("[awaiting an operator's decision]") < out.index("[decided: running again]")
+    assert "[result " in out or "[tool failed TOOL_ERROR" in out
+    assert "agent> " in out
+    assert process.returncode == 0, stderr
+
+
+class _Screen:
+    """What a chat process has written to stdout so far, read as it comes (no line buffering:
+    the model's tokens arrive without newlines)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        self._fd = process.stdout.fileno()
+        self.text = b""
+
+    def wait_for(self, pattern: bytes, *, after: int = 0, seconds: float = 60.0) -> int:
+        """Reads until ``pattern`` (a regex) shows up past offset ``after``; returns where it ends."""
+        deadline = time.monotonic() + seconds
+        while (found := re.compile(pattern).search(self.text, after)) is None:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} in {self.text[after:]!r}"
+            ready, _, _ = select.select([self._fd], [], [], left)
+            if ready:
+                data = os.read(self._fd, 65536)
+                assert data, f"the chat ended before {pattern!r}: {self.text[after:]!r}"
+                self.text += data
+        return found.end()
+
+
+def test_ctrl_c_in_an_interactive_chat_interrupts_the_turn_and_resume_continues_it(mesh: RunningStack) -> None:
+    tenant = _tenant(mesh)
+    with subprocess.Popen(
+        [sys.executable, "-m", "skm_cli", "chat"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(mesh, _token(mesh, tenant)),
+    ) as process:
+        assert process.stdin is not None
+        assert process.stderr is not None
+        screen = _Screen(process)
+        at = screen.wait_for(rb"you> ")
+        process.stdin.write(b"Tell me a long story.\n")
+        process.stdin.flush()
+        # The pre-SLM's call is reported, then the primary model starts writing: interrupt it.
+        at = screen.wait_for(rb"\(pre_slm\)[^\n]*\]\n.", after=at)
+        process.send_signal(signal.SIGINT)
+        at = screen.wait_for(rb"\[interrupted: /resume continues[^\n]*\n", after=at)
+        at = screen.wait_for(rb"you> ", after=at)
+        process.stdin.write(b"/resume\n")
+        process.stdin.flush()
+        at = screen.wait_for(rb"\[resume\]\n", after=at)
+        at = screen.wait_for(rb"(agent> |\[turn failed )[^\n]*\n", after=at)
+        screen.wait_for(rb"you> ", after=at)
+        process.stdin.write(b"/quit\n")
+        process.stdin.flush()
+        process.wait(timeout=30)
+        stderr = process.stderr.read().decode()
+    assert process.returncode == 0, stderr
+    assert "interrupting the turn" in stderr
