@@ -13,6 +13,7 @@ thread) can interrupt a turn while the events keep flowing.
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import contextlib
 import json
@@ -22,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import grpc
@@ -433,7 +434,6 @@ class _Wait:
     turn: str = ""  # learnt from the command's event when not known up front
     outcome: int | None = None  # a Turn.State in _END_STATES, or _REJECTED
     interrupt_pending: bool = False  # Ctrl-C came before the turn was known
-    seen: set[str] = field(default_factory=set)
 
 
 class _Chat:
@@ -645,7 +645,7 @@ def _session_name(session: str, tenant: Callable[[], str]) -> str:
     return session if session.startswith("tenants/") else f"tenants/{tenant()}/sessions/{session}"
 
 
-def run(args: Any, channel: grpc.Channel, token: str, metadata: Metadata) -> int:
+def run(args: argparse.Namespace, channel: grpc.Channel, token: str, metadata: Metadata) -> int:
     """`skm chat`; returns the exit status."""
     if args.after is not None and not args.session:
         raise CliError("--after replays a session's events: it needs --session")
