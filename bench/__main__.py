@@ -15,7 +15,12 @@ are the point.
 Then the policy checks (bench/policy.py): svc_policy with a cache hit and a miss against
 OpenFGA called directly, on a real stack started for the run.
 
-Usage: python -m bench [runtime|policy|all] [--rounds N] [--calls N] [--frames N]
+Then conversations (bench/conversation.py), on a whole mesh started for the run: time to
+first token and tokens/s through Envoy + gateway + svc_conversation against the engine
+called directly, the gateway's overhead on a unary call, and the memory of idle sessions.
+
+Usage: python -m bench [runtime|policy|conversation|all] [--rounds N] [--calls N] [--frames N]
+                       [--turns N] [--sessions N]
 """
 
 from __future__ import annotations
@@ -106,10 +111,16 @@ async def _measure(targets: dict[str, tuple[str, tuple[int, ...]]], rounds: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", choices=("runtime", "policy", "all"), default="all")
+    parser.add_argument(
+        "what", nargs="?", choices=("runtime", "policy", "conversation", "all"), default="all", help="default: all"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--calls", type=int, default=4000, help="unary calls per round (default 4000)")
     parser.add_argument("--frames", type=int, default=2000, help="bidi frames per round (default 2000)")
+    parser.add_argument("--turns", type=int, default=3, help="conversation: turns per path per round (default 3)")
+    parser.add_argument(
+        "--sessions", type=int, default=1000, help="conversation: idle sessions held by one process (default 1000)"
+    )
     args = parser.parse_args()
     if args.what in ("runtime", "all"):
         _runtime(args)
@@ -117,6 +128,10 @@ def main() -> int:
         from bench import policy
 
         policy.main(rounds=args.rounds)
+    if args.what in ("conversation", "all"):
+        from bench import conversation
+
+        conversation.main(rounds=args.rounds, turns=args.turns, sessions=args.sessions)
     return 0
 
 
