@@ -128,7 +128,7 @@ class BufferedOutbox:
             self._wake.clear()
             try:
                 await self._flush()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # noqa: BLE001  # whatever a database restart throws, never stop writing
                 log.warning("outbox batch not written yet", extra={"fields": {"error": type(exc).__name__}})
                 self._wake.set()
                 await asyncio.sleep(1.0)
@@ -197,13 +197,14 @@ class OutboxRelay:
                     await producer.start()
                     backoff = 0.2
                     await self._publish_forever(producer)
-                except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:  # noqa: BLE001  # whatever Kafka or a database restart throws, go on
                     log.warning(
                         "outbox relay waiting for Kafka or Postgres",
                         extra={"fields": {"schema": self._schema, "error": type(exc).__name__, "retry_s": backoff}},
                     )
-                    if listener is not None and isinstance(exc, (OSError, asyncpg.InterfaceError)):
-                        await self._pool.release(listener)
+                    if listener is not None and not isinstance(exc, KafkaError):
+                        # Its connection may be gone with the server: take a fresh one.
+                        await self._drop(listener)
                         listener = None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -212,8 +213,15 @@ class OutboxRelay:
                         await _closed(producer.stop())
         finally:
             if listener is not None:
-                await listener.remove_listener(_channel(self._schema), self._notified)
-                await self._pool.release(listener)
+                await self._drop(listener)
+
+    async def _drop(self, listener: Any) -> None:
+        """Stops listening on a connection and gives it back, whatever state it is in (after
+        a database restart it may be closed, or already taken back by the pool)."""
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await listener.remove_listener(_channel(self._schema), self._notified)
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self._pool.release(listener)
 
     def _notified(self, *_: object) -> None:
         self._wake.set()

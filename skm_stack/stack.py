@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -241,6 +242,8 @@ class RunningStack:
             env[spec.addr_env_var] = spec.addr
         if self.service_specs:
             env["SKM_GATEWAY_JWKS_FILE"] = str(ensure_dev_keys(self.state_dir).jwks)
+            # Embedded Qdrant allows one process per folder: each stack has its own.
+            env["SKM_TOOLS_QDRANT_PATH"] = str(self.state_dir / "tools" / "qdrant")
         return env
 
     # -- starting ----------------------------------------------------------------------
@@ -331,6 +334,9 @@ class RunningStack:
         if kill:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(old.process.record.pid, signal.SIGKILL)
+            # Reap it now: a killed child nobody waits for lingers (and warns) until exit.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                old.process.popen.wait(timeout=10)
         old.stop()
         self._started = [entry for entry in self._started if entry[2] is not old.process.record]
         started = time.monotonic()

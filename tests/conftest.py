@@ -77,17 +77,18 @@ def stack_factory(toolchain: Toolchain, request: pytest.FixtureRequest) -> Itera
     """Start a stack of one's own (``components=()`` for none), stopped after the test.
 
     For tests that start services or Envoy on it, or that need servers the session
-    ``stack`` must not share.
+    ``stack`` must not share. Its PostgreSQL skips fsync unless ``durable=True`` is passed:
+    tests that restart it must pass it, or the last commits may be lost in the restart.
     """
     started: list[tuple[RunningStack, Path]] = []
 
     def start(components: tuple[str, ...] = (), **options: object) -> RunningStack:
         state = _fresh_state_dir("skm-test-extra-")
+        options.setdefault("durable", False)
         running = Stack(
             state_dir=state,
             components=components,
             ports=EPHEMERAL_PORTS,
-            durable=False,
             toolchain=toolchain,
             **options,  # type: ignore[arg-type]  # the remaining Stack fields, by name
         ).start()

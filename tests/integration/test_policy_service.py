@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -611,3 +612,96 @@ async def test_every_decision_becomes_an_audit_event(tenant: Tenant, stack: Runn
         assert event.source == "policy"
         assert event.policy_decided.decision.verdict == wanted[decision_id].verdict
         assert event.policy_decided.check.object.startswith("tool:")
+
+
+async def _claim_retrying(t: Tenant, name: str, claim_id: str) -> bool:
+    """Claims until svc_policy answers for real (it may be UNAVAILABLE while its database
+    comes back); True if this claim won."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        try:
+            await t.blocked.ClaimApprovedAction(
+                blocked_action_service_pb2.ClaimApprovedActionRequest(name=name, claim_id=claim_id), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+                continue
+            return False
+        return True
+
+
+async def _check_retrying(t: Tenant, subject: str, relation: str, object_: str) -> policy_decision_pb2.PolicyDecision:
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                return await check(t, subject, relation, object_)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                await asyncio.sleep(0.5)
+
+
+async def test_an_approval_survives_a_postgres_restart_and_still_runs_once(stack_factory: Any) -> None:
+    """Approve, restart PostgreSQL under a running svc_policy, then claim from five callers
+    at once: exactly one claim wins, and the entry stays approved through the restart."""
+    # Durable: a restart must keep every commit, as a production database does.
+    own = stack_factory(components=("postgres", "redis", "kafka", "openfga"), durable=True)
+    settings = PolicySettings(
+        postgres_dsn=own.postgres_dsn,
+        redis_url=own.redis_url,
+        kafka_bootstrap=own.kafka_bootstrap,
+        openfga_api_url=own.openfga_api_url,
+        openfga_api_token_file=str(own.openfga_token_file),
+        openfga_store=f"skm-test-{uuid.uuid4().hex[:8]}",
+    )
+    tenant_name = f"tenants/t{uuid.uuid4().hex[:10]}"
+    async with (
+        serving(await build(settings, RuntimeSettings())) as served,
+        grpc.aio.insecure_channel(served.target) as ch,
+    ):
+        t = Tenant(tenant_name, ch)
+        await t.policy.WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=t.name,
+                relationships=[
+                    rel(t.user("olga"), "operator", f"tenant:{t.name}"),
+                    rel(t.user("mike"), "member", f"tenant:{t.name}"),
+                    rel(f"tenant:{t.name}", "tenant", t.tool("code_execution")),
+                    rel(f"tenant:{t.name}", "high_risk", t.tool("code_execution")),
+                ],
+            ),
+            timeout=10,
+        )
+        name = await held_action(t)
+        await t.blocked.ApproveBlockedAction(
+            blocked_action_service_pb2.ApproveBlockedActionRequest(name=name),
+            timeout=10,
+            metadata=t.principal("olga", principal_pb2.ROLE_OPERATOR),
+        )
+        assert own.postgres is not None
+        own.postgres.stop()
+        await asyncio.to_thread(own.start_server, "postgres")
+
+        wins = await asyncio.gather(*(_claim_retrying(t, name, f"c{i}") for i in range(5)))
+        assert sum(wins) == 1
+        got = await t.blocked.GetBlockedAction(
+            blocked_action_service_pb2.GetBlockedActionRequest(name=name), timeout=10
+        )
+        assert got.blocked_action.state == State.STATE_EXECUTING
+        # OpenFGA, on the same database, answers UNAVAILABLE until it has reconnected.
+        after = await _check_retrying(t, t.user("olga"), "can_execute", t.tool("code_execution"))
+        # The decision's audit record is written and relayed although the database went
+        # away under the outbox's writer and relay.
+        conn = await asyncpg.connect(own.postgres_dsn)
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    rows = await conn.fetch("SELECT value, published_at FROM policy.outbox WHERE topic = 'audit'")
+                    events = [(event_pb2.Event.FromString(r["value"]), r["published_at"]) for r in rows]
+                    mine = [p for e, p in events if e.policy_decided.decision.decision_id == after.decision_id]
+                    if mine and mine[0] is not None:
+                        break
+                    await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
