@@ -10,7 +10,6 @@ from skm_runtime.contract import services_of
 from skm_stack import RunningStack
 from skm_stack.services import default_services
 
-
 # A short agent loop (the untrained models never finish on their own before the bound)
 # and a short lease, so a killed svc_conversation's turns are taken over quickly.
 _EXTRA_ENV = {
