@@ -32,7 +32,8 @@ def test_a_clean_reply_is_read_as_is() -> None:
 
 def test_text_around_the_object_is_ignored() -> None:
     call = parse_reply('Sure! {"tool_name": "code_execution", "tool_args": {"runtime": "python", "code": "1"}} done')
-    assert call is not None and call.tool_args == {"runtime": "python", "code": "1"}
+    assert call is not None
+    assert call.tool_args == {"runtime": "python", "code": "1"}
 
 
 @pytest.mark.parametrize(
@@ -47,7 +48,8 @@ def test_text_around_the_object_is_ignored() -> None:
 )
 def test_a_reply_cut_off_by_the_token_limit_is_closed_where_it_stopped(cut: str, args: dict[str, object]) -> None:
     call = parse_reply(cut)
-    assert call is not None and call.tool_args == args
+    assert call is not None
+    assert call.tool_args == args
 
 
 @pytest.mark.parametrize("text", ["", "no json here", "[1, 2]", '{"tool_args": {}}', '{"tool_name": 3}'])
@@ -87,21 +89,27 @@ def test_the_decoding_schema_accepts_each_tool_and_caps_free_strings() -> None:
 def test_injection_markers_are_flagged_and_refused(text: str) -> None:
     verdict = preprocess.heuristics(text, refuse_injection=True)
     assert preprocess.PROMPT_INJECTION in verdict.flags
-    assert verdict.refused and verdict.refusal_reason == preprocess.PROMPT_INJECTION
+    assert verdict.refused
+    assert verdict.refusal_reason == preprocess.PROMPT_INJECTION
     assert not preprocess.heuristics(text, refuse_injection=False).refused
 
 
 def test_ordinary_messages_pass() -> None:
     verdict = preprocess.heuristics("What is the weather in Lima on 2026-03-01?", refuse_injection=True)
-    assert verdict.flags == () and not verdict.refused
+    assert verdict.flags == ()
+    assert not verdict.refused
 
 
 def test_personal_data_is_flagged_and_redacted_for_logs() -> None:
     text = "Mail jane.doe@example.com, call +44 20 7946 0958, card 4111 1111 1111 1111, order 1234567812345678."
     assert preprocess.PII in preprocess.heuristics(text, refuse_injection=True).flags
     redacted = preprocess.redact(text)
-    assert "jane.doe" not in redacted and "4111" not in redacted and "7946" not in redacted
-    assert "[email]" in redacted and "[card]" in redacted and "[phone]" in redacted
+    assert "jane.doe" not in redacted
+    assert "4111" not in redacted
+    assert "7946" not in redacted
+    assert "[email]" in redacted
+    assert "[card]" in redacted
+    assert "[phone]" in redacted
 
 
 def test_the_pre_slm_answer_is_taken_only_in_the_asked_shape() -> None:
