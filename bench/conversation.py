@@ -733,18 +733,13 @@ async def _idle_sessions(stack: RunningStack, user: _User, count: int) -> None:
 # -- the run -------------------------------------------------------------------------------
 
 
-def _specs(state: Path) -> list[Any]:
-    extra_env = {
-        **_EXTRA_ENV,
-        # svc_tools' local vector index is one process's at a time: this stack's own folder.
-        "tools": {"SKM_TOOLS_QDRANT_PATH": str(state / "tools-qdrant")},
-    }
+def _specs() -> list[Any]:
     return [
         replace(
             spec,
             port=0,
             health_services=("", *services_of(spec.name)),
-            extra_env={"SKM_LOG_LEVEL": "WARNING", **extra_env.get(spec.name, {})},
+            extra_env={"SKM_LOG_LEVEL": "WARNING", **_EXTRA_ENV.get(spec.name, {})},
         )
         for spec in default_services(env={})
     ]
@@ -757,7 +752,7 @@ def main(rounds: int = 5, turns: int = 3, calls: int = 500, sessions: int = 1000
         Path(state).chmod(0o755)  # PostgreSQL runs as its own user and must reach its data
         stack = Stack(state_dir=Path(state), ports=EPHEMERAL_PORTS, durable=False).start()
         try:
-            stack.start_services(_specs(Path(state)))
+            stack.start_services(_specs())
             stack.start_envoy()
             user = asyncio.run(_new_user(stack))
             asyncio.run(_streaming(stack, user, rounds, turns))
