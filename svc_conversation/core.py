@@ -148,6 +148,9 @@ class Conversation:
         """Stops every runner without changing its turn (the next owner resumes it) and
         ends every attached stream with UNAVAILABLE."""
         self._closing = True
+        for handle in self._handles.values():
+            if handle.run is not None:
+                handle.run.detached = True
         runners = [h.runner for h in self._handles.values() if h.runner is not None and not h.runner.done()]
         for runner in runners:
             runner.cancel()
@@ -179,13 +182,7 @@ class Conversation:
 
     async def _take(self, cutoff: datetime, lease_until: datetime, own_first: bool) -> list[str]:
         if own_first:
-            rows = await self.store.pool.fetch(
-                "UPDATE conversation.turns SET lease_until = $2 WHERE runner = $1"
-                " AND state IN ('RUNNING', 'AWAITING_APPROVAL') RETURNING tenant, session",
-                self.runner_id,
-                lease_until,
-            )
-            own = [f"{row['tenant']}/sessions/{row['session']}" for row in rows]
+            own = await self.store.take_own(self.runner_id, lease_until)
             return own + await self.store.take_orphans(self.runner_id, self._now(), lease_until)
         return await self.store.take_orphans(self.runner_id, cutoff, lease_until)
 
@@ -615,6 +612,7 @@ class Conversation:
                 # Left RUNNING on purpose: the lease runs out and the turn is resumed.
                 log.exception("a turn's runner failed; the turn will be resumed")
 
+        handle.run = run
         handle.runner = asyncio.create_task(guarded(), name=f"turn {turn.name}")
 
     async def _stop_runner(self, handle: SessionHandle) -> None:

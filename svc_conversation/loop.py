@@ -120,6 +120,9 @@ class TurnRun:
         self.principal = principal
         self.notes: list[dict[str, str]] = []
         self.current_execution = ""
+        # Set when this process stops: the running tool is left to finish for the next
+        # owner of the turn (it asks again with the same request id) instead of cancelled.
+        self.detached = False
 
     # -- event helpers ---------------------------------------------------------------
 
@@ -151,7 +154,7 @@ class TurnRun:
             await self._end(Turn.STATE_FAILED, error.reason, error=error.reason, message=error.message)
 
     async def _stop_tool(self) -> None:
-        if self.current_execution:
+        if self.current_execution and not self.detached:
             # Interrupt: the execution stops now, not when svc_tools notices the lost stream.
             await asyncio.shield(self.c.tools.cancel(self.principal, self.current_execution))
 
@@ -350,7 +353,10 @@ class TurnRun:
         self, profile: ResolvedProfile, iteration: int, messages: list[dict[str, str]], tools: Sequence[ToolSpec]
     ) -> str:
         max_tokens = profile.max_output_tokens
-        string_cap = max(32, min(max_tokens or 4000, 4000))
+        # Free strings are capped so that a whole reply fits the token limit even when every
+        # token is a single byte (weak models): half of it for the arguments, a quarter for
+        # the thoughts, the rest for the JSON around them.
+        string_cap = max(32, min(max_tokens // 2, 4000)) if max_tokens else 4000
         request = ChatRequest(
             messages=messages,
             temperature=profile.temperature,

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -73,6 +74,7 @@ class SessionHandle:
         self.pending: list[tuple[SessionEvent, int]] = []
         self.turn: Turn | None = None
         self.runner: asyncio.Task[None] | None = None
+        self.run: Any = None  # the TurnRun of `runner`
         self.last_used = time.monotonic()
         self.deleted = False
 

@@ -54,7 +54,7 @@ def decoding_schema(tools: Sequence[ToolSpec], *, string_cap: int) -> dict[str, 
                 "properties": {
                     "thoughts": {
                         "type": "array",
-                        "items": {"type": "string", "maxLength": min(string_cap, 200)},
+                        "items": {"type": "string", "maxLength": max(8, min(string_cap // 4, 200))},
                         "maxItems": 2,
                     },
                     "tool_name": {"const": tool.id},

@@ -349,6 +349,16 @@ class PostgresSessionStore:
             [k[1] for k in keys],
         )
 
+    async def take_own(self, runner: str, lease_until: datetime) -> list[str]:
+        """This runner's running turns, left by its previous incarnation; their leases renewed."""
+        rows = await self.pool.fetch(
+            f"UPDATE {SCHEMA}.turns SET lease_until = $2 WHERE runner = $1"
+            " AND state IN ('RUNNING', 'AWAITING_APPROVAL') RETURNING tenant, session",
+            runner,
+            lease_until,
+        )
+        return [f"{row['tenant']}/sessions/{row['session']}" for row in rows]
+
     async def take_orphans(self, runner: str, now: datetime, lease_until: datetime, limit: int = 50) -> list[str]:
         """Claims running turns whose runner stopped renewing; returns their session names."""
         rows = await self.pool.fetch(

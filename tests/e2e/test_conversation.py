@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import jwt
 import pytest
+import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer
 
 from skm.conversation.v1 import (
@@ -586,3 +588,69 @@ async def test_bad_tokens_are_refused_and_nothing_is_written(
     got = await client.stub.GetSession(pb.GetSessionRequest(name=session.name), metadata=client.metadata, timeout=10)
     assert got.session.last_sequence == 0
     assert got.session.owner == user
+
+
+async def test_a_full_context_is_compressed_by_the_utility_model(mesh: RunningStack) -> None:
+    _, client = await _tenant(mesh)
+    session = await client.session()
+    stream = client.events(session.name)
+    await anext(stream)
+    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 230)  # ~10,000 characters
+    first = await client.send(session.name, long_text)
+    events = await _read_turn(stream, first.name)
+    assert events[-1].turn_state_changed.state == Turn.STATE_COMPLETED
+    assert not [e for e in events if e.WhichOneof("event") == "model_call" and e.model_call.usage.role == 3]
+    # The second long message fills the primary model's window past the configured share.
+    second = await client.send(session.name, long_text)
+    events = await _read_turn(stream, second.name)
+    utility = [e.model_call for e in events if e.WhichOneof("event") == "model_call" and e.model_call.usage.role == 3]
+    assert utility
+    assert utility[0].iteration == 0
+    assert utility[0].usage.model == "models/skm-tiny-untrained"
+    assert events[-1].turn_state_changed.state == Turn.STATE_COMPLETED
+
+
+async def test_a_memory_write_the_policy_denies_changes_no_memory(mesh: RunningStack) -> None:
+    tenant, client = await _tenant(mesh)
+    t = f"tenant:tenants/{tenant}"
+    tool = f"tool:tenants/{tenant}/tools/memory_save"
+    persona = f"persona:tenants/{tenant}/personas/default"
+    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+        # The tool itself is allowed; no memory namespace is granted to alice or the persona.
+        await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=f"tenants/{tenant}",
+                relationships=[
+                    access_pb2.Relationship(subject=t, relation="tenant", object=tool),
+                    access_pb2.Relationship(subject=t, relation="low_risk", object=tool),
+                    access_pb2.Relationship(subject=persona, relation="persona_user", object=tool),
+                ],
+            ),
+            timeout=10,
+        )
+    session = await client.session()
+    stream = client.events(session.name)
+    await anext(stream)
+    turn = await client.send(session.name, "Remember that my locker code is 4711.", tool_choice="memory_save")
+    events = await _read_turn(stream, turn.name)
+    requested = next(e.tool_call_requested for e in events if e.WhichOneof("event") == "tool_call_requested")
+    assert requested.tool.endswith("/tools/memory_save")
+    verdict = next(e.tool_call_verdict for e in events if e.WhichOneof("event") == "tool_call_verdict")
+    assert verdict.decision.verdict == policy_decision_pb2.VERDICT_DENY
+    result = next(e.tool_call_result for e in events if e.WhichOneof("event") == "tool_call_result")
+    assert result.result.failure.reason == execution_pb2.FAILURE_REASON_DENIED
+    conn = await asyncpg.connect(mesh.postgres_dsn)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM tools.memories WHERE tenant = $1", f"tenants/{tenant}")
+    finally:
+        await conn.close()
+    assert stored == 0
+    # The session's hot state in Redis mirrors the stored session.
+    got = await client.stub.GetSession(pb.GetSessionRequest(name=session.name), metadata=client.metadata, timeout=10)
+    hot = redis.Redis.from_url(mesh.redis_url)
+    try:
+        mirrored = await hot.hgetall(f"skm:conversation:session:{session.name}")
+    finally:
+        await hot.aclose()
+    assert mirrored[b"state"] == b"STATE_IDLE"
+    assert int(mirrored[b"last_sequence"]) == got.session.last_sequence

@@ -75,15 +75,15 @@ async def test_every_service_is_serving_through_envoy(mesh: RunningStack) -> Non
 
 
 async def test_each_service_answers_on_its_own_port(mesh: RunningStack) -> None:
-    """Behind the gateway, every service serves its contract (UNIMPLEMENTED for now)."""
+    """Behind the gateway, every service serves its contract (svc_audio's RPCs: UNIMPLEMENTED for now)."""
     for name, service in mesh.services.items():
         async with grpc.aio.insecure_channel(service.addr) as chan:
             health = health_pb2_grpc.HealthStub(chan)
             reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
-    conversation = mesh.services["conversation"].addr
-    async with grpc.aio.insecure_channel(conversation) as chan:
-        call = chan.unary_unary("/skm.conversation.v1.ConversationService/GetSession")
+    audio = mesh.services["audio"].addr
+    async with grpc.aio.insecure_channel(audio) as chan:
+        call = chan.unary_unary("/skm.audio.v1.AudioService/PushAudio")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call(b"", timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED

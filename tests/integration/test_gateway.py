@@ -111,7 +111,14 @@ async def mesh(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) ->
     runtime = RuntimeSettings()
     async with (
         serving(await build_policy(policy_settings, runtime)) as policy,
-        serving(await build_conversation(ConversationSettings(), runtime)) as conversation,
+        serving(
+            await build_conversation(
+                ConversationSettings(
+                    postgres_dsn=stack.postgres_dsn, redis_url=stack.redis_url, kafka_bootstrap=stack.kafka_bootstrap
+                ),
+                runtime,
+            )
+        ) as conversation,
     ):
         settings = GatewaySettings(
             policy_addr=policy.target,
@@ -332,8 +339,9 @@ async def test_server_streams_and_the_principal_are_forwarded(mesh: Mesh) -> Non
 
 
 async def test_bidi_calls_are_authorized_on_their_first_message_and_forwarded(mesh: Mesh) -> None:
-    """Converse (bidi) reaches svc_conversation, which does not serve it yet: its own
-    UNIMPLEMENTED comes back. Another user's session is refused at the gateway."""
+    """Converse (bidi) reaches svc_conversation, whose own error about the first message (it
+    lacks `config`) comes back with its details. Another user's session is refused at the
+    gateway."""
     async with grpc.aio.insecure_channel(mesh.gateway.target) as channel:
         converse = channel.stream_stream("/skm.conversation.v1.ConversationService/Converse")
         first = conversation_service_pb2.ConverseRequest(session=f"{mesh.tenant}/sessions/s1").SerializeToString()
@@ -344,7 +352,7 @@ async def test_bidi_calls_are_authorized_on_their_first_message_and_forwarded(me
             await call.done_writing()
             await call.read()
 
-        error = await _fails(one(mesh.token("mike")), grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+        error = await _fails(one(mesh.token("mike")), grpc.StatusCode.INVALID_ARGUMENT, "FIRST_MESSAGE_NOT_CONFIG")
         assert details_of(error.trailing_metadata()) is not None
         await _fails(one(mesh.token("olga")), grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
 
