@@ -46,7 +46,7 @@ run: setup ## run the platform: real servers + all services + Envoy on 127.0.0.1
 down: ## stop what `make run` started (by PID)
 	$(PY) -m skm_stack down
 
-bench: setup ## measure the runtime and Envoy against bare baselines (ratios, one run)
+bench: setup ## side-by-side ratios in one run: runtime, Envoy, policy, conversations, tools (python -m bench --help)
 	$(PY) -m bench
 
 clean: ## remove servers' state (not the download cache)

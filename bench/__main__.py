@@ -19,7 +19,10 @@ Then conversations (bench/conversation.py), on a whole mesh started for the run:
 first token and tokens/s through Envoy + gateway + svc_conversation against the engine
 called directly, the gateway's overhead on a unary call, and the memory of idle sessions.
 
-Usage: python -m bench [runtime|policy|conversation|all] [--rounds N] [--calls N] [--frames N]
+Then tools (bench/tools.py): the code_execution sandbox against a bare subprocess running the
+same code, executions per second, and memory recall latency and recall@1 at 10k memories.
+
+Usage: python -m bench [runtime|policy|conversation|tools|all] [--rounds N] [--calls N] [--frames N]
                        [--turns N] [--sessions N]
 """
 
@@ -112,7 +115,11 @@ async def _measure(targets: dict[str, tuple[str, tuple[int, ...]]], rounds: int,
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "what", nargs="?", choices=("runtime", "policy", "conversation", "all"), default="all", help="default: all"
+        "what",
+        nargs="?",
+        choices=("runtime", "policy", "conversation", "tools", "all"),
+        default="all",
+        help="default: all",
     )
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--calls", type=int, default=4000, help="unary calls per round (default 4000)")
@@ -132,6 +139,10 @@ def main() -> int:
         from bench import conversation
 
         conversation.main(rounds=args.rounds, turns=args.turns, sessions=args.sessions)
+    if args.what in ("tools", "all"):
+        from bench import tools
+
+        tools.main(rounds=min(args.rounds, 3))
     return 0
 
 
