@@ -44,7 +44,11 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
             "user": (settings.user_rate_per_second, settings.user_burst),
         },
     )
-    policy = GrpcPolicy(channels["policy"], constitution_ttl=settings.constitution_ttl_seconds)
+    policy = GrpcPolicy(
+        channels["policy"],
+        constitution_ttl=settings.constitution_ttl_seconds,
+        decision_ttl=settings.decision_ttl_seconds,
+    )
     gateway = Gateway(verifier, policy, limiter, policy)
     proxy = Proxy(gateway, methods(), channels, stream_timeout=runtime.grpc_stream_timeout_seconds)
     routes = {service: channels[owner] for service, owner in owners.items()}

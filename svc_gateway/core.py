@@ -77,12 +77,10 @@ class Gateway:
                     "the token's constitution hash is stale: read the constitution and get a new token",
                     metadata={"tenant": principal.tenant},
                 )
-        for scope, key in (("tenant", principal.tenant), ("user", principal.user)):
-            wait = await self._limiter.take(scope, key)
-            if wait > 0:
-                raise RateLimited(
-                    f"the {scope}'s rate limit is spent", metadata={"scope": scope}, retry_after_seconds=wait
-                )
+        refused = await self._limiter.take((("tenant", principal.tenant), ("user", principal.user)))
+        if refused is not None:
+            scope, wait = refused
+            raise RateLimited(f"the {scope}'s rate limit is spent", metadata={"scope": scope}, retry_after_seconds=wait)
         object_ = object_of(rule, resource, principal.tenant)
         if rule.any_tenant_member:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from svc_gateway.model import Principal, Verdict
@@ -20,9 +21,10 @@ class Constitutions(Protocol):
 
 
 class RateLimiter(Protocol):
-    async def take(self, scope: str, key: str) -> float:
-        """Take one call from the budget of `key` in `scope` ("tenant" or "user"); 0 when
-        allowed, else the seconds to wait."""
+    async def take(self, buckets: Sequence[tuple[str, str]]) -> tuple[str, float] | None:
+        """Take one call from each bucket, given as (scope, key) with scope "tenant" or
+        "user", all or none: None when every bucket had room, else the scope of the first
+        that had none and the seconds to wait."""
         ...
 
 

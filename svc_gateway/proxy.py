@@ -12,6 +12,7 @@ Errors of the owning service reach the client as they are, details included.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from functools import lru_cache
 from typing import Any
 
 import grpc
@@ -22,7 +23,7 @@ from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY, principal_met
 from svc_gateway.adapters.policy import principal_message
 from svc_gateway.core import Gateway
 from svc_gateway.errors import MethodNotPublic, ResourceNameInvalid, ServiceUnavailable
-from svc_gateway.model import Rule
+from svc_gateway.model import Principal, Rule
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -49,6 +50,12 @@ def _rule(method: Method) -> Rule:
     return Rule(
         rule.permission, rule.resource_type, rule.resource_field, rule.any_tenant_member, rule.allow_stale_constitution
     )
+
+
+@lru_cache(maxsize=4096)
+def _principal_header(principal: Principal) -> tuple[tuple[str, str | bytes], ...]:
+    """The metadata that carries a principal on, serialized once per principal."""
+    return principal_metadata(principal_message(principal)) + FORWARDED
 
 
 def _resource(method: Method, rule: Rule, request: bytes | None) -> str:
@@ -122,15 +129,14 @@ class Proxy(grpc.GenericRpcHandler):
         raise MethodNotPublic("no such public method")
 
     async def _admit(
-        self, method: Method, context: Context, first: bytes | None
+        self, method: Method, rule: Rule, context: Context, first: bytes | None
     ) -> tuple[tuple[str, str | bytes], ...]:
         metadata = context.invocation_metadata() or ()
         authorization = next((v for k, v in metadata if k == "authorization" and isinstance(v, str)), None)
         principal = self._gateway.authenticate(authorization)
-        rule = _rule(method)
         await self._gateway.admit(principal, rule, _resource(method, rule, first))
         passed = tuple((k, v) for k, v in metadata if k not in _NOT_FORWARDED and not k.startswith((":", "grpc-")))
-        return passed + principal_metadata(principal_message(principal)) + FORWARDED
+        return passed + _principal_header(principal)
 
     def _timeout(self, context: Context) -> float:
         remaining = context.time_remaining()
@@ -149,15 +155,15 @@ class Proxy(grpc.GenericRpcHandler):
     def _handler(self, method: Method) -> grpc.RpcMethodHandler[Any, Any]:
         channel = self._channels[method.owner]
         path = method.path
+        rule = _rule(method)
 
         if not method.client_streaming and not method.server_streaming:
+            forward = _unary_unary(channel, path)
 
             async def unary_unary(request: bytes, context: Context) -> bytes:
-                metadata = await self._admit(method, context, request)
+                metadata = await self._admit(method, rule, context, request)
                 try:
-                    response: bytes = await _unary_unary(channel, path)(
-                        request, metadata=metadata, timeout=self._timeout(context)
-                    )
+                    response: bytes = await forward(request, metadata=metadata, timeout=self._timeout(context))
                 except grpc.aio.AioRpcError as error:
                     await self._relay(error, method, context)
                     raise
@@ -168,7 +174,7 @@ class Proxy(grpc.GenericRpcHandler):
         if not method.client_streaming:
 
             async def unary_stream(request: bytes, context: Context) -> AsyncIterator[bytes]:
-                metadata = await self._admit(method, context, request)
+                metadata = await self._admit(method, rule, context, request)
                 call = _unary_stream(channel, path)(request, metadata=metadata, timeout=self._timeout(context))
                 try:
                     async for response in call:
@@ -182,7 +188,7 @@ class Proxy(grpc.GenericRpcHandler):
 
         async def _opened(requests: AsyncIterator[bytes], context: Context) -> tuple[Any, AsyncIterator[bytes]]:
             first = await anext(aiter(requests), None)
-            metadata = await self._admit(method, context, first)
+            metadata = await self._admit(method, rule, context, first)
 
             async def upstream() -> AsyncIterator[bytes]:
                 if first is not None:

@@ -33,6 +33,10 @@ class GatewaySettings(ServiceSettings):
     user_burst: float = bounded(100.0, low=1.0, high=1e6)
     # How long a tenant's constitution hash is trusted before it is read again.
     constitution_ttl_seconds: float = bounded(2.0, low=0.0, high=3600.0)
+    # How long svc_policy's ALLOW for (user, permission, resource) is reused without asking
+    # again (0: ask on every call). A revocation stops calls within this plus svc_policy's
+    # SKM_POLICY_CACHE_TTL_SECONDS. DENY and REQUIRES_APPROVAL are never reused.
+    decision_ttl_seconds: float = bounded(1.0, low=0.0, high=10.0)
     # How long a health check of a backend may take before it counts as NOT_SERVING.
     backend_health_timeout_seconds: float = bounded(2.0, low=0.05, high=60.0)
 

@@ -1,33 +1,48 @@
 """Rate limits as token buckets in Redis, one per tenant and one per user.
 
-A bucket holds up to `burst` calls and refills at `rate` per second; one Lua script takes a
-call atomically, so every gateway copy shares the same budget. When Redis cannot answer,
-calls are let through (and logged): a broken rate limiter must not take the platform down;
-authorization, which does fail closed, is not affected.
+A bucket holds up to `burst` calls and refills at `rate` per second. One Lua script takes a
+call from every bucket of a call at once, atomically and in one round trip, so every gateway
+copy shares the same budget: either each bucket has room and each gives one call, or none
+gives anything and the answer names the first bucket without room (a user over their limit
+does not spend their tenant's budget). When Redis cannot answer, calls are let through (and
+logged): a broken rate limiter must not take the platform down; authorization, which does
+fail closed, is not affected.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 log = logging.getLogger("skm.gateway.ratelimit")
 
+# KEYS: one hash per bucket. ARGV: now, then rate and burst of each bucket in KEYS' order.
+# Returns "" when every bucket gave a call, else "{index}:{seconds to wait}" (index from 1).
 _TAKE = """
-local tokens = tonumber(redis.call('HGET', KEYS[1], 't'))
-local stamp = tonumber(redis.call('HGET', KEYS[1], 's'))
-local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if tokens == nil then tokens = burst; stamp = now end
-tokens = math.min(burst, tokens + (now - stamp) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 't', tokens, 's', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+local now = tonumber(ARGV[1])
+local tokens, refused, wait = {}, 0, 0
+for i, key in ipairs(KEYS) do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local held = redis.call('HMGET', key, 't', 's')
+  local t, s = tonumber(held[1]), tonumber(held[2])
+  if t == nil or s == nil then t = burst; s = now end
+  t = math.min(burst, t + math.max(0, now - s) * rate)
+  tokens[i] = t
+  if refused == 0 and t < 1 then refused = i; wait = (1 - t) / rate end
+end
+for i, key in ipairs(KEYS) do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local t = tokens[i]
+  if refused == 0 then t = t - 1 end
+  redis.call('HSET', key, 't', t, 's', now)
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+end
+if refused == 0 then return '' end
+return refused .. ':' .. tostring(wait)
 """
 
 
@@ -46,11 +61,19 @@ class RedisRateLimiter:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def take(self, scope: str, key: str) -> float:
-        rate, burst = self._limits[scope]
+    async def take(self, buckets: Sequence[tuple[str, str]]) -> tuple[str, float] | None:
+        keys: list[str] = []
+        args: list[float] = [time.time()]
+        for scope, key in buckets:
+            rate, burst = self._limits[scope]
+            keys.append(f"skm:gateway:rate:{scope}:{key}")
+            args += (rate, burst)
         try:
-            wait = await self._take(keys=[f"skm:gateway:rate:{scope}:{key}"], args=[time.time(), rate, burst])
+            answer = await self._take(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             log.warning("rate limiter unavailable; call let through", extra={"fields": {"error": type(exc).__name__}})
-            return 0.0
-        return float(wait)
+            return None
+        if not answer:
+            return None
+        index, _, wait = (answer.decode() if isinstance(answer, bytes) else str(answer)).partition(":")
+        return buckets[int(index) - 1][0], float(wait)

@@ -42,6 +42,7 @@ from skm_stack import RunningStack
 from svc_conversation.__main__ import build as build_conversation
 from svc_conversation.settings import ConversationSettings
 from svc_gateway.__main__ import build as build_gateway
+from svc_gateway.adapters.ratelimit import RedisRateLimiter
 from svc_gateway.settings import GatewaySettings
 from svc_policy.__main__ import build as build_policy
 from svc_policy.settings import PolicySettings
@@ -406,3 +407,63 @@ async def test_policy_unreachable_means_refused(mesh: Mesh, stack: RunningStack)
         grpc.aio.insecure_channel(gateway.target) as channel,
     ):
         await _fails(_list(mesh, channel, mesh.token("olga")), grpc.StatusCode.UNAVAILABLE, "POLICY_UNAVAILABLE")
+
+
+async def test_a_revoked_relationship_stops_calls_within_the_decision_ttl(mesh: Mesh) -> None:
+    """The gateway reuses an ALLOW for SKM_GATEWAY_DECISION_TTL_SECONDS; a revocation made
+    through svc_policy empties svc_policy's own cache, so it stops calls within that TTL."""
+    ttl = GatewaySettings().decision_ttl_seconds
+    user = f"rev{uuid.uuid4().hex[:6]}"
+    grant = access_pb2.Relationship(
+        subject=f"user:{mesh.tenant}/users/{user}", relation="operator", object=f"tenant:{mesh.tenant}"
+    )
+    async with (
+        grpc.aio.insecure_channel(mesh.policy.target) as direct,
+        grpc.aio.insecure_channel(mesh.gateway.target) as channel,
+    ):
+        relationships = policy_service_pb2_grpc.PolicyServiceStub(direct)
+        await relationships.WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(parent=mesh.tenant, relationships=[grant]), timeout=10
+        )
+        token = mesh.token(user)
+        await _list(mesh, channel, token)  # allowed, and the ALLOW is remembered
+        await relationships.DeleteRelationships(
+            policy_service_pb2.DeleteRelationshipsRequest(parent=mesh.tenant, relationships=[grant]), timeout=10
+        )
+        revoked = time.monotonic()
+        refused: grpc.StatusCode | None = None
+        while refused is None:
+            try:
+                await _list(mesh, channel, token)
+            except grpc.aio.AioRpcError as error:
+                refused = error.code()
+                continue
+            assert time.monotonic() - revoked <= ttl + 0.5, "a revoked user still passes after the decision TTL"
+            await asyncio.sleep(0.05)
+        assert refused == grpc.StatusCode.PERMISSION_DENIED
+        # Refused from now on: a DENY is never remembered, nor turned back into an ALLOW.
+        await _fails(_list(mesh, channel, token), grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+
+
+async def test_rate_limits_take_from_every_bucket_or_from_none(stack: RunningStack) -> None:
+    """One round trip for both buckets; a call the user's bucket refuses costs the tenant nothing."""
+    limiter = RedisRateLimiter.connect(stack.redis_url, {"tenant": (0.001, 3.0), "user": (0.001, 1.0)})
+    tenant = f"tenants/r{uuid.uuid4().hex[:8]}"
+    try:
+
+        def buckets(user: str) -> tuple[tuple[str, str], ...]:
+            return (("tenant", tenant), ("user", f"{tenant}/users/{user}"))
+
+        assert await limiter.take(buckets("a")) is None
+        refused = await limiter.take(buckets("a"))
+        assert refused is not None
+        assert refused[0] == "user"
+        assert refused[1] > 0
+        # The tenant gave one call of its three: two more users get theirs, then the tenant is spent.
+        assert await limiter.take(buckets("b")) is None
+        assert await limiter.take(buckets("c")) is None
+        refused = await limiter.take(buckets("d"))
+        assert refused is not None
+        assert refused[0] == "tenant"
+    finally:
+        await limiter.close()

@@ -1,0 +1,217 @@
+"""What the gateway remembers between calls, and what it never does: verified tokens until
+their `exp`, ALLOW decisions for a short TTL; never a refused token, a DENY, a
+REQUIRES_APPROVAL, nor a constitution check."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from svc_gateway.adapters.policy import GrpcPolicy
+from svc_gateway.adapters.tokens import JwtVerifier
+from svc_gateway.cache import ExpiringCache
+from svc_gateway.core import Gateway
+from svc_gateway.errors import ConstitutionHashStale, PermissionDenied, TokenExpired, TokenInvalid
+from svc_gateway.model import Principal, Rule, Verdict
+
+DIGEST = "a" * 64
+RULE = Rule("can_read", "session", "name")
+RESOURCE = "tenants/t1/sessions/s1"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_entry_expires_at_its_time_and_a_full_cache_drops_the_least_recently_used() -> None:
+    clock = _Clock()
+    cache: ExpiringCache[str, int] = ExpiringCache(2, clock=clock)
+    cache.put("a", 1, clock.now + 10)
+    cache.put("b", 2, clock.now + 10)
+    assert cache.get("a") == 1  # "b" is now the least recently used
+    cache.put("c", 3, clock.now + 10)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+    clock.now += 10
+    assert cache.get("a") is None
+    cache.put("d", 4, clock.now)  # already expired: not stored
+    assert cache.get("d") is None
+
+
+def _keys() -> tuple[bytes, dict[str, Any]]:
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return pem, {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k", "alg": "EdDSA"}]}
+
+
+def _token(pem: bytes, *, exp: float, digest: str = DIGEST) -> str:
+    claims = {
+        "iss": "skm-dev",
+        "aud": "skm",
+        "sub": "olga",
+        "tenant": "t1",
+        "roles": ["member"],
+        "constitution_sha256": digest,
+        "exp": int(exp),
+    }
+    return jwt.encode(claims, pem, algorithm="EdDSA", headers={"kid": "k"})
+
+
+def _verifier(jwks: dict[str, Any], **options: Any) -> JwtVerifier:
+    return JwtVerifier(jwks, algorithms=["EdDSA"], issuer="skm-dev", audience="skm", **options)
+
+
+def test_a_token_is_verified_once_until_its_exp_and_refused_tokens_are_never_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pem, jwks = _keys()
+    clock = _Clock()
+    clock.now = time.time()
+    verifier = _verifier(jwks, clock=clock)
+    decoded: list[str] = []
+    decode = jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    token = _token(pem, exp=clock.now + 60)
+    first = verifier.verify(token)
+    assert verifier.verify(token) == first
+    assert len(decoded) == 1
+    clock.now += 60  # the token's exp: what was remembered is not used any more
+    verifier.verify(token)
+    assert len(decoded) == 2
+    for _ in range(2):
+        with pytest.raises(TokenInvalid):
+            verifier.verify(token[:-4] + "AAAA")  # the signature no longer verifies
+    assert len(decoded) == 4
+
+
+async def test_a_remembered_token_is_refused_once_it_expires() -> None:
+    pem, jwks = _keys()
+    verifier = _verifier(jwks, leeway=0.0)
+    token = _token(pem, exp=time.time() + 1)
+    verifier.verify(token)
+    await asyncio.sleep(max(0.0, jwt.decode(token, options={"verify_signature": False})["exp"] - time.time()) + 0.1)
+    with pytest.raises(TokenExpired):
+        verifier.verify(token)
+
+
+class _Constitutions:
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+
+    async def current_sha256(self, tenant: str) -> str:
+        return self.digest
+
+
+class _Limiter:
+    async def take(self, buckets: Any) -> tuple[str, float] | None:
+        return None
+
+
+class _Policy:
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+        self.asked = 0
+
+    async def allows(self, principal: Principal, permission: str, object_: str) -> Verdict:
+        self.asked += 1
+        return self.verdict
+
+
+async def test_a_remembered_token_whose_constitution_changed_is_refused() -> None:
+    pem, jwks = _keys()
+    constitutions = _Constitutions(DIGEST)
+    gateway = Gateway(_verifier(jwks), constitutions, _Limiter(), _Policy(Verdict(True, "ROLE_ALLOWS")))
+    token = _token(pem, exp=time.time() + 600)
+    await gateway.admit(gateway.authenticate(f"Bearer {token}"), RULE, RESOURCE)
+    constitutions.digest = "b" * 64  # the tenant's constitution changed
+    with pytest.raises(ConstitutionHashStale):
+        await gateway.admit(gateway.authenticate(f"Bearer {token}"), RULE, RESOURCE)
+
+
+class _AnsweringPolicy(GrpcPolicy):
+    """GrpcPolicy with svc_policy's answers given by the test (no channel needed)."""
+
+    def __init__(self, channel: grpc.aio.Channel, answers: list[Verdict], decision_ttl: float) -> None:
+        super().__init__(channel, constitution_ttl=0.0, decision_ttl=decision_ttl)
+        self.answers = answers
+        self.asked = 0
+
+    async def _ask(self, principal: Principal, permission: str, object_: str) -> Verdict:
+        self.asked += 1
+        return self.answers[min(self.asked, len(self.answers)) - 1]
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    """A channel nothing is ever sent on (svc_policy's answers come from the test)."""
+    async with grpc.aio.insecure_channel("127.0.0.1:9") as unused:
+        yield unused
+
+
+PRINCIPAL = Principal("tenants/t1", "tenants/t1/users/olga", ("member",), DIGEST)
+OBJECT = "session:tenants/t1/sessions/s1"
+
+
+async def test_an_allow_is_reused_for_its_ttl_only(channel: grpc.aio.Channel) -> None:
+    policy = _AnsweringPolicy(channel, [Verdict(True, "ROLE_ALLOWS", "d1"), Verdict(False, "NOT_PERMITTED", "d2")], 0.2)
+    for _ in range(3):
+        assert (await policy.allows(PRINCIPAL, "can_read", OBJECT)).allowed
+    assert policy.asked == 1
+    # Another user, permission or object is another question.
+    await policy.allows(Principal("tenants/t1", "tenants/t1/users/mike", (), DIGEST), "can_read", OBJECT)
+    await policy.allows(PRINCIPAL, "can_write", OBJECT)
+    await policy.allows(PRINCIPAL, "can_read", "session:tenants/t1/sessions/s2")
+    assert policy.asked == 4
+    await asyncio.sleep(0.25)  # the ALLOW expired; svc_policy now denies (say, a revocation)
+    assert not (await policy.allows(PRINCIPAL, "can_read", OBJECT)).allowed
+
+
+@pytest.mark.parametrize(
+    "verdict",
+    [Verdict(False, "NOT_PERMITTED"), Verdict(False, "HIGH_RISK_TOOL_NEEDS_APPROVAL")],
+    ids=["deny", "requires-approval"],
+)
+async def test_what_is_not_an_allow_is_asked_again_on_every_call(channel: grpc.aio.Channel, verdict: Verdict) -> None:
+    policy = _AnsweringPolicy(channel, [verdict], 60.0)
+    for _ in range(3):
+        assert not (await policy.allows(PRINCIPAL, "can_read", OBJECT)).allowed
+    assert policy.asked == 3
+
+
+async def test_without_a_decision_ttl_every_call_is_asked(channel: grpc.aio.Channel) -> None:
+    policy = _AnsweringPolicy(channel, [Verdict(True, "ROLE_ALLOWS")], 0.0)
+    for _ in range(3):
+        await policy.allows(PRINCIPAL, "can_read", OBJECT)
+    assert policy.asked == 3
+
+
+async def test_a_deny_is_refused_by_the_gateway_every_time() -> None:
+    pem, jwks = _keys()
+    policy = _Policy(Verdict(False, "NOT_PERMITTED", "d1"))
+    gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy)
+    principal = gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}")
+    for _ in range(2):
+        with pytest.raises(PermissionDenied):
+            await gateway.admit(principal, RULE, RESOURCE)
+    assert policy.asked == 2
