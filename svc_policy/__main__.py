@@ -67,13 +67,14 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
         await resources.aclose()
         raise
     outbox = BufferedOutbox(store.pool, SCHEMA)
+    audit = OutboxAuditTrail(outbox)
     relay = OutboxRelay(store.pool, SCHEMA, settings.kafka_bootstrap, topics=(TOPIC_AUDIT, TOPIC_BLOCKED))
     policy = Policy(
         checker,
         authorizer,
         store,
         store,
-        OutboxAuditTrail(outbox),
+        audit,
         hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
         now=_now,
     )
@@ -89,6 +90,7 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        audit.flush()
         await outbox.close()
         await relay.close()
         await resources.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
 
@@ -67,9 +68,12 @@ def relationship_to(relationship: Relationship) -> access_pb2.Relationship:
     return message
 
 
+_VERDICTS = {verdict: policy_decision_pb2.Verdict.Value(f"VERDICT_{verdict.value}") for verdict in Verdict}
+
+
 def decision_to(decision: Decision) -> policy_decision_pb2.PolicyDecision:
     return policy_decision_pb2.PolicyDecision(
-        verdict=policy_decision_pb2.Verdict.Value(f"VERDICT_{decision.verdict.value}"),
+        verdict=_VERDICTS[decision.verdict],
         reason=decision.reason,
         decision_id=decision.decision_id,
         blocked_action=decision.blocked_action,
@@ -172,12 +176,38 @@ def decision_event(
     *,
     cached: bool,
     trace_id: str = "",
+    time_ns: int | None = None,
 ) -> event_pb2.Event:
-    event = _envelope(tenant, "", principal, trace_id)
-    event.policy_decided.check.CopyFrom(check_to(check))
-    event.policy_decided.decision.CopyFrom(decision_to(decision))
-    event.policy_decided.cached = cached
+    """PolicyDecided, at `time_ns` (nanoseconds since the epoch; now if None).
+
+    Built for every decision, so fields are set in place rather than through copies of
+    intermediate messages."""
+    event = event_pb2.Event(event_id=str(uuid.uuid4()), tenant=tenant, trace_id=trace_id, source=SOURCE)
+    if time_ns is None:
+        event.event_time.GetCurrentTime()
+    else:
+        event.event_time.seconds, event.event_time.nanos = divmod(time_ns, 1_000_000_000)
+    if principal is not None:
+        event.principal.CopyFrom(_principal_wire(principal))
+    decided = event.policy_decided
+    decided.check.subject = check.subject
+    decided.check.relation = check.relation
+    decided.check.object = check.object
+    decided.check.context.SetInParent()  # present even when empty, as check_to makes it
+    if check.context:
+        decided.check.context.update(dict(check.context))
+    decided.decision.verdict = _VERDICTS[decision.verdict]
+    decided.decision.reason = decision.reason
+    decided.decision.decision_id = decision.decision_id
+    decided.decision.blocked_action = decision.blocked_action
+    decided.cached = cached
     return event
+
+
+@lru_cache(maxsize=4096)
+def _principal_wire(principal: Principal) -> principal_pb2.Principal:
+    # Only ever copied from, never changed.
+    return principal_to(principal)
 
 
 def _datetime(stamp: timestamp_pb2.Timestamp, present: bool = True) -> datetime | None:
