@@ -54,6 +54,7 @@ from svc_conversation.errors import (
     TurnNotInterrupted,
     TurnNotResumable,
 )
+from svc_conversation.fitting import estimated_tokens, fit_messages
 from svc_conversation.loop import PRIMARY, UTILITY, TurnRun, usage_of
 from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec
 from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, SessionHandle, Subscriber, timestamp
@@ -67,6 +68,8 @@ Session = session_pb2.Session
 MAX_TEXT = 32_768
 _INTERRUPT_WAIT = 0.15
 _CATALOGUE_SECONDS = 30.0
+# How long a persona and a role's resolution are reused before svc_profiles is asked again.
+_PROFILE_SECONDS = 5.0
 _SUBORDINATE_NAMESPACE = uuid.UUID("c4b1f1a2-77e4-4a57-9d0f-5a9f3b2e8c64")
 
 
@@ -134,7 +137,11 @@ class Conversation:
         self._now = now
         self._handles: dict[str, SessionHandle] = {}
         self._loading: dict[str, asyncio.Lock] = {}
-        self._catalogue: tuple[float, list[ToolSpec]] | None = None
+        self._catalogue: dict[str, tuple[float, list[ToolSpec]]] = {}
+        self._personas: dict[str, tuple[float, Persona]] = {}
+        self._resolved: dict[tuple[str, int, int, str, bytes], tuple[float, ResolvedProfile]] = {}
+        self._mirrors: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
         self._summaries: dict[str, tuple[int, str]] = {}
         self._closing = False
 
@@ -159,6 +166,8 @@ class Conversation:
                 await asyncio.wait_for(runner, 5.0)
         for handle in self._handles.values():
             handle.close_streams("SHUTDOWN")
+        if self._mirrors:
+            await asyncio.wait(list(self._mirrors.values()), timeout=2.0)
 
     async def maintain(self, *, own_first: bool = False) -> None:
         """Renews the leases of running turns, takes over abandoned ones, drops idle sessions."""
@@ -189,26 +198,71 @@ class Conversation:
     # -- shared helpers for the loop -------------------------------------------------
 
     async def persona(self, name: str, principal: Principal) -> Persona:
-        return await self.profiles.persona(name, principal)
+        cached = self._personas.get(name)
+        if cached is not None and time.monotonic() - cached[0] < _PROFILE_SECONDS:
+            return cached[1]
+        persona = await self.profiles.persona(name, principal)
+        self._personas[name] = (time.monotonic(), persona)
+        return persona
+
+    async def resolve(self, principal: Principal, role: int, session: Session) -> ResolvedProfile:
+        """A role's models for the session (resolutions are kept for a few seconds)."""
+        overrides = b"".join(o.SerializeToString() for o in session.model_overrides)
+        key = (principal.tenant, role, session.mode, session.persona, overrides)
+        cached = self._resolved.get(key)
+        if cached is not None and time.monotonic() - cached[0] < _PROFILE_SECONDS:
+            return cached[1]
+        resolved = await self.profiles.resolve(
+            principal, role, session.mode, session.persona, list(session.model_overrides)
+        )
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
+        self._resolved[key] = (time.monotonic(), resolved)
+        return resolved
 
     async def catalogue(self, principal: Principal) -> list[ToolSpec]:
-        cached = self._catalogue
+        cached = self._catalogue.get(principal.tenant)
         if cached is not None and time.monotonic() - cached[0] < _CATALOGUE_SECONDS:
             return cached[1]
         tools = await self.tools.catalogue(principal)
-        self._catalogue = (time.monotonic(), tools)
+        self._catalogue[principal.tenant] = (time.monotonic(), tools)
         return tools
 
     async def step(
-        self, handle: SessionHandle, turn: Turn, principal: Principal, payloads: list[tuple[str, object]]
+        self,
+        handle: SessionHandle,
+        turn: Turn,
+        principal: Principal,
+        payloads: list[tuple[str, object]],
+        *,
+        alive: Callable[[], bool] | None = None,
     ) -> list[session_event_pb2.SessionEvent]:
         events = await handle.step(
             turn,
             payloads,
             audit_of=lambda evs: audit.records_for(handle.session, principal, turn, evs),
+            alive=alive,
         )
-        await self._mirror(handle)
+        self._mirror_soon(handle)
         return events
+
+    def _mirror_soon(self, handle: SessionHandle) -> None:
+        """Mirrors the session's newest state to Redis off the turn's path: one write at a
+        time per session, the last one always with the newest state."""
+        name = handle.name
+        self._dirty.add(name)
+        if name in self._mirrors:
+            return
+
+        async def mirror() -> None:
+            try:
+                while name in self._dirty:
+                    self._dirty.discard(name)
+                    await self._mirror(handle)
+            finally:
+                self._mirrors.pop(name, None)
+
+        self._mirrors[name] = asyncio.create_task(mirror())
 
     async def _mirror(self, handle: SessionHandle) -> None:
         try:
@@ -236,31 +290,41 @@ class Conversation:
     async def compress(
         self, run: TurnRun, messages: list[dict[str, str]], primary: ResolvedProfile
     ) -> list[dict[str, str]]:
-        """``messages``, with the oldest history summarised by the UTILITY model when the
-        prompt would fill too much of the primary model's context window."""
+        """``messages`` made to fit the primary model's context window.
+
+        Past ``compress_at_context_share`` of the window, the oldest history is summarised
+        by the UTILITY model (the two newest messages stay as they are). If the prompt would
+        still leave no room for the answer, the longest messages lose their middle.
+        Sizes are estimated at ``bytes_per_token`` bytes of UTF-8 per token (no engine
+        tokenizer is asked: a cheap estimate, on the safe side by default).
+        """
         window = min(tier.context_length for tier in primary.tiers)
-        budget = int(window * self.settings.compress_at_context_share)
-        # ~4 characters per token: a cheap, engine-independent estimate.
-        if sum(len(m["content"]) for m in messages) // 4 <= budget or len(messages) < 4:
-            return messages
-        system, rest = messages[0], messages[1:]
-        keep = rest[-2:]
-        older = rest[:-2]
-        key = run.handle.name
-        cached = self._summaries.get(key)
-        if cached is not None and cached[0] == len(older):
-            summary = cached[1]
-        else:
-            summary = await self._summarise(run, older)
-            self._summaries[key] = (len(older), summary)
-        return [system, {"role": "user", "content": f"Summary of the conversation so far: {summary}"}, *keep]
+        per_token = self.settings.bytes_per_token
+        if (
+            estimated_tokens(messages, per_token) > window * self.settings.compress_at_context_share
+            and len(messages) >= 4
+        ):
+            system, rest = messages[0], messages[1:]
+            keep = rest[-2:]
+            older = rest[:-2]
+            key = run.handle.name
+            cached = self._summaries.get(key)
+            if cached is not None and cached[0] == len(older):
+                summary = cached[1]
+            else:
+                summary = await self._summarise(run, older)
+                self._summaries[key] = (len(older), summary)
+            messages = [system, {"role": "user", "content": f"Summary of the conversation so far: {summary}"}, *keep]
+        answer = primary.max_output_tokens or 512
+        return fit_messages(messages, int((window - answer) * 0.9 * per_token))
 
     async def _summarise(self, run: TurnRun, older: list[dict[str, str]]) -> str:
         session = run.handle.session
-        profile = await self.profiles.resolve(
-            run.principal, UTILITY, session.mode, session.persona, list(session.model_overrides)
-        )
-        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in older)[-20_000:]
+        profile = await self.resolve(run.principal, UTILITY, session)
+        window = min((tier.context_length for tier in profile.tiers), default=4096)
+        room = int((window - min(profile.max_output_tokens or 256, 256)) * 0.8 * self.settings.bytes_per_token)
+        # The newest part of what is summarised, as much as the UTILITY model can read.
+        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in older).encode()[-room:].decode(errors="ignore")
         request = ChatRequest(
             messages=[
                 {"role": "system", "content": "Summarise this conversation in a few sentences, keeping facts."},
@@ -525,7 +589,7 @@ class Conversation:
             updated.update_time.CopyFrom(timestamp())
             updated.etag = uuid.uuid4().hex
         await handle.save_session(updated)
-        await self._mirror(handle)
+        self._mirror_soon(handle)
         return updated
 
     async def delete_session(self, principal: Principal | None, name: str, etag: str) -> None:
@@ -538,6 +602,11 @@ class Conversation:
         await self.store.delete_session(handle.name)
         handle.close_streams("DELETED")
         self._handles.pop(handle.name, None)
+        self._dirty.discard(handle.name)
+        pending = self._mirrors.get(handle.name)
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
         with contextlib.suppress(Exception):
             await self.hot.forget(handle.name)
 
@@ -619,6 +688,8 @@ class Conversation:
         runner = handle.runner
         if runner is None or runner.done():
             return
+        if handle.run is not None:
+            handle.run.stopped = True
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
             await asyncio.wait_for(asyncio.shield(runner), _INTERRUPT_WAIT)
@@ -700,7 +771,7 @@ class Conversation:
             runner=self.runner_id,
             lease_until=lease,
         )
-        await self._mirror(handle)
+        self._mirror_soon(handle)
         self._start_runner(handle, turn, principal)
         return turn
 
@@ -822,9 +893,7 @@ class Conversation:
         ]
         start = (answered[-1] if answered else original.start_tier) + 1
         session = handle.session
-        primary = await self.profiles.resolve(
-            principal, PRIMARY, session.mode, session.persona, list(session.model_overrides)
-        )
+        primary = await self.resolve(principal, PRIMARY, session)
         if start >= len(primary.tiers):
             raise NoLargerModel("the turn was answered by the largest model tier", metadata={"turn": name})
         return await self._new_turn(

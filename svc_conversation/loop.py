@@ -30,6 +30,7 @@ from svc_conversation import preprocess
 from svc_conversation.adapters.mesh import ToolCallRejected
 from svc_conversation.adapters.openai import ChatRequest, ModelCallFailed
 from svc_conversation.errors import DependencyUnavailable
+from svc_conversation.fitting import fit_messages
 from svc_conversation.model import CallStats, Persona, Principal, ResolvedProfile, ToolSpec
 from svc_conversation.toolcall import (
     RESPONSE_TOOL,
@@ -123,11 +124,19 @@ class TurnRun:
         # Set when this process stops: the running tool is left to finish for the next
         # owner of the turn (it asks again with the same request id) instead of cancelled.
         self.detached = False
+        # Set when the user stopped this run (interrupt, nudge): it writes nothing more, even
+        # if it has not unwound yet when the intervention's own events are written.
+        self.stopped = False
 
     # -- event helpers ---------------------------------------------------------------
 
     async def _step(self, *payloads: tuple[str, object]) -> list[session_event_pb2.SessionEvent]:
-        return await self.c.step(self.handle, self.turn, self.principal, list(payloads))
+        if self.stopped:
+            raise asyncio.CancelledError
+        return await self.c.step(self.handle, self.turn, self.principal, list(payloads), alive=self._alive)
+
+    def _alive(self) -> bool:
+        return not self.stopped
 
     async def _end(self, state: int, reason: str = "", *, error: str = "", message: str = "") -> None:
         self.turn.state = Turn.State.ValueType(state)
@@ -160,17 +169,23 @@ class TurnRun:
 
     async def _run(self) -> None:
         session = self.handle.session
-        persona = await self.c.persona(session.persona, self.principal)
-        catalogue = await self.c.catalogue(self.principal)
-        offered = [tool for tool in catalogue if tool.id in persona.allowed_tools or tool.id == RESPONSE_TOOL]
-        if await self.c.subordinate_depth(session) >= self.c.settings.max_subordinate_depth:
-            offered = [tool for tool in offered if tool.id != SUBORDINATE_TOOL]
-        context = await self._context(persona, offered)
-        if not context.preprocessed and await self._preprocess():
-            return
-        primary = await self.c.profiles.resolve(
-            self.principal, PRIMARY, session.mode, session.persona, list(session.model_overrides)
+        # What the turn needs from elsewhere, asked all at once.
+        persona, catalogue, primary, depth = await asyncio.gather(
+            self.c.persona(session.persona, self.principal),
+            self.c.catalogue(self.principal),
+            self.c.resolve(self.principal, PRIMARY, session),
+            self.c.subordinate_depth(session),
         )
+        offered = [tool for tool in catalogue if tool.id in persona.allowed_tools or tool.id == RESPONSE_TOOL]
+        if depth >= self.c.settings.max_subordinate_depth:
+            offered = [tool for tool in offered if tool.id != SUBORDINATE_TOOL]
+        if self.turn.HasField("preprocessing"):
+            context = await self._context(persona, offered)
+        else:
+            # The pre-processing runs while the context is read back.
+            context, refused = await asyncio.gather(self._context(persona, offered), self._preprocess())
+            if refused:
+                return
         if not primary.tiers:
             raise TurnFailed("ALL_MODEL_TIERS_FAILED", "no model is configured for the PRIMARY role")
         if context.open_call is not None:
@@ -314,16 +329,19 @@ class TurnRun:
     async def _intent(self, verdict: preprocess.Verdict, calls: list[tuple[str, object]]) -> preprocess.Verdict:
         session = self.handle.session
         try:
-            profile = await self.c.profiles.resolve(
-                self.principal, PRE_SLM, session.mode, session.persona, list(session.model_overrides)
-            )
+            profile = await self.c.resolve(self.principal, PRE_SLM, session)
         except DependencyUnavailable:
             return verdict
+        window = min((tier.context_length for tier in profile.tiers), default=4096)
+        room = int((window - 128) * 0.9 * self.c.settings.bytes_per_token)
         request = ChatRequest(
-            messages=[
-                {"role": "system", "content": preprocess.INTENT_PROMPT},
-                {"role": "user", "content": self.turn.input_text},
-            ],
+            messages=fit_messages(
+                [
+                    {"role": "system", "content": preprocess.INTENT_PROMPT},
+                    {"role": "user", "content": self.turn.input_text},
+                ],
+                room,
+            ),
             temperature=0.0,
             max_tokens=min(profile.max_output_tokens or 128, 128),
             json_schema=preprocess.INTENT_SCHEMA,
@@ -366,7 +384,9 @@ class TurnRun:
         )
 
         async def on_delta(text: str) -> None:
-            await self.handle.delta(self.turn, iteration, text)
+            if self.stopped:
+                raise asyncio.CancelledError
+            await self.handle.delta(self.turn, iteration, text, alive=self._alive)
 
         start = min(self.turn.start_tier, len(profile.tiers) - 1)
         for tier in profile.tiers[start:]:

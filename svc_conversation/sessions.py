@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -108,9 +108,11 @@ class SessionHandle:
         event.create_time.CopyFrom(timestamp())
         return event
 
-    async def delta(self, turn: Turn, iteration: int, text: str) -> None:
+    async def delta(self, turn: Turn, iteration: int, text: str, *, alive: Callable[[], bool] | None = None) -> None:
         """Streams a token delta now; it is stored with the next step."""
         async with self.lock:
+            if alive is not None and not alive():
+                raise asyncio.CancelledError
             event = self._new_event(turn, await self._sequence())
             event.token_delta.iteration = iteration
             event.token_delta.text = text
@@ -130,13 +132,18 @@ class SessionHandle:
         extra_turns: Sequence[Turn] = (),
         runner: str | None = None,
         lease_until: datetime | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> list[SessionEvent]:
         """Stores one step of ``turn`` (events given as (oneof field, message) pairs) with
         the turn, the session and the audit records, in one transaction, then publishes it.
 
-        ``audit_of`` is a callable that maps the numbered events to outbox records.
+        ``audit_of`` is a callable that maps the numbered events to outbox records. A step
+        whose ``alive`` says no once the lock is held writes nothing (its run was stopped
+        while it waited).
         """
         async with self.lock:
+            if alive is not None and not alive():
+                raise asyncio.CancelledError
             events = []
             for field_name, message in payloads:
                 event = self._new_event(turn, await self._sequence())

@@ -28,6 +28,9 @@ class ConversationSettings(ServiceSettings):
     # History is compressed by the UTILITY model when the prompt would pass this share of
     # the model's context window.
     compress_at_context_share: float = bounded(0.7, low=0.1, high=0.95)
+    # Bytes of UTF-8 per token when sizes are estimated: 2 is safe for every tokenizer seen
+    # (English runs near 4 on real models, about 2 on the tiny test models).
+    bytes_per_token: float = bounded(2.0, low=0.5, high=8.0)
     # How deep subordinates may nest: a session this many superiors down is not offered
     # call_subordinate (0 turns subordinates off).
     max_subordinate_depth: int = bounded(2, low=0, high=10)

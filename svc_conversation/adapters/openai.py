@@ -9,8 +9,9 @@ for with ``response_format``: the JSON-schema form OpenAI and vLLM take, or the
 A call fails with :class:`ModelCallFailed` and an UPPER_SNAKE_CASE reason (the agent loop
 then tries the next tier): MODEL_TIMEOUT (no first token, or a stall between tokens, within
 the configured time), MODEL_UNAVAILABLE (connection refused or reset, 5xx, 429),
-MODEL_REJECTED (another 4xx: the request itself is wrong for that engine) and
-MODEL_BAD_RESPONSE (bytes that are not the protocol).
+MODEL_REJECTED (another 4xx, or an error event in the stream: the request itself is wrong for
+that engine, e.g. a prompt longer than its context), MODEL_NO_OUTPUT (a reply without a single
+token) and MODEL_BAD_RESPONSE (bytes that are not the protocol).
 """
 
 from __future__ import annotations
@@ -176,6 +177,14 @@ class OpenAICompatibleClient:
                         raise ModelCallFailed(
                             "MODEL_BAD_RESPONSE", "an event that is not JSON", meter.stats(tier)
                         ) from None
+                    if not isinstance(chunk, dict):
+                        raise ModelCallFailed("MODEL_BAD_RESPONSE", "an event that is not an object", meter.stats(tier))
+                    if chunk.get("error"):
+                        # Engines report failures met mid-stream (e.g. a prompt longer than the
+                        # context window) as an event of their own.
+                        error = chunk["error"]
+                        detail = str(error.get("message", error) if isinstance(error, dict) else error)[:300]
+                        raise ModelCallFailed("MODEL_REJECTED", detail, meter.stats(tier))
                     usage = chunk.get("usage") or {}
                     if usage:
                         meter.input_tokens = int(usage.get("prompt_tokens") or 0)
@@ -192,6 +201,11 @@ class OpenAICompatibleClient:
                             await on_delta(delta)
         except httpx.TransportError as error:
             raise ModelCallFailed("MODEL_UNAVAILABLE", type(error).__name__, meter.stats(tier)) from None
+        if not pieces:
+            # E.g. a prompt that filled the context window, leaving no room to answer.
+            raise ModelCallFailed(
+                "MODEL_NO_OUTPUT", f"the model wrote nothing (finish_reason {finish or 'none'})", meter.stats(tier)
+            )
         return ChatResult("".join(pieces), meter.stats(tier), finish)
 
     async def complete(self, tier: ModelTier, request: ChatRequest) -> ChatResult:

@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 
 from svc_conversation import preprocess
+from svc_conversation.fitting import estimated_tokens, fit_messages
 from svc_conversation.model import ToolSpec
 from svc_conversation.toolcall import decoding_schema, parse_reply, reply_json
 
@@ -118,3 +119,23 @@ def test_the_pre_slm_answer_is_taken_only_in_the_asked_shape() -> None:
     assert (good.intent, good.intent_confidence, dict(good.slots)) == ("book_table", 0.8, {"people": "2"})
     assert preprocess.with_intent(base, "not json") == base
     assert preprocess.with_intent(base, '{"intent": "Bad Label!", "confidence": 1, "slots": {}}') == base
+
+
+def test_a_prompt_that_fits_is_left_alone() -> None:
+    messages = [{"role": "system", "content": "s" * 100}, {"role": "user", "content": "hello"}]
+    assert fit_messages(messages, 1000) == messages
+
+
+def test_the_longest_message_loses_its_middle_until_the_prompt_fits() -> None:
+    system = {"role": "system", "content": "S" * 3000}
+    long = {"role": "user", "content": "A" * 5000 + "B" * 5000}
+    short = {"role": "assistant", "content": "ok"}
+    fitted = fit_messages([system, long, short], 6000)
+    assert fitted[0] == system  # the system prompt is never cut
+    assert fitted[2] == short
+    text = fitted[1]["content"]
+    assert text.startswith("AAA")
+    assert text.endswith("BBB")
+    assert "bytes left out to fit the context" in text
+    assert sum(len(m["content"].encode()) for m in fitted) <= 6000
+    assert estimated_tokens(fitted, 2.0) <= 3000
