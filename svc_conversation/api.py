@@ -14,7 +14,13 @@ from skm.conversation.v1 import conversation_service_pb2_grpc
 from skm_runtime.errors import SkmError
 from skm_runtime.principal import principal_from, role_names
 from svc_conversation.core import Conversation, StreamClosed
-from svc_conversation.errors import DependencyUnavailable, SessionMismatch, SessionNotFound, UnexpectedConfig
+from svc_conversation.errors import (
+    DependencyUnavailable,
+    FirstMessageNotConfig,
+    SessionMismatch,
+    SessionNotFound,
+    UnexpectedConfig,
+)
 from svc_conversation.model import Principal
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -117,7 +123,7 @@ class ConversationApi(conversation_service_pb2_grpc.ConversationServiceServicer)
         except StopAsyncIteration:
             return
         if first.WhichOneof("request") != "config" or not first.session:
-            raise self._c.first_message_error()
+            raise FirstMessageNotConfig("the first message of Converse must carry session and config")
         after = first.config.after_sequence if first.config.HasField("after_sequence") else None
         session, start, events = await self._c.attach(principal, first.session, after)
         yield pb.ConverseResponse(attached=pb.SessionAttached(session=session, after_sequence=start))

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
-from skm.profiles.v1 import model_profile_pb2
 from skm.tools.v1 import execution_pb2
 from skm.type.v1 import deployment_mode_pb2, policy_decision_pb2
 from skm_runtime.errors import FieldViolation, InvalidArgument
@@ -32,9 +31,7 @@ from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools
 from svc_conversation.adapters.openai import ChatRequest, ModelCallFailed, OpenAICompatibleClient
 from svc_conversation.adapters.postgres import Command, PostgresSessionStore, SessionGone, split_name, turn_ordinal
 from svc_conversation.errors import (
-    DependencyUnavailable,
     EtagMismatch,
-    FirstMessageNotConfig,
     InvalidPageToken,
     InvalidSession,
     InvalidToolChoice,
@@ -55,7 +52,7 @@ from svc_conversation.errors import (
     TurnNotResumable,
 )
 from svc_conversation.fitting import estimated_tokens, fit_messages
-from svc_conversation.loop import PRIMARY, UTILITY, TurnRun, usage_of
+from svc_conversation.loop import PRIMARY, UTILITY, TurnRun
 from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec
 from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, SessionHandle, Subscriber, timestamp
 from svc_conversation.settings import ConversationSettings
@@ -143,7 +140,6 @@ class Conversation:
         self._mirrors: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._summaries: dict[str, tuple[int, str]] = {}
-        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -154,7 +150,6 @@ class Conversation:
     async def close(self) -> None:
         """Stops every runner without changing its turn (the next owner resumes it) and
         ends every attached stream with UNAVAILABLE."""
-        self._closing = True
         for handle in self._handles.values():
             if handle.run is not None:
                 handle.run.detached = True
@@ -965,19 +960,6 @@ class Conversation:
         finally:
             handle.unsubscribe(subscriber)
 
-    def check_command_session(self, first: str, command_session: str) -> None:
-        if command_session and command_session != first:
-            from svc_conversation.errors import SessionMismatch
-
-            raise SessionMismatch("a command names another session", metadata={"session": command_session})
-
-    @staticmethod
-    def first_message_error() -> FirstMessageNotConfig:
-        return FirstMessageNotConfig("the first message of Converse must carry session and config")
-
-    def closing(self) -> bool:
-        return self._closing
-
 
 class StreamClosed(Exception):
     """The stream ended on the server's side: DELETED, SHUTDOWN or OVERFLOW."""
@@ -985,6 +967,3 @@ class StreamClosed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-__all__ = ["Conversation", "DependencyUnavailable", "StreamClosed", "model_profile_pb2", "usage_of"]
