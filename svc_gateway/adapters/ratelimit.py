@@ -64,9 +64,12 @@ class RedisRateLimiter:
     async def take(self, buckets: Sequence[tuple[str, str]]) -> tuple[str, float] | None:
         keys: list[str] = []
         args: list[float] = [time.time()]
+        # One hash tag for all keys of a take (the first bucket's key: the tenant), so that
+        # the script's keys share a slot and it also runs on a Redis Cluster.
+        tag = buckets[0][1] if buckets else ""
         for scope, key in buckets:
             rate, burst = self._limits[scope]
-            keys.append(f"skm:gateway:rate:{scope}:{key}")
+            keys.append(f"skm:gateway:rate:{{{tag}}}:{scope}:{key}")
             args += (rate, burst)
         try:
             answer = await self._take(keys=keys, args=args)
