@@ -62,6 +62,7 @@ log = logging.getLogger("skm.conversation")
 
 Turn = turn_pb2.Turn
 Session = session_pb2.Session
+Intervention = session_event_pb2.Intervention
 MAX_TEXT = 32_768
 _INTERRUPT_WAIT = 0.15
 _CATALOGUE_SECONDS = 30.0
@@ -779,22 +780,29 @@ class Conversation:
             raise TurnNotActive("the turn has ended", metadata={"turn": name})
         await self._stop_runner(handle)
         turn = handle.turn if handle.turn is not None and handle.turn.name == turn.name else turn
-        turn.state = Turn.STATE_INTERRUPTED
+        await self._intervene(handle, turn, principal, Intervention.KIND_INTERRUPT, request_id, Turn.STATE_INTERRUPTED)
+        return turn
+
+    async def _intervene(
+        self,
+        handle: SessionHandle,
+        turn: Turn,
+        principal: Principal,
+        kind: Intervention.Kind.ValueType,
+        request_id: str,
+        state: Turn.State.ValueType,
+    ) -> None:
+        """Records an intervention and the state it puts the turn in."""
+        turn.state = state
         await self.step(
             handle,
             turn,
             principal,
             [
-                (
-                    "intervention",
-                    session_event_pb2.Intervention(
-                        kind=session_event_pb2.Intervention.KIND_INTERRUPT, request_id=request_id
-                    ),
-                ),
-                ("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_INTERRUPTED)),
+                ("intervention", Intervention(kind=kind, request_id=request_id)),
+                ("turn_state_changed", session_event_pb2.TurnStateChanged(state=state)),
             ],
         )
-        return turn
 
     def _newest(self, handle: SessionHandle, turn: Turn) -> bool:
         return handle.turn is not None and handle.turn.name == turn.name
@@ -807,21 +815,7 @@ class Conversation:
         if not self._newest(handle, turn):
             raise TurnNotResumable("a newer turn exists", metadata={"turn": name})
         turn = handle.turn or turn
-        turn.state = Turn.STATE_RUNNING
-        await self.step(
-            handle,
-            turn,
-            principal,
-            [
-                (
-                    "intervention",
-                    session_event_pb2.Intervention(
-                        kind=session_event_pb2.Intervention.KIND_RESUME, request_id=request_id
-                    ),
-                ),
-                ("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_RUNNING)),
-            ],
-        )
+        await self._intervene(handle, turn, principal, Intervention.KIND_RESUME, request_id, Turn.STATE_RUNNING)
         self._start_runner(handle, turn, principal)
         return turn
 

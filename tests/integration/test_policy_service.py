@@ -463,6 +463,29 @@ async def test_entries_expire_and_cannot_be_approved_then(settings: PolicySettin
         )
 
 
+async def _approved_action(t: Tenant) -> str:
+    """A held run of a high-risk tool for member mike, approved by operator olga."""
+    await t.policy.WriteRelationships(
+        policy_service_pb2.WriteRelationshipsRequest(
+            parent=t.name,
+            relationships=[
+                rel(t.user("olga"), "operator", f"tenant:{t.name}"),
+                rel(t.user("mike"), "member", f"tenant:{t.name}"),
+                rel(f"tenant:{t.name}", "tenant", t.tool("code_execution")),
+                rel(f"tenant:{t.name}", "high_risk", t.tool("code_execution")),
+            ],
+        ),
+        timeout=10,
+    )
+    name = await held_action(t)
+    await t.blocked.ApproveBlockedAction(
+        blocked_action_service_pb2.ApproveBlockedActionRequest(name=name),
+        timeout=10,
+        metadata=t.principal("olga", principal_pb2.ROLE_OPERATOR),
+    )
+    return name
+
+
 async def test_an_approval_survives_a_restart_and_still_runs_once(settings: PolicySettings) -> None:
     """Approve, restart svc_policy, then claim: one claim wins, exactly as without a restart."""
     name = ""
@@ -472,24 +495,7 @@ async def test_an_approval_survives_a_restart_and_still_runs_once(settings: Poli
         grpc.aio.insecure_channel(first.target) as ch,
     ):
         t = Tenant(tenant_name, ch)
-        await t.policy.WriteRelationships(
-            policy_service_pb2.WriteRelationshipsRequest(
-                parent=t.name,
-                relationships=[
-                    rel(t.user("olga"), "operator", f"tenant:{t.name}"),
-                    rel(t.user("mike"), "member", f"tenant:{t.name}"),
-                    rel(f"tenant:{t.name}", "tenant", t.tool("code_execution")),
-                    rel(f"tenant:{t.name}", "high_risk", t.tool("code_execution")),
-                ],
-            ),
-            timeout=10,
-        )
-        name = await held_action(t)
-        await t.blocked.ApproveBlockedAction(
-            blocked_action_service_pb2.ApproveBlockedActionRequest(name=name),
-            timeout=10,
-            metadata=t.principal("olga", principal_pb2.ROLE_OPERATOR),
-        )
+        name = await _approved_action(t)
     async with (
         serving(await build(settings, RuntimeSettings())) as second,
         grpc.aio.insecure_channel(second.target) as ch,
@@ -661,24 +667,7 @@ async def test_an_approval_survives_a_postgres_restart_and_still_runs_once(stack
         grpc.aio.insecure_channel(served.target) as ch,
     ):
         t = Tenant(tenant_name, ch)
-        await t.policy.WriteRelationships(
-            policy_service_pb2.WriteRelationshipsRequest(
-                parent=t.name,
-                relationships=[
-                    rel(t.user("olga"), "operator", f"tenant:{t.name}"),
-                    rel(t.user("mike"), "member", f"tenant:{t.name}"),
-                    rel(f"tenant:{t.name}", "tenant", t.tool("code_execution")),
-                    rel(f"tenant:{t.name}", "high_risk", t.tool("code_execution")),
-                ],
-            ),
-            timeout=10,
-        )
-        name = await held_action(t)
-        await t.blocked.ApproveBlockedAction(
-            blocked_action_service_pb2.ApproveBlockedActionRequest(name=name),
-            timeout=10,
-            metadata=t.principal("olga", principal_pb2.ROLE_OPERATOR),
-        )
+        name = await _approved_action(t)
         assert own.postgres is not None
         own.postgres.stop()
         await asyncio.to_thread(own.start_server, "postgres")
