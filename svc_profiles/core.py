@@ -303,6 +303,11 @@ class Profiles:
             if earlier is not None:
                 return self._shown(_same_request(earlier, fingerprint, request_id))
         outcome = await self._store.insert_persona(stored, request_id, fingerprint)
+        if outcome is Inserted.NAME_TAKEN and request_id:
+            # Two copies of one request racing: either unique index may refuse the loser.
+            earlier = await self._store.persona_by_request(tenant, request_id)
+            if earlier is not None:
+                return self._shown(_same_request(earlier, fingerprint, request_id))
         if outcome is Inserted.NAME_TAKEN:
             raise PersonaAlreadyExists("the tenant has a persona with this id", metadata={"persona": stored.name})
         if outcome is Inserted.REQUEST_TAKEN:
@@ -525,6 +530,11 @@ class Profiles:
             if earlier is not None:
                 return _same_request(earlier, fingerprint, request_id)
         outcome = await self._store.insert_model_profile(stored, request_id, fingerprint)
+        if outcome is Inserted.NAME_TAKEN and request_id:
+            # Two copies of one request racing: either unique index may refuse the loser.
+            earlier = await self._store.model_profile_by_request(tenant, request_id)
+            if earlier is not None:
+                return _same_request(earlier, fingerprint, request_id)
         if outcome is Inserted.NAME_TAKEN:
             raise ModelProfileAlreadyExists(
                 "the tenant has a profile for this role and mode",
