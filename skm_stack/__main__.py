@@ -17,7 +17,7 @@ from skm_stack.envoy import probe_ready
 from skm_stack.health import StartError, run_coroutine_sync
 from skm_stack.install import InstallError, ensure_installed, print_report
 from skm_stack.kafka import probe_broker
-from skm_stack.llm import probe_models
+from skm_stack.llm import DEFAULT_FETCH, probe_models
 from skm_stack.openfga import probe_healthz
 from skm_stack.paths import default_state_dir
 from skm_stack.postgres import probe_sql
@@ -123,6 +123,8 @@ def _up(state_dir: Path, with_services: bool) -> int:
     if taken:
         print_report("ports already in use: " + ", ".join(taken))
         return 1
+    # The run command tries for a small real instruct model (tests never do): see skm_stack.llm.
+    os.environ.setdefault("SKM_STACK_LLM_FETCH", DEFAULT_FETCH)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     running: RunningStack | None = None

@@ -14,11 +14,14 @@ own ``model_alias``, in tier order:
   128 wide): the server's protocol, not semantic vectors.
 - ``SKM_STACK_LLM_MODEL=/path/to/model.gguf`` serves that local file as tier 0 instead (its
   alias is the file name without ``.gguf``), the tiny large model stays tier 1.
-- ``SKM_STACK_LLM_FETCH=<hf repo>:<file>`` (opt-in, needs network access, which the
-  development machines lack) fetches a small instruct GGUF with huggingface_hub into
-  ``.cache/models/hub`` once and serves it as tier 0, for example
-  ``SKM_STACK_LLM_FETCH=Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf``.
-  When the hub cannot be reached the tiny model serves instead, with a loud message.
+- ``SKM_STACK_LLM_FETCH=<hf repo>:<file>`` (needs network access, which the development
+  machines lack) fetches a small instruct GGUF with huggingface_hub into ``.cache/models/hub``
+  once and serves it as tier 0. ``python -m skm_stack up`` (``make run``) sets it to
+  :data:`DEFAULT_FETCH` (Qwen2.5 0.5B Instruct, Q4_K_M) unless it is set, so the run command
+  fetches a small instruct model where it can; ``SKM_STACK_LLM_FETCH=`` (empty) turns that off.
+  Tests never fetch. When the hub cannot be reached the tiny model serves instead, with a loud
+  message. svc_profiles registers a tier 0 it does not know and puts it in the roles' tiers in
+  place of the tiny model (svc_profiles.defaults.with_served_engine).
 
 The server holds one model in memory at a time: a request naming the other alias reloads
 (milliseconds for the tiny models, seconds for a real one), and an unknown alias silently
@@ -54,6 +57,9 @@ from skm_stack.process import ServerProcess
 N_CTX = 8192
 _HUB_ENDPOINT = "https://huggingface.co"
 _HUB_PROBE_TIMEOUT = 5.0
+# What `python -m skm_stack up` (`make run`) fetches when SKM_STACK_LLM_FETCH is not set:
+# a small instruct model, when the hub can be reached.
+DEFAULT_FETCH = "Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from svc_profiles import api
 from svc_profiles.adapters.keys import Ed25519PersonaKeys, Ed25519PersonaSigner, PersonaKeysInvalid
 from svc_profiles.adapters.postgres import PostgresProfileStore
 from svc_profiles.core import Profiles
-from svc_profiles.defaults import load_defaults
+from svc_profiles.defaults import load_defaults, with_served_engine
 from svc_profiles.errors import DefaultsInvalid
 from svc_profiles.settings import ProfilesSettings
 
@@ -31,7 +31,7 @@ def _now() -> datetime:
 
 async def build(settings: ProfilesSettings, runtime: RuntimeSettings) -> ServiceSpec:
     # Configuration errors stop the start before any connection is opened.
-    defaults = load_defaults(settings.defaults_file)
+    defaults = with_served_engine(load_defaults(settings.defaults_file))
     keys = Ed25519PersonaKeys.load(settings.persona_keys, settings.persona_keys_dir)
     signer = None
     if settings.builtin_signing_key_file is not None:

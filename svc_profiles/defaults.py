@@ -40,6 +40,7 @@ by the core (svc_profiles.checks) when the service starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -256,3 +257,45 @@ def load_defaults(path: Path, environ: Mapping[str, str] | None = None) -> Defau
     except OSError as exc:
         raise DefaultsInvalid(str(path), [f"cannot be read: {exc.strerror or exc}"]) from None
     return parse_defaults(text, str(path), environ)
+
+
+def with_served_engine(defaults: Defaults, environ: Mapping[str, str] | None = None) -> Defaults:
+    """`defaults` adjusted to the models the local stack's engine really serves.
+
+    The stack names them in SKM_LLM_MODELS (aliases in tier order) at SKM_LLM_URL. When its
+    tier 0 is a model the registry does not know (a real GGUF served instead of the tiny
+    test model), that model is registered and takes the place, in every role's tiers, of
+    each registered chat model at the same endpoint that the engine no longer serves.
+    Without SKM_LLM_MODELS (a deployment without the local engine) nothing changes.
+    """
+    env = os.environ if environ is None else environ
+    aliases = [alias for alias in env.get("SKM_LLM_MODELS", "").split(",") if alias]
+    url = env.get("SKM_LLM_URL", "")
+    if not aliases or not url:
+        return defaults
+    known = {model.served_model for model in defaults.models if model.endpoint_uri == url}
+    tier0 = aliases[0]
+    if tier0 in known:
+        return defaults
+    slug = re.sub(r"[^a-z0-9.-]+", "-", tier0.lower()).strip("-.")[:63] or "local-engine-model"
+    served = Model(
+        name=f"models/{slug}",
+        display_name=f"{tier0} (served by the local stack's engine)",
+        endpoint_uri=url,
+        served_model=tier0,
+        context_length=int(env.get("SKM_LLM_CONTEXT_LENGTH", "8192")),
+        capabilities=(Capability.CHAT, Capability.STRUCTURED_OUTPUT),
+    )
+    gone = {
+        model.name
+        for model in defaults.models
+        if model.endpoint_uri == url and model.served_model not in aliases and Capability.CHAT in model.capabilities
+    }
+    role_defaults = tuple(
+        dataclasses.replace(
+            default,
+            model_tiers=tuple(dict.fromkeys(served.name if tier in gone else tier for tier in default.model_tiers)),
+        )
+        for default in defaults.role_defaults
+    )
+    return dataclasses.replace(defaults, models=(*defaults.models, served), role_defaults=role_defaults)

@@ -1,0 +1,33 @@
+"""The deployment defaults follow what the local stack's engine really serves."""
+
+from __future__ import annotations
+
+from svc_profiles.defaults import DEFAULTS_FILE, load_defaults, with_served_engine
+from svc_profiles.model import ModelRole
+
+URL = "http://127.0.0.1:58090/v1"
+
+
+def _tiers(environ: dict[str, str]) -> dict[ModelRole, tuple[str, ...]]:
+    defaults = with_served_engine(load_defaults(DEFAULTS_FILE, {"SKM_LLM_URL": URL}), environ)
+    return {d.role: d.model_tiers for d in defaults.role_defaults if d.mode is None}
+
+
+def test_the_tiny_models_stay_when_the_engine_serves_them() -> None:
+    environ = {"SKM_LLM_URL": URL, "SKM_LLM_MODELS": "skm-tiny-untrained,skm-tiny-untrained-large"}
+    assert _tiers(environ)[ModelRole.PRIMARY] == ("models/skm-tiny-untrained", "models/skm-tiny-untrained-large")
+    assert _tiers({})[ModelRole.PRIMARY] == ("models/skm-tiny-untrained", "models/skm-tiny-untrained-large")
+
+
+def test_a_real_model_served_as_tier_0_takes_the_tiny_models_place() -> None:
+    # (Registry names are [a-z0-9.-]: the alias's underscores become dashes.)
+    environ = {"SKM_LLM_URL": URL, "SKM_LLM_MODELS": "qwen2.5-0.5b-instruct-q4_k_m,skm-tiny-untrained-large"}
+    tiers = _tiers(environ)
+    assert tiers[ModelRole.PRIMARY] == ("models/qwen2.5-0.5b-instruct-q4-k-m", "models/skm-tiny-untrained-large")
+    assert tiers[ModelRole.PRE_SLM] == ("models/qwen2.5-0.5b-instruct-q4-k-m",)
+    assert tiers[ModelRole.UTILITY] == ("models/qwen2.5-0.5b-instruct-q4-k-m",)
+    assert tiers[ModelRole.EMBEDDING] == ("models/all-minilm-l6-v2",)
+    defaults = with_served_engine(load_defaults(DEFAULTS_FILE, {"SKM_LLM_URL": URL}), environ)
+    served = next(m for m in defaults.models if m.name == "models/qwen2.5-0.5b-instruct-q4-k-m")
+    assert (served.endpoint_uri, served.served_model) == (URL, "qwen2.5-0.5b-instruct-q4_k_m")
+    assert "UNTRAINED" not in served.display_name
