@@ -31,6 +31,7 @@ from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools
 from svc_conversation.adapters.openai import ChatRequest, ModelCallFailed, OpenAICompatibleClient
 from svc_conversation.adapters.postgres import Command, PostgresSessionStore, SessionGone, split_name, turn_ordinal
 from svc_conversation.errors import (
+    DependencyUnavailable,
     EtagMismatch,
     InvalidPageToken,
     InvalidSession,
@@ -546,7 +547,7 @@ class Conversation:
                 after = (datetime.fromisoformat(str(token["t"])), str(token["id"]))
             except (KeyError, ValueError):
                 raise InvalidPageToken("the page token is not one this service issued") from None
-        operator = "operator" in principal.roles or "admin" in principal.roles
+        operator = await self._operates(principal, parent)
         sessions = await self.store.list_sessions(parent, None if operator else principal.user, size + 1, after)
         next_token = ""
         if len(sessions) > size:
@@ -556,6 +557,15 @@ class Conversation:
                 {"t": last.update_time.ToDatetime().replace(tzinfo=UTC).isoformat(), "id": split_name(last.name)[1]}
             )
         return sessions, next_token
+
+    async def _operates(self, principal: Principal, tenant: str) -> bool:
+        """Whether policy says the caller operates the tenant (not the token's roles). When
+        svc_policy cannot answer, the caller sees only their own sessions."""
+        try:
+            decision = await self.policy.check(principal, f"user:{principal.user}", "can_operate", f"tenant:{tenant}")
+        except DependencyUnavailable:
+            return False
+        return decision.verdict == policy_decision_pb2.VERDICT_ALLOW
 
     async def update_session(self, principal: Principal | None, session: Session, paths: Sequence[str]) -> Session:
         handle = await self._session_for(principal, session.name)

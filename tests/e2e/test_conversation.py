@@ -655,3 +655,17 @@ async def test_a_memory_write_the_policy_denies_changes_no_memory(mesh: RunningS
         await hot.aclose()
     assert mirrored[b"state"] == b"STATE_IDLE"
     assert int(mirrored[b"last_sequence"]) == got.session.last_sequence
+
+
+async def test_policy_not_the_token_decides_who_lists_a_tenants_sessions(mesh: RunningStack) -> None:
+    tenant = f"c{uuid.uuid4().hex[:8]}"
+    await _grant(mesh, tenant, users={"alice": "member", "bob": "member", "olga": "operator"})
+    alice = Client(mesh, tenant, "alice")
+    session = await alice.session()
+    operator = Client(mesh, tenant, "olga")
+    assert [s.name for s in await _sessions(operator)] == [session.name]
+    # bob's token claims the operator role; policy says he is a member: his own sessions only.
+    bob = Client(mesh, tenant, "bob")
+    bob.metadata = (("authorization", f"Bearer {_token(mesh.state_dir, tenant, 'bob', roles=('operator',))}"),)
+    own = await bob.session()
+    assert [s.name for s in await _sessions(bob)] == [own.name]
