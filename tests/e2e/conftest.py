@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import asyncpg
 import pytest
 
 from skm_runtime.contract import services_of
 from skm_stack import RunningStack
+from skm_stack.health import run_coroutine_sync
 from skm_stack.services import default_services
+
+# The mesh's services keep their tables in a database of their own: the integration tests'
+# copies of the services share the session's servers, and a service of the mesh must not
+# pick up (e.g. take over) what those leave behind in the same tables.
+E2E_DATABASE = "skm_e2e"
 
 # A short agent loop (the untrained models never finish on their own before the bound)
 # and a short lease, so a killed svc_conversation's turns are taken over quickly.
@@ -17,8 +24,25 @@ _EXTRA_ENV = {
 }
 
 
+async def _create_database(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT true FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
-def mesh(stack: RunningStack) -> RunningStack:
+def mesh_dsn(stack: RunningStack) -> str:
+    """The database of the mesh's services (see E2E_DATABASE)."""
+    assert stack.postgres is not None
+    run_coroutine_sync(lambda: _create_database(stack.postgres_dsn, E2E_DATABASE))
+    return stack.postgres.dsn_for("skm", E2E_DATABASE)
+
+
+@pytest.fixture(scope="session")
+def mesh(stack: RunningStack, mesh_dsn: str) -> RunningStack:
     """The session's stack with every service (free ports) and Envoy started on it.
 
     They are stopped, with the servers, when the session's stack stops.
@@ -28,7 +52,7 @@ def mesh(stack: RunningStack) -> RunningStack:
             spec,
             port=0,
             health_services=("", *services_of(spec.name)),
-            extra_env=_EXTRA_ENV.get(spec.name, {}),
+            extra_env={"SKM_POSTGRES_DSN": mesh_dsn, **_EXTRA_ENV.get(spec.name, {})},
         )
         for spec in default_services(env={})
     ]

@@ -611,7 +611,7 @@ async def test_a_full_context_is_compressed_by_the_utility_model(mesh: RunningSt
     assert events[-1].turn_state_changed.state == Turn.STATE_COMPLETED
 
 
-async def test_a_memory_write_the_policy_denies_changes_no_memory(mesh: RunningStack) -> None:
+async def test_a_memory_write_the_policy_denies_changes_no_memory(mesh: RunningStack, mesh_dsn: str) -> None:
     tenant, client = await _tenant(mesh)
     t = f"tenant:tenants/{tenant}"
     tool = f"tool:tenants/{tenant}/tools/memory_save"
@@ -640,7 +640,7 @@ async def test_a_memory_write_the_policy_denies_changes_no_memory(mesh: RunningS
     assert verdict.decision.verdict == policy_decision_pb2.VERDICT_DENY
     result = next(e.tool_call_result for e in events if e.WhichOneof("event") == "tool_call_result")
     assert result.result.failure.reason == execution_pb2.FAILURE_REASON_DENIED
-    conn = await asyncpg.connect(mesh.postgres_dsn)
+    conn = await asyncpg.connect(mesh_dsn)
     try:
         stored = await conn.fetchval("SELECT count(*) FROM tools.memories WHERE tenant = $1", f"tenants/{tenant}")
     finally:
