@@ -333,9 +333,9 @@ class Conversation:
             try:
                 result = await self.llm.complete(tier, request)
             except ModelCallFailed as failure:
-                await run._model_call(0, failure.stats, UTILITY, failure.reason)
+                await run.record_model_call(0, failure.stats, UTILITY, failure.reason)
                 continue
-            await run._model_call(0, result.stats, UTILITY, "")
+            await run.record_model_call(0, result.stats, UTILITY, "")
             return result.text
         # No utility model answered: keep the newest part of the transcript instead.
         return transcript[-2000:]
@@ -359,7 +359,7 @@ class Conversation:
         session = run.handle.session
         persona_object = f"persona:{session.persona}"
         decision = await self.policy.check(run.principal, persona_object, "can_spawn", persona_object)
-        await run._verdict(requested.tool_call_id, decision)
+        await run.record_verdict(requested.tool_call_id, decision)
         if decision.verdict != policy_decision_pb2.VERDICT_ALLOW:
             reason = (
                 execution_pb2.FAILURE_REASON_DENIED
@@ -371,7 +371,7 @@ class Conversation:
             result = execution_pb2.ToolResult(
                 failure=execution_pb2.ToolFailure(reason=reason, message=f"spawning a subordinate: {decision.reason}")
             )
-            await run._step(
+            await run.step(
                 (
                     "tool_call_result",
                     session_event_pb2.ToolCallResult(tool_call_id=requested.tool_call_id, result=result),
@@ -412,7 +412,7 @@ class Conversation:
                     reason=execution_pb2.FAILURE_REASON_TOOL_ERROR, message=f"the subordinate's turn ended {state}"
                 )
             )
-        await run._step(
+        await run.step(
             (
                 "tool_call_result",
                 session_event_pb2.ToolCallResult(

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("skm.conversation.loop")
 
 Turn = turn_pb2.Turn
+Intervention = session_event_pb2.Intervention
 PRIMARY = type_model_pb2.MODEL_ROLE_PRIMARY
 PRE_SLM = type_model_pb2.MODEL_ROLE_PRE_SLM
 UTILITY = type_model_pb2.MODEL_ROLE_UTILITY
@@ -103,12 +104,10 @@ class _Context:
     """What the turn has done so far, read back from its stored events."""
 
     messages: list[dict[str, str]]
-    preprocessed: bool
     tool_choice: str
     # A tool call without a result yet (resume it), and the calls whose verdict is stored.
     open_call: session_event_pb2.ToolCallRequested | None
     verdicts: set[str]
-    answered_tier: int
 
 
 class TurnRun:
@@ -130,9 +129,8 @@ class TurnRun:
 
     # -- event helpers ---------------------------------------------------------------
 
-    async def _step(self, *payloads: tuple[str, object]) -> list[session_event_pb2.SessionEvent]:
-        if self.stopped:
-            raise asyncio.CancelledError
+    async def step(self, *payloads: tuple[str, object]) -> list[session_event_pb2.SessionEvent]:
+        # A stopped run's step is refused under the session's lock (see SessionHandle.step).
         return await self.c.step(self.handle, self.turn, self.principal, list(payloads), alive=self._alive)
 
     def _alive(self) -> bool:
@@ -147,7 +145,7 @@ class TurnRun:
         payloads.append(
             ("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.State.ValueType(state), reason=reason))
         )
-        await self._step(*payloads)
+        await self.step(*payloads)
 
     # -- the loop --------------------------------------------------------------------
 
@@ -226,7 +224,7 @@ class TurnRun:
                 answer = str(call.tool_args.get("text", ""))
                 self.turn.response_text = answer
                 self.turn.state = Turn.STATE_COMPLETED
-                await self._step(
+                await self.step(
                     ("final_response", session_event_pb2.FinalResponse(text=answer)),
                     ("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_COMPLETED)),
                 )
@@ -239,7 +237,7 @@ class TurnRun:
                 tool=f"{self.principal.tenant}/tools/{call.tool_name}",
                 arguments_json=json.dumps(call.tool_args, ensure_ascii=False),
             )
-            await self._step(("tool_call_requested", requested))
+            await self.step(("tool_call_requested", requested))
             if call.tool_name == SUBORDINATE_TOOL:
                 result = await self.c.subordinate(self, requested, call)
             else:
@@ -259,18 +257,14 @@ class TurnRun:
         events = await self.c.store.list_events(
             self.handle.name, 0, 100_000, turn=int(self.turn.name.rsplit("/", 1)[1])
         )
-        preprocessed = False
         tool_choice = ""
         open_call: session_event_pb2.ToolCallRequested | None = None
         verdicts: set[str] = set()
-        answered = -1
         for event in events:
             kind = event.WhichOneof("event")
             if kind == "user_message":
                 messages.append({"role": "user", "content": event.user_message.text})
                 tool_choice = event.user_message.tool_choice
-            elif kind == "preprocessing":
-                preprocessed = True
             elif kind == "tool_call_requested":
                 open_call = event.tool_call_requested
             elif kind == "tool_call_verdict":
@@ -279,16 +273,14 @@ class TurnRun:
                 call = ToolCall(open_call.tool.rsplit("/", 1)[-1], json.loads(open_call.arguments_json or "{}"))
                 messages.extend(self._exchange(call, event.tool_call_result.result))
                 open_call = None
-            elif kind == "intervention" and event.intervention.kind == session_event_pb2.Intervention.KIND_NUDGE:
-                if event.intervention.text:
-                    messages.append({"role": "user", "content": event.intervention.text})
             elif (
-                kind == "model_call" and not event.model_call.failure_reason and event.model_call.usage.role == PRIMARY
+                kind == "intervention"
+                and event.intervention.kind == Intervention.KIND_NUDGE
+                and event.intervention.text
             ):
-                answered = event.model_call.usage.tier
-        if self.turn.input_text and not any(m["role"] == "user" for m in messages[1:]):
-            messages.append({"role": "user", "content": self.turn.input_text})
-        return _Context(messages, preprocessed, tool_choice, open_call, verdicts, answered)
+                # A nudge's guidance joins the context where it was given.
+                messages.append({"role": "user", "content": event.intervention.text})
+        return _Context(messages, tool_choice, open_call, verdicts)
 
     # -- pre-processing --------------------------------------------------------------
 
@@ -313,7 +305,7 @@ class TurnRun:
             self.turn.response_text = refusal
             self.turn.state = Turn.STATE_REFUSED
             self.turn.failure_reason = verdict.refusal_reason
-            await self._step(
+            await self.step(
                 ("preprocessing", message),
                 ("final_response", session_event_pb2.FinalResponse(text=refusal)),
                 (
@@ -323,7 +315,7 @@ class TurnRun:
             )
             return True
         # The pre-SLM's calls are recorded right after the verdict they served.
-        await self._step(("preprocessing", message), *calls)
+        await self.step(("preprocessing", message), *calls)
         return False
 
     async def _intent(self, verdict: preprocess.Verdict, calls: list[tuple[str, object]]) -> preprocess.Verdict:
@@ -364,8 +356,8 @@ class TurnRun:
         self.turn.model_calls.append(usage)
         return "model_call", session_event_pb2.ModelCall(iteration=iteration, usage=usage, failure_reason=failure)
 
-    async def _model_call(self, iteration: int, stats: CallStats, role: int, failure: str) -> None:
-        await self._step(self._model_call_event(iteration, stats, role, failure))
+    async def record_model_call(self, iteration: int, stats: CallStats, role: int, failure: str) -> None:
+        await self.step(self._model_call_event(iteration, stats, role, failure))
 
     async def _call_primary(
         self, profile: ResolvedProfile, iteration: int, messages: list[dict[str, str]], tools: Sequence[ToolSpec]
@@ -384,8 +376,6 @@ class TurnRun:
         )
 
         async def on_delta(text: str) -> None:
-            if self.stopped:
-                raise asyncio.CancelledError
             await self.handle.delta(self.turn, iteration, text, alive=self._alive)
 
         start = min(self.turn.start_tier, len(profile.tiers) - 1)
@@ -394,9 +384,9 @@ class TurnRun:
                 result = await self.c.llm.chat(tier, request, on_delta)
             except ModelCallFailed as failure:
                 log.warning("model %s failed (%s); trying the next tier", tier.name, failure.reason)
-                await self._model_call(iteration, failure.stats, PRIMARY, failure.reason)
+                await self.record_model_call(iteration, failure.stats, PRIMARY, failure.reason)
                 continue
-            await self._model_call(iteration, result.stats, PRIMARY, "")
+            await self.record_model_call(iteration, result.stats, PRIMARY, "")
             return result.text
         raise TurnFailed("ALL_MODEL_TIERS_FAILED", "every model tier of the PRIMARY role failed")
 
@@ -430,7 +420,7 @@ class TurnRun:
                     self.current_execution = update.accepted.execution
                 elif kind == "decision":
                     if not known_verdict:
-                        await self._verdict(tool_call_id, update.decision)
+                        await self.record_verdict(tool_call_id, update.decision)
                 elif kind == "progress":
                     await self._progress(tool_call_id, progress=update.progress)
                 elif kind == "output":
@@ -461,11 +451,11 @@ class TurnRun:
                 ),
             )
         )
-        await self._step(*payloads)
+        await self.step(*payloads)
         self.current_execution = ""
         return result
 
-    async def _verdict(self, tool_call_id: str, decision: policy_decision_pb2.PolicyDecision) -> None:
+    async def record_verdict(self, tool_call_id: str, decision: policy_decision_pb2.PolicyDecision) -> None:
         payloads: list[tuple[str, object]] = [
             ("tool_call_verdict", session_event_pb2.ToolCallVerdict(tool_call_id=tool_call_id, decision=decision))
         ]
@@ -474,7 +464,7 @@ class TurnRun:
             payloads.append(
                 ("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_AWAITING_APPROVAL))
             )
-        await self._step(*payloads)
+        await self.step(*payloads)
 
     async def _progress(self, tool_call_id: str, **update: Any) -> None:
         payloads: list[tuple[str, object]] = []
@@ -490,4 +480,4 @@ class TurnRun:
                 ),
             )
         )
-        await self._step(*payloads)
+        await self.step(*payloads)

@@ -20,9 +20,6 @@ class ModelTier:
     output_cost_per_million: float = 0.0
     currency: str = "USD"
     structured_output: bool = False
-    # How the engine takes a JSON schema: "openai" (response_format json_schema) or
-    # "llama_cpp" (response_format json_object + schema).
-    schema_style: str = "openai"
 
 
 @dataclass(frozen=True, slots=True)

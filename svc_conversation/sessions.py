@@ -59,7 +59,6 @@ Item = SessionEvent | Closed
 @dataclass(eq=False)
 class Subscriber:
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
-    overflowed: bool = False
 
 
 class SessionHandle:
@@ -97,7 +96,6 @@ class SessionHandle:
     def _publish(self, item: Item) -> None:
         for subscriber in list(self.subscribers):
             if subscriber.queue.qsize() >= _QUEUE_LIMIT:
-                subscriber.overflowed = True
                 self.subscribers.discard(subscriber)
                 subscriber.queue.put_nowait(Closed("OVERFLOW"))
                 continue

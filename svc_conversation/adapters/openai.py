@@ -3,8 +3,8 @@
 Chat completions are streamed (server-sent events) and handed over token by token; the
 client measures what the platform records for every call: tokens in and out, time to
 first token, tokens per second, cost and which model answered. Structured output is asked
-for with ``response_format``: the JSON-schema form OpenAI and vLLM take, or the
-``json_object`` + ``schema`` form of llama-cpp-python's server, per model.
+for with ``response_format`` in the JSON-schema form OpenAI and vLLM take (the local stack's
+llama-cpp-python engine accepts it too: see skm_stack.llm_engine).
 
 A call fails with :class:`ModelCallFailed` and an UPPER_SNAKE_CASE reason (the agent loop
 then tries the next tier): MODEL_TIMEOUT (no first token, or a stall between tokens, within
@@ -89,8 +89,6 @@ class _Meter:
 def response_format(tier: ModelTier, request: ChatRequest) -> dict[str, Any] | None:
     if request.json_schema is None or not tier.structured_output:
         return None
-    if tier.schema_style == "llama_cpp":
-        return {"type": "json_object", "schema": dict(request.json_schema)}
     return {
         "type": "json_schema",
         "json_schema": {"name": request.schema_name, "schema": dict(request.json_schema), "strict": True},
@@ -98,7 +96,7 @@ def response_format(tier: ModelTier, request: ChatRequest) -> dict[str, Any] | N
 
 
 class OpenAICompatibleClient:
-    """Streams chat completions and fetches embeddings over HTTP."""
+    """Streams chat completions over HTTP (embeddings are svc_tools' own: its memory tools embed)."""
 
     def __init__(
         self,
@@ -215,27 +213,3 @@ class OpenAICompatibleClient:
             return None
 
         return await self.chat(tier, request, ignore)
-
-    async def embed(self, tier: ModelTier, texts: Sequence[str]) -> list[list[float]]:
-        """Embeddings of ``texts``, in order."""
-        url = tier.endpoint_uri.rstrip("/") + "/embeddings"
-        meter = _Meter()
-        try:
-            response = await asyncio.wait_for(
-                self._http.post(
-                    url, json={"model": tier.served_model, "input": list(texts)}, headers=self._headers(tier)
-                ),
-                self._first_token_timeout,
-            )
-        except TimeoutError:
-            raise ModelCallFailed("MODEL_TIMEOUT", "no answer in time", meter.stats(tier)) from None
-        except httpx.TransportError as error:
-            raise ModelCallFailed("MODEL_UNAVAILABLE", type(error).__name__, meter.stats(tier)) from None
-        if response.status_code != 200:
-            reason = "MODEL_UNAVAILABLE" if response.status_code >= 500 else "MODEL_REJECTED"
-            raise ModelCallFailed(reason, f"HTTP {response.status_code}", meter.stats(tier))
-        try:
-            rows = sorted(response.json()["data"], key=lambda row: row["index"])
-            return [[float(x) for x in row["embedding"]] for row in rows]
-        except (ValueError, KeyError, TypeError):
-            raise ModelCallFailed("MODEL_BAD_RESPONSE", "not an embeddings answer", meter.stats(tier)) from None

@@ -15,10 +15,6 @@ _PREFIX = "skm:conversation:session:"
 _TTL_SECONDS = 86_400
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class RedisHotState:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
@@ -44,10 +40,6 @@ class RedisHotState:
             )
             pipe.expire(key, _TTL_SECONDS)
             await pipe.execute()
-
-    async def read(self, name: str) -> dict[str, str]:
-        raw = await self._redis.hgetall(_PREFIX + name)
-        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def forget(self, name: str) -> None:
         await self._redis.delete(_PREFIX + name)
