@@ -19,10 +19,14 @@ Then conversations (bench/conversation.py), on a whole mesh started for the run:
 first token and tokens/s through Envoy + gateway + svc_conversation against the engine
 called directly, the gateway's overhead on a unary call, and the memory of idle sessions.
 
+Then the gateway (bench/gateway.py), on the few servers its path needs: a unary call through
+Envoy + svc_gateway against the service called directly and a bare Python hop, p50/p99 and
+the CPU each process spends per call.
+
 Then tools (bench/tools.py): the code_execution sandbox against a bare subprocess running the
 same code, executions per second, and memory recall latency and recall@1 at 10k memories.
 
-Usage: python -m bench [runtime|policy|conversation|tools|all] [--rounds N] [--calls N] [--frames N]
+Usage: python -m bench [runtime|policy|conversation|gateway|tools|all] [--rounds N] [--calls N] [--frames N]
                        [--turns N] [--sessions N]
 """
 
@@ -117,12 +121,14 @@ def main() -> int:
     parser.add_argument(
         "what",
         nargs="?",
-        choices=("runtime", "policy", "conversation", "tools", "all"),
+        choices=("runtime", "policy", "conversation", "gateway", "tools", "all"),
         default="all",
         help="default: all",
     )
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    parser.add_argument("--calls", type=int, default=4000, help="unary calls per round (default 4000)")
+    parser.add_argument(
+        "--calls", type=int, default=4000, help="unary calls per round (default 4000; gateway: at most 2000)"
+    )
     parser.add_argument("--frames", type=int, default=2000, help="bidi frames per round (default 2000)")
     parser.add_argument("--turns", type=int, default=3, help="conversation: turns per path per round (default 3)")
     parser.add_argument(
@@ -139,6 +145,10 @@ def main() -> int:
         from bench import conversation
 
         conversation.main(rounds=args.rounds, turns=args.turns, sessions=args.sessions)
+    if args.what in ("gateway", "all"):
+        from bench import gateway
+
+        gateway.main(rounds=args.rounds, calls=min(args.calls, 2000))
     if args.what in ("tools", "all"):
         from bench import tools
 
