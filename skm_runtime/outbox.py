@@ -85,6 +85,37 @@ async def add_events(conn: Any, schema: str, records: Sequence[OutboxRecord]) ->
     await conn.execute(f"NOTIFY {_channel(schema)}")
 
 
+def outbox_insert(schema: str, first: int, *, where: str = "TRUE") -> str:
+    """An INSERT of records given as four arrays, parameters `$first` to `$first+3` (see
+    `outbox_arrays`), kept in their order, to embed as a data-modifying CTE in a statement
+    that writes a state change and its events in one round trip (`where`: a condition, e.g.
+    that the state change happened). The statement must also evaluate `outbox_notify(schema)`
+    so the relay wakes when it commits."""
+    p = [f"${first + i}" for i in range(4)]
+    return (
+        f"INSERT INTO {schema}.outbox (event_id, topic, key, value)"
+        " SELECT r.event_id, r.topic, r.key, r.value"
+        f" FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::bytea[], {p[3]}::bytea[])"
+        f" WITH ORDINALITY AS r(event_id, topic, key, value, n) WHERE {where} ORDER BY r.n"
+        " ON CONFLICT (event_id) DO NOTHING"
+    )
+
+
+def outbox_arrays(records: Sequence[OutboxRecord]) -> list[list[Any]]:
+    """The four array parameters of `outbox_insert`."""
+    return [
+        [r.event_id for r in records],
+        [r.topic for r in records],
+        [r.key for r in records],
+        [r.value for r in records],
+    ]
+
+
+def outbox_notify(schema: str) -> str:
+    """An expression waking the relay when the transaction commits."""
+    return f"pg_notify('{_channel(schema)}', '')"
+
+
 class BufferedOutbox:
     """Collects records in memory and writes them in batches (for events of no state change).
 

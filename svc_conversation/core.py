@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm.tools.v1 import execution_pb2
@@ -53,7 +53,7 @@ from svc_conversation.errors import (
     TurnNotResumable,
 )
 from svc_conversation.fitting import estimated_tokens, fit_messages
-from svc_conversation.loop import PRIMARY, UTILITY, TurnRun
+from svc_conversation.loop import PRIMARY, UTILITY, TurnRun, preprocessed
 from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec
 from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, SessionHandle, Subscriber, timestamp
 from svc_conversation.settings import ConversationSettings
@@ -76,6 +76,13 @@ class HotState(Protocol):
     async def mirror(self, session: Session) -> None: ...
 
     async def forget(self, name: str) -> None: ...
+
+
+def _cancelled(future: asyncio.Future[Any] | None) -> None:
+    """Stops work started for a request that will not use it."""
+    if future is not None:
+        future.cancel()
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def _uuid(value: str, field: str) -> None:
@@ -673,8 +680,10 @@ class Conversation:
             token = _token({"after": events[-1].sequence})
         return events, token
 
-    def _start_runner(self, handle: SessionHandle, turn: Turn, principal: Principal) -> None:
-        run = TurnRun(self, handle, turn, principal)
+    def _start_runner(
+        self, handle: SessionHandle, turn: Turn, principal: Principal, head_start: asyncio.Future[Any] | None = None
+    ) -> None:
+        run = TurnRun(self, handle, turn, principal, head_start=head_start)
 
         async def guarded() -> None:
             try:
@@ -713,18 +722,33 @@ class Conversation:
         if len(text) > MAX_TEXT:
             raise MessageTooLong(f"the message is longer than {MAX_TEXT} characters", metadata={"limit": str(MAX_TEXT)})
         _uuid(request_id, "request_id")
-        existing = await self.store.turn_by_request(handle.name, request_id)
-        if existing is not None:
-            if existing.input_text == text and not existing.rerun_of:
-                return existing
-            raise RequestIdReused("this request_id was used for another message", metadata={"request_id": request_id})
-        if tool_choice:
-            persona = await self.persona(handle.session.persona, principal)
-            if tool_choice not in persona.allowed_tools:
-                raise InvalidToolChoice(
-                    f"{tool_choice!r} is not a tool of this session's persona", metadata={"tool_choice": tool_choice}
+        head_start = None
+        if handle.turn is None or handle.turn.state not in ACTIVE:
+            # The pre-processing (the PRE_SLM's call, most of the wait before the first
+            # token) starts now, while the turn is checked and stored.
+            head_start = asyncio.ensure_future(preprocessed(self, principal, handle.session, text))
+        try:
+            existing = await self.store.turn_by_request(handle.name, request_id)
+            if existing is not None:
+                if existing.input_text == text and not existing.rerun_of:
+                    return existing
+                raise RequestIdReused(
+                    "this request_id was used for another message", metadata={"request_id": request_id}
                 )
-        return await self._new_turn(handle, principal, text, request_id, tool_choice=tool_choice)
+            if tool_choice:
+                persona = await self.persona(handle.session.persona, principal)
+                if tool_choice not in persona.allowed_tools:
+                    raise InvalidToolChoice(
+                        f"{tool_choice!r} is not a tool of this session's persona",
+                        metadata={"tool_choice": tool_choice},
+                    )
+            turn = await self._new_turn(
+                handle, principal, text, request_id, tool_choice=tool_choice, head_start=head_start
+            )
+            head_start = None  # the turn's runner has it
+            return turn
+        finally:
+            _cancelled(head_start)
 
     async def _new_turn(
         self,
@@ -737,6 +761,7 @@ class Conversation:
         rerun_of: Turn | None = None,
         start_tier: int = 0,
         intervention_id: str = "",
+        head_start: asyncio.Future[Any] | None = None,
     ) -> Turn:
         if handle.turn is not None and handle.turn.state in ACTIVE:
             raise TurnInProgress(
@@ -778,7 +803,7 @@ class Conversation:
             lease_until=lease,
         )
         self._mirror_soon(handle)
-        self._start_runner(handle, turn, principal)
+        self._start_runner(handle, turn, principal, head_start)
         return turn
 
     async def interrupt(self, principal: Principal | None, name: str, request_id: str) -> Turn:

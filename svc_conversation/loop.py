@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import duration_pb2
 
-from skm.conversation.v1 import session_event_pb2, turn_pb2
+from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm.tools.v1 import execution_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
 from skm.type.v1 import money_pb2, policy_decision_pb2
@@ -56,6 +56,11 @@ UTILITY = type_model_pb2.MODEL_ROLE_UTILITY
 _TOOL_NAMESPACE = uuid.UUID("5f1e9a3c-9a52-4c55-8f0e-0c0f8f4a2b77")
 # Tool results are cut to this many characters before they go back to the model.
 _RESULT_CHARS = 8000
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class TurnFailed(Exception):
@@ -110,10 +115,57 @@ class _Context:
     verdicts: set[str]
 
 
+Attempt = tuple[CallStats, str]  # a model call's figures, and its failure reason ("" if it answered)
+
+
+async def preprocessed(
+    c: Conversation, principal: Principal, session: session_pb2.Session, text: str
+) -> tuple[preprocess.Verdict, list[Attempt]]:
+    """The pre-processing verdict of a message (heuristics, then the PRE_SLM's intent and
+    slots) and the PRE_SLM calls it took. It reads and writes nothing of the turn, so it can
+    start before the turn is stored (see Conversation.send_message)."""
+    verdict = preprocess.heuristics(text, refuse_injection=c.settings.refuse_prompt_injection)
+    attempts: list[Attempt] = []
+    if verdict.refused:
+        return verdict, attempts
+    try:
+        profile = await c.resolve(principal, PRE_SLM, session)
+    except DependencyUnavailable:
+        return verdict, attempts
+    window = min((tier.context_length for tier in profile.tiers), default=4096)
+    room = int((window - 128) * 0.9 * c.settings.bytes_per_token)
+    request = ChatRequest(
+        messages=fit_messages(
+            [{"role": "system", "content": preprocess.INTENT_PROMPT}, {"role": "user", "content": text}], room
+        ),
+        temperature=0.0,
+        max_tokens=min(profile.max_output_tokens or 128, 128),
+        json_schema=preprocess.INTENT_SCHEMA,
+        schema_name="intent",
+    )
+    for tier in profile.tiers:
+        try:
+            result = await c.llm.complete(tier, request)
+        except ModelCallFailed as failure:
+            attempts.append((failure.stats, failure.reason))
+            continue
+        attempts.append((result.stats, ""))
+        return preprocess.with_intent(verdict, result.text), attempts
+    return verdict, attempts
+
+
 class TurnRun:
     """Runs (or resumes) one turn until it ends, is interrupted, or this process stops."""
 
-    def __init__(self, conversation: Conversation, handle: SessionHandle, turn: Turn, principal: Principal) -> None:
+    def __init__(
+        self,
+        conversation: Conversation,
+        handle: SessionHandle,
+        turn: Turn,
+        principal: Principal,
+        *,
+        head_start: asyncio.Future[tuple[preprocess.Verdict, list[Attempt]]] | None = None,
+    ) -> None:
         self.c = conversation
         self.handle = handle
         self.turn = turn
@@ -126,12 +178,23 @@ class TurnRun:
         # Set when the user stopped this run (interrupt, nudge): it writes nothing more, even
         # if it has not unwound yet when the intervention's own events are written.
         self.stopped = False
+        # The pre-processing, when it was started before the turn was stored.
+        self.head_start = head_start
+        # A write left running while the loop goes on (see _preprocess).
+        self._write: asyncio.Future[list[session_event_pb2.SessionEvent]] | None = None
 
     # -- event helpers ---------------------------------------------------------------
 
     async def step(self, *payloads: tuple[str, object]) -> list[session_event_pb2.SessionEvent]:
+        await self._written()
         # A stopped run's step is refused under the session's lock (see SessionHandle.step).
         return await self.c.step(self.handle, self.turn, self.principal, list(payloads), alive=self._alive)
+
+    async def _written(self) -> None:
+        """Waits for the write left running, if any (its failure is this run's failure)."""
+        write, self._write = self._write, None
+        if write is not None:
+            await write
 
     def _alive(self) -> bool:
         return not self.stopped
@@ -159,6 +222,13 @@ class TurnRun:
             await self._end(Turn.STATE_FAILED, failure.reason, error=failure.reason, message=failure.message)
         except DependencyUnavailable as error:
             await self._end(Turn.STATE_FAILED, error.reason, error=error.reason, message=error.message)
+        finally:
+            # Left behind by a run that ended early: nobody awaits them any more.
+            if self.head_start is not None:
+                self.head_start.cancel()
+                self.head_start.add_done_callback(_retrieved)
+            if self._write is not None:
+                self._write.add_done_callback(_retrieved)
 
     async def _stop_tool(self) -> None:
         if self.current_execution and not self.detached:
@@ -285,12 +355,17 @@ class TurnRun:
     # -- pre-processing --------------------------------------------------------------
 
     async def _preprocess(self) -> bool:
-        """Records the pre-processing verdict; True when the message is refused."""
-        text = self.turn.input_text
-        verdict = preprocess.heuristics(text, refuse_injection=self.c.settings.refuse_prompt_injection)
-        calls: list[tuple[str, object]] = []
-        if not verdict.refused:
-            verdict = await self._intent(verdict, calls)
+        """Records the pre-processing verdict; True when the message is refused.
+
+        The verdict's write is left running (`_write`) so the PRIMARY call starts at once;
+        every later write, and the first token delta, wait for it first, so the stored and
+        streamed order is unchanged."""
+        started = self.head_start or asyncio.ensure_future(
+            preprocessed(self.c, self.principal, self.handle.session, self.turn.input_text)
+        )
+        self.head_start = None
+        verdict, attempts = await started
+        calls = [self._model_call_event(0, stats, PRE_SLM, failure) for stats, failure in attempts]
         message = turn_pb2.PreprocessingVerdict(
             intent=verdict.intent,
             intent_confidence=verdict.intent_confidence,
@@ -315,39 +390,10 @@ class TurnRun:
             )
             return True
         # The pre-SLM's calls are recorded right after the verdict they served.
-        await self.step(("preprocessing", message), *calls)
-        return False
-
-    async def _intent(self, verdict: preprocess.Verdict, calls: list[tuple[str, object]]) -> preprocess.Verdict:
-        session = self.handle.session
-        try:
-            profile = await self.c.resolve(self.principal, PRE_SLM, session)
-        except DependencyUnavailable:
-            return verdict
-        window = min((tier.context_length for tier in profile.tiers), default=4096)
-        room = int((window - 128) * 0.9 * self.c.settings.bytes_per_token)
-        request = ChatRequest(
-            messages=fit_messages(
-                [
-                    {"role": "system", "content": preprocess.INTENT_PROMPT},
-                    {"role": "user", "content": self.turn.input_text},
-                ],
-                room,
-            ),
-            temperature=0.0,
-            max_tokens=min(profile.max_output_tokens or 128, 128),
-            json_schema=preprocess.INTENT_SCHEMA,
-            schema_name="intent",
+        self._write = asyncio.ensure_future(
+            self.c.step(self.handle, self.turn, self.principal, [("preprocessing", message), *calls], alive=self._alive)
         )
-        for tier in profile.tiers:
-            try:
-                result = await self.c.llm.complete(tier, request)
-            except ModelCallFailed as failure:
-                calls.append(self._model_call_event(0, failure.stats, PRE_SLM, failure.reason))
-                continue
-            calls.append(self._model_call_event(0, result.stats, PRE_SLM, ""))
-            return preprocess.with_intent(verdict, result.text)
-        return verdict
+        return False
 
     # -- model calls -----------------------------------------------------------------
 
@@ -376,6 +422,8 @@ class TurnRun:
         )
 
         async def on_delta(text: str) -> None:
+            if self._write is not None:
+                await self._written()
             await self.handle.delta(self.turn, iteration, text, alive=self._alive)
 
         start = min(self.turn.start_tier, len(profile.tiers) - 1)

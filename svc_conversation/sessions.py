@@ -93,6 +93,15 @@ class SessionHandle:
         self.next_sequence += 1
         return number
 
+    def _stored_sequence(self) -> int:
+        """A number for an event a step stores: a reservation it needs goes into the same
+        write (Write.reserved_sequence), so it costs no round trip of its own."""
+        number = self.next_sequence
+        self.next_sequence += 1
+        if number > self.reserved:
+            self.reserved = number + _RESERVE_BLOCK
+        return number
+
     def _publish(self, item: Item) -> None:
         for subscriber in list(self.subscribers):
             if subscriber.queue.qsize() >= _QUEUE_LIMIT:
@@ -142,9 +151,10 @@ class SessionHandle:
         async with self.lock:
             if alive is not None and not alive():
                 raise asyncio.CancelledError
+            persisted = self.reserved
             events = []
             for field_name, message in payloads:
-                event = self._new_event(turn, await self._sequence())
+                event = self._new_event(turn, self._stored_sequence())
                 getattr(event, field_name).CopyFrom(message)
                 events.append(event)
             if events:
@@ -179,7 +189,12 @@ class SessionHandle:
                 runner=runner,
                 lease_until=lease_until,
             )
-            await self.store.write(write)
+            try:
+                await self.store.write(write)
+            except BaseException:
+                # Numbers past the stored reservation must not go to token deltas unreserved.
+                self.reserved = persisted
+                raise
             self.pending.clear()
             self.session = session
             if turn_ordinal(newest.name) >= turn_ordinal(self.turn.name if self.turn else "x/0"):

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
-from skm_runtime.outbox import OutboxRecord, add_events, outbox_ddl
+from skm_runtime.outbox import OutboxRecord, add_events, outbox_arrays, outbox_ddl, outbox_insert, outbox_notify
 
 SCHEMA = "conversation"
 TOPIC_AUDIT = "audit"
@@ -75,6 +75,41 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.commands (
     PRIMARY KEY (tenant, session, request_id)
 );
 {outbox_ddl(SCHEMA)}
+"""
+
+
+_SESSION_WRITTEN = "EXISTS (SELECT 1 FROM s)"
+# One session write (see PostgresSessionStore.write); its data-modifying parts all see the
+# same snapshot, and none touches a row another part touches.
+_WRITE = f"""
+WITH s AS (
+    UPDATE {SCHEMA}.sessions SET body = $3, update_time = $4, reserved_sequence = GREATEST(reserved_sequence, $5)
+    WHERE tenant = $1 AND id = $2 RETURNING 1
+), t AS (
+    INSERT INTO {SCHEMA}.turns (tenant, session, ordinal, request_id, state, runner, lease_until, body)
+    SELECT $1, $2, x.ordinal, x.request_id, x.state, $10, $11, x.body
+    FROM unnest($6::integer[], $7::text[], $8::text[], $9::bytea[]) AS x(ordinal, request_id, state, body)
+    WHERE {_SESSION_WRITTEN}
+    ON CONFLICT (tenant, session, ordinal) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body,
+        runner = COALESCE(EXCLUDED.runner, turns.runner),
+        lease_until = COALESCE(EXCLUDED.lease_until, turns.lease_until)
+), e AS (
+    INSERT INTO {SCHEMA}.events (tenant, session, sequence, turn, delta, body)
+    SELECT $1, $2, x.sequence, x.turn, x.delta, x.body
+    FROM unnest($12::bigint[], $13::integer[], $14::boolean[], $15::bytea[]) AS x(sequence, turn, delta, body)
+    WHERE {_SESSION_WRITTEN}
+), d AS (
+    DELETE FROM {SCHEMA}.events
+    WHERE tenant = $1 AND session = $2 AND turn = ANY($16::integer[]) AND delta AND {_SESSION_WRITTEN}
+), c AS (
+    INSERT INTO {SCHEMA}.commands (tenant, session, request_id, kind, turn, fingerprint)
+    SELECT $1, $2, x.request_id, x.kind, x.turn, x.fingerprint
+    FROM unnest($17::text[], $18::text[], $19::integer[], $20::text[]) AS x(request_id, kind, turn, fingerprint)
+    WHERE {_SESSION_WRITTEN}
+), o AS (
+    {outbox_insert(SCHEMA, 21, where=_SESSION_WRITTEN)}
+)
+SELECT (SELECT count(*) FROM s), CASE WHEN cardinality($21::uuid[]) > 0 THEN {outbox_notify(SCHEMA)} END
 """
 
 
@@ -212,59 +247,38 @@ class PostgresSessionStore:
     # -- one session's writes --------------------------------------------------------
 
     async def write(self, write: Write) -> None:
+        """Everything of `write` in one statement (one round trip, atomic): the session row
+        first, and the rest only if that row still exists."""
         tenant, sid = split_name(write.session.name)
-        async with self.pool.acquire() as conn, conn.transaction():
-            updated = await conn.execute(
-                f"UPDATE {SCHEMA}.sessions SET body = $3, update_time = $4,"
-                " reserved_sequence = GREATEST(reserved_sequence, $5) WHERE tenant = $1 AND id = $2",
-                tenant,
-                sid,
-                write.session.SerializeToString(),
-                write.session.update_time.ToDatetime().astimezone(),
-                write.reserved_sequence,
-            )
-            if updated == "UPDATE 0":
-                raise SessionGone(write.session.name)
-            for turn in write.turns:
-                await conn.execute(
-                    f"INSERT INTO {SCHEMA}.turns"
-                    " (tenant, session, ordinal, request_id, state, runner, lease_until, body)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant, session, ordinal)"
-                    " DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body,"
-                    " runner = COALESCE(EXCLUDED.runner, turns.runner),"
-                    " lease_until = COALESCE(EXCLUDED.lease_until, turns.lease_until)",
-                    tenant,
-                    sid,
-                    turn_ordinal(turn.name),
-                    turn.request_id,
-                    _state_name(turn),
-                    write.runner,
-                    write.lease_until,
-                    turn.SerializeToString(),
-                )
-            if write.events:
-                await conn.executemany(
-                    f"INSERT INTO {SCHEMA}.events (tenant, session, sequence, turn, delta, body)"
-                    " VALUES ($1, $2, $3, $4, $5, $6)",
-                    [
-                        (tenant, sid, event.sequence, ordinal, delta, event.SerializeToString())
-                        for event, ordinal, delta in write.events
-                    ],
-                )
-            for ordinal in write.compact_turns:
-                await conn.execute(
-                    f"DELETE FROM {SCHEMA}.events WHERE tenant = $1 AND session = $2 AND turn = $3 AND delta",
-                    tenant,
-                    sid,
-                    ordinal,
-                )
-            if write.commands:
-                await conn.executemany(
-                    f"INSERT INTO {SCHEMA}.commands (tenant, session, request_id, kind, turn, fingerprint)"
-                    " VALUES ($1, $2, $3, $4, $5, $6)",
-                    [(tenant, sid, c.request_id, c.kind, c.turn, c.fingerprint) for c in write.commands],
-                )
-            await add_events(conn, SCHEMA, write.audit)
+        turns = write.turns
+        events = write.events
+        commands = write.commands
+        updated = await self.pool.fetchval(
+            _WRITE,
+            tenant,
+            sid,
+            write.session.SerializeToString(),
+            write.session.update_time.ToDatetime().astimezone(),
+            write.reserved_sequence,
+            [turn_ordinal(turn.name) for turn in turns],
+            [turn.request_id for turn in turns],
+            [_state_name(turn) for turn in turns],
+            [turn.SerializeToString() for turn in turns],
+            write.runner,
+            write.lease_until,
+            [event.sequence for event, _, _ in events],
+            [ordinal for _, ordinal, _ in events],
+            [delta for _, _, delta in events],
+            [event.SerializeToString() for event, _, _ in events],
+            write.compact_turns,
+            [c.request_id for c in commands],
+            [c.kind for c in commands],
+            [c.turn for c in commands],
+            [c.fingerprint for c in commands],
+            *outbox_arrays(write.audit),
+        )
+        if not updated:
+            raise SessionGone(write.session.name)
 
     # -- turns and events ------------------------------------------------------------
 
