@@ -1,7 +1,8 @@
 """svc_policy: authorization on OpenFGA, the requeue of blocked actions, tenant constitutions.
 
 Composition root: settings -> adapters (OpenFGA, Postgres, Redis, Kafka outbox) -> core
--> servicers -> server.
+-> servicers -> server. Relationship changes go out on Redis; this process follows the
+other processes' changes there too, emptying its decision cache on each.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from svc_policy import api
 from svc_policy.adapters.audit import TOPIC_AUDIT, OutboxAuditTrail
 from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap
 from svc_policy.adapters.postgres import SCHEMA, TOPIC_BLOCKED, PostgresPolicyStore
-from svc_policy.adapters.redis import RedisBlockedIndex
+from svc_policy.adapters.redis import RedisBlockedIndex, RedisChangeFeed
 from svc_policy.checks import Checker
+from svc_policy.client import ChangeSubscription
 from svc_policy.core import Policy
 from svc_policy.decisions import DecisionTable
 from svc_policy.settings import PolicySettings
@@ -60,6 +62,8 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
         checker = Checker(authorizer, table, ttl=settings.cache_ttl_seconds)
         index = RedisBlockedIndex.connect(settings.redis_url)
         resources.push_async_callback(index.close)
+        changes = RedisChangeFeed.connect(settings.redis_url)
+        resources.push_async_callback(changes.close)
         store = await PostgresPolicyStore.open(settings.postgres_dsn, index)
         resources.push_async_callback(store.close)
         await store.rebuild_index()
@@ -77,12 +81,16 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
         audit,
         hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
         now=_now,
+        changes=changes,
     )
     tasks: list[asyncio.Task[None]] = []
+    # Other svc_policy processes' changes empty this one's cache as well (its own, twice).
+    others = ChangeSubscription(settings.redis_url, checker.invalidate)
 
     async def start() -> None:
         outbox.start()
         relay.start()
+        others.start()
         tasks.append(asyncio.create_task(_expire_forever(policy, settings.expiry_interval_seconds)))
 
     async def stop() -> None:
@@ -90,6 +98,7 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await others.close()
         audit.flush()
         await outbox.close()
         await relay.close()

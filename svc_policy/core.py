@@ -55,7 +55,7 @@ from svc_policy.model import (
     Relationship,
     Verdict,
 )
-from svc_policy.ports import Authorizer, BlockedActionStore
+from svc_policy.ports import Authorizer, BlockedActionStore, ChangeFeed
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_SUMMARY_CHARS = 300
@@ -113,8 +113,10 @@ class Policy:
         *,
         hold_ttl: timedelta,
         now: Callable[[], datetime],
+        changes: ChangeFeed | None = None,
     ) -> None:
         self._checker = checker
+        self._changes = changes
         self._authorizer = authorizer
         self._store = store
         self._constitutions = constitutions
@@ -180,14 +182,22 @@ class Policy:
     # -- relationships ---------------------------------------------------------------
 
     async def write_relationships(self, parent: str, relationships: Sequence[Relationship]) -> None:
-        self._validate_relationships(check_tenant(parent), relationships)
+        tenant = check_tenant(parent)
+        self._validate_relationships(tenant, relationships)
         await self._authorizer.write(relationships)
-        self._checker.invalidate()
+        await self._changed(tenant)
 
     async def delete_relationships(self, parent: str, relationships: Sequence[Relationship]) -> None:
-        self._validate_relationships(check_tenant(parent), relationships)
+        tenant = check_tenant(parent)
+        self._validate_relationships(tenant, relationships)
         await self._authorizer.delete(relationships)
+        await self._changed(tenant)
+
+    async def _changed(self, tenant: str) -> None:
+        # Own cache first, then everyone else's, all before the caller hears "done".
         self._checker.invalidate()
+        if self._changes is not None:
+            await self._changes.relationships_changed(tenant)
 
     async def read_relationships(
         self, parent: str, subject: str, relation: str, object_: str, page_size: int, page_token: str

@@ -44,6 +44,16 @@ class Authorizer(Protocol):
         ...
 
 
+class ChangeFeed(Protocol):
+    """Where svc_policy announces a change of a tenant's relationships to every process
+    that caches decisions (svc_policy's own copies and the policy clients)."""
+
+    async def relationships_changed(self, tenant: str) -> None:
+        """Announce it once the change is stored. Never raises: an announcement that cannot
+        be made leaves those caches to their TTL."""
+        ...
+
+
 class BlockedActionStore(Protocol):
     """Durable requeue store (Postgres) of actions waiting for, or resolved by, a human."""
 

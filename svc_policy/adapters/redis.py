@@ -1,4 +1,10 @@
-"""The Redis index of blocked actions, for fast listing by tenant and state.
+"""Redis for svc_policy: the index of blocked actions, and the channel its changes go out on.
+
+The change feed publishes on svc_policy.client.CHANGES_CHANNEL after every relationship
+write or delete, so policy clients and the other svc_policy processes empty their decision
+caches (see svc_policy/client.py for the staleness bounds that follow).
+
+The index, for fast listing by tenant and state:
 
 One sorted set per (tenant, state), `skm:policy:blocked:{tenant}:{state}`, scored by
 creation time in microseconds; Postgres stays the source of truth. The index is updated
@@ -8,15 +14,19 @@ listing falls back to Postgres.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from svc_policy.client import CHANGES_CHANNEL, change_message
 from svc_policy.model import BlockedAction, BlockedState
 
 log = logging.getLogger("skm.policy.index")
+# How long a write call may wait for its announcement before going on without it.
+_ANNOUNCE_SECONDS = 0.5
 _PREFIX = "skm:policy:blocked"
 
 
@@ -75,3 +85,27 @@ class RedisBlockedIndex:
             return None
         scored.sort()
         return [name for _score, name in scored[offset : offset + limit]]
+
+
+class RedisChangeFeed:
+    """The ChangeFeed port on a Redis pub/sub channel."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+
+    @classmethod
+    def connect(cls, url: str) -> RedisChangeFeed:
+        return cls(aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, decode_responses=True))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def relationships_changed(self, tenant: str) -> None:
+        try:
+            async with asyncio.timeout(_ANNOUNCE_SECONDS):
+                await self._redis.publish(CHANGES_CHANNEL, change_message("relationships", tenant))
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "a relationship change was not announced; other caches keep it for their TTL",
+                extra={"fields": {"tenant": tenant, "error": type(exc).__name__}},
+            )
