@@ -31,6 +31,12 @@ class GatewaySettings(ServiceSettings):
     tenant_burst: float = bounded(400.0, low=1.0, high=1e6)
     user_rate_per_second: float = bounded(50.0, low=0.001, high=1e6)
     user_burst: float = bounded(100.0, low=1.0, high=1e6)
+    # Tokens a gateway process leases from a bucket at once and spends without asking Redis
+    # (at most a tenth of the bucket's burst; 1: every call asks Redis), and how long a lease
+    # lasts: another process's unspent lease keeps at most that many tokens from this one
+    # for at most that long.
+    rate_lease_tokens: int = bounded(20, low=1, high=10_000)
+    rate_lease_seconds: float = bounded(1.0, low=0.01, high=60.0)
     # How long a tenant's constitution hash is trusted before it is read again.
     constitution_ttl_seconds: float = bounded(2.0, low=0.0, high=3600.0)
     # How long svc_policy's ALLOW for (user, permission, resource) is reused without asking
