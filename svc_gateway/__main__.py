@@ -50,14 +50,12 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
         channels["policy"],
         constitution_ttl=settings.constitution_ttl_seconds,
         decision_ttl=settings.decision_ttl_seconds,
-        redis_url=settings.redis_url,
     )
     gateway = Gateway(verifier, policy, limiter, policy)
     proxy = Proxy(gateway, methods(), channels, stream_timeout=runtime.grpc_stream_timeout_seconds)
     routes = {service: channels[owner] for service, owner in owners.items()}
 
     async def stop() -> None:
-        await policy.close()
         await limiter.close()
         for channel in channels.values():
             await channel.close()
