@@ -303,6 +303,7 @@ async def _platform_turn(stub: AsyncStub, user: _User, cpu: CpuReader) -> _Reply
         metadata=user.bearer,
         timeout=30,
     )
+    replied = time.perf_counter() - sent
     try:
         await asyncio.wait_for(reader, 300)
     finally:
@@ -317,7 +318,8 @@ async def _platform_turn(stub: AsyncStub, user: _User, cpu: CpuReader) -> _Reply
     return _Reply(
         segments=_segments(
             received, sent_wall, deltas[0] - sent + sent_wall, _seconds(primary[-1].time_to_first_token)
-        ),
+        )
+        | {"replied": replied},
         ttft=deltas[0] - sent,
         pre_slm=pre_slm,
         tokens_per_second=_rate(deltas),
@@ -329,7 +331,9 @@ async def _platform_turn(stub: AsyncStub, user: _User, cpu: CpuReader) -> _Reply
 
 
 SEGMENTS = {
-    "send": "SendMessage in, turn stored, persona, tools, pre-SLM profile",
+    "send": "SendMessage to the pre-SLM call's start: Envoy, gateway, checks",
+    "stored": "  (alongside: SendMessage to the turn's first event, stored)",
+    "replied": "  (alongside: SendMessage's reply, as the client saw it)",
     "between": "pre-SLM verdict stored, PRIMARY profile, prompt built",
     "deliver": "first token out: conversation, gateway, Envoy, client",
 }
@@ -354,6 +358,7 @@ def _segments(
     pre_slm_start = pre_slm_end - sum(_seconds(e.model_call.usage.duration) for e in pre_slm)
     return {
         "send": pre_slm_start - sent,
+        "stored": created(received[0][1]) - sent,
         "between": created(delta) - primary_ttft - pre_slm_end,
         "deliver": first_token - created(delta),
     }
