@@ -1,10 +1,16 @@
 """OpenFGA (built by ``go install``) on PostgreSQL, bound to 127.0.0.1.
 
 Every start runs ``openfga migrate`` (idempotent) and then ``openfga run`` with HTTP and
-gRPC on loopback, the playground off and metrics off. Clients authenticate with a
-preshared key generated for this stack start: it is written to ``<state>/openfga/api-token``
-(mode 0600) and handed to the server in its environment, so it never shows in a command
-line, a log or ``stack.json``.
+gRPC on loopback, the playground off and metrics off, and its check iterator cache on
+(datastore reads reused for ``ITERATOR_CACHE_TTL_SECONDS``; measured: about 0.5 ms less per
+svc_policy miss). svc_policy asks with HIGHER_CONSISTENCY, which skips that cache, for as long
+after every relationship change it makes or hears of (SKM_POLICY_OPENFGA_CACHE_TTL_SECONDS,
+the same value by default), so no change it knows of is answered from older reads. A change
+written to OpenFGA around svc_policy may be unseen for this long on top of svc_policy's TTLs.
+
+Clients authenticate with a preshared key generated for this stack start: it is written to
+``<state>/openfga/api-token`` (mode 0600) and handed to the server in its environment, so
+it never shows in a command line, a log or ``stack.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ class OpenFGAServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+# Must not exceed svc_policy's SKM_POLICY_OPENFGA_CACHE_TTL_SECONDS (2 s by default).
+ITERATOR_CACHE_TTL_SECONDS = 2
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -106,6 +116,8 @@ def start_openfga(
         f"127.0.0.1:{grpc_port}",
         "--playground-enabled=false",
         "--metrics-enabled=false",
+        "--check-iterator-cache-enabled=true",
+        f"--check-iterator-cache-ttl={ITERATOR_CACHE_TTL_SECONDS}s",
         "--authn-method",
         "preshared",
         "--log-format",

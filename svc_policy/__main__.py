@@ -59,7 +59,9 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
         )
         resources.push_async_callback(authorizer.close)
         table = DecisionTable.load(settings.decisions_path, defines=authorizer.defines)
-        checker = Checker(authorizer, table, ttl=settings.cache_ttl_seconds)
+        checker = Checker(
+            authorizer, table, ttl=settings.cache_ttl_seconds, engine_cache_ttl=settings.openfga_cache_ttl_seconds
+        )
         index = RedisBlockedIndex.connect(settings.redis_url)
         resources.push_async_callback(index.close)
         changes = RedisChangeFeed.connect(settings.redis_url)

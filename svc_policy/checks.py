@@ -10,9 +10,15 @@ A check is answered, in this order:
    fails closed: PolicyBackendUnavailable (UNAVAILABLE), never an ALLOW.
 
 Decisions are cached for `ttl` seconds (per subject, relation, object and context), unless
-the caller asks for a fresh one. Every relationship write or delete made here empties the
-cache, so within one svc_policy process a decision is never staler than the last write;
-across processes the bound is `ttl`.
+the caller asks for a fresh one. Every relationship write or delete made here, and every one
+another svc_policy process announces (svc_policy/client.py), empties the cache, so a
+decision is never staler than the last change this process knows of; otherwise the bound
+is `ttl`.
+
+The engine may cache too (OpenFGA's check iterator cache, `engine_cache_ttl` seconds). For
+that long after the cache is emptied, the engine is asked for its most consistent answer
+(HIGHER_CONSISTENCY, which skips its caches), so a change made or announced here is never
+answered from the engine's older reads.
 """
 
 from __future__ import annotations
@@ -60,10 +66,13 @@ class Checker:
         *,
         ttl: float = 5.0,
         max_entries: int = 100_000,
+        engine_cache_ttl: float = 0.0,
     ) -> None:
         self._authorizer = authorizer
         self._table = table
         self._ttl = ttl
+        self._engine_cache_ttl = engine_cache_ttl
+        self._engine_fresh_until = 0.0
         self._max_entries = max_entries
         self._cache: OrderedDict[tuple[str, str, str, str], tuple[float, Verdict, str]] = OrderedDict()
         self._generation = 0
@@ -72,6 +81,8 @@ class Checker:
         """Forget every cached decision (after a relationship write or delete)."""
         self._generation += 1
         self._cache.clear()
+        if self._engine_cache_ttl > 0:
+            self._engine_fresh_until = time.monotonic() + self._engine_cache_ttl
 
     async def check(self, check: AccessCheck, *, fresh: bool = False) -> Decision:
         (decision,) = await self.check_many([check], fresh=fresh)
@@ -112,7 +123,7 @@ class Checker:
             )
             pending.append((index, key, rules, first, len(probes)))
         if probes:
-            answers = await self._authorizer.check(probes, fresh=fresh)
+            answers = await self._authorizer.check(probes, fresh=fresh or now < self._engine_fresh_until)
             for index, key, rules, first, last in pending:
                 verdict, reason = rules.decide(answers[first:last])
                 decisions[index] = Decision(verdict, reason)

@@ -26,6 +26,10 @@ class PolicySettings(ServiceSettings):
     decisions_path: Path = _REPO / "deploy" / "openfga" / "decisions.yaml"
     # How stale a cached decision may be (callers can ask for a fresh one).
     cache_ttl_seconds: float = bounded(5.0, low=0.0, high=300.0)
+    # How long OpenFGA may answer from its own caches (its --check-iterator-cache-ttl; 0: it
+    # does not cache). For that long after a relationship change, svc_policy asks it with
+    # HIGHER_CONSISTENCY, which skips them.
+    openfga_cache_ttl_seconds: float = bounded(2.0, low=0.0, high=300.0)
     # How long a blocked action waits for an operator (and an approval for its claim).
     hold_ttl_seconds: float = bounded(86_400.0, low=1.0, high=30 * 86_400.0)
     # How often entries whose time is up are moved to EXPIRED.
