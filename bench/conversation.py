@@ -316,9 +316,7 @@ async def _platform_turn(stub: AsyncStub, user: _User, cpu: CpuReader) -> _Reply
         raise RuntimeError(f"the turn did not stream a PRIMARY reply (failed model calls: {failed})")
     pre_slm = sum(_seconds(c.usage.duration) for c in calls if c.iteration == 0 and c.usage.role == PRE_SLM)
     return _Reply(
-        segments=_segments(
-            received, sent_wall, deltas[0] - sent + sent_wall, _seconds(primary[-1].time_to_first_token)
-        )
+        segments=_segments(received, sent_wall, deltas[0] - sent + sent_wall, _seconds(primary[-1].time_to_first_token))
         | {"replied": replied},
         ttft=deltas[0] - sent,
         pre_slm=pre_slm,
