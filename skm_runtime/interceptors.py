@@ -93,11 +93,15 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Errors, validation of the wire format, tracing, deadlines and metrics for one server."""
 
-    def __init__(self, tracer: trace.Tracer, meter: metrics.Meter, *, record_spans: bool) -> None:
+    def __init__(
+        self, tracer: trace.Tracer, meter: metrics.Meter, *, record_spans: bool, record_metrics: bool = True
+    ) -> None:
         # Without a span receiver, no span is made: the caller's trace context is only
-        # carried through to outbound calls, which costs next to nothing.
+        # carried through to outbound calls, which costs next to nothing. Without a metric
+        # reader, nothing is recorded either.
         self._tracer = tracer
         self._record_spans = record_spans
+        self._record_metrics = record_metrics
         self._duration = meter.create_histogram("rpc.server.duration", unit="ms", description="Time to serve one RPC")
         self._wrapped: dict[str, Handler] = {}
 
@@ -295,7 +299,16 @@ class _Serving:
         elif self._attached is not None:
             otel_context.detach(self._attached)
         _inbound_deadline.reset(self._token)
-        call.owner._duration.record((time.perf_counter() - self._start) * 1000.0, attributes)
+        if call.owner._record_metrics:
+            call.owner._duration.record((time.perf_counter() - self._start) * 1000.0, attributes)
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current trace context as call metadata (W3C `traceparent`, `tracestate`), for
+    calls on a channel without `OutboundInterceptor`."""
+    carrier: dict[str, str] = {}
+    _TRACE_CONTEXT.inject(carrier)
+    return tuple(carrier.items())
 
 
 def outbound_timeout(own: float | None, default: float) -> float:

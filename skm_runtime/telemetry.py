@@ -40,6 +40,9 @@ class Telemetry:
     meter_provider: MeterProvider
     # False when no exporter or processor receives spans: servers then make none.
     records_spans: bool
+    # False when no reader collects metrics (no Prometheus endpoint, no OTLP): servers then
+    # record none.
+    records_metrics: bool = True
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
@@ -79,7 +82,7 @@ def configure_telemetry(
         start_http_server(port, addr=host)
         readers.append(PrometheusMetricReader())
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-    return Telemetry(tracer_provider, meter_provider, records)
+    return Telemetry(tracer_provider, meter_provider, records, records_metrics=bool(readers))
 
 
 def install_globally(telemetry: Telemetry) -> None:

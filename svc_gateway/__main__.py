@@ -35,8 +35,12 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
         log.warning("no SKM_GATEWAY_JWKS_FILE: no token can verify, every public call is refused")
     owners = service_owners()
     channels: dict[str, grpc.aio.Channel] = {}
+    # Forwarding sets each call's deadline and trace context itself: its channels skip the
+    # outbound interceptor's per-call cost (they share the connections of `channels`).
+    forwarding: dict[str, grpc.aio.Channel] = {}
     for owner in sorted(set(owners.values())):
         channels[owner] = open_channel(settings.backend_addr(owner), runtime)
+        forwarding[owner] = open_channel(settings.backend_addr(owner), runtime, intercepted=False)
     limiter = RedisRateLimiter.connect(
         settings.redis_url,
         {
@@ -52,12 +56,12 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
         decision_ttl=settings.decision_ttl_seconds,
     )
     gateway = Gateway(verifier, policy, limiter, policy)
-    proxy = Proxy(gateway, methods(), channels, stream_timeout=runtime.grpc_stream_timeout_seconds)
+    proxy = Proxy(gateway, methods(), forwarding, stream_timeout=runtime.grpc_stream_timeout_seconds)
     routes = {service: channels[owner] for service, owner in owners.items()}
 
     async def stop() -> None:
         await limiter.close()
-        for channel in channels.values():
+        for channel in (*forwarding.values(), *channels.values()):
             await channel.close()
 
     def register(server: grpc.aio.Server) -> None:

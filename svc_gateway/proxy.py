@@ -19,6 +19,7 @@ import grpc
 
 from skm_runtime.contract import Method
 from skm_runtime.errors import MalformedRequest
+from skm_runtime.interceptors import trace_metadata
 from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY, principal_metadata
 from svc_gateway.adapters.policy import principal_message
 from svc_gateway.core import Gateway
@@ -131,12 +132,21 @@ class Proxy(grpc.GenericRpcHandler):
     async def _admit(
         self, method: Method, rule: Rule, context: Context, first: bytes | None
     ) -> tuple[tuple[str, str | bytes], ...]:
-        metadata = context.invocation_metadata() or ()
-        authorization = next((v for k, v in metadata if k == "authorization" and isinstance(v, str)), None)
+        """The metadata the call goes on with: the client's own (less what is not theirs to
+        set), the principal, the trace context; raises unless the call is admitted."""
+        authorization: str | None = None
+        passed: list[tuple[str, str | bytes]] = []
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                if authorization is None and isinstance(value, str):
+                    authorization = value
+            elif key not in _NOT_FORWARDED and not key.startswith((":", "grpc-")):
+                passed.append((key, value))
         principal = self._gateway.authenticate(authorization)
         await self._gateway.admit(principal, rule, _resource(method, rule, first))
-        passed = tuple((k, v) for k, v in metadata if k not in _NOT_FORWARDED and not k.startswith((":", "grpc-")))
-        return passed + _principal_header(principal)
+        # The channels to the services have no outbound interceptor (see __main__): the
+        # trace context and the deadline are set here, per call.
+        return (*passed, *_principal_header(principal), *trace_metadata())
 
     def _timeout(self, context: Context) -> float:
         remaining = context.time_remaining()

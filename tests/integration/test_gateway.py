@@ -300,6 +300,38 @@ async def test_the_owning_services_errors_pass_through_with_their_details(mesh: 
         assert info.domain == "policy.skm"
 
 
+async def test_the_trace_context_goes_on_to_the_owning_service(mesh: Mesh) -> None:
+    """The caller's trace continues in the gateway's span, and the owning service's span is its child."""
+    trace_id, caller_span = int(uuid.uuid4().hex, 16), 0x1111111111111111
+    traceparent = f"00-{trace_id:032x}-{caller_span:016x}-01"
+    async with grpc.aio.insecure_channel(mesh.gateway.target) as channel:
+        stub = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        await stub.ListBlockedActions(
+            blocked_action_service_pb2.ListBlockedActionsRequest(parent=mesh.tenant),
+            timeout=10,
+            metadata=(*mesh.auth(mesh.token()), ("traceparent", traceparent)),
+        )
+
+    def finished(served: Served) -> list[Any]:
+        return [
+            span
+            for span in served.spans.get_finished_spans()
+            if span.context.trace_id == trace_id and span.name.endswith("/ListBlockedActions")
+        ]
+
+    # A server's span ends just after its reply is sent.
+    for _ in range(100):
+        if finished(mesh.gateway) and finished(mesh.policy):
+            break
+        await asyncio.sleep(0.05)
+    (gateway_span,) = finished(mesh.gateway)
+    (service_span,) = finished(mesh.policy)
+    assert gateway_span.parent is not None
+    assert gateway_span.parent.span_id == caller_span
+    assert service_span.parent is not None
+    assert service_span.parent.span_id == gateway_span.context.span_id
+
+
 async def test_server_streams_and_the_principal_are_forwarded(mesh: Mesh) -> None:
     """Watch through the gateway while an operator approves through it: the resolver is the
     principal the gateway authenticated, not anything the client claimed."""
