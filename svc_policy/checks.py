@@ -11,14 +11,16 @@ A check is answered, in this order:
 
 Decisions are cached for `ttl` seconds (per subject, relation, object and context), unless
 the caller asks for a fresh one. Every relationship write or delete made here, and every one
-another svc_policy process announces (svc_policy/client.py), empties the cache, so a
-decision is never staler than the last change this process knows of; otherwise the bound
-is `ttl`.
+another svc_policy process announces (svc_policy/client.py), ends the reuse of the cached
+decisions of its tenant, so a decision is never staler than the last change this process
+knows of; otherwise the bound is `ttl`. Changes are scoped by tenant because no relationship
+may reach across tenants (CROSS_TENANT above, and relationship writes refuse it): a change
+in one tenant cannot alter another tenant's decisions.
 
 The engine may cache too (OpenFGA's check iterator cache, `engine_cache_ttl` seconds). For
-that long after the cache is emptied, the engine is asked for its most consistent answer
-(HIGHER_CONSISTENCY, which skips its caches), so a change made or announced here is never
-answered from the engine's older reads.
+that long after a change of a tenant, that tenant's checks ask the engine for its most
+consistent answer (HIGHER_CONSISTENCY, which skips its caches), so a change made or
+announced here is never answered from the engine's older reads.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from svc_policy.client import TenantChanges
 from svc_policy.decisions import DecisionTable, Rules
 from svc_policy.errors import InvalidCheck, TooManyChecks
 from svc_policy.model import AccessCheck, Decision, Verdict
 from svc_policy.ports import Authorizer
 
 MAX_BATCH = 100
+# Tenants whose engine-freshness window is tracked before expired windows are swept.
+_FRESH_TENANTS = 1024
 CROSS_TENANT = "CROSS_TENANT"
 
 
@@ -72,17 +77,30 @@ class Checker:
         self._table = table
         self._ttl = ttl
         self._engine_cache_ttl = engine_cache_ttl
-        self._engine_fresh_until = 0.0
         self._max_entries = max_entries
-        self._cache: OrderedDict[tuple[str, str, str, str], tuple[float, Verdict, str]] = OrderedDict()
-        self._generation = 0
+        # key -> (expires at, verdict, reason, the tenant's generation when it was decided)
+        self._cache: OrderedDict[tuple[str, str, str, str], tuple[float, Verdict, str, int]] = OrderedDict()
+        self._changes = TenantChanges()
+        # Until when a tenant's checks skip the engine's caches ("" = every tenant's).
+        self._engine_fresh_until: dict[str, float] = {}
 
-    def invalidate(self) -> None:
-        """Forget every cached decision (after a relationship write or delete)."""
-        self._generation += 1
-        self._cache.clear()
+    def invalidate(self, tenant: str | None = None) -> None:
+        """Forget the cached decisions of `tenant` ("tenants/{t}"), or of every tenant when
+        None, after a relationship write or delete."""
+        self._changes.changed(tenant)
+        if tenant is None:
+            self._cache.clear()
         if self._engine_cache_ttl > 0:
-            self._engine_fresh_until = time.monotonic() + self._engine_cache_ttl
+            until = time.monotonic() + self._engine_cache_ttl
+            if tenant is None:
+                self._engine_fresh_until.clear()
+            self._engine_fresh_until[tenant or ""] = until
+            if len(self._engine_fresh_until) > _FRESH_TENANTS:
+                now = time.monotonic()
+                self._engine_fresh_until = {t: u for t, u in self._engine_fresh_until.items() if u > now}
+
+    def _engine_fresh(self, tenant: str, now: float) -> bool:
+        return now < self._engine_fresh_until.get(tenant, 0.0) or now < self._engine_fresh_until.get("", 0.0)
 
     async def check(self, check: AccessCheck, *, fresh: bool = False) -> Decision:
         (decision,) = await self.check_many([check], fresh=fresh)
@@ -94,9 +112,9 @@ class Checker:
             raise TooManyChecks(f"a batch holds 1 to {MAX_BATCH} checks", metadata={"count": str(len(checks))})
         decisions: list[Decision | None] = [None] * len(checks)
         probes: list[AccessCheck] = []
-        pending: list[tuple[int, tuple[str, str, str, str], Rules, int, int]] = []
+        pending: list[tuple[int, tuple[str, str, str, str], Rules, int, int, str, int]] = []
         now = time.monotonic()
-        generation = self._generation
+        engine_fresh = fresh
         for index, check in enumerate(checks):
             _, subject_id, _ = split_id(check.subject, what="subject", userset=True)
             object_type, object_id, _ = split_id(check.object, what="object", userset=False)
@@ -108,31 +126,35 @@ class Checker:
                     "the authorization model has no such relation on this type",
                     metadata={"type": object_type, "relation": check.relation},
                 )
-            if tenant_of(subject_id, what="subject") != tenant_of(object_id, what="object"):
+            tenant = tenant_of(object_id, what="object")
+            if tenant_of(subject_id, what="subject") != tenant:
                 decisions[index] = Decision(Verdict.DENY, CROSS_TENANT)
                 continue
             context = json.dumps(check.context, sort_keys=True) if check.context else ""
             key = (check.subject, check.relation, check.object, context)
+            generation = self._changes.generation(tenant)
             cached = None if fresh else self._cache.get(key)
-            if cached is not None and cached[0] > now:
+            if cached is not None and cached[0] > now and cached[3] == generation:
                 decisions[index] = Decision(cached[1], cached[2], cached=True)
                 continue
             first = len(probes)
             probes.extend(
                 AccessCheck(check.subject, rule.relation, check.object, check.context) for rule in rules.probes
             )
-            pending.append((index, key, rules, first, len(probes)))
+            pending.append((index, key, rules, first, len(probes), tenant, generation))
+            engine_fresh = engine_fresh or self._engine_fresh(tenant, now)
         if probes:
-            answers = await self._authorizer.check(probes, fresh=fresh or now < self._engine_fresh_until)
-            for index, key, rules, first, last in pending:
+            answers = await self._authorizer.check(probes, fresh=engine_fresh)
+            for index, key, rules, first, last, tenant, generation in pending:
                 verdict, reason = rules.decide(answers[first:last])
                 decisions[index] = Decision(verdict, reason)
-                if generation == self._generation:
-                    self._remember(key, verdict, reason)
+                # Not when the tenant changed while the engine answered.
+                if generation == self._changes.generation(tenant):
+                    self._remember(key, verdict, reason, generation)
         return [decision for decision in decisions if decision is not None]
 
-    def _remember(self, key: tuple[str, str, str, str], verdict: Verdict, reason: str) -> None:
-        self._cache[key] = (time.monotonic() + self._ttl, verdict, reason)
+    def _remember(self, key: tuple[str, str, str, str], verdict: Verdict, reason: str, generation: int) -> None:
+        self._cache[key] = (time.monotonic() + self._ttl, verdict, reason, generation)
         self._cache.move_to_end(key)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)

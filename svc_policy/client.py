@@ -20,8 +20,13 @@ What is remembered, and what never is:
 
 Invalidation across processes: svc_policy publishes on the Redis channel `CHANGES_CHANNEL`
 after every relationship write or delete it makes, once OpenFGA has stored it and before
-the write call returns. Each client follows that channel in the background and forgets
-every remembered verdict when any message arrives. The cache is used only while the client
+the write call returns; the message names the tenant. Each client follows that channel in
+the background and, when a message arrives, stops reusing every verdict it remembered about
+that tenant's objects (a message naming no tenant it can read: every tenant's). The scope is
+safe because no relationship may reach across tenants (svc_policy refuses such writes and
+denies such checks as CROSS_TENANT), so a change in one tenant cannot alter another's
+decisions; and it keeps one tenant's churn (every new session writes its owner) from
+emptying the cache for all. The cache is used only while the client
 is subscribed: until Redis has confirmed its subscription, while it is lost, and when Redis
 has not answered the client's heartbeat (a PING every `heartbeat` seconds) for
 `3 * heartbeat` seconds, every call goes to svc_policy, and nothing answered meanwhile is
@@ -30,8 +35,8 @@ kept. The client resubscribes in the background and starts from an empty cache e
 The staleness bound of a reused verdict, precisely:
 1. Never older than `ttl`: an entry's lifetime starts when its Check was sent, not when the
    answer came back.
-2. A relationship change made through svc_policy ends the reuse of every verdict remembered
-   before it as soon as its message reaches the client (one Redis publish, typically well
+2. A relationship change made through svc_policy ends the reuse of every verdict about its
+   tenant remembered before it as soon as its message reaches the client (one Redis publish, typically well
    under a millisecond after the write call returned). A Check that was in flight when the
    message arrived is answered but not remembered.
 3. The answer svc_policy gave may itself be from svc_policy's decision cache. The process
@@ -79,8 +84,8 @@ _REMEMBERED = frozenset({policy_decision_pb2.VERDICT_ALLOW, policy_decision_pb2.
 _HIGHER = access_pb2.CONSISTENCY_HIGHER_CONSISTENCY
 # (subject, relation, object, deterministic encoding of the context)
 _Key = tuple[str, str, str, bytes]
-# expires at (monotonic), verdict, reason, decision id
-_Entry = tuple[float, policy_decision_pb2.Verdict.ValueType, str, str]
+# expires at (monotonic), verdict, reason, decision id, the tenant's generation then
+_Entry = tuple[float, policy_decision_pb2.Verdict.ValueType, str, str, int]
 Metadata = Sequence[tuple[str, str | bytes]]
 
 
@@ -90,13 +95,49 @@ class _Silent(Exception):
 
 def change_message(kind: str, tenant: str) -> str:
     """What svc_policy publishes on CHANGES_CHANNEL: "{kind} {tenant}", e.g.
-    "relationships tenants/t1". Clients forget everything on any message; the text is for
-    people watching the channel."""
+    "relationships tenants/t1"."""
     return f"{kind} {tenant}"
 
 
+def changed_tenant(message: str | bytes) -> str | None:
+    """The tenant a change message names, or None (read as: every tenant changed)."""
+    text = message.decode(errors="replace") if isinstance(message, bytes) else message
+    parts = text.split(" ")
+    if len(parts) == 2 and parts[1].startswith("tenants/") and parts[1].count("/") == 1 and len(parts[1]) > 8:
+        return parts[1]
+    return None
+
+
+def object_tenant(object_: str) -> str:
+    """The tenant "tenants/{t}" of an object "{type}:tenants/{t}/...", or "" when it names none."""
+    parts = object_.partition(":")[2].split("/", 2)
+    return f"tenants/{parts[1]}" if len(parts) >= 2 and parts[0] == "tenants" and parts[1] else ""
+
+
+class TenantChanges:
+    """Generation counters that say whether a remembered decision predates a change of its
+    tenant: remember `generation(tenant)` with the decision and reuse it only while it is
+    unchanged. `changed(None)` moves every tenant on. O(1) per change and per lookup."""
+
+    def __init__(self) -> None:
+        self._everyone = 0
+        self._tenants: dict[str, int] = {}
+
+    def generation(self, tenant: str) -> int:
+        # Two counters in one number: a change of everyone moves every tenant on.
+        return (self._everyone << 32) + self._tenants.get(tenant, 0)
+
+    def changed(self, tenant: str | None) -> None:
+        if tenant is None:
+            self._everyone += 1
+            self._tenants.clear()
+        else:
+            self._tenants[tenant] = self._tenants.get(tenant, 0) + 1
+
+
 class ChangeSubscription:
-    """Follows CHANGES_CHANNEL in the background and calls `on_change` for every message.
+    """Follows CHANGES_CHANNEL in the background and calls `on_change(tenant)` for every
+    message (`tenant` None: every tenant).
 
     `active` says whether every change published since the last `on_change` call would have
     reached it: Redis confirmed the subscription and has answered within `3 * heartbeat`
@@ -104,7 +145,9 @@ class ChangeSubscription:
     not subscribed is unknown; so does losing the subscription.
     """
 
-    def __init__(self, redis_url: str, on_change: Callable[[], None], *, heartbeat: float = DEFAULT_HEARTBEAT) -> None:
+    def __init__(
+        self, redis_url: str, on_change: Callable[[str | None], None], *, heartbeat: float = DEFAULT_HEARTBEAT
+    ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be > 0")
         self._redis_url = redis_url
@@ -137,7 +180,7 @@ class ChangeSubscription:
                 extra={"fields": {"cause": why}},
             )
         self._subscribed = False
-        self._on_change()
+        self._on_change(None)
 
     async def _follow(self) -> None:
         # No retries inside redis-py: a broken connection must surface here at once, not be
@@ -161,7 +204,7 @@ class ChangeSubscription:
                 pause = min(pause * 2, 2.0)
         finally:
             self._subscribed = False
-            self._on_change()
+            self._on_change(None)
             await client.aclose()
 
     async def _listen(self, client: aioredis.Redis) -> None:
@@ -177,10 +220,10 @@ class ChangeSubscription:
                     if kind == "subscribe":
                         # Confirmed (also after redis-py reconnected by itself): whatever was
                         # published before is unknown, so nothing remembered before counts.
-                        self._on_change()
+                        self._on_change(None)
                         self._subscribed = True
                     elif kind == "message":
-                        self._on_change()
+                        self._on_change(changed_tenant(message["data"]))
                 elif self._subscribed and now - self._heard >= 3 * self._heartbeat:
                     raise _Silent("no answer from Redis to the heartbeat")
                 if now - pinged >= self._heartbeat:
@@ -206,8 +249,9 @@ class PolicyClient:
         self._ttl = ttl if redis_url else 0.0
         self._max_entries = max_entries
         self._cache: OrderedDict[_Key, _Entry] = OrderedDict()
-        # Bumped whenever the cache is emptied, so an answer to a Check sent before is not kept.
-        self._generation = 0
+        # Moved on by every change, so neither a remembered verdict nor the answer to a Check
+        # sent before the change is used after it.
+        self._changes_seen = TenantChanges()
         self._changes = ChangeSubscription(redis_url, self._forget, heartbeat=heartbeat)
         self._started = False
 
@@ -250,22 +294,29 @@ class PolicyClient:
             question.context.SerializeToString(deterministic=True) if question.HasField("context") else b"",
         )
         sent = time.monotonic()
+        tenant = object_tenant(question.object)
+        generation = self._changes_seen.generation(tenant)
         if request.consistency != _HIGHER:
             entry = self._cache.get(key)
             if entry is not None:
-                if entry[0] > sent:
+                if entry[0] > sent and entry[4] == generation:
                     self._cache.move_to_end(key)
                     return policy_decision_pb2.PolicyDecision(verdict=entry[1], reason=entry[2], decision_id=entry[3])
                 del self._cache[key]
-        generation = self._generation
         decision = (await self._stub.Check(request, metadata=metadata, timeout=rpc_timeout)).decision
-        if decision.verdict in _REMEMBERED and generation == self._generation and self.caching:
-            self._cache[key] = (sent + self._ttl, decision.verdict, decision.reason, decision.decision_id)
+        if (
+            decision.verdict in _REMEMBERED
+            and generation == self._changes_seen.generation(tenant)
+            and tenant
+            and self.caching
+        ):
+            self._cache[key] = (sent + self._ttl, decision.verdict, decision.reason, decision.decision_id, generation)
             self._cache.move_to_end(key)
             if len(self._cache) > self._max_entries:
                 self._cache.popitem(last=False)
         return decision
 
-    def _forget(self) -> None:
-        self._generation += 1
-        self._cache.clear()
+    def _forget(self, tenant: str | None = None) -> None:
+        self._changes_seen.changed(tenant)
+        if tenant is None:
+            self._cache.clear()

@@ -195,7 +195,7 @@ class Policy:
 
     async def _changed(self, tenant: str) -> None:
         # Own cache first, then everyone else's, all before the caller hears "done".
-        self._checker.invalidate()
+        self._checker.invalidate(tenant)
         if self._changes is not None:
             await self._changes.relationships_changed(tenant)
 

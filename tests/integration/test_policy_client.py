@@ -250,3 +250,24 @@ async def test_a_lost_subscription_stops_reuse_until_redis_is_back(
     finally:
         await client.close()
         await asyncio.to_thread(redis.stop)
+
+
+async def test_a_change_in_another_tenant_leaves_remembered_verdicts_alone(
+    client: PolicyClient, channel: grpc.aio.Channel, tenant: str
+) -> None:
+    other = f"tenants/c{uuid.uuid4().hex[:10]}"
+    await write(channel, tenant, rel(f"user:{tenant}/users/olga", "member", f"tenant:{tenant}"))
+    await write(channel, other, rel(f"user:{other}/users/ivan", "member", f"tenant:{other}"))
+    mine = question(f"user:{tenant}/users/olga", "can_converse", f"tenant:{tenant}")
+    theirs = question(f"user:{other}/users/ivan", "can_converse", f"tenant:{other}")
+    remembered = await client.check(mine, rpc_timeout=10)
+    theirs_first = await client.check(theirs, rpc_timeout=10)
+    assert remembered.verdict == theirs_first.verdict == ALLOW
+
+    await write(channel, other, rel(f"user:{other}/users/sam", "member", f"tenant:{other}"))
+    await reuse_ended(client, theirs, theirs_first.decision_id)  # the other tenant's change has arrived
+    kept = await client.check(mine, rpc_timeout=10)
+    assert kept.decision_id == remembered.decision_id, "another tenant's change does not end this tenant's reuse"
+
+    await write(channel, tenant, rel(f"user:{tenant}/users/sam", "member", f"tenant:{tenant}"))
+    await reuse_ended(client, mine, remembered.decision_id)

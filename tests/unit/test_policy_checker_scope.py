@@ -1,0 +1,112 @@
+"""svc_policy's decision cache: a change of one tenant ends the reuse of that tenant's
+decisions only, and sends that tenant's next checks past the engine's caches.
+
+The engine is an in-memory Authorizer (a set of relationships, no rewrites): enough to see
+which questions reach it and with which consistency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from svc_policy.checks import Checker
+from svc_policy.client import TenantChanges, changed_tenant, object_tenant
+from svc_policy.decisions import DecisionTable
+from svc_policy.model import AccessCheck, Relationship, Verdict
+
+TABLE = DecisionTable.parse(
+    {
+        "version": 1,
+        "types": {
+            "tenant": {
+                "can_converse": {
+                    "probes": [{"relation": "member", "verdict": "ALLOW", "reason": "ROLE_ALLOWS"}],
+                    "otherwise_deny": "NOT_A_TENANT_MEMBER",
+                }
+            }
+        },
+    }
+)
+
+
+class MemoryAuthorizer:
+    """Holds relationships; a probe holds when its (subject, relation, object) was written."""
+
+    def __init__(self) -> None:
+        self.held: set[tuple[str, str, str]] = set()
+        self.asked: list[tuple[str, bool]] = []  # (object, fresh) of every probe sent
+
+    def defines(self, object_type: str, relation: str) -> bool:
+        return True
+
+    async def check(self, checks: Sequence[AccessCheck], *, fresh: bool) -> list[bool]:
+        self.asked.extend((check.object, fresh) for check in checks)
+        return [(check.subject, check.relation, check.object) in self.held for check in checks]
+
+    async def write(self, relationships: Sequence[Relationship]) -> None:
+        self.held.update((r.subject, r.relation, r.object) for r in relationships)
+
+    async def delete(self, relationships: Sequence[Relationship]) -> None:
+        self.held.difference_update((r.subject, r.relation, r.object) for r in relationships)
+
+
+def converse(tenant: str, user: str) -> AccessCheck:
+    return AccessCheck(f"user:{tenant}/users/{user}", "can_converse", f"tenant:{tenant}")
+
+
+async def test_a_change_ends_reuse_in_its_own_tenant_only() -> None:
+    engine = MemoryAuthorizer()
+    engine.held |= {("user:tenants/a/users/u", "member", "tenant:tenants/a")}
+    checker = Checker(engine, TABLE, ttl=600.0, engine_cache_ttl=600.0)
+    a, b = converse("tenants/a", "u"), converse("tenants/b", "u")
+    assert (await checker.check(a)).verdict is Verdict.ALLOW
+    assert (await checker.check(b)).verdict is Verdict.DENY
+    assert (await checker.check(a)).cached
+    assert (await checker.check(b)).cached
+
+    engine.held.clear()  # a revocation in tenant a, announced for tenant a
+    checker.invalidate("tenants/a")
+    after = await checker.check(a)
+    assert (after.verdict, after.cached) == (Verdict.DENY, False)
+    assert (await checker.check(b)).cached, "tenant b's decision is still reused"
+    assert engine.asked[-1] == ("tenant:tenants/a", True), "tenant a now skips the engine's caches"
+
+    checker.invalidate(None)  # e.g. a lost subscription: every tenant
+    assert not (await checker.check(b)).cached
+    assert engine.asked[-1] == ("tenant:tenants/b", True)
+
+
+async def test_a_decision_made_across_a_change_is_not_remembered() -> None:
+    engine = MemoryAuthorizer()
+    checker = Checker(engine, TABLE, ttl=600.0)
+    check = converse("tenants/a", "u")
+    original = engine.check
+
+    async def changing(checks: Sequence[AccessCheck], *, fresh: bool) -> list[bool]:
+        answers = await original(checks, fresh=fresh)
+        checker.invalidate("tenants/a")  # the change lands while the engine answers
+        return answers
+
+    engine.check = changing  # type: ignore[method-assign]
+    await checker.check(check)
+    engine.check = original  # type: ignore[method-assign]
+    assert not (await checker.check(check)).cached
+
+
+def test_tenant_generations_and_messages() -> None:
+    changes = TenantChanges()
+    a, b = changes.generation("tenants/a"), changes.generation("tenants/b")
+    changes.changed("tenants/a")
+    assert changes.generation("tenants/a") != a
+    assert changes.generation("tenants/b") == b
+    before = changes.generation("tenants/a")
+    changes.changed(None)
+    assert changes.generation("tenants/a") not in (a, before)
+    assert changes.generation("tenants/b") != b
+    assert changed_tenant("relationships tenants/t1") == "tenants/t1"
+    assert changed_tenant(b"relationships tenants/t1") == "tenants/t1"
+    for unreadable in ("relationships", "relationships tenants/", "relationships tenants/t1/x", "x y z"):
+        assert changed_tenant(unreadable) is None, unreadable
+    assert object_tenant("session:tenants/t1/sessions/s") == "tenants/t1"
+    assert object_tenant("tenant:tenants/t1") == "tenants/t1"
+    assert object_tenant("tool:nowhere") == ""
