@@ -277,8 +277,14 @@ class PolicyClient:
         *,
         metadata: Metadata | None = None,
         rpc_timeout: float | None = None,
+        also: Sequence[str] = (),
     ) -> policy_decision_pb2.PolicyDecision:
         """svc_policy's decision on `request`, or a verdict remembered for the same question.
+
+        `also`: other relations of the same subject on the same object likely to be asked
+        next (e.g. the other permissions a contract declares on a session); when svc_policy
+        is asked, they go in the same round trip (BatchCheck) and their verdicts are
+        remembered too. Each is a decision svc_policy makes and audits. Not with a `hold`.
 
         `rpc_timeout` is the gRPC deadline in seconds. Raises `grpc.aio.AioRpcError` when
         svc_policy does not answer (refuse the action)."""
@@ -303,18 +309,47 @@ class PolicyClient:
                     self._cache.move_to_end(key)
                     return policy_decision_pb2.PolicyDecision(verdict=entry[1], reason=entry[2], decision_id=entry[3])
                 del self._cache[key]
-        decision = (await self._stub.Check(request, metadata=metadata, timeout=rpc_timeout)).decision
-        if (
-            decision.verdict in _REMEMBERED
-            and generation == self._changes_seen.generation(tenant)
-            and tenant
-            and self.caching
-        ):
-            self._cache[key] = (sent + self._ttl, decision.verdict, decision.reason, decision.decision_id, generation)
-            self._cache.move_to_end(key)
-            if len(self._cache) > self._max_entries:
-                self._cache.popitem(last=False)
-        return decision
+        asked = [(question, key)]
+        if not request.HasField("hold"):
+            for relation in also:
+                sibling = self._unknown(question, relation, key, sent, generation)
+                if sibling is not None:
+                    asked.append(sibling)
+        if len(asked) == 1:
+            decisions = [(await self._stub.Check(request, metadata=metadata, timeout=rpc_timeout)).decision]
+        else:
+            batch = policy_service_pb2.BatchCheckRequest(
+                checks=[check for check, _ in asked], consistency=request.consistency
+            )
+            decisions = list((await self._stub.BatchCheck(batch, metadata=metadata, timeout=rpc_timeout)).decisions)
+        if generation == self._changes_seen.generation(tenant) and tenant and self.caching:
+            expires = sent + self._ttl
+            for (_, asked_key), decision in zip(asked, decisions, strict=True):
+                if decision.verdict in _REMEMBERED:
+                    self._remember(
+                        asked_key, (expires, decision.verdict, decision.reason, decision.decision_id, generation)
+                    )
+        return decisions[0]
+
+    def _unknown(
+        self, question: access_pb2.AccessCheck, relation: str, key: _Key, now: float, generation: int
+    ) -> tuple[access_pb2.AccessCheck, _Key] | None:
+        """The question for another relation on the same object, with its key; None when it
+        is the question itself or a live verdict for it is remembered already."""
+        sibling = (key[0], relation, key[2], key[3])
+        entry = self._cache.get(sibling)
+        if relation == question.relation or (entry is not None and entry[0] > now and entry[4] == generation):
+            return None
+        check = access_pb2.AccessCheck()
+        check.CopyFrom(question)
+        check.relation = relation
+        return check, sibling
+
+    def _remember(self, key: _Key, entry: _Entry) -> None:
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        if len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
 
     def _forget(self, tenant: str | None = None) -> None:
         self._changes_seen.changed(tenant)

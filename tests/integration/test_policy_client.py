@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -271,3 +272,50 @@ async def test_a_change_in_another_tenant_leaves_remembered_verdicts_alone(
 
     await write(channel, tenant, rel(f"user:{tenant}/users/sam", "member", f"tenant:{tenant}"))
     await reuse_ended(client, mine, remembered.decision_id)
+
+
+class _Counting(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Counts the calls that leave the client, by method."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.calls.append(details.method.decode() if isinstance(details.method, bytes) else details.method)
+        return await continuation(details, request)
+
+
+async def test_relations_asked_along_are_decided_in_the_same_round_trip_and_reused(
+    policy_process: ServiceProcess, channel: grpc.aio.Channel, stack: RunningStack, tenant: str
+) -> None:
+    session = f"session:{tenant}/sessions/s1"
+    olga = f"user:{tenant}/users/olga"
+    await write(
+        channel,
+        tenant,
+        rel(olga, "member", f"tenant:{tenant}"),
+        rel(f"tenant:{tenant}", "tenant", session),
+        rel(olga, "owner", session),
+    )
+    counter = _Counting()
+    async with grpc.aio.insecure_channel(policy_process.addr, interceptors=[counter]) as counted:
+        client = PolicyClient(counted, redis_url=stack.redis_url, ttl=LONG_TTL, heartbeat=0.2)
+        try:
+            await caching(client)
+            read = await client.check(
+                question(olga, "can_read", session), rpc_timeout=10, also=["can_write", "can_delete"]
+            )
+            assert read.verdict == ALLOW
+            assert counter.calls == ["/skm.policy.v1.PolicyService/BatchCheck"]
+            written = await client.check(question(olga, "can_write", session), rpc_timeout=10)
+            deleted = await client.check(question(olga, "can_delete", session), rpc_timeout=10)
+            assert (written.verdict, deleted.verdict) == (ALLOW, ALLOW)
+            assert len({read.decision_id, written.decision_id, deleted.decision_id}) == 3, "three decisions"
+            assert counter.calls == ["/skm.policy.v1.PolicyService/BatchCheck"], (
+                "both were decided along with the first"
+            )
+            # Known relations are not asked again along with another.
+            await client.check(question(olga, "can_delete", session), rpc_timeout=10, also=["can_read", "can_write"])
+            assert len(counter.calls) == 1
+        finally:
+            await client.close()
