@@ -17,7 +17,7 @@ OpenFGA called directly, on a real stack started for the run.
 
 Then conversations (bench/conversation.py), on a whole mesh started for the run: time to
 first token and tokens/s through Envoy + gateway + svc_conversation against the engine
-called directly, the gateway's overhead on a unary call, and the memory of idle sessions.
+called directly, and the memory of idle sessions.
 
 Then the gateway (bench/gateway.py), on the few servers its path needs: a unary call through
 Envoy + svc_gateway against the service called directly and a bare Python hop, p50/p99 and

@@ -26,11 +26,7 @@ the buckets in Redis.
    differ between turns, which the per-token rate does not depend on. Also printed: where
    the platform's own time before the first token goes (from the events' create_time), and
    the CPU each process spends per streamed token.
-2. A unary call, ConversationService.GetSession, made sequentially in alternating rounds:
-   direct to svc_conversation (the principal set in metadata as the gateway sets it), to
-   svc_gateway's own port, and through Envoy + svc_gateway (a client's path): p50/p99
-   latency, and the CPU each process on the way spends per call.
-3. Idle sessions: a fresh svc_conversation process (restarted for this part) holds N
+2. Idle sessions: a fresh svc_conversation process (restarted for this part) holds N
    attached StreamEvents streams (client: one process, grpc.aio, 100 streams a channel,
    direct to the service); its private memory (RssAnon: heap and stacks, not the mapped
    files that VmRSS also counts and the kernel may drop under pressure) before the sessions
@@ -102,11 +98,6 @@ _EXTRA_ENV = {
 _STREAMS_PER_CHANNEL = 100
 # Separate connections per channel (grpc shares one subchannel between equal channels).
 _OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
-
-
-def _ms(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
 def _seconds(duration: Any) -> float:
@@ -563,88 +554,7 @@ def _print_streaming(replies: dict[str, list[_Reply]], rounds: int, turns: int) 
         print(f"  NOTE: the PRIMARY prompts (tokens, cached) differ between turns: {sorted(prompts)}")
 
 
-# -- 2. unary ------------------------------------------------------------------------------
-
-
-async def _unary(stack: RunningStack, user: _User, rounds: int, calls: int) -> None:
-    if stack.envoy is None or stack.redis is None:
-        raise RuntimeError("the stack runs no Envoy or no Redis")
-    # The processes a call may pass through, for the CPU it costs each of them.
-    processes = {
-        "conversation": stack.services["conversation"].process.pid,
-        "gateway": stack.services["gateway"].process.pid,
-        "policy": stack.services["policy"].process.pid,
-        "redis": stack.redis.process.pid,
-        "envoy": stack.envoy.process.pid,
-    }
-    targets = {
-        "direct": (stack.services["conversation"].addr, user.forwarded),
-        "gateway": (stack.services["gateway"].addr, user.bearer),
-        "envoy": (stack.envoy_url.removeprefix("http://"), user.bearer),
-    }
-    channels = {name: grpc.aio.insecure_channel(addr) for name, (addr, _) in targets.items()}
-    try:
-        session = await _create_session(ConversationStub(channels["direct"]), user, user.forwarded)
-        request = pb.GetSessionRequest(name=session)
-
-        def path(name: str) -> Callable[[], Awaitable[object]]:
-            stub, metadata = ConversationStub(channels[name]), targets[name][1]
-            return lambda: stub.GetSession(request, metadata=metadata, timeout=10)
-
-        paths = {name: path(name) for name in targets}
-        for one in paths.values():
-            for _ in range(100):  # warm connections and every cache on the way
-                await one()
-        latencies: dict[str, list[list[float]]] = {name: [] for name in paths}
-        cpu: dict[str, dict[str, list[float]]] = {name: {proc: [] for proc in processes} for name in paths}
-        for index in range(rounds):
-            print(f"unary round {index + 1}/{rounds} ...", file=sys.stderr, flush=True)
-            for name, one in paths.items():
-                samples = []
-                used = {proc: cpu_seconds((pid,)) for proc, pid in processes.items()}
-                for _ in range(calls):
-                    start = time.perf_counter()
-                    await one()
-                    samples.append(time.perf_counter() - start)
-                for proc, pid in processes.items():
-                    cpu[name][proc].append((cpu_seconds((pid,)) - used[proc]) / calls)
-                latencies[name].append(samples)
-    finally:
-        for channel in channels.values():
-            await channel.close()
-
-    def p(name: str, q: float) -> float:
-        return statistics.median(_ms(run, q) for run in latencies[name])
-
-    def us(name: str, process: str) -> float:
-        return statistics.median(cpu[name][process]) * 1e6
-
-    print(
-        f"\nunary ConversationService.GetSession, sequential calls: median of {rounds} alternating rounds, "
-        f"{calls} calls each\n"
-    )
-    print(f"  {'':<24} {'p50':>9} {'p99':>10}    CPU us a call: " + " ".join(f"{proc:>12}" for proc in processes))
-    for name, label in (
-        ("direct", "svc_conversation direct"),
-        ("gateway", "svc_gateway's port"),
-        ("envoy", "Envoy + gateway"),
-    ):
-        print(
-            f"  {label:<24} {p(name, 0.5):6.3f} ms {p(name, 0.99):7.3f} ms                   "
-            + " ".join(f"{us(name, process):12.0f}" for process in processes)
-        )
-    print(
-        f"\n  gateway overhead (Envoy + gateway - direct)  p50 {p('envoy', 0.5) - p('direct', 0.5):+.3f} ms"
-        f"   p99 {p('envoy', 0.99) - p('direct', 0.99):+.3f} ms   (goal p50 <= +0.5 ms)"
-        f"\n    of which svc_gateway                      p50 {p('gateway', 0.5) - p('direct', 0.5):+.3f} ms"
-        f"\n    of which Envoy                            p50 {p('envoy', 0.5) - p('gateway', 0.5):+.3f} ms"
-        "\n  CPU: user + system time each process spent over a path's calls, per call (the client, this"
-        " process, not counted);\n  the gateway checks the token, takes from the tenant's and the user's rate"
-        " buckets in Redis and asks svc_policy."
-    )
-
-
-# -- 3. idle sessions ----------------------------------------------------------------------
+# -- 2. idle sessions ----------------------------------------------------------------------
 
 
 async def _gather(count: int, limit: int, one: Callable[[int], Awaitable[Any]]) -> list[Any]:
@@ -748,8 +658,8 @@ def _specs() -> list[Any]:
     ]
 
 
-def main(rounds: int = 5, turns: int = 3, calls: int = 500, sessions: int = 1000) -> None:
-    """Runs the three parts on one stack started for the run, and prints their figures."""
+def main(rounds: int = 5, turns: int = 3, sessions: int = 1000) -> None:
+    """Runs the two parts on one stack started for the run, and prints their figures."""
     print("\n== conversations: the public path against the engine and the service direct ==", flush=True)
     with tempfile.TemporaryDirectory(prefix="skm-bench-conversation-") as state:
         Path(state).chmod(0o755)  # PostgreSQL runs as its own user and must reach its data
@@ -759,7 +669,6 @@ def main(rounds: int = 5, turns: int = 3, calls: int = 500, sessions: int = 1000
             stack.start_envoy()
             user = asyncio.run(_new_user(stack))
             asyncio.run(_streaming(stack, user, rounds, turns))
-            asyncio.run(_unary(stack, user, rounds, calls))
             # A fresh process for the memory figures: nothing of the turns above in its heap.
             stack.restart_service("conversation")
             asyncio.run(_idle_sessions(stack, user, sessions))

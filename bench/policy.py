@@ -16,7 +16,7 @@ relationships (100 members, a low-risk tool), then alternates rounds of:
            (an unknown user: DENY), so its cache cannot answer
   hit      PolicyService.Check on the cached process for one of 5 members just decided
            (answered from svc_policy's decision cache; the gRPC round trip remains)
-  client   the same 5 questions through the policy client (svc_policy/client.py) in the
+  client   the same 5 questions through the policy client (skm_runtime/policy_client.py) in the
            bench process: verdicts reused in process, no round trip
   bare     the hit's request bytes to a byte echo on a bare grpc.aio server (no SKM
            runtime, no protobuf) in a process of its own: the floor a gRPC call in
@@ -42,10 +42,10 @@ import grpc
 from bench.measure import cpu_seconds
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
+from skm_runtime.policy_client import PolicyClient
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from skm_stack.services import ServiceSpec
 from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap
-from svc_policy.client import PolicyClient
 from svc_policy.decisions import DecisionTable
 from svc_policy.model import AccessCheck
 from svc_policy.settings import PolicySettings

@@ -54,12 +54,18 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
         channels["policy"],
         constitution_ttl=settings.constitution_ttl_seconds,
         decision_ttl=settings.decision_ttl_seconds,
+        redis_url=settings.redis_url,
     )
-    gateway = Gateway(verifier, policy, limiter, policy)
+    along: dict[str, set[str]] = {}
+    for method in methods().values():
+        if method.authz is not None and method.authz.permission and not method.authz.any_tenant_member:
+            along.setdefault(method.authz.resource_type, set()).add(method.authz.permission)
+    gateway = Gateway(verifier, policy, limiter, policy, along={kind: sorted(p) for kind, p in along.items()})
     proxy = Proxy(gateway, methods(), forwarding, stream_timeout=runtime.grpc_stream_timeout_seconds)
     routes = {service: channels[owner] for service, owner in owners.items()}
 
     async def stop() -> None:
+        await policy.close()
         await limiter.close()
         for channel in (*forwarding.values(), *channels.values()):
             await channel.close()

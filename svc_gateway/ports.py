@@ -29,6 +29,8 @@ class RateLimiter(Protocol):
 
 
 class Policy(Protocol):
-    async def allows(self, principal: Principal, permission: str, object_: str) -> Verdict:
-        """Whether policy allows the principal's user `permission` on `object_`."""
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
+        """Whether policy allows the principal's user `permission` on `object_`. `also`:
+        other permissions on the same object the user is likely to need next, which policy
+        may decide in the same round trip and remember."""
         ...

@@ -17,6 +17,7 @@ import grpc
 
 from skm_runtime.contract import services_of
 from skm_runtime.outbox import BufferedOutbox, OutboxRelay
+from skm_runtime.policy_client import ChangeSubscription
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_policy import api
 from svc_policy.adapters.audit import TOPIC_AUDIT, OutboxAuditTrail
@@ -24,7 +25,6 @@ from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap
 from svc_policy.adapters.postgres import SCHEMA, TOPIC_BLOCKED, PostgresPolicyStore
 from svc_policy.adapters.redis import RedisBlockedIndex, RedisChangeFeed
 from svc_policy.checks import Checker
-from svc_policy.client import ChangeSubscription
 from svc_policy.core import Policy
 from svc_policy.decisions import DecisionTable
 from svc_policy.settings import PolicySettings

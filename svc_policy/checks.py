@@ -11,7 +11,7 @@ A check is answered, in this order:
 
 Decisions are cached for `ttl` seconds (per subject, relation, object and context), unless
 the caller asks for a fresh one. Every relationship write or delete made here, and every one
-another svc_policy process announces (svc_policy/client.py), ends the reuse of the cached
+another svc_policy process announces (skm_runtime/policy_client.py), ends the reuse of the cached
 decisions of its tenant, so a decision is never staler than the last change this process
 knows of; otherwise the bound is `ttl`. Changes are scoped by tenant because no relationship
 may reach across tenants (CROSS_TENANT above, and relationship writes refuse it): a change
@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from svc_policy.client import TenantChanges
+from skm_runtime.policy_changes import TenantChanges
 from svc_policy.decisions import DecisionTable, Rules
 from svc_policy.errors import InvalidCheck, TooManyChecks
 from svc_policy.model import AccessCheck, Decision, Verdict

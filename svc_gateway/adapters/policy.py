@@ -4,18 +4,20 @@ Both fail closed: when svc_policy cannot answer, the call is refused (POLICY_UNA
 Constitution hashes are cached for `constitution_ttl` seconds per tenant, so a changed
 constitution turns old tokens stale within that bound.
 
-ALLOW decisions are remembered for `decision_ttl` seconds per (user, permission, object),
-so a burst of calls on one resource asks svc_policy once. Nothing else is remembered: DENY,
-REQUIRES_APPROVAL and every failure are asked again on the next call. A revoked
-relationship therefore stops calls within svc_policy's own cache TTL plus `decision_ttl`
-(within `decision_ttl` alone when the revocation went through the svc_policy process that
-decided, since its writes empty its cache). A remembered ALLOW is not audited again by
-svc_policy: its audit trail holds the decision that was remembered, with its decision id.
+Decisions go through the shared policy client (skm_runtime/policy_client.py): ALLOW and DENY are
+reused for `decision_ttl` seconds per (user, permission, object), so a burst of calls on one
+resource asks svc_policy once; REQUIRES_APPROVAL and every failure are asked again on the next
+call. Every relationship change made through svc_policy ends the reuse as soon as its Redis
+announcement arrives, and nothing is reused while the gateway is not subscribed to those
+announcements (`redis_url` empty, Redis down): the client's docstring states the bounds. A
+reused verdict is not audited again by svc_policy: its audit trail holds the decision that
+was reused, with its decision id.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import grpc
 
@@ -24,12 +26,11 @@ from skm.policy.v1 import (
     constitution_service_pb2,
     constitution_service_pb2_grpc,
     policy_service_pb2,
-    policy_service_pb2_grpc,
 )
 from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.policy_client import PolicyClient
 from skm_runtime.principal import principal_message as wire_principal
 from skm_runtime.principal import principal_metadata
-from svc_gateway.cache import ExpiringCache
 from svc_gateway.errors import PolicyUnavailable
 from svc_gateway.model import Principal, Verdict
 
@@ -45,36 +46,29 @@ class GrpcPolicy:
         *,
         constitution_ttl: float,
         decision_ttl: float = 0.0,
+        redis_url: str = "",
         max_decisions: int = 10_000,
     ) -> None:
-        self._policy = policy_service_pb2_grpc.PolicyServiceStub(channel)
+        self._decisions = PolicyClient(channel, redis_url=redis_url, ttl=decision_ttl, max_entries=max_decisions)
         self._constitutions = constitution_service_pb2_grpc.ConstitutionServiceStub(channel)
         self._ttl = constitution_ttl
         self._hashes: dict[str, tuple[float, str]] = {}
-        self._decision_ttl = decision_ttl
-        self._allowed: ExpiringCache[tuple[str, str, str], Verdict] = ExpiringCache(max_decisions)
 
-    async def allows(self, principal: Principal, permission: str, object_: str) -> Verdict:
-        key = (principal.user, permission, object_)
-        remembered = self._allowed.get(key)
-        if remembered is not None:
-            return remembered
-        verdict = await self._ask(principal, permission, object_)
-        if verdict.allowed and self._decision_ttl > 0:
-            self._allowed.put(key, verdict, time.monotonic() + self._decision_ttl)
-        return verdict
+    async def close(self) -> None:
+        await self._decisions.close()
 
-    async def _ask(self, principal: Principal, permission: str, object_: str) -> Verdict:
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
         request = policy_service_pb2.CheckRequest(
             check=access_pb2.AccessCheck(subject=f"user:{principal.user}", relation=permission, object=object_)
         )
         try:
-            reply = await self._policy.Check(request, metadata=principal_metadata(principal_message(principal)))
+            decision = await self._decisions.check(
+                request, metadata=principal_metadata(principal_message(principal)), also=also
+            )
         except grpc.aio.AioRpcError as error:
             raise PolicyUnavailable(
                 "the policy service cannot decide; the call is refused", metadata={"code": error.code().name}
             ) from None
-        decision = reply.decision
         allowed = decision.verdict == policy_decision_pb2.VERDICT_ALLOW
         return Verdict(allowed, decision.reason, decision.decision_id)
 

@@ -1,8 +1,8 @@
 """Redis for svc_policy: the index of blocked actions, and the channel its changes go out on.
 
-The change feed publishes on svc_policy.client.CHANGES_CHANNEL after every relationship
+The change feed publishes on skm_runtime.policy_changes.CHANGES_CHANNEL after every relationship
 write or delete, so policy clients and the other svc_policy processes empty their decision
-caches (see svc_policy/client.py for the staleness bounds that follow).
+caches (see skm_runtime/policy_client.py for the staleness bounds that follow).
 
 The index, for fast listing by tenant and state:
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from svc_policy.client import CHANGES_CHANNEL, change_message
+from skm_runtime.policy_changes import CHANGES_CHANNEL, change_message
 from svc_policy.model import BlockedAction, BlockedState
 
 log = logging.getLogger("skm.policy.index")

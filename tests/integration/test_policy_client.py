@@ -1,4 +1,4 @@
-"""The policy client (svc_policy/client.py) against svc_policy running as a process of its own,
+"""The policy client (skm_runtime/policy_client.py) against svc_policy running as a process of its own,
 on the real OpenFGA, PostgreSQL, Kafka and Redis: verdicts it reuses, and what ends the reuse.
 
 Reuse is observed through decision ids: svc_policy gives every decision a new one, and a
@@ -21,10 +21,10 @@ import pytest
 
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
+from skm_runtime.policy_client import PolicyClient
 from skm_stack import RunningStack, Toolchain
 from skm_stack.redis_server import start_redis
 from skm_stack.services import ServiceProcess, ServiceSpec, start_service
-from svc_policy.client import PolicyClient
 from tests.support.ports import free_port
 
 ALLOW = policy_decision_pb2.VERDICT_ALLOW

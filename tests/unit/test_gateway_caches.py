@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from typing import Any
 
-import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from svc_gateway.adapters.policy import GrpcPolicy
 from svc_gateway.adapters.tokens import JwtVerifier
 from svc_gateway.cache import ExpiringCache
 from svc_gateway.core import Gateway
@@ -132,9 +130,11 @@ class _Policy:
     def __init__(self, verdict: Verdict) -> None:
         self.verdict = verdict
         self.asked = 0
+        self.along: list[tuple[str, tuple[str, ...]]] = []
 
-    async def allows(self, principal: Principal, permission: str, object_: str) -> Verdict:
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
         self.asked += 1
+        self.along.append((permission, tuple(also)))
         return self.verdict
 
 
@@ -149,63 +149,6 @@ async def test_a_remembered_token_whose_constitution_changed_is_refused() -> Non
         await gateway.admit(gateway.authenticate(f"Bearer {token}"), RULE, RESOURCE)
 
 
-class _AnsweringPolicy(GrpcPolicy):
-    """GrpcPolicy with svc_policy's answers given by the test (no channel needed)."""
-
-    def __init__(self, channel: grpc.aio.Channel, answers: list[Verdict], decision_ttl: float) -> None:
-        super().__init__(channel, constitution_ttl=0.0, decision_ttl=decision_ttl)
-        self.answers = answers
-        self.asked = 0
-
-    async def _ask(self, principal: Principal, permission: str, object_: str) -> Verdict:
-        self.asked += 1
-        return self.answers[min(self.asked, len(self.answers)) - 1]
-
-
-@pytest.fixture
-async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    """A channel nothing is ever sent on (svc_policy's answers come from the test)."""
-    async with grpc.aio.insecure_channel("127.0.0.1:9") as unused:
-        yield unused
-
-
-PRINCIPAL = Principal("tenants/t1", "tenants/t1/users/olga", ("member",), DIGEST)
-OBJECT = "session:tenants/t1/sessions/s1"
-
-
-async def test_an_allow_is_reused_for_its_ttl_only(channel: grpc.aio.Channel) -> None:
-    policy = _AnsweringPolicy(channel, [Verdict(True, "ROLE_ALLOWS", "d1"), Verdict(False, "NOT_PERMITTED", "d2")], 0.2)
-    for _ in range(3):
-        assert (await policy.allows(PRINCIPAL, "can_read", OBJECT)).allowed
-    assert policy.asked == 1
-    # Another user, permission or object is another question.
-    await policy.allows(Principal("tenants/t1", "tenants/t1/users/mike", (), DIGEST), "can_read", OBJECT)
-    await policy.allows(PRINCIPAL, "can_write", OBJECT)
-    await policy.allows(PRINCIPAL, "can_read", "session:tenants/t1/sessions/s2")
-    assert policy.asked == 4
-    await asyncio.sleep(0.25)  # the ALLOW expired; svc_policy now denies (say, a revocation)
-    assert not (await policy.allows(PRINCIPAL, "can_read", OBJECT)).allowed
-
-
-@pytest.mark.parametrize(
-    "verdict",
-    [Verdict(False, "NOT_PERMITTED"), Verdict(False, "HIGH_RISK_TOOL_NEEDS_APPROVAL")],
-    ids=["deny", "requires-approval"],
-)
-async def test_what_is_not_an_allow_is_asked_again_on_every_call(channel: grpc.aio.Channel, verdict: Verdict) -> None:
-    policy = _AnsweringPolicy(channel, [verdict], 60.0)
-    for _ in range(3):
-        assert not (await policy.allows(PRINCIPAL, "can_read", OBJECT)).allowed
-    assert policy.asked == 3
-
-
-async def test_without_a_decision_ttl_every_call_is_asked(channel: grpc.aio.Channel) -> None:
-    policy = _AnsweringPolicy(channel, [Verdict(True, "ROLE_ALLOWS")], 0.0)
-    for _ in range(3):
-        await policy.allows(PRINCIPAL, "can_read", OBJECT)
-    assert policy.asked == 3
-
-
 async def test_a_deny_is_refused_by_the_gateway_every_time() -> None:
     pem, jwks = _keys()
     policy = _Policy(Verdict(False, "NOT_PERMITTED", "d1"))
@@ -215,3 +158,12 @@ async def test_a_deny_is_refused_by_the_gateway_every_time() -> None:
         with pytest.raises(PermissionDenied):
             await gateway.admit(principal, RULE, RESOURCE)
     assert policy.asked == 2
+
+
+async def test_policy_is_asked_the_other_permissions_of_the_resource_type_along() -> None:
+    pem, jwks = _keys()
+    policy = _Policy(Verdict(True, "SESSION_OWNER", "d1"))
+    along = {RULE.resource_type: ["can_delete", RULE.permission, "can_write"], "tool": ["can_execute"]}
+    gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy, along=along)
+    await gateway.admit(gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}"), RULE, RESOURCE)
+    assert policy.along == [(RULE.permission, ("can_delete", RULE.permission, "can_write"))]

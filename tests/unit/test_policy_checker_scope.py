@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from skm_runtime.policy_changes import TenantChanges, changed_tenant, object_tenant
 from svc_policy.checks import Checker
-from svc_policy.client import TenantChanges, changed_tenant, object_tenant
 from svc_policy.decisions import DecisionTable
 from svc_policy.model import AccessCheck, Relationship, Verdict
 

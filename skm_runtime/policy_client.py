@@ -36,12 +36,12 @@ The staleness bound of a reused verdict, precisely:
 1. Never older than `ttl`: an entry's lifetime starts when its Check was sent, not when the
    answer came back.
 2. A relationship change made through svc_policy ends the reuse of every verdict about its
-   tenant remembered before it as soon as its message reaches the client (one Redis publish, typically well
-   under a millisecond after the write call returned). A Check that was in flight when the
-   message arrived is answered but not remembered.
+   tenant remembered before it as soon as its message reaches the client (one Redis
+   publish, typically well under a millisecond after the write call returned). A Check that
+   was in flight when the message arrived is answered but not remembered.
 3. The answer svc_policy gave may itself be from svc_policy's decision cache. The process
-   that made the change has emptied its cache before publishing; other svc_policy processes
-   empty theirs on the same message while they are subscribed, and otherwise within
+   that made the change has dropped that tenant's decisions before publishing; other
+   svc_policy processes drop theirs on the same message while they are subscribed, and otherwise within
    SKM_POLICY_CACHE_TTL_SECONDS. So with every process subscribed the bound is 2; in the
    worst case (a svc_policy process cut off from Redis) it is `ttl` plus
    SKM_POLICY_CACHE_TTL_SECONDS.
@@ -73,8 +73,8 @@ from redis.exceptions import RedisError
 
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
+from skm_runtime.policy_changes import CHANGES_CHANNEL, TenantChanges, changed_tenant, object_tenant
 
-CHANGES_CHANNEL = "skm:policy:changes"
 DEFAULT_TTL = 1.0
 DEFAULT_HEARTBEAT = 1.0
 
@@ -91,48 +91,6 @@ Metadata = Sequence[tuple[str, str | bytes]]
 
 class _Silent(Exception):
     """Redis stopped answering the heartbeat on the subscription's connection."""
-
-
-def change_message(kind: str, tenant: str) -> str:
-    """What svc_policy publishes on CHANGES_CHANNEL: "{kind} {tenant}", e.g.
-    "relationships tenants/t1"."""
-    return f"{kind} {tenant}"
-
-
-def changed_tenant(message: str | bytes) -> str | None:
-    """The tenant a change message names, or None (read as: every tenant changed)."""
-    text = message.decode(errors="replace") if isinstance(message, bytes) else message
-    parts = text.split(" ")
-    if len(parts) == 2 and parts[1].startswith("tenants/") and parts[1].count("/") == 1 and len(parts[1]) > 8:
-        return parts[1]
-    return None
-
-
-def object_tenant(object_: str) -> str:
-    """The tenant "tenants/{t}" of an object "{type}:tenants/{t}/...", or "" when it names none."""
-    parts = object_.partition(":")[2].split("/", 2)
-    return f"tenants/{parts[1]}" if len(parts) >= 2 and parts[0] == "tenants" and parts[1] else ""
-
-
-class TenantChanges:
-    """Generation counters that say whether a remembered decision predates a change of its
-    tenant: remember `generation(tenant)` with the decision and reuse it only while it is
-    unchanged. `changed(None)` moves every tenant on. O(1) per change and per lookup."""
-
-    def __init__(self) -> None:
-        self._everyone = 0
-        self._tenants: dict[str, int] = {}
-
-    def generation(self, tenant: str) -> int:
-        # Two counters in one number: a change of everyone moves every tenant on.
-        return (self._everyone << 32) + self._tenants.get(tenant, 0)
-
-    def changed(self, tenant: str | None) -> None:
-        if tenant is None:
-            self._everyone += 1
-            self._tenants.clear()
-        else:
-            self._tenants[tenant] = self._tenants.get(tenant, 0) + 1
 
 
 class ChangeSubscription:
