@@ -52,15 +52,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import jwt
 
-from bench.measure import cpu_seconds
+from bench.measure import bench_services, cpu_seconds
 from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import conversation_service_pb2_grpc, session_event_pb2, session_pb2, turn_pb2
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.type.v1 import deployment_mode_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
-from skm_runtime.contract import services_of
 from skm_runtime.principal import principal_message, principal_metadata
-from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack, default_services
+from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from skm_stack.devkeys import KEY_ID, dev_keys_dir
 from svc_conversation import preprocess
 from svc_conversation.adapters.mesh import GrpcProfiles, GrpcTools
@@ -646,18 +645,6 @@ async def _idle_sessions(stack: RunningStack, user: _User, count: int) -> None:
 # -- the run -------------------------------------------------------------------------------
 
 
-def _specs() -> list[Any]:
-    return [
-        replace(
-            spec,
-            port=0,
-            health_services=("", *services_of(spec.name)),
-            extra_env={"SKM_LOG_LEVEL": "WARNING", **_EXTRA_ENV.get(spec.name, {})},
-        )
-        for spec in default_services(env={})
-    ]
-
-
 def main(rounds: int = 5, turns: int = 3, sessions: int = 1000) -> None:
     """Runs the two parts on one stack started for the run, and prints their figures."""
     print("\n== conversations: the public path against the engine and the service direct ==", flush=True)
@@ -665,7 +652,7 @@ def main(rounds: int = 5, turns: int = 3, sessions: int = 1000) -> None:
         Path(state).chmod(0o755)  # PostgreSQL runs as its own user and must reach its data
         stack = Stack(state_dir=Path(state), ports=EPHEMERAL_PORTS, durable=False).start()
         try:
-            stack.start_services(_specs())
+            stack.start_services(bench_services(_EXTRA_ENV))
             stack.start_envoy()
             user = asyncio.run(_new_user(stack))
             asyncio.run(_streaming(stack, user, rounds, turns))

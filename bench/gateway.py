@@ -33,17 +33,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench.conversation import ConversationStub, _create_session, _new_user
-from bench.measure import cpu_seconds
+from bench.measure import bench_services, cpu_seconds
 from skm.conversation.v1 import conversation_service_pb2 as pb
-from skm_runtime.contract import services_of
-from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack, default_services
+from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,19 +64,6 @@ _PATHS = {
 def _ms(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
-
-
-def _specs() -> list[Any]:
-    return [
-        replace(
-            spec,
-            port=0,
-            health_services=("", *services_of(spec.name)),
-            extra_env={"SKM_LOG_LEVEL": "WARNING", **(_GATEWAY_ENV if spec.name == "gateway" else {})},
-        )
-        for spec in default_services(env={})
-        if spec.name in _SERVICES
-    ]
 
 
 @contextmanager
@@ -189,7 +174,7 @@ def main(rounds: int = 5, calls: int = 2000) -> None:
             state_dir=Path(state), components=("postgres", "redis", "openfga"), ports=EPHEMERAL_PORTS, durable=False
         ).start()
         try:
-            stack.start_services(_specs())
+            stack.start_services(bench_services({"gateway": _GATEWAY_ENV}, _SERVICES))
             stack.start_envoy()
             with _hop(stack.services["conversation"].addr) as hop:
                 asyncio.run(_measure(stack, hop, rounds, calls))

@@ -6,10 +6,14 @@ import asyncio
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 
+from skm_runtime.contract import services_of
+from skm_stack import default_services
 from tests.support.echo_service import SERVICE
 
 FRAME = b"\x00\x01" * 320  # 640 bytes: 20 ms of 16 kHz 16-bit mono PCM
@@ -109,3 +113,18 @@ def median_figures(runs: list[Figures]) -> Figures:
         statistics.median(r.p99_ms for r in runs),
         statistics.median(r.cpu_us for r in runs),
     )
+
+
+def bench_services(extra_env: Mapping[str, Mapping[str, str]], only: Collection[str] | None = None) -> list[Any]:
+    """The stack's services on free ports, health-checked on every service they own, quiet
+    (warnings only), with `extra_env[name]` added; all of them, or those named in `only`."""
+    return [
+        replace(
+            spec,
+            port=0,
+            health_services=("", *services_of(spec.name)),
+            extra_env={"SKM_LOG_LEVEL": "WARNING", **extra_env.get(spec.name, {})},
+        )
+        for spec in default_services(env={})
+        if only is None or spec.name in only
+    ]

@@ -55,6 +55,7 @@ from svc_conversation.errors import (
 from svc_conversation.fitting import estimated_tokens, fit_messages
 from svc_conversation.loop import PRIMARY, UTILITY, TurnRun, preprocessed
 from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec
+from svc_conversation.refresh import RefreshingCache
 from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, SessionHandle, Subscriber, timestamp
 from svc_conversation.settings import ConversationSettings
 from svc_conversation.toolcall import ToolCall
@@ -66,9 +67,10 @@ Session = session_pb2.Session
 Intervention = session_event_pb2.Intervention
 MAX_TEXT = 32_768
 _INTERRUPT_WAIT = 0.15
-_CATALOGUE_SECONDS = 30.0
-# How long a persona and a role's resolution are reused before svc_profiles is asked again.
-_PROFILE_SECONDS = 5.0
+# Answers of svc_profiles (personas, a role's resolution) and svc_tools (the catalogue) are
+# used as they are while fresh, then refreshed off the turn's path until stale (refresh.py).
+_PROFILE_SECONDS = (5.0, 60.0)
+_CATALOGUE_SECONDS = (30.0, 300.0)
 _SUBORDINATE_NAMESPACE = uuid.UUID("c4b1f1a2-77e4-4a57-9d0f-5a9f3b2e8c64")
 
 
@@ -143,9 +145,15 @@ class Conversation:
         self._now = now
         self._handles: dict[str, SessionHandle] = {}
         self._loading: dict[str, asyncio.Lock] = {}
-        self._catalogue: dict[str, tuple[float, list[ToolSpec]]] = {}
-        self._personas: dict[str, tuple[float, Persona]] = {}
-        self._resolved: dict[tuple[str, int, int, str, bytes], tuple[float, ResolvedProfile]] = {}
+        self._catalogue: RefreshingCache[str, list[ToolSpec]] = RefreshingCache(
+            fresh=_CATALOGUE_SECONDS[0], stale=_CATALOGUE_SECONDS[1]
+        )
+        self._personas: RefreshingCache[str, Persona] = RefreshingCache(
+            fresh=_PROFILE_SECONDS[0], stale=_PROFILE_SECONDS[1]
+        )
+        self._resolved: RefreshingCache[tuple[str, int, int, str, bytes], ResolvedProfile] = RefreshingCache(
+            fresh=_PROFILE_SECONDS[0], stale=_PROFILE_SECONDS[1]
+        )
         self._mirrors: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._summaries: dict[str, tuple[int, str]] = {}
@@ -172,6 +180,8 @@ class Conversation:
             handle.close_streams("SHUTDOWN")
         if self._mirrors:
             await asyncio.wait(list(self._mirrors.values()), timeout=2.0)
+        for cache in (self._catalogue, self._personas, self._resolved):
+            await cache.close()
 
     async def maintain(self, *, own_first: bool = False) -> None:
         """Renews the leases of running turns, takes over abandoned ones, drops idle sessions."""
@@ -202,35 +212,23 @@ class Conversation:
     # -- shared helpers for the loop -------------------------------------------------
 
     async def persona(self, name: str, principal: Principal) -> Persona:
-        cached = self._personas.get(name)
-        if cached is not None and time.monotonic() - cached[0] < _PROFILE_SECONDS:
-            return cached[1]
-        persona = await self.profiles.persona(name, principal)
-        self._personas[name] = (time.monotonic(), persona)
-        return persona
+        return await self._personas.get(name, lambda: self.profiles.persona(name, principal))
 
     async def resolve(self, principal: Principal, role: int, session: Session) -> ResolvedProfile:
-        """A role's models for the session (resolutions are kept for a few seconds)."""
-        overrides = b"".join(o.SerializeToString() for o in session.model_overrides)
-        key = (principal.tenant, role, session.mode, session.persona, overrides)
-        cached = self._resolved.get(key)
-        if cached is not None and time.monotonic() - cached[0] < _PROFILE_SECONDS:
-            return cached[1]
-        resolved = await self.profiles.resolve(
-            principal, role, session.mode, session.persona, list(session.model_overrides)
+        """A role's models for the session."""
+        overrides = list(session.model_overrides)
+        key = (
+            principal.tenant,
+            role,
+            session.mode,
+            session.persona,
+            b"".join(o.SerializeToString() for o in overrides),
         )
-        if len(self._resolved) > 10_000:
-            self._resolved.clear()
-        self._resolved[key] = (time.monotonic(), resolved)
-        return resolved
+        mode, persona = session.mode, session.persona
+        return await self._resolved.get(key, lambda: self.profiles.resolve(principal, role, mode, persona, overrides))
 
     async def catalogue(self, principal: Principal) -> list[ToolSpec]:
-        cached = self._catalogue.get(principal.tenant)
-        if cached is not None and time.monotonic() - cached[0] < _CATALOGUE_SECONDS:
-            return cached[1]
-        tools = await self.tools.catalogue(principal)
-        self._catalogue[principal.tenant] = (time.monotonic(), tools)
-        return tools
+        return await self._catalogue.get(principal.tenant, lambda: self.tools.catalogue(principal))
 
     async def step(
         self,
