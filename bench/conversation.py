@@ -26,7 +26,11 @@ the buckets in Redis.
    differ between turns, which the per-token rate does not depend on. Also printed: where
    the platform's own time before the first token goes (from the events' create_time), and
    the CPU each process spends per streamed token.
-2. Idle sessions: a fresh svc_conversation process (restarted for this part) holds N
+2. Interrupts: turns through Envoy + svc_gateway, each interrupted (InterruptTurn) as soon as
+   the client has the PRIMARY call's first token: the time from the request to its reply, to
+   the turn's INTERRUPTED event and to the last token delta the client received; and whether
+   any token delta came after the INTERRUPTED event.
+3. Idle sessions: a fresh svc_conversation process (restarted for this part) holds N
    attached StreamEvents streams (client: one process, grpc.aio, 100 streams a channel,
    direct to the service); its private memory (RssAnon: heap and stacks, not the mapped
    files that VmRSS also counts and the kernel may drop under pressure) before the sessions
@@ -553,7 +557,89 @@ def _print_streaming(replies: dict[str, list[_Reply]], rounds: int, turns: int) 
         print(f"  NOTE: the PRIMARY prompts (tokens, cached) differ between turns: {sorted(prompts)}")
 
 
-# -- 2. idle sessions ----------------------------------------------------------------------
+# -- 2. interrupts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Interrupted:
+    """One interrupt as the client saw it (seconds from sending InterruptTurn)."""
+
+    replied: float  # InterruptTurn's reply
+    ended: float  # the turn's INTERRUPTED state event
+    last_token: float  # the last token delta that arrived (negative: before the request)
+    late_tokens: int  # token deltas that arrived after the INTERRUPTED event
+
+
+async def _interrupt_turn(stub: AsyncStub, user: _User) -> _Interrupted:
+    """A turn interrupted at its PRIMARY call's first token, through Envoy and the gateway."""
+    session = await _create_session(stub, user, user.bearer)
+    call = stub.StreamEvents(pb.StreamEventsRequest(session=session), metadata=user.bearer, timeout=300)
+    stream = call.__aiter__()
+    if not (await anext(stream)).HasField("attached"):
+        raise RuntimeError("StreamEvents did not start with `attached`")
+    first_token, ended = asyncio.Event(), asyncio.Event()
+    tokens: list[float] = []
+    ended_at: list[float] = []
+
+    async def read() -> None:
+        async for message in stream:
+            event = message.event
+            kind = event.WhichOneof("event")
+            if kind == "token_delta" and event.token_delta.iteration == 1:
+                tokens.append(time.perf_counter())
+                first_token.set()
+            elif kind == "turn_state_changed" and event.turn_state_changed.state in ENDED:
+                ended_at.append(time.perf_counter())
+                ended.set()
+
+    reader = asyncio.create_task(read())
+    try:
+        reply = await stub.SendMessage(
+            pb.SendMessageRequest(session=session, text=MESSAGE, request_id=str(uuid.uuid4())),
+            metadata=user.bearer,
+            timeout=30,
+        )
+        await asyncio.wait_for(first_token.wait(), 60)
+        sent = time.perf_counter()
+        await stub.InterruptTurn(
+            pb.InterruptTurnRequest(name=reply.turn.name, request_id=str(uuid.uuid4())),
+            metadata=user.bearer,
+            timeout=30,
+        )
+        replied = time.perf_counter() - sent
+        await asyncio.wait_for(ended.wait(), 60)
+        await asyncio.sleep(0.5)  # anything still streamed after the end shows up as late
+    finally:
+        call.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    turn = await stub.GetTurn(pb.GetTurnRequest(name=reply.turn.name), metadata=user.bearer, timeout=30)
+    if turn.turn.state != Turn.STATE_INTERRUPTED:
+        raise RuntimeError(f"the turn ended {Turn.State.Name(turn.turn.state)}, not INTERRUPTED")
+    return _Interrupted(replied, ended_at[0] - sent, tokens[-1] - sent, sum(t > ended_at[0] for t in tokens))
+
+
+async def _interrupts(stack: RunningStack, user: _User, count: int) -> None:
+    async with grpc.aio.insecure_channel(stack.envoy_url.removeprefix("http://")) as channel:
+        stub = ConversationStub(channel)
+        print(f"interrupting {count} turns ...", file=sys.stderr, flush=True)
+        results = [await _interrupt_turn(stub, user) for _ in range(count)]
+
+    def row(label: str, values: Sequence[float]) -> str:
+        ordered = sorted(values)
+        return f"  {label:<58}{statistics.median(ordered) * 1e3:8.1f} ms  max {ordered[-1] * 1e3:8.1f} ms"
+
+    print(
+        f"\ninterrupts: {count} turns through Envoy + gateway, each interrupted at its PRIMARY call's first"
+        " token;\ntimes from sending InterruptTurn, as the client saw them (goal: generation and pending tools"
+        " stop within 200 ms)\n"
+    )
+    print(row("InterruptTurn's reply", [r.replied for r in results]))
+    print(row("the turn's INTERRUPTED event", [r.ended for r in results]))
+    print(row("the last token delta", [r.last_token for r in results]))
+    print(f"  token deltas after the INTERRUPTED event: {sum(r.late_tokens for r in results)} in all")
+
+
+# -- 3. idle sessions ----------------------------------------------------------------------
 
 
 async def _gather(count: int, limit: int, one: Callable[[int], Awaitable[Any]]) -> list[Any]:
@@ -646,7 +732,7 @@ async def _idle_sessions(stack: RunningStack, user: _User, count: int) -> None:
 
 
 def main(rounds: int = 5, turns: int = 3, sessions: int = 1000) -> None:
-    """Runs the two parts on one stack started for the run, and prints their figures."""
+    """Runs the three parts on one stack started for the run, and prints their figures."""
     print("\n== conversations: the public path against the engine and the service direct ==", flush=True)
     with tempfile.TemporaryDirectory(prefix="skm-bench-conversation-") as state:
         Path(state).chmod(0o755)  # PostgreSQL runs as its own user and must reach its data
@@ -656,6 +742,7 @@ def main(rounds: int = 5, turns: int = 3, sessions: int = 1000) -> None:
             stack.start_envoy()
             user = asyncio.run(_new_user(stack))
             asyncio.run(_streaming(stack, user, rounds, turns))
+            asyncio.run(_interrupts(stack, user, max(5, rounds * 2)))
             # A fresh process for the memory figures: nothing of the turns above in its heap.
             stack.restart_service("conversation")
             asyncio.run(_idle_sessions(stack, user, sessions))
