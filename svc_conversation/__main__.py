@@ -1,8 +1,8 @@
 """svc_conversation: sessions, turns and the agent loop.
 
-Composition root: settings -> adapters (Postgres + outbox to Kafka, Redis mirror, the
-OpenAI-compatible model client, svc_profiles / svc_tools / svc_policy over gRPC) -> core
--> servicers -> server.
+Composition root: settings -> adapters (Postgres + outbox to Kafka, Redis mirror and live
+event streams, the OpenAI-compatible model client, svc_profiles / svc_tools / svc_policy over
+gRPC) -> core -> servicers -> server.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from svc_conversation import api
 from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools
 from svc_conversation.adapters.openai import OpenAICompatibleClient
 from svc_conversation.adapters.postgres import SCHEMA, TOPIC_AUDIT, PostgresSessionStore
-from svc_conversation.adapters.redis import RedisHotState
+from svc_conversation.adapters.redis import RedisHotState, RedisSessionStreams
 from svc_conversation.core import Conversation
 from svc_conversation.settings import ConversationSettings
 
@@ -48,6 +48,11 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
     store = await PostgresSessionStore.open(settings.postgres_dsn)
     relay = OutboxRelay(store.pool, SCHEMA, settings.kafka_bootstrap, topics=(TOPIC_AUDIT,))
     hot = RedisHotState.open(settings.redis_url)
+    streams = RedisSessionStreams.open(
+        settings.redis_url,
+        max_length=settings.live_events_max_length,
+        ttl_seconds=settings.live_events_ttl_seconds,
+    )
     channels = [
         open_channel(addr, runtime) for addr in (settings.profiles_addr, settings.tools_addr, settings.policy_addr)
     ]
@@ -64,6 +69,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
         llm,
         settings,
         runner_id=runner_id(settings),
+        streams=streams,
     )
     tasks: list[asyncio.Task[None]] = []
 
@@ -78,6 +84,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await conversation.close()
+        await streams.close()
         await relay.close()
         await llm.close()
         for channel in channels:

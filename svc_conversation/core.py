@@ -56,7 +56,7 @@ from svc_conversation.fitting import estimated_tokens, fit_messages
 from svc_conversation.loop import PRIMARY, UTILITY, TurnRun, preprocessed
 from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec
 from svc_conversation.refresh import RefreshingCache
-from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, SessionHandle, Subscriber, timestamp
+from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, Live, LiveEvents, SessionHandle, Subscriber, timestamp
 from svc_conversation.settings import ConversationSettings
 from svc_conversation.toolcall import ToolCall
 
@@ -78,6 +78,20 @@ class HotState(Protocol):
     async def mirror(self, session: Session) -> None: ...
 
     async def forget(self, name: str) -> None: ...
+
+
+class SessionStreams(LiveEvents, Protocol):
+    """The live events of every process, for streams attached where a session's turn does
+    not run: what :meth:`follow` names is read from ``after`` on and handed to ``deliver``
+    (with the sequence that read started after, and each event with the sequence its
+    publisher published before it); ``lost`` names a followed session whose events can no
+    longer be read."""
+
+    def start(self, deliver: Callable[[str, int, list[Live]], None], lost: Callable[[str], None]) -> None: ...
+
+    def follow(self, session: str, after: int) -> None: ...
+
+    def unfollow(self, session: str) -> None: ...
 
 
 def _cancelled(future: asyncio.Future[Any] | None) -> None:
@@ -132,9 +146,11 @@ class Conversation:
         settings: ConversationSettings,
         *,
         runner_id: str,
+        streams: SessionStreams | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
+        self.streams = streams
         self.hot = hot
         self.profiles = profiles
         self.tools = tools
@@ -162,6 +178,8 @@ class Conversation:
 
     async def start(self) -> None:
         """Resumes this runner's own turns left running by its previous incarnation."""
+        if self.streams is not None:
+            self.streams.start(self._relay, self._lost)
         await self.maintain(own_first=True)
 
     async def close(self) -> None:
@@ -193,7 +211,8 @@ class Conversation:
         cutoff = now + timedelta(days=3650) if own_first else now
         for name in await self._take(cutoff, lease_until, own_first):
             with contextlib.suppress(SessionNotFound):
-                handle = await self._handle(name)
+                # Held here while another process ran the turn: its numbers are stale.
+                handle = await self._handle(name, fresh=True)
                 turn = handle.turn
                 if turn is not None and turn.state in ACTIVE and (handle.runner is None or handle.runner.done()):
                     log.info("resuming a turn another runner left behind")
@@ -429,10 +448,14 @@ class Conversation:
 
     # -- handles ---------------------------------------------------------------------
 
-    async def _handle(self, name: str) -> SessionHandle:
+    async def _handle(self, name: str, *, fresh: bool = False) -> SessionHandle:
+        """The session's handle; with ``fresh``, one that runs no turn here is brought up to
+        what is stored (another process may have written the session since it was loaded)."""
         handle = self._handles.get(name)
         if handle is not None and not handle.deleted:
             handle.last_used = time.monotonic()
+            if fresh:
+                await self._refresh(handle, lock=True)
             return handle
         lock = self._loading.setdefault(name, asyncio.Lock())
         async with lock:
@@ -443,12 +466,30 @@ class Conversation:
             if found is None:
                 raise SessionNotFound(f"session {name!r} does not exist", metadata={"session": name})
             session, reserved = found
-            handle = SessionHandle(self.store, session, reserved)
+            handle = SessionHandle(self.store, session, reserved, self.streams)
             if session.current_turn:
                 handle.turn = await self.store.get_turn(name, turn_ordinal(session.current_turn))
             self._handles[name] = handle
         self._loading.pop(name, None)
         return handle
+
+    async def _refresh(self, handle: SessionHandle, *, lock: bool = False) -> None:
+        """Brings a handle that runs no turn here up to what is stored (with ``lock``, taking
+        the handle's lock for it; without, the caller holds it)."""
+        if handle.running():
+            return
+        if lock:
+            async with handle.lock:
+                await self._refresh(handle)
+            return
+        found = await self.store.get_session(handle.name)
+        if found is None:
+            return  # deleted: the caller's next write finds out
+        session, reserved = found
+        turn = (
+            await self.store.get_turn(handle.name, turn_ordinal(session.current_turn)) if session.current_turn else None
+        )
+        handle.refresh(session, reserved, turn)
 
     @staticmethod
     def _owner_principal(session: Session) -> Principal:
@@ -696,6 +737,10 @@ class Conversation:
 
         handle.run = run
         handle.runner = asyncio.create_task(guarded(), name=f"turn {turn.name}")
+        # Streams attached here follow the turn in process while it runs here, and the
+        # session's Redis Stream otherwise.
+        self._follow_changed(handle)
+        handle.runner.add_done_callback(lambda _: self._follow_changed(handle))
 
     async def _stop_runner(self, handle: SessionHandle) -> None:
         runner = handle.runner
@@ -726,7 +771,12 @@ class Conversation:
             # token) starts now, while the turn is checked and stored.
             head_start = asyncio.ensure_future(preprocessed(self, principal, handle.session, text))
         try:
-            existing = await self.store.turn_by_request(handle.name, request_id)
+            # With no turn running here, another process may have run one since this copy
+            # of the session was read: read it again, in the same time as the request id.
+            existing, _ = await asyncio.gather(
+                self.store.turn_by_request(handle.name, request_id),
+                self._refresh(handle, lock=True),
+            )
             if existing is not None:
                 if existing.input_text == text and not existing.rerun_of:
                     return existing
@@ -946,6 +996,9 @@ class Conversation:
         ones first, then live ones, in order and without duplicates."""
         handle = await self._session_for(principal, session_name)
         async with handle.lock:
+            # Where the turn runs in another process, this one's copy of the session may
+            # be behind (last_sequence, reservations): take the stored one.
+            await self._refresh(handle)
             start = handle.session.acknowledged_sequence if after is None else after
             # A client may have seen token deltas up to the reserved block that a process
             # which died never stored: resuming after one of those is fine.
@@ -954,7 +1007,7 @@ class Conversation:
                     f"after_sequence must be between 0 and {handle.session.last_sequence}",
                     metadata={"last_sequence": str(handle.session.last_sequence)},
                 )
-            subscriber, snapshot, unstored = handle.subscribe()
+            subscriber, snapshot, unstored = handle.subscribe(start)
         return snapshot, start, self._events(handle, subscriber, start, unstored)
 
     async def _events(
@@ -969,27 +1022,69 @@ class Conversation:
             while True:
                 batch = await self.store.list_events(handle.name, cursor, 1000)
                 for event in batch:
-                    cursor = event.sequence
+                    cursor = subscriber.cursor = event.sequence
                     yield event
                 if len(batch) < 1000:
                     break
             for event in unstored:
                 if event.sequence > cursor:
-                    cursor = event.sequence
+                    cursor = subscriber.cursor = event.sequence
                     yield event
+            subscriber.horizon = max(subscriber.horizon, cursor)
+            subscriber.following = True
+            self._follow_changed(handle)
             while True:
                 item = await subscriber.queue.get()
                 if isinstance(item, Closed):
                     raise StreamClosed(item.reason)
-                if item.sequence > cursor:
-                    cursor = item.sequence
-                    yield item
+                event, prev = item
+                # Two sources (this process's turn, the Redis Stream) may hand out the same
+                # event, or one the client saw in the replay: each goes out once, in order.
+                if event.sequence <= cursor:
+                    continue
+                if prev > cursor:
+                    # Something between was lost (trimmed, dropped while Redis was down, or
+                    # still on its way from the process that ran the turn before): the
+                    # client re-attaches after `cursor` and reads it from Postgres.
+                    raise StreamClosed("GAP")
+                cursor = subscriber.cursor = event.sequence
+                yield event
         finally:
             handle.unsubscribe(subscriber)
+            self._follow_changed(handle)
+
+    def _follow_changed(self, handle: SessionHandle) -> None:
+        """Follows the session's Redis Stream while streams are attached here and its turn
+        does not run here (then the turn's events come in process, without the Redis hop)."""
+        if self.streams is None:
+            return
+        following = [s.cursor for s in handle.subscribers if s.following]
+        if following and not handle.running() and not handle.deleted:
+            self.streams.follow(handle.name, min(following))
+        else:
+            self.streams.unfollow(handle.name)
+
+    def _relay(self, name: str, read_after: int, items: list[Live]) -> None:
+        handle = self._handles.get(name)
+        if handle is not None and not handle.running():
+            handle.relay(read_after, items)
+
+    def _lost(self, name: str) -> None:
+        """The session's Redis Stream cannot be read: streams that follow it end, so their
+        clients re-attach (and read what is stored from Postgres)."""
+        handle = self._handles.get(name)
+        if handle is None:
+            if self.streams is not None:
+                self.streams.unfollow(name)
+            return
+        if not handle.running():
+            handle.close_streams("UNAVAILABLE")
+        self._follow_changed(handle)
 
 
 class StreamClosed(Exception):
-    """The stream ended on the server's side: DELETED, SHUTDOWN or OVERFLOW."""
+    """The stream ended on the server's side: DELETED, SHUTDOWN, OVERFLOW, or the live
+    events could not be followed (GAP, UNAVAILABLE)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

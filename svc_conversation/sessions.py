@@ -5,6 +5,11 @@ their sequence numbers here, are stored through the store in one transaction per
 are then handed to every attached stream. Token deltas are handed out at once and stored
 with the step that follows them (the model_call that ends the attempt), so streaming a
 token costs no database round trip.
+
+Every event also goes to the session's :class:`LiveEvents` (a Redis Stream), for streams
+attached to other processes. Each published event carries the sequence of the one this
+handle published before it (``prev``): a reader that has not seen that one has missed
+something, whichever way the event reached it, and must re-attach rather than go on.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import timestamp_pb2
 
@@ -53,21 +58,47 @@ class Closed:
         self.reason = reason
 
 
-Item = SessionEvent | Closed
+# A live event and the sequence its publisher published before it.
+Live = tuple[SessionEvent, int]
+Item = Live | Closed
+
+
+class LiveEvents(Protocol):
+    """Where a process publishes its sessions' events for the other processes."""
+
+    def publish(self, session: str, event: SessionEvent, prev: int) -> None:
+        """Queues the event; never waits (the token path calls it)."""
+        ...
 
 
 @dataclass(eq=False)
 class Subscriber:
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    # The newest sequence handed to the client.
+    cursor: int = 0
+    # Past the replay: reading live events.
+    following: bool = False
+    # The newest sequence given or queued: what it has once its queue is read.
+    horizon: int = 0
 
 
 class SessionHandle:
-    def __init__(self, store: PostgresSessionStore, session: session_pb2.Session, reserved: int) -> None:
+    def __init__(
+        self,
+        store: PostgresSessionStore,
+        session: session_pb2.Session,
+        reserved: int,
+        live: LiveEvents | None = None,
+    ) -> None:
         self.store = store
+        self.live = live
         self.session = session
         # Numbers up to `reserved` may have been handed out by an earlier owner: start after.
         self.next_sequence = max(session.last_sequence, reserved) + 1
         self.reserved = max(session.last_sequence, reserved)
+        # The newest event published: the `prev` of the next one. Unstored deltas of an
+        # earlier owner are never stored, so nobody needs to have seen them.
+        self.published = session.last_sequence
         self.lock = asyncio.Lock()
         self.subscribers: set[Subscriber] = set()
         self.pending: list[tuple[SessionEvent, int]] = []
@@ -82,7 +113,23 @@ class SessionHandle:
         return self.session.name
 
     def idle(self) -> bool:
-        return not self.subscribers and (self.runner is None or self.runner.done()) and not self.lock.locked()
+        return not self.subscribers and not self.running() and not self.lock.locked()
+
+    def running(self) -> bool:
+        """Whether this process runs one of the session's turns now."""
+        return self.runner is not None and not self.runner.done()
+
+    def refresh(self, session: session_pb2.Session, reserved: int, turn: Turn | None) -> None:
+        """Takes the session as stored now, written by another process meanwhile.
+
+        Only for a handle that runs no turn here; called with the lock held. Deltas not
+        stored yet (of a run stopped a moment ago) stay, for the step that records the stop.
+        """
+        self.session = session
+        self.reserved = max(session.last_sequence, reserved)
+        self.next_sequence = self.reserved + 1
+        self.published = session.last_sequence
+        self.turn = turn
 
     async def _sequence(self) -> int:
         if self.next_sequence > self.reserved:
@@ -102,13 +149,41 @@ class SessionHandle:
             self.reserved = number + _RESERVE_BLOCK
         return number
 
-    def _publish(self, item: Item) -> None:
+    def _publish(self, event: SessionEvent) -> None:
+        item = (event, self.published)
+        self.published = max(self.published, event.sequence)
+        if self.live is not None:
+            self.live.publish(self.name, event, item[1])
+        self._hand_out(item)
+
+    def relay(self, read_after: int, items: Sequence[Live]) -> None:
+        """Hands out events another process published, read back from LiveEvents: every
+        event after ``read_after`` (unless trimmed or dropped, which ``prev`` shows).
+
+        A subscriber gets them only if they go on from what it has queued: one that is
+        further behind waits for the read from its own cursor that following asked for.
+        """
+        if not items:
+            return
         for subscriber in list(self.subscribers):
-            if subscriber.queue.qsize() >= _QUEUE_LIMIT:
-                self.subscribers.discard(subscriber)
-                subscriber.queue.put_nowait(Closed("OVERFLOW"))
-                continue
-            subscriber.queue.put_nowait(item)
+            if subscriber.following and read_after <= subscriber.horizon:
+                for item in items:
+                    self._put(subscriber, item)
+
+    def _hand_out(self, item: Item) -> None:
+        for subscriber in list(self.subscribers):
+            self._put(subscriber, item)
+
+    def _put(self, subscriber: Subscriber, item: Item) -> None:
+        if subscriber not in self.subscribers:
+            return
+        if subscriber.queue.qsize() >= _QUEUE_LIMIT:
+            self.subscribers.discard(subscriber)
+            subscriber.queue.put_nowait(Closed("OVERFLOW"))
+            return
+        subscriber.queue.put_nowait(item)
+        if not isinstance(item, Closed):
+            subscriber.horizon = max(subscriber.horizon, item[0].sequence)
 
     def _new_event(self, turn: Turn, number: int) -> SessionEvent:
         event = SessionEvent(sequence=number, turn=turn.name)
@@ -209,12 +284,12 @@ class SessionHandle:
             await self.store.write(Write(session=session, reserved_sequence=self.reserved))
             self.session = session
 
-    def subscribe(self) -> tuple[Subscriber, session_pb2.Session, list[SessionEvent]]:
+    def subscribe(self, after: int) -> tuple[Subscriber, session_pb2.Session, list[SessionEvent]]:
         """A new live subscriber, the session as of now, and the deltas not stored yet.
 
         Must be called with the lock held, so nothing is published in between.
         """
-        subscriber = Subscriber()
+        subscriber = Subscriber(cursor=after, horizon=after)
         self.subscribers.add(subscriber)
         snapshot = session_pb2.Session()
         snapshot.CopyFrom(self.session)
@@ -225,5 +300,5 @@ class SessionHandle:
         self.last_used = time.monotonic()
 
     def close_streams(self, reason: str) -> None:
-        self._publish(Closed(reason))
+        self._hand_out(Closed(reason))
         self.subscribers.clear()

@@ -42,3 +42,8 @@ class ConversationSettings(ServiceSettings):
     maintain_interval_seconds: float = bounded(2.0, low=0.1, high=600.0)
     # Sessions with no running turn and no attached stream are dropped from memory after this.
     idle_evict_seconds: float = bounded(60.0, low=1.0, high=86_400.0)
+    # Live events go to a Redis Stream per session, for streams attached to other processes:
+    # trimmed to about this many entries (a follower further behind re-attaches and reads
+    # Postgres), and dropped this long after the session's last event.
+    live_events_max_length: int = bounded(5000, low=100, high=1_000_000)
+    live_events_ttl_seconds: int = bounded(3600, low=60, high=604_800)

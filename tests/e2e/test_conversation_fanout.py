@@ -1,0 +1,169 @@
+"""Live events across svc_conversation processes: a second process on the mesh's Postgres
+database and Redis, streams attached to it directly (as the gateway forwards them), while the
+turns run on the mesh's own process (messages go through Envoy and the gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import pytest
+
+from skm.conversation.v1 import conversation_service_pb2 as pb
+from skm.conversation.v1 import conversation_service_pb2_grpc
+from skm_runtime.principal import FORWARDED_BY_KEY, principal_message, principal_metadata
+from skm_stack import RunningStack
+from skm_stack.services import ServiceProcess, start_service
+from tests.e2e.test_conversation import TERMINAL, Client, _kinds, _read_turn, _tenant
+from tests.support.ports import free_port
+
+
+@pytest.fixture(scope="module")
+def second(mesh: RunningStack) -> Iterator[ServiceProcess]:
+    """Another svc_conversation process, configured as the mesh's one but on its own address."""
+    spec = next(s for s in mesh.service_specs if s.name == "conversation")
+    addr = f"127.0.0.1:{free_port()}"
+    spec = replace(
+        spec,
+        port=int(addr.rpartition(":")[2]),
+        extra_env={**spec.extra_env, spec.addr_env_var: addr, "SKM_CONVERSATION_INSTANCE": "fanout-second"},
+    )
+    process = start_service(spec, mesh.state_dir, mesh.service_env())
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+class Direct:
+    """A client's calls to one svc_conversation process, with the principal the gateway
+    would forward for it."""
+
+    def __init__(self, addr: str, client: Client, user: str = "alice") -> None:
+        tenant = client.tenant
+        principal = principal_message(tenant, f"{tenant}/users/{user}", ("member",))
+        self.metadata = (*principal_metadata(principal), (FORWARDED_BY_KEY, "gateway"))
+        self.channel = grpc.aio.insecure_channel(addr)
+        self.stub = conversation_service_pb2_grpc.ConversationServiceStub(self.channel)
+
+    def events(self, session: str, after: int = 0) -> AsyncIterator[pb.StreamEventsResponse]:
+        call = self.stub.StreamEvents(
+            pb.StreamEventsRequest(session=session, after_sequence=after), metadata=self.metadata, timeout=300
+        )
+        return call.__aiter__()
+
+
+async def _attached(stream: AsyncIterator[pb.StreamEventsResponse]) -> pb.StreamEventsResponse:
+    first = await anext(stream)
+    assert first.HasField("attached")
+    return first
+
+
+async def _read_all(stream: AsyncIterator[pb.StreamEventsResponse], into: list[Any]) -> None:
+    async for message in stream:
+        into.append(message.event)
+
+
+def _once_in_order(events: list[Any]) -> None:
+    sequences = [event.sequence for event in events]
+    assert sequences == sorted(set(sequences))
+
+
+async def test_a_stream_on_another_process_gets_every_event_of_the_turn_live(
+    mesh: RunningStack, second: ServiceProcess
+) -> None:
+    _, client = await _tenant(mesh)
+    session = await client.session()
+    direct = Direct(second.addr, client)
+    on_a = client.events(session.name)
+    on_b = direct.events(session.name)
+    await _attached(on_a)
+    await _attached(on_b)
+    turn = await client.send(session.name, "Work out 6 times 7 with Python.", tool_choice="code_execution")
+    seen_a, seen_b = await asyncio.gather(_read_turn(on_a, turn.name), _read_turn(on_b, turn.name))
+    # Nothing was stored when both attached: every event reached B live, deltas included.
+    _once_in_order(seen_b)
+    assert "token_delta" in _kinds(seen_b)
+    assert seen_b[-1].turn_state_changed.state in TERMINAL
+    assert [e.SerializeToString() for e in seen_b] == [e.SerializeToString() for e in seen_a]
+    # A second turn, with the first's events long read: B goes on from where it was.
+    again = await client.send(session.name, "And 6 times 8?")
+    seen_a, seen_b = await asyncio.gather(_read_turn(on_a, again.name), _read_turn(on_b, again.name))
+    assert [e.SerializeToString() for e in seen_b] == [e.SerializeToString() for e in seen_a]
+    assert all(e.turn == again.name for e in seen_b)
+    await direct.channel.close()
+
+
+async def test_attaching_to_another_process_after_an_event_it_never_loaded(
+    mesh: RunningStack, second: ServiceProcess
+) -> None:
+    _, client = await _tenant(mesh)
+    session = await client.session()
+    direct = Direct(second.addr, client)
+    # B holds the session from before the turn (this stream keeps it loaded there).
+    early = direct.events(session.name)
+    await _attached(early)
+    on_a = client.events(session.name)
+    await _attached(on_a)
+    turn = await client.send(session.name, "Work out 6 times 7 with Python.", tool_choice="code_execution")
+    before: list[Any] = []
+    async for message in on_a:
+        before.append(message.event)
+        if message.event.WhichOneof("event") == "token_delta":
+            break
+    seen = before[-1].sequence
+    late = direct.events(session.name, after=seen)
+    attached = await _attached(late)
+    assert attached.attached.after_sequence == seen
+    rest_a, rest_b, all_b = await asyncio.gather(
+        _read_turn(on_a, turn.name), _read_turn(late, turn.name), _read_turn(early, turn.name)
+    )
+    assert rest_b[-1].turn_state_changed.state in TERMINAL
+    assert all(e.sequence > seen for e in rest_b)
+    _once_in_order(rest_b)
+    # The rest of the turn live, as A's own stream had it.
+    assert [e.SerializeToString() for e in rest_b] == [e.SerializeToString() for e in rest_a]
+    assert [e.SerializeToString() for e in all_b] == [e.SerializeToString() for e in before + rest_a]
+    await direct.channel.close()
+
+
+async def test_redis_stopped_while_following_ends_the_stream_and_postgres_has_the_rest(
+    mesh: RunningStack, second: ServiceProcess
+) -> None:
+    _, client = await _tenant(mesh)
+    session = await client.session()
+    direct = Direct(second.addr, client)
+    on_a = client.events(session.name)
+    on_b = direct.events(session.name)
+    await _attached(on_a)
+    await _attached(on_b)
+    turn = await client.send(session.name, "Work out 6 times 7 with Python.", tool_choice="code_execution")
+    got: list[Any] = []
+    async for message in on_b:
+        got.append(message.event)
+        if message.event.WhichOneof("event") == "token_delta":
+            break
+    assert mesh.redis is not None
+    mesh.redis.stop()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await _read_all(on_b, got)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The turn goes on where it runs, and its own process's stream is not affected.
+        whole = await _read_turn(on_a, turn.name)
+        assert whole[-1].turn_state_changed.state in TERMINAL
+    finally:
+        await asyncio.to_thread(mesh.start_server, "redis")
+    # Re-attached after the last event it had, the client reads the rest (stored) in order.
+    cursor = got[-1].sequence
+    rest = await _read_turn(direct.events(session.name, after=cursor), turn.name)
+    _once_in_order(got + rest)
+    assert rest[-1].turn_state_changed.state in TERMINAL
+    stored_after = [e for e in whole if e.sequence > cursor and e.WhichOneof("event") != "token_delta"]
+    assert [e.sequence for e in rest if e.WhichOneof("event") != "token_delta"] == [e.sequence for e in stored_after]
+    assert rest[-1].SerializeToString() == whole[-1].SerializeToString()
+    await direct.channel.close()
