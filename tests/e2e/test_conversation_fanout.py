@@ -68,6 +68,18 @@ async def _read_all(stream: AsyncIterator[pb.StreamEventsResponse], into: list[A
         into.append(message.event)
 
 
+async def _read_until_end(stream: AsyncIterator[pb.StreamEventsResponse], turn: str, into: list[Any]) -> None:
+    """Like _read_turn, but what was read stays in ``into`` when the stream ends early."""
+    async for message in stream:
+        if not message.HasField("event"):
+            continue
+        event = message.event
+        into.append(event)
+        if event.turn == turn and event.HasField("turn_state_changed") and event.turn_state_changed.state in TERMINAL:
+            return
+    raise AssertionError("the stream ended before the turn did")
+
+
 def _once_in_order(events: list[Any]) -> None:
     sequences = [event.sequence for event in events]
     assert sequences == sorted(set(sequences))
@@ -166,4 +178,46 @@ async def test_redis_stopped_while_following_ends_the_stream_and_postgres_has_th
     stored_after = [e for e in whole if e.sequence > cursor and e.WhichOneof("event") != "token_delta"]
     assert [e.sequence for e in rest if e.WhichOneof("event") != "token_delta"] == [e.sequence for e in stored_after]
     assert rest[-1].SerializeToString() == whole[-1].SerializeToString()
+    await direct.channel.close()
+
+
+async def test_a_turn_that_moves_between_processes_reaches_a_stream_once_and_in_order(
+    mesh: RunningStack, second: ServiceProcess
+) -> None:
+    _, client = await _tenant(mesh)
+    session = await client.session()
+    direct = Direct(second.addr, client)
+    stream = direct.events(session.name)
+    await _attached(stream)
+    turn = await client.send(session.name, "Work out 6 times 7 with Python.", tool_choice="code_execution")
+    got: list[Any] = []
+    async for message in stream:
+        got.append(message.event)
+        if message.event.WhichOneof("event") == "token_delta":
+            break
+    # The process running the turn dies mid-generation; the turn is resumed after its lease
+    # by whichever process takes it first (the restarted one, or the one this stream is on).
+    await asyncio.to_thread(mesh.restart_service, "conversation", kill=True)
+    endings = []
+    for _ in range(20):
+        try:
+            await _read_until_end(stream, turn.name, got)
+            break
+        except grpc.aio.AioRpcError as ended:
+            # Ended on the server's side: re-attach after the last event seen, as clients do.
+            endings.append(ended.code())
+            stream = direct.events(session.name, after=got[-1].sequence)
+            await _attached(stream)
+    assert set(endings) <= {grpc.StatusCode.UNAVAILABLE}
+    assert got[-1].turn == turn.name
+    assert got[-1].turn_state_changed.state in TERMINAL
+    _once_in_order(got)
+    stored = await client.stub.ListTurnEvents(
+        pb.ListTurnEventsRequest(parent=turn.name, page_size=1000), metadata=client.metadata, timeout=10
+    )
+    # Every stored event reached the stream (the deltas of an attempt cut short by the
+    # crash are never stored; those of the finished turn are compacted away).
+    seen = {e.sequence: e.SerializeToString() for e in got}
+    for event in stored.events:
+        assert seen.get(event.sequence) == event.SerializeToString()
     await direct.channel.close()
