@@ -1,8 +1,8 @@
 """svc_conversation: sessions, turns and the agent loop.
 
 Composition root: settings -> adapters (Postgres + outbox to Kafka, Redis mirror and live
-event streams, the OpenAI-compatible model client, svc_profiles / svc_tools / svc_policy over
-gRPC) -> core -> servicers -> server.
+event streams, the OpenAI-compatible model client, svc_profiles / svc_tools / svc_policy and
+the other svc_conversation processes over gRPC) -> core -> servicers -> server.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel, run
 from svc_conversation import api
 from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools
 from svc_conversation.adapters.openai import OpenAICompatibleClient
+from svc_conversation.adapters.owners import GrpcTurnOwners
 from svc_conversation.adapters.postgres import SCHEMA, TOPIC_AUDIT, PostgresSessionStore
 from svc_conversation.adapters.redis import RedisHotState, RedisSessionStreams
 from svc_conversation.core import Conversation
@@ -56,6 +57,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
     channels = [
         open_channel(addr, runtime) for addr in (settings.profiles_addr, settings.tools_addr, settings.policy_addr)
     ]
+    owners = GrpcTurnOwners(runtime, limit=settings.owner_channels)
     llm = OpenAICompatibleClient(
         first_token_timeout=settings.model_first_token_timeout_seconds,
         idle_timeout=settings.model_idle_timeout_seconds,
@@ -70,6 +72,8 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
         settings,
         runner_id=runner_id(settings),
         streams=streams,
+        owners=owners,
+        address=settings.advertised,
     )
     tasks: list[asyncio.Task[None]] = []
 
@@ -84,6 +88,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await conversation.close()
+        await owners.close()
         await streams.close()
         await relay.close()
         await llm.close()

@@ -13,6 +13,7 @@ from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import conversation_service_pb2_grpc
 from skm_runtime.errors import SkmError
 from skm_runtime.principal import principal_from, role_names
+from svc_conversation.adapters.owners import ROUTED_KEY
 from svc_conversation.core import Conversation, StreamClosed
 from svc_conversation.errors import (
     DependencyUnavailable,
@@ -31,6 +32,11 @@ def _principal(context: Context) -> Principal | None:
     if message is None:
         return None
     return Principal(message.tenant, message.user, role_names(message))
+
+
+def _routed(context: Context) -> bool:
+    """Whether the call is an intervention another svc_conversation process forwarded here."""
+    return any(key == ROUTED_KEY for key, _ in context.invocation_metadata() or ())
 
 
 def _closed(error: StreamClosed) -> SkmError:
@@ -89,18 +95,22 @@ class ConversationApi(conversation_service_pb2_grpc.ConversationServiceServicer)
 
     async def InterruptTurn(self, request: pb.InterruptTurnRequest, context: Context) -> pb.InterruptTurnResponse:
         return pb.InterruptTurnResponse(
-            turn=await self._c.interrupt(_principal(context), request.name, request.request_id)
+            turn=await self._c.interrupt(_principal(context), request.name, request.request_id, routed=_routed(context))
         )
 
     async def ResumeTurn(self, request: pb.ResumeTurnRequest, context: Context) -> pb.ResumeTurnResponse:
-        return pb.ResumeTurnResponse(turn=await self._c.resume(_principal(context), request.name, request.request_id))
+        turn = await self._c.resume(_principal(context), request.name, request.request_id, routed=_routed(context))
+        return pb.ResumeTurnResponse(turn=turn)
 
     async def NudgeTurn(self, request: pb.NudgeTurnRequest, context: Context) -> pb.NudgeTurnResponse:
-        turn = await self._c.nudge(_principal(context), request.name, request.text, request.request_id)
+        turn = await self._c.nudge(
+            _principal(context), request.name, request.text, request.request_id, routed=_routed(context)
+        )
         return pb.NudgeTurnResponse(turn=turn)
 
     async def RerunTurn(self, request: pb.RerunTurnRequest, context: Context) -> pb.RerunTurnResponse:
-        return pb.RerunTurnResponse(turn=await self._c.rerun(_principal(context), request.name, request.request_id))
+        turn = await self._c.rerun(_principal(context), request.name, request.request_id, routed=_routed(context))
+        return pb.RerunTurnResponse(turn=turn)
 
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: Context

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -29,7 +29,14 @@ from skm_runtime.errors import FieldViolation, InvalidArgument
 from svc_conversation import audit
 from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools
 from svc_conversation.adapters.openai import ChatRequest, ModelCallFailed, OpenAICompatibleClient
-from svc_conversation.adapters.postgres import Command, PostgresSessionStore, SessionGone, split_name, turn_ordinal
+from svc_conversation.adapters.postgres import (
+    Command,
+    Lease,
+    PostgresSessionStore,
+    SessionGone,
+    split_name,
+    turn_ordinal,
+)
 from svc_conversation.errors import (
     DependencyUnavailable,
     EtagMismatch,
@@ -51,10 +58,12 @@ from svc_conversation.errors import (
     TurnNotFound,
     TurnNotInterrupted,
     TurnNotResumable,
+    TurnOwnerChanged,
+    TurnOwnerUnreachable,
 )
 from svc_conversation.fitting import estimated_tokens, fit_messages
 from svc_conversation.loop import PRIMARY, UTILITY, TurnRun, preprocessed
-from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec
+from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec, TurnCommand
 from svc_conversation.refresh import RefreshingCache
 from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, Live, LiveEvents, SessionHandle, Subscriber, timestamp
 from svc_conversation.settings import ConversationSettings
@@ -72,12 +81,23 @@ _INTERRUPT_WAIT = 0.15
 _PROFILE_SECONDS = (5.0, 60.0)
 _CATALOGUE_SECONDS = (30.0, 300.0)
 _SUBORDINATE_NAMESPACE = uuid.UUID("c4b1f1a2-77e4-4a57-9d0f-5a9f3b2e8c64")
+# A forwarded intervention that finds the turn gone from its owner is routed again, this often.
+_ROUTE_ATTEMPTS = 3
 
 
 class HotState(Protocol):
     async def mirror(self, session: Session) -> None: ...
 
     async def forget(self, name: str) -> None: ...
+
+
+class TurnOwners(Protocol):
+    """The other processes that run turns, reached over the mesh: ``intervene`` sends an
+    intervention to the process at ``address`` and returns its answer. It raises
+    TurnOwnerUnreachable when that process cannot be reached, TurnOwnerChanged when it no
+    longer runs the turn, and passes on any other error it answers with."""
+
+    async def intervene(self, address: str, principal: Principal, command: TurnCommand) -> Turn: ...
 
 
 class SessionStreams(LiveEvents, Protocol):
@@ -147,9 +167,14 @@ class Conversation:
         *,
         runner_id: str,
         streams: SessionStreams | None = None,
+        owners: TurnOwners | None = None,
+        address: str = "",
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
+        self.owners = owners
+        # Where the other processes dial this one (stored with this runner's leases).
+        self.address = address
         self.streams = streams
         self.hot = hot
         self.profiles = profiles
@@ -204,12 +229,12 @@ class Conversation:
     async def maintain(self, *, own_first: bool = False) -> None:
         """Renews the leases of running turns, takes over abandoned ones, drops idle sessions."""
         now = self._now()
-        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        lease = self._lease()
         running = [name for name, h in self._handles.items() if h.runner is not None and not h.runner.done()]
-        await self.store.renew(self.runner_id, running, lease_until)
+        await self.store.renew(lease, running)
         # At start, this runner's own turns count as abandoned at once.
         cutoff = now + timedelta(days=3650) if own_first else now
-        for name in await self._take(cutoff, lease_until, own_first):
+        for name in await self._take(cutoff, lease, own_first):
             with contextlib.suppress(SessionNotFound):
                 # Held here while another process ran the turn: its numbers are stale.
                 handle = await self._handle(name, fresh=True)
@@ -222,11 +247,15 @@ class Conversation:
             if handle.idle() and handle.last_used < idle_before:
                 del self._handles[name]
 
-    async def _take(self, cutoff: datetime, lease_until: datetime, own_first: bool) -> list[str]:
+    async def _take(self, cutoff: datetime, lease: Lease, own_first: bool) -> list[str]:
         if own_first:
-            own = await self.store.take_own(self.runner_id, lease_until)
-            return own + await self.store.take_orphans(self.runner_id, self._now(), lease_until)
-        return await self.store.take_orphans(self.runner_id, cutoff, lease_until)
+            own = await self.store.take_own(lease)
+            return own + await self.store.take_orphans(lease, self._now())
+        return await self.store.take_orphans(lease, cutoff)
+
+    def _lease(self) -> Lease:
+        """This runner's hold on a turn, from now on."""
+        return Lease(self.runner_id, self.address, self._now() + timedelta(seconds=self.settings.lease_seconds))
 
     # -- shared helpers for the loop -------------------------------------------------
 
@@ -257,12 +286,14 @@ class Conversation:
         payloads: list[tuple[str, object]],
         *,
         alive: Callable[[], bool] | None = None,
+        lease: Lease | None = None,
     ) -> list[session_event_pb2.SessionEvent]:
         events = await handle.step(
             turn,
             payloads,
             audit_of=lambda evs: audit.records_for(handle.session, principal, turn, evs),
             alive=alive,
+            lease=lease,
         )
         self._mirror_soon(handle)
         return events
@@ -576,6 +607,8 @@ class Conversation:
 
     async def get_session(self, principal: Principal | None, name: str) -> Session:
         handle = await self._session_for(principal, name)
+        # Where no turn runs here, another process may have written the session since.
+        await self._refresh(handle, lock=True)
         return handle.session
 
     async def list_sessions(
@@ -664,7 +697,9 @@ class Conversation:
 
     # -- turns -----------------------------------------------------------------------
 
-    async def _turn(self, principal: Principal | None, name: str) -> tuple[SessionHandle, Turn]:
+    async def _turn(self, principal: Principal | None, name: str, *, fresh: bool = False) -> tuple[SessionHandle, Turn]:
+        """The turn and its session's handle; with ``fresh``, a handle that runs no turn
+        here is first brought up to what is stored."""
         parts = name.split("/")
         if len(parts) != 6 or parts[4] != "turns" or not parts[5].isdigit():
             raise TurnNotFound(f"{name!r} is not a turn name", metadata={"turn": name})
@@ -672,8 +707,12 @@ class Conversation:
             handle = await self._session_for(principal, name)
         except SessionNotFound:
             raise TurnNotFound(f"turn {name!r} does not exist", metadata={"turn": name}) from None
+        if fresh:
+            await self._refresh(handle, lock=True)
         ordinal = int(parts[5])
-        if handle.turn is not None and turn_ordinal(handle.turn.name) == ordinal:
+        # A handle that runs no turn here may hold an older copy (another process may run
+        # the turn, or have run it since): the stored one counts, unless just read.
+        if handle.turn is not None and turn_ordinal(handle.turn.name) == ordinal and (fresh or handle.running()):
             return handle, handle.turn
         turn = await self.store.get_turn(handle.name, ordinal)
         if turn is None:
@@ -836,7 +875,6 @@ class Conversation:
                 audit_of=lambda evs: audit.records_for(handle.session, principal, rerun_of, evs),
                 commands=[Command(intervention_id, "RERUN", turn_ordinal(rerun_of.name), _fingerprint("RERUN"))],
             )
-        lease = self._now() + timedelta(seconds=self.settings.lease_seconds)
         await handle.step(
             turn,
             [
@@ -847,16 +885,68 @@ class Conversation:
                 ),
             ],
             audit_of=lambda evs: audit.records_for(handle.session, principal, turn, evs),
-            runner=self.runner_id,
-            lease_until=lease,
+            lease=self._lease(),
         )
         self._mirror_soon(handle)
         self._start_runner(handle, turn, principal, head_start)
         return turn
 
-    async def interrupt(self, principal: Principal | None, name: str, request_id: str) -> Turn:
-        handle, turn = await self._turn(principal, name)
-        assert principal is not None
+    # -- interventions -----------------------------------------------------------------
+    #
+    # A turn runs in the process that holds its lease. An intervention acts where the turn
+    # runs: one that reaches another process while that lease is live is forwarded to the
+    # address stored with it (``routed`` marks a forwarded one, which is never forwarded
+    # again). Where that process cannot be reached, nothing is written here (the process
+    # would overwrite it): the caller retries, and once the lease has run out the turn is
+    # taken over and the intervention acts where it then runs.
+
+    async def _routed(
+        self,
+        principal: Principal | None,
+        command: TurnCommand,
+        routed: bool,
+        here: Callable[[SessionHandle, Turn, Principal], Awaitable[Turn]],
+    ) -> Turn:
+        for _ in range(_ROUTE_ATTEMPTS):
+            handle, turn = await self._turn(principal, command.turn, fresh=True)
+            assert principal is not None  # _turn checked it
+            owner = await self._owner(handle, turn, routed)
+            if owner is None or self.owners is None:
+                return await here(handle, turn, principal)
+            with contextlib.suppress(TurnOwnerChanged):
+                return await self.owners.intervene(owner, principal, command)
+            # The turn left that process meanwhile: read it again.
+        raise TurnOwnerUnreachable(
+            "the turn keeps moving between processes; retry", metadata={"turn": command.turn}, retry_after_seconds=1.0
+        )
+
+    async def _owner(self, handle: SessionHandle, turn: Turn, routed: bool) -> str | None:
+        """The address of the process that runs the turn, if that is another one and its
+        lease is live; None when the intervention acts here."""
+        if handle.running() or turn.state not in ACTIVE:
+            return None
+        found = await self.store.lease(handle.name, turn_ordinal(turn.name))
+        if found is None:
+            return None
+        stored, lease = found
+        if stored.state not in ACTIVE or lease is None or lease.runner == self.runner_id or lease.until <= self._now():
+            return None
+        if routed:
+            raise TurnOwnerChanged("this process does not run the turn", metadata={"turn": turn.name})
+        if not lease.address or self.owners is None:
+            raise TurnOwnerUnreachable(
+                "the turn runs in a process that cannot be dialled; retry once its lease runs out",
+                metadata={"turn": turn.name},
+                retry_after_seconds=1.0,
+            )
+        return lease.address
+
+    async def interrupt(self, principal: Principal | None, name: str, request_id: str, *, routed: bool = False) -> Turn:
+        command = TurnCommand("INTERRUPT", name, request_id)
+        return await self._routed(principal, command, routed, lambda h, t, p: self._interrupt(h, t, p, request_id))
+
+    async def _interrupt(self, handle: SessionHandle, turn: Turn, principal: Principal, request_id: str) -> Turn:
+        name = turn.name
         if turn.state == Turn.STATE_INTERRUPTED:
             return turn
         if turn.state not in ACTIVE:
@@ -874,8 +964,11 @@ class Conversation:
         kind: Intervention.Kind.ValueType,
         request_id: str,
         state: Turn.State.ValueType,
+        *,
+        lease: Lease | None = None,
     ) -> None:
-        """Records an intervention and the state it puts the turn in."""
+        """Records an intervention and the state it puts the turn in (with ``lease``, this
+        runner's hold on the turn it goes on to run)."""
         turn.state = state
         await self.step(
             handle,
@@ -885,26 +978,37 @@ class Conversation:
                 ("intervention", Intervention(kind=kind, request_id=request_id)),
                 ("turn_state_changed", session_event_pb2.TurnStateChanged(state=state)),
             ],
+            lease=lease,
         )
 
     def _newest(self, handle: SessionHandle, turn: Turn) -> bool:
         return handle.turn is not None and handle.turn.name == turn.name
 
-    async def resume(self, principal: Principal | None, name: str, request_id: str) -> Turn:
-        handle, turn = await self._turn(principal, name)
-        assert principal is not None
+    async def resume(self, principal: Principal | None, name: str, request_id: str, *, routed: bool = False) -> Turn:
+        command = TurnCommand("RESUME", name, request_id)
+        return await self._routed(principal, command, routed, lambda h, t, p: self._resume(h, t, p, request_id))
+
+    async def _resume(self, handle: SessionHandle, turn: Turn, principal: Principal, request_id: str) -> Turn:
+        name = turn.name
         if turn.state != Turn.STATE_INTERRUPTED:
             raise TurnNotInterrupted("only an interrupted turn can be resumed", metadata={"turn": name})
         if not self._newest(handle, turn):
             raise TurnNotResumable("a newer turn exists", metadata={"turn": name})
         turn = handle.turn or turn
-        await self._intervene(handle, turn, principal, Intervention.KIND_RESUME, request_id, Turn.STATE_RUNNING)
+        await self._intervene(
+            handle, turn, principal, Intervention.KIND_RESUME, request_id, Turn.STATE_RUNNING, lease=self._lease()
+        )
         self._start_runner(handle, turn, principal)
         return turn
 
-    async def nudge(self, principal: Principal | None, name: str, text: str, request_id: str) -> Turn:
-        handle, turn = await self._turn(principal, name)
-        assert principal is not None
+    async def nudge(
+        self, principal: Principal | None, name: str, text: str, request_id: str, *, routed: bool = False
+    ) -> Turn:
+        command = TurnCommand("NUDGE", name, request_id, text)
+        return await self._routed(principal, command, routed, lambda h, t, p: self._nudge(h, t, p, text, request_id))
+
+    async def _nudge(self, handle: SessionHandle, turn: Turn, principal: Principal, text: str, request_id: str) -> Turn:
+        name = turn.name
         if len(text) > MAX_TEXT:
             raise MessageTooLong(f"the guidance is longer than {MAX_TEXT} characters")
         _uuid(request_id, "request_id")
@@ -937,13 +1041,17 @@ class Conversation:
             payloads,
             audit_of=lambda evs: audit.records_for(handle.session, principal, turn, evs),
             commands=[Command(request_id, "NUDGE", turn_ordinal(name), _fingerprint("NUDGE", name, text))],
+            lease=self._lease(),
         )
         self._start_runner(handle, turn, principal)
         return turn
 
-    async def rerun(self, principal: Principal | None, name: str, request_id: str) -> Turn:
-        handle, original = await self._turn(principal, name)
-        assert principal is not None
+    async def rerun(self, principal: Principal | None, name: str, request_id: str, *, routed: bool = False) -> Turn:
+        command = TurnCommand("RERUN", name, request_id)
+        return await self._routed(principal, command, routed, lambda h, t, p: self._rerun(h, t, p, request_id))
+
+    async def _rerun(self, handle: SessionHandle, original: Turn, principal: Principal, request_id: str) -> Turn:
+        name = original.name
         _uuid(request_id, "request_id")
         done = await self.store.command(handle.name, request_id)
         if done is not None:

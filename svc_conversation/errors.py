@@ -134,3 +134,28 @@ class InvalidToolChoice(ConversationError):
 class PermissionDenied(ConversationError):
     code = Code.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
+
+
+class TurnOwnerUnreachable(ConversationError):
+    """The turn runs in another process (its lease is live) that cannot be reached."""
+
+    code = Code.UNAVAILABLE
+    reason = "TURN_OWNER_UNREACHABLE"
+
+
+class TurnOwnerChanged(ConversationError):
+    """A forwarded intervention reached a process that no longer runs the turn."""
+
+    code = Code.ABORTED
+    reason = "TURN_OWNER_CHANGED"
+
+
+class OwnerRefused(ConversationError):
+    """The error the process that runs the turn answered a forwarded intervention with,
+    passed on to the caller as it came (code, reason, domain, message, metadata)."""
+
+    def __init__(self, code: Code, reason: str, domain: str, message: str, metadata: dict[str, str]) -> None:
+        super().__init__(message, metadata=metadata)
+        self.code = code
+        self.reason = reason
+        self.domain = domain

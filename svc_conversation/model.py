@@ -67,3 +67,13 @@ class Principal:
     tenant: str  # "tenants/{tenant}"
     user: str  # "tenants/{tenant}/users/{user}"
     roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCommand:
+    """An intervention in a turn, as forwarded to the process that runs the turn."""
+
+    kind: str  # "INTERRUPT", "RESUME", "NUDGE" or "RERUN"
+    turn: str  # "tenants/{tenant}/sessions/{session}/turns/{ordinal}"
+    request_id: str
+    text: str = ""  # NUDGE's guidance

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm_runtime.outbox import OutboxRecord
-from svc_conversation.adapters.postgres import Command, PostgresSessionStore, Write, turn_ordinal
+from svc_conversation.adapters.postgres import Command, Lease, PostgresSessionStore, Write, turn_ordinal
 
 # Sequence numbers reserved per round trip for token deltas.
 _RESERVE_BLOCK = 1024
@@ -212,8 +212,7 @@ class SessionHandle:
         audit_of: object = None,
         commands: Sequence[Command] = (),
         extra_turns: Sequence[Turn] = (),
-        runner: str | None = None,
-        lease_until: datetime | None = None,
+        lease: Lease | None = None,
         alive: Callable[[], bool] | None = None,
     ) -> list[SessionEvent]:
         """Stores one step of ``turn`` (events given as (oneof field, message) pairs) with
@@ -261,8 +260,7 @@ class SessionHandle:
                 audit=records,
                 commands=list(commands),
                 compact_turns=ended,
-                runner=runner,
-                lease_until=lease_until,
+                lease=lease,
             )
             try:
                 await self.store.write(write)

@@ -11,6 +11,9 @@ from skm_runtime.settings import address, bounded
 @dataclass(frozen=True, slots=True)
 class ConversationSettings(ServiceSettings):
     addr: str = address("127.0.0.1:50052")
+    # Where the other svc_conversation processes dial this one to intervene in the turns it
+    # runs (stored with each turn's lease); empty: `addr` (set it when `addr` binds 0.0.0.0).
+    advertise_addr: str = address("")
     postgres_dsn: str = field(default="postgresql://skm@127.0.0.1:55432/skm", metadata={"env": "SKM_POSTGRES_DSN"})
     redis_url: str = field(default="redis://127.0.0.1:56379/0", metadata={"env": "SKM_REDIS_URL"})
     kafka_bootstrap: str = field(default="127.0.0.1:59092", metadata={"env": "SKM_KAFKA_BOOTSTRAP"})
@@ -47,3 +50,10 @@ class ConversationSettings(ServiceSettings):
     # Postgres), and dropped this long after the session's last event.
     live_events_max_length: int = bounded(5000, low=100, high=1_000_000)
     live_events_ttl_seconds: int = bounded(3600, low=60, high=604_800)
+    # Channels kept open to the processes that run turns (interventions are forwarded there).
+    owner_channels: int = bounded(64, low=1, high=4096)
+
+    @property
+    def advertised(self) -> str:
+        """The address this process's runner leases carry."""
+        return self.advertise_addr or self.addr

@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.turns (
     body bytea NOT NULL,
     PRIMARY KEY (tenant, session, ordinal)
 );
+-- Where the runner that holds the lease is dialled (interventions are forwarded there).
+ALTER TABLE {SCHEMA}.turns ADD COLUMN IF NOT EXISTS runner_address text;
 CREATE UNIQUE INDEX IF NOT EXISTS turns_request ON {SCHEMA}.turns (tenant, session, request_id);
 CREATE INDEX IF NOT EXISTS turns_live ON {SCHEMA}.turns (lease_until)
     WHERE state IN ('RUNNING', 'AWAITING_APPROVAL');
@@ -86,13 +88,14 @@ WITH s AS (
     UPDATE {SCHEMA}.sessions SET body = $3, update_time = $4, reserved_sequence = GREATEST(reserved_sequence, $5)
     WHERE tenant = $1 AND id = $2 RETURNING 1
 ), t AS (
-    INSERT INTO {SCHEMA}.turns (tenant, session, ordinal, request_id, state, runner, lease_until, body)
-    SELECT $1, $2, x.ordinal, x.request_id, x.state, $10, $11, x.body
+    INSERT INTO {SCHEMA}.turns (tenant, session, ordinal, request_id, state, runner, lease_until, runner_address, body)
+    SELECT $1, $2, x.ordinal, x.request_id, x.state, $10, $11, $25, x.body
     FROM unnest($6::integer[], $7::text[], $8::text[], $9::bytea[]) AS x(ordinal, request_id, state, body)
     WHERE {_SESSION_WRITTEN}
     ON CONFLICT (tenant, session, ordinal) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body,
         runner = COALESCE(EXCLUDED.runner, turns.runner),
-        lease_until = COALESCE(EXCLUDED.lease_until, turns.lease_until)
+        lease_until = COALESCE(EXCLUDED.lease_until, turns.lease_until),
+        runner_address = COALESCE(EXCLUDED.runner_address, turns.runner_address)
 ), e AS (
     INSERT INTO {SCHEMA}.events (tenant, session, sequence, turn, delta, body)
     SELECT $1, $2, x.sequence, x.turn, x.delta, x.body
@@ -118,6 +121,15 @@ def _state_name(turn: turn_pb2.Turn) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A runner's hold on a turn: who runs it, where that process is dialled, until when."""
+
+    runner: str
+    address: str
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     """An accepted command's idempotency record."""
 
@@ -140,8 +152,7 @@ class Write:
     # Turns whose token deltas are dropped (they ended; their text is in final_response).
     compact_turns: list[int] = field(default_factory=list)
     # Runner lease to set on the written turns (None keeps what is there).
-    runner: str | None = None
-    lease_until: datetime | None = None
+    lease: Lease | None = None
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -264,8 +275,8 @@ class PostgresSessionStore:
             [turn.request_id for turn in turns],
             [_state_name(turn) for turn in turns],
             [turn.SerializeToString() for turn in turns],
-            write.runner,
-            write.lease_until,
+            write.lease.runner if write.lease else None,
+            write.lease.until if write.lease else None,
             [event.sequence for event, _, _ in events],
             [ordinal for _, ordinal, _ in events],
             [delta for _, _, delta in events],
@@ -276,6 +287,7 @@ class PostgresSessionStore:
             [c.turn for c in commands],
             [c.fingerprint for c in commands],
             *outbox_arrays(write.audit),
+            write.lease.address if write.lease else None,
         )
         if not updated:
             raise SessionGone(write.session.name)
@@ -349,43 +361,64 @@ class PostgresSessionStore:
 
     # -- leases on running turns -----------------------------------------------------
 
-    async def renew(self, runner: str, sessions: Sequence[str], lease_until: datetime) -> None:
+    async def renew(self, lease: Lease, sessions: Sequence[str]) -> None:
         if not sessions:
             return
         keys = [split_name(name) for name in sessions]
         await self.pool.execute(
-            f"UPDATE {SCHEMA}.turns SET lease_until = $2 WHERE runner = $1"
+            f"UPDATE {SCHEMA}.turns SET lease_until = $2, runner_address = $5 WHERE runner = $1"
             " AND state IN ('RUNNING', 'AWAITING_APPROVAL')"
             " AND (tenant, session) IN (SELECT * FROM unnest($3::text[], $4::text[]))",
-            runner,
-            lease_until,
+            lease.runner,
+            lease.until,
             [k[0] for k in keys],
             [k[1] for k in keys],
+            lease.address,
         )
 
-    async def take_own(self, runner: str, lease_until: datetime) -> list[str]:
+    async def take_own(self, lease: Lease) -> list[str]:
         """This runner's running turns, left by its previous incarnation; their leases renewed."""
         rows = await self.pool.fetch(
-            f"UPDATE {SCHEMA}.turns SET lease_until = $2 WHERE runner = $1"
+            f"UPDATE {SCHEMA}.turns SET lease_until = $2, runner_address = $3 WHERE runner = $1"
             " AND state IN ('RUNNING', 'AWAITING_APPROVAL') RETURNING tenant, session",
-            runner,
-            lease_until,
+            lease.runner,
+            lease.until,
+            lease.address,
         )
         return [f"{row['tenant']}/sessions/{row['session']}" for row in rows]
 
-    async def take_orphans(self, runner: str, now: datetime, lease_until: datetime, limit: int = 50) -> list[str]:
+    async def take_orphans(self, lease: Lease, now: datetime, limit: int = 50) -> list[str]:
         """Claims running turns whose runner stopped renewing; returns their session names."""
         rows = await self.pool.fetch(
-            f"UPDATE {SCHEMA}.turns SET runner = $1, lease_until = $3 WHERE (tenant, session, ordinal) IN ("
+            f"UPDATE {SCHEMA}.turns SET runner = $1, lease_until = $3, runner_address = $5"
+            f" WHERE (tenant, session, ordinal) IN ("
             f" SELECT tenant, session, ordinal FROM {SCHEMA}.turns"
             " WHERE state IN ('RUNNING', 'AWAITING_APPROVAL') AND (lease_until IS NULL OR lease_until < $2)"
             " LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING tenant, session",
-            runner,
+            lease.runner,
             now,
-            lease_until,
+            lease.until,
             limit,
+            lease.address,
         )
         return [f"{row['tenant']}/sessions/{row['session']}" for row in rows]
+
+    async def lease(self, session: str, ordinal: int) -> tuple[turn_pb2.Turn, Lease | None] | None:
+        """The turn as stored and the lease it carries (None: no runner has held it)."""
+        tenant, sid = split_name(session)
+        row = await self.pool.fetchrow(
+            f"SELECT body, runner, runner_address, lease_until FROM {SCHEMA}.turns"
+            " WHERE tenant = $1 AND session = $2 AND ordinal = $3",
+            tenant,
+            sid,
+            ordinal,
+        )
+        if row is None:
+            return None
+        turn = turn_pb2.Turn.FromString(row["body"])
+        if row["runner"] is None or row["lease_until"] is None:
+            return turn, None
+        return turn, Lease(row["runner"], row["runner_address"] or "", row["lease_until"])
 
 
 class SessionGone(Exception):

@@ -85,6 +85,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """PERMISSION_DENIED: the caller is not the session's tenant (or, for
     commands, not a principal the gateway forwarded).
     """
+    ERROR_REASON_TURN_OWNER_UNREACHABLE: _ErrorReason.ValueType  # 28
+    """UNAVAILABLE: the turn runs in another svc_conversation process (its lease
+    is live) and that process cannot be reached; an intervention is not
+    written where the running process would overwrite it. Retry: once the
+    lease runs out, the turn is taken over and the intervention acts there
+    (metadata: turn).
+    """
+    ERROR_REASON_TURN_OWNER_CHANGED: _ErrorReason.ValueType  # 29
+    """ABORTED: an intervention forwarded to the process that held the turn's
+    lease reached it after the turn left it (ended, or taken over); the
+    forwarding process reads the turn again. Clients see it only from a
+    process that was forwarded to (metadata: turn).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_conversation puts in the google.rpc.ErrorInfo of its errors,
@@ -158,5 +171,18 @@ ERROR_REASON_INVALID_TOOL_CHOICE: ErrorReason.ValueType  # 26
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 27
 """PERMISSION_DENIED: the caller is not the session's tenant (or, for
 commands, not a principal the gateway forwarded).
+"""
+ERROR_REASON_TURN_OWNER_UNREACHABLE: ErrorReason.ValueType  # 28
+"""UNAVAILABLE: the turn runs in another svc_conversation process (its lease
+is live) and that process cannot be reached; an intervention is not
+written where the running process would overwrite it. Retry: once the
+lease runs out, the turn is taken over and the intervention acts there
+(metadata: turn).
+"""
+ERROR_REASON_TURN_OWNER_CHANGED: ErrorReason.ValueType  # 29
+"""ABORTED: an intervention forwarded to the process that held the turn's
+lease reached it after the turn left it (ended, or taken over); the
+forwarding process reads the turn again. Clients see it only from a
+process that was forwarded to (metadata: turn).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
