@@ -39,6 +39,8 @@ _NOT_FORWARDED = {
     "content-type",
     "te",
 }
+# The mesh's own metadata (principal, forwarding and routing markers): never a client's to set.
+_INTERNAL_PREFIX = "x-skm-"
 # Marks a call as coming from outside the mesh: services then ignore what only internal
 # callers may set (e.g. svc_tools' policy context).
 FORWARDED = ((FORWARDED_BY_KEY, "gateway"),)
@@ -140,7 +142,7 @@ class Proxy(grpc.GenericRpcHandler):
             if key == "authorization":
                 if authorization is None and isinstance(value, str):
                     authorization = value
-            elif key not in _NOT_FORWARDED and not key.startswith((":", "grpc-")):
+            elif key not in _NOT_FORWARDED and not key.startswith((":", "grpc-", _INTERNAL_PREFIX)):
                 passed.append((key, value))
         principal = self._gateway.authenticate(authorization)
         await self._gateway.admit(principal, rule, _resource(method, rule, first))
