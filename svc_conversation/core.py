@@ -493,13 +493,12 @@ class Conversation:
             handle = self._handles.get(name)
             if handle is not None and not handle.deleted:
                 return handle
-            found = await self.store.get_session(name)
+            found = await self.store.session_state(name)
             if found is None:
                 raise SessionNotFound(f"session {name!r} does not exist", metadata={"session": name})
-            session, reserved = found
+            session, reserved, turn = found
             handle = SessionHandle(self.store, session, reserved, self.streams)
-            if session.current_turn:
-                handle.turn = await self.store.get_turn(name, turn_ordinal(session.current_turn))
+            handle.turn = turn
             self._handles[name] = handle
         self._loading.pop(name, None)
         return handle
@@ -513,14 +512,10 @@ class Conversation:
             async with handle.lock:
                 await self._refresh(handle)
             return
-        found = await self.store.get_session(handle.name)
+        found = await self.store.session_state(handle.name)
         if found is None:
             return  # deleted: the caller's next write finds out
-        session, reserved = found
-        turn = (
-            await self.store.get_turn(handle.name, turn_ordinal(session.current_turn)) if session.current_turn else None
-        )
-        handle.refresh(session, reserved, turn)
+        handle.refresh(*found)
 
     @staticmethod
     def _owner_principal(session: Session) -> Principal:

@@ -222,6 +222,24 @@ class PostgresSessionStore:
             return None
         return session_pb2.Session.FromString(row["body"]), int(row["reserved_sequence"])
 
+    async def session_state(self, name: str) -> tuple[session_pb2.Session, int, turn_pb2.Turn | None] | None:
+        """The session, its reserved sequence and its current turn (the newest: turns are
+        only ever added with a higher ordinal, and each write names the newest current), in
+        one round trip."""
+        tenant, sid = split_name(name)
+        row = await self.pool.fetchrow(
+            f"SELECT s.body, s.reserved_sequence, t.body AS turn FROM {SCHEMA}.sessions s"
+            f" LEFT JOIN LATERAL (SELECT body FROM {SCHEMA}.turns WHERE tenant = s.tenant AND session = s.id"
+            " ORDER BY ordinal DESC LIMIT 1) t ON TRUE WHERE s.tenant = $1 AND s.id = $2",
+            tenant,
+            sid,
+        )
+        if row is None:
+            return None
+        session = session_pb2.Session.FromString(row["body"])
+        turn = turn_pb2.Turn.FromString(row["turn"]) if row["turn"] is not None and session.current_turn else None
+        return session, int(row["reserved_sequence"]), turn
+
     async def list_sessions(
         self, tenant: str, owner: str | None, limit: int, after: tuple[datetime, str] | None
     ) -> list[session_pb2.Session]:

@@ -37,13 +37,10 @@ class Store:
         self.events = [event(n) for n in range(1, last + 1)]
         self.writes: list[Any] = []
 
-    async def get_session(self, name: str) -> tuple[session_pb2.Session, int] | None:
+    async def session_state(self, name: str) -> tuple[session_pb2.Session, int, turn_pb2.Turn | None] | None:
         copy = session_pb2.Session()
         copy.CopyFrom(self.session)
-        return copy, self.reserved
-
-    async def get_turn(self, name: str, ordinal: int) -> turn_pb2.Turn | None:
-        return None
+        return copy, self.reserved, None
 
     async def list_events(self, name: str, after: int, limit: int, **_: Any) -> list[Event]:
         return [e for e in self.events if e.sequence > after][:limit]

@@ -32,8 +32,8 @@ class Store:
         self.held = lease
         self.writes: list[Any] = []
 
-    async def get_session(self, name: str) -> tuple[session_pb2.Session, int]:
-        return session_pb2.Session.FromString(self.session.SerializeToString()), 5
+    async def session_state(self, name: str) -> tuple[session_pb2.Session, int, Turn]:
+        return session_pb2.Session.FromString(self.session.SerializeToString()), 5, await self.get_turn(name, 1)
 
     async def get_turn(self, name: str, ordinal: int) -> Turn:
         return Turn.FromString(self.turn.SerializeToString())
