@@ -41,7 +41,7 @@ from skm.policy.v1 import (
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
 from skm_cli import chat
-from skm_cli.errors import CallFailed, CliError
+from skm_cli.errors import CallFailed, CliError, OutputClosed
 from skm_runtime.status import error_info_of
 from skm_stack.devkeys import KEY_ID, dev_keys_dir
 from skm_stack.paths import default_state_dir
@@ -303,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
         return code
+    except (BrokenPipeError, OutputClosed):
+        # The reader of our output went away (`skm ... | head`): stop quietly, as other
+        # command-line tools do, and keep the interpreter's final flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CliError as error:
         print(f"skm: {error}", file=sys.stderr)
         return 2

@@ -42,7 +42,7 @@ from skm.conversation.v1 import (
 from skm.profiles.v1 import model_service_pb2, model_service_pb2_grpc
 from skm.tools.v1 import execution_pb2
 from skm.type.v1 import deployment_mode_pb2, model_pb2, policy_decision_pb2
-from skm_cli.errors import CallFailed, CliError
+from skm_cli.errors import CallFailed, CliError, OutputClosed
 
 Turn = turn_pb2.Turn
 Metadata = tuple[tuple[str, str], ...]
@@ -197,6 +197,12 @@ class _SessionStream:
     def _read(self) -> None:
         try:
             self._read_calls()
+        except BrokenPipeError:
+            self.error = OutputClosed()
+            with self._lock:
+                call = self._call
+            if call is not None:
+                call.cancel()
         finally:
             self.done.set()
 

@@ -9,3 +9,7 @@ class CliError(Exception):
 
 class CallFailed(Exception):
     """A call that failed with no gRPC status to report (exit status 1)."""
+
+
+class OutputClosed(Exception):
+    """Standard output was closed by its reader (e.g. `skm chat --json | head`)."""

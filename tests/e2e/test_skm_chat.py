@@ -114,6 +114,26 @@ def test_one_message_as_json_lines_shows_the_whole_turn(mesh: RunningStack) -> N
     assert run.stderr.count("UNTRAINED") == 1
 
 
+def test_a_reader_that_stops_reading_ends_the_chat_quietly(mesh: RunningStack) -> None:
+    """`skm chat --json | head -2`: no traceback, the SIGPIPE exit status."""
+    token = _token(mesh, _tenant(mesh))
+    with subprocess.Popen(
+        [sys.executable, "-m", "skm_cli", "chat", "-m", "hello", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(mesh, token),
+    ) as chat:
+        assert chat.stdout is not None
+        assert chat.stderr is not None
+        first = chat.stdout.readline()
+        assert json.loads(first)["attached"]
+        chat.stdout.close()
+        stderr = chat.stderr.read().decode()
+        assert chat.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "BrokenPipe" not in stderr, stderr
+
+
 def test_session_continues_a_session_and_after_replays_it(mesh: RunningStack) -> None:
     tenant = _tenant(mesh)
     token = _token(mesh, tenant)
