@@ -17,6 +17,7 @@ from svc_conversation.adapters.owners import ROUTED_KEY
 from svc_conversation.core import Conversation, StreamClosed
 from svc_conversation.errors import (
     DependencyUnavailable,
+    EmptyCommand,
     FirstMessageNotConfig,
     SessionMismatch,
     SessionNotFound,
@@ -143,7 +144,9 @@ class ConversationApi(conversation_service_pb2_grpc.ConversationServiceServicer)
             try:
                 async for message in request_iterator:
                     await self._command(principal, first.session, message, out)
-            except SkmError as error:
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:  # noqa: BLE001  # ends the stream with its status, never silently
                 out.put_nowait(error)
 
         async def pump() -> None:
@@ -183,6 +186,8 @@ class ConversationApi(conversation_service_pb2_grpc.ConversationServiceServicer)
             raise SessionMismatch("a command names another session", metadata={"session": message.session})
         request_id = ""
         try:
+            if kind is None:
+                raise EmptyCommand("a Converse message after the first must carry a command")
             if kind == "send_message":
                 command = message.send_message
                 request_id = command.request_id
@@ -191,7 +196,7 @@ class ConversationApi(conversation_service_pb2_grpc.ConversationServiceServicer)
                 await self._c.send_message(principal, session, command.text, command.request_id, command.tool_choice)
             elif kind == "ack":
                 await self._c.acknowledge(principal, session, message.ack.sequence)
-            elif kind is not None:
+            else:
                 command = getattr(message, kind)
                 request_id = command.request_id
                 if not command.name.startswith(session + "/turns/"):

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -80,6 +81,9 @@ _INTERRUPT_WAIT = 0.15
 # used as they are while fresh, then refreshed off the turn's path until stale (refresh.py).
 _PROFILE_SECONDS = (5.0, 60.0)
 _CATALOGUE_SECONDS = (30.0, 300.0)
+# A turn's ordinal in its name: ASCII digits, no leading zero, within Postgres' integer.
+_ORDINAL = re.compile(r"[1-9][0-9]{0,9}")
+_MAX_ORDINAL = 2**31 - 1
 _SUBORDINATE_NAMESPACE = uuid.UUID("c4b1f1a2-77e4-4a57-9d0f-5a9f3b2e8c64")
 # A forwarded intervention that finds the turn gone from its owner is routed again, this often.
 _ROUTE_ATTEMPTS = 3
@@ -696,7 +700,7 @@ class Conversation:
         """The turn and its session's handle; with ``fresh``, a handle that runs no turn
         here is first brought up to what is stored."""
         parts = name.split("/")
-        if len(parts) != 6 or parts[4] != "turns" or not parts[5].isdigit():
+        if len(parts) != 6 or parts[4] != "turns" or not _ORDINAL.fullmatch(parts[5]) or int(parts[5]) > _MAX_ORDINAL:
             raise TurnNotFound(f"{name!r} is not a turn name", metadata={"turn": name})
         try:
             handle = await self._session_for(principal, name)

@@ -150,6 +150,13 @@ class TurnOwnerChanged(ConversationError):
     reason = "TURN_OWNER_CHANGED"
 
 
+class EmptyCommand(ConversationError):
+    """A Converse message after the first that carries no command."""
+
+    code = Code.INVALID_ARGUMENT
+    reason = "EMPTY_COMMAND"
+
+
 class OwnerRefused(ConversationError):
     """The error the process that runs the turn answered a forwarded intervention with,
     passed on to the caller as it came (code, reason, domain, message, metadata)."""

@@ -520,6 +520,35 @@ async def test_converse_carries_commands_and_events_on_one_stream(mesh: RunningS
             ended = message.event.turn_state_changed.state in TERMINAL
     assert rejected is not None
     assert (rejected.reason, rejected.code) == ("TURN_IN_PROGRESS", grpc.StatusCode.FAILED_PRECONDITION.value[0])
+    # A message without a command, and turn names no turn can have (beyond Postgres' integer,
+    # not ASCII digits), are rejected one by one; the stream still carries the next message.
+    await outgoing.put(pb.ConverseRequest())
+    for turn in ("99999999999", "2147483648", "\u00b2", "007"):
+        await outgoing.put(
+            pb.ConverseRequest(
+                interrupt_turn=pb.InterruptTurnRequest(name=f"{session.name}/turns/{turn}", request_id=turn)
+            )
+        )
+    rejections = [(await call.read()).rejected for _ in range(5)]
+    assert [(r.request_id, r.reason) for r in rejections] == [
+        ("", "EMPTY_COMMAND"),
+        ("99999999999", "TURN_NOT_FOUND"),
+        ("2147483648", "TURN_NOT_FOUND"),
+        ("\u00b2", "TURN_NOT_FOUND"),
+        ("007", "TURN_NOT_FOUND"),
+    ]
+    await outgoing.put(
+        pb.ConverseRequest(
+            send_message=pb.SendMessageRequest(session=session.name, text="still here", request_id=str(uuid.uuid4()))
+        )
+    )
+    states = []
+    while not states or states[-1] not in TERMINAL:
+        message = await call.read()
+        assert not message.HasField("rejected"), message
+        if message.event.WhichOneof("event") == "turn_state_changed":
+            assert message.event.turn.endswith("/turns/2")
+            states.append(message.event.turn_state_changed.state)
     # Config again ends the stream with its own reason.
     await outgoing.put(pb.ConverseRequest(config=pb.ConverseConfig()))
     with pytest.raises(grpc.aio.AioRpcError) as raised:

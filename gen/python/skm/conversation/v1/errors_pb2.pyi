@@ -98,6 +98,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     forwarding process reads the turn again. Clients see it only from a
     process that was forwarded to (metadata: turn).
     """
+    ERROR_REASON_EMPTY_COMMAND: _ErrorReason.ValueType  # 30
+    """INVALID_ARGUMENT, as a Converse CommandRejected: a ConverseRequest that
+    carries no command.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_conversation puts in the google.rpc.ErrorInfo of its errors,
@@ -184,5 +188,9 @@ ERROR_REASON_TURN_OWNER_CHANGED: ErrorReason.ValueType  # 29
 lease reached it after the turn left it (ended, or taken over); the
 forwarding process reads the turn again. Clients see it only from a
 process that was forwarded to (metadata: turn).
+"""
+ERROR_REASON_EMPTY_COMMAND: ErrorReason.ValueType  # 30
+"""INVALID_ARGUMENT, as a Converse CommandRejected: a ConverseRequest that
+carries no command.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
