@@ -26,8 +26,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_TOKEN_MISSING: _ErrorReason.ValueType  # 1
     """UNAUTHENTICATED: no bearer token in the `authorization` metadata."""
     ERROR_REASON_TOKEN_INVALID: _ErrorReason.ValueType  # 2
-    """UNAUTHENTICATED: the token is malformed, its signature does not verify,
-    or its algorithm is not one of the pinned ones ("none" included).
+    """UNAUTHENTICATED: the token is malformed: not a signed JWT (JWS compact
+    form) whose header and claims are JSON objects. A well-formed token with
+    a bad signature is TOKEN_SIGNATURE_INVALID; one naming an algorithm that
+    is not accepted is TOKEN_ALGORITHM_NOT_ALLOWED.
     """
     ERROR_REASON_TOKEN_EXPIRED: _ErrorReason.ValueType  # 3
     """UNAUTHENTICATED: the token's `exp` has passed."""
@@ -38,14 +40,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_TOKEN_WRONG_AUDIENCE: _ErrorReason.ValueType  # 6
     """UNAUTHENTICATED: the token's `aud` does not include the configured audience."""
     ERROR_REASON_TOKEN_CLAIM_MISSING: _ErrorReason.ValueType  # 7
-    """UNAUTHENTICATED: the token has no tenant or no constitution-hash claim."""
+    """UNAUTHENTICATED: the token lacks a required claim: exp, sub, tenant or
+    constitution_sha256 (metadata: claim).
+    """
     ERROR_REASON_CONSTITUTION_HASH_STALE: _ErrorReason.ValueType  # 8
     """FAILED_PRECONDITION: the token's constitution hash is not the SHA-256 of
     the tenant's current constitution; read it (GetConstitution) and get a
     new token.
     """
     ERROR_REASON_METHOD_NOT_PUBLIC: _ErrorReason.ValueType  # 9
-    """UNIMPLEMENTED: the method is unknown or internal (it has no authz option)."""
+    """UNIMPLEMENTED: the method is unknown or internal (it has no authz option),
+    whatever its path (metadata: method).
+    """
     ERROR_REASON_RESOURCE_NAME_INVALID: _ErrorReason.ValueType  # 10
     """INVALID_ARGUMENT: the request lacks the resource name its authz rule
     names, or the name is malformed (metadata: field).
@@ -61,9 +67,34 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     RetryInfo detail says when to retry (metadata: scope = tenant|user).
     """
     ERROR_REASON_POLICY_UNAVAILABLE: _ErrorReason.ValueType  # 14
-    """UNAVAILABLE: svc_policy cannot be reached; the call is refused (fail closed)."""
+    """UNAVAILABLE: svc_policy cannot be reached or cannot decide; the call is
+    refused (fail closed) (metadata: code, svc_policy's gRPC code).
+    """
     ERROR_REASON_SERVICE_UNAVAILABLE: _ErrorReason.ValueType  # 15
     """UNAVAILABLE: the owning service cannot be reached; retry."""
+    ERROR_REASON_TOKEN_ALGORITHM_NOT_ALLOWED: _ErrorReason.ValueType  # 16
+    """UNAUTHENTICATED: the token's header names an algorithm that is not one of
+    the pinned ones ("none", HS256 and every other, included) or is not the
+    algorithm of the key it names (metadata: algorithm). The algorithm is
+    never taken from the token.
+    """
+    ERROR_REASON_TOKEN_SIGNATURE_INVALID: _ErrorReason.ValueType  # 17
+    """UNAUTHENTICATED: the token's signature does not verify with the key it
+    names, or it names no key the gateway has (forged or signed elsewhere).
+    """
+    ERROR_REASON_TOKEN_CLAIM_INVALID: _ErrorReason.ValueType  # 18
+    """UNAUTHENTICATED: a claim is present but of the wrong type or form: exp,
+    nbf and iat must be numbers (a string is refused), sub and tenant ids
+    (1-128 of [A-Za-z0-9._-]), roles a list of strings, constitution_sha256
+    64 hex digits (metadata: claim).
+    """
+    ERROR_REASON_MESSAGE_TOO_LARGE: _ErrorReason.ValueType  # 19
+    """INVALID_ARGUMENT: a message of the call (a unary request, or any message
+    of a client stream) is larger than the public limit
+    (SKM_GATEWAY_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
+    input is answered (metadata: limit, size, both in bytes). The call ends
+    and nothing of that message reaches the owning service.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_gateway puts in the google.rpc.ErrorInfo of the errors it
@@ -82,8 +113,10 @@ ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 ERROR_REASON_TOKEN_MISSING: ErrorReason.ValueType  # 1
 """UNAUTHENTICATED: no bearer token in the `authorization` metadata."""
 ERROR_REASON_TOKEN_INVALID: ErrorReason.ValueType  # 2
-"""UNAUTHENTICATED: the token is malformed, its signature does not verify,
-or its algorithm is not one of the pinned ones ("none" included).
+"""UNAUTHENTICATED: the token is malformed: not a signed JWT (JWS compact
+form) whose header and claims are JSON objects. A well-formed token with
+a bad signature is TOKEN_SIGNATURE_INVALID; one naming an algorithm that
+is not accepted is TOKEN_ALGORITHM_NOT_ALLOWED.
 """
 ERROR_REASON_TOKEN_EXPIRED: ErrorReason.ValueType  # 3
 """UNAUTHENTICATED: the token's `exp` has passed."""
@@ -94,14 +127,18 @@ ERROR_REASON_TOKEN_WRONG_ISSUER: ErrorReason.ValueType  # 5
 ERROR_REASON_TOKEN_WRONG_AUDIENCE: ErrorReason.ValueType  # 6
 """UNAUTHENTICATED: the token's `aud` does not include the configured audience."""
 ERROR_REASON_TOKEN_CLAIM_MISSING: ErrorReason.ValueType  # 7
-"""UNAUTHENTICATED: the token has no tenant or no constitution-hash claim."""
+"""UNAUTHENTICATED: the token lacks a required claim: exp, sub, tenant or
+constitution_sha256 (metadata: claim).
+"""
 ERROR_REASON_CONSTITUTION_HASH_STALE: ErrorReason.ValueType  # 8
 """FAILED_PRECONDITION: the token's constitution hash is not the SHA-256 of
 the tenant's current constitution; read it (GetConstitution) and get a
 new token.
 """
 ERROR_REASON_METHOD_NOT_PUBLIC: ErrorReason.ValueType  # 9
-"""UNIMPLEMENTED: the method is unknown or internal (it has no authz option)."""
+"""UNIMPLEMENTED: the method is unknown or internal (it has no authz option),
+whatever its path (metadata: method).
+"""
 ERROR_REASON_RESOURCE_NAME_INVALID: ErrorReason.ValueType  # 10
 """INVALID_ARGUMENT: the request lacks the resource name its authz rule
 names, or the name is malformed (metadata: field).
@@ -117,7 +154,32 @@ ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 13
 RetryInfo detail says when to retry (metadata: scope = tenant|user).
 """
 ERROR_REASON_POLICY_UNAVAILABLE: ErrorReason.ValueType  # 14
-"""UNAVAILABLE: svc_policy cannot be reached; the call is refused (fail closed)."""
+"""UNAVAILABLE: svc_policy cannot be reached or cannot decide; the call is
+refused (fail closed) (metadata: code, svc_policy's gRPC code).
+"""
 ERROR_REASON_SERVICE_UNAVAILABLE: ErrorReason.ValueType  # 15
 """UNAVAILABLE: the owning service cannot be reached; retry."""
+ERROR_REASON_TOKEN_ALGORITHM_NOT_ALLOWED: ErrorReason.ValueType  # 16
+"""UNAUTHENTICATED: the token's header names an algorithm that is not one of
+the pinned ones ("none", HS256 and every other, included) or is not the
+algorithm of the key it names (metadata: algorithm). The algorithm is
+never taken from the token.
+"""
+ERROR_REASON_TOKEN_SIGNATURE_INVALID: ErrorReason.ValueType  # 17
+"""UNAUTHENTICATED: the token's signature does not verify with the key it
+names, or it names no key the gateway has (forged or signed elsewhere).
+"""
+ERROR_REASON_TOKEN_CLAIM_INVALID: ErrorReason.ValueType  # 18
+"""UNAUTHENTICATED: a claim is present but of the wrong type or form: exp,
+nbf and iat must be numbers (a string is refused), sub and tenant ids
+(1-128 of [A-Za-z0-9._-]), roles a list of strings, constitution_sha256
+64 hex digits (metadata: claim).
+"""
+ERROR_REASON_MESSAGE_TOO_LARGE: ErrorReason.ValueType  # 19
+"""INVALID_ARGUMENT: a message of the call (a unary request, or any message
+of a client stream) is larger than the public limit
+(SKM_GATEWAY_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
+input is answered (metadata: limit, size, both in bytes). The call ends
+and nothing of that message reaches the owning service.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -9,7 +9,7 @@ import { enumDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
  * Describes the file skm/gateway/v1/errors.proto.
  */
 export const file_skm_gateway_v1_errors: GenFile = /*@__PURE__*/
-  fileDesc("Chtza20vZ2F0ZXdheS92MS9lcnJvcnMucHJvdG8SDnNrbS5nYXRld2F5LnYxKs8ECgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIeChpFUlJPUl9SRUFTT05fVE9LRU5fTUlTU0lORxABEh4KGkVSUk9SX1JFQVNPTl9UT0tFTl9JTlZBTElEEAISHgoaRVJST1JfUkVBU09OX1RPS0VOX0VYUElSRUQQAxIkCiBFUlJPUl9SRUFTT05fVE9LRU5fTk9UX1lFVF9WQUxJRBAEEiMKH0VSUk9SX1JFQVNPTl9UT0tFTl9XUk9OR19JU1NVRVIQBRIlCiFFUlJPUl9SRUFTT05fVE9LRU5fV1JPTkdfQVVESUVOQ0UQBhIkCiBFUlJPUl9SRUFTT05fVE9LRU5fQ0xBSU1fTUlTU0lORxAHEigKJEVSUk9SX1JFQVNPTl9DT05TVElUVVRJT05fSEFTSF9TVEFMRRAIEiIKHkVSUk9SX1JFQVNPTl9NRVRIT0RfTk9UX1BVQkxJQxAJEiYKIkVSUk9SX1JFQVNPTl9SRVNPVVJDRV9OQU1FX0lOVkFMSUQQChImCiJFUlJPUl9SRUFTT05fQ1JPU1NfVEVOQU5UX1JFU09VUkNFEAsSIgoeRVJST1JfUkVBU09OX1BFUk1JU1NJT05fREVOSUVEEAwSHQoZRVJST1JfUkVBU09OX1JBVEVfTElNSVRFRBANEiMKH0VSUk9SX1JFQVNPTl9QT0xJQ1lfVU5BVkFJTEFCTEUQDhIkCiBFUlJPUl9SRUFTT05fU0VSVklDRV9VTkFWQUlMQUJMRRAPYgZwcm90bzM");
+  fileDesc("Chtza20vZ2F0ZXdheS92MS9lcnJvcnMucHJvdG8SDnNrbS5nYXRld2F5LnYxKvEFCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIeChpFUlJPUl9SRUFTT05fVE9LRU5fTUlTU0lORxABEh4KGkVSUk9SX1JFQVNPTl9UT0tFTl9JTlZBTElEEAISHgoaRVJST1JfUkVBU09OX1RPS0VOX0VYUElSRUQQAxIkCiBFUlJPUl9SRUFTT05fVE9LRU5fTk9UX1lFVF9WQUxJRBAEEiMKH0VSUk9SX1JFQVNPTl9UT0tFTl9XUk9OR19JU1NVRVIQBRIlCiFFUlJPUl9SRUFTT05fVE9LRU5fV1JPTkdfQVVESUVOQ0UQBhIkCiBFUlJPUl9SRUFTT05fVE9LRU5fQ0xBSU1fTUlTU0lORxAHEigKJEVSUk9SX1JFQVNPTl9DT05TVElUVVRJT05fSEFTSF9TVEFMRRAIEiIKHkVSUk9SX1JFQVNPTl9NRVRIT0RfTk9UX1BVQkxJQxAJEiYKIkVSUk9SX1JFQVNPTl9SRVNPVVJDRV9OQU1FX0lOVkFMSUQQChImCiJFUlJPUl9SRUFTT05fQ1JPU1NfVEVOQU5UX1JFU09VUkNFEAsSIgoeRVJST1JfUkVBU09OX1BFUk1JU1NJT05fREVOSUVEEAwSHQoZRVJST1JfUkVBU09OX1JBVEVfTElNSVRFRBANEiMKH0VSUk9SX1JFQVNPTl9QT0xJQ1lfVU5BVkFJTEFCTEUQDhIkCiBFUlJPUl9SRUFTT05fU0VSVklDRV9VTkFWQUlMQUJMRRAPEiwKKEVSUk9SX1JFQVNPTl9UT0tFTl9BTEdPUklUSE1fTk9UX0FMTE9XRUQQEBIoCiRFUlJPUl9SRUFTT05fVE9LRU5fU0lHTkFUVVJFX0lOVkFMSUQQERIkCiBFUlJPUl9SRUFTT05fVE9LRU5fQ0xBSU1fSU5WQUxJRBASEiIKHkVSUk9SX1JFQVNPTl9NRVNTQUdFX1RPT19MQVJHRRATYgZwcm90bzM");
 
 /**
  * Reasons svc_gateway puts in the google.rpc.ErrorInfo of the errors it
@@ -39,8 +39,10 @@ export enum ErrorReason {
   TOKEN_MISSING = 1,
 
   /**
-   * UNAUTHENTICATED: the token is malformed, its signature does not verify,
-   * or its algorithm is not one of the pinned ones ("none" included).
+   * UNAUTHENTICATED: the token is malformed: not a signed JWT (JWS compact
+   * form) whose header and claims are JSON objects. A well-formed token with
+   * a bad signature is TOKEN_SIGNATURE_INVALID; one naming an algorithm that
+   * is not accepted is TOKEN_ALGORITHM_NOT_ALLOWED.
    *
    * @generated from enum value: ERROR_REASON_TOKEN_INVALID = 2;
    */
@@ -75,7 +77,8 @@ export enum ErrorReason {
   TOKEN_WRONG_AUDIENCE = 6,
 
   /**
-   * UNAUTHENTICATED: the token has no tenant or no constitution-hash claim.
+   * UNAUTHENTICATED: the token lacks a required claim: exp, sub, tenant or
+   * constitution_sha256 (metadata: claim).
    *
    * @generated from enum value: ERROR_REASON_TOKEN_CLAIM_MISSING = 7;
    */
@@ -91,7 +94,8 @@ export enum ErrorReason {
   CONSTITUTION_HASH_STALE = 8,
 
   /**
-   * UNIMPLEMENTED: the method is unknown or internal (it has no authz option).
+   * UNIMPLEMENTED: the method is unknown or internal (it has no authz option),
+   * whatever its path (metadata: method).
    *
    * @generated from enum value: ERROR_REASON_METHOD_NOT_PUBLIC = 9;
    */
@@ -129,7 +133,8 @@ export enum ErrorReason {
   RATE_LIMITED = 13,
 
   /**
-   * UNAVAILABLE: svc_policy cannot be reached; the call is refused (fail closed).
+   * UNAVAILABLE: svc_policy cannot be reached or cannot decide; the call is
+   * refused (fail closed) (metadata: code, svc_policy's gRPC code).
    *
    * @generated from enum value: ERROR_REASON_POLICY_UNAVAILABLE = 14;
    */
@@ -141,6 +146,45 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_SERVICE_UNAVAILABLE = 15;
    */
   SERVICE_UNAVAILABLE = 15,
+
+  /**
+   * UNAUTHENTICATED: the token's header names an algorithm that is not one of
+   * the pinned ones ("none", HS256 and every other, included) or is not the
+   * algorithm of the key it names (metadata: algorithm). The algorithm is
+   * never taken from the token.
+   *
+   * @generated from enum value: ERROR_REASON_TOKEN_ALGORITHM_NOT_ALLOWED = 16;
+   */
+  TOKEN_ALGORITHM_NOT_ALLOWED = 16,
+
+  /**
+   * UNAUTHENTICATED: the token's signature does not verify with the key it
+   * names, or it names no key the gateway has (forged or signed elsewhere).
+   *
+   * @generated from enum value: ERROR_REASON_TOKEN_SIGNATURE_INVALID = 17;
+   */
+  TOKEN_SIGNATURE_INVALID = 17,
+
+  /**
+   * UNAUTHENTICATED: a claim is present but of the wrong type or form: exp,
+   * nbf and iat must be numbers (a string is refused), sub and tenant ids
+   * (1-128 of [A-Za-z0-9._-]), roles a list of strings, constitution_sha256
+   * 64 hex digits (metadata: claim).
+   *
+   * @generated from enum value: ERROR_REASON_TOKEN_CLAIM_INVALID = 18;
+   */
+  TOKEN_CLAIM_INVALID = 18,
+
+  /**
+   * INVALID_ARGUMENT: a message of the call (a unary request, or any message
+   * of a client stream) is larger than the public limit
+   * (SKM_GATEWAY_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
+   * input is answered (metadata: limit, size, both in bytes). The call ends
+   * and nothing of that message reaches the owning service.
+   *
+   * @generated from enum value: ERROR_REASON_MESSAGE_TOO_LARGE = 19;
+   */
+  MESSAGE_TOO_LARGE = 19,
 }
 
 /**
