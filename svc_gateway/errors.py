@@ -15,8 +15,24 @@ class TokenMissing(GatewayError):
 
 
 class TokenInvalid(GatewayError):
+    """Not a well-formed signed JWT."""
+
     code = Code.UNAUTHENTICATED
     reason = "TOKEN_INVALID"
+
+
+class TokenAlgorithmNotAllowed(GatewayError):
+    """The header names an algorithm outside the pinned list, or not its key's."""
+
+    code = Code.UNAUTHENTICATED
+    reason = "TOKEN_ALGORITHM_NOT_ALLOWED"
+
+
+class TokenSignatureInvalid(GatewayError):
+    """The signature does not verify with the named key, or no key of ours is named."""
+
+    code = Code.UNAUTHENTICATED
+    reason = "TOKEN_SIGNATURE_INVALID"
 
 
 class TokenExpired(GatewayError):
@@ -42,6 +58,13 @@ class TokenWrongAudience(GatewayError):
 class TokenClaimMissing(GatewayError):
     code = Code.UNAUTHENTICATED
     reason = "TOKEN_CLAIM_MISSING"
+
+
+class TokenClaimInvalid(GatewayError):
+    """A claim is there but of the wrong type or form (a string `exp`, a numeric `sub`)."""
+
+    code = Code.UNAUTHENTICATED
+    reason = "TOKEN_CLAIM_INVALID"
 
 
 class ConstitutionHashStale(GatewayError):

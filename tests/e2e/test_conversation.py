@@ -576,8 +576,8 @@ async def test_converse_carries_commands_and_events_on_one_stream(mesh: RunningS
         ({"exp": 1}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED"),
         ({"aud": "someone-else"}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_WRONG_AUDIENCE"),
         ({"constitution_sha256": "0" * 64}, grpc.StatusCode.FAILED_PRECONDITION, "CONSTITUTION_HASH_STALE"),
-        ({"forged": True}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"),
-        ({"alg_none": True}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"),
+        ({"forged": True}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_SIGNATURE_INVALID"),
+        ({"alg_none": True}, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_ALGORITHM_NOT_ALLOWED"),
     ],
 )
 async def test_bad_tokens_are_refused_and_nothing_is_written(
