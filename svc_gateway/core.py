@@ -1,13 +1,15 @@
 """Admitting a public call: who it is, whether the tenant's rules hold, whether policy allows.
 
-In order, for every public call (the first message of a client stream):
+In order, for every public call:
 1. the bearer token proves a principal (pinned algorithms, issuer, audience, times, claims);
 2. the token's constitution hash is the SHA-256 of the tenant's current constitution
    (except for the one method that lets a client read it with a stale token);
 3. the tenant's and the user's rate limits have room;
-4. the resource the rule names belongs to the caller's tenant;
+4. the resource the rule names is a well-formed name of the caller's tenant;
 5. unless any member may call, policy allows the user the rule's permission on it.
-Only then is the call forwarded, with the principal attached.
+Only then is the call forwarded, with the principal attached. Steps 1-3 (`authenticate`,
+`admit_caller`) need only the call's metadata: a client stream passes them as it opens;
+steps 4-5 (`authorize`) need the resource, which a stream's first message carries.
 
 When policy is asked, the other permissions the contract declares on the same type of
 resource go along (`along`): a client that attaches to a session's events and then sends a
@@ -29,17 +31,29 @@ from svc_gateway.errors import (
 from svc_gateway.model import Principal, Rule
 from svc_gateway.ports import Constitutions, Policy, RateLimiter, TokenVerifier
 
+# OpenFGA's limit on an object ("{type}:{id}"); longer ones it refuses as malformed.
+_MAX_OBJECT_CHARS = 256
+# Characters OpenFGA reads as syntax in an object (type, relation, user, wildcard).
+_RESERVED = frozenset("#:*@")
+
+
+def _well_formed(segment: str) -> bool:
+    """A name segment policy can be asked about: printable, no white space, no OpenFGA syntax."""
+    return bool(segment) and segment.isprintable() and not any(c.isspace() or c in _RESERVED for c in segment)
+
 
 def object_of(rule: Rule, resource: str, tenant: str) -> str:
     """The OpenFGA object a rule names in a resource: "{type}:{name cut after that type}".
 
     "tenants/t1/sessions/s1/turns/4" with type "session" -> "session:tenants/t1/sessions/s1";
     with type "tenant" -> "tenant:tenants/t1". An empty field means the caller's own tenant.
+    A name with an empty segment, white space (a trailing "\n" included), a control
+    character or one of OpenFGA's "#:*@" is refused here, before policy is asked.
     """
     name = resource or tenant
     parts = name.split("/")
     # Collections alternate with ids; a singleton ("tenants/t1/constitution") ends odd.
-    if len(parts) < 2 or parts[0] != "tenants" or not all(parts):
+    if len(parts) < 2 or parts[0] != "tenants" or not all(_well_formed(part) for part in parts):
         raise ResourceNameInvalid(
             f"{rule.resource_field or 'resource'} must be a resource name (tenants/...)",
             metadata={"field": rule.resource_field},
@@ -49,7 +63,10 @@ def object_of(rule: Rule, resource: str, tenant: str) -> str:
     collection = f"{rule.resource_type}s"
     for index in range(0, len(parts) - 1, 2):
         if parts[index] == collection:
-            return f"{rule.resource_type}:{'/'.join(parts[: index + 2])}"
+            object_ = f"{rule.resource_type}:{'/'.join(parts[: index + 2])}"
+            if len(object_) > _MAX_OBJECT_CHARS:
+                raise ResourceNameInvalid(f"{rule.resource_field} is too long", metadata={"field": rule.resource_field})
+            return object_
     raise ResourceNameInvalid(
         f"{rule.resource_field} names no {rule.resource_type}", metadata={"field": rule.resource_field}
     )
@@ -80,6 +97,11 @@ class Gateway:
 
     async def admit(self, principal: Principal, rule: Rule, resource: str) -> None:
         """Raise unless this principal may make this call on `resource` now."""
+        await self.admit_caller(principal, rule)
+        await self.authorize(principal, rule, resource)
+
+    async def admit_caller(self, principal: Principal, rule: Rule) -> None:
+        """The checks that need no resource: the constitution hash and the rate limits."""
         if not rule.allow_stale_constitution:
             current = await self._constitutions.current_sha256(principal.tenant)
             if principal.constitution_sha256 != current:
@@ -91,17 +113,25 @@ class Gateway:
         if refused is not None:
             scope, wait = refused
             raise RateLimited(f"the {scope}'s rate limit is spent", metadata={"scope": scope}, retry_after_seconds=wait)
+
+    async def authorize(self, principal: Principal, rule: Rule, resource: str) -> None:
+        """Raise unless `resource` is the caller's tenant's and policy allows the rule on it."""
         object_ = object_of(rule, resource, principal.tenant)
         if rule.any_tenant_member:
             return
-        verdict = await self._policy.allows(
-            principal, rule.permission, object_, self._along.get(rule.resource_type, ())
-        )
+        permission, along = rule.permission, self._along.get(rule.resource_type, ())
+        try:
+            verdict = await self._policy.allows(principal, permission, object_, along)
+        except ResourceNameInvalid as error:
+            # Policy could not read the object: the name is the client's, never a policy outage.
+            raise ResourceNameInvalid(
+                error.message, metadata={**error.metadata, "field": rule.resource_field}
+            ) from None
         if not verdict.allowed:
             raise PermissionDenied(
                 "policy does not allow this call",
                 metadata={
-                    "permission": rule.permission,
+                    "permission": permission,
                     "decision_reason": verdict.reason,
                     "decision_id": verdict.decision_id,
                 },

@@ -32,5 +32,7 @@ class Policy(Protocol):
     async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
         """Whether policy allows the principal's user `permission` on `object_`. `also`:
         other permissions on the same object the user is likely to need next, which policy
-        may decide in the same round trip and remember."""
+        may decide in the same round trip and remember. Raises ResourceNameInvalid when
+        policy cannot read `object_` (it is made from the client's resource name), and
+        PolicyUnavailable when policy cannot answer."""
         ...

@@ -1,6 +1,8 @@
 """svc_policy as the gateway sees it: decisions and tenant constitutions, over gRPC.
 
 Both fail closed: when svc_policy cannot answer, the call is refused (POLICY_UNAVAILABLE).
+A check svc_policy refuses as malformed (INVALID_ARGUMENT) was made from the client's
+resource name, so it is the client's error: RESOURCE_NAME_INVALID, never UNAVAILABLE.
 Constitution hashes are cached for `constitution_ttl` seconds per tenant, so a changed
 constitution turns old tokens stale within that bound.
 
@@ -31,7 +33,8 @@ from skm.type.v1 import policy_decision_pb2, principal_pb2
 from skm_runtime.policy_client import PolicyClient
 from skm_runtime.principal import principal_message as wire_principal
 from skm_runtime.principal import principal_metadata
-from svc_gateway.errors import PolicyUnavailable
+from skm_runtime.status import error_info_of
+from svc_gateway.errors import PolicyUnavailable, ResourceNameInvalid
 from svc_gateway.model import Principal, Verdict
 
 
@@ -66,6 +69,14 @@ class GrpcPolicy:
                 request, metadata=principal_metadata(principal_message(principal)), also=also
             )
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                # svc_policy could not read the question, and the gateway wrote it from the
+                # client's resource name: the name is at fault, not svc_policy.
+                info = error_info_of(error)
+                raise ResourceNameInvalid(
+                    "the resource name is not one policy can decide on",
+                    metadata={"policy_reason": info.reason if info is not None else ""},
+                ) from None
             raise PolicyUnavailable(
                 "the policy service cannot decide; the call is refused", metadata={"code": error.code().name}
             ) from None

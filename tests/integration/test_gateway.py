@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import any_pb2, wrappers_pb2
 from google.rpc import error_details_pb2
 
-from skm.conversation.v1 import conversation_service_pb2
+from skm.conversation.v1 import conversation_service_pb2, conversation_service_pb2_grpc
 from skm.policy.v1 import (
     access_pb2,
     blocked_action_pb2,
@@ -276,6 +276,21 @@ async def test_policy_decides_and_other_tenants_are_out_of_reach(mesh: Mesh) -> 
             grpc.StatusCode.INVALID_ARGUMENT,
             "RESOURCE_NAME_INVALID",
         )
+
+
+async def test_a_name_with_white_space_is_the_clients_error_not_a_policy_outage(mesh: Mesh) -> None:
+    """svc_policy cannot read such a name (OpenFGA refuses it): the gateway refuses it first."""
+    async with grpc.aio.insecure_channel(mesh.gateway.target) as channel:
+        stub = conversation_service_pb2_grpc.ConversationServiceStub(channel)
+        for name in (f"{mesh.tenant}/sessions/s1 ", f"{mesh.tenant}/sessions/s1\n", f"{mesh.tenant}/sessions/s 1"):
+            get = stub.GetSession(
+                conversation_service_pb2.GetSessionRequest(name=name), timeout=10, metadata=mesh.auth(mesh.token())
+            )
+            error = await _fails(get, grpc.StatusCode.INVALID_ARGUMENT, "RESOURCE_NAME_INVALID")
+            info = error_info_of(error)
+            assert info is not None
+            assert info.domain == "gateway.skm"
+            assert info.metadata["field"] == "name"
 
 
 async def test_internal_and_unknown_methods_are_not_reachable(mesh: Mesh) -> None:
