@@ -53,6 +53,7 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
     policy = GrpcPolicy(
         channels["policy"],
         constitution_ttl=settings.constitution_ttl_seconds,
+        max_tenants=settings.constitution_cache_tenants,
         decision_ttl=settings.decision_ttl_seconds,
         redis_url=settings.redis_url,
     )

@@ -39,6 +39,8 @@ class GatewaySettings(ServiceSettings):
     rate_lease_seconds: float = bounded(1.0, low=0.01, high=60.0)
     # How long a tenant's constitution hash is trusted before it is read again.
     constitution_ttl_seconds: float = bounded(2.0, low=0.0, high=3600.0)
+    # How many tenants' constitution hashes are remembered at most (least recently used out).
+    constitution_cache_tenants: int = bounded(10_000, low=1, high=10_000_000)
     # How long svc_policy's ALLOW for (user, permission, resource) is reused without asking
     # again (0: ask on every call). A revocation stops calls within this plus svc_policy's
     # SKM_POLICY_CACHE_TTL_SECONDS. DENY and REQUIRES_APPROVAL are never reused.

@@ -4,7 +4,8 @@ Both fail closed: when svc_policy cannot answer, the call is refused (POLICY_UNA
 A check svc_policy refuses as malformed (INVALID_ARGUMENT) was made from the client's
 resource name, so it is the client's error: RESOURCE_NAME_INVALID, never UNAVAILABLE.
 Constitution hashes are cached for `constitution_ttl` seconds per tenant, so a changed
-constitution turns old tokens stale within that bound.
+constitution turns old tokens stale within that bound, for at most `max_tenants` tenants
+(the least recently used go first), so tokens of ever new tenants cost reads, never memory.
 
 Decisions go through the shared policy client (skm_runtime/policy_client.py): ALLOW and DENY are
 reused for `decision_ttl` seconds per (user, permission, object), so a burst of calls on one
@@ -34,6 +35,7 @@ from skm_runtime.policy_client import PolicyClient
 from skm_runtime.principal import principal_message as wire_principal
 from skm_runtime.principal import principal_metadata
 from skm_runtime.status import error_info_of
+from svc_gateway.cache import ExpiringCache
 from svc_gateway.errors import PolicyUnavailable, ResourceNameInvalid
 from svc_gateway.model import Principal, Verdict
 
@@ -51,11 +53,12 @@ class GrpcPolicy:
         decision_ttl: float = 0.0,
         redis_url: str = "",
         max_decisions: int = 10_000,
+        max_tenants: int = 10_000,
     ) -> None:
         self._decisions = PolicyClient(channel, redis_url=redis_url, ttl=decision_ttl, max_entries=max_decisions)
         self._constitutions = constitution_service_pb2_grpc.ConstitutionServiceStub(channel)
         self._ttl = constitution_ttl
-        self._hashes: dict[str, tuple[float, str]] = {}
+        self._hashes: ExpiringCache[str, str] = ExpiringCache(max_tenants)
 
     async def close(self) -> None:
         await self._decisions.close()
@@ -85,9 +88,9 @@ class GrpcPolicy:
 
     async def current_sha256(self, tenant: str) -> str:
         cached = self._hashes.get(tenant)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None:
+            return cached
+        asked = time.monotonic()
         request = constitution_service_pb2.GetConstitutionRequest(name=f"{tenant}/constitution")
         try:
             reply = await self._constitutions.GetConstitution(request)
@@ -96,5 +99,5 @@ class GrpcPolicy:
                 "the tenant's constitution cannot be read; the call is refused", metadata={"code": error.code().name}
             ) from None
         digest = reply.constitution.sha256
-        self._hashes[tenant] = (now + self._ttl, digest)
+        self._hashes.put(tenant, digest, asked + self._ttl)
         return digest

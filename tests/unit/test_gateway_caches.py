@@ -10,11 +10,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from skm.policy.v1 import constitution_pb2, constitution_service_pb2
+from svc_gateway.adapters.policy import GrpcPolicy
 from svc_gateway.adapters.tokens import JwtVerifier
 from svc_gateway.cache import ExpiringCache
 from svc_gateway.core import Gateway
@@ -167,3 +170,33 @@ async def test_policy_is_asked_the_other_permissions_of_the_resource_type_along(
     gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy, along=along)
     await gateway.admit(gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}"), RULE, RESOURCE)
     assert policy.along == [(RULE.permission, ("can_delete", RULE.permission, "can_write"))]
+
+
+class _ConstitutionReads:
+    """svc_policy's ConstitutionService as the gateway's policy adapter calls it."""
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+
+    async def GetConstitution(self, request: Any, **options: Any) -> Any:
+        self.read.append(request.name)
+        return constitution_service_pb2.GetConstitutionResponse(
+            constitution=constitution_pb2.Constitution(name=request.name, sha256=DIGEST)
+        )
+
+
+async def test_constitution_hashes_are_remembered_for_a_bounded_number_of_tenants() -> None:
+    async with grpc.aio.insecure_channel("127.0.0.1:9") as channel:
+        policy = GrpcPolicy(channel, constitution_ttl=600.0, max_tenants=2)
+        reads = _ConstitutionReads()
+        policy._constitutions = reads  # type: ignore[assignment]  # a fake of svc_policy's stub
+        for tenant in ("tenants/a", "tenants/b", "tenants/a"):
+            assert await policy.current_sha256(tenant) == DIGEST
+        assert len(reads.read) == 2  # "a" was remembered
+        for index in range(1000):
+            await policy.current_sha256(f"tenants/n{index}")
+        assert len(policy._hashes) == 2
+        await policy.current_sha256("tenants/a")  # pushed out by newer tenants: read again
+        assert reads.read[-1] == "tenants/a/constitution"
+        assert len(reads.read) == 2 + 1000 + 1
+        await policy.close()
