@@ -16,6 +16,7 @@ Calls read the token from --token or SKM_TOKEN and go to --url or SKM_URL
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any
 
 import grpc
 import jwt
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
 
 from skm.policy.v1 import (
     blocked_action_pb2,
@@ -130,16 +131,25 @@ def cmd_constitution(args: argparse.Namespace) -> int:
 def cmd_blocked(args: argparse.Namespace) -> int:
     stub = blocked_action_service_pb2_grpc.BlockedActionServiceStub(_channel(args))
     if args.action == "list":
-        reply = stub.ListBlockedActions(
-            blocked_action_service_pb2.ListBlockedActionsRequest(
-                parent=f"tenants/{args.tenant}", states=[blocked_action_pb2.BlockedAction.STATE_PENDING]
-            ),
-            timeout=10,
-            metadata=_auth(args),
-        )
-        for action in reply.blocked_actions:
-            _print(action, args)
-        if not reply.blocked_actions and not args.json:
+        shown, token = 0, ""
+        while True:  # every page
+            reply = stub.ListBlockedActions(
+                blocked_action_service_pb2.ListBlockedActionsRequest(
+                    parent=f"tenants/{args.tenant}",
+                    states=[blocked_action_pb2.BlockedAction.STATE_PENDING],
+                    page_size=100,
+                    page_token=token,
+                ),
+                timeout=10,
+                metadata=_auth(args),
+            )
+            for action in reply.blocked_actions:
+                _print(action, args)
+            shown += len(reply.blocked_actions)
+            token = reply.next_page_token
+            if not token:
+                break
+        if not shown and not args.json:
             print("no blocked action waits for a decision")
         return 0
     if not args.name:
@@ -210,7 +220,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _print(message: Any, args: argparse.Namespace) -> None:
-    data = json_format.MessageToDict(message)
+    try:
+        data = json_format.MessageToDict(message)
+    except TypeError:
+        # A held request whose type this client does not know (blocked actions hold any
+        # service's request): its type and bytes, as JSON's mapping of Any would show them.
+        payload = getattr(message, "payload", None)
+        if not isinstance(payload, any_pb2.Any):
+            raise
+        rest = type(message)()
+        rest.CopyFrom(message)
+        rest.ClearField("payload")
+        data = json_format.MessageToDict(rest)
+        data["payload"] = {"@type": payload.type_url, "valueBase64": base64.b64encode(payload.value).decode()}
     print(json.dumps(data) if args.json else json.dumps(data, indent=2))
 
 

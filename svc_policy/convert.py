@@ -11,6 +11,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
 from skm.events.v1 import event_pb2
 from skm.policy.v1 import access_pb2, blocked_action_pb2
 from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.errors import FieldViolation, InvalidArgument
 from skm_runtime.principal import principal_message, role_names
 from svc_policy.model import (
     AccessCheck,
@@ -106,8 +107,14 @@ def state_to(state: BlockedState) -> blocked_action_pb2.BlockedAction.State.Valu
 
 
 def state_of(value: int) -> BlockedState:
-    name = blocked_action_pb2.BlockedAction.State.Name(value)  # type: ignore[arg-type]  # any wire int
-    return BlockedState(name.removeprefix("STATE_"))
+    """A blocked action's state from the wire; an unknown or unspecified one is the
+    caller's mistake (a list filter naming no state), never an internal error."""
+    try:
+        name = blocked_action_pb2.BlockedAction.State.Name(value)  # type: ignore[arg-type]  # any wire int
+        return BlockedState(name.removeprefix("STATE_"))
+    except ValueError:
+        problem = f"{value} is not a state of a blocked action"
+        raise InvalidArgument(f"states: {problem}", violations=[FieldViolation("states", problem)]) from None
 
 
 def blocked_action_to(action: BlockedAction) -> blocked_action_pb2.BlockedAction:

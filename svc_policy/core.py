@@ -37,9 +37,11 @@ from svc_policy.errors import (
     InvalidCheck,
     InvalidRelationship,
     InvalidResourceName,
+    NotAnAdmin,
     NotAnOperator,
     PrincipalMissing,
     RequestIdReused,
+    SelfApproval,
     TooManyRelationships,
     WildcardNotAllowed,
 )
@@ -63,6 +65,10 @@ MAX_RELATIONSHIPS = 100
 MAX_CONSTITUTION_BYTES = 256 * 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
+# Held actions whose decision belongs to an admin (can_administer) rather than to any
+# operator (can_operate), by the reason they were held for: the model lets operators ask
+# for privileged provisioning "with an admin's approval" (deploy/openfga/model.fga).
+_ADMIN_APPROVES = frozenset({"PRIVILEGED_ACTION_NEEDS_APPROVAL"})
 _RESOLVED_FOR_WATCHERS = {
     BlockedState.APPROVED,
     BlockedState.REJECTED,
@@ -268,7 +274,7 @@ class Policy:
         if principal is None or not principal.user:
             raise PrincipalMissing("deciding on a blocked action needs the operator's identity")
         action = await self.get_blocked(name, principal)
-        await self._require_operator(principal, action.tenant)
+        await self._require_approver(principal, action, to)
         if action.state is BlockedState.EXPIRED:
             raise BlockedActionExpired("the blocked action expired before a decision", metadata={"name": name})
         if action.state is not BlockedState.PENDING:
@@ -286,16 +292,32 @@ class Policy:
             return await self._decide(name, principal, note, etag or action.etag, to)
         return after
 
-    async def _require_operator(self, principal: Principal, tenant: str) -> None:
-        operator = AccessCheck(f"user:{principal.user}", "can_operate", f"tenant:{tenant}")
+    async def _require_approver(self, principal: Principal, action: BlockedAction, to: BlockedState) -> None:
+        """Operators of the tenant decide on its blocked actions; an action held for an
+        admin's approval (see _ADMIN_APPROVES) needs an admin. Nobody approves what they
+        asked for themselves."""
+        tenant = action.tenant
+        relation, error = (
+            ("can_administer", NotAnAdmin)
+            if action.decision.reason in _ADMIN_APPROVES
+            else ("can_operate", NotAnOperator)
+        )
         try:
-            decision = await self._checker.check(operator, fresh=True)
+            decision = await self._checker.check(
+                AccessCheck(f"user:{principal.user}", relation, f"tenant:{tenant}"), fresh=True
+            )
         except InvalidCheck:
             decision = Decision(Verdict.DENY, "INVALID_PRINCIPAL")
         if decision.verdict is not Verdict.ALLOW:
-            raise NotAnOperator(
-                "only operators of the tenant may decide on its blocked actions",
-                metadata={"tenant": tenant, "reason": decision.reason},
+            who = "admins" if error is NotAnAdmin else "operators"
+            raise error(
+                f"only {who} of the tenant may decide on this blocked action",
+                metadata={"tenant": tenant, "reason": decision.reason, "held_for": action.decision.reason},
+            )
+        if to is BlockedState.APPROVED and principal.user == action.principal.user:
+            raise SelfApproval(
+                "an action may not be approved by the user it was held for; another operator must decide",
+                metadata={"name": action.name, "user": principal.user},
             )
 
     async def claim(self, name: str, claim_id: str) -> BlockedAction:
@@ -443,6 +465,8 @@ def _invalid(field: str, problem: str) -> InvalidArgument:
 def _validate_hold(hold: Hold, tenant: str) -> None:
     if not hold.request_id:
         raise _invalid("hold.request_id", "required")
+    if not hold.payload.type_url:
+        raise _invalid("hold.payload", "required: the held request, as a protobuf Any that names its type")
     if len(hold.payload.value) > MAX_PAYLOAD_BYTES:
         raise _invalid("hold.payload", "larger than 1 MiB")
     if len(hold.summary) > MAX_SUMMARY_CHARS:

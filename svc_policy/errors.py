@@ -117,6 +117,20 @@ class NotAnOperator(PolicyError):
     reason = "NOT_AN_OPERATOR"
 
 
+class NotAnAdmin(PolicyError):
+    """The blocked action waits for an admin's approval; the caller is not an admin."""
+
+    code = Code.PERMISSION_DENIED
+    reason = "NOT_AN_ADMIN"
+
+
+class SelfApproval(PolicyError):
+    """The caller asked for the blocked action itself and may not approve it."""
+
+    code = Code.PERMISSION_DENIED
+    reason = "SELF_APPROVAL"
+
+
 class PrincipalMissing(PolicyError):
     code = Code.UNAUTHENTICATED
     reason = "PRINCIPAL_MISSING"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from skm.events.v1 import event_pb2
 from skm.policy.v1 import blocked_action_pb2
@@ -82,6 +84,7 @@ class PostgresPolicyStore:
         self._index = index
         self._watchers: dict[str, set[asyncio.Queue[str]]] = {}
         self._listener: Any = None
+        self._rebuilding: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, dsn: str, index: RedisBlockedIndex | None = None) -> PostgresPolicyStore:
@@ -97,6 +100,11 @@ class PostgresPolicyStore:
         return self._pool
 
     async def close(self) -> None:
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rebuilding
+            self._rebuilding = None
         if self._listener is not None:
             await self._listener.remove_listener(_CHANGES, self._notified)
             await self._pool.release(self._listener)
@@ -135,8 +143,7 @@ class PostgresPolicyStore:
                 await conn.execute(f"SELECT pg_notify('{_CHANGES}', $1)", action.name)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _unavailable(exc) from exc
-        if self._index is not None:
-            await self._index.put(action)
+        await self._indexed(action)
         return action
 
     async def get(self, name: str) -> BlockedAction | None:
@@ -161,10 +168,13 @@ class PostgresPolicyStore:
                         " WHERE name = ANY($1::text[])",
                         names[:page_size],
                     )
-                    by_name = {row["name"]: _row_to_action(row) for row in rows}
+                    # The index may still hold an entry under an older state (a write
+                    # this process or another missed): Postgres' state decides.
+                    by_name = {row["name"]: _row_to_action(row) for row in rows if not states or row["state"] in states}
                     page = [by_name[n] for n in names[:page_size] if n in by_name]
                     more = len(names) > page_size
                     return page, _token_of(offset + page_size) if more else ""
+                self._rebuild_soon()
             rows = await self._pool.fetch(
                 f"""SELECT request_id, body FROM {SCHEMA}.blocked_actions
                     WHERE tenant = $1 AND (cardinality($2::text[]) = 0 OR state = ANY($2::text[]))
@@ -203,8 +213,7 @@ class PostgresPolicyStore:
                 await conn.execute(f"SELECT pg_notify('{_CHANGES}', $1)", after.name)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _unavailable(exc) from exc
-        if self._index is not None:
-            await self._index.move(before, after)
+        await self._indexed(after)
         return True
 
     async def expiring(self, now: datetime, limit: int) -> list[BlockedAction]:
@@ -218,16 +227,51 @@ class PostgresPolicyStore:
         )
         return [_row_to_action(row) for row in rows]
 
+    async def _indexed(self, action: BlockedAction) -> None:
+        """Index a committed change; when the index missed it, have it rebuilt."""
+        if self._index is not None:
+            await self._index.put(action)
+            if self._index.stale:
+                self._rebuild_soon()
+
     async def rebuild_index(self) -> int:
-        """Put every stored entry into the Redis index (at start; Redis may have lost it)."""
+        """Put every stored entry into the Redis index and mark it whole (at start, and
+        whenever it cannot be trusted: Redis lost it, or a write to it failed). Returns
+        how many entries it indexed; when Redis fails on the way, a rebuild is retried in
+        the background and listing reads Postgres meanwhile."""
         if self._index is None:
             return 0
-        count = 0
+        try:
+            return await self._rebuild_once(self._index)
+        except RedisError as exc:
+            log.warning("blocked-action index not rebuilt; retrying", extra={"fields": {"error": type(exc).__name__}})
+            self._rebuild_soon()
+            return 0
+
+    async def _rebuild_once(self, index: RedisBlockedIndex) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
-            async for row in conn.cursor(f"SELECT request_id, body FROM {SCHEMA}.blocked_actions"):
-                await self._index.put(_row_to_action(row))
-                count += 1
-        return count
+
+            async def stored() -> AsyncIterator[BlockedAction]:
+                async for row in conn.cursor(f"SELECT request_id, body FROM {SCHEMA}.blocked_actions"):
+                    yield _row_to_action(row)
+
+            return await index.rebuild(stored())
+
+    def _rebuild_soon(self) -> None:
+        if self._index is None or (self._rebuilding is not None and not self._rebuilding.done()):
+            return
+        self._rebuilding = asyncio.create_task(self._rebuild_until_whole(self._index))
+
+    async def _rebuild_until_whole(self, index: RedisBlockedIndex) -> None:
+        delay = 0.5
+        while index.stale:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                count = await self._rebuild_once(index)
+                log.info("blocked-action index rebuilt", extra={"fields": {"entries": count}})
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("blocked-action index not rebuilt", extra={"fields": {"error": type(exc).__name__}})
 
     @asynccontextmanager
     async def watch(self, keys: Sequence[str]) -> AsyncIterator[AsyncIterator[BlockedAction]]:

@@ -7,16 +7,28 @@ caches (see skm_runtime/policy_client.py for the staleness bounds that follow).
 The index, for fast listing by tenant and state:
 
 One sorted set per (tenant, state), `skm:policy:blocked:{tenant}:{state}`, scored by
-creation time in microseconds; Postgres stays the source of truth. The index is updated
-after each committed change and rebuilt from Postgres at start; when Redis cannot answer,
-listing falls back to Postgres.
+creation time in microseconds, and a hash per tenant of each entry's version (its update
+time in microseconds). Postgres stays the source of truth; the index is only trusted
+while it is known to be whole:
+- An entry is indexed after each committed change by one script that moves it to its
+  state's set only if its version is not older than the indexed one, so a late or
+  repeated write (a rebuild racing a decision) never puts an entry back in an old state.
+- `skm:policy:blocked:ready` says the index was built. A rebuild deletes it first and
+  sets it last; a Redis that restarted without its data has lost it too. Without it,
+  listing reads Postgres and the index is rebuilt.
+- A process whose index write failed (Redis unreachable) lists from Postgres and
+  rebuilds the index once Redis answers again (svc_policy/adapters/postgres.py). Until
+  then, other processes may list from the index without that one change.
+- Listing keeps only the entries Postgres has in the states asked for, so an entry the
+  index still holds under an older state is never shown under it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -30,17 +42,43 @@ _ANNOUNCE_SECONDS = 0.5
 _PREFIX = "skm:policy:blocked"
 
 
+_READY = f"{_PREFIX}:ready"
+# KEYS: the tenant's version hash, the entry's state set, the other states' sets.
+# ARGV: name, version (update time, µs), score (create time, µs).
+_PUT = """
+local indexed = redis.call('HGET', KEYS[1], ARGV[1])
+if indexed and tonumber(indexed) > tonumber(ARGV[2]) then
+  return 0
+end
+for i = 3, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 def _key(tenant: str, state: str) -> str:
     return f"{_PREFIX}:{tenant}:{state}"
 
 
-def _score(action: BlockedAction) -> float:
-    return float(int(action.create_time.timestamp() * 1_000_000))
+def _versions(tenant: str) -> str:
+    return f"{_PREFIX}:{tenant}:versions"
+
+
+def _micros(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
 
 
 class RedisBlockedIndex:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
+        self._put_script = client.register_script(_PUT)
+        # Index writes this process failed to make; listing trusts the index only when a
+        # rebuild started after the last of them has finished.
+        self._misses = 0
+        self._whole = False
 
     @classmethod
     def connect(cls, url: str) -> RedisBlockedIndex:
@@ -49,41 +87,65 @@ class RedisBlockedIndex:
     async def close(self) -> None:
         await self._redis.aclose()
 
+    @property
+    def stale(self) -> bool:
+        """Whether this process may not trust the index: never built here, a write was
+        missed, or the ready marker was found gone. The store rebuilds it then."""
+        return not self._whole
+
     async def put(self, action: BlockedAction) -> None:
+        """Index an entry's current state (after its change committed); a failure marks
+        the index stale instead of failing the change."""
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for state in BlockedState:
-                    if state is not action.state:
-                        pipe.zrem(_key(action.tenant, state.value), action.name)
-                pipe.zadd(_key(action.tenant, action.state.value), {action.name: _score(action)})
-                await pipe.execute()
+            await self._put(action)
         except RedisError as exc:
+            self._misses += 1
+            self._whole = False
             log.warning("blocked-action index not updated", extra={"fields": {"error": type(exc).__name__}})
 
-    async def move(self, before: BlockedAction, after: BlockedAction) -> None:
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(_key(before.tenant, before.state.value), before.name)
-                pipe.zadd(_key(after.tenant, after.state.value), {after.name: _score(after)})
-                await pipe.execute()
-        except RedisError as exc:
-            log.warning("blocked-action index not updated", extra={"fields": {"error": type(exc).__name__}})
+    async def _put(self, action: BlockedAction) -> None:
+        others = [_key(action.tenant, state.value) for state in BlockedState if state is not action.state]
+        await self._put_script(
+            keys=[_versions(action.tenant), _key(action.tenant, action.state.value), *others],
+            args=[action.name, _micros(action.update_time), _micros(action.create_time)],
+        )
+
+    async def rebuild(self, actions: AsyncIterator[BlockedAction]) -> int:
+        """Index every stored entry, then mark the index whole. Raises RedisError when
+        Redis fails on the way (the index stays unready)."""
+        misses = self._misses
+        await self._redis.delete(_READY)
+        count = 0
+        async for action in actions:
+            await self._put(action)
+            count += 1
+        await self._redis.set(_READY, "1")
+        self._whole = misses == self._misses
+        return count
 
     async def page(self, tenant: str, states: Sequence[str], offset: int, limit: int) -> list[str] | None:
-        """Names oldest first, or None when Redis cannot answer (list from Postgres then)."""
+        """Names oldest first, or None when the index cannot be trusted or Redis cannot
+        answer (list from Postgres then)."""
+        if not self._whole:
+            return None
         keys = [_key(tenant, state) for state in (states or [s.value for s in BlockedState])]
         try:
-            if len(keys) == 1:
-                return [str(name) for name in await self._redis.zrange(keys[0], offset, offset + limit - 1)]
-            scored: list[tuple[float, str]] = []
-            for key in keys:
-                entries = await self._redis.zrange(key, 0, offset + limit - 1, withscores=True)
-                # withscores: (name, score) pairs
-                scored.extend((float(entry[1]), str(entry[0])) for entry in entries)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(_READY)
+                for key in keys:
+                    # One state: the page itself; several: each state's first offset+limit.
+                    first, last = (offset, offset + limit - 1) if len(keys) == 1 else (0, offset + limit - 1)
+                    pipe.zrange(key, first, last, withscores=True)
+                ready, *ranges = await pipe.execute()
         except RedisError as exc:
             log.warning("blocked-action index unavailable", extra={"fields": {"error": type(exc).__name__}})
             return None
-        scored.sort()
+        if not ready:
+            self._whole = False
+            return None
+        if len(keys) == 1:
+            return [str(name) for name, _score in ranges[0]]
+        scored = sorted((float(score), str(name)) for entries in ranges for name, score in entries)
         return [name for _score, name in scored[offset : offset + limit]]
 
 

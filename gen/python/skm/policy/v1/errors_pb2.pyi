@@ -72,6 +72,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAUTHENTICATED: the call carries no principal (the gateway forwards one
     with every public call; services send theirs with internal calls).
     """
+    ERROR_REASON_NOT_AN_ADMIN: _ErrorReason.ValueType  # 22
+    """PERMISSION_DENIED: the blocked action waits for an admin's approval
+    (PRIVILEGED_ACTION_NEEDS_APPROVAL: an operator asked for a privileged
+    action), and the caller is not an admin of its tenant (`can_administer`).
+    """
+    ERROR_REASON_SELF_APPROVAL: _ErrorReason.ValueType  # 23
+    """PERMISSION_DENIED: the caller asked for the blocked action itself; someone
+    else must approve it.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_policy puts in the google.rpc.ErrorInfo of its errors.
@@ -134,5 +143,14 @@ not approve or reject it.
 ERROR_REASON_PRINCIPAL_MISSING: ErrorReason.ValueType  # 21
 """UNAUTHENTICATED: the call carries no principal (the gateway forwards one
 with every public call; services send theirs with internal calls).
+"""
+ERROR_REASON_NOT_AN_ADMIN: ErrorReason.ValueType  # 22
+"""PERMISSION_DENIED: the blocked action waits for an admin's approval
+(PRIVILEGED_ACTION_NEEDS_APPROVAL: an operator asked for a privileged
+action), and the caller is not an admin of its tenant (`can_administer`).
+"""
+ERROR_REASON_SELF_APPROVAL: ErrorReason.ValueType  # 23
+"""PERMISSION_DENIED: the caller asked for the blocked action itself; someone
+else must approve it.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
