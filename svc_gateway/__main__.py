@@ -18,7 +18,7 @@ from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel, run
 from svc_gateway.adapters.policy import GrpcPolicy
 from svc_gateway.adapters.ratelimit import RedisRateLimiter
 from svc_gateway.adapters.tokens import JwtVerifier
-from svc_gateway.core import Gateway
+from svc_gateway.core import MEMBERSHIP, Gateway
 from svc_gateway.health import GatewayHealth
 from svc_gateway.proxy import Proxy
 from svc_gateway.settings import GatewaySettings
@@ -59,7 +59,9 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
     )
     along: dict[str, set[str]] = {}
     for method in methods().values():
-        if method.authz is not None and method.authz.permission and not method.authz.any_tenant_member:
+        if method.authz is not None and method.authz.any_tenant_member:
+            along.setdefault("tenant", set()).add(MEMBERSHIP)
+        elif method.authz is not None and method.authz.permission:
             along.setdefault(method.authz.resource_type, set()).add(method.authz.permission)
     gateway = Gateway(verifier, policy, limiter, policy, along={kind: sorted(p) for kind, p in along.items()})
     proxy = Proxy(gateway, methods(), forwarding, stream_timeout=runtime.grpc_stream_timeout_seconds)

@@ -6,7 +6,10 @@ In order, for every public call:
    (except for the one method that lets a client read it with a stale token);
 3. the tenant's and the user's rate limits have room;
 4. the resource the rule names is a well-formed name of the caller's tenant;
-5. unless any member may call, policy allows the user the rule's permission on it.
+5. policy allows the user the rule's permission on it; for a method any member of the
+   tenant may call, the permission is membership itself (`can_converse` on the tenant),
+   so a user removed from the tenant is refused as soon as policy knows, not when the
+   token expires.
 Only then is the call forwarded, with the principal attached. Steps 1-3 (`authenticate`,
 `admit_caller`) need only the call's metadata: a client stream passes them as it opens;
 steps 4-5 (`authorize`) need the resource, which a stream's first message carries.
@@ -31,6 +34,9 @@ from svc_gateway.errors import (
 from svc_gateway.model import Principal, Rule
 from svc_gateway.ports import Constitutions, Policy, RateLimiter, TokenVerifier
 
+# What policy is asked for a method any member of the tenant may call: the OpenFGA
+# model's membership question (deploy/openfga/model.fga: tenant can_converse = member).
+MEMBERSHIP = "can_converse"
 # OpenFGA's limit on an object ("{type}:{id}"); longer ones it refuses as malformed.
 _MAX_OBJECT_CHARS = 256
 # Characters OpenFGA reads as syntax in an object (type, relation, user, wildcard).
@@ -118,8 +124,9 @@ class Gateway:
         """Raise unless `resource` is the caller's tenant's and policy allows the rule on it."""
         object_ = object_of(rule, resource, principal.tenant)
         if rule.any_tenant_member:
-            return
-        permission, along = rule.permission, self._along.get(rule.resource_type, ())
+            permission, object_, along = MEMBERSHIP, f"tenant:{principal.tenant}", self._along.get("tenant", ())
+        else:
+            permission, along = rule.permission, self._along.get(rule.resource_type, ())
         try:
             verdict = await self._policy.allows(principal, permission, object_, along)
         except ResourceNameInvalid as error:

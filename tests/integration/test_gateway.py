@@ -258,6 +258,54 @@ async def test_a_stale_constitution_hash_is_refused_but_the_constitution_stays_r
             )
 
 
+async def test_methods_open_to_any_member_ask_policy_whether_the_caller_still_is_one(mesh: Mesh) -> None:
+    """GetConstitution (any member, stale hash accepted): a member reads it, a user with no
+    membership tuple is refused though the token names the tenant, and a member removed
+    in policy is refused from then on, without waiting for the token to expire."""
+    user = f"mem{uuid.uuid4().hex[:6]}"
+    member = access_pb2.Relationship(
+        subject=f"user:{mesh.tenant}/users/{user}", relation="member", object=f"tenant:{mesh.tenant}"
+    )
+    request = constitution_service_pb2.GetConstitutionRequest(name=f"{mesh.tenant}/constitution")
+    async with (
+        grpc.aio.insecure_channel(mesh.policy.target) as direct,
+        grpc.aio.insecure_channel(mesh.gateway.target) as channel,
+    ):
+        relationships = policy_service_pb2_grpc.PolicyServiceStub(direct)
+        constitutions = constitution_service_pb2_grpc.ConstitutionServiceStub(channel)
+        denied = await _fails(
+            constitutions.GetConstitution(request, timeout=10, metadata=mesh.auth(mesh.token(user))),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "PERMISSION_DENIED",
+        )
+        info = error_info_of(denied)
+        assert info is not None
+        assert (info.metadata["permission"], info.metadata["decision_reason"]) == (
+            "can_converse",
+            "NOT_A_TENANT_MEMBER",
+        )
+        await relationships.WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(parent=mesh.tenant, relationships=[member]), timeout=10
+        )
+        stale = mesh.auth(mesh.token(user, digest="0" * 64))  # this method accepts a stale hash
+        read = await constitutions.GetConstitution(request, timeout=10, metadata=stale)
+        assert read.constitution.name == f"{mesh.tenant}/constitution"
+        await relationships.DeleteRelationships(
+            policy_service_pb2.DeleteRelationshipsRequest(parent=mesh.tenant, relationships=[member]), timeout=10
+        )
+        removed = time.monotonic()
+        refused: grpc.StatusCode | None = None
+        while refused is None:
+            try:
+                await constitutions.GetConstitution(request, timeout=10, metadata=stale)
+            except grpc.aio.AioRpcError as error:
+                refused = error.code()
+                continue
+            assert time.monotonic() - removed <= GatewaySettings().decision_ttl_seconds + 0.5
+            await asyncio.sleep(0.05)
+        assert refused == grpc.StatusCode.PERMISSION_DENIED
+
+
 async def test_policy_decides_and_other_tenants_are_out_of_reach(mesh: Mesh) -> None:
     async with grpc.aio.insecure_channel(mesh.gateway.target) as channel:
         error = await _fails(

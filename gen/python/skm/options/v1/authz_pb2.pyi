@@ -34,16 +34,17 @@ class AuthzRule(_message.Message):
        CROSS_TENANT_RESOURCE) before any policy check. (Deployment-wide
        resources, "models/{model}" and "voices/{voice}", are never named by
        a resource_field.)
-    4. Unless `any_tenant_member` is set, it asks svc_policy whether subject
-       "user:{principal.user}" has relation `permission` on the OpenFGA object
+    4. It asks svc_policy whether subject "user:{principal.user}" has
+       relation `permission` on the OpenFGA object
        "{resource_type}:{id}". The id is the resource name cut after the path
        segment pair that names a `resource_type` (collection id = resource_type
        plus "s"): field value "tenants/t1/sessions/s1/turns/4" with resource_type
        "session" gives "session:tenants/t1/sessions/s1"; with resource_type
        "tenant" it gives "tenant:tenants/t1". With no `resource_field` the
-       object is the caller's tenant. Only ALLOW lets the call through; DENY
-       and REQUIRES_APPROVAL are PERMISSION_DENIED (the gateway never holds an
-       RPC for approval).
+       object is the caller's tenant. With `any_tenant_member` the question is
+       membership: relation "can_converse" on "tenant:{principal.tenant}".
+       Only ALLOW lets the call through; DENY and REQUIRES_APPROVAL are
+       PERMISSION_DENIED (the gateway never holds an RPC for approval).
 
     Owning services still check that every resource name they receive belongs
     to the principal's tenant: the option guards the edge, not the core.
@@ -78,9 +79,11 @@ class AuthzRule(_message.Message):
     be "tenant".
     """
     any_tenant_member: _builtins.bool
-    """When true, any authenticated member of the tenant may call the RPC: the
-    gateway still authenticates and applies the cross-tenant rule (step 3),
-    but makes no policy call. Used for read-only catalogue RPCs.
+    """When true, any member of the tenant may call the RPC: the gateway
+    authenticates, applies the cross-tenant rule (step 3) and asks svc_policy
+    whether the user is a member (can_converse on the tenant), so a user
+    removed from the tenant is refused although their token still verifies.
+    Used for read-only catalogue RPCs.
     """
     allow_stale_constitution: _builtins.bool
     """When true, a token whose constitution-hash claim is stale is still

@@ -1,0 +1,68 @@
+"""Methods any member of a tenant may call still ask policy: whether the user is a member."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from skm_runtime.contract import methods
+from svc_gateway.core import MEMBERSHIP, Gateway
+from svc_gateway.errors import PermissionDenied
+from svc_gateway.model import Principal, Verdict
+from svc_gateway.proxy import _rule
+from tests.unit.test_gateway_caches import DIGEST, _Constitutions, _keys, _Limiter, _token, _verifier
+
+LIST_TOOLS = "/skm.tools.v1.ToolService/ListTools"
+GET_CONSTITUTION = "/skm.policy.v1.ConstitutionService/GetConstitution"
+
+
+class _Membership:
+    def __init__(self, member: bool) -> None:
+        self.member = member
+        self.asked: list[tuple[str, str, str, tuple[str, ...]]] = []
+
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
+        self.asked.append((principal.user, permission, object_, tuple(also)))
+        return Verdict(self.member, "ROLE_ALLOWS" if self.member else "NOT_A_TENANT_MEMBER", "d1")
+
+
+def _gateway(policy: _Membership, constitution: str = DIGEST) -> tuple[Gateway, Principal]:
+    pem, jwks = _keys()
+    along = {"tenant": ["can_administer", MEMBERSHIP, "can_operate"]}
+    gateway = Gateway(_verifier(jwks), _Constitutions(constitution), _Limiter(), policy, along=along)
+    return gateway, gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}")
+
+
+def test_every_any_tenant_member_method_is_a_tenant_question() -> None:
+    open_to_members = [m for m in methods().values() if m.authz is not None and m.authz.any_tenant_member]
+    assert {m.path for m in open_to_members} >= {LIST_TOOLS, GET_CONSTITUTION}
+    assert {m.authz.resource_type for m in open_to_members if m.authz is not None} == {"tenant"}
+
+
+async def test_a_member_is_admitted_after_policy_says_so() -> None:
+    policy = _Membership(member=True)
+    gateway, principal = _gateway(policy)
+    await gateway.admit(principal, _rule(methods()[LIST_TOOLS]), "tenants/t1")
+    assert policy.asked == [
+        ("tenants/t1/users/olga", MEMBERSHIP, "tenant:tenants/t1", ("can_administer", MEMBERSHIP, "can_operate"))
+    ]
+
+
+async def test_a_user_who_is_no_member_is_refused_although_the_token_names_the_tenant() -> None:
+    policy = _Membership(member=False)
+    gateway, principal = _gateway(policy)
+    with pytest.raises(PermissionDenied) as raised:
+        await gateway.admit(principal, _rule(methods()[LIST_TOOLS]), "tenants/t1")
+    assert raised.value.metadata["permission"] == MEMBERSHIP
+    assert raised.value.metadata["decision_reason"] == "NOT_A_TENANT_MEMBER"
+
+
+async def test_a_member_with_a_stale_hash_still_reads_the_constitution_and_only_a_member() -> None:
+    policy = _Membership(member=True)
+    gateway, principal = _gateway(policy, constitution="b" * 64)
+    await gateway.admit(principal, _rule(methods()[GET_CONSTITUTION]), "tenants/t1/constitution")
+    policy.member = False
+    with pytest.raises(PermissionDenied):
+        await gateway.admit(principal, _rule(methods()[GET_CONSTITUTION]), "tenants/t1/constitution")
