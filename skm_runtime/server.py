@@ -89,7 +89,8 @@ class ServiceSpec:
     `register` adds its servicers to a server; `start`/`stop` open and close its adapters
     (pools, producers) around serving. `reflect_extra` adds names to reflection only
     (the gateway describes the services behind it); `health` replaces the standard health
-    servicer (a subclass, so that the gateway can answer for the services behind it).
+    servicer (a subclass, so that the gateway can answer for the services behind it);
+    `max_receive_bytes` replaces the runtime's receive limit for this server alone.
     """
 
     name: str
@@ -99,6 +100,9 @@ class ServiceSpec:
     stop: Callable[[], Awaitable[None]] | None = None
     reflect_extra: tuple[str, ...] = field(default=())
     health: HealthServicer | None = None
+    # The server's receive limit when it is not SKM_GRPC_MAX_RECEIVE_BYTES: the gateway's is
+    # higher, as it refuses messages over the public limit itself, with an ErrorInfo.
+    max_receive_bytes: int | None = None
 
 
 def channel_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
@@ -173,7 +177,10 @@ async def start_server(spec: ServiceSpec, addr: str, runtime: RuntimeSettings, t
         record_spans=telemetry.records_spans,
         record_metrics=telemetry.records_metrics,
     )
-    server = grpc.aio.server(interceptors=[interceptor], options=server_options(runtime))
+    limits = runtime
+    if spec.max_receive_bytes is not None:
+        limits = dataclasses.replace(runtime, grpc_max_receive_bytes=spec.max_receive_bytes)
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options(limits))
     spec.register(server)
     health = spec.health or HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

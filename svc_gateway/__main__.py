@@ -64,7 +64,13 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
         elif method.authz is not None and method.authz.permission:
             along.setdefault(method.authz.resource_type, set()).add(method.authz.permission)
     gateway = Gateway(verifier, policy, limiter, policy, along={kind: sorted(p) for kind, p in along.items()})
-    proxy = Proxy(gateway, methods(), forwarding, stream_timeout=runtime.grpc_stream_timeout_seconds)
+    proxy = Proxy(
+        gateway,
+        methods(),
+        forwarding,
+        stream_timeout=runtime.grpc_stream_timeout_seconds,
+        max_message_bytes=settings.max_message_bytes,
+    )
     routes = {service: channels[owner] for service, owner in owners.items()}
 
     async def stop() -> None:
@@ -83,6 +89,7 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
         stop=stop,
         reflect_extra=tuple(sorted(owners)),
         health=GatewayHealth(routes, settings.backend_health_timeout_seconds),
+        max_receive_bytes=max(settings.max_receive_bytes, settings.max_message_bytes),
     )
 
 

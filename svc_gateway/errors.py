@@ -77,6 +77,13 @@ class MethodNotPublic(GatewayError):
     reason = "METHOD_NOT_PUBLIC"
 
 
+class MessageTooLarge(GatewayError):
+    """A message over the public limit (INVALID_ARGUMENT, as other too-large input is)."""
+
+    code = Code.INVALID_ARGUMENT
+    reason = "MESSAGE_TOO_LARGE"
+
+
 class ResourceNameInvalid(GatewayError):
     code = Code.INVALID_ARGUMENT
     reason = "RESOURCE_NAME_INVALID"

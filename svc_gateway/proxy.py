@@ -3,15 +3,27 @@
 The contract drives it: `skm_runtime.contract.methods()` says, for each method path, which
 service owns it, whether each side streams, the request type, and the authorization rule.
 Messages pass through as bytes; only a unary request, or the first message of a client
-stream, is parsed, to read the resource its rule names. The call goes on with the caller's
-deadline, cancellation and trace context, and with the authenticated principal in
-`x-skm-principal-bin`; a client's own `authorization` and principal headers never pass.
+stream, is parsed, to read the resource its rule names. A client stream is authenticated
+(token, constitution hash, rate limits) as soon as it opens, before any message is awaited,
+so a caller without a valid token is refused at once, not at its first message or deadline;
+only the policy question on the resource waits for the first message, and only when the
+rule names a field. Every message a client sends (a unary request, each message of a
+stream) is held to the public limit (`max_message_bytes`): a larger one ends the call with
+INVALID_ARGUMENT / MESSAGE_TOO_LARGE and never reaches the service (gRPC's own receive limit
+on the gateway is set higher, so that the gateway answers it, with an ErrorInfo). A path
+that is no public method of the contract, whatever its package, is UNIMPLEMENTED /
+METHOD_NOT_PUBLIC; the gateway's own health and reflection are the only others served.
+
+The call goes on with the caller's deadline, cancellation and trace context, and with the
+authenticated principal in `x-skm-principal-bin`; a client's own `authorization` and
+principal headers never pass.
 Errors of the owning service reach the client as they are, details included.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -23,7 +35,7 @@ from skm_runtime.interceptors import trace_metadata
 from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY, principal_metadata
 from svc_gateway.adapters.policy import principal_message
 from svc_gateway.core import Gateway
-from svc_gateway.errors import MethodNotPublic, ResourceNameInvalid, ServiceUnavailable
+from svc_gateway.errors import MessageTooLarge, MethodNotPublic, ResourceNameInvalid, ServiceUnavailable
 from svc_gateway.model import Principal, Rule
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -45,6 +57,10 @@ _INTERNAL_PREFIX = "x-skm-"
 # callers may set (e.g. svc_tools' policy context).
 FORWARDED = ((FORWARDED_BY_KEY, "gateway"),)
 _STATUS_DETAILS = "grpc-status-details-bin"
+# The services the gateway serves itself (health, reflection v1 and v1alpha); every other
+# path that is no public method is answered METHOD_NOT_PUBLIC by the proxy.
+_OWN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.")
+_SHOWN_PATH_CHARS = 200
 
 
 def _rule(method: Method) -> Rule:
@@ -107,11 +123,13 @@ class Proxy(grpc.GenericRpcHandler):
         channels: Mapping[str, grpc.aio.Channel],
         *,
         stream_timeout: float,
+        max_message_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._gateway = gateway
         self._methods = methods
         self._channels = channels
         self._stream_timeout = stream_timeout
+        self._max_message_bytes = max_message_bytes
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
@@ -121,21 +139,36 @@ class Proxy(grpc.GenericRpcHandler):
             return handler
         method = self._methods.get(path)
         if method is None or method.authz is None:
-            if not path.startswith("/skm."):
+            if path.startswith(_OWN_SERVICES):
                 return None  # health, reflection: served by the gateway itself
-            return grpc.stream_stream_rpc_method_handler(self._not_public)
+            # Not remembered here: paths are the client's to make up.
+            return grpc.stream_stream_rpc_method_handler(self._not_public(path))
         handler = self._handler(method)
         self._handlers[path] = handler
         return handler
 
-    async def _not_public(self, requests: AsyncIterator[bytes], context: Context) -> None:
-        raise MethodNotPublic("no such public method")
+    @staticmethod
+    def _not_public(path: str) -> Callable[[AsyncIterator[bytes], Context], Awaitable[None]]:
+        async def refuse(requests: AsyncIterator[bytes], context: Context) -> None:
+            raise MethodNotPublic("no such public method", metadata={"method": path[:_SHOWN_PATH_CHARS]})
 
-    async def _admit(
-        self, method: Method, rule: Rule, context: Context, first: bytes | None
-    ) -> tuple[tuple[str, str | bytes], ...]:
-        """The metadata the call goes on with: the client's own (less what is not theirs to
-        set), the principal, the trace context; raises unless the call is admitted."""
+        return refuse
+
+    def _sized(self, message: bytes) -> bytes:
+        """`message`, unless it is over the public limit."""
+        if len(message) > self._max_message_bytes:
+            raise MessageTooLarge(
+                f"a message may be at most {self._max_message_bytes} bytes",
+                metadata={"limit": str(self._max_message_bytes), "size": str(len(message))},
+            )
+        return message
+
+    async def _admit_caller(
+        self, rule: Rule, context: Context
+    ) -> tuple[Principal, tuple[tuple[str, str | bytes], ...]]:
+        """The principal, and the metadata the call goes on with: the client's own (less what
+        is not theirs to set), the principal, the trace context; raises unless the caller's
+        token, constitution hash and rate limits admit the call (no message needed)."""
         authorization: str | None = None
         passed: list[tuple[str, str | bytes]] = []
         for key, value in context.invocation_metadata() or ():
@@ -145,10 +178,19 @@ class Proxy(grpc.GenericRpcHandler):
             elif key not in _NOT_FORWARDED and not key.startswith((":", "grpc-", _INTERNAL_PREFIX)):
                 passed.append((key, value))
         principal = self._gateway.authenticate(authorization)
-        await self._gateway.admit(principal, rule, _resource(method, rule, first))
+        await self._gateway.admit_caller(principal, rule)
         # The channels to the services have no outbound interceptor (see __main__): the
         # trace context and the deadline are set here, per call.
-        return (*passed, *_principal_header(principal), *trace_metadata())
+        return principal, (*passed, *_principal_header(principal), *trace_metadata())
+
+    async def _admit(
+        self, method: Method, rule: Rule, context: Context, request: bytes
+    ) -> tuple[tuple[str, str | bytes], ...]:
+        """A unary request's admission: the caller, the request's size, then the resource."""
+        principal, metadata = await self._admit_caller(rule, context)
+        self._sized(request)
+        await self._gateway.authorize(principal, rule, _resource(method, rule, request))
+        return metadata
 
     def _timeout(self, context: Context) -> float:
         remaining = context.time_remaining()
@@ -198,27 +240,30 @@ class Proxy(grpc.GenericRpcHandler):
 
             return grpc.unary_stream_rpc_method_handler(unary_stream)
 
-        async def _opened(requests: AsyncIterator[bytes], context: Context) -> tuple[Any, AsyncIterator[bytes]]:
-            first = await anext(aiter(requests), None)
-            metadata = await self._admit(method, rule, context, first)
-
-            async def upstream() -> AsyncIterator[bytes]:
+        async def _opened(requests: AsyncIterator[bytes], context: Context) -> _Upstream:
+            # Who calls is known from the metadata alone: decided before any message is awaited.
+            principal, metadata = await self._admit_caller(rule, context)
+            first = None
+            if rule.resource_field:
+                first = await anext(aiter(requests), None)
                 if first is not None:
-                    yield first
-                async for request in requests:
-                    yield request
-
-            return metadata, upstream()
+                    self._sized(first)
+            await self._gateway.authorize(principal, rule, _resource(method, rule, first))
+            return _Upstream(metadata, first, requests, self._sized)
 
         if not method.server_streaming:
 
             async def stream_unary(requests: AsyncIterator[bytes], context: Context) -> bytes:
-                metadata, upstream = await _opened(requests, context)
+                upstream = await _opened(requests, context)
                 try:
                     response: bytes = await _stream_unary(channel, path)(
-                        upstream, metadata=metadata, timeout=self._timeout(context)
+                        upstream.messages(), metadata=upstream.metadata, timeout=self._timeout(context)
                     )
+                except asyncio.CancelledError:
+                    upstream.raise_refusal()
+                    raise
                 except grpc.aio.AioRpcError as error:
+                    upstream.raise_refusal()
                     await self._relay(error, method, context)
                     raise
                 return response
@@ -226,14 +271,55 @@ class Proxy(grpc.GenericRpcHandler):
             return grpc.stream_unary_rpc_method_handler(stream_unary)
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-            metadata, upstream = await _opened(requests, context)
-            call = _stream_stream(channel, path)(upstream, metadata=metadata, timeout=self._timeout(context))
+            upstream = await _opened(requests, context)
+            call = _stream_stream(channel, path)(
+                upstream.messages(), metadata=upstream.metadata, timeout=self._timeout(context)
+            )
             try:
                 async for response in call:
                     yield response
+            except asyncio.CancelledError:
+                upstream.raise_refusal()
+                raise
             except grpc.aio.AioRpcError as error:
+                upstream.raise_refusal()
                 await self._relay(error, method, context)
             finally:
                 call.cancel()
 
         return grpc.stream_stream_rpc_method_handler(stream_stream)
+
+
+class _Upstream:
+    """What a client stream sends on: its admitted metadata and its messages, each held to
+    the public limit. grpc consumes `messages()` in a task of its own and cancels the
+    forwarded call when it raises; the refusal is kept here for the handler to answer."""
+
+    def __init__(
+        self,
+        metadata: tuple[tuple[str, str | bytes], ...],
+        first: bytes | None,
+        requests: AsyncIterator[bytes],
+        sized: Callable[[bytes], bytes],
+    ) -> None:
+        self.metadata = metadata
+        self._first = first
+        self._requests = requests
+        self._sized = sized
+        self._refusal: MessageTooLarge | None = None
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        if self._first is not None:
+            yield self._first
+        async for request in self._requests:
+            try:
+                self._sized(request)
+            except MessageTooLarge as refusal:
+                self._refusal = refusal
+                raise
+            yield request
+
+    def raise_refusal(self) -> None:
+        """Raise the reason the forwarded call was cut short, if the gateway cut it."""
+        if self._refusal is not None:
+            raise self._refusal from None

@@ -45,6 +45,14 @@ class GatewaySettings(ServiceSettings):
     # again (0: ask on every call). A revocation stops calls within this plus svc_policy's
     # SKM_POLICY_CACHE_TTL_SECONDS. DENY and REQUIRES_APPROVAL are never reused.
     decision_ttl_seconds: float = bounded(1.0, low=0.0, high=10.0)
+    # The largest message a client may send, each message of a stream included; a larger one
+    # is refused with INVALID_ARGUMENT / MESSAGE_TOO_LARGE (metadata: limit, size). The
+    # services behind receive at most SKM_GRPC_MAX_RECEIVE_BYTES: keep this at or below it.
+    max_message_bytes: int = bounded(4 * 1024 * 1024, low=1024, high=64 * 1024 * 1024)
+    # gRPC's own receive limit on the gateway's server, above `max_message_bytes` so that
+    # messages between the two are answered by the gateway, with an ErrorInfo; gRPC refuses
+    # larger ones itself (RESOURCE_EXHAUSTED, no details).
+    max_receive_bytes: int = bounded(64 * 1024 * 1024, low=1024, high=256 * 1024 * 1024)
     # How long a health check of a backend may take before it counts as NOT_SERVING.
     backend_health_timeout_seconds: float = bounded(2.0, low=0.05, high=60.0)
 

@@ -347,8 +347,39 @@ async def test_internal_and_unknown_methods_are_not_reachable(mesh: Mesh) -> Non
             policy_service_pb2.CheckRequest(), timeout=10, metadata=mesh.auth(mesh.token())
         )
         await _fails(check, grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_PUBLIC")
-        unknown = channel.unary_unary("/skm.nothing.v1.Nothing/Do")(b"", timeout=10)
-        await _fails(unknown, grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_PUBLIC")
+        for path in ("/skm.nothing.v1.Nothing/Do", "/foo.Bar/Baz"):
+            unknown = channel.unary_unary(path)(b"", timeout=10)
+            await _fails(unknown, grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_PUBLIC")
+
+
+async def test_a_stream_without_a_valid_token_is_refused_as_it_opens(mesh: Mesh) -> None:
+    """No message sent: the refusal comes at once, not at the call's deadline."""
+    async with grpc.aio.insecure_channel(mesh.gateway.target) as channel:
+        converse = channel.stream_stream("/skm.conversation.v1.ConversationService/Converse")
+        for metadata, reason in (((), "TOKEN_MISSING"), (mesh.auth("garbage"), "TOKEN_INVALID")):
+            call = converse(metadata=metadata, timeout=30)
+            opened = time.monotonic()
+            await _fails(call.read(), grpc.StatusCode.UNAUTHENTICATED, reason)
+            assert time.monotonic() - opened < 10
+            call.cancel()
+
+
+async def test_a_message_over_the_public_limit_is_refused_with_its_reason(mesh: Mesh) -> None:
+    """gRPC's own limit (4 MiB) would refuse it with no details: the gateway receives up
+    to 64 MiB and answers for the public limit itself."""
+    limit = GatewaySettings().max_message_bytes
+    request = blocked_action_service_pb2.ListBlockedActionsRequest(parent=mesh.tenant, page_token="x" * (limit + 1))
+    async with grpc.aio.insecure_channel(mesh.gateway.target) as channel:
+        stub = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        error = await _fails(
+            stub.ListBlockedActions(request, timeout=10, metadata=mesh.auth(mesh.token())),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MESSAGE_TOO_LARGE",
+        )
+    info = error_info_of(error)
+    assert info is not None
+    assert info.domain == "gateway.skm"
+    assert (info.metadata["limit"], info.metadata["size"]) == (str(limit), str(request.ByteSize()))
 
 
 async def test_the_owning_services_errors_pass_through_with_their_details(mesh: Mesh) -> None:
