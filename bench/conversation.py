@@ -62,7 +62,7 @@ from skm.conversation.v1 import conversation_service_pb2_grpc, session_event_pb2
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.type.v1 import deployment_mode_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
-from skm_runtime.principal import principal_message, principal_metadata
+from skm_runtime.principal import configure_mesh_key, principal_message, principal_metadata
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from skm_stack.devkeys import KEY_ID, dev_keys_dir
 from svc_conversation import preprocess
@@ -172,6 +172,8 @@ async def _new_user(stack: RunningStack) -> _User:
             timeout=10,
         )
     bearer = (("authorization", f"Bearer {_token(stack.state_dir, tenant, user)}"),)
+    # Signed with the stack's mesh key, as the gateway signs it, or the service refuses it.
+    configure_mesh_key(stack.mesh_key_file)
     forwarded = principal_metadata(principal_message(principal.tenant, principal.user, principal.roles))
     return _User(principal, bearer, forwarded)
 

@@ -1,22 +1,49 @@
-"""The authenticated principal, carried between services in call metadata.
+"""The authenticated principal, carried between services in call metadata, signed.
 
 The gateway authenticates every public call and forwards the principal (tenant, user,
-roles) as `x-skm-principal-bin`, a serialized `skm.type.v1.Principal`. Services are
-reachable only inside the mesh (loopback or the cluster network), so they read it as
-given; the gateway strips any such header a client sends.
+roles) as `x-skm-principal-bin`, a serialized `skm.type.v1.Principal`, with
+`x-skm-principal-mac-bin`: HMAC-SHA256 of those bytes (after a fixed label) under the mesh
+key, a secret that only the mesh's own processes hold. Services that call each other pass
+the principal on the same way (`principal_metadata`). A service trusts a principal only
+when its MAC verifies (`principal_from`); anything else, a caller that reached a service's
+port directly with a principal of its own making included, is a call without a principal,
+which services refuse as unauthenticated. The gateway also drops every `x-skm-*` key a
+client sends, so no client can pass a principal or a MAC through it.
+
+The mesh key lives in a file named by SKM_MESH_KEY_FILE (`read_mesh_keys`): hex text, one
+key of at least 32 bytes (64 hex digits) per line; blank lines and `#` comments are
+ignored. The first key signs, every key verifies, so a key is rotated without downtime:
+add the new key as a second line everywhere, then make it the first, then remove the old
+one. `skm_runtime.server.run` loads it before a service starts and refuses to start
+without it (exit 2). The key is never logged, and never part of an error message.
+
+What the MAC does not do: it authenticates the principal, not the call, and does not
+expire, so whoever reads a signed principal on the mesh's network can replay it. Keep the
+mesh's traffic private (loopback here; mTLS or a private network in deployments).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from skm.type.v1 import principal_pb2
 
 PRINCIPAL_KEY = "x-skm-principal-bin"
+# HMAC-SHA256 (32 bytes) of _LABEL + the principal's bytes under the mesh key.
+PRINCIPAL_MAC_KEY = "x-skm-principal-mac-bin"
 # Set by the gateway on every call it forwards from outside the mesh.
 FORWARDED_BY_KEY = "x-skm-forwarded-by"
+# The variable that names the mesh key file (read by RuntimeSettings.mesh_key_file).
+MESH_KEY_FILE_VAR = "SKM_MESH_KEY_FILE"
+MIN_KEY_BYTES = 32
 
+# Binds a MAC to its purpose: the same key may one day sign other things.
+_LABEL = b"skm.principal.v1\x00"
 
 _ROLE_NAMES = {
     principal_pb2.ROLE_MEMBER: "member",
@@ -24,6 +51,17 @@ _ROLE_NAMES = {
     principal_pb2.ROLE_ADMIN: "admin",
 }
 _ROLES = {name: number for number, name in _ROLE_NAMES.items()}
+
+# The process's mesh keys: the first signs, each verifies. Empty: nothing is signed or trusted.
+_keys: tuple[bytes, ...] = ()
+
+
+class MeshKeyInvalid(ValueError):
+    """The mesh key file cannot be used (the message names the file, never its content)."""
+
+
+class MeshKeyMissing(RuntimeError):
+    """A principal was to be signed in a process that has no mesh key."""
 
 
 def role_names(message: principal_pb2.Principal) -> tuple[str, ...]:
@@ -36,16 +74,104 @@ def principal_message(tenant: str, user: str, roles: Iterable[str]) -> principal
     return principal_pb2.Principal(tenant=tenant, user=user, roles=[_ROLES[r] for r in roles if r in _ROLES])
 
 
+# -- the mesh key ------------------------------------------------------------------------
+
+
+def new_mesh_key() -> str:
+    """A fresh mesh key file's content: 32 random bytes as hex text, one line."""
+    return secrets.token_hex(MIN_KEY_BYTES) + "\n"
+
+
+def read_mesh_keys(path: Path) -> tuple[bytes, ...]:
+    """The keys of a mesh key file (see the module's docstring for the format)."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not ASCII text"
+        raise MeshKeyInvalid(f"cannot read the mesh key file {str(path)!r}: {reason}") from None
+    keys = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key = bytes.fromhex(line)
+        except ValueError:
+            raise MeshKeyInvalid(f"{str(path)!r} line {number}: expected a key as hex digits") from None
+        if len(key) < MIN_KEY_BYTES:
+            raise MeshKeyInvalid(
+                f"{str(path)!r} line {number}: a key needs at least {MIN_KEY_BYTES} bytes"
+                f" ({2 * MIN_KEY_BYTES} hex digits), got {len(key)}"
+            )
+        keys.append(key)
+    if not keys:
+        raise MeshKeyInvalid(f"{str(path)!r} holds no key")
+    return tuple(keys)
+
+
+def use_mesh_keys(keys: Sequence[bytes]) -> None:
+    """Make `keys` the process's mesh keys (the first signs); an empty list: none."""
+    global _keys
+    short = [key for key in keys if len(key) < MIN_KEY_BYTES]
+    if short:
+        raise MeshKeyInvalid(f"a mesh key needs at least {MIN_KEY_BYTES} bytes")
+    _keys = tuple(keys)
+
+
+def configure_mesh_key(path: Path) -> None:
+    """Read a mesh key file and use its keys in this process (tests, benches, tools)."""
+    use_mesh_keys(read_mesh_keys(path))
+
+
+def has_mesh_key() -> bool:
+    """Whether this process can sign and check principals."""
+    return bool(_keys)
+
+
+# -- signed principals -------------------------------------------------------------------
+
+
+def _mac(key: bytes, serialized: bytes) -> bytes:
+    return hmac.digest(key, _LABEL + serialized, hashlib.sha256)
+
+
 def principal_metadata(principal: principal_pb2.Principal) -> tuple[tuple[str, bytes], ...]:
-    return ((PRINCIPAL_KEY, principal.SerializeToString()),)
+    """The metadata that carries `principal` to another service of the mesh, signed.
+
+    Raises MeshKeyMissing in a process without a mesh key: an unsigned principal would
+    be refused anyway, and a clear error here beats UNAUTHENTICATED over there.
+    """
+    if not _keys:
+        raise MeshKeyMissing(f"no mesh key to sign a principal with: set {MESH_KEY_FILE_VAR}")
+    serialized = principal.SerializeToString()
+    return ((PRINCIPAL_KEY, serialized), (PRINCIPAL_MAC_KEY, _mac(_keys[0], serialized)))
 
 
 def principal_from(metadata: Iterable[Any] | None) -> principal_pb2.Principal | None:
-    """The principal a call carries, or None (also for undecodable bytes)."""
+    """The principal a call carries, when its MAC verifies under a mesh key; else None.
+
+    None also for a principal without a MAC, with a wrong one, with more than one principal
+    or MAC, for undecodable bytes, and in a process without a mesh key.
+    """
+    serialized = mac = None
     for key, value in metadata or ():
-        if key == PRINCIPAL_KEY and isinstance(value, bytes):
-            try:
-                return principal_pb2.Principal.FromString(value)
-            except Exception:  # noqa: BLE001  # malformed metadata is no principal
+        if key == PRINCIPAL_KEY:
+            if serialized is not None or not isinstance(value, bytes):
                 return None
-    return None
+            serialized = value
+        elif key == PRINCIPAL_MAC_KEY:
+            if mac is not None or not isinstance(value, bytes):
+                return None
+            mac = value
+    if serialized is None or mac is None:
+        return None
+    # Every key is tried, whatever matches: the time taken says nothing about which did.
+    verified = False
+    for key in _keys:
+        verified |= hmac.compare_digest(_mac(key, serialized), mac)
+    if not verified:
+        return None
+    try:
+        return principal_pb2.Principal.FromString(serialized)
+    except Exception:  # noqa: BLE001  # malformed metadata is no principal
+        return None

@@ -1,11 +1,12 @@
 """How every SKM service starts, serves and stops.
 
 `run(spec, settings_cls)` is a service's whole `__main__`: settings from SKM_* variables
-(exit 2 with every bad value named), JSON logs, OpenTelemetry, a grpc.aio server with the
-runtime interceptor, explicit message-size and keepalive limits, gRPC health per service
-name, server reflection, and a graceful stop on SIGTERM/SIGINT: health turns NOT_SERVING,
-new calls are refused, calls in flight (open streams included) get up to
-SKM_GRPC_DRAIN_SECONDS to finish, then the process exits 0.
+(exit 2 with every bad value named), the mesh key that signs and checks principals
+(SKM_MESH_KEY_FILE; required unless the process never touches a principal), JSON logs,
+OpenTelemetry, a grpc.aio server with the runtime interceptor, explicit message-size and
+keepalive limits, gRPC health per service name, server reflection, and a graceful stop on
+SIGTERM/SIGINT: health turns NOT_SERVING, new calls are refused, calls in flight (open
+streams included) get up to SKM_GRPC_DRAIN_SECONDS to finish, then the process exits 0.
 
 `start_server(...)` is the same server without the process concerns, for tests and benches.
 """
@@ -19,6 +20,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import grpc
@@ -29,6 +31,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from skm_runtime.interceptors import OutboundInterceptor, ServerInterceptor
 from skm_runtime.logs import configure_logging
+from skm_runtime.principal import MESH_KEY_FILE_VAR, MeshKeyInvalid, read_mesh_keys, use_mesh_keys
 from skm_runtime.settings import SettingsError, address, bounded, field_env_name, load_settings
 from skm_runtime.telemetry import Exporter, Telemetry, configure_telemetry, install_globally
 
@@ -40,7 +43,7 @@ _STOP_SECONDS = 20.0
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
-    """Process-wide settings, from SKM_GRPC_*, SKM_LOG_* and SKM_OTEL_* variables."""
+    """Process-wide settings, from SKM_GRPC_*, SKM_LOG_*, SKM_OTEL_* and SKM_MESH_* variables."""
 
     grpc_max_receive_bytes: int = bounded(4 * 1024 * 1024, low=1024, high=64 * 1024 * 1024)
     grpc_max_send_bytes: int = bounded(4 * 1024 * 1024, low=1024, high=64 * 1024 * 1024)
@@ -56,6 +59,9 @@ class RuntimeSettings:
     log_personal_data: bool = False
     otel_exporter: Exporter = Exporter.NONE
     otel_endpoint: str = "127.0.0.1:4317"
+    # The mesh key file (skm_runtime.principal): hex text, one key of 32+ bytes a line, the
+    # first signs. Required by every process that signs or reads principals.
+    mesh_key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,22 +243,29 @@ def run(
     settings_cls: type[SettingsT],
     build: Callable[[SettingsT, RuntimeSettings], Awaitable[ServiceSpec]],
     argv: Sequence[str] | None = None,
+    *,
+    uses_principals: bool = True,
 ) -> int:
     """A service process from start to exit; returns the exit code.
 
     `name` is the service's settings prefix (SKM_<NAME>_*); `build` is its composition
     root, run inside the event loop: from settings to adapters, core and servicers.
+    The mesh key is loaded before `build` runs; a process that `uses_principals` (signs or
+    reads them: every service) does not start without one. Only a process that never
+    touches a principal (the runtime's echo test service) may say False.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if args:
         wants_help = args[0] in ("-h", "--help")
-        print(usage(name, settings_cls), file=sys.stdout if wants_help else sys.stderr)
+        print(usage(name, settings_cls, uses_principals=uses_principals), file=sys.stdout if wants_help else sys.stderr)
         return 0 if wants_help else 2
     problems: list[str] = []
     try:
         runtime = load_settings(RuntimeSettings, "")
     except SettingsError as exc:
         problems += exc.problems
+    else:
+        problems += _use_mesh_key(runtime.mesh_key_file, required=uses_principals)
     try:
         settings = load_settings(settings_cls, name)
     except SettingsError as exc:
@@ -277,6 +290,23 @@ def run(
         telemetry.shutdown()
 
 
+def _use_mesh_key(path: Path | None, *, required: bool) -> list[str]:
+    """Load the mesh key into the process; the problems, as settings problems (no key text)."""
+    if path is None:
+        if not required:
+            return []
+        return [
+            f"{MESH_KEY_FILE_VAR}: required, not set: the file with the mesh key that signs and checks"
+            " principals between services (hex text, 32+ random bytes; `python -m skm_stack up` makes"
+            " one in its state dir)"
+        ]
+    try:
+        use_mesh_keys(read_mesh_keys(path))
+    except MeshKeyInvalid as exc:
+        return [f"{MESH_KEY_FILE_VAR}: {exc}"]
+    return []
+
+
 def _program() -> str:
     main = sys.modules.get("__main__")
     main_spec = getattr(main, "__spec__", None)
@@ -284,7 +314,7 @@ def _program() -> str:
     return name.removesuffix(".__main__")
 
 
-def usage(name: str, settings_cls: type[object]) -> str:
+def usage(name: str, settings_cls: type[object], *, uses_principals: bool = True) -> str:
     """`--help`: what the process is and every variable it reads, with defaults."""
     lines = [
         f"usage: python -m {_program()}",
@@ -297,6 +327,8 @@ def usage(name: str, settings_cls: type[object]) -> str:
         for item in dataclasses.fields(cls):  # type: ignore[arg-type]  # settings are dataclasses
             default = item.default if item.default is not dataclasses.MISSING else "(required)"
             shown = "<secret>" if item.metadata.get("secret") else getattr(default, "value", default)
+            if cls is RuntimeSettings and item.name == "mesh_key_file" and uses_principals:
+                shown = "(required)"
             lines.append(f"  {field_env_name(item, prefix):<40} default: {shown!r}")
     lines.append("")
     lines.append("Stops gracefully on SIGTERM or SIGINT (exit 0).")

@@ -73,6 +73,8 @@ def _print_summary(running: RunningStack) -> None:
         for tier, model in enumerate(running.llm.models):
             note = "UNTRAINED, answers are meaningless" if model.untrained else str(model.path)
             lines.append(f"  {f'LLM tier {tier} model':<34} {model.alias} ({note})")
+    if running.services:
+        lines.append(f"  {'mesh key file (SKM_MESH_KEY_FILE)':<34} {running.mesh_key_file}")
     lines.append(f"  {'logs':<34} {running.state_dir / 'logs'}")
     lines.append("Ctrl-C (or `python -m skm_stack down` from another shell) stops everything.")
     print("\n".join(lines), flush=True)

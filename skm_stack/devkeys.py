@@ -1,13 +1,18 @@
-"""The development signing key pair for gateway tokens, made once per state dir.
+"""Development keys, made once per state dir.
 
-`make run` gives the gateway the public half (a JWKS file) and `skm token` signs with the
-private half. Ed25519 (JWT algorithm EdDSA). For development only: deployments configure
-the gateway with their identity provider's JWKS.
+The signing key pair for gateway tokens: `make run` gives the gateway the public half (a
+JWKS file) and `skm token` signs with the private half. Ed25519 (JWT algorithm EdDSA). For
+development only: deployments configure the gateway with their identity provider's JWKS.
+
+The mesh key (`ensure_mesh_key`): the secret every service of the stack gets as
+SKM_MESH_KEY_FILE, with which principals passed between services are signed and checked
+(skm_runtime.principal). Deployments make their own and mount it into every service.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -15,6 +20,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from skm_runtime.principal import new_mesh_key
 
 KEY_ID = "skm-dev-1"
 
@@ -54,3 +61,27 @@ def ensure_dev_keys(state_dir: Path) -> DevKeys:
     }
     keys.jwks.write_text(json.dumps({"keys": [jwk]}, indent=2) + "\n")
     return keys
+
+
+def mesh_key_file(state_dir: Path) -> Path:
+    return state_dir / "mesh" / "mesh.key"
+
+
+def ensure_mesh_key(state_dir: Path) -> Path:
+    """The state dir's mesh key file (hex text, mode 0600), created on first use."""
+    path = mesh_key_file(state_dir)
+    if path.is_file():
+        return path
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Written whole under another name, then linked into place: a reader never sees half a
+    # key, and of two processes creating it at once, the first link wins for both.
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(new_mesh_key())
+        with contextlib.suppress(FileExistsError):
+            os.link(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

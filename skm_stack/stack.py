@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from skm_stack.devkeys import ensure_dev_keys
+from skm_stack.devkeys import ensure_dev_keys, ensure_mesh_key
 from skm_stack.envoy import EnvoyServer, start_envoy
 from skm_stack.install import Report, Toolchain, ensure_installed, print_report
 from skm_stack.kafka import KafkaServer, start_kafka
@@ -113,6 +113,9 @@ class Stack:
     # The foreground process that owns the stack (`up`), recorded so that `down` can ask it
     # to stop everything in order. None for stacks owned by tests.
     supervisor: ProcessRecord | None = None
+    # The mesh key file every service gets (SKM_MESH_KEY_FILE). None: the state dir's own,
+    # made on first use. Tests give all their stacks one, which the test process uses too.
+    mesh_key_file: Path | None = None
 
     def start(self) -> RunningStack:
         """Start the chosen servers in dependency order and wait for each one's real health.
@@ -127,7 +130,14 @@ class Stack:
         for component in list(wanted):
             wanted.update(_REQUIRES.get(component, ()))
         toolchain = self.toolchain or ensure_installed(self.report)
-        running = RunningStack(Path(self.state_dir), toolchain, dict(self.ports), self.durable, self.report)
+        running = RunningStack(
+            Path(self.state_dir),
+            toolchain,
+            dict(self.ports),
+            self.durable,
+            self.report,
+            mesh_key_file=self.mesh_key_file,
+        )
         running.supervisor = self.supervisor
         # Every port first, so a taken one fails the start before any server runs.
         for component in SERVERS:
@@ -154,6 +164,8 @@ class RunningStack:
         ports: Mapping[str, int],
         durable: bool = True,
         report: Report = print_report,
+        *,
+        mesh_key_file: Path | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.toolchain = toolchain
@@ -177,6 +189,7 @@ class RunningStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         # As root, PostgreSQL runs as user postgres and must be able to reach its data dir.
         self.state_dir.chmod(0o755)
+        self.mesh_key_file = (mesh_key_file or ensure_mesh_key(self.state_dir)).resolve()
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -224,8 +237,9 @@ class RunningStack:
         return server
 
     def service_env(self) -> dict[str, str]:
-        """Variables every service gets: where the stores and the other services are."""
-        env: dict[str, str] = {}
+        """Variables every service gets: where the stores and the other services are, and
+        the mesh key that signs the principals they pass each other."""
+        env: dict[str, str] = {"SKM_MESH_KEY_FILE": str(self.mesh_key_file)}
         if self.postgres:
             env["SKM_POSTGRES_DSN"] = self.postgres.dsn
         if self.redis:

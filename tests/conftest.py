@@ -5,6 +5,10 @@ missing and starts every server, in a fresh temporary state dir on free ports, a
 exactly those processes (by PID) when the session ends. The install step (minutes on a
 fresh machine: OpenFGA is built with Go) runs once after collection, outside any test's
 timeout, and only when a selected test needs the stack.
+
+One mesh key serves the whole session: the test process signs principals with it (tests
+that call services directly, and services served in-process), and every stack the suite
+starts gives it to its services (SKM_MESH_KEY_FILE).
 """
 
 from __future__ import annotations
@@ -17,13 +21,36 @@ from pathlib import Path
 
 import pytest
 
+from skm_runtime.principal import configure_mesh_key
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack, Toolchain, ensure_installed
+from skm_stack.devkeys import ensure_mesh_key
 from skm_stack.envoy import EnvoyServer
 
 _STACK_FIXTURES = {"stack", "toolchain", "envoy_factory", "stack_factory"}
 
 EnvoyFactory = Callable[[int], EnvoyServer]
 StackFactory = Callable[..., RunningStack]
+
+_MESH_KEY = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's mesh key, in use in this process before any test module is imported."""
+    key = ensure_mesh_key(Path(tempfile.mkdtemp(prefix="skm-test-mesh-")))
+    configure_mesh_key(key)
+    config.stash[_MESH_KEY] = key
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    key = config.stash.get(_MESH_KEY, None)
+    if key is not None:
+        shutil.rmtree(key.parent.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mesh_key_file(request: pytest.FixtureRequest) -> Path:
+    """The session's mesh key file: this process signs with it, every suite stack's services check with it."""
+    return request.config.stash[_MESH_KEY]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -61,10 +88,12 @@ def _discard(state: Path, session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(toolchain: Toolchain, request: pytest.FixtureRequest) -> Iterator[RunningStack]:
+def stack(toolchain: Toolchain, mesh_key_file: Path, request: pytest.FixtureRequest) -> Iterator[RunningStack]:
     """PostgreSQL, Redis, Kafka and OpenFGA, started once per session on free ports."""
     state = _fresh_state_dir("skm-test-stack-")
-    running = Stack(state_dir=state, ports=EPHEMERAL_PORTS, durable=False, toolchain=toolchain).start()
+    running = Stack(
+        state_dir=state, ports=EPHEMERAL_PORTS, durable=False, toolchain=toolchain, mesh_key_file=mesh_key_file
+    ).start()
     try:
         yield running
     finally:
@@ -73,7 +102,7 @@ def stack(toolchain: Toolchain, request: pytest.FixtureRequest) -> Iterator[Runn
 
 
 @pytest.fixture
-def stack_factory(toolchain: Toolchain, request: pytest.FixtureRequest) -> Iterator[StackFactory]:
+def stack_factory(toolchain: Toolchain, mesh_key_file: Path, request: pytest.FixtureRequest) -> Iterator[StackFactory]:
     """Start a stack of one's own (``components=()`` for none), stopped after the test.
 
     For tests that start services or Envoy on it, or that need servers the session
@@ -85,6 +114,7 @@ def stack_factory(toolchain: Toolchain, request: pytest.FixtureRequest) -> Itera
     def start(components: tuple[str, ...] = (), **options: object) -> RunningStack:
         state = _fresh_state_dir("skm-test-extra-")
         options.setdefault("durable", False)
+        options.setdefault("mesh_key_file", mesh_key_file)
         running = Stack(
             state_dir=state,
             components=components,

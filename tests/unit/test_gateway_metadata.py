@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from skm_runtime.contract import methods
-from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY
+from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY, PRINCIPAL_MAC_KEY, principal_from
 from svc_gateway.core import Gateway
 from svc_gateway.model import Verdict
 from svc_gateway.proxy import Proxy, _rule
@@ -36,6 +36,7 @@ async def test_the_mesh_metadata_a_client_sends_is_dropped() -> None:
         ("authorization", f"Bearer {_token(pem, exp=time.time() + 600)}"),
         ("x-client-note", "kept"),
         (PRINCIPAL_KEY, b"forged"),
+        (PRINCIPAL_MAC_KEY, b"forged"),
         (FORWARDED_BY_KEY, "conversation"),
         ("x-skm-conversation-routed", "1"),
         ("x-skm-anything-new", "x"),
@@ -46,4 +47,6 @@ async def test_the_mesh_metadata_a_client_sends_is_dropped() -> None:
     assert "x-skm-conversation-routed" not in keys
     assert "x-skm-anything-new" not in keys
     assert keys.count(PRINCIPAL_KEY) == 1, "only the gateway's own principal header"
+    assert keys.count(PRINCIPAL_MAC_KEY) == 1, "only the gateway's own MAC"
+    assert principal_from(passed) is not None, "the gateway's principal verifies"
     assert dict(passed)[FORWARDED_BY_KEY] == "gateway"

@@ -1,0 +1,212 @@
+"""A service trusts a principal only when it is signed with the mesh key.
+
+svc_policy runs as a process of its own (`python -m svc_policy`, as the stack starts it,
+with the suite's mesh key in SKM_MESH_KEY_FILE) on the real OpenFGA, PostgreSQL, Kafka and
+Redis. A caller that reaches its port directly with a principal of its own making, unsigned,
+with a forged MAC or signed under another key, is a caller without a principal: holding an
+action or approving one is refused UNAUTHENTICATED (ErrorInfo PRINCIPAL_MISSING). The same
+calls, signed with the mesh key, go through. And the service does not start without a key.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import any_pb2, wrappers_pb2
+
+from skm.policy.v1 import (
+    access_pb2,
+    blocked_action_pb2,
+    blocked_action_service_pb2,
+    blocked_action_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+)
+from skm.type.v1 import policy_decision_pb2
+from skm_runtime.principal import (
+    PRINCIPAL_MAC_KEY,
+    configure_mesh_key,
+    principal_message,
+    principal_metadata,
+    use_mesh_keys,
+)
+from skm_runtime.status import error_info_of
+from skm_stack import RunningStack
+from skm_stack.paths import REPO_ROOT
+from skm_stack.services import ServiceProcess, ServiceSpec, start_service
+from tests.support.ports import free_port
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+@pytest.fixture(scope="module")
+def policy_process(stack: RunningStack) -> Iterator[ServiceProcess]:
+    state = Path(tempfile.mkdtemp(prefix="skm-test-principal-"))
+    port = free_port()
+    spec = ServiceSpec(
+        name="policy",
+        module="svc_policy",
+        port=port,
+        health_services=("", "skm.policy.v1.PolicyService"),
+        extra_env={
+            "SKM_POLICY_ADDR": f"127.0.0.1:{port}",
+            "SKM_POLICY_OPENFGA_STORE": f"skm-test-{uuid.uuid4().hex[:8]}",
+            "SKM_LOG_LEVEL": "WARNING",
+        },
+    )
+    service = start_service(spec, state, stack.service_env())
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+async def channel(policy_process: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(policy_process.addr) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def tenant(channel: grpc.aio.Channel) -> str:
+    """A fresh tenant: olga its operator, mike a member, a high-risk tool that needs approval."""
+    tenant = f"tenants/p{uuid.uuid4().hex[:10]}"
+    t = f"tenant:{tenant}"
+    relationships = [
+        access_pb2.Relationship(subject=f"user:{tenant}/users/olga", relation="operator", object=t),
+        access_pb2.Relationship(subject=f"user:{tenant}/users/mike", relation="member", object=t),
+        access_pb2.Relationship(subject=t, relation="tenant", object=f"tool:{tenant}/tools/code"),
+        access_pb2.Relationship(subject=t, relation="high_risk", object=f"tool:{tenant}/tools/code"),
+    ]
+    await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+        policy_service_pb2.WriteRelationshipsRequest(parent=tenant, relationships=relationships), timeout=10
+    )
+    return tenant
+
+
+def _signed(tenant: str, user: str) -> Metadata:
+    return principal_metadata(principal_message(tenant, f"{tenant}/users/{user}", ["member"]))
+
+
+def _made_up(tenant: str, user: str, mesh_key_file: Path) -> dict[str, Metadata]:
+    """The principal as a caller without the mesh key could send it."""
+    principal = _signed(tenant, user)[0]
+    use_mesh_keys([secrets.token_bytes(32)])
+    try:
+        other_key = principal_metadata(principal_message(tenant, f"{tenant}/users/{user}", ["member"]))
+    finally:
+        configure_mesh_key(mesh_key_file)
+    return {
+        "no principal": (),
+        "no MAC": (principal,),
+        "a forged MAC": (principal, (PRINCIPAL_MAC_KEY, secrets.token_bytes(32))),
+        "another key's MAC": other_key,
+        "another principal's MAC": (principal, _signed(tenant, f"{user}2")[1]),
+    }
+
+
+async def _unauthenticated(call: Awaitable[object], what: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    error = raised.value
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (what, error.code(), error.details())
+    info = error_info_of(error)
+    assert info is not None, what
+    assert (info.reason, info.domain) == ("PRINCIPAL_MISSING", "policy.skm"), what
+
+
+def _hold_check(tenant: str) -> policy_service_pb2.CheckRequest:
+    payload = any_pb2.Any()
+    payload.Pack(wrappers_pb2.StringValue(value="run it"))
+    return policy_service_pb2.CheckRequest(
+        check=access_pb2.AccessCheck(
+            subject=f"user:{tenant}/users/mike", relation="can_execute", object=f"tool:{tenant}/tools/code"
+        ),
+        hold=policy_service_pb2.Hold(request_id=str(uuid.uuid4()), payload=payload),
+    )
+
+
+async def test_only_a_signed_principal_may_hold_an_action(
+    channel: grpc.aio.Channel, tenant: str, mesh_key_file: Path
+) -> None:
+    policy = policy_service_pb2_grpc.PolicyServiceStub(channel)
+    for what, metadata in _made_up(tenant, "mike", mesh_key_file).items():
+        await _unauthenticated(policy.Check(_hold_check(tenant), metadata=metadata, timeout=10), what)
+
+    held = await policy.Check(_hold_check(tenant), metadata=_signed(tenant, "mike"), timeout=10)
+    assert held.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
+    assert held.decision.blocked_action.startswith(f"{tenant}/blockedActions/")
+
+
+async def test_only_a_signed_operator_may_approve(channel: grpc.aio.Channel, tenant: str, mesh_key_file: Path) -> None:
+    held = await policy_service_pb2_grpc.PolicyServiceStub(channel).Check(
+        _hold_check(tenant), metadata=_signed(tenant, "mike"), timeout=10
+    )
+    name = held.decision.blocked_action
+    blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+    approve = blocked_action_service_pb2.ApproveBlockedActionRequest(name=name)
+    for what, metadata in _made_up(tenant, "olga", mesh_key_file).items():
+        await _unauthenticated(blocked.ApproveBlockedAction(approve, metadata=metadata, timeout=10), what)
+    still = await blocked.GetBlockedAction(
+        blocked_action_service_pb2.GetBlockedActionRequest(name=name), metadata=_signed(tenant, "olga"), timeout=10
+    )
+    assert still.blocked_action.state == blocked_action_pb2.BlockedAction.STATE_PENDING
+
+    approved = await blocked.ApproveBlockedAction(approve, metadata=_signed(tenant, "olga"), timeout=10)
+    assert approved.blocked_action.state == blocked_action_pb2.BlockedAction.STATE_APPROVED
+    assert approved.blocked_action.resolver == f"{tenant}/users/olga"
+
+
+def _service(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "svc_policy", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _problems(stderr: str) -> list[str]:
+    return [line.strip() for line in stderr.splitlines() if line.startswith("  SKM_")]
+
+
+def test_a_service_without_the_mesh_key_refuses_to_start_and_says_why(stack: RunningStack, tmp_path: Path) -> None:
+    """Everything else it needs is there: the key is what it refuses to start without."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SKM_")}
+    env |= {key: value for key, value in stack.service_env().items() if key != "SKM_MESH_KEY_FILE"}
+    env["SKM_POLICY_ADDR"] = f"127.0.0.1:{free_port()}"
+    missing = _service(env)
+    assert missing.returncode == 2, missing.stderr
+    problems = _problems(missing.stderr)
+    assert len(problems) == 1, missing.stderr
+    assert problems[0].startswith("SKM_MESH_KEY_FILE: required, not set"), missing.stderr
+
+    key = tmp_path / "mesh.key"
+    key.write_text("ef" * 20 + "\n")  # 20 bytes: too short
+    env["SKM_MESH_KEY_FILE"] = str(key)
+    short = _service(env)
+    assert short.returncode == 2, short.stderr
+    problems = _problems(short.stderr)
+    assert len(problems) == 1, short.stderr
+    assert problems[0].startswith("SKM_MESH_KEY_FILE:"), short.stderr
+    assert "at least 32 bytes" in problems[0], short.stderr
+    assert "efef" not in short.stderr, "the key never appears in a message"
+
+    shown = _service(env, "--help")
+    assert shown.returncode == 0, shown.stderr
+    [listed] = [line for line in shown.stdout.splitlines() if "SKM_MESH_KEY_FILE" in line]
+    assert "(required)" in listed
