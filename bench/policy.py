@@ -116,7 +116,7 @@ async def _against(stack: RunningStack, store: str, token: str, rounds: int, cal
 
         async def via_probes(i: int) -> object:
             subject = f"user:{tenant}/users/u{i % 100}"
-            return await direct.check([AccessCheck(subject, rule.relation, tool) for rule in rules.probes], fresh=False)
+            return await direct.check([AccessCheck(subject, rule.asked, tool) for rule in rules.probes], fresh=False)
 
         async def via_miss(i: int) -> object:
             reply = await uncached_stub.Check(request(f"user:{tenant}/users/u{i % 100}"), timeout=10)

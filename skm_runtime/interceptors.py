@@ -311,6 +311,15 @@ def trace_metadata() -> tuple[tuple[str, str], ...]:
     return tuple(carrier.items())
 
 
+def outliving_context() -> contextvars.Context:
+    """A copy of the current context for a task that outlives the call being served (e.g.
+    a turn started by SendMessage): the trace goes on, the call's deadline does not cut the
+    task's own outbound calls."""
+    context = contextvars.copy_context()
+    context.run(_inbound_deadline.set, None)
+    return context
+
+
 def outbound_timeout(own: float | None, default: float) -> float:
     """The timeout an outbound call gets: its own or the default, cut to the inbound deadline."""
     timeout = default if own is None else own

@@ -24,11 +24,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
-from skm.tools.v1 import execution_pb2
+from skm.tools.v1 import execution_pb2, tool_service_pb2
 from skm.type.v1 import deployment_mode_pb2, policy_decision_pb2
 from skm_runtime.errors import FieldViolation, InvalidArgument
+from skm_runtime.interceptors import outliving_context
 from svc_conversation import audit
-from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools
+from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools, HoldRequest
 from svc_conversation.adapters.openai import ChatRequest, ModelCallFailed, OpenAICompatibleClient
 from svc_conversation.adapters.postgres import (
     Command,
@@ -64,11 +65,11 @@ from svc_conversation.errors import (
 )
 from svc_conversation.fitting import estimated_tokens, fit_messages
 from svc_conversation.loop import PRIMARY, UTILITY, TurnRun, preprocessed
-from svc_conversation.model import Persona, Principal, ResolvedProfile, ToolSpec, TurnCommand
+from svc_conversation.model import ApprovalState, Persona, Principal, ResolvedProfile, ToolSpec, TurnCommand
 from svc_conversation.refresh import RefreshingCache
 from svc_conversation.sessions import ACTIVE, TERMINAL, Closed, Live, LiveEvents, SessionHandle, Subscriber, timestamp
 from svc_conversation.settings import ConversationSettings
-from svc_conversation.toolcall import ToolCall
+from svc_conversation.toolcall import SUBORDINATE_TOOL, ToolCall
 
 log = logging.getLogger("skm.conversation")
 
@@ -85,6 +86,21 @@ _CATALOGUE_SECONDS = (30.0, 300.0)
 _ORDINAL = re.compile(r"[1-9][0-9]{0,9}")
 _MAX_ORDINAL = 2**31 - 1
 _SUBORDINATE_NAMESPACE = uuid.UUID("c4b1f1a2-77e4-4a57-9d0f-5a9f3b2e8c64")
+# Holds of subordinate spawns: their request ids are derived from the turn and the tool call.
+_SPAWN_HOLD_NAMESPACE = uuid.UUID("8e3a6f0c-1d2b-4c7e-9b5a-3f6d2e1c0a94")
+# A held spawn that will not run: the tool call's failure reason and message.
+_SPAWN_REFUSED = {
+    ApprovalState.REJECTED: (execution_pb2.FAILURE_REASON_REJECTED, "an operator rejected spawning a subordinate"),
+    ApprovalState.EXPIRED: (
+        execution_pb2.FAILURE_REASON_APPROVAL_EXPIRED,
+        "nobody approved spawning a subordinate before its approval expired",
+    ),
+    ApprovalState.CANCELLED: (execution_pb2.FAILURE_REASON_CANCELLED, "the held spawn was withdrawn"),
+    ApprovalState.TAKEN: (
+        execution_pb2.FAILURE_REASON_INTERRUPTED,
+        "the approved spawn was claimed by another executor",
+    ),
+}
 # A forwarded intervention that finds the turn gone from its owner is routed again, this often.
 _ROUTE_ATTEMPTS = 3
 
@@ -410,35 +426,115 @@ class Conversation:
         return depth
 
     async def subordinate(
-        self, run: TurnRun, requested: session_event_pb2.ToolCallRequested, call: ToolCall
+        self,
+        run: TurnRun,
+        requested: session_event_pb2.ToolCallRequested,
+        call: ToolCall,
+        *,
+        known_verdict: bool = False,
     ) -> execution_pb2.ToolResult:
         """call_subordinate: svc_policy decides whether the persona may spawn a subordinate
         (of its own persona); the subordinate is a session of its own, whose first turn runs
-        to its end here and whose answer is the tool's result."""
+        to its end here and whose answer is the tool's result.
+
+        A spawn policy answers REQUIRES_APPROVAL is held in svc_policy's requeue store with
+        the whole request, and the turn waits AWAITING_APPROVAL (the verdict event names the
+        blocked action) until an operator decides: an approved spawn is claimed, the turn
+        runs on (RUNNING), the subordinate is spawned and the outcome completes the claim; a
+        rejected or expired one fails the tool call with the operator's note. Hold, claim and
+        subordinate are keyed by the turn and the tool call, so a turn resumed after an
+        interrupt or a restart finds the same blocked action, and a spawn it claimed before
+        finds the same subordinate (created once) instead of starting another. An interrupt
+        stops the wait only: the entry stays for the operator. With ``known_verdict`` (a
+        resumed tool call), the verdict is not recorded again.
+        """
         session = run.handle.session
+        tool_call_id = requested.tool_call_id
         persona_object = f"persona:{session.persona}"
-        decision = await self.policy.check(run.principal, persona_object, "can_spawn", persona_object)
-        await run.record_verdict(requested.tool_call_id, decision)
-        if decision.verdict != policy_decision_pb2.VERDICT_ALLOW:
-            reason = (
-                execution_pb2.FAILURE_REASON_DENIED
-                if decision.verdict == policy_decision_pb2.VERDICT_DENY
-                else execution_pb2.FAILURE_REASON_REJECTED
+        # The spawn's own id: the hold's, the claim's and the subordinate's (its session
+        # and first turn), so a repeated or resumed tool call finds what it started before.
+        spawn = f"{run.turn.name}#{tool_call_id}"
+        request_id = str(uuid.uuid5(_SUBORDINATE_NAMESPACE, spawn))
+        hold = HoldRequest(
+            request_id=str(uuid.uuid5(_SPAWN_HOLD_NAMESPACE, spawn)),
+            payload=tool_service_pb2.ExecuteToolRequest(
+                tool=requested.tool,
+                arguments_json=requested.arguments_json,
+                request_id=request_id,
+                persona=session.persona,
+                turn=run.turn.name,
+                tool_call_id=tool_call_id,
+            ),
+            summary=f"{SUBORDINATE_TOOL} (a subordinate session) for {run.principal.user} as {session.persona}"[:300],
+            session=session.name,
+        )
+        decision = await self.policy.check(run.principal, persona_object, "can_spawn", persona_object, hold=hold)
+        held = decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL and bool(decision.blocked_action)
+        if not known_verdict:
+            await run.record_verdict(tool_call_id, decision)
+        elif held and run.turn.state != Turn.STATE_AWAITING_APPROVAL:
+            await self._turn_state(run, Turn.STATE_AWAITING_APPROVAL)
+        if decision.verdict != policy_decision_pb2.VERDICT_ALLOW and not held:
+            return await self._spawn_failed(
+                run,
+                tool_call_id,
+                execution_pb2.FAILURE_REASON_DENIED,
+                f"spawning a subordinate: {decision.reason or 'NOT_HELD'}",
             )
-            if run.turn.state == Turn.STATE_AWAITING_APPROVAL:
-                run.turn.state = Turn.STATE_RUNNING
+        if held:
+            approval = await self.policy.approval(run.principal, decision.blocked_action, spawn)
+            refused = _SPAWN_REFUSED.get(approval.state)
+            if refused is not None:
+                note = f": {approval.note}" if approval.note else ""
+                return await self._spawn_failed(run, tool_call_id, refused[0], refused[1] + note)
+            # Claimed: from here on this turn runs the spawn; a restart resumes the same one.
+            await self._turn_state(run, Turn.STATE_RUNNING)
+        try:
+            created, finished = await self._spawned(run, session, call, request_id)
+        except asyncio.CancelledError:
+            if held and not run.detached:
+                # Interrupted by the user: the subordinate stopped with the superior.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        self.policy.complete(
+                            run.principal, decision.blocked_action, spawn, succeeded=False, failure_reason="INTERRUPTED"
+                        )
+                    )
+            raise
+        if finished is not None and finished.state == Turn.STATE_COMPLETED:
             result = execution_pb2.ToolResult(
-                failure=execution_pb2.ToolFailure(reason=reason, message=f"spawning a subordinate: {decision.reason}")
+                success=execution_pb2.ToolSuccess(output_json=json.dumps({"response": finished.response_text}))
             )
-            await run.step(
-                (
-                    "tool_call_result",
-                    session_event_pb2.ToolCallResult(tool_call_id=requested.tool_call_id, result=result),
+        else:
+            state = Turn.State.Name(finished.state) if finished is not None else "UNKNOWN"
+            result = execution_pb2.ToolResult(
+                failure=execution_pb2.ToolFailure(
+                    reason=execution_pb2.FAILURE_REASON_TOOL_ERROR, message=f"the subordinate's turn ended {state}"
                 )
             )
-            return result
+        if held:
+            succeeded = result.HasField("success")
+            await self.policy.complete(
+                run.principal,
+                decision.blocked_action,
+                spawn,
+                succeeded=succeeded,
+                failure_reason="" if succeeded else "TOOL_ERROR",
+            )
+        await run.step(
+            (
+                "tool_call_result",
+                session_event_pb2.ToolCallResult(tool_call_id=tool_call_id, execution=created.name, result=result),
+            )
+        )
+        return result
+
+    async def _spawned(
+        self, run: TurnRun, session: Session, call: ToolCall, request_id: str
+    ) -> tuple[Session, Turn | None]:
+        """The subordinate session and its first turn once that has ended. Both are created
+        under ``request_id``: a second call (a resumed turn) finds them instead."""
         message = str(call.tool_args.get("message", ""))[:MAX_TEXT] or "(no task given)"
-        request_id = str(uuid.uuid5(_SUBORDINATE_NAMESPACE, f"{run.turn.name}#{requested.tool_call_id}"))
         child = Session(persona=session.persona, mode=session.mode, display_name="subordinate")
         child.model_overrides.extend(session.model_overrides)
         created = await self.create_session(
@@ -452,7 +548,7 @@ class Conversation:
                     await asyncio.shield(handle.runner)
                 finished = await self.store.get_turn(created.name, turn_ordinal(turn.name))
                 if finished is None or finished.state not in ACTIVE:
-                    break
+                    return created, finished
                 # Run elsewhere (e.g. taken over after a restart): wait for its end.
                 await asyncio.sleep(0.5)
         except asyncio.CancelledError:
@@ -460,25 +556,25 @@ class Conversation:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.interrupt(run.principal, turn.name, str(uuid.uuid4())))
             raise
-        if finished is not None and finished.state == Turn.STATE_COMPLETED:
-            result = execution_pb2.ToolResult(
-                success=execution_pb2.ToolSuccess(output_json=json.dumps({"response": finished.response_text}))
-            )
-        else:
-            state = Turn.State.Name(finished.state) if finished is not None else "UNKNOWN"
-            result = execution_pb2.ToolResult(
-                failure=execution_pb2.ToolFailure(
-                    reason=execution_pb2.FAILURE_REASON_TOOL_ERROR, message=f"the subordinate's turn ended {state}"
-                )
-            )
-        await run.step(
-            (
-                "tool_call_result",
-                session_event_pb2.ToolCallResult(
-                    tool_call_id=requested.tool_call_id, execution=created.name, result=result
-                ),
-            )
+
+    async def _turn_state(self, run: TurnRun, state: Turn.State.ValueType) -> None:
+        if run.turn.state != state:
+            run.turn.state = state
+            await run.step(("turn_state_changed", session_event_pb2.TurnStateChanged(state=state)))
+
+    async def _spawn_failed(
+        self, run: TurnRun, tool_call_id: str, reason: execution_pb2.FailureReason.ValueType, message: str
+    ) -> execution_pb2.ToolResult:
+        """The call_subordinate tool call fails without a spawn; a waiting turn runs on."""
+        result = execution_pb2.ToolResult(failure=execution_pb2.ToolFailure(reason=reason, message=message))
+        payloads: list[tuple[str, object]] = []
+        if run.turn.state == Turn.STATE_AWAITING_APPROVAL:
+            run.turn.state = Turn.STATE_RUNNING
+            payloads.append(("turn_state_changed", session_event_pb2.TurnStateChanged(state=Turn.STATE_RUNNING)))
+        payloads.append(
+            ("tool_call_result", session_event_pb2.ToolCallResult(tool_call_id=tool_call_id, result=result))
         )
+        await run.step(*payloads)
         return result
 
     # -- handles ---------------------------------------------------------------------
@@ -774,7 +870,10 @@ class Conversation:
                 log.exception("a turn's runner failed; the turn will be resumed")
 
         handle.run = run
-        handle.runner = asyncio.create_task(guarded(), name=f"turn {turn.name}")
+        # The turn outlives the call that started it (SendMessage, ResumeTurn...): its calls
+        # into the mesh, e.g. a spawn an operator approves an hour later, are not cut to
+        # that call's deadline.
+        handle.runner = asyncio.create_task(guarded(), name=f"turn {turn.name}", context=outliving_context())
         # Streams attached here follow the turn in process while it runs here, and the
         # session's Redis Stream otherwise.
         self._follow_changed(handle)

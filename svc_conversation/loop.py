@@ -258,9 +258,12 @@ class TurnRun:
             raise TurnFailed("ALL_MODEL_TIERS_FAILED", "no model is configured for the PRIMARY role")
         if context.open_call is not None:
             call = ToolCall(context.open_call.tool.rsplit("/", 1)[-1], json.loads(context.open_call.arguments_json))
-            result = await self._tool(
-                context.open_call, known_verdict=context.open_call.tool_call_id in context.verdicts
-            )
+            known = context.open_call.tool_call_id in context.verdicts
+            if call.tool_name == SUBORDINATE_TOOL:
+                # E.g. a spawn held for an operator: it finds its blocked action again.
+                result = await self.c.subordinate(self, context.open_call, call, known_verdict=known)
+            else:
+                result = await self._tool(context.open_call, known_verdict=known)
             context.messages.extend(self._exchange(call, result))
         while True:
             iteration = self.turn.iterations + 1

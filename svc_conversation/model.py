@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 
@@ -77,3 +78,19 @@ class TurnCommand:
     turn: str  # "tenants/{tenant}/sessions/{session}/turns/{ordinal}"
     request_id: str
     text: str = ""  # NUDGE's guidance
+
+
+class ApprovalState(StrEnum):
+    """How the wait for an operator's decision on a held action ended."""
+
+    CLAIMED = "CLAIMED"  # approved and claimed by this caller: run it, once
+    REJECTED = "REJECTED"  # an operator said no
+    EXPIRED = "EXPIRED"  # nobody decided in time, nobody claimed the approval in time, or it is gone
+    CANCELLED = "CANCELLED"  # withdrawn by the requesting service
+    TAKEN = "TAKEN"  # claimed with another claim id: never run here
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    state: ApprovalState
+    note: str = ""  # the operator's note

@@ -138,9 +138,7 @@ class Checker:
                 decisions[index] = Decision(cached[1], cached[2], cached=True)
                 continue
             first = len(probes)
-            probes.extend(
-                AccessCheck(check.subject, rule.relation, check.object, check.context) for rule in rules.probes
-            )
+            probes.extend(AccessCheck(check.subject, rule.asked, check.object, check.context) for rule in rules.probes)
             pending.append((index, key, rules, first, len(probes), tenant, generation))
             engine_fresh = engine_fresh or self._engine_fresh(tenant, now)
         if probes:

@@ -3,20 +3,33 @@
 Every call carries the principal of the user the turn works for, so svc_tools and
 svc_policy decide on the user and the persona together. A dependency that cannot be
 reached becomes DependencyUnavailable (the loop records it and the turn fails, or the RPC
-answers UNAVAILABLE), never a silent allow.
+answers UNAVAILABLE), never a silent allow. Waiting for an operator's decision on a held
+action is the exception: it outlasts a lost stream or a restart of svc_policy (it polls the
+entry, then watches again) until the decision comes or the wait is cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 
-from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm.policy.v1 import (
+    access_pb2,
+    blocked_action_pb2,
+    blocked_action_service_pb2,
+    blocked_action_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+)
 from skm.profiles.v1 import (
     model_pb2,
     model_profile_pb2,
@@ -31,10 +44,31 @@ from skm.type.v1 import model_pb2 as type_model_pb2
 from skm_runtime.principal import principal_message, principal_metadata
 from skm_runtime.status import error_info_of
 from svc_conversation.errors import DependencyUnavailable, PersonaNotFound
-from svc_conversation.model import ModelTier, Persona, Principal, ResolvedProfile, ToolSpec
+from svc_conversation.model import (
+    Approval,
+    ApprovalState,
+    ModelTier,
+    Persona,
+    Principal,
+    ResolvedProfile,
+    ToolSpec,
+)
+
+log = logging.getLogger("skm.conversation.mesh")
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _CALL_SECONDS = 10.0
+BlockedAction = blocked_action_pb2.BlockedAction
+# While svc_policy cannot be reached, a wait for a decision looks again this often (doubling).
+_FIRST_BACKOFF_SECONDS = 0.2
+_MAX_BACKOFF_SECONDS = 5.0
+_GONE = "the held action is gone from svc_policy's store"
+# How a held action that will not run ended, as the waiter sees it.
+_NOT_RUN = {
+    BlockedAction.STATE_REJECTED: ApprovalState.REJECTED,
+    BlockedAction.STATE_EXPIRED: ApprovalState.EXPIRED,
+    BlockedAction.STATE_CANCELLED: ApprovalState.CANCELLED,
+}
 
 
 def _metadata(principal: Principal) -> tuple[tuple[str, bytes], ...]:
@@ -211,9 +245,23 @@ def _spec_of(tool: tool_pb2.Tool) -> ToolSpec:
     return ToolSpec(id=tool.name.rsplit("/", 1)[-1], description=tool.description, arguments_schema=schema)
 
 
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """What svc_policy keeps of an action it holds for an operator (skm.policy.v1.Hold)."""
+
+    request_id: str  # a UUID derived from the action, so a repeated check finds the same entry
+    payload: Message  # the full request to run once approved
+    summary: str  # one line for operators, at most 300 characters, no personal data
+    session: str = ""  # "tenants/{tenant}/sessions/{session}"
+
+
 class GrpcPolicy:
+    """svc_policy's decisions, and its exactly-once protocol for held actions (see
+    skm.policy.v1.BlockedAction): hold, wait for the operator, claim, complete."""
+
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = policy_service_pb2_grpc.PolicyServiceStub(channel)
+        self._blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
 
     async def own_session(self, principal: Principal, session: str) -> None:
         """Records the session's tenant and owner, so the gateway lets its owner use it."""
@@ -231,11 +279,22 @@ class GrpcPolicy:
             raise _unavailable("svc_policy", error) from None
 
     async def check(
-        self, principal: Principal, subject: str, relation: str, obj: str
+        self, principal: Principal, subject: str, relation: str, obj: str, *, hold: HoldRequest | None = None
     ) -> policy_decision_pb2.PolicyDecision:
+        """svc_policy's decision; with ``hold``, a REQUIRES_APPROVAL one is held for an
+        operator in the same call (the decision names the blocked action), and a check
+        repeated with the same ``hold.request_id`` names the same one."""
         request = policy_service_pb2.CheckRequest(
             check=access_pb2.AccessCheck(subject=subject, relation=relation, object=obj)
         )
+        if hold is not None:
+            payload = any_pb2.Any()
+            payload.Pack(hold.payload)
+            request.hold.CopyFrom(
+                policy_service_pb2.Hold(
+                    request_id=hold.request_id, payload=payload, summary=hold.summary, session=hold.session
+                )
+            )
         try:
             response = await self._stub.Check(request, metadata=_metadata(principal), timeout=_CALL_SECONDS)
         except grpc.aio.AioRpcError as error:
@@ -243,3 +302,97 @@ class GrpcPolicy:
                 raise _unavailable("svc_policy", error) from None
             raise
         return response.decision
+
+    async def approval(self, principal: Principal, blocked_action: str, claim_id: str) -> Approval:
+        """Waits for the operator's decision on a held action, and claims an approved one
+        with ``claim_id`` before answering CLAIMED: from then on the caller runs it (once),
+        and nobody else can. An entry claimed with ``claim_id`` before (a lost reply, a
+        restart of the caller) is CLAIMED again. Cancel the wait to stop waiting: the entry
+        stays for the operator, and a later wait finds it."""
+        backoff = _FIRST_BACKOFF_SECONDS
+        while True:
+            action = await self._resolved(principal, blocked_action)
+            if action.state in (BlockedAction.STATE_EXECUTING, BlockedAction.STATE_EXECUTED):
+                claimed = action.claim_id == claim_id
+                return Approval(ApprovalState.CLAIMED if claimed else ApprovalState.TAKEN, action.note)
+            if action.state != BlockedAction.STATE_APPROVED:
+                return Approval(_NOT_RUN.get(action.state, ApprovalState.EXPIRED), action.note)
+            try:
+                await self._blocked.ClaimApprovedAction(
+                    blocked_action_service_pb2.ClaimApprovedActionRequest(name=blocked_action, claim_id=claim_id),
+                    metadata=_metadata(principal),
+                    timeout=_CALL_SECONDS,
+                )
+                return Approval(ApprovalState.CLAIMED, action.note)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return Approval(ApprovalState.EXPIRED, _GONE)
+                # FAILED_PRECONDITION: it changed under us (expired, withdrawn, claimed by
+                # another): look again. Anything else: svc_policy is away for a moment, and
+                # the approval waits for its claim (the same claim id) until it expires.
+                log.info(
+                    "could not claim an approved action yet",
+                    extra={"fields": {"blocked_action": blocked_action, "code": error.code().name}},
+                )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    async def _resolved(self, principal: Principal, blocked_action: str) -> blocked_action_pb2.BlockedAction:
+        """The entry once it has left PENDING: watched, and looked at whenever the watch
+        ends or breaks (a resolution may have slipped by), then watched again."""
+        tenant = "/".join(blocked_action.split("/")[:2])
+        request = blocked_action_service_pb2.WatchBlockedActionResolutionsRequest(parent=tenant, names=[blocked_action])
+        gone = BlockedAction(name=blocked_action, state=BlockedAction.STATE_EXPIRED, note=_GONE)
+        loop = asyncio.get_running_loop()
+        backoff = _FIRST_BACKOFF_SECONDS
+        while True:
+            watched_since = loop.time()
+            call = self._blocked.WatchBlockedActionResolutions(request, metadata=_metadata(principal))
+            try:
+                async for reply in call:
+                    action = reply.blocked_action
+                    if action.name == blocked_action and action.state != BlockedAction.STATE_PENDING:
+                        return action
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return gone
+                if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    log.warning(
+                        "lost the watch of a held action; polling",
+                        extra={"fields": {"blocked_action": blocked_action, "code": error.code().name}},
+                    )
+            finally:
+                call.cancel()
+            try:
+                got = await self._blocked.GetBlockedAction(
+                    blocked_action_service_pb2.GetBlockedActionRequest(name=blocked_action),
+                    metadata=_metadata(principal),
+                    timeout=_CALL_SECONDS,
+                )
+                if got.blocked_action.state != BlockedAction.STATE_PENDING:
+                    return got.blocked_action
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return gone
+            if loop.time() - watched_since > _MAX_BACKOFF_SECONDS:
+                backoff = _FIRST_BACKOFF_SECONDS  # the last watch lasted: no need to hold back
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    async def complete(
+        self, principal: Principal, blocked_action: str, claim_id: str, *, succeeded: bool, failure_reason: str = ""
+    ) -> None:
+        """Reports the outcome of a claimed action (idempotent). Where svc_policy cannot
+        take it now, the entry stays EXECUTING; the action has run either way."""
+        request = blocked_action_service_pb2.CompleteBlockedActionRequest(
+            name=blocked_action,
+            claim_id=claim_id,
+            outcome=blocked_action_pb2.ActionOutcome(succeeded=succeeded, failure_reason=failure_reason),
+        )
+        try:
+            await self._blocked.CompleteBlockedAction(request, metadata=_metadata(principal), timeout=_CALL_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "could not report the outcome of a claimed action",
+                extra={"fields": {"blocked_action": blocked_action, "code": error.code().name}},
+            )

@@ -1,14 +1,17 @@
-"""The decision table: the first probe that holds decides; malformed tables are refused."""
+"""The decision table: the first probe that holds decides, a probe asked as its parts holds
+when they do; malformed tables are refused."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from svc_policy.checks import Checker
 from svc_policy.decisions import DecisionTable, InvalidDecisionTable
-from svc_policy.model import Verdict
+from svc_policy.model import AccessCheck, Relationship, Verdict
 
 
 def _table(**rules: Any) -> dict[str, Any]:
@@ -91,3 +94,102 @@ def test_load_reads_yaml_and_reports_the_file(tmp_path: Path) -> None:
     path.write_text("types: [unclosed\n")
     with pytest.raises(InvalidDecisionTable, match=str(path)):
         DecisionTable.load(path)
+
+
+_ESCALATED = {
+    "probes": [
+        {
+            "relation": "escalation",
+            "verdict": "REQUIRES_APPROVAL",
+            "reason": "CALLER_AGITATED",
+            "asked_as": {"relation": "agitated", "and_any_of": ["can_execute", "with_approval"]},
+        },
+        {"relation": "can_execute", "verdict": "ALLOW", "reason": "ROLE_ALLOWS"},
+        {"relation": "with_approval", "verdict": "REQUIRES_APPROVAL", "reason": "HIGH_RISK_TOOL_NEEDS_APPROVAL"},
+    ],
+    "otherwise_deny": "NOT_PERMITTED",
+}
+
+
+def test_a_probe_asked_as_its_parts_holds_when_they_do() -> None:
+    rules = DecisionTable.parse(_table(can_execute=_ESCALATED)).rules_for("tool", "can_execute")
+    assert rules is not None
+    assert [rule.asked for rule in rules.probes] == ["agitated", "can_execute", "with_approval"]
+    assert [rule.relation for rule in rules.probes] == ["escalation", "can_execute", "with_approval"]
+    assert rules.decide([True, True, False]) == (Verdict.REQUIRES_APPROVAL, "CALLER_AGITATED")
+    assert rules.decide([True, False, True]) == (Verdict.REQUIRES_APPROVAL, "CALLER_AGITATED")
+    # Agitation alone never turns a denial into an approval.
+    assert rules.decide([True, False, False]) == (Verdict.DENY, "NOT_PERMITTED")
+    assert rules.decide([False, True, False]) == (Verdict.ALLOW, "ROLE_ALLOWS")
+
+
+def _escalated(**asked_as: Any) -> dict[str, Any]:
+    first = {**_ESCALATED["probes"][0], "asked_as": asked_as}
+    return {**_ESCALATED, "probes": [first, *_ESCALATED["probes"][1:]]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        (_escalated(relation="agitated"), "needs a relation and and_any_of"),
+        (_escalated(relation="agitated", and_any_of=["can_execute"], extra=1), "needs a relation and and_any_of"),
+        (_escalated(relation="", and_any_of=["can_execute"]), "needs a relation and and_any_of"),
+        (_escalated(relation="agitated", and_any_of=[]), "must name other probes"),
+        (_escalated(relation="agitated", and_any_of=["over_ceiling"]), "must name other probes"),
+        (_escalated(relation="agitated", and_any_of=["escalation"]), "cannot depend on itself"),
+        (_escalated(relation="can_execute", and_any_of=["with_approval"]), "asked twice"),
+        (
+            {
+                **_ESCALATED,
+                "probes": [
+                    *_ESCALATED["probes"][:2],
+                    {**_ESCALATED["probes"][2], "asked_as": {"relation": "x", "and_any_of": ["can_execute"]}},
+                ],
+            },
+            "may not name a probe that is asked_as",
+        ),
+    ],
+)
+def test_malformed_asked_as_is_refused(spec: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(InvalidDecisionTable, match=complaint):
+        DecisionTable.parse(_table(can_execute=spec))
+
+
+def test_what_is_asked_must_be_in_the_model_too() -> None:
+    defined = {("tool", name) for name in ("can_execute", "escalation", "with_approval")}
+    with pytest.raises(InvalidDecisionTable, match="no relation tool#agitated"):
+        DecisionTable.parse(_table(can_execute=_ESCALATED), defines=lambda t, r: (t, r) in defined)
+    DecisionTable.parse(_table(can_execute=_ESCALATED), defines=lambda t, r: (t, r) in defined | {("tool", "agitated")})
+
+
+class _Engine:
+    """Answers by relation; records what it was asked."""
+
+    def __init__(self, holds: set[str]) -> None:
+        self.holds = holds
+        self.asked: list[str] = []
+
+    def defines(self, object_type: str, relation: str) -> bool:
+        return True
+
+    async def check(self, checks: Sequence[AccessCheck], *, fresh: bool) -> list[bool]:
+        self.asked += [check.relation for check in checks]
+        return [check.relation in self.holds for check in checks]
+
+    async def write(self, relationships: Sequence[Relationship]) -> None:
+        raise NotImplementedError
+
+    async def delete(self, relationships: Sequence[Relationship]) -> None:
+        raise NotImplementedError
+
+
+async def test_the_checker_asks_the_engine_the_parts() -> None:
+    table = DecisionTable.parse(_table(can_execute=_ESCALATED))
+    check = AccessCheck("user:tenants/t/users/u", "can_execute", "tool:tenants/t/tools/x")
+    engine = _Engine({"agitated", "with_approval"})
+    decision = await Checker(engine, table, ttl=0.0).check(check)
+    assert engine.asked == ["agitated", "can_execute", "with_approval"]
+    assert (decision.verdict, decision.reason) == (Verdict.REQUIRES_APPROVAL, "CALLER_AGITATED")
+    engine = _Engine({"agitated"})
+    decision = await Checker(engine, table, ttl=0.0).check(check)
+    assert (decision.verdict, decision.reason) == (Verdict.DENY, "NOT_PERMITTED")
