@@ -50,7 +50,9 @@ class SessionEvent(_message.Message):
          the last event of the turn. A FAILED turn has an `error` event before it.
     Interventions appear where they happen: intervention INTERRUPT then
     turn_state_changed INTERRUPTED (and nothing more until RESUME or NUDGE:
-    intervention, then turn_state_changed RUNNING). A RERUN intervention is
+    intervention, then turn_state_changed RUNNING). An INTERRUPT or NUDGE that
+    cuts a model call off is preceded by that call's model_call, with
+    `interrupted` set. A RERUN intervention is
     recorded on the original turn; the new turn's events follow it.
     """
 
@@ -317,6 +319,7 @@ class ModelCall(_message.Message):
     ITERATION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    INTERRUPTED_FIELD_NUMBER: _builtins.int
     iteration: _builtins.int
     """The iteration, from 1; 0 for calls outside the loop (pre-processing,
     history compression).
@@ -324,6 +327,14 @@ class ModelCall(_message.Message):
     failure_reason: _builtins.str
     """UPPER_SNAKE_CASE reason when the call failed (e.g. "MODEL_TIMEOUT");
     empty on success.
+    """
+    interrupted: _builtins.bool
+    """The call was cut off by an intervention (INTERRUPT or NUDGE) while it
+    ran: `usage` counts what it consumed until then (output tokens so far,
+    time to first token when one came, the model and tier), and the
+    intervention follows this event. failure_reason is empty. The turn's
+    token_deltas before it were shown; a resumed or nudged turn calls the
+    model again for the same iteration.
     """
     @_builtins.property
     def usage(self) -> _model_pb2.ModelUsage:
@@ -335,10 +346,11 @@ class ModelCall(_message.Message):
         iteration: _builtins.int = ...,
         usage: _model_pb2.ModelUsage | None = ...,
         failure_reason: _builtins.str = ...,
+        interrupted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "iteration", b"iteration", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "interrupted", b"interrupted", "iteration", b"iteration", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,7 +54,12 @@ class Event(_message.Message):
     outage delays them but loses none. Relays may deliver an event more than
     once; consumers drop duplicates by `event_id` (svc_analytics does, in
     ClickHouse). Payloads may carry personal data (texts, arguments); the
-    topics are access-controlled like the databases.
+    topics are access-controlled like the databases. svc_conversation writes
+    the texts of its payloads (messages, responses, slots, nudge guidance,
+    tool arguments) with the personal data its pre-processing heuristics
+    detect (e-mail addresses, phone numbers, payment card numbers, IBANs)
+    replaced by "[email]", "[phone]", "[card]" and "[iban]"; the session
+    itself (Postgres) keeps them.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -273,6 +278,7 @@ class ModelCallCompleted(_message.Message):
     PERSONA_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    INTERRUPTED_FIELD_NUMBER: _builtins.int
     turn: _builtins.str
     """The turn it served; empty outside turns."""
     persona: _builtins.str
@@ -280,6 +286,10 @@ class ModelCallCompleted(_message.Message):
     failure_reason: _builtins.str
     """UPPER_SNAKE_CASE reason when it failed (the loop then tried the next
     tier); empty on success.
+    """
+    interrupted: _builtins.bool
+    """The call was cut off by an interrupt or a nudge while it ran; `usage`
+    counts what it consumed until then. failure_reason is empty.
     """
     @_builtins.property
     def usage(self) -> _model_pb2.ModelUsage:
@@ -292,10 +302,11 @@ class ModelCallCompleted(_message.Message):
         persona: _builtins.str = ...,
         usage: _model_pb2.ModelUsage | None = ...,
         failure_reason: _builtins.str = ...,
+        interrupted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "persona", b"persona", "turn", b"turn", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "interrupted", b"interrupted", "persona", b"persona", "turn", b"turn", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from skm.type.v1 import money_pb2 as skm_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17skm/type/v1/model.proto\x12\x0bskm.type.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17skm/type/v1/money.proto\"\x9e\x02\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12\x0c\n\x04tier\x18\x03 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x15\n\routput_tokens\x18\x05 \x01(\x03\x12\x36\n\x13time_to_first_token\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11tokens_per_second\x18\x08 \x01(\x01\x12 \n\x04\x63ost\x18\t \x01(\x0b\x32\x12.skm.type.v1.Money*\x89\x01\n\tModelRole\x12\x1a\n\x16MODEL_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_ROLE_PRE_SLM\x10\x01\x12\x16\n\x12MODEL_ROLE_PRIMARY\x10\x02\x12\x16\n\x12MODEL_ROLE_UTILITY\x10\x03\x12\x18\n\x14MODEL_ROLE_EMBEDDING\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17skm/type/v1/model.proto\x12\x0bskm.type.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17skm/type/v1/money.proto\"\xbe\x02\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12\x0c\n\x04tier\x18\x03 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x15\n\routput_tokens\x18\x05 \x01(\x03\x12\x36\n\x13time_to_first_token\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11tokens_per_second\x18\x08 \x01(\x01\x12 \n\x04\x63ost\x18\t \x01(\x0b\x32\x12.skm.type.v1.Money\x12\x1e\n\x16input_tokens_estimated\x18\n \x01(\x08*\x89\x01\n\tModelRole\x12\x1a\n\x16MODEL_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_ROLE_PRE_SLM\x10\x01\x12\x16\n\x12MODEL_ROLE_PRIMARY\x10\x02\x12\x16\n\x12MODEL_ROLE_UTILITY\x10\x03\x12\x18\n\x14MODEL_ROLE_EMBEDDING\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.type.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELROLE']._serialized_start=387
-  _globals['_MODELROLE']._serialized_end=524
+  _globals['_MODELROLE']._serialized_start=419
+  _globals['_MODELROLE']._serialized_end=556
   _globals['_MODELUSAGE']._serialized_start=98
-  _globals['_MODELUSAGE']._serialized_end=384
+  _globals['_MODELUSAGE']._serialized_end=416
 # @@protoc_insertion_point(module_scope)

@@ -68,6 +68,7 @@ class ModelUsage(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_ESTIMATED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Resource name of the model that answered, "models/{model}"."""
     role: Global___ModelRole.ValueType
@@ -77,11 +78,21 @@ class ModelUsage(_message.Message):
     default model, higher values are fallbacks or escalations.
     """
     input_tokens: _builtins.int
-    """Prompt tokens as counted by the engine."""
+    """Prompt tokens as counted by the engine; an estimate when
+    input_tokens_estimated is set; 0 when unknown.
+    """
     output_tokens: _builtins.int
     """Generated tokens as counted by the engine."""
     tokens_per_second: _builtins.float
     """output_tokens / (duration - time_to_first_token); 0 when undefined."""
+    input_tokens_estimated: _builtins.bool
+    """input_tokens is an estimate, not the engine's count of the prompt it
+    ran: the engine reported no usage (llama-cpp-python's server does not for
+    streamed chat completions), and input_tokens is its tokenizer's count of
+    the messages as the ChatML chat template lays them out (exact for models
+    whose template is ChatML, a few tokens per message off for others). When
+    the engine cannot count either, input_tokens is 0 and this is false.
+    """
     @_builtins.property
     def time_to_first_token(self) -> _duration_pb2.Duration:
         """From sending the request to receiving the first generated token. Unset for
@@ -110,10 +121,11 @@ class ModelUsage(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         tokens_per_second: _builtins.float = ...,
         cost: _money_pb2.Money | None = ...,
+        input_tokens_estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "duration", b"duration", "time_to_first_token", b"time_to_first_token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "duration", b"duration", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "role", b"role", "tier", b"tier", "time_to_first_token", b"time_to_first_token", "tokens_per_second", b"tokens_per_second"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "duration", b"duration", "input_tokens", b"input_tokens", "input_tokens_estimated", b"input_tokens_estimated", "model", b"model", "output_tokens", b"output_tokens", "role", b"role", "tier", b"tier", "time_to_first_token", b"time_to_first_token", "tokens_per_second", b"tokens_per_second"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/type/v1/model.proto.
  */
 export const file_skm_type_v1_model: GenFile = /*@__PURE__*/
-  fileDesc("Chdza20vdHlwZS92MS9tb2RlbC5wcm90bxILc2ttLnR5cGUudjEingIKCk1vZGVsVXNhZ2USDQoFbW9kZWwYASABKAkSJAoEcm9sZRgCIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIMCgR0aWVyGAMgASgFEhQKDGlucHV0X3Rva2VucxgEIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAUgASgDEjYKE3RpbWVfdG9fZmlyc3RfdG9rZW4YBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKwoIZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGQoRdG9rZW5zX3Blcl9zZWNvbmQYCCABKAESIAoEY29zdBgJIAEoCzISLnNrbS50eXBlLnYxLk1vbmV5KokBCglNb2RlbFJvbGUSGgoWTU9ERUxfUk9MRV9VTlNQRUNJRklFRBAAEhYKEk1PREVMX1JPTEVfUFJFX1NMTRABEhYKEk1PREVMX1JPTEVfUFJJTUFSWRACEhYKEk1PREVMX1JPTEVfVVRJTElUWRADEhgKFE1PREVMX1JPTEVfRU1CRURESU5HEARiBnByb3RvMw", [file_google_protobuf_duration, file_skm_type_v1_money]);
+  fileDesc("Chdza20vdHlwZS92MS9tb2RlbC5wcm90bxILc2ttLnR5cGUudjEivgIKCk1vZGVsVXNhZ2USDQoFbW9kZWwYASABKAkSJAoEcm9sZRgCIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIMCgR0aWVyGAMgASgFEhQKDGlucHV0X3Rva2VucxgEIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAUgASgDEjYKE3RpbWVfdG9fZmlyc3RfdG9rZW4YBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKwoIZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGQoRdG9rZW5zX3Blcl9zZWNvbmQYCCABKAESIAoEY29zdBgJIAEoCzISLnNrbS50eXBlLnYxLk1vbmV5Eh4KFmlucHV0X3Rva2Vuc19lc3RpbWF0ZWQYCiABKAgqiQEKCU1vZGVsUm9sZRIaChZNT0RFTF9ST0xFX1VOU1BFQ0lGSUVEEAASFgoSTU9ERUxfUk9MRV9QUkVfU0xNEAESFgoSTU9ERUxfUk9MRV9QUklNQVJZEAISFgoSTU9ERUxfUk9MRV9VVElMSVRZEAMSGAoUTU9ERUxfUk9MRV9FTUJFRERJTkcQBGIGcHJvdG8z", [file_google_protobuf_duration, file_skm_type_v1_money]);
 
 /**
  * What one model call consumed and how fast it was. Recorded for every call,
@@ -46,7 +46,8 @@ export type ModelUsage = Message<"skm.type.v1.ModelUsage"> & {
   tier: number;
 
   /**
-   * Prompt tokens as counted by the engine.
+   * Prompt tokens as counted by the engine; an estimate when
+   * input_tokens_estimated is set; 0 when unknown.
    *
    * @generated from field: int64 input_tokens = 4;
    */
@@ -88,6 +89,18 @@ export type ModelUsage = Message<"skm.type.v1.ModelUsage"> & {
    * @generated from field: skm.type.v1.Money cost = 9;
    */
   cost?: Money | undefined;
+
+  /**
+   * input_tokens is an estimate, not the engine's count of the prompt it
+   * ran: the engine reported no usage (llama-cpp-python's server does not for
+   * streamed chat completions), and input_tokens is its tokenizer's count of
+   * the messages as the ChatML chat template lays them out (exact for models
+   * whose template is ChatML, a few tokens per message off for others). When
+   * the engine cannot count either, input_tokens is 0 and this is false.
+   *
+   * @generated from field: bool input_tokens_estimated = 10;
+   */
+  inputTokensEstimated: boolean;
 };
 
 /**
