@@ -78,6 +78,7 @@ def usage_of(stats: CallStats, role: int) -> type_model_pb2.ModelUsage:
         input_tokens=stats.input_tokens,
         output_tokens=stats.output_tokens,
         tokens_per_second=stats.tokens_per_second,
+        input_tokens_estimated=stats.input_tokens_estimated,
     )
     if stats.time_to_first_token is not None:
         usage.time_to_first_token.CopyFrom(_duration(stats.time_to_first_token))
@@ -400,10 +401,14 @@ class TurnRun:
 
     # -- model calls -----------------------------------------------------------------
 
-    def _model_call_event(self, iteration: int, stats: CallStats, role: int, failure: str) -> tuple[str, object]:
+    def _model_call_event(
+        self, iteration: int, stats: CallStats, role: int, failure: str, *, interrupted: bool = False
+    ) -> tuple[str, object]:
         usage = usage_of(stats, role)
         self.turn.model_calls.append(usage)
-        return "model_call", session_event_pb2.ModelCall(iteration=iteration, usage=usage, failure_reason=failure)
+        return "model_call", session_event_pb2.ModelCall(
+            iteration=iteration, usage=usage, failure_reason=failure, interrupted=interrupted
+        )
 
     async def record_model_call(self, iteration: int, stats: CallStats, role: int, failure: str) -> None:
         await self.step(self._model_call_event(iteration, stats, role, failure))
@@ -429,10 +434,18 @@ class TurnRun:
                 await self._written()
             await self.handle.delta(self.turn, iteration, text, alive=self._alive)
 
+        def on_cut(stats: CallStats) -> None:
+            # Called as the interrupt's cancellation unwinds the call, before the interrupt
+            # writes anything (it waits for this run to end): this run may write nothing
+            # more, so the call goes with the intervention's own step, and the stop waits
+            # for nothing new.
+            if self.stopped and not self.detached:
+                self.handle.carry(self.turn, self._model_call_event(iteration, stats, PRIMARY, "", interrupted=True))
+
         start = min(self.turn.start_tier, len(profile.tiers) - 1)
         for tier in profile.tiers[start:]:
             try:
-                result = await self.c.llm.chat(tier, request, on_delta)
+                result = await self.c.llm.chat(tier, request, on_delta, on_cut=on_cut)
             except ModelCallFailed as failure:
                 log.warning("model %s failed (%s); trying the next tier", tier.name, failure.reason)
                 await self.record_model_call(iteration, failure.stats, PRIMARY, failure.reason)

@@ -42,6 +42,9 @@ class CallStats:
     tokens_per_second: float
     cost: float
     currency: str = "USD"
+    # input_tokens is the engine tokenizer's count of the prompt laid out as ChatML, not the
+    # engine's count of the prompt it ran: the engine reported no usage (see adapters.openai).
+    input_tokens_estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

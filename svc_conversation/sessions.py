@@ -102,6 +102,8 @@ class SessionHandle:
         self.lock = asyncio.Lock()
         self.subscribers: set[Subscriber] = set()
         self.pending: list[tuple[SessionEvent, int]] = []
+        # Events of a stopped run for the next step of their turn (see carry).
+        self.carried: list[tuple[str, tuple[str, object]]] = []
         self.turn: Turn | None = None
         self.runner: asyncio.Task[None] | None = None
         self.run: Any = None  # the TurnRun of `runner`
@@ -203,6 +205,13 @@ class SessionHandle:
             turn.last_sequence = event.sequence
             self._publish(event)
 
+    def carry(self, turn: Turn, payload: tuple[str, object]) -> None:
+        """Queues an event (a (oneof field, message) pair) for the next step of ``turn``,
+        before that step's own events: a run stopped by an intervention leaves what it must
+        still record (the model call the interrupt cut off) to the intervention's step,
+        which stores it at no round trip of its own."""
+        self.carried.append((turn.name, payload))
+
     async def step(
         self,
         turn: Turn,
@@ -226,8 +235,10 @@ class SessionHandle:
             if alive is not None and not alive():
                 raise asyncio.CancelledError
             persisted = self.reserved
+            carried = [entry for entry in self.carried if entry[0] == turn.name]
+            self.carried = [entry for entry in self.carried if entry[0] != turn.name]
             events = []
-            for field_name, message in payloads:
+            for field_name, message in [*(payload for _, payload in carried), *payloads]:
                 event = self._new_event(turn, self._stored_sequence())
                 getattr(event, field_name).CopyFrom(message)
                 events.append(event)
@@ -267,6 +278,7 @@ class SessionHandle:
             except BaseException:
                 # Numbers past the stored reservation must not go to token deltas unreserved.
                 self.reserved = persisted
+                self.carried[:0] = carried
                 raise
             self.pending.clear()
             self.session = session

@@ -6,6 +6,21 @@ first token, tokens per second, cost and which model answered. Structured output
 for with ``response_format`` in the JSON-schema form OpenAI and vLLM take (the local stack's
 llama-cpp-python engine accepts it too: see skm_stack.llm_engine).
 
+Input tokens: the engine's count, from the ``usage`` a stream ends with when asked for it
+(``stream_options.include_usage``, as OpenAI and vLLM do). llama-cpp-python's server (0.3.36)
+ignores that option and sends no usage when streaming; for an engine whose streams report no
+usage, the input tokens are its tokenizer's count (llama-cpp-python's
+``POST /extras/tokenize/count``, beside its ``/v1``) of the messages as the ChatML chat template
+lays them out, marked as an estimate (``CallStats.input_tokens_estimated``): exact for models
+whose template is ChatML (the stack's, Qwen's), a few tokens per message off for others. Where
+the engine has no such endpoint they stay 0 (unknown). A usage the
+engine reports is never replaced. What an endpoint does is learnt from its first call; from
+then on the count is asked alongside the call (a serial engine serves it next to it), so it
+costs the call no time.
+
+A call cut off by cancellation (an interrupt) hands what it consumed until then to
+``on_cut`` before the cancellation goes on.
+
 A call fails with :class:`ModelCallFailed` and an UPPER_SNAKE_CASE reason (the agent loop
 then tries the next tier): MODEL_TIMEOUT (no first token, or a stall between tokens, within
 the configured time), MODEL_UNAVAILABLE (connection refused or reset, 5xx, 429),
@@ -29,6 +44,12 @@ import httpx
 from svc_conversation.model import CallStats, ModelTier
 
 OnDelta = Callable[[str], Awaitable[None]]
+OnCut = Callable[[CallStats], None]
+
+# llama-cpp-python's token count of a text (its server's "extras", at the root beside /v1);
+# other engines answer 404.
+_COUNT_PATH = "/extras/tokenize/count"
+_COUNT_TIMEOUT = 5.0
 
 
 class ModelCallFailed(Exception):
@@ -65,25 +86,46 @@ class _Meter:
     chunks: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    # Whether the stream reported usage (then input_tokens is the engine's own count).
+    usage_reported: bool = False
+    # The engine tokenizer's count of the messages' texts, for a stream without usage.
+    counting: asyncio.Future[int] | None = None
+
+    def _input(self) -> tuple[int, bool]:
+        """The input tokens, and whether they are an estimate (a count not finished yet is
+        not waited for: 0, unknown)."""
+        counting = self.counting
+        if self.usage_reported or counting is None or not counting.done() or counting.cancelled():
+            return self.input_tokens, False
+        counted = counting.result() if counting.exception() is None else 0
+        return counted, counted > 0
 
     def stats(self, tier: ModelTier) -> CallStats:
         ended = time.perf_counter()
         output = self.output_tokens or self.chunks
+        input_tokens, estimated = self._input()
         ttft = None if self.first_token is None else self.first_token - self.started
         generating = ended - self.first_token if self.first_token is not None else 0.0
         rate = (output - 1) / generating if output > 1 and generating > 0 else 0.0
-        cost = (self.input_tokens * tier.input_cost_per_million + output * tier.output_cost_per_million) / 1_000_000
+        cost = (input_tokens * tier.input_cost_per_million + output * tier.output_cost_per_million) / 1_000_000
         return CallStats(
             model=tier.name,
             tier=tier.tier,
-            input_tokens=self.input_tokens,
+            input_tokens=input_tokens,
             output_tokens=output,
             time_to_first_token=ttft,
             duration=ended - self.started,
             tokens_per_second=rate,
             cost=cost,
             currency=tier.currency,
+            input_tokens_estimated=estimated,
         )
+
+
+def _chatml(messages: Sequence[Mapping[str, str]]) -> str:
+    """The prompt as the ChatML chat template renders it, up to the assistant's turn."""
+    turns = "".join(f"<|im_start|>{m.get('role', '')}\n{m.get('content', '')}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
 
 
 def response_format(tier: ModelTier, request: ChatRequest) -> dict[str, Any] | None:
@@ -109,6 +151,10 @@ class OpenAICompatibleClient:
         self._first_token_timeout = first_token_timeout
         self._idle_timeout = idle_timeout
         self._environ = os.environ if environ is None else environ
+        # Per endpoint: whether its streams report usage (absent: not known yet).
+        self._reports_usage: dict[str, bool] = {}
+        # Endpoints that refused the token count (no such endpoint): never asked again.
+        self._cannot_count: set[str] = set()
         # No overall timeout: generation may run long; the loop below bounds waits.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=connect_timeout),
@@ -118,8 +164,8 @@ class OpenAICompatibleClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    def _headers(self, tier: ModelTier) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream"}
+    def _headers(self, tier: ModelTier, accept: str = "text/event-stream") -> dict[str, str]:
+        headers = {"Accept": accept}
         if tier.credential_secret:
             # The secret's name comes from the registry; its value only from the environment.
             key = self._environ.get(tier.credential_secret, "")
@@ -127,8 +173,56 @@ class OpenAICompatibleClient:
                 headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    async def chat(self, tier: ModelTier, request: ChatRequest, on_delta: OnDelta) -> ChatResult:
-        """One streamed chat completion; ``on_delta`` gets each piece of text as it arrives."""
+    async def _count(self, endpoint: str, tier: ModelTier, request: ChatRequest) -> int:
+        """The engine tokenizer's count of the prompt, laid out as ChatML; 0 when it cannot say."""
+        text = _chatml(request.messages)
+        try:
+            response = await self._http.post(
+                endpoint.removesuffix("/v1") + _COUNT_PATH,
+                json={"model": tier.served_model, "input": text},
+                headers=self._headers(tier, "application/json"),
+                timeout=_COUNT_TIMEOUT,
+            )
+        except httpx.HTTPError:
+            return 0
+        if 400 <= response.status_code < 500 and response.status_code != 429:
+            self._cannot_count.add(endpoint)
+            return 0
+        try:
+            count = response.json().get("count") if response.status_code == 200 else None
+        except (ValueError, AttributeError):
+            count = None
+        return count if isinstance(count, int) and count > 0 else 0
+
+    def _start_count(self, endpoint: str, tier: ModelTier, request: ChatRequest) -> asyncio.Future[int] | None:
+        if endpoint in self._cannot_count:
+            return None
+        return asyncio.ensure_future(self._count(endpoint, tier, request))
+
+    async def chat(
+        self, tier: ModelTier, request: ChatRequest, on_delta: OnDelta, *, on_cut: OnCut | None = None
+    ) -> ChatResult:
+        """One streamed chat completion; ``on_delta`` gets each piece of text as it arrives.
+
+        Cancelled (an interrupt), it calls ``on_cut`` with what the call consumed until then,
+        without waiting for anything, and lets the cancellation go on."""
+        meter = _Meter()
+        endpoint = tier.endpoint_uri.rstrip("/")
+        if self._reports_usage.get(endpoint) is False:
+            meter.counting = self._start_count(endpoint, tier, request)
+        try:
+            return await self._chat(endpoint, tier, request, on_delta, meter)
+        except asyncio.CancelledError:
+            if on_cut is not None:
+                on_cut(meter.stats(tier))
+            raise
+        finally:
+            if meter.counting is not None and not meter.counting.done():
+                meter.counting.cancel()
+
+    async def _chat(
+        self, endpoint: str, tier: ModelTier, request: ChatRequest, on_delta: OnDelta, meter: _Meter
+    ) -> ChatResult:
         body: dict[str, Any] = {
             "model": tier.served_model,
             "messages": [dict(m) for m in request.messages],
@@ -142,8 +236,7 @@ class OpenAICompatibleClient:
         fmt = response_format(tier, request)
         if fmt is not None:
             body["response_format"] = fmt
-        meter = _Meter()
-        url = tier.endpoint_uri.rstrip("/") + "/chat/completions"
+        url = endpoint + "/chat/completions"
         pieces: list[str] = []
         finish = ""
         try:
@@ -157,7 +250,11 @@ class OpenAICompatibleClient:
                 while True:
                     wait = self._first_token_timeout if meter.first_token is None else self._idle_timeout
                     try:
-                        line = await asyncio.wait_for(anext(lines), wait)
+                        # Not wait_for: on Python 3.11 it runs the read as a task of its own
+                        # (one per line) and drops a cancellation (an interrupt) that comes
+                        # as a line arrives.
+                        async with asyncio.timeout(wait):
+                            line = await anext(lines)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
@@ -185,6 +282,7 @@ class OpenAICompatibleClient:
                         raise ModelCallFailed("MODEL_REJECTED", detail, meter.stats(tier))
                     usage = chunk.get("usage") or {}
                     if usage:
+                        meter.usage_reported = True
                         meter.input_tokens = int(usage.get("prompt_tokens") or 0)
                         meter.output_tokens = int(usage.get("completion_tokens") or 0)
                     for choice in chunk.get("choices") or ():
@@ -204,6 +302,13 @@ class OpenAICompatibleClient:
             raise ModelCallFailed(
                 "MODEL_NO_OUTPUT", f"the model wrote nothing (finish_reason {finish or 'none'})", meter.stats(tier)
             )
+        self._reports_usage[endpoint] = meter.usage_reported
+        if not meter.usage_reported:
+            if meter.counting is None:
+                # The endpoint's first call: now it is known to need the count.
+                meter.counting = self._start_count(endpoint, tier, request)
+            if meter.counting is not None:
+                await asyncio.wait({meter.counting})
         return ChatResult("".join(pieces), meter.stats(tier), finish)
 
     async def complete(self, tier: ModelTier, request: ChatRequest) -> ChatResult:
