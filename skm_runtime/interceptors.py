@@ -54,6 +54,10 @@ _TRACE_CONTEXT = TraceContextTextMapPropagator()
 _TRACE_KEYS = frozenset(("traceparent", "tracestate"))
 
 
+# Wrapped handlers kept per server, by method path (a service's methods, and then some).
+_MAX_WRAPPED = 4096
+
+
 class _Malformed:
     """Stands in for a request whose bytes did not parse; rejected before the servicer runs."""
 
@@ -118,7 +122,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None  # grpc answers UNIMPLEMENTED; unknown names are never cached
         wrapped = self._wrap(method, handler)
-        self._wrapped[method] = wrapped
+        # A catch-all handler answers any path a client makes up: only so many are kept.
+        if len(self._wrapped) < _MAX_WRAPPED:
+            self._wrapped[method] = wrapped
         return wrapped
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
