@@ -51,6 +51,7 @@ from svc_conversation.errors import (
     NoLargerModel,
     PermissionDenied,
     PersonaNotSigned,
+    PrincipalMissing,
     RequestIdReused,
     SequenceOutOfRange,
     SessionNotFound,
@@ -624,7 +625,7 @@ class Conversation:
 
     def _check_tenant(self, principal: Principal | None, name: str) -> Principal:
         if principal is None:
-            raise PermissionDenied("the call carries no principal")
+            raise PrincipalMissing("the call carries no principal the mesh signed")
         tenant = name.split("/sessions/")[0]
         if not name.startswith("tenants/") or "/" in tenant.removeprefix("tenants/"):
             raise InvalidSession(f"{name!r} is not a session name", metadata={"session": name})
@@ -654,7 +655,7 @@ class Conversation:
         superior: str = "",
     ) -> Session:
         if principal is None:
-            raise PermissionDenied("the call carries no principal")
+            raise PrincipalMissing("the call carries no principal the mesh signed")
         if parent != principal.tenant:
             raise PermissionDenied("sessions are created in the caller's own tenant", metadata={"parent": parent})
         violations = []
@@ -710,7 +711,7 @@ class Conversation:
         self, principal: Principal | None, parent: str, page_size: int, page_token: str
     ) -> tuple[list[Session], str]:
         if principal is None:
-            raise PermissionDenied("the call carries no principal")
+            raise PrincipalMissing("the call carries no principal the mesh signed")
         if parent != principal.tenant:
             raise PermissionDenied("sessions are listed in the caller's own tenant", metadata={"parent": parent})
         size = _page_size(page_size, 50)

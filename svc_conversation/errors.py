@@ -131,6 +131,13 @@ class InvalidToolChoice(ConversationError):
     reason = "INVALID_TOOL_CHOICE"
 
 
+class PrincipalMissing(ConversationError):
+    """The call carries no principal the mesh signed."""
+
+    code = Code.UNAUTHENTICATED
+    reason = "PRINCIPAL_MISSING"
+
+
 class PermissionDenied(ConversationError):
     code = Code.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"

@@ -102,6 +102,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT, as a Converse CommandRejected: a ConverseRequest that
     carries no command.
     """
+    ERROR_REASON_PRINCIPAL_MISSING: _ErrorReason.ValueType  # 31
+    """UNAUTHENTICATED: the call carries no principal the mesh signed (the gateway
+    forwards one with every public call; see SKM_MESH_KEY_FILE).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_conversation puts in the google.rpc.ErrorInfo of its errors,
@@ -192,5 +196,9 @@ process that was forwarded to (metadata: turn).
 ERROR_REASON_EMPTY_COMMAND: ErrorReason.ValueType  # 30
 """INVALID_ARGUMENT, as a Converse CommandRejected: a ConverseRequest that
 carries no command.
+"""
+ERROR_REASON_PRINCIPAL_MISSING: ErrorReason.ValueType  # 31
+"""UNAUTHENTICATED: the call carries no principal the mesh signed (the gateway
+forwards one with every public call; see SKM_MESH_KEY_FILE).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
