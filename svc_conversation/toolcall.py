@@ -31,6 +31,13 @@ class ToolCall:
     thoughts: tuple[str, ...] = ()
 
 
+# The longest string a decoding schema lets a reply hold. llama.cpp turns a maxLength of n
+# into n nested grammar rules: about 2,000 crashed its server (SIGSEGV) and 4,000 is refused
+# ("exceeds sane defaults"), so no schema it is sent may ask for more, whatever the token
+# budget or a tool's own schema says.
+MAX_DECODED_STRING = 800
+
+
 def _cap_strings(schema: Any, cap: int) -> Any:
     """A copy of ``schema`` whose strings are at most ``cap`` characters (for decoding only)."""
     if isinstance(schema, dict):
@@ -44,7 +51,9 @@ def _cap_strings(schema: Any, cap: int) -> Any:
 
 
 def decoding_schema(tools: Sequence[ToolSpec], *, string_cap: int) -> dict[str, Any]:
-    """The JSON schema a reply must follow when the model may call any of ``tools``."""
+    """The JSON schema a reply must follow when the model may call any of ``tools``; no
+    string in it may be longer than ``string_cap`` (nor MAX_DECODED_STRING)."""
+    string_cap = max(1, min(string_cap, MAX_DECODED_STRING))
     branches = []
     for tool in tools:
         args = _cap_strings(copy.deepcopy(tool.arguments_schema) or {"type": "object"}, string_cap)

@@ -10,7 +10,7 @@ import pytest
 from svc_conversation import preprocess
 from svc_conversation.fitting import estimated_tokens, fit_messages
 from svc_conversation.model import ToolSpec
-from svc_conversation.toolcall import decoding_schema, parse_reply, reply_json
+from svc_conversation.toolcall import MAX_DECODED_STRING, decoding_schema, parse_reply, reply_json
 
 CODE = ToolSpec(
     "code_execution",
@@ -76,6 +76,25 @@ def test_the_decoding_schema_accepts_each_tool_and_caps_free_strings() -> None:
     assert "$schema" not in json.dumps(schema)
     # One tool: no oneOf, so the engine's grammar stays simple.
     assert decoding_schema([RESPONSE], string_cap=50)["properties"]["tool_name"] == {"const": "response"}
+
+
+def _max_lengths(schema: object) -> list[int]:
+    if isinstance(schema, dict):
+        own = [schema["maxLength"]] if "maxLength" in schema else []
+        return own + [n for value in schema.values() for n in _max_lengths(value)]
+    if isinstance(schema, list):
+        return [n for item in schema for n in _max_lengths(item)]
+    return []
+
+
+@pytest.mark.parametrize("cap", [0, 4000, 10**9])
+def test_no_decoding_schema_asks_the_engine_for_a_string_longer_than_it_can_take(cap: int) -> None:
+    """llama.cpp's grammar crashes or refuses on maxLength in the thousands (the tool's own
+    200,000 included), whatever the token budget asks for."""
+    lengths = _max_lengths(decoding_schema([CODE, RESPONSE], string_cap=cap))
+    assert lengths
+    assert max(lengths) <= MAX_DECODED_STRING
+    assert min(lengths) >= 1
 
 
 @pytest.mark.parametrize(
