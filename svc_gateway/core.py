@@ -134,7 +134,7 @@ class Gateway:
             raise ResourceNameInvalid(
                 error.message, metadata={**error.metadata, "field": rule.resource_field}
             ) from None
-        if not verdict.allowed:
+        if not verdict.allowed and not (rule.forward_requires_approval and verdict.requires_approval):
             raise PermissionDenied(
                 "policy does not allow this call",
                 metadata={

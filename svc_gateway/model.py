@@ -24,6 +24,8 @@ class Rule:
     resource_field: str
     any_tenant_member: bool = False
     allow_stale_constitution: bool = False
+    # REQUIRES_APPROVAL goes on to the owning service, which holds the request.
+    forward_requires_approval: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +33,5 @@ class Verdict:
     allowed: bool
     reason: str
     decision_id: str = ""
+    # REQUIRES_APPROVAL (not allowed, not denied outright).
+    requires_approval: bool = False

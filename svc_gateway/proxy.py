@@ -67,7 +67,12 @@ def _rule(method: Method) -> Rule:
     rule = method.authz
     assert rule is not None  # only public methods get here
     return Rule(
-        rule.permission, rule.resource_type, rule.resource_field, rule.any_tenant_member, rule.allow_stale_constitution
+        rule.permission,
+        rule.resource_type,
+        rule.resource_field,
+        rule.any_tenant_member,
+        rule.allow_stale_constitution,
+        rule.forward_requires_approval,
     )
 
 

@@ -84,7 +84,8 @@ class GrpcPolicy:
                 "the policy service cannot decide; the call is refused", metadata={"code": error.code().name}
             ) from None
         allowed = decision.verdict == policy_decision_pb2.VERDICT_ALLOW
-        return Verdict(allowed, decision.reason, decision.decision_id)
+        held = decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
+        return Verdict(allowed, decision.reason, decision.decision_id, requires_approval=held)
 
     async def current_sha256(self, tenant: str) -> str:
         cached = self._hashes.get(tenant)

@@ -187,3 +187,43 @@ async def test_an_operator_runs_code_in_the_sandbox_through_envoy(mesh: RunningS
     refused = _skm(mesh, "tool", "run", "code_execution", "--tenant", tenant, "--args", code, token=stranger)
     assert refused.returncode == 1
     assert "PERMISSION_DENIED" in refused.stderr
+
+
+def test_a_members_run_of_a_high_risk_tool_waits_for_an_operator_and_runs_once_approved(
+    mesh: RunningStack,
+) -> None:
+    """REQUIRES_APPROVAL at the gateway goes on to svc_tools (the contract's
+    forward_requires_approval), which holds the run until an operator approves it."""
+    tenant = f"e{uuid.uuid4().hex[:8]}"
+    t, tool = f"tenant:tenants/{tenant}", f"tool:tenants/{tenant}/tools/code_execution"
+    with grpc.insecure_channel(mesh.services["policy"].addr) as channel:
+        policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=f"tenants/{tenant}",
+                relationships=[
+                    access_pb2.Relationship(subject=f"user:tenants/{tenant}/users/olga", relation="operator", object=t),
+                    access_pb2.Relationship(subject=f"user:tenants/{tenant}/users/mike", relation="member", object=t),
+                    access_pb2.Relationship(subject=t, relation="tenant", object=tool),
+                    access_pb2.Relationship(subject=t, relation="high_risk", object=tool),
+                ],
+            ),
+            timeout=10,
+        )
+    key = str(dev_keys_dir(mesh.state_dir) / "dev-signing-key.pem")
+    member = _skm(mesh, "token", "--tenant", tenant, "--user", "mike", "--key", key).stdout.strip()
+    operator = _skm(mesh, "token", "--tenant", tenant, "--user", "olga", "--role", "operator", "--key", key)
+    code = json.dumps({"runtime": "python", "code": "print(6 * 7)"})
+    env = {**os.environ, "SKM_URL": mesh.envoy_url, "SKM_TOKEN": member}
+    argv = [sys.executable, "-m", "skm_cli", "tool", "run", "code_execution", "--tenant", tenant, "--args", code]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as run:
+        assert run.stderr is not None
+        held = run.stderr.readline()
+        assert held.startswith("[policy: REQUIRES_APPROVAL HIGH_RISK_TOOL_NEEDS_APPROVAL, waiting for an operator: ")
+        name = held.rsplit(" ", 1)[-1].rstrip("]\n")
+        assert name.startswith(f"tenants/{tenant}/blockedActions/")
+        approved = _skm(mesh, "blocked", "approve", name, "--note", "ok", token=operator.stdout.strip())
+        assert approved.returncode == 0, approved.stderr
+        stdout, stderr = run.communicate(timeout=60)
+        assert run.returncode == 0, held + stderr
+    assert stdout.strip() == "42"
+    assert '[result: {"exit_code": 0' in stderr

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1askm/options/v1/authz.proto\x12\x0eskm.options.v1\x1a google/protobuf/descriptor.proto\"\x8b\x01\n\tAuthzRule\x12\x12\n\npermission\x18\x01 \x01(\t\x12\x15\n\rresource_type\x18\x02 \x01(\t\x12\x16\n\x0eresource_field\x18\x03 \x01(\t\x12\x19\n\x11\x61ny_tenant_member\x18\x04 \x01(\x08\x12 \n\x18\x61llow_stale_constitution\x18\x05 \x01(\x08:J\n\x05\x61uthz\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x19.skm.options.v1.AuthzRule:0\n\x05owner\x12\x1f.google.protobuf.ServiceOptions\x18\xba\x8e\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1askm/options/v1/authz.proto\x12\x0eskm.options.v1\x1a google/protobuf/descriptor.proto\"\xae\x01\n\tAuthzRule\x12\x12\n\npermission\x18\x01 \x01(\t\x12\x15\n\rresource_type\x18\x02 \x01(\t\x12\x16\n\x0eresource_field\x18\x03 \x01(\t\x12\x19\n\x11\x61ny_tenant_member\x18\x04 \x01(\x08\x12 \n\x18\x61llow_stale_constitution\x18\x05 \x01(\x08\x12!\n\x19\x66orward_requires_approval\x18\x06 \x01(\x08:J\n\x05\x61uthz\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x19.skm.options.v1.AuthzRule:0\n\x05owner\x12\x1f.google.protobuf.ServiceOptions\x18\xba\x8e\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.options.v1.authz_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUTHZRULE']._serialized_start=81
-  _globals['_AUTHZRULE']._serialized_end=220
+  _globals['_AUTHZRULE']._serialized_end=255
 # @@protoc_insertion_point(module_scope)

@@ -44,7 +44,9 @@ class AuthzRule(_message.Message):
        object is the caller's tenant. With `any_tenant_member` the question is
        membership: relation "can_converse" on "tenant:{principal.tenant}".
        Only ALLOW lets the call through; DENY and REQUIRES_APPROVAL are
-       PERMISSION_DENIED (the gateway never holds an RPC for approval).
+       PERMISSION_DENIED (the gateway never holds an RPC for approval itself),
+       except that with `forward_requires_approval` REQUIRES_APPROVAL goes to
+       the owning service, which holds the request.
 
     Owning services still check that every resource name they receive belongs
     to the principal's tenant: the option guards the edge, not the core.
@@ -65,6 +67,7 @@ class AuthzRule(_message.Message):
     RESOURCE_FIELD_FIELD_NUMBER: _builtins.int
     ANY_TENANT_MEMBER_FIELD_NUMBER: _builtins.int
     ALLOW_STALE_CONSTITUTION_FIELD_NUMBER: _builtins.int
+    FORWARD_REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     permission: _builtins.str
     """OpenFGA relation the caller needs on the object, e.g. "can_write".
     Empty if and only if `any_tenant_member` is true.
@@ -91,6 +94,13 @@ class AuthzRule(_message.Message):
     so a client holding a stale token can read the current document and
     obtain a new token.
     """
+    forward_requires_approval: _builtins.bool
+    """When true, a REQUIRES_APPROVAL verdict does not refuse the call: it goes to
+    the owning service, which asks svc_policy again with a hold, keeps the
+    request for an operator and runs it once approved (ToolService.ExecuteTool:
+    a member's run of a high-risk tool waits for an operator instead of being
+    refused). DENY is refused as always.
+    """
     def __init__(
         self,
         *,
@@ -99,10 +109,11 @@ class AuthzRule(_message.Message):
         resource_field: _builtins.str = ...,
         any_tenant_member: _builtins.bool = ...,
         allow_stale_constitution: _builtins.bool = ...,
+        forward_requires_approval: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_stale_constitution", b"allow_stale_constitution", "any_tenant_member", b"any_tenant_member", "permission", b"permission", "resource_field", b"resource_field", "resource_type", b"resource_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_stale_constitution", b"allow_stale_constitution", "any_tenant_member", b"any_tenant_member", "forward_requires_approval", b"forward_requires_approval", "permission", b"permission", "resource_field", b"resource_field", "resource_type", b"resource_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

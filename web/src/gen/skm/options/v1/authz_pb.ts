@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/options/v1/authz.proto.
  */
 export const file_skm_options_v1_authz: GenFile = /*@__PURE__*/
-  fileDesc("Chpza20vb3B0aW9ucy92MS9hdXRoei5wcm90bxIOc2ttLm9wdGlvbnMudjEiiwEKCUF1dGh6UnVsZRISCgpwZXJtaXNzaW9uGAEgASgJEhUKDXJlc291cmNlX3R5cGUYAiABKAkSFgoOcmVzb3VyY2VfZmllbGQYAyABKAkSGQoRYW55X3RlbmFudF9tZW1iZXIYBCABKAgSIAoYYWxsb3dfc3RhbGVfY29uc3RpdHV0aW9uGAUgASgIOlEKBWF1dGh6Eh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYuY4DIAEoCzIZLnNrbS5vcHRpb25zLnYxLkF1dGh6UnVsZVIFYXV0aHo6NwoFb3duZXISHy5nb29nbGUucHJvdG9idWYuU2VydmljZU9wdGlvbnMYuo4DIAEoCVIFb3duZXJiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("Chpza20vb3B0aW9ucy92MS9hdXRoei5wcm90bxIOc2ttLm9wdGlvbnMudjEirgEKCUF1dGh6UnVsZRISCgpwZXJtaXNzaW9uGAEgASgJEhUKDXJlc291cmNlX3R5cGUYAiABKAkSFgoOcmVzb3VyY2VfZmllbGQYAyABKAkSGQoRYW55X3RlbmFudF9tZW1iZXIYBCABKAgSIAoYYWxsb3dfc3RhbGVfY29uc3RpdHV0aW9uGAUgASgIEiEKGWZvcndhcmRfcmVxdWlyZXNfYXBwcm92YWwYBiABKAg6UQoFYXV0aHoSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi5jgMgASgLMhkuc2ttLm9wdGlvbnMudjEuQXV0aHpSdWxlUgVhdXRoejo3CgVvd25lchIfLmdvb2dsZS5wcm90b2J1Zi5TZXJ2aWNlT3B0aW9ucxi6jgMgASgJUgVvd25lcmIGcHJvdG8z", [file_google_protobuf_descriptor]);
 
 /**
  * How the gateway authorizes one public RPC. The gateway reads this option from
@@ -39,7 +39,9 @@ export const file_skm_options_v1_authz: GenFile = /*@__PURE__*/
  *    object is the caller's tenant. With `any_tenant_member` the question is
  *    membership: relation "can_converse" on "tenant:{principal.tenant}".
  *    Only ALLOW lets the call through; DENY and REQUIRES_APPROVAL are
- *    PERMISSION_DENIED (the gateway never holds an RPC for approval).
+ *    PERMISSION_DENIED (the gateway never holds an RPC for approval itself),
+ *    except that with `forward_requires_approval` REQUIRES_APPROVAL goes to
+ *    the owning service, which holds the request.
  *
  * Owning services still check that every resource name they receive belongs
  * to the principal's tenant: the option guards the edge, not the core.
@@ -101,6 +103,17 @@ export type AuthzRule = Message<"skm.options.v1.AuthzRule"> & {
    * @generated from field: bool allow_stale_constitution = 5;
    */
   allowStaleConstitution: boolean;
+
+  /**
+   * When true, a REQUIRES_APPROVAL verdict does not refuse the call: it goes to
+   * the owning service, which asks svc_policy again with a hold, keeps the
+   * request for an operator and runs it once approved (ToolService.ExecuteTool:
+   * a member's run of a high-risk tool waits for an operator instead of being
+   * refused). DENY is refused as always.
+   *
+   * @generated from field: bool forward_requires_approval = 6;
+   */
+  forwardRequiresApproval: boolean;
 };
 
 /**
