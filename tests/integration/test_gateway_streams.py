@@ -31,6 +31,7 @@ CONVERSE = "/skm.conversation.v1.ConversationService/Converse"
 # A client-streaming method with a unary reply, as the contract may declare one: no public
 # method is of that kind today, the proxy serves it all the same.
 UPLOAD = "/skm.conversation.v1.ConversationService/Upload"
+GET_SESSION = "/skm.conversation.v1.ConversationService/GetSession"
 LIMIT = 64 * 1024
 SESSION = "tenants/t1/sessions/s1"
 
@@ -41,6 +42,21 @@ class Backend(grpc.GenericRpcHandler):
 
     sizes: list[int] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # GetSession: the time left before the call's deadline, as the service sees it; with
+    # `hang`, it waits until the call is cancelled and notes that.
+    remaining: list[float | None] = field(default_factory=list)
+    hang: bool = False
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def get_session(self, request: bytes, context: Any) -> bytes:
+        self.remaining.append(context.time_remaining())
+        if self.hang:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        return b""
 
     async def converse(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         try:
@@ -63,6 +79,8 @@ class Backend(grpc.GenericRpcHandler):
             return grpc.stream_stream_rpc_method_handler(self.converse)
         if details.method == UPLOAD:
             return grpc.stream_unary_rpc_method_handler(self.upload)
+        if details.method == GET_SESSION:
+            return grpc.unary_unary_rpc_method_handler(self.get_session)
         return None
 
 
@@ -234,3 +252,30 @@ async def test_any_path_that_is_no_public_method_is_not_public_and_health_still_
         await _refused(stream.read(), grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_PUBLIC")
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_the_callers_deadline_and_cancellation_reach_the_service(front: Front) -> None:
+    """Deadlines pass through the gateway (the service sees what is left of the caller's), and
+    a call the caller cancels is cancelled at the service."""
+    request = conversation_service_pb2.GetSessionRequest(name=SESSION).SerializeToString()
+    async with grpc.aio.insecure_channel(front.target) as channel:
+        get = channel.unary_unary(GET_SESSION)
+        await get(request, metadata=front.auth(), timeout=3)
+        (remaining,) = front.backend.remaining
+        assert remaining is not None
+        assert 0 < remaining <= 3
+        await get(request, metadata=front.auth(), timeout=None)
+        # Without one, the gateway's own bound applies (stream_timeout, 60 s here).
+        unbounded = front.backend.remaining[-1]
+        assert unbounded is not None
+        assert 3 < unbounded <= 61  # (a timeout travels rounded up)
+
+        front.backend.hang = True
+        call = get(request, metadata=front.auth(), timeout=60)
+        for _ in range(1000):  # until the service has the call
+            if len(front.backend.remaining) == 3:
+                break
+            await asyncio.sleep(0.01)
+        call.cancel()
+        async with asyncio.timeout(10):
+            await front.backend.cancelled.wait()
