@@ -41,6 +41,7 @@ from skm.profiles.v1 import (
 from skm.tools.v1 import tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import deployment_mode_pb2, policy_decision_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
+from skm_runtime.blocked_actions import GONE, wait_resolved
 from skm_runtime.principal import principal_message, principal_metadata
 from skm_runtime.status import error_info_of
 from svc_conversation.errors import DependencyUnavailable, PersonaNotFound
@@ -338,46 +339,27 @@ class GrpcPolicy:
             backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
 
     async def _resolved(self, principal: Principal, blocked_action: str) -> blocked_action_pb2.BlockedAction:
-        """The entry once it has left PENDING: watched, and looked at whenever the watch
-        ends or breaks (a resolution may have slipped by), then watched again."""
-        tenant = "/".join(blocked_action.split("/")[:2])
-        request = blocked_action_service_pb2.WatchBlockedActionResolutionsRequest(parent=tenant, names=[blocked_action])
-        gone = BlockedAction(name=blocked_action, state=BlockedAction.STATE_EXPIRED, note=_GONE)
-        loop = asyncio.get_running_loop()
-        backoff = _FIRST_BACKOFF_SECONDS
-        while True:
-            watched_since = loop.time()
-            call = self._blocked.WatchBlockedActionResolutions(request, metadata=_metadata(principal))
-            try:
-                async for reply in call:
-                    action = reply.blocked_action
-                    if action.name == blocked_action and action.state != BlockedAction.STATE_PENDING:
-                        return action
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    return gone
-                if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    log.warning(
-                        "lost the watch of a held action; polling",
-                        extra={"fields": {"blocked_action": blocked_action, "code": error.code().name}},
-                    )
-            finally:
-                call.cancel()
-            try:
-                got = await self._blocked.GetBlockedAction(
-                    blocked_action_service_pb2.GetBlockedActionRequest(name=blocked_action),
-                    metadata=_metadata(principal),
-                    timeout=_CALL_SECONDS,
-                )
-                if got.blocked_action.state != BlockedAction.STATE_PENDING:
-                    return got.blocked_action
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    return gone
-            if loop.time() - watched_since > _MAX_BACKOFF_SECONDS:
-                backoff = _FIRST_BACKOFF_SECONDS  # the last watch lasted: no need to hold back
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+        """The entry once it has left PENDING (see skm_runtime.blocked_actions); one that is
+        gone from svc_policy's store reads as EXPIRED."""
+
+        def lost(code: grpc.StatusCode) -> None:
+            log.warning(
+                "lost the watch of a held action; polling",
+                extra={"fields": {"blocked_action": blocked_action, "code": code.name}},
+            )
+
+        action = await wait_resolved(
+            self._blocked,
+            blocked_action,
+            metadata=_metadata(principal),
+            get_timeout=_CALL_SECONDS,
+            first_backoff=_FIRST_BACKOFF_SECONDS,
+            max_backoff=_MAX_BACKOFF_SECONDS,
+            on_watch_lost=lost,
+        )
+        if action is GONE:
+            return BlockedAction(name=blocked_action, state=BlockedAction.STATE_EXPIRED, note=_GONE)
+        return action
 
     async def complete(
         self, principal: Principal, blocked_action: str, claim_id: str, *, succeeded: bool, failure_reason: str = ""

@@ -3,12 +3,12 @@
 Checks carry the caller's principal (`x-skm-principal-bin`), as svc_policy holds an action
 for the principal of the Check call. Every failure to get an answer fails closed: it
 becomes PolicyUnavailable, and the core runs nothing. Waiting for an operator survives a
-lost stream or a restart of svc_policy: the adapter polls the entry, then watches again.
+lost stream or a restart of svc_policy (skm_runtime.blocked_actions polls the entry, then
+watches again).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -23,6 +23,7 @@ from skm.policy.v1 import (
     policy_service_pb2,
     policy_service_pb2_grpc,
 )
+from skm_runtime.blocked_actions import GONE, wait_resolved
 from skm_runtime.principal import principal_metadata
 from skm_runtime.status import error_info_of
 from svc_tools.convert import decision_of, principal_to, request_to, struct_of
@@ -38,9 +39,6 @@ from svc_tools.model import (
 )
 
 log = logging.getLogger("skm.tools.policy")
-
-_PENDING = blocked_action_pb2.BlockedAction.STATE_PENDING
-_MAX_BACKOFF_SECONDS = 5.0
 
 
 def _check_to(check: AccessCheck) -> access_pb2.AccessCheck:
@@ -107,42 +105,16 @@ class GrpcPolicyGate:
         return decision_of(reply.decision)
 
     async def wait_resolution(self, blocked_action: str) -> Resolution:
-        tenant = "/".join(blocked_action.split("/")[:2])
-        request = blocked_action_service_pb2.WatchBlockedActionResolutionsRequest(parent=tenant, names=[blocked_action])
-        loop = asyncio.get_running_loop()
-        backoff = 0.2
-        while True:
-            watched_since = loop.time()
-            call = self._blocked.WatchBlockedActionResolutions(request)
-            try:
-                async for reply in call:
-                    action = reply.blocked_action
-                    if action.name == blocked_action and action.state != _PENDING:
-                        return _resolution(action)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return Resolution(BlockedState.EXPIRED, note="the held run is gone from svc_policy's store")
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    log.warning(
-                        "lost the watch of a held run; polling",
-                        extra={"fields": {"blocked_action": blocked_action, "code": exc.code().name}},
-                    )
-            finally:
-                call.cancel()
-            # The stream ended or broke: a resolution may have slipped by; look, then watch again.
-            try:
-                got = await self._blocked.GetBlockedAction(
-                    blocked_action_service_pb2.GetBlockedActionRequest(name=blocked_action)
-                )
-                if got.blocked_action.state != _PENDING:
-                    return _resolution(got.blocked_action)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return Resolution(BlockedState.EXPIRED, note="the held run is gone from svc_policy's store")
-            if loop.time() - watched_since > _MAX_BACKOFF_SECONDS:
-                backoff = 0.2  # the last watch lasted: no need to hold back
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+        def lost(code: grpc.StatusCode) -> None:
+            log.warning(
+                "lost the watch of a held run; polling",
+                extra={"fields": {"blocked_action": blocked_action, "code": code.name}},
+            )
+
+        action = await wait_resolved(self._blocked, blocked_action, on_watch_lost=lost)
+        if action is GONE:
+            return Resolution(BlockedState.EXPIRED, note="the held run is gone from svc_policy's store")
+        return _resolution(action)
 
     async def claim(self, blocked_action: str, claim_id: str) -> None:
         try:

@@ -1,0 +1,159 @@
+"""The wait for an operator's decision (skm_runtime/blocked_actions.py) against a real svc_policy
+(OpenFGA, PostgreSQL, Redis, Kafka), served in the test process on a fixed loopback port so
+that a test can stop it and start it again on the same address.
+
+svc_conversation waits with the principal in the metadata, svc_tools with none: both are
+exercised here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.protobuf import any_pb2, wrappers_pb2
+
+from skm.policy.v1 import (
+    access_pb2,
+    blocked_action_pb2,
+    blocked_action_service_pb2,
+    blocked_action_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+)
+from skm.type.v1 import policy_decision_pb2
+from skm_runtime.blocked_actions import GONE, wait_resolved
+from skm_runtime.principal import principal_message, principal_metadata
+from skm_runtime.server import RuntimeSettings
+from skm_stack import RunningStack
+from svc_policy.__main__ import build as build_policy
+from svc_policy.settings import PolicySettings
+from tests.support.ports import free_port
+from tests.support.runtime import Served
+from tests.support.tools import policy_settings, serving_at
+
+BlockedAction = blocked_action_pb2.BlockedAction
+Metadata = tuple[tuple[str, bytes], ...]
+
+
+@contextlib.asynccontextmanager
+async def _policy_at(settings: PolicySettings, port: int) -> AsyncIterator[Served]:
+    async with serving_at(await build_policy(settings, RuntimeSettings()), port) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+async def policy(stack: RunningStack) -> AsyncIterator[Served]:
+    async with _policy_at(policy_settings(stack), free_port()) as served:
+        yield served
+
+
+def _signed(tenant: str, user: str) -> Metadata:
+    return principal_metadata(principal_message(tenant, f"{tenant}/users/{user}", ["member"]))
+
+
+async def _new_tenant(channel: grpc.aio.Channel) -> str:
+    """A fresh tenant: olga its operator, mike a member, a high-risk tool that needs approval."""
+    tenant = f"tenants/b{uuid.uuid4().hex[:10]}"
+    t = f"tenant:{tenant}"
+    relationships = [
+        access_pb2.Relationship(subject=f"user:{tenant}/users/olga", relation="operator", object=t),
+        access_pb2.Relationship(subject=f"user:{tenant}/users/mike", relation="member", object=t),
+        access_pb2.Relationship(subject=t, relation="tenant", object=f"tool:{tenant}/tools/code"),
+        access_pb2.Relationship(subject=t, relation="high_risk", object=f"tool:{tenant}/tools/code"),
+    ]
+    await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+        policy_service_pb2.WriteRelationshipsRequest(parent=tenant, relationships=relationships), timeout=10
+    )
+    return tenant
+
+
+async def _hold(channel: grpc.aio.Channel, tenant: str) -> str:
+    """mike's run of the high-risk tool, held for an operator: the blocked action's name."""
+    payload = any_pb2.Any()
+    payload.Pack(wrappers_pb2.StringValue(value="run it"))
+    request = policy_service_pb2.CheckRequest(
+        check=access_pb2.AccessCheck(
+            subject=f"user:{tenant}/users/mike", relation="can_execute", object=f"tool:{tenant}/tools/code"
+        ),
+        hold=policy_service_pb2.Hold(request_id=str(uuid.uuid4()), payload=payload),
+    )
+    reply = await policy_service_pb2_grpc.PolicyServiceStub(channel).Check(
+        request, metadata=_signed(tenant, "mike"), timeout=10
+    )
+    assert reply.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
+    return reply.decision.blocked_action
+
+
+async def _approve(channel: grpc.aio.Channel, tenant: str, name: str, note: str) -> None:
+    await blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel).ApproveBlockedAction(
+        blocked_action_service_pb2.ApproveBlockedActionRequest(name=name, note=note),
+        metadata=_signed(tenant, "olga"),
+        timeout=10,
+        wait_for_ready=True,  # after a restart, the channel may still be backing off its reconnection
+    )
+
+
+async def test_the_wait_ends_with_the_approved_entry(policy: Served) -> None:
+    async with grpc.aio.insecure_channel(policy.target) as channel:
+        tenant = await _new_tenant(channel)
+        name = await _hold(channel, tenant)
+        blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        # As svc_conversation waits: the principal in the metadata, a deadline on each look.
+        waiting = asyncio.create_task(wait_resolved(blocked, name, metadata=_signed(tenant, "mike"), get_timeout=10))
+        try:
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # still PENDING: the wait goes on
+
+            await _approve(channel, tenant, name, "go ahead")
+            async with asyncio.timeout(20):
+                action = await waiting
+        finally:
+            waiting.cancel()  # a failed assertion leaves no wait behind
+        assert action is not GONE
+        assert (action.name, action.state, action.note) == (name, BlockedAction.STATE_APPROVED, "go ahead")
+
+
+async def test_an_entry_svc_policy_does_not_have_is_gone(policy: Served) -> None:
+    async with grpc.aio.insecure_channel(policy.target) as channel:
+        tenant = await _new_tenant(channel)
+        blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        async with asyncio.timeout(20):
+            assert await wait_resolved(blocked, f"{tenant}/blockedActions/{uuid.uuid4()}") is GONE
+
+
+async def test_the_wait_outlasts_a_restart_of_svc_policy(stack: RunningStack) -> None:
+    settings = policy_settings(stack)
+    port = free_port()
+    lost: list[grpc.StatusCode] = []
+    async with contextlib.AsyncExitStack() as running:
+        first = contextlib.AsyncExitStack()
+        running.push_async_callback(first.aclose)
+        served = await first.enter_async_context(_policy_at(settings, port))
+        channel = await running.enter_async_context(grpc.aio.insecure_channel(served.target))
+        tenant = await _new_tenant(channel)
+        name = await _hold(channel, tenant)
+        # As svc_tools waits: no metadata, no deadline on the look.
+        blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        waiting = asyncio.create_task(wait_resolved(blocked, name, max_backoff=0.5, on_watch_lost=lost.append))
+        running.callback(waiting.cancel)  # a failed assertion leaves no wait behind
+        await asyncio.sleep(0.5)
+
+        # svc_policy goes away while the action is held ...
+        await first.aclose()
+        await asyncio.sleep(1.5)
+        assert not waiting.done()
+        assert lost, "the broken watch was not reported"
+        assert set(lost).isdisjoint({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED}), lost
+
+        # ... and comes back on the same address, where an operator approves.
+        await running.enter_async_context(_policy_at(settings, port))
+        await _approve(channel, tenant, name, "after the restart")
+        async with asyncio.timeout(20):
+            action = await waiting
+        assert action is not GONE
+        assert (action.name, action.state, action.note) == (name, BlockedAction.STATE_APPROVED, "after the restart")
