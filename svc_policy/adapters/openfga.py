@@ -29,6 +29,7 @@ import json
 import random
 import re
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from json.encoder import encode_basestring_ascii as _quoted  # json.dumps' own escaping of a str
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,11 @@ class OpenFgaAuthorizer:
         self._client: OpenFgaClient | None = None
         self._batch_check_url = f"{api_url.rstrip('/')}/stores/{store_id}/batch-check"
         self._model_id = model_id
+        # What every BatchCheck body starts with, by `fresh` (see _batch_check_bodies).
+        self._heads = {
+            fresh: f'{{"authorization_model_id":{_quoted(model_id)},"consistency":"{consistency}","checks":['
+            for fresh, consistency in ((False, "MINIMIZE_LATENCY"), (True, "HIGHER_CONSISTENCY"))
+        }
         self._token = token
         self._session: aiohttp.ClientSession | None = None
 
@@ -192,25 +198,29 @@ class OpenFgaAuthorizer:
 
     def _batch_check_bodies(self, checks: Sequence[AccessCheck], fresh: bool) -> list[bytes]:
         """BatchCheck request bodies of at most `_batch` checks each, a check's correlation
-        id being its index in `checks`."""
-        consistency = "HIGHER_CONSISTENCY" if fresh else "MINIMIZE_LATENCY"
+        id being its index in `checks`.
+
+        Written out rather than through json.dumps of nested dicts (a quarter of the CPU
+        for a decision's six probes): only the ids and names vary, each escaped as
+        json.dumps escapes a string, and a context goes through json.dumps itself."""
+        head = self._heads[fresh]
         bodies = []
         for first in range(0, len(checks), self._batch):
             items = []
             for index in range(first, min(first + self._batch, len(checks))):
                 check = checks[index]
-                item: dict[str, Any] = {
-                    "tuple_key": {"user": check.subject, "relation": check.relation, "object": check.object},
-                    "correlation_id": str(index),
-                }
+                item = (
+                    f'{{"tuple_key":{{"user":{_quoted(check.subject)},"relation":{_quoted(check.relation)},'
+                    f'"object":{_quoted(check.object)}}},"correlation_id":"{index}"'
+                )
                 if check.context:
-                    item["context"] = check.context
-                items.append(item)
-            body = {"authorization_model_id": self._model_id, "checks": items, "consistency": consistency}
-            try:
-                bodies.append(json.dumps(body, separators=(",", ":"), allow_nan=False).encode())
-            except (TypeError, ValueError) as error:
-                raise InvalidCheck(f"a check's context is not JSON: {error}", metadata=_CHECK) from error
+                    try:
+                        context = json.dumps(check.context, separators=(",", ":"), allow_nan=False)
+                    except (TypeError, ValueError) as error:
+                        raise InvalidCheck(f"a check's context is not JSON: {error}", metadata=_CHECK) from error
+                    item = f'{item},"context":{context}'
+                items.append(f"{item}}}")
+            bodies.append(f"{head}{','.join(items)}]}}".encode())
         return bodies
 
     async def _batch_check(self, body: bytes) -> dict[str, Any]:
