@@ -71,6 +71,13 @@ def _token(mesh: RunningStack, tenant: str, user: str = "alice", role: str = "me
     return minted.stdout.strip()
 
 
+def _ctrl_c_works() -> None:
+    """In the child, before Python starts: SIGINT as a terminal would deliver it. A test run
+    started in the background (`make test &`) ignores SIGINT, children inherit that, and
+    Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _lines(stdout: str) -> list[dict[str, Any]]:
     """Every stdout line is one JSON object (the call fails here otherwise)."""
     return [json.loads(line) for line in stdout.splitlines()]
@@ -204,6 +211,7 @@ def test_ctrl_c_interrupts_the_running_turn(mesh: RunningStack) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=_env(mesh, _token(mesh, tenant)),
+        preexec_fn=_ctrl_c_works,
     ) as process:
         assert process.stdout is not None
         assert process.stderr is not None
@@ -311,6 +319,7 @@ def test_ctrl_c_in_an_interactive_chat_interrupts_the_turn_and_resume_continues_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(mesh, _token(mesh, tenant)),
+        preexec_fn=_ctrl_c_works,
     ) as process:
         assert process.stdin is not None
         assert process.stderr is not None
