@@ -94,6 +94,7 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
         relay.start()
         others.start()
         tasks.append(asyncio.create_task(_expire_forever(policy, settings.expiry_interval_seconds)))
+        tasks.append(asyncio.create_task(checker.watch_engine(settings.engine_probe_seconds)))
 
     async def stop() -> None:
         for task in tasks:

@@ -10,7 +10,10 @@ A check is answered, in this order:
    fails closed: PolicyBackendUnavailable (UNAVAILABLE), never an ALLOW.
 
 Decisions are cached for `ttl` seconds (per subject, relation, object and context), unless
-the caller asks for a fresh one. Every relationship write or delete made here, and every one
+the caller asks for a fresh one, and reused only while the engine is up: after a check
+or the engine probe (`watch_engine`, every second) found it unreachable, no cached decision
+answers until it answers again, so an outage fails every check closed within about a
+second, cached ALLOWs included. Every relationship write or delete made here, and every one
 another svc_policy process announces (skm_runtime/policy_client.py), ends the reuse of the cached
 decisions of its tenant, so a decision is never staler than the last change this process
 knows of; otherwise the bound is `ttl`. Changes are scoped by tenant because no relationship
@@ -25,6 +28,7 @@ announced here is never answered from the engine's older reads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -32,7 +36,7 @@ from collections.abc import Sequence
 
 from skm_runtime.policy_changes import TenantChanges
 from svc_policy.decisions import DecisionTable, Rules
-from svc_policy.errors import InvalidCheck, TooManyChecks
+from svc_policy.errors import InvalidCheck, PolicyBackendUnavailable, TooManyChecks
 from svc_policy.model import AccessCheck, Decision, Verdict
 from svc_policy.ports import Authorizer
 
@@ -83,6 +87,23 @@ class Checker:
         self._changes = TenantChanges()
         # Until when a tenant's checks skip the engine's caches ("" = every tenant's).
         self._engine_fresh_until: dict[str, float] = {}
+        # False from the engine's last failure until its next answer.
+        self._engine_up = True
+
+    @property
+    def engine_up(self) -> bool:
+        return self._engine_up
+
+    async def watch_engine(self, interval: float) -> None:
+        """Ask the engine whether it is up every `interval` seconds, forever."""
+        while True:
+            try:
+                await self._authorizer.ping()
+            except PolicyBackendUnavailable:
+                self._engine_up = False
+            else:
+                self._engine_up = True
+            await asyncio.sleep(interval)
 
     def invalidate(self, tenant: str | None = None) -> None:
         """Forget the cached decisions of `tenant` ("tenants/{t}"), or of every tenant when
@@ -133,7 +154,7 @@ class Checker:
             context = json.dumps(check.context, sort_keys=True) if check.context else ""
             key = (check.subject, check.relation, check.object, context)
             generation = self._changes.generation(tenant)
-            cached = None if fresh else self._cache.get(key)
+            cached = None if fresh or not self._engine_up else self._cache.get(key)
             if cached is not None and cached[0] > now and cached[3] == generation:
                 decisions[index] = Decision(cached[1], cached[2], cached=True)
                 continue
@@ -142,7 +163,12 @@ class Checker:
             pending.append((index, key, rules, first, len(probes), tenant, generation))
             engine_fresh = engine_fresh or self._engine_fresh(tenant, now)
         if probes:
-            answers = await self._authorizer.check(probes, fresh=engine_fresh)
+            try:
+                answers = await self._authorizer.check(probes, fresh=engine_fresh)
+            except PolicyBackendUnavailable:
+                self._engine_up = False
+                raise
+            self._engine_up = True
             for index, key, rules, first, last, tenant, generation in pending:
                 verdict, reason = rules.decide(answers[first:last])
                 decisions[index] = Decision(verdict, reason)

@@ -28,6 +28,11 @@ class Authorizer(Protocol):
         most consistent answer."""
         ...
 
+    async def ping(self) -> None:
+        """Return when the engine is up and can answer; raise PolicyBackendUnavailable
+        otherwise. Cheap: svc_policy asks every second."""
+        ...
+
     async def write(self, relationships: Sequence[Relationship]) -> None:
         """All or none; writing an existing relationship is not an error."""
         ...

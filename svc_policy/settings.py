@@ -30,6 +30,9 @@ class PolicySettings(ServiceSettings):
     # does not cache). For that long after a relationship change, svc_policy asks it with
     # HIGHER_CONSISTENCY, which skips them.
     openfga_cache_ttl_seconds: float = bounded(2.0, low=0.0, high=300.0)
+    # How often OpenFGA is asked whether it is up. While the last answer (a check's or this
+    # probe's) was a failure, no cached decision is reused: every check fails closed.
+    engine_probe_seconds: float = bounded(1.0, low=0.1, high=60.0)
     # How long a blocked action waits for an operator (and an approval for its claim).
     hold_ttl_seconds: float = bounded(86_400.0, low=1.0, high=30 * 86_400.0)
     # How often entries whose time is up are moved to EXPIRED.

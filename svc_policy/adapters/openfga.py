@@ -88,6 +88,7 @@ _BACKEND_FAULTS = {"authorization_model_not_found", "latest_authorization_model_
 # implemented".
 _RETRIED = {429, 500, *range(502, 600)}
 _CHECK = {"operation": "check"}
+_PING_SECONDS = 1.0
 
 
 def read_model(path: Path) -> dict[str, Any]:
@@ -101,6 +102,29 @@ def read_model(path: Path) -> dict[str, Any]:
     if not isinstance(model, dict) or model.get("schema_version") != "1.1":
         raise ValueError(f"{json_path}: not an OpenFGA 1.1 authorization model in JSON form")
     return model
+
+
+def condition_parameters(model: Mapping[str, Any]) -> dict[str, str]:
+    """Parameter name -> its type in the model's conditions ("TYPE_NAME_DOUBLE", ...)."""
+    types: dict[str, str] = {}
+    for condition in (model.get("conditions") or {}).values():
+        for name, spec in (condition.get("parameters") or {}).items():
+            types[str(name)] = str(spec.get("type_name", ""))
+    return types
+
+
+def _fits(value: Any, type_name: str) -> bool:
+    """Whether a JSON value can stand for a condition parameter of `type_name`."""
+    if type_name in ("TYPE_NAME_DOUBLE", "TYPE_NAME_INT", "TYPE_NAME_UINT"):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if type_name == "TYPE_NAME_DOUBLE" or not number:
+            return number
+        return float(value).is_integer() and (type_name == "TYPE_NAME_INT" or value >= 0)
+    if type_name in ("TYPE_NAME_STRING", "TYPE_NAME_IPADDRESS", "TYPE_NAME_TIMESTAMP", "TYPE_NAME_DURATION"):
+        return isinstance(value, str)
+    if type_name == "TYPE_NAME_BOOL":
+        return isinstance(value, bool)
+    return True  # lists, maps, any: OpenFGA judges them
 
 
 def relations_of(model: Mapping[str, Any]) -> dict[str, frozenset[str]]:
@@ -133,12 +157,15 @@ class OpenFgaAuthorizer:
             if not _ULID.fullmatch(value):
                 raise ValueError(f"{name} must be an OpenFGA id (a ULID), got {value!r}")
         # The model svc_policy was started with; bootstrap wrote it as `model_id`.
-        self._relations = relations_of(read_model(model_path))
+        model = read_model(model_path)
+        self._relations = relations_of(model)
+        self._parameters = condition_parameters(model)
         self._configuration = _configuration(api_url, token, timeout, store_id=store_id, model_id=model_id)
         self._timeout = timeout
         self._batch = max_checks_per_batch
         self._client: OpenFgaClient | None = None
         self._batch_check_url = f"{api_url.rstrip('/')}/stores/{store_id}/batch-check"
+        self._healthz_url = f"{api_url.rstrip('/')}/healthz"
         self._model_id = model_id
         # What every BatchCheck body starts with, by `fresh` (see _batch_check_bodies).
         self._heads = {
@@ -175,6 +202,8 @@ class OpenFgaAuthorizer:
                 )
         if not checks:
             return []
+        for check in checks:
+            self._check_context(check.context)
         bodies = self._batch_check_bodies(checks, fresh)
         async with _translated("check", InvalidCheck, self._timeout):
             if len(bodies) == 1:
@@ -195,6 +224,19 @@ class OpenFgaAuthorizer:
                 raise PolicyBackendUnavailable("OpenFGA left checks of a batch unanswered", metadata=_CHECK)
             answers.append(_answer(result))
         return answers
+
+    def _check_context(self, context: Mapping[str, Any] | None) -> None:
+        """A context value for a condition parameter must be of the parameter's type.
+        OpenFGA would only report that condition as not evaluated, which reads as "not
+        met": an escalation (caller_agitated) would then be skipped, failing open."""
+        for name, value in (context or {}).items():
+            type_name = self._parameters.get(name)
+            if type_name is not None and not _fits(value, type_name):
+                kind = type_name.removeprefix("TYPE_NAME_").lower()
+                raise InvalidCheck(
+                    f"context parameter {name!r} must be a {kind}",
+                    metadata={"operation": "check", "parameter": name, "type": kind},
+                )
 
     def _batch_check_bodies(self, checks: Sequence[AccessCheck], fresh: bool) -> list[bytes]:
         """BatchCheck request bodies of at most `_batch` checks each, a check's correlation
@@ -252,6 +294,18 @@ class OpenFgaAuthorizer:
         if not isinstance(results, dict):
             raise PolicyBackendUnavailable("OpenFGA sent an unreadable BatchCheck answer", metadata=_CHECK)
         return results
+
+    async def ping(self) -> None:
+        """OpenFGA's health endpoint answers SERVING (it checks its datastore too)."""
+        try:
+            async with self._http().get(self._healthz_url, timeout=aiohttp.ClientTimeout(total=_PING_SECONDS)) as reply:
+                status = reply.status
+                body = await reply.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise PolicyBackendUnavailable("OpenFGA cannot be reached", metadata={"operation": "ping"}) from error
+        if status != 200 or b"SERVING" not in body or b"NOT_SERVING" in body:
+            meta = {"operation": "ping", "status": str(status)}
+            raise PolicyBackendUnavailable("OpenFGA is not serving", metadata=meta)
 
     async def write(self, relationships: Sequence[Relationship]) -> None:
         tuples = _tuples(relationships, with_conditions=True)

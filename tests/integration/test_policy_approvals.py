@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,11 +16,15 @@ from google.protobuf import any_pb2, wrappers_pb2
 
 from skm.policy.v1 import access_pb2, blocked_action_service_pb2, policy_service_pb2
 from skm.type.v1 import principal_pb2
+from skm_runtime.server import RuntimeSettings
 from skm_stack import RunningStack
+from svc_policy.__main__ import build
 from svc_policy.adapters.postgres import PostgresPolicyStore
 from svc_policy.adapters.redis import RedisBlockedIndex
 from svc_policy.model import AccessCheck, BlockedAction, BlockedState, Decision, Payload, Principal, Verdict
+from svc_policy.settings import PolicySettings
 from tests.integration.test_policy_service import (  # the same served svc_policy and tenant setup
+    ALLOW,
     APPROVAL,
     State,
     Tenant,
@@ -31,6 +36,7 @@ from tests.integration.test_policy_service import (  # the same served svc_polic
     settings,
     tenant,
 )
+from tests.support.runtime import serving
 
 __all__ = ["policy", "settings", "tenant"]  # fixtures, used by name
 
@@ -216,3 +222,49 @@ async def test_the_listing_index_survives_a_missed_write_and_a_redis_that_lost_i
         await raw.aclose()
         await store.close()
         await index.close()
+
+
+async def test_cached_decisions_fail_closed_too_when_openfga_is_gone(
+    settings: PolicySettings, stack_factory: Any
+) -> None:
+    own = stack_factory(components=("openfga",))
+    mine = replace(
+        settings,
+        openfga_api_url=own.openfga_api_url,
+        openfga_api_token_file=str(own.openfga_token_file),
+        cache_ttl_seconds=300.0,
+        engine_probe_seconds=0.2,
+    )
+    async with serving(await build(mine, RuntimeSettings())) as served, grpc.aio.insecure_channel(served.target) as ch:
+        t = Tenant(f"tenants/t{uuid.uuid4().hex[:10]}", ch)
+        await t.policy.WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=t.name, relationships=[rel(t.user("olga"), "operator", f"tenant:{t.name}")]
+            ),
+            timeout=10,
+        )
+        operate = (t, t.user("olga"), "can_operate", f"tenant:{t.name}")
+        assert (await check(*operate)).verdict == ALLOW
+        assert (await check(*operate)).verdict == ALLOW  # now in svc_policy's decision cache (300 s)
+        assert own.openfga is not None
+        own.openfga.stop()
+        await asyncio.sleep(1.5)  # the probe runs every 0.2 s, each waits at most 1 s
+        await expect_error(check(*operate), grpc.StatusCode.UNAVAILABLE, "POLICY_BACKEND_UNAVAILABLE")
+
+        await asyncio.to_thread(own.start_server, "openfga")
+        for _ in range(100):  # until the probe has seen it back
+            try:
+                reply = await t.policy.Check(_request(*operate[1:]), timeout=10)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+                continue
+            assert reply.decision.verdict == ALLOW
+            break
+        else:
+            raise AssertionError("svc_policy did not answer again after OpenFGA came back")
+
+
+def _request(subject: str, relation: str, object_: str) -> policy_service_pb2.CheckRequest:
+    return policy_service_pb2.CheckRequest(
+        check=access_pb2.AccessCheck(subject=subject, relation=relation, object=object_)
+    )

@@ -7,11 +7,15 @@ which questions reach it and with which consistency.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+
+import pytest
 
 from skm_runtime.policy_changes import TenantChanges, changed_tenant, object_tenant
 from svc_policy.checks import Checker
 from svc_policy.decisions import DecisionTable
+from svc_policy.errors import PolicyBackendUnavailable
 from svc_policy.model import AccessCheck, Relationship, Verdict
 
 TABLE = DecisionTable.parse(
@@ -39,7 +43,15 @@ class MemoryAuthorizer:
     def defines(self, object_type: str, relation: str) -> bool:
         return True
 
+    down = False
+
+    async def ping(self) -> None:
+        if self.down:
+            raise PolicyBackendUnavailable("down")
+
     async def check(self, checks: Sequence[AccessCheck], *, fresh: bool) -> list[bool]:
+        if self.down:
+            raise PolicyBackendUnavailable("down")
         self.asked.extend((check.object, fresh) for check in checks)
         return [(check.subject, check.relation, check.object) in self.held for check in checks]
 
@@ -110,3 +122,32 @@ def test_tenant_generations_and_messages() -> None:
     assert object_tenant("session:tenants/t1/sessions/s") == "tenants/t1"
     assert object_tenant("tenant:tenants/t1") == "tenants/t1"
     assert object_tenant("tool:nowhere") == ""
+
+
+async def test_no_cached_decision_answers_while_the_engine_is_down() -> None:
+    """Fail closed, cached ALLOWs included: once a check or the probe finds the engine
+    unreachable, every check fails until the engine answers again."""
+    engine = MemoryAuthorizer()
+    engine.held |= {("user:tenants/a/users/u", "member", "tenant:tenants/a")}
+    checker = Checker(engine, TABLE, ttl=600.0)
+    allowed = await checker.check(converse("tenants/a", "u"))
+    assert (await checker.check(converse("tenants/a", "u"))).cached
+    engine.down = True
+    # The probe notices (here one round of it), or any check that reaches the engine does.
+    watch = asyncio.create_task(checker.watch_engine(0.01))
+    await asyncio.sleep(0.05)
+    assert not checker.engine_up
+    with pytest.raises(PolicyBackendUnavailable):
+        await checker.check(converse("tenants/a", "u"))
+    engine.down = False
+    await asyncio.sleep(0.05)
+    watch.cancel()
+    assert checker.engine_up
+    assert (await checker.check(converse("tenants/a", "u"))).verdict is allowed.verdict
+
+    # A failed check alone is enough, without the probe.
+    engine.down = True
+    with pytest.raises(PolicyBackendUnavailable):
+        await checker.check(converse("tenants/a", "other"))
+    with pytest.raises(PolicyBackendUnavailable):
+        await checker.check(converse("tenants/a", "u"))
