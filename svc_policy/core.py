@@ -287,6 +287,10 @@ class Policy:
         after = dataclasses.replace(
             action, state=to, update_time=now, resolve_time=now, resolver=principal.user, note=note[:2000]
         )
+        if to is BlockedState.APPROVED:
+            # An approval waits for its claim as long as the entry waited for the approval,
+            # so one given just before the entry's time was up can still be acted on.
+            after = dataclasses.replace(after, expire_time=now + self._hold_ttl)
         if not await self._store.save_transition(action, after):
             # Someone else changed it first: report what it is now.
             return await self._decide(name, principal, note, etag or action.etag, to)

@@ -197,7 +197,7 @@ class PostgresPolicyStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 done = await conn.fetchval(
                     f"""UPDATE {SCHEMA}.blocked_actions
-                        SET state = $2, update_time = $3, body = $4
+                        SET state = $2, update_time = $3, body = $4, expire_time = $7
                         WHERE name = $1 AND state = $5 AND update_time = $6 RETURNING 1""",
                     after.name,
                     after.state.value,
@@ -205,6 +205,7 @@ class PostgresPolicyStore:
                     body,
                     before.state.value,
                     before.update_time,
+                    after.expire_time,
                 )
                 if done is None:
                     return False

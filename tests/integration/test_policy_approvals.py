@@ -268,3 +268,33 @@ def _request(subject: str, relation: str, object_: str) -> policy_service_pb2.Ch
     return policy_service_pb2.CheckRequest(
         check=access_pb2.AccessCheck(subject=subject, relation=relation, object=object_)
     )
+
+
+async def test_an_approval_waits_for_its_claim_as_long_as_the_entry_waited_for_it(settings: PolicySettings) -> None:
+    """Approved just before the entry's own time is up, it can still be claimed: the approval
+    gets the hold TTL again."""
+    quick = replace(settings, hold_ttl_seconds=2.0)
+    async with serving(await build(quick, RuntimeSettings())) as served, grpc.aio.insecure_channel(served.target) as ch:
+        t = Tenant(f"tenants/t{uuid.uuid4().hex[:10]}", ch)
+        await t.policy.WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=t.name,
+                relationships=[
+                    rel(t.user("olga"), "operator", f"tenant:{t.name}"),
+                    rel(t.user("mike"), "member", f"tenant:{t.name}"),
+                    rel(f"tenant:{t.name}", "tenant", t.tool("code_execution")),
+                    rel(f"tenant:{t.name}", "high_risk", t.tool("code_execution")),
+                ],
+            ),
+            timeout=10,
+        )
+        decision = await check(t, t.user("mike"), "can_execute", t.tool("code_execution"), hold=a_hold(), who="mike")
+        name = decision.blocked_action
+        await asyncio.sleep(1.5)
+        await t.blocked.ApproveBlockedAction(Approve(name=name), timeout=10, metadata=t.principal("olga", OPERATOR))
+        await asyncio.sleep(1.0)  # past the entry's own expiry (created + 2 s), and the sweep's 0.2 s
+        assert await _state(t, name) == State.STATE_APPROVED
+        claimed = await t.blocked.ClaimApprovedAction(
+            blocked_action_service_pb2.ClaimApprovedActionRequest(name=name, claim_id="runner"), timeout=10
+        )
+        assert claimed.blocked_action.state == State.STATE_EXECUTING
