@@ -657,6 +657,8 @@ def run(args: argparse.Namespace, channel: grpc.Channel, token: str, metadata: M
         raise CliError("--after replays a session's events: it needs --session")
     if args.after is not None and args.after < 0:
         raise CliError("--after takes a sequence number, 0 or more")
+    if args.message is not None and not args.message.strip():
+        raise CliError("-m needs a message (it is empty); nothing was sent and no session was made")
 
     def tenant() -> str:
         return str(args.tenant) if args.tenant else tenant_of(token)

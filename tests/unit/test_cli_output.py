@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import any_pb2, wrappers_pb2
 
 from skm.policy.v1 import blocked_action_pb2
-from skm_cli.__main__ import _print
+from skm_cli.__main__ import _print, main
 
 
 def test_a_payload_of_an_unknown_type_is_printed_as_its_type_and_bytes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,3 +33,12 @@ def test_a_payload_of_a_known_type_is_printed_as_json(capsys: pytest.CaptureFixt
     _print(blocked_action_pb2.BlockedAction(payload=payload), argparse.Namespace(json=True))
     printed = json.loads(capsys.readouterr().out)
     assert printed["payload"] == {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "hello"}
+
+
+def test_an_empty_message_is_a_usage_error_before_anything_is_sent(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKM_TOKEN", "not-even-a-token")
+    monkeypatch.setenv("SKM_URL", "http://127.0.0.1:9")  # nothing listens: nothing may be called
+    assert main(["chat", "-m", "  "]) == 2
+    assert "no session was made" in capsys.readouterr().err
