@@ -27,6 +27,11 @@ TIER = ModelTier(
 REQUEST = ChatRequest(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}])
 # The prompt as a ChatML template lays it out (the stack's models' and Qwen's template).
 PROMPT = "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+SEGMENTS = [
+    "<|im_start|>system\nbe brief<|im_end|>\n",
+    "<|im_start|>user\nhello<|im_end|>\n",
+    "<|im_start|>assistant\n",
+]
 
 
 class Engine:
@@ -100,15 +105,23 @@ async def test_without_usage_in_the_stream_the_input_is_the_engine_s_count_marke
     engine = Engine(reports_usage=False)
     client = client_for(engine)
     first = await client.chat(TIER, REQUEST, ignore)
-    # The prompt, counted by the engine's tokenizer, for the model that answered.
-    assert engine.counted == [{"model": "tiny", "input": PROMPT}]
+    # The prompt, counted by the engine's tokenizer for the model that answered, message by
+    # message (after what it adds to any text: here nothing), once the call has ended.
+    assert [c["input"] for c in engine.counted] == ["", *SEGMENTS]
+    assert {c["model"] for c in engine.counted} == {"tiny"}
+    assert "".join(SEGMENTS) == PROMPT
     assert (first.stats.input_tokens, first.stats.output_tokens) == (6, 4)
     assert first.stats.input_tokens_estimated
     assert first.stats.cost == pytest.approx(6 * 1.0 + 4 * 2.0)
-    # From the second call on, the count is asked alongside the call: the same figure.
+    # Messages counted before are not asked again: the same figure, nothing counted.
     second = await client.chat(TIER, REQUEST, ignore)
     assert (second.stats.input_tokens, second.stats.input_tokens_estimated) == (6, True)
-    assert len(engine.counted) == 2
+    assert len(engine.counted) == 1 + len(SEGMENTS)
+    # A new message is the only one counted.
+    longer = ChatRequest(messages=[*REQUEST.messages, {"role": "user", "content": "and more"}])
+    third = await client.chat(TIER, longer, ignore)
+    assert [c["input"] for c in engine.counted[1 + len(SEGMENTS) :]] == ["<|im_start|>user\nand more<|im_end|>\n"]
+    assert third.stats.input_tokens == 6 + 3  # this engine counts blank-separated words
     await client.close()
 
 
