@@ -71,11 +71,16 @@ def _token(mesh: RunningStack, tenant: str, user: str = "alice", role: str = "me
     return minted.stdout.strip()
 
 
-def _ctrl_c_works() -> None:
-    """In the child, before Python starts: SIGINT as a terminal would deliver it. A test run
-    started in the background (`make test &`) ignores SIGINT, children inherit that, and
-    Python then never raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _with_ctrl_c(*args: str) -> list[str]:
+    """`python -m skm_cli ARGS` with SIGINT raising KeyboardInterrupt, as from a terminal. A test
+    run started in the background (`make test &`) ignores SIGINT, children inherit that, and
+    Python then never raises KeyboardInterrupt. (Not preexec_fn: Python code between fork and
+    exec in a process with gRPC's threads can crash the child.)"""
+    start = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'skm'; runpy.run_module('skm_cli', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", start, *args]
 
 
 def _lines(stdout: str) -> list[dict[str, Any]]:
@@ -206,12 +211,11 @@ def test_ctrl_c_interrupts_the_running_turn(mesh: RunningStack) -> None:
     tenant = _tenant(mesh)
     messages = []
     with subprocess.Popen(
-        [sys.executable, "-m", "skm_cli", "chat", "-m", "Tell me a long story.", "--json"],
+        _with_ctrl_c("chat", "-m", "Tell me a long story.", "--json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=_env(mesh, _token(mesh, tenant)),
-        preexec_fn=_ctrl_c_works,
     ) as process:
         assert process.stdout is not None
         assert process.stderr is not None
@@ -314,12 +318,11 @@ class _Screen:
 def test_ctrl_c_in_an_interactive_chat_interrupts_the_turn_and_resume_continues_it(mesh: RunningStack) -> None:
     tenant = _tenant(mesh)
     with subprocess.Popen(
-        [sys.executable, "-m", "skm_cli", "chat"],
+        _with_ctrl_c("chat"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(mesh, _token(mesh, tenant)),
-        preexec_fn=_ctrl_c_works,
     ) as process:
         assert process.stdin is not None
         assert process.stderr is not None
