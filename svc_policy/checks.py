@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from svc_policy.errors import InvalidCheck, PolicyBackendUnavailable, TooManyChe
 from svc_policy.model import AccessCheck, Decision, Verdict
 from svc_policy.ports import Authorizer
 
+log = logging.getLogger("skm.policy.checks")
 MAX_BATCH = 100
 # Tenants whose engine-freshness window is tracked before expired windows are swept.
 _FRESH_TENANTS = 1024
@@ -100,6 +102,9 @@ class Checker:
             try:
                 await self._authorizer.ping()
             except PolicyBackendUnavailable:
+                self._engine_up = False
+            except Exception:  # anything else is down too, and the probe goes on
+                log.exception("the engine probe failed unexpectedly; treating the engine as down")
                 self._engine_up = False
             else:
                 self._engine_up = True

@@ -18,7 +18,9 @@ replaced. Counting costs the engine time (about 7 ms for a 1,900-token prompt on
 serial engine, as much as a short call), so it is asked only after the call's stream has ended,
 never beside it, and message by message: a message's count (its ChatML segment; special
 tokens split the prompt there, so the counts add up) is remembered, and each call counts only
-the messages the engine has not counted before, usually the newest one or two.
+the messages the engine has not counted before, usually the newest one or two. The call's
+result waits for its count (at most 1 s); an endpoint whose count failed or was slow is not
+asked to count for a minute (those calls' input tokens stay 0, unknown).
 
 A call cut off by cancellation (an interrupt) hands what it consumed until then to
 ``on_cut`` before the cancellation goes on.
@@ -53,7 +55,10 @@ OnCut = Callable[[CallStats], None]
 # llama-cpp-python's token count of a text (its server's "extras", at the root beside /v1);
 # other engines answer 404.
 _COUNT_PATH = "/extras/tokenize/count"
-_COUNT_TIMEOUT = 5.0
+# A count waits at most this long (the turn waits for it); after a failed or slow one the
+# endpoint is not asked to count for a while.
+_COUNT_TIMEOUT = 1.0
+_COUNT_PAUSE_SECONDS = 60.0
 # Remembered message counts (per endpoint, model and message), least recently used out.
 _COUNTED_MESSAGES = 4096
 
@@ -160,6 +165,8 @@ class OpenAICompatibleClient:
         self._environ = os.environ if environ is None else environ
         # Endpoints that refused the token count (no such endpoint): never asked again.
         self._cannot_count: set[str] = set()
+        # Endpoints whose count failed or was slow: not asked until then (monotonic time).
+        self._count_paused: dict[str, float] = {}
         # (endpoint, model) -> the tokens the engine adds to any text it counts (BOS); and
         # (endpoint, model, message digest) -> the message's tokens without them.
         self._count_base: dict[tuple[str, str], int] = {}
@@ -219,9 +226,13 @@ class OpenAICompatibleClient:
                 timeout=_COUNT_TIMEOUT,
             )
         except httpx.HTTPError:
+            self._count_paused[endpoint] = time.monotonic() + _COUNT_PAUSE_SECONDS
             return None
         if 400 <= response.status_code < 500 and response.status_code != 429:
             self._cannot_count.add(endpoint)
+            return None
+        if response.status_code != 200:
+            self._count_paused[endpoint] = time.monotonic() + _COUNT_PAUSE_SECONDS
             return None
         try:
             count = response.json().get("count") if response.status_code == 200 else None
@@ -330,7 +341,11 @@ class OpenAICompatibleClient:
             raise ModelCallFailed(
                 "MODEL_NO_OUTPUT", f"the model wrote nothing (finish_reason {finish or 'none'})", meter.stats(tier)
             )
-        if not meter.usage_reported and endpoint not in self._cannot_count:
+        if (
+            not meter.usage_reported
+            and endpoint not in self._cannot_count
+            and time.monotonic() >= self._count_paused.get(endpoint, 0.0)
+        ):
             # Now that the engine is done with the call, never beside it (see the module's
             # docstring); a cancellation here ends the count with the call.
             meter.counting = asyncio.ensure_future(self._count(endpoint, tier, request))

@@ -105,11 +105,17 @@ def read_model(path: Path) -> dict[str, Any]:
 
 
 def condition_parameters(model: Mapping[str, Any]) -> dict[str, str]:
-    """Parameter name -> its type in the model's conditions ("TYPE_NAME_DOUBLE", ...)."""
+    """Parameter name -> its type in the model's conditions ("TYPE_NAME_DOUBLE", ...). A check's
+    context is one namespace for every condition, so a name must have one type throughout."""
     types: dict[str, str] = {}
-    for condition in (model.get("conditions") or {}).values():
+    for condition_name, condition in (model.get("conditions") or {}).items():
         for name, spec in (condition.get("parameters") or {}).items():
-            types[str(name)] = str(spec.get("type_name", ""))
+            type_name = str(spec.get("type_name", ""))
+            if types.setdefault(str(name), type_name) != type_name:
+                raise ValueError(
+                    f"condition {condition_name}: parameter {name!r} is {type_name}, another condition's is "
+                    f"{types[str(name)]}; a check's context cannot be checked against both"
+                )
     return types
 
 

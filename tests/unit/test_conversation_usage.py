@@ -48,6 +48,7 @@ class Engine:
         self.counted: list[dict[str, Any]] = []
         self.sent = 0
         self.closed = asyncio.Event()
+        self.count_status = 200  # what the count endpoint answers
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         self.paths.append(request.url.path)
@@ -55,6 +56,8 @@ class Engine:
         if request.url.path.endswith("/chat/completions"):
             assert body["stream_options"] == {"include_usage": True}
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self._stream())
+        if request.url.path == "/extras/tokenize/count" and self.count_status != 200:
+            return httpx.Response(self.count_status, json={"error": "busy"})
         if request.url.path == "/extras/tokenize/count" and self.counts:
             self.counted.append(body)
             return httpx.Response(200, json={"count": len(body["input"].split())})
@@ -176,4 +179,16 @@ async def test_an_engine_that_stops_sending_fails_the_call_with_model_timeout() 
         await client.chat(TIER, REQUEST, ignore)
     assert failed.value.reason == "MODEL_TIMEOUT"
     assert failed.value.stats.output_tokens == 1
+    await client.close()
+
+
+async def test_a_count_that_fails_is_not_asked_again_for_a_while() -> None:
+    """A slow or failing count would hold every call of the turn: the endpoint rests."""
+    engine = Engine(reports_usage=False)
+    engine.count_status = 503
+    client = client_for(engine)
+    for _ in range(3):
+        result = await client.chat(TIER, REQUEST, ignore)
+        assert (result.stats.input_tokens, result.stats.input_tokens_estimated) == (0, False)
+    assert sum(path.endswith("/tokenize/count") for path in engine.paths) == 1
     await client.close()
