@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.blocked_actions (
     body bytea NOT NULL,
     UNIQUE (tenant, request_id)
 );
+-- Counts every change of an entry: the listing index keeps the highest it has seen.
+ALTER TABLE {SCHEMA}.blocked_actions ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 1;
 CREATE INDEX IF NOT EXISTS blocked_actions_listing
     ON {SCHEMA}.blocked_actions (tenant, create_time, name);
 CREATE INDEX IF NOT EXISTS blocked_actions_expiring
@@ -143,7 +145,7 @@ class PostgresPolicyStore:
                 await conn.execute(f"SELECT pg_notify('{_CHANGES}', $1)", action.name)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _unavailable(exc) from exc
-        await self._indexed(action)
+        await self._indexed(action, 1)
         return action
 
     async def get(self, name: str) -> BlockedAction | None:
@@ -197,8 +199,8 @@ class PostgresPolicyStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 done = await conn.fetchval(
                     f"""UPDATE {SCHEMA}.blocked_actions
-                        SET state = $2, update_time = $3, body = $4, expire_time = $7
-                        WHERE name = $1 AND state = $5 AND update_time = $6 RETURNING 1""",
+                        SET state = $2, update_time = $3, body = $4, expire_time = $7, version = version + 1
+                        WHERE name = $1 AND state = $5 AND update_time = $6 RETURNING version""",
                     after.name,
                     after.state.value,
                     after.update_time,
@@ -214,7 +216,7 @@ class PostgresPolicyStore:
                 await conn.execute(f"SELECT pg_notify('{_CHANGES}', $1)", after.name)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _unavailable(exc) from exc
-        await self._indexed(after)
+        await self._indexed(after, done)
         return True
 
     async def expiring(self, now: datetime, limit: int) -> list[BlockedAction]:
@@ -228,10 +230,11 @@ class PostgresPolicyStore:
         )
         return [_row_to_action(row) for row in rows]
 
-    async def _indexed(self, action: BlockedAction) -> None:
-        """Index a committed change; when the index missed it, have it rebuilt."""
+    async def _indexed(self, action: BlockedAction, version: int) -> None:
+        """Index a committed change (the row's version after it); when the index missed it,
+        have it rebuilt."""
         if self._index is not None:
-            await self._index.put(action)
+            await self._index.put(action, version)
             if self._index.stale:
                 self._rebuild_soon()
 
@@ -252,9 +255,10 @@ class PostgresPolicyStore:
     async def _rebuild_once(self, index: RedisBlockedIndex) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
 
-            async def stored() -> AsyncIterator[BlockedAction]:
-                async for row in conn.cursor(f"SELECT request_id, body FROM {SCHEMA}.blocked_actions"):
-                    yield _row_to_action(row)
+            async def stored() -> AsyncIterator[tuple[BlockedAction, int]]:
+                query = f"SELECT request_id, body, version FROM {SCHEMA}.blocked_actions"
+                async for row in conn.cursor(query):
+                    yield _row_to_action(row), int(row["version"])
 
             return await index.rebuild(stored())
 

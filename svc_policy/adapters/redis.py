@@ -7,15 +7,17 @@ caches (see skm_runtime/policy_client.py for the staleness bounds that follow).
 The index, for fast listing by tenant and state:
 
 One sorted set per (tenant, state), `skm:policy:blocked:{tenant}:{state}`, scored by
-creation time in microseconds, and a hash per tenant of each entry's version (its update
-time in microseconds). Postgres stays the source of truth; the index is only trusted
-while it is known to be whole:
+creation time in microseconds, and a hash per tenant of each entry's version (the row's
+change counter in Postgres, `version`, never a clock). Postgres stays the source of truth;
+the index is only trusted while it is known to be whole:
 - An entry is indexed after each committed change by one script that moves it to its
   state's set only if its version is not older than the indexed one, so a late or
   repeated write (a rebuild racing a decision) never puts an entry back in an old state.
-- `skm:policy:blocked:ready` says the index was built. A rebuild deletes it first and
-  sets it last; a Redis that restarted without its data has lost it too. Without it,
-  listing reads Postgres and the index is rebuilt.
+- `skm:policy:blocked:ready` says the index was built; a rebuild sets it when done (and
+  never deletes it, so one process's rebuild sends no other to rebuild too). A Redis that
+  restarted without its data has lost it: listing then reads Postgres and the index is
+  rebuilt. A Redis restored from an older snapshot keeps the marker but not the newer
+  entries: flush the index's keys after such a restore (the stack's Redis keeps no data).
 - A process whose index write failed (Redis unreachable) lists from Postgres and
   rebuilds the index once Redis answers again (svc_policy/adapters/postgres.py). Until
   then, other processes may list from the index without that one change.
@@ -44,7 +46,7 @@ _PREFIX = "skm:policy:blocked"
 
 _READY = f"{_PREFIX}:ready"
 # KEYS: the tenant's version hash, the entry's state set, the other states' sets.
-# ARGV: name, version (update time, µs), score (create time, µs).
+# ARGV: name, version (the row's change counter), score (create time, µs).
 _PUT = """
 local indexed = redis.call('HGET', KEYS[1], ARGV[1])
 if indexed and tonumber(indexed) > tonumber(ARGV[2]) then
@@ -64,7 +66,7 @@ def _key(tenant: str, state: str) -> str:
 
 
 def _versions(tenant: str) -> str:
-    return f"{_PREFIX}:{tenant}:versions"
+    return f"{_PREFIX}:{tenant}:changes"
 
 
 def _micros(moment: datetime) -> int:
@@ -93,31 +95,31 @@ class RedisBlockedIndex:
         missed, or the ready marker was found gone. The store rebuilds it then."""
         return not self._whole
 
-    async def put(self, action: BlockedAction) -> None:
-        """Index an entry's current state (after its change committed); a failure marks
-        the index stale instead of failing the change."""
+    async def put(self, action: BlockedAction, version: int) -> None:
+        """Index an entry's current state (after its change committed; `version`: the row's
+        change counter); a failure marks the index stale instead of failing the change."""
         try:
-            await self._put(action)
+            await self._put(action, version)
         except RedisError as exc:
             self._misses += 1
             self._whole = False
             log.warning("blocked-action index not updated", extra={"fields": {"error": type(exc).__name__}})
 
-    async def _put(self, action: BlockedAction) -> None:
+    async def _put(self, action: BlockedAction, version: int) -> None:
         others = [_key(action.tenant, state.value) for state in BlockedState if state is not action.state]
         await self._put_script(
             keys=[_versions(action.tenant), _key(action.tenant, action.state.value), *others],
-            args=[action.name, _micros(action.update_time), _micros(action.create_time)],
+            args=[action.name, version, _micros(action.create_time)],
         )
 
-    async def rebuild(self, actions: AsyncIterator[BlockedAction]) -> int:
-        """Index every stored entry, then mark the index whole. Raises RedisError when
-        Redis fails on the way (the index stays unready)."""
+    async def rebuild(self, actions: AsyncIterator[tuple[BlockedAction, int]]) -> int:
+        """Index every stored entry (with its version), then mark the index whole. Raises
+        RedisError when Redis fails on the way (this process then keeps listing from
+        Postgres)."""
         misses = self._misses
-        await self._redis.delete(_READY)
         count = 0
-        async for action in actions:
-            await self._put(action)
+        async for action, version in actions:
+            await self._put(action, version)
             count += 1
         await self._redis.set(_READY, "1")
         self._whole = misses == self._misses

@@ -203,7 +203,7 @@ async def test_the_listing_index_survives_a_missed_write_and_a_redis_that_lost_i
         assert await raw.zrange(f"skm:policy:blocked:{tenant}:APPROVED", 0, -1) == [held.name]
         assert await raw.zrange(f"skm:policy:blocked:{tenant}:PENDING", 0, -1) == []
         # A late write of the older state (a rebuild racing the decision) changes nothing.
-        await index.put(held)
+        await index.put(held, 1)  # version 1: the row as held, before its approval (2)
         assert await raw.zrange(f"skm:policy:blocked:{tenant}:PENDING", 0, -1) == []
 
         # Redis loses everything while this process keeps running: no ready marker, so
