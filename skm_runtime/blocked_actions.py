@@ -5,7 +5,10 @@ waits here until the entry leaves PENDING. The wait outlasts a lost stream and a
 svc_policy: it watches the entry (WatchBlockedActionResolutions), and whenever the watch
 ends or breaks it looks at the entry (GetBlockedAction), since a resolution may have slipped
 by meanwhile, then watches again after a backoff. It ends only with the resolved entry, with
-GONE when svc_policy no longer has the entry (NOT_FOUND), or when the caller cancels it.
+GONE when the entry can never be resolved for this caller (svc_policy no longer has it,
+NOT_FOUND, or refuses it to this caller in a way no retry changes: PERMISSION_DENIED,
+UNAUTHENTICATED, INVALID_ARGUMENT, ...; reported to `on_watch_lost` first), or when the caller
+cancels it. Only UNAVAILABLE, DEADLINE_EXCEEDED and other passing failures are waited out.
 
 What the caller does next (claim, give up, tell its client) is its own business; so is how it
 words a lost watch in its log.
@@ -31,12 +34,27 @@ MAX_BACKOFF_SECONDS = 5.0
 
 
 class Gone(enum.Enum):
-    """The entry is gone from svc_policy's store (NOT_FOUND): it never will be resolved."""
+    """The entry never will be resolved for this caller: gone from svc_policy's store
+    (NOT_FOUND), or refused to it for good."""
 
     GONE = "gone"
 
 
 GONE: Final = Gone.GONE
+# Answers no retry can change: the wait ends with GONE.
+_FINAL = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+# Each look at the entry (GetBlockedAction) waits at most this long by default.
+GET_TIMEOUT_SECONDS = 10.0
 
 
 async def wait_resolved(
@@ -44,7 +62,7 @@ async def wait_resolved(
     name: str,
     *,
     metadata: Metadata | None = None,
-    get_timeout: float | None = None,
+    get_timeout: float | None = GET_TIMEOUT_SECONDS,
     first_backoff: float = FIRST_BACKOFF_SECONDS,
     max_backoff: float = MAX_BACKOFF_SECONDS,
     on_watch_lost: Callable[[grpc.StatusCode], None] | None = None,
@@ -71,10 +89,11 @@ async def wait_resolved(
                 if action.name == name and action.state != BlockedAction.STATE_PENDING:
                     return action
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
+            code = error.code()
+            if code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED) and on_watch_lost is not None:
+                on_watch_lost(code)
+            if code in _FINAL:
                 return GONE
-            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED and on_watch_lost is not None:
-                on_watch_lost(error.code())
         finally:
             call.cancel()
         # The stream ended or broke: a resolution may have slipped by; look, then watch again.
@@ -85,7 +104,9 @@ async def wait_resolved(
             if got.blocked_action.state != BlockedAction.STATE_PENDING:
                 return got.blocked_action
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
+            if error.code() in _FINAL:
+                if error.code() != grpc.StatusCode.NOT_FOUND and on_watch_lost is not None:
+                    on_watch_lost(error.code())
                 return GONE
         if loop.time() - watched_since > max_backoff:
             backoff = first_backoff  # the last watch lasted: no need to hold back

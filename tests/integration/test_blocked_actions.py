@@ -126,6 +126,17 @@ async def test_an_entry_svc_policy_does_not_have_is_gone(policy: Served) -> None
             assert await wait_resolved(blocked, f"{tenant}/blockedActions/{uuid.uuid4()}") is GONE
 
 
+async def test_a_refusal_no_retry_changes_ends_the_wait(policy: Served) -> None:
+    """A name svc_policy cannot read (INVALID_ARGUMENT) used to be looked at every 5 s forever."""
+    async with grpc.aio.insecure_channel(policy.target) as channel:
+        blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        lost: list[grpc.StatusCode] = []
+        async with asyncio.timeout(20):
+            assert await wait_resolved(blocked, "blockedActions/not-a-name", on_watch_lost=lost.append) is GONE
+        assert lost
+        assert set(lost) <= {grpc.StatusCode.INVALID_ARGUMENT}
+
+
 async def test_the_wait_outlasts_a_restart_of_svc_policy(stack: RunningStack) -> None:
     settings = policy_settings(stack)
     port = free_port()
