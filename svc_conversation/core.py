@@ -447,7 +447,9 @@ class Conversation:
         interrupt or a restart finds the same blocked action, and a spawn it claimed before
         finds the same subordinate (created once) instead of starting another. An interrupt
         stops the wait only: the entry stays for the operator. With ``known_verdict`` (a
-        resumed tool call), the verdict is not recorded again.
+        resumed tool call), the verdict is not recorded again, and a recorded verdict that
+        held the spawn decides again: its blocked action is waited for or claimed (a claim
+        made before is the same claim), whatever svc_policy would answer now.
         """
         session = run.handle.session
         tool_call_id = requested.tool_call_id
@@ -469,7 +471,14 @@ class Conversation:
             summary=f"{SUBORDINATE_TOOL} (a subordinate session) for {run.principal.user} as {session.persona}"[:300],
             session=session.name,
         )
-        decision = await self.policy.check(run.principal, persona_object, "can_spawn", persona_object, hold=hold)
+        recorded = await self._recorded_verdict(run, tool_call_id) if known_verdict else None
+        if recorded is not None and recorded.blocked_action:
+            # Held before: the operator's decision on that entry stands, and a spawn claimed
+            # before the interrupt or restart may already have run; a fresh check could deny
+            # it now, or allow it unheld, and leave the entry EXECUTING for ever.
+            decision = recorded
+        else:
+            decision = await self.policy.check(run.principal, persona_object, "can_spawn", persona_object, hold=hold)
         held = decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL and bool(decision.blocked_action)
         if not known_verdict:
             await run.record_verdict(tool_call_id, decision)
@@ -529,6 +538,18 @@ class Conversation:
             )
         )
         return result
+
+    async def _recorded_verdict(self, run: TurnRun, tool_call_id: str) -> policy_decision_pb2.PolicyDecision | None:
+        """The verdict the turn recorded for the tool call, if any (its last)."""
+        events = await self.store.list_events(run.handle.name, 0, 100_000, turn=turn_ordinal(run.turn.name))
+        found = None
+        for event in events:
+            if (
+                event.WhichOneof("event") == "tool_call_verdict"
+                and event.tool_call_verdict.tool_call_id == tool_call_id
+            ):
+                found = event.tool_call_verdict.decision
+        return found
 
     async def _spawned(
         self, run: TurnRun, session: Session, call: ToolCall, request_id: str

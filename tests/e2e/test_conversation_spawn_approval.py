@@ -267,6 +267,49 @@ async def test_an_interrupted_wait_leaves_the_spawn_held_and_the_resumed_turn_fi
     await _approved_spawn_ran_once(client, operator, session, turn, events, action.name)
 
 
+async def test_a_resumed_spawn_runs_on_its_approval_although_the_spawn_grant_was_revoked(mesh: RunningStack) -> None:
+    client, operator = await _supervised_tenant(mesh)
+    session, turn, stream, action = await _held_spawn(client, operator)
+    await client.stub.InterruptTurn(
+        pb.InterruptTurnRequest(name=turn.name, request_id=str(uuid.uuid4())), metadata=client.metadata, timeout=10
+    )
+    await _until_state(stream, turn.name, Turn.STATE_INTERRUPTED)
+    await operator.decide(action, approve=True, note="approved before the revocation")
+    # The persona may no longer spawn at all: a fresh check now denies, held or not.
+    persona = f"persona:{client.tenant}/personas/default"
+    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+        policy = policy_service_pb2_grpc.PolicyServiceStub(channel)
+        await policy.DeleteRelationships(
+            policy_service_pb2.DeleteRelationshipsRequest(
+                parent=client.tenant,
+                relationships=[access_pb2.Relationship(subject=persona, relation="supervised_spawner", object=persona)],
+            ),
+            timeout=10,
+        )
+        fresh = await policy.Check(
+            policy_service_pb2.CheckRequest(
+                check=access_pb2.AccessCheck(subject=persona, relation="can_spawn", object=persona)
+            ),
+            timeout=10,
+        )
+    assert fresh.decision.verdict == policy_decision_pb2.VERDICT_DENY
+    await client.stub.ResumeTurn(
+        pb.ResumeTurnRequest(name=turn.name, request_id=str(uuid.uuid4())), metadata=client.metadata, timeout=10
+    )
+    others = asyncio.create_task(operator.decide_the_rest(approve=True, skip=action.name))
+    try:
+        events = await _read_turn(stream, turn.name)
+    finally:
+        others.cancel()
+    # The resumed tool call went by the operator's approval of the entry it held, not by a
+    # fresh check: it claimed the entry, spawned once and completed the entry.
+    assert "tool_call_verdict" not in _kinds(events[: _kinds(events).index("tool_call_result")])
+    first = _results(events)[0]
+    assert first.result.failure.reason != execution_pb2.FAILURE_REASON_DENIED
+    await _approved_spawn_ran_once(client, operator, session, turn, events, action.name)
+    assert len(await _children(client, session.name)) == 1
+
+
 async def test_a_spawn_approved_while_svc_conversation_restarts_runs_once(mesh: RunningStack) -> None:
     client, operator = await _supervised_tenant(mesh)
     session, turn, _, action = await _held_spawn(client, operator)
