@@ -56,6 +56,9 @@ _TRACE_KEYS = frozenset(("traceparent", "tracestate"))
 
 # Wrapped handlers kept per server, by method path (a service's methods, and then some).
 _MAX_WRAPPED = 4096
+# A handler function with this attribute (a string, e.g. "/gateway/METHOD_NOT_PUBLIC") serves
+# paths it does not name: spans and metrics carry that string instead of the client's path.
+CATCH_ALL_LABEL = "skm_catch_all_label"
 
 
 class _Malformed:
@@ -121,8 +124,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # grpc answers UNIMPLEMENTED; unknown names are never cached
+        behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        label = getattr(behaviour, CATCH_ALL_LABEL, None)
+        if isinstance(label, str):
+            # A catch-all answers any path a client makes up: one name for all of them in
+            # spans and metrics, and nothing cached.
+            return self._wrap(label, handler)
         wrapped = self._wrap(method, handler)
-        # A catch-all handler answers any path a client makes up: only so many are kept.
         if len(self._wrapped) < _MAX_WRAPPED:
             self._wrapped[method] = wrapped
         return wrapped

@@ -31,7 +31,7 @@ import grpc
 
 from skm_runtime.contract import Method
 from skm_runtime.errors import MalformedRequest
-from skm_runtime.interceptors import trace_metadata
+from skm_runtime.interceptors import CATCH_ALL_LABEL, trace_metadata
 from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY, principal_metadata
 from svc_gateway.adapters.policy import principal_message
 from svc_gateway.core import Gateway
@@ -157,6 +157,8 @@ class Proxy(grpc.GenericRpcHandler):
         async def refuse(requests: AsyncIterator[bytes], context: Context) -> None:
             raise MethodNotPublic("no such public method", metadata={"method": path[:_SHOWN_PATH_CHARS]})
 
+        # One name for every made-up path in spans and metrics (skm_runtime.interceptors).
+        setattr(refuse, CATCH_ALL_LABEL, "/skm.gateway/MethodNotPublic")
         return refuse
 
     def _sized(self, message: bytes) -> bytes:
