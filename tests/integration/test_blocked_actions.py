@@ -27,17 +27,16 @@ from skm.policy.v1 import (
 )
 from skm.type.v1 import policy_decision_pb2
 from skm_runtime.blocked_actions import GONE, wait_resolved
-from skm_runtime.principal import principal_message, principal_metadata
 from skm_runtime.server import RuntimeSettings
 from skm_stack import RunningStack
 from svc_policy.__main__ import build as build_policy
 from svc_policy.settings import PolicySettings
+from tests.support.policy import approval_tenant, signed
 from tests.support.ports import free_port
 from tests.support.runtime import Served
 from tests.support.tools import policy_settings, serving_at
 
 BlockedAction = blocked_action_pb2.BlockedAction
-Metadata = tuple[tuple[str, bytes], ...]
 
 
 @contextlib.asynccontextmanager
@@ -52,24 +51,8 @@ async def policy(stack: RunningStack) -> AsyncIterator[Served]:
         yield served
 
 
-def _signed(tenant: str, user: str) -> Metadata:
-    return principal_metadata(principal_message(tenant, f"{tenant}/users/{user}", ["member"]))
-
-
 async def _new_tenant(channel: grpc.aio.Channel) -> str:
-    """A fresh tenant: olga its operator, mike a member, a high-risk tool that needs approval."""
-    tenant = f"tenants/b{uuid.uuid4().hex[:10]}"
-    t = f"tenant:{tenant}"
-    relationships = [
-        access_pb2.Relationship(subject=f"user:{tenant}/users/olga", relation="operator", object=t),
-        access_pb2.Relationship(subject=f"user:{tenant}/users/mike", relation="member", object=t),
-        access_pb2.Relationship(subject=t, relation="tenant", object=f"tool:{tenant}/tools/code"),
-        access_pb2.Relationship(subject=t, relation="high_risk", object=f"tool:{tenant}/tools/code"),
-    ]
-    await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
-        policy_service_pb2.WriteRelationshipsRequest(parent=tenant, relationships=relationships), timeout=10
-    )
-    return tenant
+    return await approval_tenant(channel, "b")
 
 
 async def _hold(channel: grpc.aio.Channel, tenant: str) -> str:
@@ -83,7 +66,7 @@ async def _hold(channel: grpc.aio.Channel, tenant: str) -> str:
         hold=policy_service_pb2.Hold(request_id=str(uuid.uuid4()), payload=payload),
     )
     reply = await policy_service_pb2_grpc.PolicyServiceStub(channel).Check(
-        request, metadata=_signed(tenant, "mike"), timeout=10
+        request, metadata=signed(tenant, "mike"), timeout=10
     )
     assert reply.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
     return reply.decision.blocked_action
@@ -92,7 +75,7 @@ async def _hold(channel: grpc.aio.Channel, tenant: str) -> str:
 async def _approve(channel: grpc.aio.Channel, tenant: str, name: str, note: str) -> None:
     await blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel).ApproveBlockedAction(
         blocked_action_service_pb2.ApproveBlockedActionRequest(name=name, note=note),
-        metadata=_signed(tenant, "olga"),
+        metadata=signed(tenant, "olga"),
         timeout=10,
         wait_for_ready=True,  # after a restart, the channel may still be backing off its reconnection
     )
@@ -104,7 +87,7 @@ async def test_the_wait_ends_with_the_approved_entry(policy: Served) -> None:
         name = await _hold(channel, tenant)
         blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
         # As svc_conversation waits: the principal in the metadata, a deadline on each look.
-        waiting = asyncio.create_task(wait_resolved(blocked, name, metadata=_signed(tenant, "mike"), get_timeout=10))
+        waiting = asyncio.create_task(wait_resolved(blocked, name, metadata=signed(tenant, "mike"), get_timeout=10))
         try:
             await asyncio.sleep(0.5)
             assert not waiting.done()  # still PENDING: the wait goes on

@@ -24,7 +24,8 @@ from skm.type.v1 import policy_decision_pb2
 from skm_runtime.policy_client import PolicyClient
 from skm_stack import RunningStack, Toolchain
 from skm_stack.redis_server import start_redis
-from skm_stack.services import ServiceProcess, ServiceSpec, start_service
+from skm_stack.services import ServiceProcess
+from tests.support.policy import policy_process as start_policy
 from tests.support.ports import free_port
 
 ALLOW = policy_decision_pb2.VERDICT_ALLOW
@@ -37,25 +38,8 @@ LONG_TTL = 600.0
 @pytest.fixture(scope="module")
 def policy_process(stack: RunningStack) -> Iterator[ServiceProcess]:
     """svc_policy as `python -m svc_policy`: another process than the clients under test."""
-    state = Path(tempfile.mkdtemp(prefix="skm-test-policy-client-"))
-    port = free_port()
-    spec = ServiceSpec(
-        name="policy",
-        module="svc_policy",
-        port=port,
-        health_services=("", "skm.policy.v1.PolicyService"),
-        extra_env={
-            "SKM_POLICY_ADDR": f"127.0.0.1:{port}",
-            "SKM_POLICY_OPENFGA_STORE": f"skm-test-{uuid.uuid4().hex[:8]}",
-            "SKM_LOG_LEVEL": "WARNING",
-        },
-    )
-    service = start_service(spec, state, stack.service_env())
-    try:
+    with start_policy(stack, "skm-test-policy-client-") as service:
         yield service
-    finally:
-        service.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture

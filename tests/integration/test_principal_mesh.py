@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
@@ -43,33 +41,16 @@ from skm_runtime.principal import (
 from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
 from skm_stack.paths import REPO_ROOT
-from skm_stack.services import ServiceProcess, ServiceSpec, start_service
+from skm_stack.services import ServiceProcess
+from tests.support.policy import Metadata, approval_tenant, signed
+from tests.support.policy import policy_process as start_policy
 from tests.support.ports import free_port
-
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 @pytest.fixture(scope="module")
 def policy_process(stack: RunningStack) -> Iterator[ServiceProcess]:
-    state = Path(tempfile.mkdtemp(prefix="skm-test-principal-"))
-    port = free_port()
-    spec = ServiceSpec(
-        name="policy",
-        module="svc_policy",
-        port=port,
-        health_services=("", "skm.policy.v1.PolicyService"),
-        extra_env={
-            "SKM_POLICY_ADDR": f"127.0.0.1:{port}",
-            "SKM_POLICY_OPENFGA_STORE": f"skm-test-{uuid.uuid4().hex[:8]}",
-            "SKM_LOG_LEVEL": "WARNING",
-        },
-    )
-    service = start_service(spec, state, stack.service_env())
-    try:
+    with start_policy(stack, "skm-test-principal-") as service:
         yield service
-    finally:
-        service.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
@@ -80,28 +61,12 @@ async def channel(policy_process: ServiceProcess) -> AsyncIterator[grpc.aio.Chan
 
 @pytest.fixture
 async def tenant(channel: grpc.aio.Channel) -> str:
-    """A fresh tenant: olga its operator, mike a member, a high-risk tool that needs approval."""
-    tenant = f"tenants/p{uuid.uuid4().hex[:10]}"
-    t = f"tenant:{tenant}"
-    relationships = [
-        access_pb2.Relationship(subject=f"user:{tenant}/users/olga", relation="operator", object=t),
-        access_pb2.Relationship(subject=f"user:{tenant}/users/mike", relation="member", object=t),
-        access_pb2.Relationship(subject=t, relation="tenant", object=f"tool:{tenant}/tools/code"),
-        access_pb2.Relationship(subject=t, relation="high_risk", object=f"tool:{tenant}/tools/code"),
-    ]
-    await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
-        policy_service_pb2.WriteRelationshipsRequest(parent=tenant, relationships=relationships), timeout=10
-    )
-    return tenant
-
-
-def _signed(tenant: str, user: str) -> Metadata:
-    return principal_metadata(principal_message(tenant, f"{tenant}/users/{user}", ["member"]))
+    return await approval_tenant(channel, "p")
 
 
 def _made_up(tenant: str, user: str, mesh_key_file: Path) -> dict[str, Metadata]:
     """The principal as a caller without the mesh key could send it."""
-    principal = _signed(tenant, user)[0]
+    principal = signed(tenant, user)[0]
     use_mesh_keys([secrets.token_bytes(32)])
     try:
         other_key = principal_metadata(principal_message(tenant, f"{tenant}/users/{user}", ["member"]))
@@ -112,7 +77,7 @@ def _made_up(tenant: str, user: str, mesh_key_file: Path) -> dict[str, Metadata]
         "no MAC": (principal,),
         "a forged MAC": (principal, (PRINCIPAL_MAC_KEY, secrets.token_bytes(32))),
         "another key's MAC": other_key,
-        "another principal's MAC": (principal, _signed(tenant, f"{user}2")[1]),
+        "another principal's MAC": (principal, signed(tenant, f"{user}2")[1]),
     }
 
 
@@ -144,14 +109,14 @@ async def test_only_a_signed_principal_may_hold_an_action(
     for what, metadata in _made_up(tenant, "mike", mesh_key_file).items():
         await _unauthenticated(policy.Check(_hold_check(tenant), metadata=metadata, timeout=10), what)
 
-    held = await policy.Check(_hold_check(tenant), metadata=_signed(tenant, "mike"), timeout=10)
+    held = await policy.Check(_hold_check(tenant), metadata=signed(tenant, "mike"), timeout=10)
     assert held.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
     assert held.decision.blocked_action.startswith(f"{tenant}/blockedActions/")
 
 
 async def test_only_a_signed_operator_may_approve(channel: grpc.aio.Channel, tenant: str, mesh_key_file: Path) -> None:
     held = await policy_service_pb2_grpc.PolicyServiceStub(channel).Check(
-        _hold_check(tenant), metadata=_signed(tenant, "mike"), timeout=10
+        _hold_check(tenant), metadata=signed(tenant, "mike"), timeout=10
     )
     name = held.decision.blocked_action
     blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
@@ -159,11 +124,11 @@ async def test_only_a_signed_operator_may_approve(channel: grpc.aio.Channel, ten
     for what, metadata in _made_up(tenant, "olga", mesh_key_file).items():
         await _unauthenticated(blocked.ApproveBlockedAction(approve, metadata=metadata, timeout=10), what)
     still = await blocked.GetBlockedAction(
-        blocked_action_service_pb2.GetBlockedActionRequest(name=name), metadata=_signed(tenant, "olga"), timeout=10
+        blocked_action_service_pb2.GetBlockedActionRequest(name=name), metadata=signed(tenant, "olga"), timeout=10
     )
     assert still.blocked_action.state == blocked_action_pb2.BlockedAction.STATE_PENDING
 
-    approved = await blocked.ApproveBlockedAction(approve, metadata=_signed(tenant, "olga"), timeout=10)
+    approved = await blocked.ApproveBlockedAction(approve, metadata=signed(tenant, "olga"), timeout=10)
     assert approved.blocked_action.state == blocked_action_pb2.BlockedAction.STATE_APPROVED
     assert approved.blocked_action.resolver == f"{tenant}/users/olga"
 

@@ -1,0 +1,66 @@
+"""svc_policy for tests that need it as a process of its own, and the tenant they hold actions in."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm_runtime.principal import principal_message, principal_metadata
+from skm_stack import RunningStack
+from skm_stack.services import ServiceProcess, ServiceSpec, start_service
+from tests.support.ports import free_port
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+@contextlib.contextmanager
+def policy_process(stack: RunningStack, prefix: str) -> Iterator[ServiceProcess]:
+    """`python -m svc_policy` on the stack's servers (its own OpenFGA store), stopped after."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    spec = ServiceSpec(
+        name="policy",
+        module="svc_policy",
+        port=port,
+        health_services=("", "skm.policy.v1.PolicyService"),
+        extra_env={
+            "SKM_POLICY_ADDR": f"127.0.0.1:{port}",
+            "SKM_POLICY_OPENFGA_STORE": f"skm-test-{uuid.uuid4().hex[:8]}",
+            "SKM_LOG_LEVEL": "WARNING",
+        },
+    )
+    service = start_service(spec, state, stack.service_env())
+    try:
+        yield service
+    finally:
+        service.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def signed(tenant: str, user: str) -> Metadata:
+    """A member's principal as the mesh sends it (signed with the test process's mesh key)."""
+    return principal_metadata(principal_message(tenant, f"{tenant}/users/{user}", ["member"]))
+
+
+async def approval_tenant(channel: grpc.aio.Channel, letter: str) -> str:
+    """A fresh tenant: olga its operator, mike a member, a high-risk tool `code` that needs
+    approval for mike."""
+    tenant = f"tenants/{letter}{uuid.uuid4().hex[:10]}"
+    t = f"tenant:{tenant}"
+    relationships = [
+        access_pb2.Relationship(subject=f"user:{tenant}/users/olga", relation="operator", object=t),
+        access_pb2.Relationship(subject=f"user:{tenant}/users/mike", relation="member", object=t),
+        access_pb2.Relationship(subject=t, relation="tenant", object=f"tool:{tenant}/tools/code"),
+        access_pb2.Relationship(subject=t, relation="high_risk", object=f"tool:{tenant}/tools/code"),
+    ]
+    await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
+        policy_service_pb2.WriteRelationshipsRequest(parent=tenant, relationships=relationships), timeout=10
+    )
+    return tenant
