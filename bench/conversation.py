@@ -63,6 +63,7 @@ from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grp
 from skm.type.v1 import deployment_mode_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
 from skm_runtime.principal import configure_mesh_key, principal_message, principal_metadata
+from skm_runtime.server import signed_channel
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from skm_stack.devkeys import KEY_ID, dev_keys_dir
 from svc_conversation import preprocess
@@ -159,7 +160,8 @@ def _token(state_dir: Path, tenant: str, user: str) -> str:
 async def _new_user(stack: RunningStack) -> _User:
     tenant, user = f"bench{uuid.uuid4().hex[:8]}", "alice"
     principal = Principal(tenant=f"tenants/{tenant}", user=f"tenants/{tenant}/users/{user}", roles=("member",))
-    async with grpc.aio.insecure_channel(stack.services["policy"].addr) as channel:
+    configure_mesh_key(stack.mesh_key_file)  # services admit callers of the mesh only
+    async with signed_channel(stack.services["policy"].addr) as channel:
         await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
                 parent=principal.tenant,
@@ -173,7 +175,6 @@ async def _new_user(stack: RunningStack) -> _User:
         )
     bearer = (("authorization", f"Bearer {_token(stack.state_dir, tenant, user)}"),)
     # Signed with the stack's mesh key, as the gateway signs it, or the service refuses it.
-    configure_mesh_key(stack.mesh_key_file)
     forwarded = principal_metadata(principal_message(principal.tenant, principal.user, principal.roles))
     return _User(principal, bearer, forwarded)
 
@@ -374,8 +375,8 @@ async def _engine_turn_of(stack: RunningStack, user: _User) -> _EngineTurn:
     principal = user.principal
     persona_name = f"{principal.tenant}/personas/default"
     async with (
-        grpc.aio.insecure_channel(stack.services["profiles"].addr) as profiles_channel,
-        grpc.aio.insecure_channel(stack.services["tools"].addr) as tools_channel,
+        signed_channel(stack.services["profiles"].addr) as profiles_channel,
+        signed_channel(stack.services["tools"].addr) as tools_channel,
     ):
         profiles = GrpcProfiles(profiles_channel)
         persona = await profiles.persona(persona_name, principal)

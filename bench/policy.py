@@ -43,6 +43,8 @@ from bench.measure import cpu_seconds
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
 from skm_runtime.policy_client import PolicyClient
+from skm_runtime.principal import caller_metadata, configure_mesh_key
+from skm_runtime.server import signed_channel
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from skm_stack.services import ServiceSpec
 from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap
@@ -53,6 +55,8 @@ from tests.support.echo_service import SERVICE as ECHO_SERVICE
 from tests.support.ports import free_port
 
 _UNCACHED = "policy_uncached"
+_CHECK = "/skm.policy.v1.PolicyService/Check"
+_WRITE = "/skm.policy.v1.PolicyService/WriteRelationships"
 
 
 def _ms(samples: list[float], q: float) -> float:
@@ -70,6 +74,7 @@ async def _timed(calls: int, one: Callable[[int], Awaitable[object]]) -> list[fl
 
 
 async def _against(stack: RunningStack, store: str, token: str, rounds: int, calls: int, bare: str) -> None:
+    configure_mesh_key(stack.mesh_key_file)  # svc_policy serves callers of the mesh only
     service = stack.services["policy"]
     uncached = stack.services[_UNCACHED]
     model = PolicySettings().model_path
@@ -79,12 +84,15 @@ async def _against(stack: RunningStack, store: str, token: str, rounds: int, cal
     tool = f"tool:{tenant}/tools/search"
     async with (
         grpc.aio.insecure_channel(service.addr) as channel,
+        signed_channel(service.addr) as client_channel,
         grpc.aio.insecure_channel(uncached.addr) as uncached_channel,
         grpc.aio.insecure_channel(bare) as bare_channel,
     ):
         stub = policy_service_pb2_grpc.PolicyServiceStub(channel)
         uncached_stub = policy_service_pb2_grpc.PolicyServiceStub(uncached_channel)
-        client = PolicyClient(channel, redis_url=stack.redis_url, ttl=1.0)
+        # As services do, the client's calls are signed as a caller of the mesh (an
+        # interceptor, as on their channels); the stubs sign each call themselves.
+        client = PolicyClient(client_channel, redis_url=stack.redis_url, ttl=1.0)
         echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = bare_channel.unary_unary(f"/{ECHO_SERVICE}/Unary")
         relationships = [
             access_pb2.Relationship(subject=f"tenant:{tenant}", relation="tenant", object=tool),
@@ -99,6 +107,7 @@ async def _against(stack: RunningStack, store: str, token: str, rounds: int, cal
                     parent=tenant, relationships=relationships[start : start + 100]
                 ),
                 timeout=30,
+                metadata=caller_metadata(_WRITE),
             )
 
         def request(subject: str) -> policy_service_pb2.CheckRequest:
@@ -119,7 +128,9 @@ async def _against(stack: RunningStack, store: str, token: str, rounds: int, cal
             return await direct.check([AccessCheck(subject, rule.asked, tool) for rule in rules.probes], fresh=False)
 
         async def via_miss(i: int) -> object:
-            reply = await uncached_stub.Check(request(f"user:{tenant}/users/u{i % 100}"), timeout=10)
+            reply = await uncached_stub.Check(
+                request(f"user:{tenant}/users/u{i % 100}"), timeout=10, metadata=caller_metadata(_CHECK)
+            )
             assert reply.decision.verdict == policy_decision_pb2.VERDICT_ALLOW  # the question `direct` asks
             return reply
 
@@ -127,10 +138,14 @@ async def _against(stack: RunningStack, store: str, token: str, rounds: int, cal
 
         async def via_new(i: int) -> object:
             # A subject never asked before: nothing cached. (Unknown users are simply DENY.)
-            return await stub.Check(request(f"user:{tenant}/users/new{next(new_counter)}"), timeout=10)
+            return await stub.Check(
+                request(f"user:{tenant}/users/new{next(new_counter)}"), timeout=10, metadata=caller_metadata(_CHECK)
+            )
 
         async def via_hit(i: int) -> object:
-            return await stub.Check(request(f"user:{tenant}/users/u{i % 5}"), timeout=10)
+            return await stub.Check(
+                request(f"user:{tenant}/users/u{i % 5}"), timeout=10, metadata=caller_metadata(_CHECK)
+            )
 
         async def via_client(i: int) -> object:
             return await client.check(request(f"user:{tenant}/users/u{i % 5}"), rpc_timeout=10)

@@ -8,6 +8,11 @@
     skm tool run NAME --tenant t1 --args 'JSON'          run a tool, streaming its output
     skm chat [--session ID] [--tool-choice TOOL]         talk with an agent: tokens, tool calls, verdicts
     skm chat -m TEXT --json                              one message; every event as a JSON line
+    skm relationships write|delete --tenant t1 SUBJECT RELATION OBJECT ...
+                                                         grant or revoke (tenant admins)
+    skm relationships read --tenant t1 --object OBJECT   who has what on an object
+    skm relationships write --mesh ...                   straight to svc_policy with the mesh key
+                                                         (the mesh operator, e.g. a tenant's first admin)
 
 Calls read the token from --token or SKM_TOKEN and go to --url or SKM_URL
 (default http://127.0.0.1:8080). --url, --token and --json go before or after the command.
@@ -32,19 +37,29 @@ import jwt
 from google.protobuf import any_pb2, json_format
 
 from skm.policy.v1 import (
+    access_pb2,
     blocked_action_pb2,
     blocked_action_service_pb2,
     blocked_action_service_pb2_grpc,
     constitution_pb2,
     constitution_service_pb2,
     constitution_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
 )
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
 from skm_cli import chat
 from skm_cli.errors import CallFailed, CliError, OutputClosed
+from skm_runtime.principal import (
+    MESH_KEY_FILE_VAR,
+    MeshKeyInvalid,
+    caller_metadata,
+    configure_mesh_key,
+    use_caller_name,
+)
 from skm_runtime.status import error_info_of
-from skm_stack.devkeys import KEY_ID, dev_keys_dir
+from skm_stack.devkeys import KEY_ID, dev_keys_dir, mesh_key_file
 from skm_stack.paths import default_state_dir
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -215,6 +230,93 @@ def cmd_tool(args: argparse.Namespace) -> int:
     return 0 if succeeded else 1
 
 
+_POLICY_SERVICE = "/skm.policy.v1.PolicyService/"
+DEFAULT_POLICY_ADDR = "127.0.0.1:50055"
+
+
+def _triples(words: Sequence[str]) -> list[access_pb2.Relationship]:
+    if not words or len(words) % 3:
+        raise CliError(
+            "relationships are given as SUBJECT RELATION OBJECT, one or more times,"
+            " e.g. user:tenants/t1/users/alice operator tenant:tenants/t1"
+        )
+    return [
+        access_pb2.Relationship(subject=words[i], relation=words[i + 1], object=words[i + 2])
+        for i in range(0, len(words), 3)
+    ]
+
+
+def _relationships_call(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The policy stub, and how to authenticate a call of a method (its name) on it."""
+    if not args.mesh:
+        stub = policy_service_pb2_grpc.PolicyServiceStub(_channel(args))
+        auth = _auth(args)
+        return stub, lambda _method: auth
+    # The mesh operator: straight to svc_policy, each call signed with the mesh key.
+    key = Path(args.mesh_key or os.environ.get(MESH_KEY_FILE_VAR) or mesh_key_file(default_state_dir()))
+    try:
+        configure_mesh_key(key)
+    except MeshKeyInvalid as exc:
+        raise CliError(f"{exc} (pass --mesh-key or set {MESH_KEY_FILE_VAR}; `make run` makes one)") from None
+    use_caller_name("skm-cli")
+    addr = args.policy_addr or os.environ.get("SKM_POLICY_ADDR") or DEFAULT_POLICY_ADDR
+    stub = policy_service_pb2_grpc.PolicyServiceStub(grpc.insecure_channel(addr))
+    return stub, lambda method: caller_metadata(_POLICY_SERVICE + method)
+
+
+def cmd_relationships(args: argparse.Namespace) -> int:
+    parent = f"tenants/{args.tenant}"
+    if args.action == "read":
+        if args.triples:
+            raise CliError("`skm relationships read` takes its filter as --subject, --relation and --object")
+        if not args.object:
+            raise CliError("`skm relationships read` needs --object: an object, or `TYPE:` for all of a type")
+        stub, auth = _relationships_call(args)
+        shown, token = 0, ""
+        while True:  # every page
+            reply = stub.ReadRelationships(
+                policy_service_pb2.ReadRelationshipsRequest(
+                    parent=parent,
+                    subject=args.subject,
+                    relation=args.relation,
+                    object=args.object,
+                    page_size=1000,
+                    page_token=token,
+                ),
+                timeout=10,
+                metadata=auth("ReadRelationships"),
+            )
+            for relationship in reply.relationships:
+                if args.json:
+                    _print(relationship, args)
+                else:
+                    print(f"{relationship.subject} {relationship.relation} {relationship.object}")
+            shown += len(reply.relationships)
+            token = reply.next_page_token
+            if not token:
+                break
+        if not shown and not args.json:
+            print("no relationship matches", file=sys.stderr)
+        return 0
+    relationships = _triples(args.triples)
+    stub, auth = _relationships_call(args)
+    if args.action == "write":
+        stub.WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(parent=parent, relationships=relationships),
+            timeout=10,
+            metadata=auth("WriteRelationships"),
+        )
+    else:
+        stub.DeleteRelationships(
+            policy_service_pb2.DeleteRelationshipsRequest(parent=parent, relationships=relationships),
+            timeout=10,
+            metadata=auth("DeleteRelationships"),
+        )
+    done = "written" if args.action == "write" else "deleted"
+    print(f"{len(relationships)} relationship(s) {done}", file=sys.stderr)
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     return chat.run(args, _channel(args), _token(args), _auth(args))
 
@@ -287,6 +389,38 @@ def parser() -> argparse.ArgumentParser:
     tool.add_argument("--timeout", type=float, default=600.0, help="seconds to wait, approval included (default 600)")
     tool.set_defaults(run=cmd_tool)
 
+    relations = commands.add_parser(
+        "relationships",
+        parents=[common],
+        help="grant, revoke or read who may do what (OpenFGA relationships of a tenant)",
+        description="Relationships of a tenant in policy: as a tenant admin through the gateway (with a token),"
+        " or with --mesh as the mesh's operator, straight to svc_policy, each call signed with the mesh key"
+        " (how a tenant's first admin is named).",
+        epilog="e.g. skm relationships write --mesh --tenant t1 user:tenants/t1/users/alice admin tenant:tenants/t1",
+    )
+    relations.add_argument("action", choices=("write", "delete", "read"))
+    relations.add_argument(
+        "triples", nargs="*", metavar="SUBJECT RELATION OBJECT", help="with write/delete: one or more relationships"
+    )
+    relations.add_argument("--tenant", required=True, help="tenant id, e.g. t1")
+    relations.add_argument("--subject", default="", help="with read: only this subject")
+    relations.add_argument("--relation", default="", help="with read: only this relation")
+    relations.add_argument("--object", default="", help="with read: the object, or TYPE: for every one of a type")
+    relations.add_argument(
+        "--mesh", action="store_true", help="straight to svc_policy, signed with the mesh key (no token)"
+    )
+    relations.add_argument(
+        "--mesh-key",
+        default="",
+        help=f"with --mesh: the mesh key file (default: ${MESH_KEY_FILE_VAR}, else the local stack's)",
+    )
+    relations.add_argument(
+        "--policy-addr",
+        default="",
+        help=f"with --mesh: svc_policy (default: $SKM_POLICY_ADDR or {DEFAULT_POLICY_ADDR})",
+    )
+    relations.set_defaults(run=cmd_relationships)
+
     talk = commands.add_parser(
         "chat",
         parents=[common],
@@ -321,7 +455,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    if extra:
+        # argparse takes a command's positionals in one go: relationships given after its
+        # options (`write --tenant t1 S R O`) come back here.
+        if args.command == "relationships" and not any(word.startswith("-") for word in extra):
+            args.triples = [*args.triples, *extra]
+        else:
+            top.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.run(args)
         return code

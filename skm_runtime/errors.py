@@ -106,3 +106,11 @@ class ServiceUnavailable(SkmError):
 
     code = Code.UNAVAILABLE
     reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class MeshCallerUnverified(SkmError):
+    """A call reached a service of the mesh with neither a signed principal nor a signed
+    caller (skm_runtime.principal): it did not come through the gateway or from the mesh."""
+
+    code = Code.UNAUTHENTICATED
+    reason = "MESH_CALLER_UNVERIFIED"

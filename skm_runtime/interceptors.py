@@ -4,14 +4,19 @@ Server side, one interceptor per process does, for all four RPC kinds:
 - reject request bytes that are not a valid message with INVALID_ARGUMENT /
   MALFORMED_REQUEST (grpc's own answer would be INTERNAL), for unary calls and for every
   message of a stream;
+- admit, in a service of the mesh, only calls that carry a signed principal or a signed
+  caller (skm_runtime.principal): UNAUTHENTICATED / MESH_CALLER_UNVERIFIED otherwise
+  (health and reflection answer anyone; the gateway, the public entry, checks tokens);
 - continue the caller's trace (W3C context from metadata) in a SERVER span;
 - remember the call's deadline so outbound calls made while serving it inherit it;
 - map domain errors to `google.rpc.Status` + `ErrorInfo`; anything unexpected becomes
   INTERNAL with a generic message, the cause logged and never sent;
 - record `rpc.server.duration`.
 
-Client side, `OutboundInterceptor` gives every call a deadline (its own, the default, or
-what remains of the inbound call's, whichever is soonest) and passes the trace context on.
+Client side, `outbound_interceptors` give every call a deadline (its own, the default, or
+what remains of the inbound call's, whichever is soonest), pass the trace context on and
+sign the call as this process's (a signed caller). `mesh_caller_interceptors` only sign,
+for the mesh operator's tools (`skm relationships --mesh`), benches and tests.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from skm_runtime.errors import Code, MalformedRequest, NotImplementedYet, SkmError
+from skm_runtime.errors import Code, MalformedRequest, MeshCallerUnverified, NotImplementedYet, SkmError
+from skm_runtime.principal import caller_metadata, has_mesh_key, mesh_admitted
 from skm_runtime.status import status_of, trailers_of
 
 log = logging.getLogger("skm.runtime")
@@ -59,6 +65,8 @@ _MAX_WRAPPED = 4096
 # A handler function with this attribute (a string, e.g. "/gateway/METHOD_NOT_PUBLIC") serves
 # paths it does not name: spans and metrics carry that string instead of the client's path.
 CATCH_ALL_LABEL = "skm_catch_all_label"
+# Methods that answer callers from outside the mesh too.
+_OPEN_TO_ANYONE = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.")
 
 
 class _Malformed:
@@ -101,11 +109,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Errors, validation of the wire format, tracing, deadlines and metrics for one server."""
 
     def __init__(
-        self, tracer: trace.Tracer, meter: metrics.Meter, *, record_spans: bool, record_metrics: bool = True
+        self,
+        tracer: trace.Tracer,
+        meter: metrics.Meter,
+        *,
+        record_spans: bool,
+        record_metrics: bool = True,
+        mesh_only: bool = False,
     ) -> None:
         # Without a span receiver, no span is made: the caller's trace context is only
         # carried through to outbound calls, which costs next to nothing. Without a metric
-        # reader, nothing is recorded either.
+        # reader, nothing is recorded either. `mesh_only`: every method but health and
+        # reflection admits only calls from inside the mesh.
+        self._mesh_only = mesh_only
         self._tracer = tracer
         self._record_spans = record_spans
         self._record_metrics = record_metrics
@@ -145,7 +161,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         }
         deserialize = _tolerant(handler.request_deserializer)
         serialize = handler.response_serializer
-        call = _Call(self, span_name, attributes)
+        guarded = self._mesh_only and not method.startswith(_OPEN_TO_ANYONE)
+        call = _Call(self, span_name, attributes, method if guarded else None)
 
         if handler.unary_unary is not None:
             inner_uu: Any = handler.unary_unary
@@ -153,6 +170,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: Context) -> Any:
                 with call.serving(context) as outcome:
                     try:
+                        call.admit(context)
                         _reject_malformed(request)
                         result = inner_uu(request, context)
                         return await result if inspect.isawaitable(result) else result
@@ -167,6 +185,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
                 with call.serving(context) as outcome:
                     try:
+                        call.admit(context)
                         result = inner_su(_checked(requests), context)
                         return await result if inspect.isawaitable(result) else result
                     except BaseException as exc:
@@ -181,6 +200,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async def unary_stream_gen(request: Any, context: Context) -> Any:
                     with call.serving(context) as outcome:
                         try:
+                            call.admit(context)
                             _reject_malformed(request)
                             async for response in inner_us(request, context):
                                 yield response
@@ -192,6 +212,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: Context) -> None:
                 with call.serving(context) as outcome:
                     try:
+                        call.admit(context)
                         _reject_malformed(request)
                         result = inner_us(request, context)
                         if inspect.isawaitable(result):
@@ -208,6 +229,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream_gen(requests: AsyncIterator[Any], context: Context) -> Any:
                 with call.serving(context) as outcome:
                     try:
+                        call.admit(context)
                         async for response in inner_ss(_checked(requests), context):
                             yield response
                     except BaseException as exc:
@@ -218,6 +240,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def stream_stream(requests: AsyncIterator[Any], context: Context) -> None:
             with call.serving(context) as outcome:
                 try:
+                    call.admit(context)
                     result = inner_ss(_checked(requests), context)
                     if inspect.isawaitable(result):
                         await result
@@ -230,11 +253,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 class _Call:
     """What the wrapped behaviours of one method share."""
 
-    def __init__(self, owner: ServerInterceptor, span_name: str, attributes: dict[str, AttributeValue]) -> None:
+    def __init__(
+        self,
+        owner: ServerInterceptor,
+        span_name: str,
+        attributes: dict[str, AttributeValue],
+        guarded_method: str | None,
+    ) -> None:
         self.owner = owner
         self.span_name = span_name
         self.attributes = attributes
         self.ok_attributes: dict[str, AttributeValue] = {**attributes, "rpc.grpc.status_code": Code.OK.value}
+        # The method's path where only callers from inside the mesh are admitted.
+        self.guarded_method = guarded_method
+
+    def admit(self, context: Context) -> None:
+        """Raise MeshCallerUnverified unless the call may be served (see the module's docstring)."""
+        if self.guarded_method is not None and not mesh_admitted(context.invocation_metadata(), self.guarded_method):
+            raise MeshCallerUnverified(
+                "this service answers calls from inside the mesh only: through the gateway, or signed"
+                " with the mesh key (SKM_MESH_KEY_FILE)",
+                metadata={"method": self.guarded_method},
+            )
 
     def serving(self, context: Context) -> _Serving:
         return _Serving(self, context)
@@ -319,7 +359,7 @@ class _Serving:
 
 def trace_metadata() -> tuple[tuple[str, str], ...]:
     """The current trace context as call metadata (W3C `traceparent`, `tracestate`), for
-    calls on a channel without `OutboundInterceptor`."""
+    calls on a channel without `outbound_interceptors`."""
     carrier: dict[str, str] = {}
     _TRACE_CONTEXT.inject(carrier)
     return tuple(carrier.items())
@@ -343,40 +383,98 @@ def outbound_timeout(own: float | None, default: float) -> float:
     return timeout
 
 
-class OutboundInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Deadline on every outbound call, and the trace context passed on."""
+# grpc.aio files an interceptor under the first of the four kinds it implements only (an
+# object implementing all four would intercept unary-unary calls alone), so each kind gets
+# an object of its own, and they share one function that rewrites a call's details.
+_Rewrite: TypeAlias = Callable[[grpc.aio.ClientCallDetails, bool], grpc.aio.ClientCallDetails]
 
-    def __init__(self, *, call_timeout: float, stream_timeout: float) -> None:
-        self._call_timeout = call_timeout
-        self._stream_timeout = stream_timeout
 
-    def _details(self, details: grpc.aio.ClientCallDetails, default: float) -> grpc.aio.ClientCallDetails:
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, rewrite: _Rewrite) -> None:
+        self._rewrite = rewrite
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
+        return await continuation(self._rewrite(client_call_details, False), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, rewrite: _Rewrite) -> None:
+        self._rewrite = rewrite
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
+        return await continuation(self._rewrite(client_call_details, True), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, rewrite: _Rewrite) -> None:
+        self._rewrite = rewrite
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
+        return await continuation(self._rewrite(client_call_details, True), request_iterator)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, rewrite: _Rewrite) -> None:
+        self._rewrite = rewrite
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
+        return await continuation(self._rewrite(client_call_details, True), request_iterator)
+
+
+ClientInterceptor: TypeAlias = (
+    grpc.aio.UnaryUnaryClientInterceptor
+    | grpc.aio.UnaryStreamClientInterceptor
+    | grpc.aio.StreamUnaryClientInterceptor
+    | grpc.aio.StreamStreamClientInterceptor
+)
+
+
+def _each_kind(rewrite: _Rewrite) -> list[ClientInterceptor]:
+    return [_UnaryUnary(rewrite), _UnaryStream(rewrite), _StreamUnary(rewrite), _StreamStream(rewrite)]
+
+
+def _signed(metadata: grpc.aio.Metadata, method: str | bytes) -> None:
+    for key, signature in caller_metadata(method):
+        metadata[key] = signature
+
+
+def outbound_interceptors(*, call_timeout: float, stream_timeout: float) -> list[ClientInterceptor]:
+    """A service's outbound calls, all four kinds: a deadline on every call (`call_timeout`
+    for unary calls, `stream_timeout` for the others, cut to the inbound call's), the trace
+    context passed on, and the call signed as this process's when it holds the mesh key."""
+
+    def rewrite(details: grpc.aio.ClientCallDetails, streaming: bool) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         carrier: dict[str, str] = {}
         _TRACE_CONTEXT.inject(carrier)
         for key, value in carrier.items():
             metadata[key] = value
+        if has_mesh_key():
+            _signed(metadata, details.method)
         return grpc.aio.ClientCallDetails(
             method=details.method,
-            timeout=outbound_timeout(details.timeout, default),
+            timeout=outbound_timeout(details.timeout, stream_timeout if streaming else call_timeout),
             metadata=metadata,
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
         )
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
-        return await continuation(self._details(client_call_details, self._call_timeout), request)
+    return _each_kind(rewrite)
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
-        return await continuation(self._details(client_call_details, self._stream_timeout), request)
 
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
-        return await continuation(self._details(client_call_details, self._stream_timeout), request_iterator)
+def mesh_caller_interceptors() -> list[ClientInterceptor]:
+    """Every call, all four kinds, signed as this process's (`caller_metadata`), and nothing
+    else; the process must hold the mesh key (skm_runtime.principal.configure_mesh_key)."""
 
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]  # signature fixed by grpc.aio
-        return await continuation(self._details(client_call_details, self._stream_timeout), request_iterator)
+    def rewrite(details: grpc.aio.ClientCallDetails, _streaming: bool) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        _signed(metadata, details.method)
+        return grpc.aio.ClientCallDetails(
+            method=details.method,
+            timeout=details.timeout,
+            metadata=metadata,
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+        )
+
+    return _each_kind(rewrite)

@@ -20,6 +20,15 @@ without it (exit 2). The key is never logged, and never part of an error message
 What the MAC does not do: it authenticates the principal, not the call, and does not
 expire, so whoever reads a signed principal on the mesh's network can replay it. Keep the
 mesh's traffic private (loopback here; mTLS or a private network in deployments).
+
+Calls between services that carry no principal (svc_tools asking svc_policy, an operator's
+`skm relationships --mesh` naming a tenant's first admin) carry a signed caller instead:
+`x-skm-caller-bin` (when it was signed, in milliseconds since the epoch, 8 bytes big-endian,
+then the caller's name) with `x-skm-caller-mac-bin`, the HMAC-SHA256 under the mesh key of a
+fixed label, the method's path and those bytes. It holds for that method only, and for
+`CALLER_MAX_AGE_SECONDS` either side of its time, so a copy read off the network is of
+little use for long. Every service except the gateway admits a call only with a verified
+principal or a verified caller (`mesh_admitted`); health and reflection answer anyone.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +52,18 @@ FORWARDED_BY_KEY = "x-skm-forwarded-by"
 MESH_KEY_FILE_VAR = "SKM_MESH_KEY_FILE"
 MIN_KEY_BYTES = 32
 
-# Binds a MAC to its purpose: the same key may one day sign other things.
+# A caller inside the mesh that carries no principal (skm_runtime.interceptors signs every
+# outbound call of a service with it).
+CALLER_KEY = "x-skm-caller-bin"
+# HMAC-SHA256 of _CALLER_LABEL + the method's path + NUL + the caller's bytes.
+CALLER_MAC_KEY = "x-skm-caller-mac-bin"
+# How far a signed caller's time may be from the receiver's clock, either way.
+CALLER_MAX_AGE_SECONDS = 60.0
+MAX_CALLER_NAME_BYTES = 64
+
+# Binds a MAC to its purpose: the same key signs principals and callers.
 _LABEL = b"skm.principal.v1\x00"
+_CALLER_LABEL = b"skm.caller.v1\x00"
 
 _ROLE_NAMES = {
     principal_pb2.ROLE_MEMBER: "member",
@@ -54,6 +74,8 @@ _ROLES = {name: number for number, name in _ROLE_NAMES.items()}
 
 # The process's mesh keys: the first signs, each verifies. Empty: nothing is signed or trusted.
 _keys: tuple[bytes, ...] = ()
+# The name this process signs its calls with (`use_caller_name`).
+_caller_name = b"skm"
 
 
 class MeshKeyInvalid(ValueError):
@@ -175,3 +197,68 @@ def principal_from(metadata: Iterable[Any] | None) -> principal_pb2.Principal | 
         return principal_pb2.Principal.FromString(serialized)
     except Exception:  # noqa: BLE001  # malformed metadata is no principal
         return None
+
+
+# -- signed callers ----------------------------------------------------------------------
+
+
+def use_caller_name(name: str) -> None:
+    """The name this process's signed calls carry (a service's name, `skm-cli`, ...)."""
+    global _caller_name
+    encoded = name.encode()
+    if not encoded or len(encoded) > MAX_CALLER_NAME_BYTES:
+        raise ValueError(f"a caller name has 1 to {MAX_CALLER_NAME_BYTES} bytes")
+    _caller_name = encoded
+
+
+def _caller_mac(key: bytes, method: bytes, caller: bytes) -> bytes:
+    return hmac.digest(key, _CALLER_LABEL + method + b"\x00" + caller, hashlib.sha256)
+
+
+def _path(method: str | bytes) -> bytes:
+    return method if isinstance(method, bytes) else method.encode()
+
+
+def caller_metadata(method: str | bytes, *, now: float | None = None) -> tuple[tuple[str, bytes], ...]:
+    """The metadata that admits a call of `method` (its path, `/pkg.Service/Method`) to a
+    service of the mesh without a principal: this process's name, signed with the time.
+
+    Raises MeshKeyMissing in a process without a mesh key."""
+    if not _keys:
+        raise MeshKeyMissing(f"no mesh key to sign a call with: set {MESH_KEY_FILE_VAR}")
+    millis = int((time.time() if now is None else now) * 1000)
+    caller = millis.to_bytes(8, "big", signed=True) + _caller_name
+    return ((CALLER_KEY, caller), (CALLER_MAC_KEY, _caller_mac(_keys[0], _path(method), caller)))
+
+
+def caller_from(metadata: Iterable[Any] | None, method: str | bytes, *, now: float | None = None) -> str | None:
+    """The name of the mesh caller a call of `method` carries, when its MAC verifies under
+    a mesh key and its time is within CALLER_MAX_AGE_SECONDS of now; else None."""
+    caller = mac = None
+    for key, value in metadata or ():
+        if key == CALLER_KEY:
+            if caller is not None or not isinstance(value, bytes):
+                return None
+            caller = value
+        elif key == CALLER_MAC_KEY:
+            if mac is not None or not isinstance(value, bytes):
+                return None
+            mac = value
+    if caller is None or mac is None or not 8 < len(caller) <= 8 + MAX_CALLER_NAME_BYTES:
+        return None
+    path = _path(method)
+    verified = False
+    for key in _keys:
+        verified |= hmac.compare_digest(_caller_mac(key, path, caller), mac)
+    if not verified:
+        return None
+    signed = int.from_bytes(caller[:8], "big", signed=True) / 1000.0
+    if abs((time.time() if now is None else now) - signed) > CALLER_MAX_AGE_SECONDS:
+        return None
+    return caller[8:].decode(errors="replace")
+
+
+def mesh_admitted(metadata: Collection[Any] | None, method: str | bytes) -> bool:
+    """Whether a call comes from inside the mesh: it carries a principal or a caller that
+    verifies (see the module's docstring). Never in a process without a mesh key."""
+    return principal_from(metadata) is not None or caller_from(metadata, method) is not None

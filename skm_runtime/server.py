@@ -29,9 +29,17 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from skm_runtime.interceptors import OutboundInterceptor, ServerInterceptor
+from skm_runtime.interceptors import ServerInterceptor, mesh_caller_interceptors, outbound_interceptors
 from skm_runtime.logs import configure_logging
-from skm_runtime.principal import MESH_KEY_FILE_VAR, MeshKeyInvalid, read_mesh_keys, use_mesh_keys
+from skm_runtime.principal import (
+    MESH_KEY_FILE_VAR,
+    MeshKeyInvalid,
+    MeshKeyMissing,
+    has_mesh_key,
+    read_mesh_keys,
+    use_caller_name,
+    use_mesh_keys,
+)
 from skm_runtime.settings import SettingsError, address, bounded, field_env_name, load_settings
 from skm_runtime.telemetry import Exporter, Telemetry, configure_telemetry, install_globally
 
@@ -109,6 +117,9 @@ class ServiceSpec:
     # The server's receive limit when it is not SKM_GRPC_MAX_RECEIVE_BYTES: the gateway's is
     # higher, as it refuses messages over the public limit itself, with an ErrorInfo.
     max_receive_bytes: int | None = None
+    # Whether only calls from inside the mesh (a signed principal or caller) are served, as
+    # in every service but the gateway, the public entry (and the runtime's test services).
+    mesh_only: bool = True
 
 
 def channel_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
@@ -145,13 +156,18 @@ def open_channel(target: str, runtime: RuntimeSettings, *, intercepted: bool = T
     return grpc.aio.insecure_channel(
         target,
         options=channel_options(runtime),
-        interceptors=[
-            OutboundInterceptor(
-                call_timeout=runtime.grpc_call_timeout_seconds,
-                stream_timeout=runtime.grpc_stream_timeout_seconds,
-            )
-        ],
+        interceptors=outbound_interceptors(
+            call_timeout=runtime.grpc_call_timeout_seconds,
+            stream_timeout=runtime.grpc_stream_timeout_seconds,
+        ),
     )
+
+
+def signed_channel(target: str, *, options: Sequence[tuple[str, object]] = ()) -> grpc.aio.Channel:
+    """A channel whose every call is signed as this process's (a caller of the mesh, see
+    skm_runtime.principal), and nothing more: for the mesh operator's tools (`skm relationships --mesh`),
+    benches and tests that call a service directly. The process must hold the mesh key."""
+    return grpc.aio.insecure_channel(target, options=list(options), interceptors=mesh_caller_interceptors())
 
 
 @dataclass
@@ -177,11 +193,15 @@ class RunningServer:
 
 async def start_server(spec: ServiceSpec, addr: str, runtime: RuntimeSettings, telemetry: Telemetry) -> RunningServer:
     """Build, bind and start the server of one service."""
+    if spec.mesh_only and not has_mesh_key():
+        # It could admit nobody, or (worse) would have to admit everybody.
+        raise MeshKeyMissing(f"the {spec.name} service admits callers of the mesh only: set {MESH_KEY_FILE_VAR}")
     interceptor = ServerInterceptor(
         telemetry.tracer_provider.get_tracer("skm.runtime"),
         telemetry.meter_provider.get_meter("skm.runtime"),
         record_spans=telemetry.records_spans,
         record_metrics=telemetry.records_metrics,
+        mesh_only=spec.mesh_only,
     )
     limits = runtime
     if spec.max_receive_bytes is not None:
@@ -274,6 +294,7 @@ def run(
         print(f"{_program()}: {SettingsError(problems)}", file=sys.stderr)
         return 2
     configure_logging(name, level=runtime.log_level, include_personal=runtime.log_personal_data)
+    use_caller_name(name)
     telemetry = configure_telemetry(
         name,
         exporter=runtime.otel_exporter,

@@ -90,6 +90,7 @@ async def build(settings: GatewaySettings, runtime: RuntimeSettings) -> ServiceS
         reflect_extra=tuple(sorted(owners)),
         health=GatewayHealth(routes, settings.backend_health_timeout_seconds),
         max_receive_bytes=max(settings.max_receive_bytes, settings.max_message_bytes),
+        mesh_only=False,  # the public entry: every call is authenticated by its token instead
     )
 
 

@@ -41,6 +41,7 @@ from skm.policy.v1 import (
 )
 from skm.tools.v1 import execution_pb2
 from skm.type.v1 import deployment_mode_pb2, policy_decision_pb2
+from skm_runtime.server import signed_channel
 from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
 from skm_stack.devkeys import KEY_ID, dev_keys_dir
@@ -74,7 +75,7 @@ class Client:
     def __init__(self, mesh: RunningStack, tenant: str, user: str) -> None:
         self.tenant = f"tenants/{tenant}"
         self.token = _token(mesh.state_dir, tenant, user)
-        self.channel = grpc.aio.insecure_channel(mesh.envoy_url.removeprefix("http://"))
+        self.channel = signed_channel(mesh.envoy_url.removeprefix("http://"))
         self.stub = conversation_service_pb2_grpc.ConversationServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {self.token}"),)
 
@@ -121,7 +122,7 @@ async def _grant(mesh: RunningStack, tenant: str, *, users: dict[str, str], low_
             subject=f"persona:tenants/{tenant}/personas/default", relation="persona_user", object=tool
         ),
     ]
-    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+    async with signed_channel(mesh.services["policy"].addr) as channel:
         await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(parent=f"tenants/{tenant}", relationships=relationships),
             timeout=10,
@@ -466,7 +467,7 @@ async def test_spawning_a_subordinate_is_decided_by_policy(mesh: RunningStack) -
     assert [s.name for s in await _sessions(client)] == [session.name]
 
     persona = f"persona:tenants/{tenant}/personas/default"
-    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+    async with signed_channel(mesh.services["policy"].addr) as channel:
         await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
                 parent=f"tenants/{tenant}",
@@ -645,7 +646,7 @@ async def test_a_memory_write_the_policy_denies_changes_no_memory(mesh: RunningS
     t = f"tenant:tenants/{tenant}"
     tool = f"tool:tenants/{tenant}/tools/memory_save"
     persona = f"persona:tenants/{tenant}/personas/default"
-    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+    async with signed_channel(mesh.services["policy"].addr) as channel:
         # The tool itself is allowed; no memory namespace is granted to alice or the persona.
         await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(

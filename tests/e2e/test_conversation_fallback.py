@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import uuid
 
-import grpc
-
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.profiles.v1 import model_pb2 as profiles_model_pb2
 from skm.profiles.v1 import (
@@ -17,6 +15,7 @@ from skm.profiles.v1 import (
     model_service_pb2_grpc,
 )
 from skm.type.v1 import deployment_mode_pb2, model_pb2
+from skm_runtime.server import signed_channel
 from skm_stack import RunningStack
 from tests.e2e.test_conversation import TERMINAL, Client, _read_turn, _tenant, _token
 from tests.support.ports import free_port
@@ -29,7 +28,7 @@ async def test_a_model_that_cannot_be_reached_falls_back_to_the_next_in_the_chai
     tenant, client = await _tenant(mesh)
     # Nothing listens on this port: every call to the model fails to connect.
     broken = f"models/unreachable-{uuid.uuid4().hex[:8]}"
-    async with grpc.aio.insecure_channel(mesh.services["profiles"].addr) as profiles:
+    async with signed_channel(mesh.services["profiles"].addr) as profiles:
         await model_service_pb2_grpc.ModelServiceStub(profiles).CreateModel(
             model_service_pb2.CreateModelRequest(
                 model=profiles_model_pb2.Model(
@@ -46,7 +45,7 @@ async def test_a_model_that_cannot_be_reached_falls_back_to_the_next_in_the_chai
             ),
             timeout=10,
         )
-    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as policy:
+    async with signed_channel(mesh.services["policy"].addr) as policy:
         await policy_service_pb2_grpc.PolicyServiceStub(policy).WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
                 parent=f"tenants/{tenant}",

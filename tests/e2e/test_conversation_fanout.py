@@ -22,6 +22,7 @@ import pytest
 from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import conversation_service_pb2_grpc, turn_pb2
 from skm_runtime.principal import FORWARDED_BY_KEY, principal_message, principal_metadata
+from skm_runtime.server import signed_channel
 from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
 from skm_stack.services import ServiceProcess, start_service
@@ -60,7 +61,7 @@ class Direct:
         tenant = client.tenant
         principal = principal_message(tenant, f"{tenant}/users/{user}", ("member",))
         self.metadata = (*principal_metadata(principal), (FORWARDED_BY_KEY, "gateway"))
-        self.channel = grpc.aio.insecure_channel(addr)
+        self.channel = signed_channel(addr)
         self.stub = conversation_service_pb2_grpc.ConversationServiceStub(self.channel)
 
     def events(self, session: str, after: int = 0) -> AsyncIterator[pb.StreamEventsResponse]:

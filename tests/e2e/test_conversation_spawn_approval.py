@@ -31,6 +31,7 @@ from skm.policy.v1 import (
 )
 from skm.tools.v1 import execution_pb2, tool_service_pb2
 from skm.type.v1 import policy_decision_pb2
+from skm_runtime.server import signed_channel
 from skm_stack import RunningStack
 from tests.e2e.test_conversation import TERMINAL, Client, _grant, _kinds, _read_turn, _sessions
 
@@ -100,7 +101,7 @@ async def _supervised_tenant(mesh: RunningStack) -> tuple[Client, Operator]:
     tenant = f"c{uuid.uuid4().hex[:8]}"
     await _grant(mesh, tenant, users={"alice": "member", "olga": "operator"})
     persona = f"persona:tenants/{tenant}/personas/default"
-    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+    async with signed_channel(mesh.services["policy"].addr) as channel:
         await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
                 parent=f"tenants/{tenant}",
@@ -277,7 +278,7 @@ async def test_a_resumed_spawn_runs_on_its_approval_although_the_spawn_grant_was
     await operator.decide(action, approve=True, note="approved before the revocation")
     # The persona may no longer spawn at all: a fresh check now denies, held or not.
     persona = f"persona:{client.tenant}/personas/default"
-    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+    async with signed_channel(mesh.services["policy"].addr) as channel:
         policy = policy_service_pb2_grpc.PolicyServiceStub(channel)
         await policy.DeleteRelationships(
             policy_service_pb2.DeleteRelationshipsRequest(

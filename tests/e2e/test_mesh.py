@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm_runtime.contract import service_owners
+from skm_runtime.server import signed_channel
 from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
 from skm_stack.devkeys import dev_keys_dir
@@ -64,7 +65,7 @@ def test_buf_curl_lists_methods_and_calls_health_through_envoy(mesh: RunningStac
 
 async def test_every_service_is_serving_through_envoy(mesh: RunningStack) -> None:
     target = mesh.envoy_url.removeprefix("http://")
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with signed_channel(target) as chan:
         health = health_pb2_grpc.HealthStub(chan)
         for name in ["", *sorted(service_owners())]:
             reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
@@ -77,12 +78,12 @@ async def test_every_service_is_serving_through_envoy(mesh: RunningStack) -> Non
 async def test_each_service_answers_on_its_own_port(mesh: RunningStack) -> None:
     """Behind the gateway, every service serves its contract (svc_audio's RPCs: UNIMPLEMENTED for now)."""
     for name, service in mesh.services.items():
-        async with grpc.aio.insecure_channel(service.addr) as chan:
+        async with signed_channel(service.addr) as chan:
             health = health_pb2_grpc.HealthStub(chan)
             reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
     audio = mesh.services["audio"].addr
-    async with grpc.aio.insecure_channel(audio) as chan:
+    async with signed_channel(audio) as chan:
         call = chan.unary_unary("/skm.audio.v1.AudioService/PushAudio")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call(b"", timeout=5)
@@ -128,7 +129,7 @@ def _skm(mesh: RunningStack, *args: str, token: str = "") -> subprocess.Complete
 async def test_a_user_gets_a_token_and_works_through_envoy_with_the_cli(mesh: RunningStack) -> None:
     """`skm token` signs with the stack's dev key; the gateway verifies it; policy decides."""
     tenant = f"e{uuid.uuid4().hex[:8]}"
-    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+    async with signed_channel(mesh.services["policy"].addr) as channel:
         await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
                 parent=f"tenants/{tenant}",
@@ -159,7 +160,7 @@ async def test_an_operator_runs_code_in_the_sandbox_through_envoy(mesh: RunningS
     """The whole path: Envoy -> gateway (token, policy) -> svc_tools (policy again) -> bubblewrap."""
     tenant = f"e{uuid.uuid4().hex[:8]}"
     t, tool = f"tenant:tenants/{tenant}", f"tool:tenants/{tenant}/tools/code_execution"
-    async with grpc.aio.insecure_channel(mesh.services["policy"].addr) as channel:
+    async with signed_channel(mesh.services["policy"].addr) as channel:
         await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
                 parent=f"tenants/{tenant}",
@@ -196,19 +197,18 @@ def test_a_members_run_of_a_high_risk_tool_waits_for_an_operator_and_runs_once_a
     forward_requires_approval), which holds the run until an operator approves it."""
     tenant = f"e{uuid.uuid4().hex[:8]}"
     t, tool = f"tenant:tenants/{tenant}", f"tool:tenants/{tenant}/tools/code_execution"
-    with grpc.insecure_channel(mesh.services["policy"].addr) as channel:
-        policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
-            policy_service_pb2.WriteRelationshipsRequest(
-                parent=f"tenants/{tenant}",
-                relationships=[
-                    access_pb2.Relationship(subject=f"user:tenants/{tenant}/users/olga", relation="operator", object=t),
-                    access_pb2.Relationship(subject=f"user:tenants/{tenant}/users/mike", relation="member", object=t),
-                    access_pb2.Relationship(subject=t, relation="tenant", object=tool),
-                    access_pb2.Relationship(subject=t, relation="high_risk", object=tool),
-                ],
-            ),
-            timeout=10,
-        )
+    # As the mesh's operator would: straight to svc_policy, signed with the mesh key.
+    written = _skm(
+        mesh,
+        *("relationships", "write", "--mesh", "--tenant", tenant),
+        *("--mesh-key", str(mesh.mesh_key_file), "--policy-addr", mesh.services["policy"].addr),
+        *(f"user:tenants/{tenant}/users/olga", "operator", t),
+        *(f"user:tenants/{tenant}/users/mike", "member", t),
+        *(t, "tenant", tool),
+        *(t, "high_risk", tool),
+    )
+    assert written.returncode == 0, written.stderr
+    assert "4 relationship(s) written" in written.stderr
     key = str(dev_keys_dir(mesh.state_dir) / "dev-signing-key.pem")
     member = _skm(mesh, "token", "--tenant", tenant, "--user", "mike", "--key", key).stdout.strip()
     operator = _skm(mesh, "token", "--tenant", tenant, "--user", "olga", "--role", "operator", "--key", key)
@@ -227,3 +227,46 @@ def test_a_members_run_of_a_high_risk_tool_waits_for_an_operator_and_runs_once_a
         assert run.returncode == 0, held + stderr
     assert stdout.strip() == "42"
     assert '[result: {"exit_code": 0' in stderr
+
+
+def test_relationships_from_the_cli_the_mesh_operator_names_an_admin_who_then_grants_through_envoy(
+    mesh: RunningStack,
+) -> None:
+    """`skm relationships --mesh` (the mesh key, straight to svc_policy) names a tenant's first
+    admin; that admin writes, reads and deletes through Envoy with a token; a member may not;
+    without the mesh key, --mesh says what is missing."""
+    tenant = f"r{uuid.uuid4().hex[:8]}"
+    t = f"tenant:tenants/{tenant}"
+    ada, mike = f"user:tenants/{tenant}/users/ada", f"user:tenants/{tenant}/users/mike"
+    direct = ("--mesh", "--mesh-key", str(mesh.mesh_key_file), "--policy-addr", mesh.services["policy"].addr)
+    named = _skm(mesh, "relationships", "write", "--tenant", tenant, *direct, ada, "admin", t)
+    assert named.returncode == 0, named.stderr
+
+    key = str(dev_keys_dir(mesh.state_dir) / "dev-signing-key.pem")
+    admin = _skm(mesh, "token", "--tenant", tenant, "--user", "ada", "--role", "admin", "--key", key)
+    assert admin.returncode == 0, admin.stderr
+    granted = _skm(mesh, "relationships", "write", "--tenant", tenant, mike, "member", t, token=admin.stdout.strip())
+    assert granted.returncode == 0, granted.stderr
+    read = _skm(mesh, "relationships", "read", "--tenant", tenant, "--object", t, token=admin.stdout.strip())
+    assert read.returncode == 0, read.stderr
+    assert sorted(read.stdout.splitlines()) == sorted([f"{ada} admin {t}", f"{mike} member {t}"])
+
+    member = _skm(mesh, "token", "--tenant", tenant, "--user", "mike", "--key", key)
+    refused = _skm(mesh, "relationships", "write", "--tenant", tenant, mike, "admin", t, token=member.stdout.strip())
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr, refused.stderr
+
+    revoked = _skm(mesh, "relationships", "delete", "--tenant", tenant, mike, "member", t, token=admin.stdout.strip())
+    assert revoked.returncode == 0, revoked.stderr
+    read = _skm(mesh, "relationships", "read", "--tenant", tenant, "--object", t, "--json", *direct)
+    assert read.returncode == 0, read.stderr
+    assert [json.loads(line)["subject"] for line in read.stdout.splitlines()] == [ada]
+
+    odd = _skm(mesh, "relationships", "write", "--tenant", tenant, mike, "member", token=admin.stdout.strip())
+    assert odd.returncode == 2
+    assert "SUBJECT RELATION OBJECT" in odd.stderr
+    nowhere = ("--mesh", "--mesh-key", "/nonexistent/mesh.key")
+    keyless = _skm(mesh, "relationships", "write", "--tenant", tenant, *nowhere, mike, "admin", t)
+    assert keyless.returncode == 2
+    assert "cannot read the mesh key file" in keyless.stderr, keyless.stderr
+    assert "--mesh-key" in keyless.stderr, keyless.stderr

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm_runtime.principal import caller_metadata
 from skm_stack import RunningStack
 from skm_stack.devkeys import dev_keys_dir
 
@@ -44,6 +45,7 @@ def _tenant(mesh: RunningStack, *, risk: str = "low_risk") -> str:
                 ],
             ),
             timeout=10,
+            metadata=caller_metadata("/skm.policy.v1.PolicyService/WriteRelationships"),  # a caller of the mesh
         )
     return tenant
 

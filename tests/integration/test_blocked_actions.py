@@ -27,7 +27,7 @@ from skm.policy.v1 import (
 )
 from skm.type.v1 import policy_decision_pb2
 from skm_runtime.blocked_actions import GONE, wait_resolved
-from skm_runtime.server import RuntimeSettings
+from skm_runtime.server import RuntimeSettings, signed_channel
 from skm_stack import RunningStack
 from svc_policy.__main__ import build as build_policy
 from svc_policy.settings import PolicySettings
@@ -82,7 +82,7 @@ async def _approve(channel: grpc.aio.Channel, tenant: str, name: str, note: str)
 
 
 async def test_the_wait_ends_with_the_approved_entry(policy: Served) -> None:
-    async with grpc.aio.insecure_channel(policy.target) as channel:
+    async with signed_channel(policy.target) as channel:
         tenant = await _new_tenant(channel)
         name = await _hold(channel, tenant)
         blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
@@ -102,7 +102,7 @@ async def test_the_wait_ends_with_the_approved_entry(policy: Served) -> None:
 
 
 async def test_an_entry_svc_policy_does_not_have_is_gone(policy: Served) -> None:
-    async with grpc.aio.insecure_channel(policy.target) as channel:
+    async with signed_channel(policy.target) as channel:
         tenant = await _new_tenant(channel)
         blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
         async with asyncio.timeout(20):
@@ -111,7 +111,7 @@ async def test_an_entry_svc_policy_does_not_have_is_gone(policy: Served) -> None
 
 async def test_a_refusal_no_retry_changes_ends_the_wait(policy: Served) -> None:
     """A name svc_policy cannot read (INVALID_ARGUMENT) used to be looked at every 5 s forever."""
-    async with grpc.aio.insecure_channel(policy.target) as channel:
+    async with signed_channel(policy.target) as channel:
         blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
         lost: list[grpc.StatusCode] = []
         async with asyncio.timeout(20):
@@ -128,7 +128,7 @@ async def test_the_wait_outlasts_a_restart_of_svc_policy(stack: RunningStack) ->
         first = contextlib.AsyncExitStack()
         running.push_async_callback(first.aclose)
         served = await first.enter_async_context(_policy_at(settings, port))
-        channel = await running.enter_async_context(grpc.aio.insecure_channel(served.target))
+        channel = await running.enter_async_context(signed_channel(served.target))
         tenant = await _new_tenant(channel)
         name = await _hold(channel, tenant)
         # As svc_tools waits: no metadata, no deadline on the look.

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from skm_runtime.server import RuntimeSettings
+from skm_runtime.server import RuntimeSettings, signed_channel
 from svc_analytics.__main__ import build as build_analytics
 from svc_analytics.settings import AnalyticsSettings
 from svc_gateway.__main__ import build
@@ -27,7 +26,7 @@ async def test_a_backend_that_is_down_is_not_serving_and_one_that_is_up_is() -> 
         )
         async with (
             serving(await build(settings, runtime)) as gateway,
-            grpc.aio.insecure_channel(gateway.target) as chan,
+            signed_channel(gateway.target) as chan,
         ):
             health = health_pb2_grpc.HealthStub(chan)
 
@@ -54,7 +53,7 @@ async def test_the_gateway_describes_every_service_behind_it() -> None:
 
     async with (
         serving(await build(GatewaySettings(), RuntimeSettings())) as gateway,
-        grpc.aio.insecure_channel(gateway.target) as chan,
+        signed_channel(gateway.target) as chan,
     ):
         # The v1 protocol name, which grpcio-reflection does not serve by itself.
         call = chan.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")(timeout=5)

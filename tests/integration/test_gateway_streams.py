@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from skm.conversation.v1 import conversation_service_pb2
 from skm.options.v1 import authz_pb2
 from skm_runtime.contract import Method, methods
-from skm_runtime.server import RuntimeSettings, ServiceSpec
+from skm_runtime.server import RuntimeSettings, ServiceSpec, signed_channel
 from skm_runtime.status import error_info_of
 from svc_gateway.core import Gateway
 from svc_gateway.model import Verdict
@@ -116,13 +116,14 @@ async def front() -> AsyncIterator[Front]:
         request_type=converse.request_type,
         authz=authz_pb2.AuthzRule(permission="can_write", resource_type="session", resource_field="session"),
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:  # forwarding: principals signed per call
         proxy = Proxy(gateway, contract, {"conversation": channel}, stream_timeout=60, max_message_bytes=LIMIT)
         spec = ServiceSpec(
             name="gateway",
             service_names=(),
             register=lambda server: server.add_generic_rpc_handlers((proxy,)),
             max_receive_bytes=4 * LIMIT,
+            mesh_only=False,  # the public entry, as svc_gateway's
         )
         try:
             async with serving(spec, RuntimeSettings()) as served:
@@ -166,7 +167,7 @@ async def _refused(call: Any, code: grpc.StatusCode, reason: str) -> Any:
 async def test_a_stream_is_refused_as_it_opens_before_any_message(
     front: Front, path: str, token: str | None, code: grpc.StatusCode, reason: str
 ) -> None:
-    async with grpc.aio.insecure_channel(front.target) as channel:
+    async with signed_channel(front.target) as channel:
         metadata = () if token is None else front.auth(front.stale if token == "stale" else token)
         opened = time.monotonic()
         if path == CONVERSE:
@@ -182,7 +183,7 @@ async def test_a_stream_is_refused_as_it_opens_before_any_message(
 
 
 async def test_an_admitted_stream_waits_for_its_first_message_to_authorize_and_forwards_it(front: Front) -> None:
-    async with grpc.aio.insecure_channel(front.target) as channel:
+    async with signed_channel(front.target) as channel:
         call = channel.stream_stream(CONVERSE)(metadata=front.auth(), timeout=20)
         await asyncio.sleep(0.3)
         assert front.policy.asked == 0  # the resource comes with the first message
@@ -194,7 +195,7 @@ async def test_an_admitted_stream_waits_for_its_first_message_to_authorize_and_f
 
 
 async def test_a_message_over_the_public_limit_ends_the_stream_and_is_never_forwarded(front: Front) -> None:
-    async with grpc.aio.insecure_channel(front.target) as channel:
+    async with signed_channel(front.target) as channel:
         call = channel.stream_stream(CONVERSE)(metadata=front.auth(), timeout=20)
         small, big = _message(padding=100), _message(padding=LIMIT)
         await call.write(small)
@@ -210,7 +211,7 @@ async def test_a_message_over_the_public_limit_ends_the_stream_and_is_never_forw
 @pytest.mark.parametrize("path", [CONVERSE, UPLOAD])
 async def test_a_first_message_over_the_limit_is_refused_before_policy(front: Front, path: str) -> None:
     big = _message(padding=2 * LIMIT)
-    async with grpc.aio.insecure_channel(front.target) as channel:
+    async with signed_channel(front.target) as channel:
         if path == CONVERSE:
             call: Any = channel.stream_stream(path)(metadata=front.auth(), timeout=20)
             await call.write(big)
@@ -227,7 +228,7 @@ async def test_a_first_message_over_the_limit_is_refused_before_policy(front: Fr
 
 
 async def test_a_client_stream_with_a_unary_reply_is_held_to_the_limit_on_every_message(front: Front) -> None:
-    async with grpc.aio.insecure_channel(front.target) as channel:
+    async with signed_channel(front.target) as channel:
         upload = channel.stream_unary(UPLOAD)
         assert await upload(iter([_message(), _message(padding=10)]), metadata=front.auth(), timeout=20) == b"2"
         await _refused(
@@ -243,7 +244,7 @@ async def test_a_client_stream_with_a_unary_reply_is_held_to_the_limit_on_every_
 
 
 async def test_any_path_that_is_no_public_method_is_not_public_and_health_still_answers(front: Front) -> None:
-    async with grpc.aio.insecure_channel(front.target) as channel:
+    async with signed_channel(front.target) as channel:
         for path in ("/foo.Bar/Baz", "/skm.nothing.v1.Nothing/Do", "/x"):
             unary = channel.unary_unary(path)(b"", timeout=10, metadata=front.auth())
             info = await _refused(unary, grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_PUBLIC")
@@ -258,7 +259,7 @@ async def test_the_callers_deadline_and_cancellation_reach_the_service(front: Fr
     """Deadlines pass through the gateway (the service sees what is left of the caller's), and
     a call the caller cancels is cancelled at the service."""
     request = conversation_service_pb2.GetSessionRequest(name=SESSION).SerializeToString()
-    async with grpc.aio.insecure_channel(front.target) as channel:
+    async with signed_channel(front.target) as channel:
         get = channel.unary_unary(GET_SESSION)
         await get(request, metadata=front.auth(), timeout=3)
         (remaining,) = front.backend.remaining

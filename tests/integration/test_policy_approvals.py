@@ -16,7 +16,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 
 from skm.policy.v1 import access_pb2, blocked_action_service_pb2, policy_service_pb2
 from skm.type.v1 import principal_pb2
-from skm_runtime.server import RuntimeSettings
+from skm_runtime.server import RuntimeSettings, signed_channel
 from skm_stack import RunningStack
 from svc_policy.__main__ import build
 from svc_policy.adapters.postgres import PostgresPolicyStore
@@ -235,7 +235,7 @@ async def test_cached_decisions_fail_closed_too_when_openfga_is_gone(
         cache_ttl_seconds=300.0,
         engine_probe_seconds=0.2,
     )
-    async with serving(await build(mine, RuntimeSettings())) as served, grpc.aio.insecure_channel(served.target) as ch:
+    async with serving(await build(mine, RuntimeSettings())) as served, signed_channel(served.target) as ch:
         t = Tenant(f"tenants/t{uuid.uuid4().hex[:10]}", ch)
         await t.policy.WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
@@ -274,7 +274,7 @@ async def test_an_approval_waits_for_its_claim_as_long_as_the_entry_waited_for_i
     """Approved just before the entry's own time is up, it can still be claimed: the approval
     gets the hold TTL again."""
     quick = replace(settings, hold_ttl_seconds=2.0)
-    async with serving(await build(quick, RuntimeSettings())) as served, grpc.aio.insecure_channel(served.target) as ch:
+    async with serving(await build(quick, RuntimeSettings())) as served, signed_channel(served.target) as ch:
         t = Tenant(f"tenants/t{uuid.uuid4().hex[:10]}", ch)
         await t.policy.WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(

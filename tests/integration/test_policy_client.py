@@ -21,7 +21,9 @@ import pytest
 
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
+from skm_runtime.interceptors import mesh_caller_interceptors
 from skm_runtime.policy_client import PolicyClient
+from skm_runtime.server import signed_channel
 from skm_stack import RunningStack, Toolchain
 from skm_stack.redis_server import start_redis
 from skm_stack.services import ServiceProcess
@@ -44,7 +46,7 @@ def policy_process(stack: RunningStack) -> Iterator[ServiceProcess]:
 
 @pytest.fixture
 async def channel(policy_process: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(policy_process.addr) as opened:
+    async with signed_channel(policy_process.addr) as opened:
         yield opened
 
 
@@ -282,7 +284,9 @@ async def test_relations_asked_along_are_decided_in_the_same_round_trip_and_reus
         rel(olga, "owner", session),
     )
     counter = _Counting()
-    async with grpc.aio.insecure_channel(policy_process.addr, interceptors=[counter]) as counted:
+    async with grpc.aio.insecure_channel(
+        policy_process.addr, interceptors=[counter, *mesh_caller_interceptors()]
+    ) as counted:
         client = PolicyClient(counted, redis_url=stack.redis_url, ttl=LONG_TTL, heartbeat=0.2)
         try:
             await caching(client)

@@ -29,7 +29,7 @@ from skm.policy.v1 import (
 )
 from skm.type.v1 import policy_decision_pb2, principal_pb2
 from skm_runtime.principal import principal_metadata
-from skm_runtime.server import RuntimeSettings
+from skm_runtime.server import RuntimeSettings, signed_channel
 from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
 from svc_policy.__main__ import build
@@ -95,7 +95,7 @@ def rel(subject: str, relation: str, object_: str) -> access_pb2.Relationship:
 @pytest.fixture
 async def tenant(policy: Served) -> AsyncIterator[Tenant]:
     name = f"tenants/t{uuid.uuid4().hex[:10]}"
-    async with grpc.aio.insecure_channel(policy.target) as channel:
+    async with signed_channel(policy.target) as channel:
         t = Tenant(name, channel)
         tenant_object = f"tenant:{name}"
         await t.policy.WriteRelationships(
@@ -430,7 +430,7 @@ def replace_payload(hold: policy_service_pb2.Hold, text: str) -> policy_service_
 
 async def test_entries_expire_and_cannot_be_approved_then(settings: PolicySettings) -> None:
     quick = replace(settings, hold_ttl_seconds=1.0)
-    async with serving(await build(quick, RuntimeSettings())) as served, grpc.aio.insecure_channel(served.target) as ch:
+    async with serving(await build(quick, RuntimeSettings())) as served, signed_channel(served.target) as ch:
         t = Tenant(f"tenants/t{uuid.uuid4().hex[:10]}", ch)
         await t.policy.WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
@@ -492,13 +492,13 @@ async def test_an_approval_survives_a_restart_and_still_runs_once(settings: Poli
     tenant_name = f"tenants/t{uuid.uuid4().hex[:10]}"
     async with (
         serving(await build(settings, RuntimeSettings())) as first,
-        grpc.aio.insecure_channel(first.target) as ch,
+        signed_channel(first.target) as ch,
     ):
         t = Tenant(tenant_name, ch)
         name = await _approved_action(t)
     async with (
         serving(await build(settings, RuntimeSettings())) as second,
-        grpc.aio.insecure_channel(second.target) as ch,
+        signed_channel(second.target) as ch,
     ):
         t = Tenant(tenant_name, ch)
         got = await t.blocked.GetBlockedAction(
@@ -561,7 +561,7 @@ async def test_checks_fail_closed_when_openfga_is_gone(
         openfga_api_token_file=str(own.openfga_token_file),
         cache_ttl_seconds=0.0,
     )
-    async with serving(await build(mine, RuntimeSettings())) as served, grpc.aio.insecure_channel(served.target) as ch:
+    async with serving(await build(mine, RuntimeSettings())) as served, signed_channel(served.target) as ch:
         t = Tenant(f"tenants/t{uuid.uuid4().hex[:10]}", ch)
         await t.policy.WriteRelationships(
             policy_service_pb2.WriteRelationshipsRequest(
@@ -664,7 +664,7 @@ async def test_an_approval_survives_a_postgres_restart_and_still_runs_once(stack
     tenant_name = f"tenants/t{uuid.uuid4().hex[:10]}"
     async with (
         serving(await build(settings, RuntimeSettings())) as served,
-        grpc.aio.insecure_channel(served.target) as ch,
+        signed_channel(served.target) as ch,
     ):
         t = Tenant(tenant_name, ch)
         name = await _approved_action(t)

@@ -1,11 +1,19 @@
-"""A service trusts a principal only when it is signed with the mesh key.
+"""A service admits only callers of the mesh, and trusts a principal only when it is
+signed with the mesh key.
 
 svc_policy runs as a process of its own (`python -m svc_policy`, as the stack starts it,
 with the suite's mesh key in SKM_MESH_KEY_FILE) on the real OpenFGA, PostgreSQL, Kafka and
-Redis. A caller that reaches its port directly with a principal of its own making, unsigned,
-with a forged MAC or signed under another key, is a caller without a principal: holding an
-action or approving one is refused UNAUTHENTICATED (ErrorInfo PRINCIPAL_MISSING). The same
-calls, signed with the mesh key, go through. And the service does not start without a key.
+Redis.
+- A caller that reaches its port directly with neither a signed principal nor a signed
+  caller is refused UNAUTHENTICATED (MESH_CALLER_UNVERIFIED) before the service reads its
+  request, whatever the method (WriteRelationships included, which writes nothing), and so
+  is a caller signed for another method, too long ago, or under another key. Health answers
+  anyone.
+- A signed caller (a process of the mesh) with a principal of its own making, unsigned,
+  with a forged MAC or signed under another key, is a caller without a principal: holding
+  an action or approving one is refused UNAUTHENTICATED (PRINCIPAL_MISSING). The same calls,
+  signed with the mesh key, go through.
+- The service does not start without a key.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
@@ -21,6 +30,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import any_pb2, wrappers_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from skm.policy.v1 import (
     access_pb2,
@@ -32,12 +42,16 @@ from skm.policy.v1 import (
 )
 from skm.type.v1 import policy_decision_pb2
 from skm_runtime.principal import (
+    CALLER_MAC_KEY,
+    CALLER_MAX_AGE_SECONDS,
     PRINCIPAL_MAC_KEY,
+    caller_metadata,
     configure_mesh_key,
     principal_message,
     principal_metadata,
     use_mesh_keys,
 )
+from skm_runtime.server import signed_channel
 from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
 from skm_stack.paths import REPO_ROOT
@@ -55,6 +69,14 @@ def policy_process(stack: RunningStack) -> Iterator[ServiceProcess]:
 
 @pytest.fixture
 async def channel(policy_process: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
+    """Calls signed as a caller of the mesh (the test process holds the suite's key)."""
+    async with signed_channel(policy_process.addr) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def outside(policy_process: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
+    """Calls that carry only what each call is given: a caller from outside the mesh."""
     async with grpc.aio.insecure_channel(policy_process.addr) as opened:
         yield opened
 
@@ -81,14 +103,86 @@ def _made_up(tenant: str, user: str, mesh_key_file: Path) -> dict[str, Metadata]
     }
 
 
-async def _unauthenticated(call: Awaitable[object], what: str) -> None:
+async def _unauthenticated(
+    call: Awaitable[object], what: str, reason: tuple[str, str] = ("PRINCIPAL_MISSING", "policy.skm")
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
     error = raised.value
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (what, error.code(), error.details())
     info = error_info_of(error)
     assert info is not None, what
-    assert (info.reason, info.domain) == ("PRINCIPAL_MISSING", "policy.skm"), what
+    assert (info.reason, info.domain) == reason, what
+
+
+_OUTSIDER = ("MESH_CALLER_UNVERIFIED", "runtime.skm")
+_WRITE = "/skm.policy.v1.PolicyService/WriteRelationships"
+
+
+def _callers_from_outside(mesh_key_file: Path) -> dict[str, Metadata]:
+    """Signed callers as a caller without the mesh key, or with an old copy, could send them."""
+    now = time.time()
+    use_mesh_keys([secrets.token_bytes(32)])
+    try:
+        other_key = caller_metadata(_WRITE)
+    finally:
+        configure_mesh_key(mesh_key_file)
+    (caller, mac) = caller_metadata(_WRITE)
+    return {
+        "nothing": (),
+        "no MAC": (caller,),
+        "a forged MAC": (caller, (CALLER_MAC_KEY, secrets.token_bytes(32))),
+        "another key's MAC": other_key,
+        "a MAC for another method": caller_metadata("/skm.policy.v1.PolicyService/Check"),
+        "signed too long ago": caller_metadata(_WRITE, now=now - CALLER_MAX_AGE_SECONDS - 5),
+        "signed for later": caller_metadata(_WRITE, now=now + CALLER_MAX_AGE_SECONDS + 5),
+        "two callers": (caller, mac, *caller_metadata(_WRITE)),
+    }
+
+
+async def test_a_caller_from_outside_the_mesh_is_refused_whatever_it_asks_and_nothing_is_written(
+    channel: grpc.aio.Channel, outside: grpc.aio.Channel, mesh_key_file: Path
+) -> None:
+    tenant = f"tenants/o{uuid.uuid4().hex[:10]}"
+    grant = access_pb2.Relationship(subject=f"user:{tenant}/users/eve", relation="admin", object=f"tenant:{tenant}")
+    write = policy_service_pb2.WriteRelationshipsRequest(parent=tenant, relationships=[grant])
+    policy = policy_service_pb2_grpc.PolicyServiceStub(outside)
+    for what, metadata in _callers_from_outside(mesh_key_file).items():
+        await _unauthenticated(policy.WriteRelationships(write, metadata=metadata, timeout=10), what, _OUTSIDER)
+    # Not even a malformed request gets further (no MALFORMED_REQUEST: nothing is read).
+    raw = outside.unary_unary(_WRITE)
+    await _unauthenticated(raw(b"\xff\xff", timeout=10), "malformed bytes", _OUTSIDER)
+    # Every other kind of method: a check, a listing, the server stream of resolutions.
+    await _unauthenticated(policy.Check(_hold_check(tenant), timeout=10), "a check", _OUTSIDER)
+    blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(outside)
+    await _unauthenticated(
+        blocked.ListBlockedActions(blocked_action_service_pb2.ListBlockedActionsRequest(parent=tenant), timeout=10),
+        "a listing",
+        _OUTSIDER,
+    )
+    watch = blocked.WatchBlockedActionResolutions(
+        blocked_action_service_pb2.WatchBlockedActionResolutionsRequest(parent=tenant),
+        timeout=10,
+    )
+    await _unauthenticated(watch.read(), "a server stream", _OUTSIDER)
+    # Health answers anyone.
+    reply = await health_pb2_grpc.HealthStub(outside).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    read = await policy_service_pb2_grpc.PolicyServiceStub(channel).ReadRelationships(
+        policy_service_pb2.ReadRelationshipsRequest(parent=tenant, object=f"tenant:{tenant}"), timeout=10
+    )
+    assert list(read.relationships) == [], "an outsider's write wrote nothing"
+    # The same write, signed by a caller of the mesh, or carrying a principal the mesh
+    # signed (as the gateway forwards it), goes through.
+    await policy.WriteRelationships(write, metadata=caller_metadata(_WRITE), timeout=10)
+    await policy.WriteRelationships(write, metadata=signed(tenant, "olga"), timeout=10)
+    read = await policy_service_pb2_grpc.PolicyServiceStub(channel).ReadRelationships(
+        policy_service_pb2.ReadRelationshipsRequest(parent=tenant, object=f"tenant:{tenant}"), timeout=10
+    )
+    assert [(r.subject, r.relation, r.object) for r in read.relationships] == [
+        (grant.subject, grant.relation, grant.object)
+    ]
 
 
 def _hold_check(tenant: str) -> policy_service_pb2.CheckRequest:

@@ -32,7 +32,7 @@ from skm.profiles.v1 import (
 from skm.type.v1 import deployment_mode_pb2, money_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
 from skm_runtime.principal import principal_message, principal_metadata
-from skm_runtime.server import RuntimeSettings
+from skm_runtime.server import RuntimeSettings, signed_channel
 from skm_runtime.status import details_of, error_info_of
 from skm_stack import RunningStack
 from svc_profiles.__main__ import build
@@ -142,7 +142,7 @@ class Client:
 
 @pytest.fixture
 async def client(profiles: Served) -> AsyncIterator[Client]:
-    async with grpc.aio.insecure_channel(profiles.target) as channel:
+    async with signed_channel(profiles.target) as channel:
         yield Client(f"tenants/t{uuid.uuid4().hex[:10]}", channel)
 
 
@@ -653,7 +653,7 @@ async def test_a_restart_migrates_idempotently_and_keeps_unchanged_models(
 ) -> None:
     before = (await client.models.GetModel(model_service_pb2.GetModelRequest(name=TINY))).model
     spec = await build(settings, RuntimeSettings())
-    async with serving(spec, record_spans=False) as second, grpc.aio.insecure_channel(second.target) as channel:
+    async with serving(spec, record_spans=False) as second, signed_channel(second.target) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         after = (await stub.GetModel(model_service_pb2.GetModelRequest(name=TINY))).model
     assert after == before

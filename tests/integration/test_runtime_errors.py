@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from skm_runtime.server import RuntimeSettings
+from skm_runtime.server import RuntimeSettings, signed_channel
 from skm_runtime.status import details_of, error_info_of
 from tests.support import echo_service
 from tests.support.runtime import Served, serving
@@ -24,7 +24,7 @@ async def echo() -> AsyncIterator[Served]:
 
 @pytest.fixture
 async def channel(echo: Served) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(echo.target) as chan:
+    async with signed_channel(echo.target) as chan:
         yield chan
 
 

@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.trace import SpanKind
 
-from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel
+from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel, signed_channel
 from tests.support import echo_service
 from tests.support.ports import free_port
 from tests.support.runtime import serving
@@ -28,7 +28,7 @@ DRAIN_SECONDS = 3.0
 
 async def _wait_serving(target: str, deadline: float = 20.0) -> None:
     end = time.monotonic() + deadline
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with signed_channel(target) as chan:
         stub = health_pb2_grpc.HealthStub(chan)
         while True:
             try:
@@ -75,7 +75,7 @@ async def test_sigterm_lets_an_open_bidi_stream_finish_and_refuses_new_calls(
     echo_process: tuple[asyncio.subprocess.Process, str],
 ) -> None:
     proc, target = echo_process
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with signed_channel(target) as chan:
         call = chan.stream_stream(f"/{echo_service.SERVICE}/Bidi")(timeout=30)
         await call.write(b"a" * 640)
         assert await call.read() == b"a" * 640
@@ -84,7 +84,7 @@ async def test_sigterm_lets_an_open_bidi_stream_finish_and_refuses_new_calls(
         await asyncio.sleep(0.5)  # let the process begin draining
 
         # A new call on a fresh connection is refused while the stream keeps flowing.
-        async with grpc.aio.insecure_channel(target) as fresh:
+        async with signed_channel(target) as fresh:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await fresh.unary_unary(f"/{echo_service.SERVICE}/Unary")(b"late", timeout=2)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -106,7 +106,7 @@ async def test_a_stream_that_outlives_the_drain_bound_is_cut_and_the_process_exi
     echo_process: tuple[asyncio.subprocess.Process, str],
 ) -> None:
     proc, target = echo_process
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with signed_channel(target) as chan:
         call = chan.stream_stream(f"/{echo_service.SERVICE}/Bidi")(timeout=60)
         await call.write(b"b" * 640)
         assert await call.read() == b"b" * 640
@@ -124,7 +124,7 @@ async def test_rpc_metrics_are_served_for_prometheus(
     echo_process: tuple[asyncio.subprocess.Process, str],
 ) -> None:
     _proc, target = echo_process
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with signed_channel(target) as chan:
         for _ in range(3):
             await chan.unary_unary(f"/{echo_service.SERVICE}/Unary")(b"x", timeout=5)
         with pytest.raises(grpc.aio.AioRpcError):
@@ -148,7 +148,7 @@ async def test_rpc_metrics_are_served_for_prometheus(
 async def test_health_and_reflection_list_the_service() -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    async with serving(echo_service.SPEC) as served, grpc.aio.insecure_channel(served.target) as chan:
+    async with serving(echo_service.SPEC) as served, signed_channel(served.target) as chan:
         health = health_pb2_grpc.HealthStub(chan)
         for name in ("", echo_service.SERVICE):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
@@ -188,7 +188,7 @@ def _relay_spec(downstream: str, runtime: RuntimeSettings) -> ServiceSpec:
 async def test_trace_context_crosses_a_service_hop() -> None:
     runtime = RuntimeSettings()
     async with serving(echo_service.SPEC) as echo, serving(_relay_spec(echo.target, runtime)) as relay:
-        async with grpc.aio.insecure_channel(relay.target) as chan:
+        async with signed_channel(relay.target) as chan:
             await chan.unary_unary("/skm.testing.v1.RelayService/Relay")(b"Unary", timeout=5)
         (relay_span,) = [s for s in relay.spans.get_finished_spans() if s.kind is SpanKind.SERVER]
         (echo_span,) = [s for s in echo.spans.get_finished_spans() if s.kind is SpanKind.SERVER]
@@ -205,7 +205,7 @@ async def test_without_span_export_the_callers_trace_still_crosses_the_hop() -> 
     async with (
         serving(echo_service.SPEC, record_spans=False) as echo,
         serving(_relay_spec(echo.target, runtime), record_spans=False) as relay,
-        grpc.aio.insecure_channel(relay.target) as chan,
+        signed_channel(relay.target) as chan,
     ):
         relay_call = chan.unary_unary("/skm.testing.v1.RelayService/Relay")
         seen = (await relay_call(b"Traceparent", timeout=5, metadata=(("traceparent", caller),))).decode()
@@ -219,7 +219,7 @@ async def test_outbound_calls_inherit_the_inbound_deadline() -> None:
     async with (
         serving(echo_service.SPEC) as echo,
         serving(_relay_spec(echo.target, runtime)) as relay,
-        grpc.aio.insecure_channel(relay.target) as chan,
+        signed_channel(relay.target) as chan,
     ):
         relay_call = chan.unary_unary("/skm.testing.v1.RelayService/Relay")
         # grpc-timeout travels rounded up to its unit, hence the small allowances.

@@ -31,6 +31,7 @@ from openfga_sdk.credentials import CredentialConfiguration, Credentials
 from openfga_sdk.exceptions import UnauthorizedException
 from openfga_sdk.models import CreateStoreRequest, WriteAuthorizationModelRequest
 
+from skm_runtime.server import signed_channel
 from skm_stack import RunningStack, ServiceSpec, Toolchain, stop_recorded
 from skm_stack.envoy import render_config, validate_config
 from skm_stack.process import process_start_ticks
@@ -233,7 +234,7 @@ async def test_envoy_carries_grpc_and_grpc_web_to_a_service_the_stack_started(
     method = f"/{echo_service.SERVICE}/Unary"
 
     # Native gRPC over HTTP/2 through Envoy: unary, a bidi stream, health.
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+    async with signed_channel(f"127.0.0.1:{envoy.port}") as channel:
         unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
         assert await unary(b"ping", timeout=10) == b"ping"
         bidi: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(f"/{echo_service.SERVICE}/Bidi")

@@ -20,7 +20,7 @@ from skm.events.v1 import event_pb2
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2, principal_pb2
 from skm_runtime.principal import principal_metadata
-from skm_runtime.server import RuntimeSettings
+from skm_runtime.server import RuntimeSettings, signed_channel
 from skm_runtime.status import details_of
 from skm_stack import RunningStack
 from svc_policy.__main__ import build as build_policy
@@ -486,7 +486,7 @@ async def test_policy_unreachable_fails_closed_and_a_retry_checks_again(
 ) -> None:
     tag = marker()
     settings = tools_settings(stack, _dead_address(), slot_group=1)
-    async with serving_tools(settings) as blind, grpc.aio.insecure_channel(blind.target) as channel:
+    async with serving_tools(settings) as blind, signed_channel(blind.target) as channel:
         request = tenant.request(f"print('{tag}')")
         call = tool_service_pb2_grpc.ToolServiceStub(channel).ExecuteTool(request, metadata=tenant.olga, timeout=30)
         name = (await call.read()).accepted.execution
@@ -508,7 +508,7 @@ async def test_a_held_run_survives_its_process_and_runs_once_elsewhere(
 ) -> None:
     tag = marker()
     settings = tools_settings(stack, policy.target, slot_group=2)
-    async with serving_tools(settings) as first, grpc.aio.insecure_channel(first.target) as channel:
+    async with serving_tools(settings) as first, signed_channel(first.target) as channel:
         call = tool_service_pb2_grpc.ToolServiceStub(channel).ExecuteTool(
             tenant.request(f"print('{tag}')"), metadata=tenant.mike, timeout=30
         )
@@ -540,7 +540,7 @@ async def test_a_run_cut_short_by_a_stop_is_interrupted_never_rerun(
 ) -> None:
     tag = marker()
     settings = tools_settings(stack, policy.target, slot_group=3)
-    async with serving_tools(settings) as first, grpc.aio.insecure_channel(first.target) as channel:
+    async with serving_tools(settings) as first, signed_channel(first.target) as channel:
         request = tenant.request(f"import time\nprint('{tag}', flush=True)\ntime.sleep(30)", timeout=60)
         call = tool_service_pb2_grpc.ToolServiceStub(channel).ExecuteTool(request, metadata=tenant.olga, timeout=30)
         name = (await call.read()).accepted.execution

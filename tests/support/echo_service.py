@@ -77,7 +77,8 @@ def register(server: grpc.aio.Server) -> None:
     )
 
 
-SPEC = ServiceSpec(name="echo", service_names=(SERVICE,), register=register)
+# It answers anyone: it runs without a mesh key (bench, runtime tests).
+SPEC = ServiceSpec(name="echo", service_names=(SERVICE,), register=register, mesh_only=False)
 
 
 async def build(settings: ServiceSettings, runtime: RuntimeSettings) -> ServiceSpec:

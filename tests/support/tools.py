@@ -43,7 +43,7 @@ from skm.policy.v1 import (
 from skm.tools.v1 import execution_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import principal_pb2
 from skm_runtime.principal import principal_metadata
-from skm_runtime.server import RuntimeSettings, ServiceSpec, start_server
+from skm_runtime.server import RuntimeSettings, ServiceSpec, signed_channel, start_server
 from skm_runtime.status import error_info_of
 from skm_runtime.telemetry import Exporter, configure_telemetry
 from skm_stack import RunningStack
@@ -425,7 +425,7 @@ async def expect_error(call: Any, code: grpc.StatusCode, reason: str) -> grpc.ai
 
 async def new_tenant(policy: Served, tools_target: str) -> AsyncIterator[Tenant]:
     name = f"tenants/t{uuid.uuid4().hex[:10]}"
-    async with grpc.aio.insecure_channel(policy.target) as pch, grpc.aio.insecure_channel(tools_target) as tch:
+    async with signed_channel(policy.target) as pch, signed_channel(tools_target) as tch:
         t = Tenant(name, pch, tch)
         tenant_object = f"tenant:{name}"
         tool = f"tool:{t.tool}"

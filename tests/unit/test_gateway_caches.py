@@ -10,13 +10,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from skm.policy.v1 import constitution_pb2, constitution_service_pb2
+from skm_runtime.server import signed_channel
 from svc_gateway.adapters.policy import GrpcPolicy
 from svc_gateway.adapters.tokens import JwtVerifier
 from svc_gateway.cache import ExpiringCache
@@ -186,7 +186,7 @@ class _ConstitutionReads:
 
 
 async def test_constitution_hashes_are_remembered_for_a_bounded_number_of_tenants() -> None:
-    async with grpc.aio.insecure_channel("127.0.0.1:9") as channel:
+    async with signed_channel("127.0.0.1:9") as channel:
         policy = GrpcPolicy(channel, constitution_ttl=600.0, max_tenants=2)
         reads = _ConstitutionReads()
         policy._constitutions = reads  # type: ignore[assignment]  # a fake of svc_policy's stub

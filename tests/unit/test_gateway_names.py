@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from skm_runtime.server import signed_channel
 from skm_runtime.status import DETAILS_KEY
 from svc_gateway.adapters.policy import GrpcPolicy
 from svc_gateway.core import Gateway, object_of
@@ -104,7 +105,7 @@ class _RefusingClient:
 async def test_svc_policys_invalid_argument_is_a_bad_name_and_only_that(
     code: grpc.StatusCode, refused: type[Exception]
 ) -> None:
-    async with grpc.aio.insecure_channel("127.0.0.1:9") as channel:
+    async with signed_channel("127.0.0.1:9") as channel:
         policy = GrpcPolicy(channel, constitution_ttl=1.0)
         policy._decisions = _RefusingClient(_rpc_error(code, "INVALID_CHECK"))  # type: ignore[assignment]  # a fake of the shared client
         principal = Principal(TENANT, f"{TENANT}/users/olga", (), DIGEST)

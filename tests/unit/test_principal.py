@@ -16,17 +16,24 @@ import pytest
 
 from skm.type.v1 import principal_pb2
 from skm_runtime.principal import (
+    CALLER_KEY,
+    CALLER_MAC_KEY,
+    CALLER_MAX_AGE_SECONDS,
     PRINCIPAL_KEY,
     PRINCIPAL_MAC_KEY,
     MeshKeyInvalid,
     MeshKeyMissing,
+    caller_from,
+    caller_metadata,
     configure_mesh_key,
     has_mesh_key,
+    mesh_admitted,
     new_mesh_key,
     principal_from,
     principal_message,
     principal_metadata,
     read_mesh_keys,
+    use_caller_name,
     use_mesh_keys,
 )
 from skm_runtime.server import ServiceSettings, ServiceSpec, run, usage
@@ -197,3 +204,60 @@ def test_help_lists_the_mesh_key_file() -> None:
     optional = usage("echo", ServiceSettings, uses_principals=False)
     assert "SKM_MESH_KEY_FILE" in optional
     assert "(required)" not in optional
+
+
+# -- signed callers ----------------------------------------------------------------------
+
+CHECK = "/skm.policy.v1.PolicyService/Check"
+
+
+def test_a_signed_caller_names_the_process_for_that_method_only() -> None:
+    use_caller_name("tools")
+    try:
+        signed = caller_metadata(CHECK)
+        assert caller_from(signed, CHECK) == "tools"
+        assert caller_from(signed, CHECK.encode()) == "tools", "grpc.aio hands clients the path as bytes"
+        assert caller_from(signed, "/skm.policy.v1.PolicyService/WriteRelationships") is None
+        assert mesh_admitted(signed, CHECK)
+        assert not mesh_admitted(signed, "/skm.policy.v1.PolicyService/BatchCheck")
+    finally:
+        use_caller_name("skm")
+
+
+def test_a_signed_caller_holds_for_a_minute_either_side_of_its_time() -> None:
+    now = 1_800_000_000.0
+    signed = caller_metadata(CHECK, now=now)
+    assert caller_from(signed, CHECK, now=now + CALLER_MAX_AGE_SECONDS - 1) == "skm"
+    assert caller_from(signed, CHECK, now=now - CALLER_MAX_AGE_SECONDS + 1) == "skm"
+    assert caller_from(signed, CHECK, now=now + CALLER_MAX_AGE_SECONDS + 1) is None
+    assert caller_from(signed, CHECK, now=now - CALLER_MAX_AGE_SECONDS - 1) is None
+
+
+def test_a_caller_that_does_not_verify_is_none() -> None:
+    (caller, mac) = caller_metadata(CHECK)
+    renamed = (CALLER_KEY, caller[1][:8] + b"gateway")
+    cases = {
+        "nothing": (),
+        "no MAC": (caller,),
+        "no caller": (mac,),
+        "a forged MAC": (caller, (CALLER_MAC_KEY, secrets.token_bytes(32))),
+        "another name under the same MAC": (renamed, mac),
+        "two callers": (caller, mac, caller),
+        "two MACs": (caller, mac, mac),
+        "text, not bytes": ((CALLER_KEY, "x"), mac),
+        "a time and no name": ((CALLER_KEY, caller[1][:8]), mac),
+    }
+    for what, metadata in cases.items():
+        assert caller_from(metadata, CHECK) is None, what
+    use_mesh_keys([secrets.token_bytes(32)])
+    assert caller_from((caller, mac), CHECK) is None, "another key"
+    use_mesh_keys([])
+    assert caller_from((caller, mac), CHECK) is None, "a process without a key trusts nobody"
+    with pytest.raises(MeshKeyMissing):
+        caller_metadata(CHECK)
+
+
+def test_a_caller_name_has_1_to_64_bytes() -> None:
+    for bad in ("", "x" * 65):
+        with pytest.raises(ValueError, match="1 to 64 bytes"):
+            use_caller_name(bad)
