@@ -62,12 +62,13 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
         first_token_timeout=settings.model_first_token_timeout_seconds,
         idle_timeout=settings.model_idle_timeout_seconds,
     )
+    policy = GrpcPolicy(channels[2])
     conversation = Conversation(
         store,
         hot,
         GrpcProfiles(channels[0]),
         GrpcTools(channels[1]),
-        GrpcPolicy(channels[2]),
+        policy,
         llm,
         settings,
         runner_id=runner_id(settings),
@@ -88,6 +89,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await conversation.close()
+        await policy.close()
         await owners.close()
         await streams.close()
         await relay.close()

@@ -64,6 +64,18 @@ BlockedAction = blocked_action_pb2.BlockedAction
 _FIRST_BACKOFF_SECONDS = 0.2
 _MAX_BACKOFF_SECONDS = 5.0
 _GONE = "the held action is gone from svc_policy's store"
+# How long an outcome svc_policy could not take is reported again, in the background.
+_COMPLETE_RETRY_SECONDS = 600.0
+# svc_policy's answers to an outcome that no retry changes.
+_FINAL_FOR_COMPLETE = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
 # How a held action that will not run ended, as the waiter sees it.
 _NOT_RUN = {
     BlockedAction.STATE_REJECTED: ApprovalState.REJECTED,
@@ -260,9 +272,20 @@ class GrpcPolicy:
     """svc_policy's decisions, and its exactly-once protocol for held actions (see
     skm.policy.v1.BlockedAction): hold, wait for the operator, claim, complete."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, complete_retry_seconds: float = _COMPLETE_RETRY_SECONDS) -> None:
         self._stub = policy_service_pb2_grpc.PolicyServiceStub(channel)
         self._blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        self._complete_retry_seconds = complete_retry_seconds
+        # Outcomes svc_policy could not take yet, reported again in the background.
+        self._reporting: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stop reporting outcomes again (their entries stay EXECUTING, as the log says)."""
+        for task in list(self._reporting):
+            task.cancel()
+        for task in list(self._reporting):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def own_session(self, principal: Principal, session: str) -> None:
         """Records the session's tenant and owner, so the gateway lets its owner use it."""
@@ -364,17 +387,60 @@ class GrpcPolicy:
     async def complete(
         self, principal: Principal, blocked_action: str, claim_id: str, *, succeeded: bool, failure_reason: str = ""
     ) -> None:
-        """Reports the outcome of a claimed action (idempotent). Where svc_policy cannot
-        take it now, the entry stays EXECUTING; the action has run either way."""
+        """Reports the outcome of a claimed action (idempotent: the same claim id and
+        outcome may be reported again). Where svc_policy cannot take it now, it is reported
+        again in the background, with backoff, for `complete_retry_seconds`; the turn goes on
+        meanwhile, since the action has run either way. An answer no retry changes (the
+        entry is gone, or no longer this claim's) ends it, logged."""
         request = blocked_action_service_pb2.CompleteBlockedActionRequest(
             name=blocked_action,
             claim_id=claim_id,
             outcome=blocked_action_pb2.ActionOutcome(succeeded=succeeded, failure_reason=failure_reason),
         )
+        code = await self._report(principal, request)
+        if code is None or code in _FINAL_FOR_COMPLETE:
+            return
+        log.warning(
+            "could not report the outcome of a claimed action; trying again in the background",
+            extra={"fields": {"blocked_action": blocked_action, "code": code.name}},
+        )
+        task = asyncio.get_running_loop().create_task(self._report_again(principal, request))
+        self._reporting.add(task)
+        task.add_done_callback(self._reporting.discard)
+
+    async def _report(
+        self, principal: Principal, request: blocked_action_service_pb2.CompleteBlockedActionRequest
+    ) -> grpc.StatusCode | None:
+        """None once svc_policy took the outcome; else the status of its answer."""
         try:
             await self._blocked.CompleteBlockedAction(request, metadata=_metadata(principal), timeout=_CALL_SECONDS)
         except grpc.aio.AioRpcError as error:
-            log.warning(
-                "could not report the outcome of a claimed action",
-                extra={"fields": {"blocked_action": blocked_action, "code": error.code().name}},
-            )
+            code = error.code()
+            if code in _FINAL_FOR_COMPLETE:
+                info = error_info_of(error)
+                log.warning(
+                    "svc_policy refused the outcome of a claimed action",
+                    extra={"fields": {"blocked_action": request.name, "reason": info.reason if info else code.name}},
+                )
+            return code
+        return None
+
+    async def _report_again(
+        self, principal: Principal, request: blocked_action_service_pb2.CompleteBlockedActionRequest
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._complete_retry_seconds
+        backoff = _FIRST_BACKOFF_SECONDS
+        while loop.time() < until:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+            code = await self._report(principal, request)
+            if code is None:
+                log.info("reported the outcome of a claimed action", extra={"fields": {"blocked_action": request.name}})
+                return
+            if code in _FINAL_FOR_COMPLETE:
+                return
+        log.error(
+            "gave up reporting the outcome of a claimed action: its entry stays EXECUTING",
+            extra={"fields": {"blocked_action": request.name, "seconds": self._complete_retry_seconds}},
+        )

@@ -15,23 +15,18 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, wrappers_pb2
 
 from skm.policy.v1 import (
-    access_pb2,
     blocked_action_pb2,
     blocked_action_service_pb2,
     blocked_action_service_pb2_grpc,
-    policy_service_pb2,
-    policy_service_pb2_grpc,
 )
-from skm.type.v1 import policy_decision_pb2
 from skm_runtime.blocked_actions import GONE, wait_resolved
 from skm_runtime.server import RuntimeSettings, signed_channel
 from skm_stack import RunningStack
 from svc_policy.__main__ import build as build_policy
 from svc_policy.settings import PolicySettings
-from tests.support.policy import approval_tenant, signed
+from tests.support.policy import approval_tenant, hold, signed
 from tests.support.ports import free_port
 from tests.support.runtime import Served
 from tests.support.tools import policy_settings, serving_at
@@ -55,23 +50,6 @@ async def _new_tenant(channel: grpc.aio.Channel) -> str:
     return await approval_tenant(channel, "b")
 
 
-async def _hold(channel: grpc.aio.Channel, tenant: str) -> str:
-    """mike's run of the high-risk tool, held for an operator: the blocked action's name."""
-    payload = any_pb2.Any()
-    payload.Pack(wrappers_pb2.StringValue(value="run it"))
-    request = policy_service_pb2.CheckRequest(
-        check=access_pb2.AccessCheck(
-            subject=f"user:{tenant}/users/mike", relation="can_execute", object=f"tool:{tenant}/tools/code"
-        ),
-        hold=policy_service_pb2.Hold(request_id=str(uuid.uuid4()), payload=payload),
-    )
-    reply = await policy_service_pb2_grpc.PolicyServiceStub(channel).Check(
-        request, metadata=signed(tenant, "mike"), timeout=10
-    )
-    assert reply.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
-    return reply.decision.blocked_action
-
-
 async def _approve(channel: grpc.aio.Channel, tenant: str, name: str, note: str) -> None:
     await blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel).ApproveBlockedAction(
         blocked_action_service_pb2.ApproveBlockedActionRequest(name=name, note=note),
@@ -84,7 +62,7 @@ async def _approve(channel: grpc.aio.Channel, tenant: str, name: str, note: str)
 async def test_the_wait_ends_with_the_approved_entry(policy: Served) -> None:
     async with signed_channel(policy.target) as channel:
         tenant = await _new_tenant(channel)
-        name = await _hold(channel, tenant)
+        name = await hold(channel, tenant)
         blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
         # As svc_conversation waits: the principal in the metadata, a deadline on each look.
         waiting = asyncio.create_task(wait_resolved(blocked, name, metadata=signed(tenant, "mike"), get_timeout=10))
@@ -130,7 +108,7 @@ async def test_the_wait_outlasts_a_restart_of_svc_policy(stack: RunningStack) ->
         served = await first.enter_async_context(_policy_at(settings, port))
         channel = await running.enter_async_context(signed_channel(served.target))
         tenant = await _new_tenant(channel)
-        name = await _hold(channel, tenant)
+        name = await hold(channel, tenant)
         # As svc_tools waits: no metadata, no deadline on the look.
         blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
         waiting = asyncio.create_task(wait_resolved(blocked, name, max_backoff=0.5, on_watch_lost=lost.append))

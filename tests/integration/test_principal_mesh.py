@@ -29,7 +29,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, wrappers_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from skm.policy.v1 import (
@@ -56,7 +55,7 @@ from skm_runtime.status import error_info_of
 from skm_stack import RunningStack
 from skm_stack.paths import REPO_ROOT
 from skm_stack.services import ServiceProcess
-from tests.support.policy import Metadata, approval_tenant, signed
+from tests.support.policy import Metadata, approval_tenant, hold_check, signed
 from tests.support.policy import policy_process as start_policy
 from tests.support.ports import free_port
 
@@ -153,7 +152,7 @@ async def test_a_caller_from_outside_the_mesh_is_refused_whatever_it_asks_and_no
     raw = outside.unary_unary(_WRITE)
     await _unauthenticated(raw(b"\xff\xff", timeout=10), "malformed bytes", _OUTSIDER)
     # Every other kind of method: a check, a listing, the server stream of resolutions.
-    await _unauthenticated(policy.Check(_hold_check(tenant), timeout=10), "a check", _OUTSIDER)
+    await _unauthenticated(policy.Check(hold_check(tenant), timeout=10), "a check", _OUTSIDER)
     blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(outside)
     await _unauthenticated(
         blocked.ListBlockedActions(blocked_action_service_pb2.ListBlockedActionsRequest(parent=tenant), timeout=10),
@@ -185,32 +184,21 @@ async def test_a_caller_from_outside_the_mesh_is_refused_whatever_it_asks_and_no
     ]
 
 
-def _hold_check(tenant: str) -> policy_service_pb2.CheckRequest:
-    payload = any_pb2.Any()
-    payload.Pack(wrappers_pb2.StringValue(value="run it"))
-    return policy_service_pb2.CheckRequest(
-        check=access_pb2.AccessCheck(
-            subject=f"user:{tenant}/users/mike", relation="can_execute", object=f"tool:{tenant}/tools/code"
-        ),
-        hold=policy_service_pb2.Hold(request_id=str(uuid.uuid4()), payload=payload),
-    )
-
-
 async def test_only_a_signed_principal_may_hold_an_action(
     channel: grpc.aio.Channel, tenant: str, mesh_key_file: Path
 ) -> None:
     policy = policy_service_pb2_grpc.PolicyServiceStub(channel)
     for what, metadata in _made_up(tenant, "mike", mesh_key_file).items():
-        await _unauthenticated(policy.Check(_hold_check(tenant), metadata=metadata, timeout=10), what)
+        await _unauthenticated(policy.Check(hold_check(tenant), metadata=metadata, timeout=10), what)
 
-    held = await policy.Check(_hold_check(tenant), metadata=signed(tenant, "mike"), timeout=10)
+    held = await policy.Check(hold_check(tenant), metadata=signed(tenant, "mike"), timeout=10)
     assert held.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
     assert held.decision.blocked_action.startswith(f"{tenant}/blockedActions/")
 
 
 async def test_only_a_signed_operator_may_approve(channel: grpc.aio.Channel, tenant: str, mesh_key_file: Path) -> None:
     held = await policy_service_pb2_grpc.PolicyServiceStub(channel).Check(
-        _hold_check(tenant), metadata=signed(tenant, "mike"), timeout=10
+        hold_check(tenant), metadata=signed(tenant, "mike"), timeout=10
     )
     name = held.decision.blocked_action
     blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)

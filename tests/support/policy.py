@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from google.protobuf import any_pb2, wrappers_pb2
 
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm.type.v1 import policy_decision_pb2
 from skm_runtime.principal import principal_message, principal_metadata
 from skm_stack import RunningStack
 from skm_stack.services import ServiceProcess, ServiceSpec, start_service
@@ -64,3 +66,24 @@ async def approval_tenant(channel: grpc.aio.Channel, letter: str) -> str:
         policy_service_pb2.WriteRelationshipsRequest(parent=tenant, relationships=relationships), timeout=10
     )
     return tenant
+
+
+def hold_check(tenant: str) -> policy_service_pb2.CheckRequest:
+    """mike's run of the tenant's high-risk tool `code`, to be held for an operator."""
+    payload = any_pb2.Any()
+    payload.Pack(wrappers_pb2.StringValue(value="run it"))
+    return policy_service_pb2.CheckRequest(
+        check=access_pb2.AccessCheck(
+            subject=f"user:{tenant}/users/mike", relation="can_execute", object=f"tool:{tenant}/tools/code"
+        ),
+        hold=policy_service_pb2.Hold(request_id=str(uuid.uuid4()), payload=payload),
+    )
+
+
+async def hold(channel: grpc.aio.Channel, tenant: str) -> str:
+    """mike's run of the high-risk tool, held for an operator: the blocked action's name."""
+    reply = await policy_service_pb2_grpc.PolicyServiceStub(channel).Check(
+        hold_check(tenant), metadata=signed(tenant, "mike"), timeout=10
+    )
+    assert reply.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
+    return reply.decision.blocked_action

@@ -1,0 +1,99 @@
+"""svc_conversation reports the outcome of a held action it ran even when svc_policy is away.
+
+svc_policy runs as a process of its own on the real OpenFGA, PostgreSQL, Kafka and Redis.
+An action is held, approved by an operator and claimed; then svc_policy stops. The outcome
+svc_conversation reports (GrpcPolicy.complete, as after a held subordinate spawn) cannot
+be taken: the call returns at once, the turn would go on, and the outcome is reported again
+in the background until svc_policy, started again, takes it: the entry ends EXECUTED, not
+EXECUTING for ever. An outcome svc_policy refuses for good (another claim id) is not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from skm.policy.v1 import (
+    blocked_action_pb2,
+    blocked_action_service_pb2,
+    blocked_action_service_pb2_grpc,
+)
+from skm_runtime.server import signed_channel
+from skm_stack import RunningStack
+from skm_stack.services import start_service
+from svc_conversation.adapters.mesh import GrpcPolicy
+from svc_conversation.model import Principal
+from tests.support.policy import approval_tenant, hold, policy_process, signed
+
+State = blocked_action_pb2.BlockedAction.State
+
+
+async def _held_approved_claimed(addr: str) -> tuple[str, str]:
+    """A tenant and an action of mike's held, approved by olga and claimed as `claim-1`."""
+    async with signed_channel(addr) as channel:
+        tenant = await approval_tenant(channel, "c")
+        name = await hold(channel, tenant)
+        blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        await blocked.ApproveBlockedAction(
+            blocked_action_service_pb2.ApproveBlockedActionRequest(name=name),
+            metadata=signed(tenant, "olga"),
+            timeout=10,
+        )
+        await blocked.ClaimApprovedAction(
+            blocked_action_service_pb2.ClaimApprovedActionRequest(name=name, claim_id="claim-1"),
+            metadata=signed(tenant, "mike"),
+            timeout=10,
+        )
+    return tenant, name
+
+
+async def _state(addr: str, tenant: str, name: str) -> blocked_action_pb2.BlockedAction:
+    async with signed_channel(addr) as channel:
+        reply = await blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel).GetBlockedAction(
+            blocked_action_service_pb2.GetBlockedActionRequest(name=name),
+            metadata=signed(tenant, "olga"),
+            timeout=10,
+            wait_for_ready=True,  # (gRPC shares the connection of a channel still backing off from the restart)
+        )
+    return reply.blocked_action
+
+
+async def test_an_outcome_svc_policy_could_not_take_is_reported_once_it_is_back(stack: RunningStack) -> None:
+    with policy_process(stack, "skm-test-outcome-") as service:
+        tenant, name = await _held_approved_claimed(service.addr)
+        mike = Principal(tenant=tenant, user=f"{tenant}/users/mike", roles=("member",))
+        assert (await _state(service.addr, tenant, name)).state == State.STATE_EXECUTING
+
+        service.stop()  # svc_policy is away
+        async with signed_channel(service.addr) as channel:
+            policy = GrpcPolicy(channel)
+            try:
+                started = time.monotonic()
+                await policy.complete(mike, name, "claim-1", succeeded=True)
+                assert time.monotonic() - started < 15, "the turn does not wait for svc_policy"
+
+                logs = Path(tempfile.mkdtemp(prefix="skm-test-outcome-again-"))
+                again = start_service(service.spec, logs, stack.service_env())  # same port, same store
+                try:
+                    for _ in range(300):  # reported again with backoff (at most 5 s apart)
+                        entry = await _state(again.addr, tenant, name)
+                        if entry.state != State.STATE_EXECUTING:
+                            break
+                        await asyncio.sleep(0.2)
+                    assert entry.state == State.STATE_EXECUTED
+                    assert entry.outcome.succeeded
+
+                    # Refused for good (not this entry's claim): reported once, never again.
+                    second, other = await _held_approved_claimed(again.addr)
+                    mike = Principal(tenant=second, user=f"{second}/users/mike", roles=("member",))
+                    await policy.complete(mike, other, "claim-2", succeeded=True)
+                    assert not policy._reporting, "a final refusal is not retried"
+                    assert (await _state(again.addr, second, other)).state == State.STATE_EXECUTING
+                finally:
+                    again.stop()
+                    shutil.rmtree(logs, ignore_errors=True)
+            finally:
+                await policy.close()
