@@ -37,7 +37,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from skm_runtime.errors import Code, MalformedRequest, MeshCallerUnverified, NotImplementedYet, SkmError
-from skm_runtime.principal import caller_metadata, has_mesh_key, mesh_admitted
+from skm_runtime.principal import PRINCIPAL_KEY, caller_metadata, has_mesh_key, mesh_admitted
 from skm_runtime.status import status_of, trailers_of
 
 log = logging.getLogger("skm.runtime")
@@ -170,7 +170,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: Context) -> Any:
                 with call.serving(context) as outcome:
                     try:
-                        call.admit(context)
+                        outcome.admit()
                         _reject_malformed(request)
                         result = inner_uu(request, context)
                         return await result if inspect.isawaitable(result) else result
@@ -185,7 +185,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
                 with call.serving(context) as outcome:
                     try:
-                        call.admit(context)
+                        outcome.admit()
                         result = inner_su(_checked(requests), context)
                         return await result if inspect.isawaitable(result) else result
                     except BaseException as exc:
@@ -200,7 +200,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async def unary_stream_gen(request: Any, context: Context) -> Any:
                     with call.serving(context) as outcome:
                         try:
-                            call.admit(context)
+                            outcome.admit()
                             _reject_malformed(request)
                             async for response in inner_us(request, context):
                                 yield response
@@ -212,7 +212,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: Context) -> None:
                 with call.serving(context) as outcome:
                     try:
-                        call.admit(context)
+                        outcome.admit()
                         _reject_malformed(request)
                         result = inner_us(request, context)
                         if inspect.isawaitable(result):
@@ -229,7 +229,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream_gen(requests: AsyncIterator[Any], context: Context) -> Any:
                 with call.serving(context) as outcome:
                     try:
-                        call.admit(context)
+                        outcome.admit()
                         async for response in inner_ss(_checked(requests), context):
                             yield response
                     except BaseException as exc:
@@ -240,7 +240,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def stream_stream(requests: AsyncIterator[Any], context: Context) -> None:
             with call.serving(context) as outcome:
                 try:
-                    call.admit(context)
+                    outcome.admit()
                     result = inner_ss(_checked(requests), context)
                     if inspect.isawaitable(result):
                         await result
@@ -267,15 +267,6 @@ class _Call:
         # The method's path where only callers from inside the mesh are admitted.
         self.guarded_method = guarded_method
 
-    def admit(self, context: Context) -> None:
-        """Raise MeshCallerUnverified unless the call may be served (see the module's docstring)."""
-        if self.guarded_method is not None and not mesh_admitted(context.invocation_metadata(), self.guarded_method):
-            raise MeshCallerUnverified(
-                "this service answers calls from inside the mesh only: through the gateway, or signed"
-                " with the mesh key (SKM_MESH_KEY_FILE)",
-                metadata={"method": self.guarded_method},
-            )
-
     def serving(self, context: Context) -> _Serving:
         return _Serving(self, context)
 
@@ -283,7 +274,7 @@ class _Call:
 class _Serving:
     """The life of one RPC: span, deadline, metrics and how it failed."""
 
-    __slots__ = ("_attached", "_call", "_context", "_span", "_span_cm", "_start", "_token", "code")
+    __slots__ = ("_attached", "_call", "_context", "_metadata", "_span", "_span_cm", "_start", "_token", "code")
 
     def __init__(self, call: _Call, context: Context) -> None:
         self._call = call
@@ -294,7 +285,8 @@ class _Serving:
         owner = self._call.owner
         self._start = time.perf_counter()
         carrier: dict[str, str] | None = None
-        for key, value in self._context.invocation_metadata() or ():
+        self._metadata = self._context.invocation_metadata()
+        for key, value in self._metadata or ():
             if key in _TRACE_KEYS and isinstance(value, str):
                 carrier = carrier or {}
                 carrier[key] = value
@@ -316,6 +308,16 @@ class _Serving:
         remaining = self._context.time_remaining()
         self._token = _inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)
         return self
+
+    def admit(self) -> None:
+        """Raise MeshCallerUnverified unless the call may be served (see the module's docstring)."""
+        method = self._call.guarded_method
+        if method is not None and not mesh_admitted(self._metadata, method):
+            raise MeshCallerUnverified(
+                "this service answers calls from inside the mesh only: through the gateway, or signed"
+                " with the mesh key (SKM_MESH_KEY_FILE)",
+                metadata={"method": method},
+            )
 
     async def fail(self, exc: BaseException, context: Context) -> None:
         """Turn `exc` into the status the client sees; always raises."""
@@ -449,7 +451,8 @@ def outbound_interceptors(*, call_timeout: float, stream_timeout: float) -> list
         _TRACE_CONTEXT.inject(carrier)
         for key, value in carrier.items():
             metadata[key] = value
-        if has_mesh_key():
+        if has_mesh_key() and metadata.get(PRINCIPAL_KEY) is None:
+            # A call that carries a principal is admitted by its MAC: no caller needed.
             _signed(metadata, details.method)
         return grpc.aio.ClientCallDetails(
             method=details.method,

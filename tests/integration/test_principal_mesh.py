@@ -41,7 +41,6 @@ from skm.policy.v1 import (
 )
 from skm.type.v1 import policy_decision_pb2
 from skm_runtime.principal import (
-    CALLER_MAC_KEY,
     CALLER_MAX_AGE_SECONDS,
     PRINCIPAL_MAC_KEY,
     caller_metadata,
@@ -126,16 +125,17 @@ def _callers_from_outside(mesh_key_file: Path) -> dict[str, Metadata]:
         other_key = caller_metadata(_WRITE)
     finally:
         configure_mesh_key(mesh_key_file)
-    (caller, mac) = caller_metadata(_WRITE)
+    ((key, value),) = caller_metadata(_WRITE)
+    stamp, name = value[:8], value[40:]
     return {
         "nothing": (),
-        "no MAC": (caller,),
-        "a forged MAC": (caller, (CALLER_MAC_KEY, secrets.token_bytes(32))),
+        "a time and a name, no MAC": ((key, stamp + name),),
+        "a forged MAC": ((key, stamp + secrets.token_bytes(32) + name),),
         "another key's MAC": other_key,
         "a MAC for another method": caller_metadata("/skm.policy.v1.PolicyService/Check"),
         "signed too long ago": caller_metadata(_WRITE, now=now - CALLER_MAX_AGE_SECONDS - 5),
         "signed for later": caller_metadata(_WRITE, now=now + CALLER_MAX_AGE_SECONDS + 5),
-        "two callers": (caller, mac, *caller_metadata(_WRITE)),
+        "two callers": ((key, value), *caller_metadata(_WRITE)),
     }
 
 

@@ -16,9 +16,8 @@ import pytest
 
 from skm.type.v1 import principal_pb2
 from skm_runtime.principal import (
-    CALLER_KEY,
-    CALLER_MAC_KEY,
     CALLER_MAX_AGE_SECONDS,
+    MAX_CALLER_NAME_BYTES,
     PRINCIPAL_KEY,
     PRINCIPAL_MAC_KEY,
     MeshKeyInvalid,
@@ -234,27 +233,38 @@ def test_a_signed_caller_holds_for_a_minute_either_side_of_its_time() -> None:
 
 
 def test_a_caller_that_does_not_verify_is_none() -> None:
-    (caller, mac) = caller_metadata(CHECK)
-    renamed = (CALLER_KEY, caller[1][:8] + b"gateway")
+    (signed,) = caller_metadata(CHECK)
+    key, value = signed
+    stamp, mac, name = value[:8], value[8:40], value[40:]
+    later = (int.from_bytes(stamp, "big") + 1).to_bytes(8, "big")
     cases = {
         "nothing": (),
-        "no MAC": (caller,),
-        "no caller": (mac,),
-        "a forged MAC": (caller, (CALLER_MAC_KEY, secrets.token_bytes(32))),
-        "another name under the same MAC": (renamed, mac),
-        "two callers": (caller, mac, caller),
-        "two MACs": (caller, mac, mac),
-        "text, not bytes": ((CALLER_KEY, "x"), mac),
-        "a time and no name": ((CALLER_KEY, caller[1][:8]), mac),
+        "a time and a name, no MAC": ((key, stamp + name),),
+        "a forged MAC": ((key, stamp + secrets.token_bytes(32) + name),),
+        "another name under the same MAC": ((key, stamp + mac + b"gateway"),),
+        "another time under the same MAC": ((key, later + mac + name),),
+        "two callers": (signed, signed),
+        "text, not bytes": ((key, value.hex()),),
+        "a time and a MAC, no name": ((key, stamp + mac),),
+        "a name too long": ((key, stamp + mac + b"x" * (MAX_CALLER_NAME_BYTES + 1)),),
     }
     for what, metadata in cases.items():
         assert caller_from(metadata, CHECK) is None, what
+        assert not mesh_admitted(metadata, CHECK), what
     use_mesh_keys([secrets.token_bytes(32)])
-    assert caller_from((caller, mac), CHECK) is None, "another key"
+    assert caller_from((signed,), CHECK) is None, "another key"
     use_mesh_keys([])
-    assert caller_from((caller, mac), CHECK) is None, "a process without a key trusts nobody"
+    assert caller_from((signed,), CHECK) is None, "a process without a key trusts nobody"
+    assert not mesh_admitted((signed,), CHECK)
     with pytest.raises(MeshKeyMissing):
         caller_metadata(CHECK)
+
+
+def test_a_call_with_a_signed_principal_is_admitted_without_a_caller() -> None:
+    assert mesh_admitted(principal_metadata(ALICE), CHECK)
+    (serialized, _mac) = principal_metadata(ALICE)
+    assert not mesh_admitted((serialized, (PRINCIPAL_MAC_KEY, secrets.token_bytes(32))), CHECK)
+    assert not mesh_admitted((*principal_metadata(ALICE), serialized), CHECK), "two principals"
 
 
 def test_a_caller_name_has_1_to_64_bytes() -> None:
