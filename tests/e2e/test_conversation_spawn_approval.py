@@ -207,15 +207,23 @@ async def _approved_spawn_ran_once(
     assert action.outcome.succeeded == first.result.HasField("success")
 
 
+async def _decided(
+    operator: Operator, stream: Any, turn: str, action: BlockedAction, *, approve: bool, note: str
+) -> list[Any]:
+    """The operator decides on the held spawn (and, the same way, on anything else the turn
+    holds meanwhile): the turn's events to its end."""
+    await operator.decide(action, approve=approve, note=note)
+    others = asyncio.create_task(operator.decide_the_rest(approve=approve, skip=action.name))
+    try:
+        return await _read_turn(stream, turn)
+    finally:
+        others.cancel()
+
+
 async def test_an_approved_spawn_waits_for_the_operator_then_runs_once(mesh: RunningStack) -> None:
     client, operator = await _supervised_tenant(mesh)
     session, turn, stream, action = await _held_spawn(client, operator)
-    await operator.decide(action, approve=True, note="go ahead")
-    others = asyncio.create_task(operator.decide_the_rest(approve=True, skip=action.name))
-    try:
-        events = await _read_turn(stream, turn.name)
-    finally:
-        others.cancel()
+    events = await _decided(operator, stream, turn.name, action, approve=True, note="go ahead")
     # The turn runs on as soon as the spawn is claimed, before the subordinate's answer.
     assert events[0].turn_state_changed.state == Turn.STATE_RUNNING
     await _approved_spawn_ran_once(client, operator, session, turn, events, action.name)
@@ -224,12 +232,7 @@ async def test_an_approved_spawn_waits_for_the_operator_then_runs_once(mesh: Run
 async def test_a_rejected_spawn_fails_the_tool_call_with_the_note_and_spawns_nothing(mesh: RunningStack) -> None:
     client, operator = await _supervised_tenant(mesh)
     session, turn, stream, action = await _held_spawn(client, operator)
-    await operator.decide(action, approve=False, note="not today")
-    others = asyncio.create_task(operator.decide_the_rest(approve=False, skip=action.name))
-    try:
-        events = await _read_turn(stream, turn.name)
-    finally:
-        others.cancel()
+    events = await _decided(operator, stream, turn.name, action, approve=False, note="not today")
     assert events[0].turn_state_changed.state == Turn.STATE_RUNNING
     first = _results(events)[0]
     assert first.tool_call_id == "call_1"

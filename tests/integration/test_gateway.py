@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,6 +258,25 @@ async def test_a_stale_constitution_hash_is_refused_but_the_constitution_stays_r
             )
 
 
+async def _within_ttl(call: Callable[[], Awaitable[object]], ttl: float, *, until_refused: bool = False) -> object:
+    """Calls `call` again until its outcome turns (to a refusal with `until_refused`, else to
+    an answer), for as long as a decision reused for `ttl` may hold it (+0.5 s). Returns the
+    status of the refusal or the answer; on time out, the last outcome (the caller's assert
+    fails). A call sent after the TTL must turn, however long it takes to answer."""
+    since = time.monotonic()
+    while True:
+        sent = time.monotonic()
+        try:
+            outcome: object = await call()
+            turned = not until_refused
+        except grpc.aio.AioRpcError as error:
+            outcome = error.code()
+            turned = until_refused
+        if turned or sent - since > ttl + 0.5:
+            return outcome
+        await asyncio.sleep(0.05)
+
+
 async def test_methods_open_to_any_member_ask_policy_whether_the_caller_still_is_one(mesh: Mesh) -> None:
     """GetConstitution (any member, stale hash accepted): a member reads it, a user with no
     membership tuple is refused though the token names the tenant, and a member removed
@@ -288,35 +307,18 @@ async def test_methods_open_to_any_member_ask_policy_whether_the_caller_still_is
             policy_service_pb2.WriteRelationshipsRequest(parent=mesh.tenant, relationships=[member]), timeout=10
         )
         stale = mesh.auth(mesh.token(user, digest="0" * 64))  # this method accepts a stale hash
-        granted = time.monotonic()
-        while True:
-            # The refusal above may be reused until the change is announced, at most for the
-            # decision TTL: a call sent after it must pass.
-            sent = time.monotonic()
-            try:
-                read = await constitutions.GetConstitution(request, timeout=10, metadata=stale)
-                break
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-            assert code == grpc.StatusCode.PERMISSION_DENIED
-            assert sent - granted <= GatewaySettings().decision_ttl_seconds + 0.5, "a member is still refused"
-            await asyncio.sleep(0.05)
+        ttl = GatewaySettings().decision_ttl_seconds
+        # The refusal above may be reused until the change is announced, at most for the TTL.
+        read = await _within_ttl(lambda: constitutions.GetConstitution(request, timeout=10, metadata=stale), ttl)
+        assert isinstance(read, constitution_service_pb2.GetConstitutionResponse), "a member is still refused"
         assert read.constitution.name == f"{mesh.tenant}/constitution"
         await relationships.DeleteRelationships(
             policy_service_pb2.DeleteRelationshipsRequest(parent=mesh.tenant, relationships=[member]), timeout=10
         )
-        removed = time.monotonic()
-        refused: grpc.StatusCode | None = None
-        while refused is None:
-            sent = time.monotonic()  # a call sent after the TTL must be refused, however long it takes
-            try:
-                await constitutions.GetConstitution(request, timeout=10, metadata=stale)
-            except grpc.aio.AioRpcError as error:
-                refused = error.code()
-                continue
-            assert sent - removed <= GatewaySettings().decision_ttl_seconds + 0.5
-            await asyncio.sleep(0.05)
-        assert refused == grpc.StatusCode.PERMISSION_DENIED
+        refused = await _within_ttl(
+            lambda: constitutions.GetConstitution(request, timeout=10, metadata=stale), ttl, until_refused=True
+        )
+        assert refused == grpc.StatusCode.PERMISSION_DENIED, "a removed member still passes after the decision TTL"
 
 
 async def test_policy_decides_and_other_tenants_are_out_of_reach(mesh: Mesh) -> None:
@@ -571,18 +573,8 @@ async def test_a_revoked_relationship_stops_calls_within_the_decision_ttl(mesh: 
         await relationships.DeleteRelationships(
             policy_service_pb2.DeleteRelationshipsRequest(parent=mesh.tenant, relationships=[grant]), timeout=10
         )
-        revoked = time.monotonic()
-        refused: grpc.StatusCode | None = None
-        while refused is None:
-            sent = time.monotonic()  # a call sent after the TTL must be refused, however long it takes
-            try:
-                await _list(mesh, channel, token)
-            except grpc.aio.AioRpcError as error:
-                refused = error.code()
-                continue
-            assert sent - revoked <= ttl + 0.5, "a revoked user still passes after the decision TTL"
-            await asyncio.sleep(0.05)
-        assert refused == grpc.StatusCode.PERMISSION_DENIED
+        refused = await _within_ttl(lambda: _list(mesh, channel, token), ttl, until_refused=True)
+        assert refused == grpc.StatusCode.PERMISSION_DENIED, "a revoked user still passes after the decision TTL"
         # Refused from now on: a DENY is never remembered, nor turned back into an ALLOW.
         await _fails(_list(mesh, channel, token), grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
 
