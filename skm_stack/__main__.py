@@ -18,7 +18,7 @@ from skm_stack.envoy import probe_ready
 from skm_stack.health import StartError, run_coroutine_sync
 from skm_stack.install import InstallError, ensure_installed, print_report
 from skm_stack.kafka import probe_broker
-from skm_stack.llm import DEFAULT_FETCH, probe_models
+from skm_stack.llm import SERVE_REAL, probe_models
 from skm_stack.openfga import probe_healthz
 from skm_stack.paths import default_state_dir
 from skm_stack.postgres import probe_sql
@@ -72,8 +72,8 @@ def _print_summary(running: RunningStack) -> None:
         lines.append(f"  {'OpenFGA API token file':<34} {running.openfga.token_file}")
     if running.llm:
         for tier, model in enumerate(running.llm.models):
-            note = "UNTRAINED, answers are meaningless" if model.untrained else str(model.path)
-            lines.append(f"  {f'LLM tier {tier} model':<34} {model.alias} ({note})")
+            note = "UNTRAINED: random weights, answers are meaningless" if model.untrained else str(model.path)
+            lines.append(f"  {f'LLM tier {tier} model':<34} {model.alias} [{model.label}] ({note})")
     if running.services:
         lines.append(f"  {'mesh key file (SKM_MESH_KEY_FILE)':<34} {running.mesh_key_file}")
     lines.append(f"  {'logs':<34} {running.state_dir / 'logs'}")
@@ -126,8 +126,9 @@ def _up(state_dir: Path, with_services: bool) -> int:
     if taken:
         print_report("ports already in use: " + ", ".join(taken))
         return 1
-    # The run command tries for a small real instruct model (tests never do): see skm_stack.llm.
-    os.environ.setdefault("SKM_STACK_LLM_FETCH", DEFAULT_FETCH)
+    # The run command serves the catalogue's real models (tests serve the tiny untrained ones
+    # unless they ask): see skm_stack.llm.
+    os.environ.setdefault("SKM_STACK_LLM_SERVE", SERVE_REAL)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     running: RunningStack | None = None

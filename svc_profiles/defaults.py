@@ -259,43 +259,62 @@ def load_defaults(path: Path, environ: Mapping[str, str] | None = None) -> Defau
     return parse_defaults(text, str(path), environ)
 
 
+def _registry_name(alias: str) -> str:
+    slug = re.sub(r"[^a-z0-9.-]+", "-", alias.lower()).strip("-.")[:63]
+    return f"models/{slug or 'local-engine-model'}"
+
+
 def with_served_engine(defaults: Defaults, environ: Mapping[str, str] | None = None) -> Defaults:
     """`defaults` adjusted to the models the local stack's engine really serves.
 
-    The stack names them in SKM_LLM_MODELS (aliases in tier order) at SKM_LLM_URL. When its
-    tier 0 is a model the registry does not know (a real GGUF served instead of the tiny
-    test model), that model is registered and takes the place, in every role's tiers, of
-    each registered chat model at the same endpoint that the engine no longer serves.
-    Without SKM_LLM_MODELS (a deployment without the local engine) nothing changes.
+    The stack names them in SKM_LLM_MODELS (aliases in tier order) at SKM_LLM_URL. A served
+    model the registry does not know (one's own GGUF, SKM_STACK_LLM_MODEL) is registered
+    and put first in every role whose tiers use the engine. Then, in every role, each chat
+    model at that endpoint which the engine does not serve is replaced by the next served
+    model the role does not use yet (in the engine's tier order), or dropped when none is
+    left, keeping as many tiers as the role had; a role left without tiers gets the
+    engine's tier 0. So a stack serving the tiny
+    untrained models runs every role on them, and one serving the real models leaves the
+    file's tiers as they are. Without SKM_LLM_MODELS (a deployment without the local
+    engine) nothing changes.
     """
     env = os.environ if environ is None else environ
     aliases = [alias for alias in env.get("SKM_LLM_MODELS", "").split(",") if alias]
     url = env.get("SKM_LLM_URL", "")
     if not aliases or not url:
         return defaults
-    known = {model.served_model for model in defaults.models if model.endpoint_uri == url}
-    tier0 = aliases[0]
-    if tier0 in known:
-        return defaults
-    slug = re.sub(r"[^a-z0-9.-]+", "-", tier0.lower()).strip("-.")[:63] or "local-engine-model"
-    served = Model(
-        name=f"models/{slug}",
-        display_name=f"{tier0} (served by the local stack's engine)",
-        endpoint_uri=url,
-        served_model=tier0,
-        context_length=int(env.get("SKM_LLM_CONTEXT_LENGTH", "8192")),
-        capabilities=(Capability.CHAT, Capability.STRUCTURED_OUTPUT),
-    )
+    at_engine = {model.served_model: model for model in defaults.models if model.endpoint_uri == url}
+    unknown = [
+        Model(
+            name=_registry_name(alias),
+            display_name=f"{alias} (served by the local stack's engine)",
+            endpoint_uri=url,
+            served_model=alias,
+            context_length=int(env.get("SKM_LLM_CONTEXT_LENGTH", "8192")),
+            capabilities=(Capability.CHAT, Capability.STRUCTURED_OUTPUT),
+        )
+        for alias in aliases
+        if alias not in at_engine
+    ]
+    served = [at_engine[alias].name if alias in at_engine else _registry_name(alias) for alias in aliases]
     gone = {
         model.name
         for model in defaults.models
         if model.endpoint_uri == url and model.served_model not in aliases and Capability.CHAT in model.capabilities
     }
+    engine_names = gone | set(served)
+    first = [model.name for model in unknown]
+
+    def adjusted(tiers: tuple[str, ...]) -> tuple[str, ...]:
+        if not any(tier in engine_names for tier in tiers):
+            return tiers
+        out = list(dict.fromkeys([*first, *tiers]))
+        spare = [name for name in served if name not in out]
+        out = [tier if tier not in gone else (spare.pop(0) if spare else "") for tier in out]
+        # As many tiers as the role had (one's own model first may push the last one out).
+        return tuple(dict.fromkeys(tier for tier in out if tier))[: max(len(tiers), 1)] or (served[0],)
+
     role_defaults = tuple(
-        dataclasses.replace(
-            default,
-            model_tiers=tuple(dict.fromkeys(served.name if tier in gone else tier for tier in default.model_tiers)),
-        )
-        for default in defaults.role_defaults
+        dataclasses.replace(default, model_tiers=adjusted(default.model_tiers)) for default in defaults.role_defaults
     )
-    return dataclasses.replace(defaults, models=(*defaults.models, served), role_defaults=role_defaults)
+    return dataclasses.replace(defaults, models=(*defaults.models, *unknown), role_defaults=role_defaults)

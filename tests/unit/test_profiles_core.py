@@ -920,7 +920,14 @@ async def test_the_committed_defaults_start_and_resolve_as_documented() -> None:
     assert tiny.output_cost.is_zero
     for name in (TINY, LARGE):
         assert "UNTRAINED" in (await world.profiles.get_model(name)).display_name
-    expected = {PRIMARY: [TINY, LARGE], PRE_SLM: [TINY], UTILITY: [TINY], EMBEDDING: [MINILM]}
+    # The real models of the catalogue run every role (the tiny ones only where the engine
+    # serves nothing else: tests/unit/test_profiles_engine.py).
+    q05, q15 = "models/qwen2.5-coder-0.5b-instruct", "models/qwen2.5-coder-1.5b-instruct"
+    for name in (q05, q15):
+        real = await world.profiles.get_model(name)
+        assert "REAL" in real.display_name
+        assert real.capabilities == (Capability.CHAT, Capability.STRUCTURED_OUTPUT)
+    expected = {PRIMARY: [q05, q15], PRE_SLM: [q05], UTILITY: [q05], EMBEDDING: [MINILM]}
     for role, tiers in expected.items():
         for mode in DeploymentMode:
             resolved = await world.profiles.resolve(T1, role, mode, "", [])

@@ -1,0 +1,158 @@
+"""The agent with a REAL pretrained model, through Envoy, as a user would talk to it.
+
+The mesh's own engine serves the tiny untrained models (fast fixtures); this module starts
+a second engine with the catalogue's real models and points a tenant's profiles at
+Qwen2.5-Coder-0.5B-Instruct, at temperature 0, so its answers are deterministic. No
+``tool_choice`` forces the model's hand: it chooses the tools itself, under the default
+persona and the platform's constrained tool-call format.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skm.conversation.v1 import turn_pb2
+from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm.profiles.v1 import model_pb2 as profiles_model_pb2
+from skm.profiles.v1 import (
+    model_profile_pb2,
+    model_profile_service_pb2,
+    model_profile_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+)
+from skm.type.v1 import deployment_mode_pb2, model_pb2
+from skm_runtime.server import signed_channel
+from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack, Toolchain
+from skm_stack.catalogue import real_llms
+from tests.e2e.test_conversation import Client, _kinds, _read_turn, _tenant, _token
+
+pytestmark = pytest.mark.timeout(300)
+
+Turn = turn_pb2.Turn
+ROLES = (model_pb2.MODEL_ROLE_PRIMARY, model_pb2.MODEL_ROLE_PRE_SLM, model_pb2.MODEL_ROLE_UTILITY)
+
+
+@pytest.fixture(scope="module")
+def real_engine(toolchain: Toolchain, mesh_key_file: Path) -> Iterator[RunningStack]:
+    """An LLM engine serving the catalogue's REAL models, for this module's tenants."""
+    state = Path(tempfile.mkdtemp(prefix="skm-test-real-llm-"))
+    running = Stack(
+        state_dir=state,
+        components=("llm",),
+        ports=EPHEMERAL_PORTS,
+        toolchain=toolchain,
+        durable=False,
+        mesh_key_file=mesh_key_file,
+        llm_serve="real",
+    ).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def _tenant_on_the_real_model(mesh: RunningStack, engine: RunningStack) -> Client:
+    """A tenant whose every chat role runs the real 0.5B model at temperature 0."""
+    tenant, client = await _tenant(mesh)
+    tier0 = real_llms()[0]
+    assert engine.llm is not None
+    assert engine.llm.models[0].alias == tier0.alias
+    model = f"models/e2e-real-{uuid.uuid4().hex[:8]}"
+    async with signed_channel(mesh.services["profiles"].addr) as profiles:
+        await model_service_pb2_grpc.ModelServiceStub(profiles).CreateModel(
+            model_service_pb2.CreateModelRequest(
+                model=profiles_model_pb2.Model(
+                    name=model,
+                    display_name=f"{tier0.alias} (REAL) on the test's own engine",
+                    endpoint_uri=engine.llm_url,
+                    served_model=tier0.alias,
+                    context_length=tier0.context_length,
+                    capabilities=[
+                        profiles_model_pb2.MODEL_CAPABILITY_CHAT,
+                        profiles_model_pb2.MODEL_CAPABILITY_STRUCTURED_OUTPUT,
+                    ],
+                )
+            ),
+            timeout=10,
+        )
+    async with signed_channel(mesh.services["policy"].addr) as policy:
+        await policy_service_pb2_grpc.PolicyServiceStub(policy).WriteRelationships(
+            policy_service_pb2.WriteRelationshipsRequest(
+                parent=f"tenants/{tenant}",
+                relationships=[
+                    access_pb2.Relationship(
+                        subject=f"user:tenants/{tenant}/users/ada", relation="admin", object=f"tenant:tenants/{tenant}"
+                    )
+                ],
+            ),
+            timeout=10,
+        )
+    admin = Client(mesh, tenant, "ada")
+    admin.metadata = (("authorization", f"Bearer {_token(mesh.state_dir, tenant, 'ada', roles=('admin',))}"),)
+    stub = model_profile_service_pb2_grpc.ModelProfileServiceStub(admin.channel)
+    for role in ROLES:
+        await stub.CreateModelProfile(
+            model_profile_service_pb2.CreateModelProfileRequest(
+                parent=f"tenants/{tenant}",
+                model_profile=model_profile_pb2.ModelProfile(
+                    role=role,
+                    mode=deployment_mode_pb2.DEPLOYMENT_MODE_DEVELOPER,
+                    model_tiers=[model],
+                    temperature=0.0,
+                    max_output_tokens=256,
+                ),
+                request_id=str(uuid.uuid4()),
+            ),
+            metadata=admin.metadata,
+            timeout=10,
+        )
+    return client
+
+
+async def _turn(client: Client, text: str) -> tuple[list[Any], Any]:
+    session = await client.session()
+    stream = client.events(session.name)
+    turn = await client.send(session.name, text)
+    events = await _read_turn(stream, turn.name)
+    return events, events[-1]
+
+
+async def test_the_real_model_answers_a_question_of_fact(mesh: RunningStack, real_engine: RunningStack) -> None:
+    client = await _tenant_on_the_real_model(mesh, real_engine)
+    events, last = await _turn(client, "What is the capital of France?")
+    assert last.turn_state_changed.state == Turn.STATE_COMPLETED, _kinds(events)
+    kinds = _kinds(events)
+    assert "token_delta" in kinds
+    answer = events[kinds.index("final_response")].final_response.text
+    assert "Paris" in answer, answer
+    primary = [e.model_call for e in events if e.WhichOneof("event") == "model_call" and e.model_call.usage.role == 2]
+    assert primary
+    assert primary[0].usage.model.startswith("models/e2e-real-")
+
+
+async def test_the_real_model_works_out_a_sum_with_python(mesh: RunningStack, real_engine: RunningStack) -> None:
+    client = await _tenant_on_the_real_model(mesh, real_engine)
+    events, last = await _turn(client, "Work out 6 times 7 with Python.")
+    kinds = _kinds(events)
+    assert last.turn_state_changed.state == Turn.STATE_COMPLETED, kinds
+    requested = [e.tool_call_requested for e in events if e.WhichOneof("event") == "tool_call_requested"]
+    assert requested
+    assert requested[0].tool.endswith("/tools/code_execution")
+    arguments = json.loads(requested[0].arguments_json)
+    assert arguments.get("runtime") == "python"
+    results = [e.tool_call_result.result for e in events if e.WhichOneof("event") == "tool_call_result"]
+    assert results
+    assert results[0].HasField("success")
+    assert "42" in results[0].success.output_json
+    answer = events[kinds.index("final_response")].final_response.text
+    assert "42" in answer, answer
