@@ -17,7 +17,8 @@ OpenFGA called directly, on a real stack started for the run.
 
 Then conversations (bench/conversation.py), on a whole mesh started for the run: time to
 first token and tokens/s through Envoy + gateway + svc_conversation against the engine
-called directly, and the memory of idle sessions.
+called directly, and the memory of idle sessions. `--llm real` measures the first with each
+of the catalogue's REAL models instead of the tiny untrained one (`--models` picks).
 
 Then the gateway (bench/gateway.py), on the few servers its path needs: a unary call through
 Envoy + svc_gateway against the service called directly and a bare Python hop, p50/p99 and
@@ -27,7 +28,7 @@ Then tools (bench/tools.py): the code_execution sandbox against a bare subproces
 same code, executions per second, and memory recall latency and recall@1 at 10k memories.
 
 Usage: python -m bench [runtime|policy|conversation|gateway|tools|all] [--rounds N] [--calls N] [--frames N]
-                       [--turns N] [--sessions N]
+                       [--turns N] [--sessions N] [--llm untrained|real] [--models a,b]
 """
 
 from __future__ import annotations
@@ -134,6 +135,16 @@ def main() -> int:
     parser.add_argument(
         "--sessions", type=int, default=1000, help="conversation: idle sessions held by one process (default 1000)"
     )
+    parser.add_argument(
+        "--llm",
+        choices=("untrained", "real"),
+        default="untrained",
+        help="conversation: the engine's models (default untrained: the tiny fixtures; real: the catalogue's, "
+        "streaming only, once per model)",
+    )
+    parser.add_argument(
+        "--models", default="", help="conversation --llm real: comma-separated aliases (default: every real model)"
+    )
     args = parser.parse_args()
     if args.what in ("runtime", "all"):
         _runtime(args)
@@ -144,7 +155,13 @@ def main() -> int:
     if args.what in ("conversation", "all"):
         from bench import conversation
 
-        conversation.main(rounds=args.rounds, turns=args.turns, sessions=args.sessions)
+        conversation.main(
+            rounds=args.rounds,
+            turns=args.turns,
+            sessions=args.sessions,
+            llm=args.llm,
+            models=[m for m in args.models.split(",") if m],
+        )
     if args.what in ("gateway", "all"):
         from bench import gateway
 

@@ -1,7 +1,10 @@
 """Conversations on the public path measured against their baselines, one stack, one run.
 
 Starts its own stack (PostgreSQL, Redis, Kafka, OpenFGA, the LLM engine serving the tiny
-UNTRAINED test models), every service and Envoy. The agent loop is cut to one iteration
+UNTRAINED test models, or with ``--llm real`` the catalogue's REAL models), every service
+and Envoy. With real models only part 1 runs, once per model (``--models``, default every
+real model the engine serves): a tenant of its own whose PRIMARY and PRE_SLM profiles name
+that model, the same turns on both paths. The agent loop is cut to one iteration
 (SKM_CONVERSATION_MAX_ITERATIONS=1), so a turn is exactly two engine calls: the pre-SLM's
 intent call (iteration 0, not streamed to the client), then one PRIMARY call offered only
 the `response` tool, as a turn's last iteration is (iteration 1, streamed token by token).
@@ -60,6 +63,7 @@ from bench.measure import bench_services, cpu_seconds
 from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import conversation_service_pb2_grpc, session_event_pb2, session_pb2, turn_pb2
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm.profiles.v1 import model_profile_pb2, model_profile_service_pb2, model_profile_service_pb2_grpc
 from skm.type.v1 import deployment_mode_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
 from skm_runtime.principal import configure_mesh_key, principal_message, principal_metadata
@@ -138,6 +142,8 @@ class _User:
     principal: Principal
     bearer: Metadata
     forwarded: Metadata
+    # The model its tenant's PRIMARY and PRE_SLM roles name ("": the deployment's defaults).
+    model: str = ""
 
 
 def _token(state_dir: Path, tenant: str, user: str) -> str:
@@ -157,7 +163,8 @@ def _token(state_dir: Path, tenant: str, user: str) -> str:
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": KEY_ID})
 
 
-async def _new_user(stack: RunningStack) -> _User:
+async def _new_user(stack: RunningStack, model: str = "") -> _User:
+    """A member of a new tenant; with ``model``, its PRIMARY and PRE_SLM roles run it."""
     tenant, user = f"bench{uuid.uuid4().hex[:8]}", "alice"
     principal = Principal(tenant=f"tenants/{tenant}", user=f"tenants/{tenant}/users/{user}", roles=("member",))
     configure_mesh_key(stack.mesh_key_file)  # services admit callers of the mesh only
@@ -176,7 +183,22 @@ async def _new_user(stack: RunningStack) -> _User:
     bearer = (("authorization", f"Bearer {_token(stack.state_dir, tenant, user)}"),)
     # Signed with the stack's mesh key, as the gateway signs it, or the service refuses it.
     forwarded = principal_metadata(principal_message(principal.tenant, principal.user, principal.roles))
-    return _User(principal, bearer, forwarded)
+    if model:
+        # The tenant's admin names the model, as ModelProfileService callers do.
+        admin = principal_metadata(principal_message(principal.tenant, f"{principal.tenant}/users/admin", ("admin",)))
+        async with signed_channel(stack.services["profiles"].addr) as channel:
+            stub = model_profile_service_pb2_grpc.ModelProfileServiceStub(channel)
+            for role in (PRIMARY, PRE_SLM):
+                await stub.CreateModelProfile(
+                    model_profile_service_pb2.CreateModelProfileRequest(
+                        parent=principal.tenant,
+                        model_profile=model_profile_pb2.ModelProfile(role=role, mode=DEVELOPER, model_tiers=[model]),
+                        request_id=str(uuid.uuid4()),
+                    ),
+                    metadata=admin,
+                    timeout=10,
+                )
+    return _User(principal, bearer, forwarded, model)
 
 
 async def _create_session(stub: AsyncStub, user: _User, metadata: Metadata) -> str:
@@ -481,17 +503,18 @@ async def _streaming(stack: RunningStack, user: _User, rounds: int, turns: int) 
                 for name in order:
                     replies[name].append(await logged(paths[name]))
     await engine.client.close()
-    _print_streaming(replies, rounds, turns)
+    _print_streaming(replies, rounds, turns, engine.primary[0].name)
 
 
 def _median(replies: Sequence[_Reply], value: Callable[[_Reply], float]) -> float:
     return statistics.median(value(reply) for reply in replies)
 
 
-def _print_streaming(replies: dict[str, list[_Reply]], rounds: int, turns: int) -> None:
+def _print_streaming(replies: dict[str, list[_Reply]], rounds: int, turns: int, model: str) -> None:
     platform, engine = replies["platform"], replies["engine"]
+    label = "UNTRAINED: random weights, meaningless text" if "untrained" in model else "REAL"
     print(
-        f"\nstreaming a reply (model skm-tiny-untrained, UNTRAINED: random weights, meaningless text): "
+        f"\nstreaming a reply (model {model}, {label}): "
         f"median of {len(platform)} turns per path, {rounds} alternating rounds of {turns}\n"
     )
     header = (
@@ -734,15 +757,27 @@ async def _idle_sessions(stack: RunningStack, user: _User, count: int) -> None:
 # -- the run -------------------------------------------------------------------------------
 
 
-def main(rounds: int = 5, turns: int = 3, sessions: int = 1000) -> None:
-    """Runs the three parts on one stack started for the run, and prints their figures."""
+def main(
+    rounds: int = 5, turns: int = 3, sessions: int = 1000, llm: str = "untrained", models: Sequence[str] = ()
+) -> None:
+    """Runs the three parts on one stack started for the run, and prints their figures
+    (with ``llm="real"``: part 1 once per real model, see the module docstring)."""
     print("\n== conversations: the public path against the engine and the service direct ==", flush=True)
     with tempfile.TemporaryDirectory(prefix="skm-bench-conversation-") as state:
         Path(state).chmod(0o755)  # PostgreSQL runs as its own user and must reach its data
-        stack = Stack(state_dir=Path(state), ports=EPHEMERAL_PORTS, durable=False).start()
+        stack = Stack(state_dir=Path(state), ports=EPHEMERAL_PORTS, durable=False, llm_serve=llm).start()
         try:
             stack.start_services(bench_services(_EXTRA_ENV))
             stack.start_envoy()
+            if llm == "real":
+                assert stack.llm is not None
+                served = [m.alias for m in stack.llm.models if not m.untrained]
+                for alias in models or served:
+                    if alias not in served:
+                        raise SystemExit(f"the engine serves no model {alias!r} (it serves {', '.join(served)})")
+                    user = asyncio.run(_new_user(stack, f"models/{alias}"))
+                    asyncio.run(_streaming(stack, user, rounds, turns))
+                return
             user = asyncio.run(_new_user(stack))
             asyncio.run(_streaming(stack, user, rounds, turns))
             asyncio.run(_interrupts(stack, user, max(5, rounds * 2)))

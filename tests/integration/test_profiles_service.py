@@ -47,6 +47,8 @@ DEV = deployment_mode_pb2.DEPLOYMENT_MODE_DEVELOPER
 PROD = deployment_mode_pb2.DEPLOYMENT_MODE_PRODUCTION
 TINY = "models/skm-tiny-untrained"
 LARGE = "models/skm-tiny-untrained-large"
+REAL_05 = "models/qwen2.5-coder-0.5b-instruct"
+REAL_15 = "models/qwen2.5-coder-1.5b-instruct"
 MINILM = "models/all-minilm-l6-v2"
 KEY_ID = "publisher-1"
 SIGNER = Ed25519PrivateKey.generate()
@@ -514,14 +516,19 @@ async def test_operators_register_and_change_models(client: Client) -> None:
 
 
 async def test_defaults_resolve_for_a_tenant_without_profiles(client: Client) -> None:
+    # The deployment defaults name the catalogue's real models (this service runs without
+    # the local engine's SKM_LLM_MODELS, so nothing replaces them).
     primary = await client.resolve(PRIMARY)
-    assert [m.name for m in primary.model_tiers] == [TINY, LARGE]
-    assert [m.served_model for m in primary.model_tiers] == ["skm-tiny-untrained", "skm-tiny-untrained-large"]
+    assert [m.name for m in primary.model_tiers] == [REAL_05, REAL_15]
+    assert [m.served_model for m in primary.model_tiers] == [
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+    ]
     assert (primary.role, primary.model_profile, primary.max_output_tokens) == (PRIMARY, "", 512)
     assert primary.HasField("temperature")
-    assert primary.temperature == pytest.approx(0.7)
+    assert primary.temperature == pytest.approx(0.2)
     for role in (PRE_SLM, UTILITY):
-        assert [m.name for m in (await client.resolve(role, PROD)).model_tiers] == [TINY]
+        assert [m.name for m in (await client.resolve(role, PROD)).model_tiers] == [REAL_05]
     embedding = await client.resolve(EMBEDDING)
     assert [(m.name, m.embedding_dimensions) for m in embedding.model_tiers] == [(MINILM, 384)]
     assert not embedding.HasField("temperature")
