@@ -6,7 +6,7 @@ BUF := web/node_modules/.bin/buf
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help setup gen check-gen lint breaking test test-unit run down bench clean
+.PHONY: help setup gen check-gen lint breaking test test-unit run down bench eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ down: ## stop what `make run` started (by PID)
 
 bench: setup ## side-by-side ratios in one run: runtime, Envoy, policy, conversations, tools (python -m bench --help)
 	$(PY) -m bench
+
+eval: setup ## the registered models against the capsules in evals/ (python -m evals --help); report in .state/eval
+	$(PY) -m evals
 
 clean: ## remove servers' state (not the download cache)
 	rm -rf .state
