@@ -28,9 +28,7 @@ from svc_profiles.model import BuiltInPersona, Defaults, ModelRole
 from svc_tools.catalogue import TOOLS
 from svc_tools.model import Tool
 
-EXACT_SYSTEM = (
-    "Answer with the answer alone: one word, name or number. No sentence, no explanation, no punctuation."
-)
+EXACT_SYSTEM = "Answer with the answer alone: one word, name or number. No sentence, no explanation, no punctuation."
 JSON_SYSTEM = "Reply with one JSON object and nothing else. It must validate against this JSON schema:\n"
 # When the defaults give the PRIMARY role no output limit (0: the engine's default).
 FALLBACK_MAX_TOKENS = 512

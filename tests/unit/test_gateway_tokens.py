@@ -41,7 +41,9 @@ def _claims(**changed: Any) -> dict[str, Any]:
         "constitution_sha256": DIGEST,
         "iat": now,
         "nbf": now,
-        "exp": now + 600,
+        # Hours, not minutes: the cases below are signed when the module is collected, and
+        # a whole suite can run for longer than ten minutes before they are checked.
+        "exp": now + 6 * 3600,
     }
     claims.update(changed)
     return {k: v for k, v in claims.items() if v is not None}
@@ -85,7 +87,7 @@ CASES: list[tuple[str, str, type[GatewayError], str | None]] = [
     ),
     ("a pinned algorithm, not the key's", _signed(_es256(), "ES256"), TokenAlgorithmNotAllowed, None),
     ("expired", _signed(exp=NOW - 60), TokenExpired, None),
-    ("not yet valid", _signed(nbf=NOW + 600), TokenNotYetValid, None),
+    ("not yet valid", _signed(nbf=NOW + 3 * 3600), TokenNotYetValid, None),
     ("wrong audience", _signed(aud="someone-else"), TokenWrongAudience, None),
     ("wrong issuer", _signed(iss="evil"), TokenWrongIssuer, None),
     ("no exp", _signed(exp=None), TokenClaimMissing, "exp"),
@@ -131,7 +133,7 @@ def test_the_refusals_forged_expired_alg_none_and_wrong_audience_are_told_apart(
 
 
 def test_a_good_token_proves_its_principal_with_either_pinned_algorithm_its_key_has() -> None:
-    principal = VERIFIER.verify(_signed(exp=NOW + 600.5))
+    principal = VERIFIER.verify(_signed(exp=time.time() + 600.5))
     assert (principal.tenant, principal.user, principal.roles) == ("tenants/t1", "tenants/t1/users/olga", ("member",))
     assert VERIFIER.verify(_signed(kid=None)).user == "tenants/t1/users/olga"  # the one key, unnamed
 
