@@ -33,6 +33,15 @@ The server holds one model in memory at a time: a request naming another alias r
 gets tier 0. Requests are served one at a time, in arrival order (``interrupt_requests`` is
 off, so a new request never cuts a running stream short).
 
+A real model keeps its prompts' states in a RAM cache (llama-cpp-python's LlamaRAMCache,
+``SKM_STACK_LLM_CACHE_BYTES`` of attention state, 64 MiB by default; 0 turns it off). The
+engine otherwise reuses only the prefix it evaluated last, and every turn asks the PRE_SLM
+(its own short prompt) before the PRIMARY (the persona's ~1,500 tokens), so each PRIMARY
+call evaluated its whole prompt again: about 8 s before the first token on 2 cores, ~1 s
+with the cache (measured alternating the two prompts on the 0.5B model). Each entry also
+holds a copy of the logits buffer (~300 MB for Qwen's vocabulary), which the cache's size
+does not count: 64 MiB of state is about three entries, 1.3 GB of memory in all.
+
 Services get ``SKM_LLM_URL`` (``http://127.0.0.1:<port>/v1``) and ``SKM_LLM_MODELS`` (the
 aliases, comma-separated, in tier order). ``SKM_STACK_LLM_THREADS`` sets llama.cpp's
 threads (default 1 for the tiny models, 2 for a real one).
@@ -166,6 +175,14 @@ def served_models(report: Report = print_report, env: Mapping[str, str] | None =
     return (ServedModel(alias, own.resolve(), untrained=False), *(m for m in rest if m.alias != alias))
 
 
+def _prompt_cache(model: ServedModel, env: Mapping[str, str]) -> dict[str, object]:
+    """The RAM cache of prompt states of a real model (see the module docstring)."""
+    size = int(env.get("SKM_STACK_LLM_CACHE_BYTES") or 64 << 20)
+    if model.untrained or size <= 0:
+        return {}
+    return {"cache": True, "cache_type": "ram", "cache_size": size}
+
+
 def server_config(models: Sequence[ServedModel], port: int, env: Mapping[str, str] | None = None) -> dict[str, object]:
     """llama-cpp-python's multi-model config file (``ConfigFileSettings``) as a dict."""
     env = os.environ if env is None else env
@@ -186,6 +203,7 @@ def server_config(models: Sequence[ServedModel], port: int, env: Mapping[str, st
                 # The tiny models also answer /v1/embeddings (mean-pooled, n_embd wide); a real
                 # chat model is a poor embedder, and embeddings on would cost it every decode.
                 "embedding": model.untrained,
+                **_prompt_cache(model, env),
                 # llama.cpp's load report and per-request timings go to the server's log.
                 "verbose": True,
             }
