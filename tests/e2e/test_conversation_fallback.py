@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import uuid
 
-from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.profiles.v1 import model_pb2 as profiles_model_pb2
-from skm.profiles.v1 import (
-    model_profile_pb2,
-    model_profile_service_pb2,
-    model_profile_service_pb2_grpc,
-    model_service_pb2,
-    model_service_pb2_grpc,
-)
-from skm.type.v1 import deployment_mode_pb2, model_pb2
-from skm_runtime.server import signed_channel
+from skm.type.v1 import model_pb2
 from skm_stack import RunningStack
-from tests.e2e.test_conversation import TERMINAL, Client, _read_turn, _tenant, _token
+from tests.e2e.profiles import CHAT, register_model, set_profile, tenant_admin
+from tests.e2e.test_conversation import TERMINAL, _read_turn, _tenant
 from tests.support.ports import free_port
 
 TINY = "models/skm-tiny-untrained"
@@ -28,48 +20,16 @@ async def test_a_model_that_cannot_be_reached_falls_back_to_the_next_in_the_chai
     tenant, client = await _tenant(mesh)
     # Nothing listens on this port: every call to the model fails to connect.
     broken = f"models/unreachable-{uuid.uuid4().hex[:8]}"
-    async with signed_channel(mesh.services["profiles"].addr) as profiles:
-        await model_service_pb2_grpc.ModelServiceStub(profiles).CreateModel(
-            model_service_pb2.CreateModelRequest(
-                model=profiles_model_pb2.Model(
-                    name=broken,
-                    display_name="unreachable",
-                    endpoint_uri=f"http://127.0.0.1:{free_port()}/v1",
-                    served_model="nothing",
-                    context_length=2048,
-                    capabilities=[
-                        profiles_model_pb2.MODEL_CAPABILITY_CHAT,
-                        profiles_model_pb2.MODEL_CAPABILITY_TOOL_CALLS,
-                    ],
-                )
-            ),
-            timeout=10,
-        )
-    async with signed_channel(mesh.services["policy"].addr) as policy:
-        await policy_service_pb2_grpc.PolicyServiceStub(policy).WriteRelationships(
-            policy_service_pb2.WriteRelationshipsRequest(
-                parent=f"tenants/{tenant}",
-                relationships=[
-                    access_pb2.Relationship(
-                        subject=f"user:tenants/{tenant}/users/ada", relation="admin", object=f"tenant:tenants/{tenant}"
-                    )
-                ],
-            ),
-            timeout=10,
-        )
-    admin = Client(mesh, tenant, "ada")
-    admin.metadata = (("authorization", f"Bearer {_token(mesh.state_dir, tenant, 'ada', roles=('admin',))}"),)
-    await model_profile_service_pb2_grpc.ModelProfileServiceStub(admin.channel).CreateModelProfile(
-        model_profile_service_pb2.CreateModelProfileRequest(
-            parent=f"tenants/{tenant}",
-            model_profile=model_profile_pb2.ModelProfile(
-                role=PRIMARY, mode=deployment_mode_pb2.DEPLOYMENT_MODE_DEVELOPER, model_tiers=[broken, TINY]
-            ),
-            request_id=str(uuid.uuid4()),
-        ),
-        metadata=admin.metadata,
-        timeout=10,
+    await register_model(
+        mesh,
+        name=broken,
+        display_name="unreachable",
+        endpoint_uri=f"http://127.0.0.1:{free_port()}/v1",
+        served_model="nothing",
+        capabilities=[CHAT, profiles_model_pb2.MODEL_CAPABILITY_TOOL_CALLS],
     )
+    admin = await tenant_admin(mesh, tenant)
+    await set_profile(admin, PRIMARY, [broken, TINY])
 
     session = await client.session()
     stream = client.events(session.name)

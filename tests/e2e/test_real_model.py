@@ -20,20 +20,12 @@ from typing import Any
 import pytest
 
 from skm.conversation.v1 import turn_pb2
-from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.profiles.v1 import model_pb2 as profiles_model_pb2
-from skm.profiles.v1 import (
-    model_profile_pb2,
-    model_profile_service_pb2,
-    model_profile_service_pb2_grpc,
-    model_service_pb2,
-    model_service_pb2_grpc,
-)
-from skm.type.v1 import deployment_mode_pb2, model_pb2
-from skm_runtime.server import signed_channel
+from skm.type.v1 import model_pb2
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack, Toolchain
 from skm_stack.catalogue import real_llms
-from tests.e2e.test_conversation import Client, _kinds, _read_turn, _tenant, _token
+from tests.e2e.profiles import CHAT, register_model, set_profile, tenant_admin
+from tests.e2e.test_conversation import Client, _kinds, _read_turn, _tenant
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -68,54 +60,18 @@ async def _tenant_on_the_real_model(mesh: RunningStack, engine: RunningStack) ->
     assert engine.llm is not None
     assert engine.llm.models[0].alias == tier0.alias
     model = f"models/e2e-real-{uuid.uuid4().hex[:8]}"
-    async with signed_channel(mesh.services["profiles"].addr) as profiles:
-        await model_service_pb2_grpc.ModelServiceStub(profiles).CreateModel(
-            model_service_pb2.CreateModelRequest(
-                model=profiles_model_pb2.Model(
-                    name=model,
-                    display_name=f"{tier0.alias} (REAL) on the test's own engine",
-                    endpoint_uri=engine.llm_url,
-                    served_model=tier0.alias,
-                    context_length=tier0.context_length,
-                    capabilities=[
-                        profiles_model_pb2.MODEL_CAPABILITY_CHAT,
-                        profiles_model_pb2.MODEL_CAPABILITY_STRUCTURED_OUTPUT,
-                    ],
-                )
-            ),
-            timeout=10,
-        )
-    async with signed_channel(mesh.services["policy"].addr) as policy:
-        await policy_service_pb2_grpc.PolicyServiceStub(policy).WriteRelationships(
-            policy_service_pb2.WriteRelationshipsRequest(
-                parent=f"tenants/{tenant}",
-                relationships=[
-                    access_pb2.Relationship(
-                        subject=f"user:tenants/{tenant}/users/ada", relation="admin", object=f"tenant:tenants/{tenant}"
-                    )
-                ],
-            ),
-            timeout=10,
-        )
-    admin = Client(mesh, tenant, "ada")
-    admin.metadata = (("authorization", f"Bearer {_token(mesh.state_dir, tenant, 'ada', roles=('admin',))}"),)
-    stub = model_profile_service_pb2_grpc.ModelProfileServiceStub(admin.channel)
+    await register_model(
+        mesh,
+        name=model,
+        display_name=f"{tier0.alias} (REAL) on the test's own engine",
+        endpoint_uri=engine.llm_url,
+        served_model=tier0.alias,
+        context_length=tier0.context_length,
+        capabilities=[CHAT, profiles_model_pb2.MODEL_CAPABILITY_STRUCTURED_OUTPUT],
+    )
+    admin = await tenant_admin(mesh, tenant)
     for role in ROLES:
-        await stub.CreateModelProfile(
-            model_profile_service_pb2.CreateModelProfileRequest(
-                parent=f"tenants/{tenant}",
-                model_profile=model_profile_pb2.ModelProfile(
-                    role=role,
-                    mode=deployment_mode_pb2.DEPLOYMENT_MODE_DEVELOPER,
-                    model_tiers=[model],
-                    temperature=0.0,
-                    max_output_tokens=256,
-                ),
-                request_id=str(uuid.uuid4()),
-            ),
-            metadata=admin.metadata,
-            timeout=10,
-        )
+        await set_profile(admin, role, [model], temperature=0.0, max_output_tokens=256)
     return client
 
 
