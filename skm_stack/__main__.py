@@ -219,7 +219,7 @@ def _models(action: str, ids: Sequence[str], *, full: bool) -> int:
                 state = "BROKEN: " + "; ".join(f"{name}: {why}" for name, why in problems.items())
             else:
                 state = "ok" + (" (hashed)" if full else "")
-            bad += state != "ok" and not state.startswith("ok")
+            bad += not state.startswith("ok")
         size = f"{entry.size / 1e6:,.0f} MB" if entry.files else "-"
         print(f"{entry.id:<30} {entry.role:<9} {entry.label:<9} {size:>9}  {entry.licence:<28} {state}")
         if entry.source == "wheels":
