@@ -42,14 +42,14 @@ import grpc
 from bench.measure import cpu_seconds
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
+from skm_runtime.access import AccessCheck
 from skm_runtime.policy_client import PolicyClient
 from skm_runtime.principal import caller_metadata, configure_mesh_key
 from skm_runtime.server import signed_channel
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from skm_stack.services import ServiceSpec
+from svc_policy.adapters.decision_file import load_decision_table
 from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap
-from svc_policy.decisions import DecisionTable
-from svc_policy.model import AccessCheck
 from svc_policy.settings import PolicySettings
 from tests.support.echo_service import SERVICE as ECHO_SERVICE
 from tests.support.ports import free_port
@@ -120,7 +120,7 @@ async def _against(stack: RunningStack, store: str, token: str, rounds: int, cal
                 [AccessCheck(f"user:{tenant}/users/u{i % 100}", "can_execute", tool)], fresh=False
             )
 
-        rules = DecisionTable.load(PolicySettings().decisions_path).rules_for("tool", "can_execute")
+        rules = load_decision_table(PolicySettings().decisions_path).rules_for("tool", "can_execute")
         assert rules is not None  # the table answers the question this bench asks
 
         async def via_probes(i: int) -> object:

@@ -28,8 +28,9 @@ from evals.runner import run_model as run_one_model
 from evals.sandbox import SandboxCodeRunner
 from skm_stack.llm import SERVE_REAL, SERVE_UNTRAINED
 from svc_conversation.adapters.openai import OpenAICompatibleClient
-from svc_profiles.defaults import DEFAULTS_FILE, load_defaults
+from svc_profiles.adapters.defaults import load_defaults
 from svc_profiles.errors import DefaultsInvalid
+from svc_profiles.settings import DEFAULTS_FILE
 
 DEFAULT_REPORT = Path(".state/eval/report.json")
 TEMPERATURE = 0.0

@@ -3,7 +3,7 @@
 The engine is the local stack's LLM server (skm_stack.llm), started for the run with the
 real models, or the tiny UNTRAINED ones. The models are the ones svc_profiles registers at
 start: the deployment defaults adjusted to what that engine serves
-(svc_profiles.defaults.with_served_engine), chat models only. Registered chat models at
+(svc_profiles.adapters.defaults.with_served_engine), chat models only. Registered chat models at
 the engine's address that it does not serve are skipped (the engine would silently answer
 with its tier 0 instead); chat models at another address are run too, labelled EXTERNAL.
 
@@ -35,7 +35,7 @@ from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from skm_stack.llm import ServedModel
 from svc_conversation.adapters.openai import ChatRequest, ModelCallFailed, OpenAICompatibleClient
 from svc_conversation.model import CallStats, ModelTier
-from svc_profiles.defaults import load_defaults, with_served_engine
+from svc_profiles.adapters.defaults import load_defaults, with_served_engine
 from svc_profiles.model import Capability, Defaults
 
 Progress = Callable[[str], None]

@@ -22,6 +22,7 @@ for the mesh operator's tools (`skm relationships --mesh`), benches and tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -99,10 +100,25 @@ def _reject_malformed(request: Any) -> None:
         )
 
 
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
+class _Checked:
+    """A stream's requests, each rejected if its bytes did not parse.
+
+    An iterator object, not an async generator: a servicer that stops reading early leaves
+    nothing for the event loop to finalize later, in another task and another context.
+    """
+
+    __slots__ = ("_requests",)
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = requests
+
+    def __aiter__(self) -> _Checked:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._requests.__anext__()
         _reject_malformed(request)
-        yield request
+        return request
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -186,7 +202,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 with call.serving(context) as outcome:
                     try:
                         outcome.admit()
-                        result = inner_su(_checked(requests), context)
+                        result = inner_su(_Checked(requests), context)
                         return await result if inspect.isawaitable(result) else result
                     except BaseException as exc:
                         await outcome.fail(exc, context)
@@ -195,15 +211,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         if handler.unary_stream is not None:
             inner_us: Any = handler.unary_stream
+            # A servicer's async generator is drained here and its responses written, rather
+            # than yielded on: grpc would otherwise run our wrapper as a generator too, whose
+            # `finally` (the span, the deadline's ContextVar) may run in another task and
+            # context when the stream ends early, where resetting a ContextVar raises.
+            # aclosing() ends the servicer's generator in this task, never by the GC.
             if inspect.isasyncgenfunction(inner_us):
 
-                async def unary_stream_gen(request: Any, context: Context) -> Any:
+                async def unary_stream_gen(request: Any, context: Context) -> None:
                     with call.serving(context) as outcome:
                         try:
                             outcome.admit()
                             _reject_malformed(request)
-                            async for response in inner_us(request, context):
-                                yield response
+                            async with contextlib.aclosing(inner_us(request, context)) as responses:
+                                async for response in responses:
+                                    await context.write(response)
                         except BaseException as exc:
                             await outcome.fail(exc, context)
 
@@ -226,12 +248,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         assert inner_ss is not None  # a handler has exactly one behaviour
         if inspect.isasyncgenfunction(inner_ss):
 
-            async def stream_stream_gen(requests: AsyncIterator[Any], context: Context) -> Any:
+            async def stream_stream_gen(requests: AsyncIterator[Any], context: Context) -> None:
                 with call.serving(context) as outcome:
                     try:
                         outcome.admit()
-                        async for response in inner_ss(_checked(requests), context):
-                            yield response
+                        async with contextlib.aclosing(inner_ss(_Checked(requests), context)) as responses:
+                            async for response in responses:
+                                await context.write(response)
                     except BaseException as exc:
                         await outcome.fail(exc, context)
 
@@ -241,7 +264,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             with call.serving(context) as outcome:
                 try:
                     outcome.admit()
-                    result = inner_ss(_checked(requests), context)
+                    result = inner_ss(_Checked(requests), context)
                     if inspect.isawaitable(result):
                         await result
                 except BaseException as exc:

@@ -40,7 +40,7 @@ from skm_runtime.principal import (
     use_caller_name,
     use_mesh_keys,
 )
-from skm_runtime.settings import SettingsError, address, bounded, field_env_name, load_settings
+from skm_runtime.settings import SettingsError, bounded, field_env_name, load_settings
 from skm_runtime.telemetry import Exporter, Telemetry, configure_telemetry, install_globally
 
 log = logging.getLogger("skm.runtime")
@@ -70,18 +70,6 @@ class RuntimeSettings:
     # The mesh key file (skm_runtime.principal): hex text, one key of 32+ bytes a line, the
     # first signs. Required by every process that signs or reads principals.
     mesh_key_file: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceSettings:
-    """What every service reads under its own prefix: SKM_<NAME>_ADDR and _METRICS_ADDR.
-
-    Services extend it with their own fields (a frozen dataclass with defaults).
-    """
-
-    addr: str = address("127.0.0.1:0")
-    # Prometheus /metrics endpoint; empty = not served.
-    metrics_addr: str = ""
 
 
 class Listens(Protocol):

@@ -148,3 +148,15 @@ def address(default: str, *, env: str = "") -> Any:
     conversation service reads SKM_CONVERSATION_ADDR, the address that service binds.
     """
     return dataclasses.field(default=default, metadata={"address": True, "env": env})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """What every service reads under its own prefix: SKM_<NAME>_ADDR and _METRICS_ADDR.
+
+    Services extend it with their own fields (a frozen dataclass with defaults).
+    """
+
+    addr: str = address("127.0.0.1:0")
+    # Prometheus /metrics endpoint; empty = not served.
+    metrics_addr: str = ""

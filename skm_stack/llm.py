@@ -26,7 +26,7 @@ huggingface_hub into ``.cache/models/hub`` once (needs the model hub, which the 
 machines cannot reach; said loudly when it fails) and serves it so. Tests never fetch.
 svc_profiles registers a served model it does not know and puts the served models in the
 roles' tiers in place of those the engine does not serve
-(svc_profiles.defaults.with_served_engine).
+(svc_profiles.adapters.defaults.with_served_engine).
 
 The server holds one model in memory at a time: a request naming another alias reloads it
 (milliseconds for the tiny models, seconds for a real one), and an unknown alias silently

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from skm_runtime.server import ServiceSettings
-from skm_runtime.settings import address
+from skm_runtime.settings import ServiceSettings, address
 
 
 @dataclass(frozen=True, slots=True)

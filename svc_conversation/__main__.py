@@ -16,12 +16,14 @@ import socket
 import grpc
 
 from skm_runtime.contract import services_of
+from skm_runtime.interceptors import outliving_context
 from skm_runtime.outbox import OutboxRelay
 from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel, run
 from svc_conversation import api
-from svc_conversation.adapters.mesh import GrpcPolicy, GrpcProfiles, GrpcTools
+from svc_conversation.adapters.mesh import GrpcProfiles, GrpcTools
 from svc_conversation.adapters.openai import OpenAICompatibleClient
 from svc_conversation.adapters.owners import GrpcTurnOwners
+from svc_conversation.adapters.policy import GrpcPolicy
 from svc_conversation.adapters.postgres import SCHEMA, TOPIC_AUDIT, PostgresSessionStore
 from svc_conversation.adapters.redis import RedisHotState, RedisSessionStreams
 from svc_conversation.core import Conversation
@@ -75,6 +77,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
         streams=streams,
         owners=owners,
         address=settings.advertised,
+        task_context=outliving_context,
     )
     tasks: list[asyncio.Task[None]] = []
 

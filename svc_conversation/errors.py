@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from skm_runtime.errors import Code, SkmError
+from svc_conversation.model import CallStats
 
 DOMAIN = "conversation.skm"
 
@@ -173,3 +174,39 @@ class OwnerRefused(ConversationError):
         self.code = code
         self.reason = reason
         self.domain = domain
+
+
+# -- raised by ports, handled by the core (never sent as they are) ------------------------
+
+
+class SessionGone(Exception):
+    """The session was deleted while a write for it was under way."""
+
+
+class ModelCallFailed(Exception):
+    """A model call did not produce a usable answer; ``reason`` says why and ``stats``
+    what the call consumed until then."""
+
+    def __init__(self, reason: str, detail: str, stats: CallStats) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.stats = stats
+
+
+class ToolCallRejected(Exception):
+    """svc_tools refused the call outright (bad arguments, unknown tool...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class StreamClosed(Exception):
+    """The stream ended on the server's side: DELETED, SHUTDOWN, OVERFLOW, or the live
+    events could not be followed (GAP, UNAVAILABLE)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

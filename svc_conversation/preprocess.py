@@ -3,7 +3,7 @@
 The heuristics need no model and always run: prompt-injection markers, and personal data
 (e-mail addresses, phone numbers, payment card numbers that pass the Luhn check, IBANs),
 which :func:`redact` removes from anything logged. The pre-SLM (the PRE_SLM role) then
-extracts an intent and slots as structured output. Its verdict is recorded on the turn,
+extracts an intent and slots as structured output. Its screening is recorded on the turn,
 and an injection attempt is refused (when the deployment says so) before any model sees it.
 """
 
@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
+
+from svc_conversation.model import Screening
 
 _INJECTION_MARKERS = [
     r"ignore (all |any )?(the )?(previous|prior|above|earlier) (instructions|prompts?|rules)",
@@ -110,39 +112,30 @@ def redact(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    intent: str = ""
-    intent_confidence: float = 0.0
-    slots: Mapping[str, str] = field(default_factory=dict)
-    flags: tuple[str, ...] = ()
-    refused: bool = False
-    refusal_reason: str = ""
-
-
-def heuristics(text: str, *, refuse_injection: bool) -> Verdict:
+def heuristics(text: str, *, refuse_injection: bool) -> Screening:
+    """The screening of ``text`` by the heuristics alone."""
     flags = []
     if has_injection(text):
         flags.append(PROMPT_INJECTION)
     if has_pii(text):
         flags.append(PII)
     refused = refuse_injection and PROMPT_INJECTION in flags
-    return Verdict(flags=tuple(flags), refused=refused, refusal_reason=PROMPT_INJECTION if refused else "")
+    return Screening(flags=tuple(flags), refused=refused, refusal_reason=PROMPT_INJECTION if refused else "")
 
 
-def with_intent(verdict: Verdict, reply: str) -> Verdict:
-    """``verdict`` plus what the pre-SLM answered (ignored when it is not the asked shape)."""
+def with_intent(screening: Screening, reply: str) -> Screening:
+    """``screening`` plus what the pre-SLM answered (ignored when it is not the asked shape)."""
     try:
         value = json.loads(reply)
     except ValueError:
-        return verdict
+        return screening
     if not isinstance(value, Mapping):
-        return verdict
+        return screening
     intent = value.get("intent")
     confidence = value.get("confidence")
     slots = value.get("slots")
     if not isinstance(intent, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", intent):
-        return verdict
+        return screening
     if not isinstance(confidence, int | float) or not 0 <= float(confidence) <= 1:
         confidence = 0.0
     clean_slots = (
@@ -150,14 +143,7 @@ def with_intent(verdict: Verdict, reply: str) -> Verdict:
         if isinstance(slots, Mapping)
         else {}
     )
-    return Verdict(
-        intent=intent,
-        intent_confidence=float(confidence),
-        slots=clean_slots,
-        flags=verdict.flags,
-        refused=verdict.refused,
-        refusal_reason=verdict.refusal_reason,
-    )
+    return replace(screening, intent=intent, intent_confidence=float(confidence), slots=clean_slots)
 
 
 REFUSAL_TEXT = {

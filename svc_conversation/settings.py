@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from skm_runtime.server import ServiceSettings
-from skm_runtime.settings import address, bounded
+from skm_runtime.settings import ServiceSettings, address, bounded
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The authenticated caller (with the constitution digest its token carries).
+from skm_runtime.access import Principal
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller: tenant "tenants/{t}", user "tenants/{t}/users/{u}", roles."""
-
-    tenant: str
-    user: str
-    roles: tuple[str, ...]
-    constitution_sha256: str
+__all__ = ["Admission", "Principal", "Rule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +24,9 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Admission:
+    """svc_policy's answer to whether a public call may go on to its service."""
+
     allowed: bool
     reason: str
     decision_id: str = ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from svc_gateway.model import Principal, Verdict
+from svc_gateway.model import Admission, Principal
 
 
 class TokenVerifier(Protocol):
@@ -29,7 +29,7 @@ class RateLimiter(Protocol):
 
 
 class Policy(Protocol):
-    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Admission:
         """Whether policy allows the principal's user `permission` on `object_`. `also`:
         other permissions on the same object the user is likely to need next, which policy
         may decide in the same round trip and remember. Raises ResourceNameInvalid when

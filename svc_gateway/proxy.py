@@ -61,6 +61,11 @@ _STATUS_DETAILS = "grpc-status-details-bin"
 # path that is no public method is answered METHOD_NOT_PUBLIC by the proxy.
 _OWN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.")
 _SHOWN_PATH_CHARS = 200
+# What grpc.aio calls a forwarded message it could not write (see Proxy._settled), and how
+# long the service's own status is waited for then (it is on its way: the service ended the call).
+_WRITE_FAILED = "Internal error from Core"
+_SETTLE_POLLS = 100
+_SETTLE_POLL_SECONDS = 0.01
 
 
 def _rule(method: Method) -> Rule:
@@ -203,6 +208,26 @@ class Proxy(grpc.GenericRpcHandler):
         remaining = context.time_remaining()
         return self._stream_timeout if remaining is None else remaining
 
+    @staticmethod
+    async def _settled(call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        """The service's own status, where grpc.aio reported a forwarded message it could not
+        write instead: a service that ends a client stream early (a refusal, a method not
+        served) makes the write of a message still in flight fail, and grpc.aio ends the call
+        with that failure, INTERNAL "Internal error from Core", before it has read the
+        service's status (grpc/grpc#36066); the status it then reads replaces it on the call."""
+        if error.code() != grpc.StatusCode.INTERNAL or error.details() != _WRITE_FAILED:
+            return error
+        for _ in range(_SETTLE_POLLS):
+            await asyncio.sleep(_SETTLE_POLL_SECONDS)
+            if await call.details() != _WRITE_FAILED:
+                break
+        return grpc.aio.AioRpcError(
+            await call.code(),
+            await call.initial_metadata() or grpc.aio.Metadata(),
+            await call.trailing_metadata() or grpc.aio.Metadata(),
+            await call.details(),
+        )
+
     async def _relay(self, error: grpc.aio.AioRpcError, method: Method, context: Context) -> None:
         trailing = tuple(error.trailing_metadata() or ())
         has_details = any(k == _STATUS_DETAILS for k, _ in trailing)
@@ -262,16 +287,17 @@ class Proxy(grpc.GenericRpcHandler):
 
             async def stream_unary(requests: AsyncIterator[bytes], context: Context) -> bytes:
                 upstream = await _opened(requests, context)
+                call = _stream_unary(channel, path)(
+                    upstream.messages(), metadata=upstream.metadata, timeout=self._timeout(context)
+                )
                 try:
-                    response: bytes = await _stream_unary(channel, path)(
-                        upstream.messages(), metadata=upstream.metadata, timeout=self._timeout(context)
-                    )
+                    response: bytes = await call
                 except asyncio.CancelledError:
                     upstream.raise_refusal()
                     raise
                 except grpc.aio.AioRpcError as error:
                     upstream.raise_refusal()
-                    await self._relay(error, method, context)
+                    await self._relay(await self._settled(call, error), method, context)
                     raise
                 return response
 
@@ -290,7 +316,7 @@ class Proxy(grpc.GenericRpcHandler):
                 raise
             except grpc.aio.AioRpcError as error:
                 upstream.raise_refusal()
-                await self._relay(error, method, context)
+                await self._relay(await self._settled(call, error), method, context)
             finally:
                 call.cancel()
 

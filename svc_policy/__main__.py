@@ -21,12 +21,12 @@ from skm_runtime.policy_client import ChangeSubscription
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_policy import api
 from svc_policy.adapters.audit import TOPIC_AUDIT, OutboxAuditTrail
+from svc_policy.adapters.decision_file import load_decision_table
 from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap
 from svc_policy.adapters.postgres import SCHEMA, TOPIC_BLOCKED, PostgresPolicyStore
 from svc_policy.adapters.redis import RedisBlockedIndex, RedisChangeFeed
 from svc_policy.checks import Checker
 from svc_policy.core import Policy
-from svc_policy.decisions import DecisionTable
 from svc_policy.settings import PolicySettings
 
 log = logging.getLogger("skm.policy")
@@ -58,7 +58,7 @@ async def build(settings: PolicySettings, runtime: RuntimeSettings) -> ServiceSp
             settings.openfga_api_url, token, store_id, model_id, model_path=settings.model_path
         )
         resources.push_async_callback(authorizer.close)
-        table = DecisionTable.load(settings.decisions_path, defines=authorizer.defines)
+        table = load_decision_table(settings.decisions_path, defines=authorizer.defines)
         checker = Checker(
             authorizer, table, ttl=settings.cache_ttl_seconds, engine_cache_ttl=settings.openfga_cache_ttl_seconds
         )

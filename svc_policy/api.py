@@ -17,10 +17,11 @@ from skm.policy.v1 import (
     policy_service_pb2,
     policy_service_pb2_grpc,
 )
+from skm_runtime.access import Hold, Principal
 from skm_runtime.principal import principal_from
 from svc_policy import convert
 from svc_policy.core import Policy
-from svc_policy.model import Constitution, Hold, Principal
+from svc_policy.model import Constitution
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -35,10 +35,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from skm_runtime.access import AccessCheck, Decision, Verdict
 from skm_runtime.policy_changes import TenantChanges
 from svc_policy.decisions import DecisionTable, Rules
 from svc_policy.errors import InvalidCheck, PolicyBackendUnavailable, TooManyChecks
-from svc_policy.model import AccessCheck, Decision, Verdict
 from svc_policy.ports import Authorizer
 
 log = logging.getLogger("skm.policy.checks")

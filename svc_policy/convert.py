@@ -11,21 +11,10 @@ from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
 from skm.events.v1 import event_pb2
 from skm.policy.v1 import access_pb2, blocked_action_pb2
 from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.access import AccessCheck, Decision, HeldState, JsonObject, Outcome, Payload, Principal, Verdict
 from skm_runtime.errors import FieldViolation, InvalidArgument
 from skm_runtime.principal import principal_message, role_names
-from svc_policy.model import (
-    AccessCheck,
-    BlockedAction,
-    BlockedState,
-    Condition,
-    Decision,
-    JsonObject,
-    Outcome,
-    Payload,
-    Principal,
-    Relationship,
-    Verdict,
-)
+from svc_policy.model import BlockedAction, Condition, Relationship
 
 SOURCE = "policy"
 
@@ -102,16 +91,16 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
-def state_to(state: BlockedState) -> blocked_action_pb2.BlockedAction.State.ValueType:
+def state_to(state: HeldState) -> blocked_action_pb2.BlockedAction.State.ValueType:
     return blocked_action_pb2.BlockedAction.State.Value(f"STATE_{state.value}")
 
 
-def state_of(value: int) -> BlockedState:
+def state_of(value: int) -> HeldState:
     """A blocked action's state from the wire; an unknown or unspecified one is the
     caller's mistake (a list filter naming no state), never an internal error."""
     try:
         name = blocked_action_pb2.BlockedAction.State.Name(value)  # type: ignore[arg-type]  # any wire int
-        return BlockedState(name.removeprefix("STATE_"))
+        return HeldState(name.removeprefix("STATE_"))
     except ValueError:
         problem = f"{value} is not a state of a blocked action"
         raise InvalidArgument(f"states: {problem}", violations=[FieldViolation("states", problem)]) from None
@@ -164,7 +153,7 @@ def _envelope(tenant: str, session: str, principal: Principal | None, trace_id: 
     return event
 
 
-def blocked_event(action: BlockedAction, previous: BlockedState | None, *, trace_id: str = "") -> event_pb2.Event:
+def blocked_event(action: BlockedAction, previous: HeldState | None, *, trace_id: str = "") -> event_pb2.Event:
     """ActionBlocked for a new hold, ActionResolved for every later state change."""
     event = _envelope(action.tenant, action.session, action.principal, trace_id)
     if previous is None:

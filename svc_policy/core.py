@@ -1,6 +1,6 @@
 """svc_policy's use cases: decide, hold for approval, resolve, run exactly once.
 
-A blocked action's life (BlockedState):
+A blocked action's life (HeldState):
 
     PENDING --approve--> APPROVED --claim--> EXECUTING --complete--> EXECUTED
        |  \\--reject--> REJECTED      |
@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from skm_runtime.access import AccessCheck, Decision, HeldState, Hold, Outcome, Principal, Verdict
 from skm_runtime.errors import FieldViolation, InvalidArgument
 from svc_policy.checks import Checker, split_id, tenant_of
 from svc_policy.errors import (
@@ -45,18 +46,7 @@ from svc_policy.errors import (
     TooManyRelationships,
     WildcardNotAllowed,
 )
-from svc_policy.model import (
-    AccessCheck,
-    BlockedAction,
-    BlockedState,
-    Constitution,
-    Decision,
-    Hold,
-    Outcome,
-    Principal,
-    Relationship,
-    Verdict,
-)
+from svc_policy.model import BlockedAction, Constitution, Relationship
 from svc_policy.ports import Authorizer, BlockedActionStore, ChangeFeed
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -70,10 +60,10 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # for privileged provisioning "with an admin's approval" (deploy/openfga/model.fga).
 _ADMIN_APPROVES = frozenset({"PRIVILEGED_ACTION_NEEDS_APPROVAL"})
 _RESOLVED_FOR_WATCHERS = {
-    BlockedState.APPROVED,
-    BlockedState.REJECTED,
-    BlockedState.EXPIRED,
-    BlockedState.CANCELLED,
+    HeldState.APPROVED,
+    HeldState.REJECTED,
+    HeldState.EXPIRED,
+    HeldState.CANCELLED,
 }
 
 
@@ -173,7 +163,7 @@ class Policy:
             payload=hold.payload,
             summary=hold.summary,
             session=hold.session,
-            state=BlockedState.PENDING,
+            state=HeldState.PENDING,
             create_time=now,
             update_time=now,
             expire_time=now + self._hold_ttl,
@@ -247,7 +237,7 @@ class Policy:
     # -- the requeue store -----------------------------------------------------------
 
     async def list_blocked(
-        self, parent: str, states: Sequence[BlockedState], session: str, page_size: int, page_token: str
+        self, parent: str, states: Sequence[HeldState], session: str, page_size: int, page_token: str
     ) -> tuple[list[BlockedAction], str]:
         tenant = check_tenant(parent)
         size = 50 if page_size <= 0 else min(page_size, 1000)
@@ -263,21 +253,21 @@ class Policy:
         return await self._expire_if_due(action)
 
     async def approve(self, name: str, principal: Principal | None, note: str, etag: str) -> BlockedAction:
-        return await self._decide(name, principal, note, etag, BlockedState.APPROVED)
+        return await self._decide(name, principal, note, etag, HeldState.APPROVED)
 
     async def reject(self, name: str, principal: Principal | None, note: str, etag: str) -> BlockedAction:
-        return await self._decide(name, principal, note, etag, BlockedState.REJECTED)
+        return await self._decide(name, principal, note, etag, HeldState.REJECTED)
 
     async def _decide(
-        self, name: str, principal: Principal | None, note: str, etag: str, to: BlockedState
+        self, name: str, principal: Principal | None, note: str, etag: str, to: HeldState
     ) -> BlockedAction:
         if principal is None or not principal.user:
             raise PrincipalMissing("deciding on a blocked action needs the operator's identity")
         action = await self.get_blocked(name, principal)
         await self._require_approver(principal, action, to)
-        if action.state is BlockedState.EXPIRED:
+        if action.state is HeldState.EXPIRED:
             raise BlockedActionExpired("the blocked action expired before a decision", metadata={"name": name})
-        if action.state is not BlockedState.PENDING:
+        if action.state is not HeldState.PENDING:
             raise BlockedActionAlreadyResolved(
                 "the blocked action was already decided", metadata={"name": name, "state": action.state.value}
             )
@@ -287,7 +277,7 @@ class Policy:
         after = dataclasses.replace(
             action, state=to, update_time=now, resolve_time=now, resolver=principal.user, note=note[:2000]
         )
-        if to is BlockedState.APPROVED:
+        if to is HeldState.APPROVED:
             # An approval waits for its claim as long as the entry waited for the approval,
             # so one given just before the entry's time was up can still be acted on.
             after = dataclasses.replace(after, expire_time=now + self._hold_ttl)
@@ -296,7 +286,7 @@ class Policy:
             return await self._decide(name, principal, note, etag or action.etag, to)
         return after
 
-    async def _require_approver(self, principal: Principal, action: BlockedAction, to: BlockedState) -> None:
+    async def _require_approver(self, principal: Principal, action: BlockedAction, to: HeldState) -> None:
         """Operators of the tenant decide on its blocked actions; an action held for an
         admin's approval (see _ADMIN_APPROVES) needs an admin. Nobody approves what they
         asked for themselves."""
@@ -318,7 +308,7 @@ class Policy:
                 f"only {who} of the tenant may decide on this blocked action",
                 metadata={"tenant": tenant, "reason": decision.reason, "held_for": action.decision.reason},
             )
-        if to is BlockedState.APPROVED and principal.user == action.principal.user:
+        if to is HeldState.APPROVED and principal.user == action.principal.user:
             raise SelfApproval(
                 "an action may not be approved by the user it was held for; another operator must decide",
                 metadata={"name": action.name, "user": principal.user},
@@ -328,50 +318,50 @@ class Policy:
         if not claim_id:
             raise _invalid("claim_id", "required")
         action = await self.get_blocked(name)
-        if action.state is BlockedState.EXECUTING or action.state is BlockedState.EXECUTED:
+        if action.state is HeldState.EXECUTING or action.state is HeldState.EXECUTED:
             if action.claim_id == claim_id:
                 return action
             raise BlockedActionAlreadyClaimed("claimed by another executor", metadata={"name": name})
-        if action.state is not BlockedState.APPROVED:
+        if action.state is not HeldState.APPROVED:
             raise BlockedActionNotApproved(
                 "only an approved action can be claimed", metadata={"name": name, "state": action.state.value}
             )
-        after = dataclasses.replace(action, state=BlockedState.EXECUTING, update_time=self._now(), claim_id=claim_id)
+        after = dataclasses.replace(action, state=HeldState.EXECUTING, update_time=self._now(), claim_id=claim_id)
         if not await self._store.save_transition(action, after):
             return await self.claim(name, claim_id)
         return after
 
     async def complete(self, name: str, claim_id: str, outcome: Outcome) -> BlockedAction:
         action = await self.get_blocked(name)
-        if action.state is BlockedState.EXECUTED and action.claim_id == claim_id:
+        if action.state is HeldState.EXECUTED and action.claim_id == claim_id:
             return action
-        if action.state is not BlockedState.EXECUTING:
+        if action.state is not HeldState.EXECUTING:
             raise BlockedActionNotClaimed(
                 "only a claimed action can be completed", metadata={"name": name, "state": action.state.value}
             )
         if action.claim_id != claim_id:
             raise ClaimIdMismatch("the action was claimed with another claim_id", metadata={"name": name})
-        after = dataclasses.replace(action, state=BlockedState.EXECUTED, update_time=self._now(), outcome=outcome)
+        after = dataclasses.replace(action, state=HeldState.EXECUTED, update_time=self._now(), outcome=outcome)
         if not await self._store.save_transition(action, after):
             return await self.complete(name, claim_id, outcome)
         return after
 
     async def cancel(self, name: str) -> BlockedAction:
         action = await self.get_blocked(name)
-        if action.state is BlockedState.CANCELLED:
+        if action.state is HeldState.CANCELLED:
             return action
-        if action.state not in (BlockedState.PENDING, BlockedState.APPROVED):
+        if action.state not in (HeldState.PENDING, HeldState.APPROVED):
             raise BlockedActionAlreadyResolved(
                 "the blocked action can no longer be cancelled",
                 metadata={"name": name, "state": action.state.value},
             )
         now = self._now()
-        after = dataclasses.replace(action, state=BlockedState.CANCELLED, update_time=now, resolve_time=now)
+        after = dataclasses.replace(action, state=HeldState.CANCELLED, update_time=now, resolve_time=now)
         if not await self._store.save_transition(action, after):
             return await self.cancel(name)
         return after
 
-    async def watch(self, parent: str, names: Sequence[str]) -> AsyncIterator[BlockedAction]:
+    async def watch(self, parent: str, names: Sequence[str]) -> AsyncGenerator[BlockedAction, None]:
         """Entries as they leave PENDING; named ones already resolved come first."""
         tenant = check_tenant(parent)
         for name in names:
@@ -382,7 +372,7 @@ class Policy:
             sent: set[str] = set()
             for name in names:
                 action = await self.get_blocked(name)
-                if action.state is not BlockedState.PENDING:
+                if action.state is not HeldState.PENDING:
                     sent.add(action.name)
                     yield action
             async for action in feed:
@@ -395,15 +385,15 @@ class Policy:
         """Move every PENDING or APPROVED entry whose time is up to EXPIRED."""
         count = 0
         for action in await self._store.expiring(self._now(), limit):
-            if (await self._expire_if_due(action)).state is BlockedState.EXPIRED:
+            if (await self._expire_if_due(action)).state is HeldState.EXPIRED:
                 count += 1
         return count
 
     async def _expire_if_due(self, action: BlockedAction) -> BlockedAction:
         now = self._now()
-        if action.state not in (BlockedState.PENDING, BlockedState.APPROVED) or action.expire_time > now:
+        if action.state not in (HeldState.PENDING, HeldState.APPROVED) or action.expire_time > now:
             return action
-        after = dataclasses.replace(action, state=BlockedState.EXPIRED, update_time=now, resolve_time=now)
+        after = dataclasses.replace(action, state=HeldState.EXPIRED, update_time=now, resolve_time=now)
         if await self._store.save_transition(action, after):
             return after
         fresh = await self._store.get(action.name)

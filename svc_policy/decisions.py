@@ -4,7 +4,7 @@ For an (object type, relation) a caller may ask, the table lists probes: relatio
 authorization model, in order, each with the verdict and reason it stands for. The engine
 answers every probe in one round trip; the first that holds decides, and when none holds
 the answer is DENY with the rule's own reason. The table lives in
-deploy/openfga/decisions.yaml.
+deploy/openfga/decisions.yaml (read by svc_policy.adapters.decision_file).
 
 A probe may be `asked_as` a cheaper relation together with probes of the same question: it
 holds when that relation holds and any of those probes does. This is for a relation the
@@ -20,12 +20,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from svc_policy.model import Verdict
+from skm_runtime.access import Verdict
 
 _REASON = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*")
 
@@ -78,20 +75,12 @@ class DecisionTable:
         self._rules = dict(rules)
 
     @classmethod
-    def load(cls, path: Path, *, defines: Callable[[str, str], bool] | None = None) -> DecisionTable:
-        """Read and validate a table. With `defines(object_type, relation)` (for instance
-        `Authorizer.defines`), every relation asked or probed must exist in the model."""
-        try:
-            document = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise InvalidDecisionTable(f"{path}: not YAML: {error}") from error
-        return cls.parse(document, defines=defines, source=str(path))
-
-    @classmethod
     def parse(
         cls, document: Any, *, defines: Callable[[str, str], bool] | None = None, source: str = "table"
     ) -> DecisionTable:
-        """Validate an already parsed table (see `load`)."""
+        """Validate a parsed table (svc_policy.adapters.decision_file reads it from YAML). With
+        `defines(object_type, relation)` (for instance `Authorizer.defines`), every relation
+        asked or probed must exist in the model."""
         document = _mapping(document, source)
         if document.get("version") != 1:
             raise InvalidDecisionTable(f"{source}: version must be 1")

@@ -1,44 +1,15 @@
-"""svc_policy's domain: authorization questions, decisions, relationships, blocked actions."""
+"""svc_policy's own domain: relationships, the blocked actions it holds, constitutions.
+
+What svc_policy shares with every caller (Principal, AccessCheck, Verdict, Decision, Hold,
+HeldState, ...) is declared once in skm_runtime.access.
+"""
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-# JSON-like values, as carried by google.protobuf.Struct (condition contexts).
-JsonObject = Mapping[str, Any]
-
-
-class Verdict(enum.Enum):
-    ALLOW = "ALLOW"
-    DENY = "DENY"
-    REQUIRES_APPROVAL = "REQUIRES_APPROVAL"
-
-
-@dataclass(frozen=True, slots=True)
-class AccessCheck:
-    """May `subject` have `relation` on `object`? Ids are "{type}:{SKM resource name}"."""
-
-    subject: str
-    relation: str
-    object: str
-    context: JsonObject = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A verdict with its stable machine-readable reason (UPPER_SNAKE_CASE)."""
-
-    verdict: Verdict
-    reason: str
-    decision_id: str = ""
-    # "tenants/{t}/blockedActions/{id}" when the action was held for approval.
-    blocked_action: str = ""
-    # Answered from svc_policy's decision cache rather than by the engine.
-    cached: bool = False
+from skm_runtime.access import AccessCheck, Decision, HeldState, JsonObject, Outcome, Payload, Principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,39 +31,6 @@ class Relationship:
 
 
 @dataclass(frozen=True, slots=True)
-class Principal:
-    """Who asked: tenant "tenants/{t}", user "tenants/{t}/users/{u}", and roles."""
-
-    tenant: str
-    user: str = ""
-    roles: tuple[str, ...] = ()
-
-
-class BlockedState(enum.Enum):
-    PENDING = "PENDING"
-    APPROVED = "APPROVED"
-    REJECTED = "REJECTED"
-    EXPIRED = "EXPIRED"
-    CANCELLED = "CANCELLED"
-    EXECUTING = "EXECUTING"
-    EXECUTED = "EXECUTED"
-
-
-@dataclass(frozen=True, slots=True)
-class Payload:
-    """The held request, opaque to svc_policy: a protobuf Any's type URL and bytes."""
-
-    type_url: str
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    succeeded: bool
-    failure_reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class BlockedAction:
     """An action that waits for an operator, then runs at most once."""
 
@@ -104,7 +42,7 @@ class BlockedAction:
     payload: Payload
     summary: str
     session: str
-    state: BlockedState
+    state: HeldState
     create_time: datetime
     update_time: datetime
     expire_time: datetime
@@ -122,16 +60,6 @@ class BlockedAction:
     def etag(self) -> str:
         """Changes with every state change; approvals and rejections may require it."""
         return f'W/"{int(self.update_time.timestamp() * 1_000_000)}"'
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """What to keep in the requeue store when a check requires approval."""
-
-    request_id: str
-    payload: Payload
-    summary: str = ""
-    session: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from svc_policy.model import AccessCheck, BlockedAction, Relationship
+from skm_runtime.access import AccessCheck
+from svc_policy.model import BlockedAction, Relationship
 
 
 class Authorizer(Protocol):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skm_runtime.server import ServiceSettings
-from skm_runtime.settings import address, bounded
+from skm_runtime.settings import ServiceSettings, address, bounded
 
 _REPO = Path(__file__).resolve().parents[1]
 

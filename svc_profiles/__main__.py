@@ -15,10 +15,10 @@ import grpc
 from skm_runtime.contract import services_of
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_profiles import api
+from svc_profiles.adapters.defaults import load_defaults, with_served_engine
 from svc_profiles.adapters.keys import Ed25519PersonaKeys, Ed25519PersonaSigner, PersonaKeysInvalid
 from svc_profiles.adapters.postgres import PostgresProfileStore
 from svc_profiles.core import Profiles
-from svc_profiles.defaults import load_defaults, with_served_engine
 from svc_profiles.errors import DefaultsInvalid
 from svc_profiles.settings import ProfilesSettings
 

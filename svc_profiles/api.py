@@ -14,11 +14,11 @@ from skm.profiles.v1 import (
     persona_service_pb2,
     persona_service_pb2_grpc,
 )
+from skm_runtime.access import Principal
 from skm_runtime.errors import NotImplementedYet
 from skm_runtime.principal import principal_from
 from svc_profiles import convert
 from svc_profiles.core import Profiles
-from svc_profiles.model import Principal
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

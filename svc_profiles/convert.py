@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from skm.profiles.v1 import model_pb2, model_profile_pb2, persona_pb2
 from skm.type.v1 import deployment_mode_pb2, money_pb2, principal_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
+from skm_runtime.access import Principal
 from skm_runtime.principal import role_names
 from svc_profiles.model import (
     Capability,
@@ -20,7 +21,6 @@ from svc_profiles.model import (
     ModelRole,
     Money,
     Persona,
-    Principal,
     ResolvedModelProfile,
 )
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+from skm_runtime.access import Principal
 from skm_runtime.errors import FieldViolation
 from svc_profiles import checks
 from svc_profiles.bundle import bundle_digest, bundle_json, canonical_json
@@ -63,7 +64,6 @@ from svc_profiles.model import (
     ModelRole,
     Persona,
     PersonaCursor,
-    Principal,
     ResolvedModelProfile,
     RoleDefault,
 )

@@ -44,15 +44,6 @@ MODE_ORDER = {mode: number for number, mode in enumerate(DeploymentMode, start=1
 
 
 @dataclass(frozen=True, slots=True)
-class Principal:
-    """Who calls, as the gateway forwarded it: "tenants/{t}", "tenants/{t}/users/{u}", roles."""
-
-    tenant: str
-    user: str = ""
-    roles: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class Money:
     """An amount with the semantics of google.type.Money: units + nanos / 10^9."""
 

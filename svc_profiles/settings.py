@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skm_runtime.server import ServiceSettings
-from skm_runtime.settings import address
-from svc_profiles.defaults import DEFAULTS_FILE
+from skm_runtime.settings import ServiceSettings, address
+
+# The repository's deployment defaults (read by svc_profiles.adapters.defaults).
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles" / "defaults.yaml"
 
 
 @dataclass(frozen=True, slots=True)

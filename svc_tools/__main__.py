@@ -26,7 +26,7 @@ from svc_tools.adapters.postgres import SCHEMA, TOPIC_AUDIT, PostgresExecutionSt
 from svc_tools.adapters.postgres_memory import PostgresKnowledgeStore, PostgresMemoryStore, migrate
 from svc_tools.adapters.qdrant import QdrantVectorIndex
 from svc_tools.catalogue import catalogue_of
-from svc_tools.core import Tools
+from svc_tools.core.tools import Tools
 from svc_tools.knowledge import Knowledge, KnowledgeQueryTool
 from svc_tools.memory import Memories, MemoryDefaults, MemoryTools
 from svc_tools.settings import EmbeddingBackend, ToolsSettings

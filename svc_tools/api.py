@@ -14,11 +14,11 @@ from skm.tools.v1 import (
     tool_service_pb2,
     tool_service_pb2_grpc,
 )
+from skm_runtime.access import Principal
 from skm_runtime.principal import FORWARDED_BY_KEY, principal_from
 from svc_tools import convert
-from svc_tools.core import Tools
+from svc_tools.core.tools import Tools
 from svc_tools.knowledge import Knowledge
-from svc_tools.model import Principal
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

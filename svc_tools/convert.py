@@ -11,11 +11,11 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from skm.events.v1 import event_pb2
 from skm.tools.v1 import execution_pb2, knowledge_pb2, tool_pb2, tool_service_pb2
 from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.access import Decision, Principal, Verdict
 from skm_runtime.principal import principal_message, role_names
 from svc_tools.model import (
     Accepted,
     Decided,
-    Decision,
     Document,
     ExecuteRequest,
     Execution,
@@ -27,14 +27,12 @@ from svc_tools.model import (
     MemoryOperation,
     NewDocument,
     Output,
-    Principal,
     Progressed,
     Result,
     Stream,
     Success,
     Tool,
     Update,
-    Verdict,
 )
 
 SOURCE = "tools"

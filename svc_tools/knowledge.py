@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from skm_runtime.access import Principal
 from skm_runtime.errors import FieldViolation, InvalidArgument, ServiceUnavailable
 from svc_tools import catalogue
 from svc_tools.errors import (
@@ -44,7 +45,6 @@ from svc_tools.model import (
     FailureReason,
     NewDocument,
     Passage,
-    Principal,
     Result,
     Space,
     Success,

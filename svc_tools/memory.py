@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from skm_runtime.access import Principal
 from skm_runtime.errors import ServiceUnavailable
 from svc_tools import catalogue
 from svc_tools.errors import EmbeddingUnavailable
@@ -40,7 +41,6 @@ from svc_tools.model import (
     Memory,
     MemoryOperation,
     MemoryOperationKind,
-    Principal,
     Recalled,
     Result,
     Space,

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# Who asks and what svc_policy answers are the mesh's shared access domain.
+from skm_runtime.access import Decision, HeldState, Principal
+
 # JSON-like values (tool arguments, JSON schemas, policy condition contexts).
 JsonObject = Mapping[str, Any]
 
@@ -39,61 +42,10 @@ class Tool:
 
 
 @dataclass(frozen=True, slots=True)
-class Principal:
-    """Who asks: "tenants/{t}", "tenants/{t}/users/{u}", role names ("member", ...)."""
-
-    tenant: str
-    user: str
-    roles: tuple[str, ...] = ()
-
-
-class Verdict(enum.Enum):
-    ALLOW = "ALLOW"
-    DENY = "DENY"
-    REQUIRES_APPROVAL = "REQUIRES_APPROVAL"
-
-
-# How restrictive a verdict is: the most restrictive of several checks wins.
-RESTRICTIVENESS = {Verdict.ALLOW: 0, Verdict.REQUIRES_APPROVAL: 1, Verdict.DENY: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class AccessCheck:
-    """May `subject` have `relation` on `object`? Ids are "{type}:{SKM resource name}"."""
-
-    subject: str
-    relation: str
-    object: str
-    context: JsonObject = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """svc_policy's verdict, its reason, id and (when held) the blocked action's name."""
-
-    verdict: Verdict
-    reason: str
-    decision_id: str = ""
-    blocked_action: str = ""
-
-
-class BlockedState(enum.Enum):
-    """States of a blocked action in svc_policy's requeue store."""
-
-    PENDING = "PENDING"
-    APPROVED = "APPROVED"
-    REJECTED = "REJECTED"
-    EXPIRED = "EXPIRED"
-    CANCELLED = "CANCELLED"
-    EXECUTING = "EXECUTING"
-    EXECUTED = "EXECUTED"
-
-
-@dataclass(frozen=True, slots=True)
 class Resolution:
     """A blocked action as it left PENDING."""
 
-    state: BlockedState
+    state: HeldState
     note: str = ""
     claim_id: str = ""
 

@@ -7,19 +7,17 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
+from skm_runtime.access import AccessCheck, Decision, Principal
 from svc_tools.model import (
     Access,
-    AccessCheck,
     Change,
     Chunk,
-    Decision,
     Document,
     Execution,
     Hit,
     HoldRequest,
     Memory,
     MemoryOperation,
-    Principal,
     Resolution,
     Result,
     SandboxJob,

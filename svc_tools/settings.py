@@ -6,8 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skm_runtime.server import ServiceSettings
-from skm_runtime.settings import address, bounded
+from skm_runtime.settings import ServiceSettings, address, bounded
 
 _MIB = 1024 * 1024
 _REPO = Path(__file__).resolve().parents[1]

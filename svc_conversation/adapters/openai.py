@@ -41,16 +41,17 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from svc_conversation.model import CallStats, ModelTier
+from svc_conversation.errors import ModelCallFailed
+from svc_conversation.model import CallStats, ChatRequest, ChatResult, ModelTier
+from svc_conversation.ports import OnCut, OnDelta
 
-OnDelta = Callable[[str], Awaitable[None]]
-OnCut = Callable[[CallStats], None]
+__all__ = ["ChatRequest", "ChatResult", "ModelCallFailed", "OpenAICompatibleClient", "response_format"]
 
 # llama-cpp-python's token count of a text (its server's "extras", at the root beside /v1);
 # other engines answer 404.
@@ -61,33 +62,6 @@ _COUNT_TIMEOUT = 1.0
 _COUNT_PAUSE_SECONDS = 60.0
 # Remembered message counts (per endpoint, model and message), least recently used out.
 _COUNTED_MESSAGES = 4096
-
-
-class ModelCallFailed(Exception):
-    """A model call did not produce a usable answer; ``reason`` says why."""
-
-    def __init__(self, reason: str, detail: str, stats: CallStats) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.stats = stats
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    messages: Sequence[Mapping[str, str]]
-    temperature: float | None = None
-    max_tokens: int = 0
-    # Constrain the reply to this JSON schema when the model supports structured output.
-    json_schema: Mapping[str, Any] | None = None
-    schema_name: str = "reply"
-
-
-@dataclass(slots=True)
-class ChatResult:
-    text: str
-    stats: CallStats
-    finish_reason: str = ""
 
 
 @dataclass

@@ -17,16 +17,16 @@ import grpc
 
 from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import conversation_service_pb2_grpc, turn_pb2
+from skm_runtime.access import Principal
 from skm_runtime.errors import Code
 from skm_runtime.principal import FORWARDED_BY_KEY, principal_message, principal_metadata
 from skm_runtime.server import RuntimeSettings, open_channel
 from skm_runtime.status import error_info_of
+from svc_conversation import convert
+from svc_conversation.convert import ROUTED_KEY
 from svc_conversation.errors import OwnerRefused, TurnOwnerChanged, TurnOwnerUnreachable
-from svc_conversation.model import Principal, TurnCommand
+from svc_conversation.model import CommandKind, Turn, TurnCommand
 
-# Set on a forwarded intervention: the receiver acts on the turn itself, or answers
-# TURN_OWNER_CHANGED when it no longer runs it.
-ROUTED_KEY = "x-skm-conversation-routed"
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 # An evicted channel's calls in flight get this long to finish.
 _CLOSE_GRACE = 5.0
@@ -58,8 +58,11 @@ class GrpcTurnOwners:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def intervene(self, address: str, principal: Principal, command: TurnCommand) -> turn_pb2.Turn:
+    async def intervene(self, address: str, principal: Principal, command: TurnCommand) -> Turn:
         """Sends ``command`` to the process at ``address`` and returns its answer."""
+        return convert.turn_of(await self._send(address, principal, command))
+
+    async def _send(self, address: str, principal: Principal, command: TurnCommand) -> turn_pb2.Turn:
         metadata: tuple[tuple[str, str | bytes], ...] = (
             *principal_metadata(principal_message(principal.tenant, principal.user, principal.roles)),
             (FORWARDED_BY_KEY, "gateway"),
@@ -68,19 +71,19 @@ class GrpcTurnOwners:
         stub = self._stub(address)
         channel = self._channels[address]
         try:
-            if command.kind == "INTERRUPT":
+            if command.kind == CommandKind.INTERRUPT:
                 return (
                     await stub.InterruptTurn(
                         pb.InterruptTurnRequest(name=command.turn, request_id=command.request_id), metadata=metadata
                     )
                 ).turn
-            if command.kind == "RESUME":
+            if command.kind == CommandKind.RESUME:
                 return (
                     await stub.ResumeTurn(
                         pb.ResumeTurnRequest(name=command.turn, request_id=command.request_id), metadata=metadata
                     )
                 ).turn
-            if command.kind == "NUDGE":
+            if command.kind == CommandKind.NUDGE:
                 return (
                     await stub.NudgeTurn(
                         pb.NudgeTurnRequest(name=command.turn, text=command.text, request_id=command.request_id),

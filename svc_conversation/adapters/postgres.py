@@ -14,7 +14,6 @@ the reserved block, so a number a client has seen is never given to another even
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -22,9 +21,13 @@ import asyncpg
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm_runtime.outbox import OutboxRecord, add_events, outbox_arrays, outbox_ddl, outbox_insert, outbox_notify
+from svc_conversation.adapters.audit import TOPIC_AUDIT
+from svc_conversation.adapters.records import EncodedSessionStore, EncodedWrite
+from svc_conversation.errors import SessionGone
+from svc_conversation.model import Command, Lease, split_name, turn_ordinal
 
 SCHEMA = "conversation"
-TOPIC_AUDIT = "audit"
+__all__ = ["SCHEMA", "TOPIC_AUDIT", "PostgresSessionRecords", "PostgresSessionStore"]
 
 _DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
@@ -120,57 +123,14 @@ def _state_name(turn: turn_pb2.Turn) -> str:
     return turn_pb2.Turn.State.Name(turn.state).removeprefix("STATE_")
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A runner's hold on a turn: who runs it, where that process is dialled, until when."""
+class PostgresSessionRecords:
+    """The session store's records in PostgreSQL (see adapters/records.py)."""
 
-    runner: str
-    address: str
-    until: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """An accepted command's idempotency record."""
-
-    request_id: str
-    kind: str
-    turn: int
-    fingerprint: str
-
-
-@dataclass(slots=True)
-class Write:
-    """Everything one transaction writes for a session."""
-
-    session: session_pb2.Session
-    reserved_sequence: int
-    turns: list[turn_pb2.Turn] = field(default_factory=list)
-    events: list[tuple[session_event_pb2.SessionEvent, int, bool]] = field(default_factory=list)
-    audit: list[OutboxRecord] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
-    # Turns whose token deltas are dropped (they ended; their text is in final_response).
-    compact_turns: list[int] = field(default_factory=list)
-    # Runner lease to set on the written turns (None keeps what is there).
-    lease: Lease | None = None
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """("tenants/t", "s") of "tenants/t/sessions/s"."""
-    tenant, _, session = name.partition("/sessions/")
-    return tenant, session
-
-
-def turn_ordinal(name: str) -> int:
-    return int(name.rsplit("/", 1)[1])
-
-
-class PostgresSessionStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
     @classmethod
-    async def open(cls, dsn: str) -> PostgresSessionStore:
+    async def open(cls, dsn: str) -> PostgresSessionRecords:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
         # One migrator at a time when several copies start together.
         async with pool.acquire() as conn, conn.transaction():
@@ -275,7 +235,7 @@ class PostgresSessionStore:
 
     # -- one session's writes --------------------------------------------------------
 
-    async def write(self, write: Write) -> None:
+    async def write(self, write: EncodedWrite) -> None:
         """Everything of `write` in one statement (one round trip, atomic): the session row
         first, and the rest only if that row still exists."""
         tenant, sid = split_name(write.session.name)
@@ -439,5 +399,16 @@ class PostgresSessionStore:
         return turn, Lease(row["runner"], row["runner_address"] or "", row["lease_until"])
 
 
-class SessionGone(Exception):
-    """The session was deleted while a write for it was under way."""
+class PostgresSessionStore(EncodedSessionStore):
+    """The SessionStore port in PostgreSQL."""
+
+    def __init__(self, records: PostgresSessionRecords) -> None:
+        super().__init__(records)
+        self.pool = records.pool
+
+    @classmethod
+    async def open(cls, dsn: str) -> PostgresSessionStore:
+        return cls(await PostgresSessionRecords.open(dsn))
+
+    async def close(self) -> None:
+        await self.pool.close()

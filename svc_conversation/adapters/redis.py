@@ -24,7 +24,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import KeyT, StreamIdT
 
-from skm.conversation.v1 import session_event_pb2, session_pb2
+from skm.conversation.v1 import session_event_pb2
+from svc_conversation import convert
+from svc_conversation.model import Session, SessionEvent
+from svc_conversation.ports import Live
 
 log = logging.getLogger("skm.conversation")
 
@@ -55,13 +58,13 @@ class RedisHotState:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def mirror(self, session: session_pb2.Session) -> None:
+    async def mirror(self, session: Session) -> None:
         key = _PREFIX + session.name
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 key,
                 mapping={
-                    "state": session_pb2.Session.State.Name(session.state),
+                    "state": f"STATE_{session.state.name}",
                     "current_turn": session.current_turn,
                     "last_sequence": session.last_sequence,
                     "etag": session.etag,
@@ -109,7 +112,7 @@ class RedisSessionStreams:
         self._max_length = max_length
         self._ttl = ttl_seconds
         self._block_ms = int(block_seconds * 1000)
-        self._queue: collections.deque[tuple[str, session_event_pb2.SessionEvent, int]] = collections.deque()
+        self._queue: collections.deque[tuple[str, SessionEvent, int]] = collections.deque()
         self._queued = asyncio.Event()
         self._drained = asyncio.Event()
         self._after: dict[str, int] = {}
@@ -121,9 +124,7 @@ class RedisSessionStreams:
         self._wake_after = "0-0"
         self._wake_sent = False
         self._changed = asyncio.Event()
-        self._deliver: Callable[[str, int, list[tuple[session_event_pb2.SessionEvent, int]]], None] = (
-            lambda _n, _a, _e: None
-        )
+        self._deliver: Callable[[str, int, list[Live]], None] = lambda _n, _a, _e: None
         self._lost: Callable[[str], None] = lambda _n: None
         self._tasks: list[asyncio.Task[None]] = []
         self._wakers: set[asyncio.Task[None]] = set()
@@ -138,7 +139,7 @@ class RedisSessionStreams:
 
     def start(
         self,
-        deliver: Callable[[str, int, list[tuple[session_event_pb2.SessionEvent, int]]], None],
+        deliver: Callable[[str, int, list[Live]], None],
         lost: Callable[[str], None],
     ) -> None:
         self._deliver, self._lost = deliver, lost
@@ -164,7 +165,7 @@ class RedisSessionStreams:
 
     # -- writing -------------------------------------------------------------------------
 
-    def publish(self, session: str, event: session_event_pb2.SessionEvent, prev: int) -> None:
+    def publish(self, session: str, event: SessionEvent, prev: int) -> None:
         if len(self._queue) >= _QUEUE_LIMIT:
             self._queue.popleft()
             self._warn("the Redis stream writer fell behind; dropping its oldest event")
@@ -181,7 +182,7 @@ class RedisSessionStreams:
                 await self._write(batch)
             self._drained.set()
 
-    async def _write(self, batch: list[tuple[str, session_event_pb2.SessionEvent, int]]) -> None:
+    async def _write(self, batch: list[tuple[str, SessionEvent, int]]) -> None:
         keys = set()
         async with self._redis.pipeline(transaction=False) as pipe:
             for session, event, prev in batch:
@@ -189,7 +190,7 @@ class RedisSessionStreams:
                 keys.add(key)
                 pipe.xadd(
                     key,
-                    {"e": event.SerializeToString(), "p": prev},
+                    {"e": convert.event_to(event).SerializeToString(), "p": prev},
                     id=f"{event.sequence}-0",
                     maxlen=self._max_length,
                     approximate=True,
@@ -278,9 +279,9 @@ class RedisSessionStreams:
                 name = key_text.removeprefix(_EVENTS_PREFIX)
                 if name not in self._after or name not in read_from:
                     continue
-                events = []
+                events: list[Live] = []
                 for _entry_id, fields in entries:
-                    event = session_event_pb2.SessionEvent.FromString(fields[b"e"])
+                    event = convert.event_of(session_event_pb2.SessionEvent.FromString(fields[b"e"]))
                     events.append((event, int(fields[b"p"])))
                 if self._rewound.get(name) == rewound.get(name):
                     self._after[name] = max(self._after[name], events[-1][0].sequence)

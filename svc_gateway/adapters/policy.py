@@ -37,7 +37,7 @@ from skm_runtime.principal import principal_metadata
 from skm_runtime.status import error_info_of
 from svc_gateway.cache import ExpiringCache
 from svc_gateway.errors import PolicyUnavailable, ResourceNameInvalid
-from svc_gateway.model import Principal, Verdict
+from svc_gateway.model import Admission, Principal
 
 
 def principal_message(principal: Principal) -> principal_pb2.Principal:
@@ -63,7 +63,7 @@ class GrpcPolicy:
     async def close(self) -> None:
         await self._decisions.close()
 
-    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Admission:
         request = policy_service_pb2.CheckRequest(
             check=access_pb2.AccessCheck(subject=f"user:{principal.user}", relation=permission, object=object_)
         )
@@ -85,7 +85,7 @@ class GrpcPolicy:
             ) from None
         allowed = decision.verdict == policy_decision_pb2.VERDICT_ALLOW
         held = decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
-        return Verdict(allowed, decision.reason, decision.decision_id, requires_approval=held)
+        return Admission(allowed, decision.reason, decision.decision_id, requires_approval=held)
 
     async def current_sha256(self, tenant: str) -> str:
         cached = self._hashes.get(tenant)

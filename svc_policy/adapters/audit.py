@@ -17,10 +17,10 @@ from typing import Protocol
 
 from opentelemetry import trace
 
+from skm_runtime.access import AccessCheck, Decision, Principal
 from skm_runtime.outbox import OutboxRecord
 from svc_policy.adapters.postgres import event_record
 from svc_policy.convert import decision_event
-from svc_policy.model import AccessCheck, Decision, Principal
 
 TOPIC_AUDIT = "audit"
 log = logging.getLogger("skm.policy.audit")

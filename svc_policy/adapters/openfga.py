@@ -56,6 +56,7 @@ from openfga_sdk.models import (
     WriteAuthorizationModelRequest,
 )
 
+from skm_runtime.access import AccessCheck
 from svc_policy.errors import (
     InvalidCheck,
     InvalidPageToken,
@@ -64,7 +65,7 @@ from svc_policy.errors import (
     PolicyError,
     TooManyRelationships,
 )
-from svc_policy.model import AccessCheck, Condition, Relationship
+from svc_policy.model import Condition, Relationship
 
 MODEL_JSON = Path(__file__).resolve().parents[2] / "deploy" / "openfga" / "model.json"
 DEFAULT_TIMEOUT = 3.0

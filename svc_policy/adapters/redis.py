@@ -35,8 +35,9 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from skm_runtime.access import HeldState
 from skm_runtime.policy_changes import CHANGES_CHANNEL, change_message
-from svc_policy.model import BlockedAction, BlockedState
+from svc_policy.model import BlockedAction
 
 log = logging.getLogger("skm.policy.index")
 # How long a write call may wait for its announcement before going on without it.
@@ -106,7 +107,7 @@ class RedisBlockedIndex:
             log.warning("blocked-action index not updated", extra={"fields": {"error": type(exc).__name__}})
 
     async def _put(self, action: BlockedAction, version: int) -> None:
-        others = [_key(action.tenant, state.value) for state in BlockedState if state is not action.state]
+        others = [_key(action.tenant, state.value) for state in HeldState if state is not action.state]
         await self._put_script(
             keys=[_versions(action.tenant), _key(action.tenant, action.state.value), *others],
             args=[action.name, version, _micros(action.create_time)],
@@ -130,7 +131,7 @@ class RedisBlockedIndex:
         answer (list from Postgres then)."""
         if not self._whole:
             return None
-        keys = [_key(tenant, state) for state in (states or [s.value for s in BlockedState])]
+        keys = [_key(tenant, state) for state in (states or [s.value for s in HeldState])]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.exists(_READY)

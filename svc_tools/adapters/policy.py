@@ -23,20 +23,14 @@ from skm.policy.v1 import (
     policy_service_pb2,
     policy_service_pb2_grpc,
 )
+from skm_runtime.access import AccessCheck, Decision, Principal
+from skm_runtime.access import HeldState as BlockedState
 from skm_runtime.blocked_actions import GONE, wait_resolved
 from skm_runtime.principal import principal_metadata
 from skm_runtime.status import error_info_of
 from svc_tools.convert import decision_of, principal_to, request_to, struct_of
 from svc_tools.errors import ClaimRefused, PolicyUnavailable
-from svc_tools.model import (
-    AccessCheck,
-    BlockedState,
-    Decision,
-    Execution,
-    HoldRequest,
-    Principal,
-    Resolution,
-)
+from svc_tools.model import Execution, HoldRequest, Resolution
 
 log = logging.getLogger("skm.tools.policy")
 

@@ -21,11 +21,11 @@ from skm.policy.v1 import (
     blocked_action_service_pb2,
     blocked_action_service_pb2_grpc,
 )
+from skm_runtime.access import Principal
 from skm_runtime.server import signed_channel
 from skm_stack import RunningStack
 from skm_stack.services import start_service
-from svc_conversation.adapters.mesh import GrpcPolicy
-from svc_conversation.model import Principal
+from svc_conversation.adapters.policy import GrpcPolicy
 from tests.support.policy import approval_tenant, hold, policy_process, signed
 
 State = blocked_action_pb2.BlockedAction.State

@@ -22,7 +22,7 @@ from skm_runtime.contract import Method, methods
 from skm_runtime.server import RuntimeSettings, ServiceSpec, signed_channel
 from skm_runtime.status import error_info_of
 from svc_gateway.core import Gateway
-from svc_gateway.model import Verdict
+from svc_gateway.model import Admission
 from svc_gateway.proxy import Proxy
 from tests.support.runtime import serving
 from tests.unit.test_gateway_caches import DIGEST, _Constitutions, _keys, _Limiter, _Policy, _token, _verifier
@@ -104,7 +104,7 @@ async def front() -> AsyncIterator[Front]:
     server.add_generic_rpc_handlers((backend,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    policy = _Policy(Verdict(True, "SESSION_OWNER", "d1"))
+    policy = _Policy(Admission(True, "SESSION_OWNER", "d1"))
     gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy)
     contract = dict(methods())
     converse = contract[CONVERSE]

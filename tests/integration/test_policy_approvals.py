@@ -16,12 +16,14 @@ from google.protobuf import any_pb2, wrappers_pb2
 
 from skm.policy.v1 import access_pb2, blocked_action_service_pb2, policy_service_pb2
 from skm.type.v1 import principal_pb2
+from skm_runtime.access import AccessCheck, Decision, Payload, Principal, Verdict
+from skm_runtime.access import HeldState as BlockedState
 from skm_runtime.server import RuntimeSettings, signed_channel
 from skm_stack import RunningStack
 from svc_policy.__main__ import build
 from svc_policy.adapters.postgres import PostgresPolicyStore
 from svc_policy.adapters.redis import RedisBlockedIndex
-from svc_policy.model import AccessCheck, BlockedAction, BlockedState, Decision, Payload, Principal, Verdict
+from svc_policy.model import BlockedAction
 from svc_policy.settings import PolicySettings
 from tests.integration.test_policy_service import (  # the same served svc_policy and tenant setup
     ALLOW,

@@ -20,15 +20,17 @@ from typing import Any
 import pytest
 import yaml
 
+from skm_runtime.access import AccessCheck
 from skm_stack import RunningStack
+from svc_policy.adapters.decision_file import load_decision_table
 from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap
-from svc_policy.decisions import DecisionTable, Rule, Rules
-from svc_policy.model import AccessCheck, Condition, Relationship
+from svc_policy.decisions import Rule, Rules
+from svc_policy.model import Condition, Relationship
 
 OPENFGA = Path(__file__).resolve().parents[2] / "deploy" / "openfga"
 FIXTURE = yaml.safe_load((OPENFGA / "model.fga.yaml").read_text())["tuples"]
 CASES = yaml.safe_load((Path(__file__).parent / "policy_cases.yaml").read_text())["cases"]
-TABLE = DecisionTable.load(OPENFGA / "decisions.yaml")
+TABLE = load_decision_table(OPENFGA / "decisions.yaml")
 ASKED_AS = [
     (object_type, relation, rules, index)
     for object_type, relation in TABLE.questions()

@@ -26,12 +26,13 @@ import pytest
 import yaml
 from aiohttp import web
 
+from skm_runtime.access import AccessCheck, Verdict
 from skm_stack import RunningStack
+from svc_policy.adapters.decision_file import load_decision_table
 from svc_policy.adapters.openfga import OpenFgaAuthorizer, bootstrap, read_model
 from svc_policy.checks import Checker
-from svc_policy.decisions import DecisionTable
 from svc_policy.errors import InvalidCheck, InvalidRelationship, PolicyBackendUnavailable, PolicyError
-from svc_policy.model import AccessCheck, Condition, Relationship, Verdict
+from svc_policy.model import Condition, Relationship
 from tests.support.ports import free_port
 
 OPENFGA = Path(__file__).resolve().parents[2] / "deploy" / "openfga"
@@ -89,7 +90,7 @@ async def authorizer(fga: Fga, fixture_store: tuple[str, str]) -> AsyncIterator[
 @pytest.fixture(scope="session")
 def checker(authorizer: OpenFgaAuthorizer) -> Checker:
     # No decision cache: every case is decided by the engine.
-    return Checker(authorizer, DecisionTable.load(OPENFGA / "decisions.yaml", defines=authorizer.defines), ttl=0.0)
+    return Checker(authorizer, load_decision_table(OPENFGA / "decisions.yaml", defines=authorizer.defines), ttl=0.0)
 
 
 # -- the regression suite -------------------------------------------------------------------

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from skm_runtime.errors import Code, SkmError
-from skm_runtime.server import RuntimeSettings, ServiceSettings, ServiceSpec, run
+from skm_runtime.server import RuntimeSettings, ServiceSpec, run
+from skm_runtime.settings import ServiceSettings
 
 SERVICE = "skm.testing.v1.EchoService"
 

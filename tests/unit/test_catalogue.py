@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from skm_stack.catalogue import CATALOGUE_FILE, AssetError, load_catalogue, real_llms
-from svc_profiles.defaults import DEFAULTS_FILE, load_defaults
+from svc_profiles.adapters.defaults import load_defaults
+from svc_profiles.settings import DEFAULTS_FILE
 
 
 def test_every_asset_names_its_source_licence_and_whether_it_is_real() -> None:

@@ -21,11 +21,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm.events.v1 import event_pb2
 from skm.type.v1 import model_pb2
-from svc_conversation import audit
+from skm_runtime.access import Principal
+from svc_conversation.adapters import audit
 from svc_conversation.adapters.openai import OpenAICompatibleClient
-from svc_conversation.adapters.postgres import Write
+from svc_conversation.adapters.records import EncodedSessionStore
+from svc_conversation.adapters.records import EncodedWrite as Write
 from svc_conversation.core import Conversation
-from svc_conversation.model import ModelTier, Persona, Principal, ResolvedProfile, ToolSpec
+from svc_conversation.model import ModelTier, Persona, ResolvedProfile, ToolSpec
 from svc_conversation.settings import ConversationSettings
 
 NAME = "tenants/t1/sessions/s1"
@@ -122,7 +124,7 @@ def conversation(store: Store, engine: Engine) -> Conversation:
     llm = OpenAICompatibleClient()
     llm._http = httpx.AsyncClient(transport=httpx.MockTransport(engine.handle))
     return Conversation(
-        cast(Any, store),
+        EncodedSessionStore(cast(Any, store)),
         cast(Any, Hot()),
         cast(Any, Profiles()),
         cast(Any, Tools()),

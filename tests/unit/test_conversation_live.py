@@ -11,10 +11,14 @@ from typing import Any, cast
 import pytest
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
+from skm_runtime.access import Principal
+from svc_conversation import convert
+from svc_conversation.adapters.records import EncodedSessionStore
 from svc_conversation.core import Conversation, StreamClosed
+from svc_conversation.core.handles import SessionHandle
 from svc_conversation.errors import SequenceOutOfRange
-from svc_conversation.model import Principal
-from svc_conversation.sessions import Live, SessionHandle
+from svc_conversation.model import Turn, TurnState, UserMessage
+from svc_conversation.ports import Live
 from svc_conversation.settings import ConversationSettings
 
 NAME = "tenants/t1/sessions/s1"
@@ -81,7 +85,7 @@ class Streams:
 
 async def conversation(store: Store, streams: Streams) -> Conversation:
     made = Conversation(
-        cast(Any, store),
+        EncodedSessionStore(cast(Any, store)),
         cast(Any, None),
         cast(Any, None),
         cast(Any, None),
@@ -91,7 +95,7 @@ async def conversation(store: Store, streams: Streams) -> Conversation:
         runner_id="test",
         streams=streams,
     )
-    streams.start(made._relay, made._lost)
+    streams.start(made._attachments.relay, made._attachments.lost)
     return made
 
 
@@ -179,9 +183,11 @@ async def test_attaching_takes_the_session_as_stored_since_another_process_wrote
 
 async def test_each_published_event_names_the_one_published_before_it() -> None:
     store, streams = Store(last=7), Streams()
-    handle = SessionHandle(cast(Any, store), store.session, store.reserved, streams)
-    turn = turn_pb2.Turn(name=f"{NAME}/turns/2", state=turn_pb2.Turn.STATE_RUNNING)
-    await handle.step(turn, [("user_message", session_event_pb2.UserMessage(text="hi"))])
+    handle = SessionHandle(
+        EncodedSessionStore(cast(Any, store)), convert.session_of(store.session), store.reserved, streams
+    )
+    turn = Turn(name=f"{NAME}/turns/2", state=TurnState.RUNNING)
+    await handle.step(turn, [UserMessage(text="hi")])
     await handle.delta(turn, 1, "a")
     await handle.delta(turn, 1, "b")
     assert streams.published == [(8, 7), (9, 8), (10, 9)]

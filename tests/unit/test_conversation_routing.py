@@ -10,10 +10,11 @@ from typing import Any, cast
 import pytest
 
 from skm.conversation.v1 import session_pb2, turn_pb2
-from svc_conversation.adapters.postgres import Lease
+from skm_runtime.access import Principal
+from svc_conversation.adapters.records import EncodedSessionStore
 from svc_conversation.core import Conversation
 from svc_conversation.errors import TurnOwnerChanged, TurnOwnerUnreachable
-from svc_conversation.model import Principal, TurnCommand
+from svc_conversation.model import Lease, TurnCommand
 from svc_conversation.settings import ConversationSettings
 
 NAME = "tenants/t1/sessions/s1"
@@ -61,7 +62,7 @@ class Owners:
 
 def core(store: Store, owners: Owners) -> Conversation:
     return Conversation(
-        cast(Any, store),
+        EncodedSessionStore(cast(Any, store)),
         cast(Any, None),
         cast(Any, None),
         cast(Any, None),
@@ -134,7 +135,7 @@ async def test_a_resume_here_takes_the_lease_with_this_process_s_address() -> No
     store.session.state = session_pb2.Session.STATE_INTERRUPTED
     made = core(store, owners)
     started: list[str] = []
-    made._start_runner = lambda handle, turn, principal, head_start=None: started.append(turn.name)  # type: ignore[method-assign]  # no loop in a unit test
+    made._turns.start_runner = lambda handle, turn, principal, head_start=None: started.append(turn.name)  # type: ignore[method-assign]  # no loop in a unit test
     turn = await made.resume(ALICE, TURN, "r3")
     assert turn.state == Turn.STATE_RUNNING
     assert owners.sent == []

@@ -31,8 +31,9 @@ from evals.report import report_json, table
 from evals.runner import Engine, EvalModel, ItemResult, ModelResult, judge, models_to_run
 from skm_stack.llm import ServedModel
 from svc_conversation.toolcall import decoding_schema, format_instructions
-from svc_profiles.defaults import DEFAULTS_FILE, load_defaults, parse_defaults
+from svc_profiles.adapters.defaults import load_defaults, parse_defaults
 from svc_profiles.model import Defaults
+from svc_profiles.settings import DEFAULTS_FILE
 
 HEADER = {"capsule_set": "test", "version": "v0", "description": "for tests"}
 

@@ -22,7 +22,7 @@ from svc_gateway.adapters.tokens import JwtVerifier
 from svc_gateway.cache import ExpiringCache
 from svc_gateway.core import Gateway
 from svc_gateway.errors import ConstitutionHashStale, PermissionDenied, TokenExpired, TokenSignatureInvalid
-from svc_gateway.model import Principal, Rule, Verdict
+from svc_gateway.model import Admission, Principal, Rule
 
 DIGEST = "a" * 64
 RULE = Rule("can_read", "session", "name")
@@ -130,12 +130,12 @@ class _Limiter:
 
 
 class _Policy:
-    def __init__(self, verdict: Verdict) -> None:
+    def __init__(self, verdict: Admission) -> None:
         self.verdict = verdict
         self.asked = 0
         self.along: list[tuple[str, tuple[str, ...]]] = []
 
-    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Admission:
         self.asked += 1
         self.along.append((permission, tuple(also)))
         return self.verdict
@@ -144,7 +144,7 @@ class _Policy:
 async def test_a_remembered_token_whose_constitution_changed_is_refused() -> None:
     pem, jwks = _keys()
     constitutions = _Constitutions(DIGEST)
-    gateway = Gateway(_verifier(jwks), constitutions, _Limiter(), _Policy(Verdict(True, "ROLE_ALLOWS")))
+    gateway = Gateway(_verifier(jwks), constitutions, _Limiter(), _Policy(Admission(True, "ROLE_ALLOWS")))
     token = _token(pem, exp=time.time() + 600)
     await gateway.admit(gateway.authenticate(f"Bearer {token}"), RULE, RESOURCE)
     constitutions.digest = "b" * 64  # the tenant's constitution changed
@@ -154,7 +154,7 @@ async def test_a_remembered_token_whose_constitution_changed_is_refused() -> Non
 
 async def test_a_deny_is_refused_by_the_gateway_every_time() -> None:
     pem, jwks = _keys()
-    policy = _Policy(Verdict(False, "NOT_PERMITTED", "d1"))
+    policy = _Policy(Admission(False, "NOT_PERMITTED", "d1"))
     gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy)
     principal = gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}")
     for _ in range(2):
@@ -165,7 +165,7 @@ async def test_a_deny_is_refused_by_the_gateway_every_time() -> None:
 
 async def test_policy_is_asked_the_other_permissions_of_the_resource_type_along() -> None:
     pem, jwks = _keys()
-    policy = _Policy(Verdict(True, "SESSION_OWNER", "d1"))
+    policy = _Policy(Admission(True, "SESSION_OWNER", "d1"))
     along = {RULE.resource_type: ["can_delete", RULE.permission, "can_write"], "tool": ["can_execute"]}
     gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy, along=along)
     await gateway.admit(gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}"), RULE, RESOURCE)

@@ -10,7 +10,7 @@ import pytest
 from skm_runtime.contract import methods
 from svc_gateway.core import MEMBERSHIP, Gateway
 from svc_gateway.errors import PermissionDenied
-from svc_gateway.model import Principal, Verdict
+from svc_gateway.model import Admission, Principal
 from svc_gateway.proxy import _rule
 from tests.unit.test_gateway_caches import DIGEST, _Constitutions, _keys, _Limiter, _token, _verifier
 
@@ -23,9 +23,9 @@ class _Membership:
         self.member = member
         self.asked: list[tuple[str, str, str, tuple[str, ...]]] = []
 
-    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Admission:
         self.asked.append((principal.user, permission, object_, tuple(also)))
-        return Verdict(self.member, "ROLE_ALLOWS" if self.member else "NOT_A_TENANT_MEMBER", "d1")
+        return Admission(self.member, "ROLE_ALLOWS" if self.member else "NOT_A_TENANT_MEMBER", "d1")
 
 
 def _gateway(policy: _Membership, constitution: str = DIGEST) -> tuple[Gateway, Principal]:

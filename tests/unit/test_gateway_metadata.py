@@ -8,7 +8,7 @@ from typing import Any
 from skm_runtime.contract import methods
 from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY, PRINCIPAL_MAC_KEY, principal_from
 from svc_gateway.core import Gateway
-from svc_gateway.model import Verdict
+from svc_gateway.model import Admission
 from svc_gateway.proxy import Proxy, _rule
 from tests.unit.test_gateway_caches import DIGEST, _Constitutions, _keys, _Limiter, _Policy, _token, _verifier
 
@@ -28,7 +28,7 @@ class _Context:
 
 async def test_the_mesh_metadata_a_client_sends_is_dropped() -> None:
     pem, jwks = _keys()
-    gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), _Policy(Verdict(True, "SESSION_OWNER")))
+    gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), _Policy(Admission(True, "SESSION_OWNER")))
     proxy = Proxy(gateway, methods(), {}, stream_timeout=60)
     method = methods()[GET_SESSION]
     request = method.request_type(name="tenants/t1/sessions/s1").SerializeToString()

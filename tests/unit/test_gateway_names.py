@@ -18,7 +18,7 @@ from skm_runtime.status import DETAILS_KEY
 from svc_gateway.adapters.policy import GrpcPolicy
 from svc_gateway.core import Gateway, object_of
 from svc_gateway.errors import PolicyUnavailable, ResourceNameInvalid
-from svc_gateway.model import Principal, Rule, Verdict
+from svc_gateway.model import Admission, Principal, Rule
 from tests.unit.test_gateway_caches import DIGEST, _Constitutions, _keys, _Limiter, _token, _verifier
 
 READ_SESSION = Rule("can_read", "session", "name")
@@ -58,7 +58,7 @@ def test_well_formed_names_name_their_object() -> None:
 class _UnreadablePolicy:
     """svc_policy as the adapter reports it when it cannot read the object."""
 
-    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Verdict:
+    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Admission:
         raise ResourceNameInvalid("the resource name is not one policy can decide on", metadata={"policy_reason": "X"})
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from skm_runtime.access import Principal
 from skm_runtime.errors import InvalidArgument
 from svc_tools.adapters.numpy_index import NumpyVectorIndex
 from svc_tools.errors import (
@@ -32,7 +33,6 @@ from svc_tools.model import (
     ExecutionState,
     Failure,
     NewDocument,
-    Principal,
     Space,
     Success,
 )

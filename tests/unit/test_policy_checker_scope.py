@@ -12,11 +12,12 @@ from collections.abc import Sequence
 
 import pytest
 
+from skm_runtime.access import AccessCheck, Verdict
 from skm_runtime.policy_changes import TenantChanges, changed_tenant, object_tenant
 from svc_policy.checks import Checker
 from svc_policy.decisions import DecisionTable
 from svc_policy.errors import PolicyBackendUnavailable
-from svc_policy.model import AccessCheck, Relationship, Verdict
+from svc_policy.model import Relationship
 
 TABLE = DecisionTable.parse(
     {

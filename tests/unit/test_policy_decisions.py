@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from skm_runtime.access import AccessCheck, Verdict
+from svc_policy.adapters.decision_file import load_decision_table
 from svc_policy.checks import Checker
 from svc_policy.decisions import DecisionTable, InvalidDecisionTable
-from svc_policy.model import AccessCheck, Relationship, Verdict
+from svc_policy.model import Relationship
 
 
 def _table(**rules: Any) -> dict[str, Any]:
@@ -88,12 +90,12 @@ def test_relations_are_checked_against_the_model() -> None:
 def test_load_reads_yaml_and_reports_the_file(tmp_path: Path) -> None:
     path = tmp_path / "decisions.yaml"
     path.write_text("version: 1\ntypes: {tool: {can_execute: {probes: [], otherwise_deny: NOT_PERMITTED}}}\n")
-    rules = DecisionTable.load(path).rules_for("tool", "can_execute")
+    rules = load_decision_table(path).rules_for("tool", "can_execute")
     assert rules is not None
     assert rules.decide([]) == (Verdict.DENY, "NOT_PERMITTED")
     path.write_text("types: [unclosed\n")
     with pytest.raises(InvalidDecisionTable, match=str(path)):
-        DecisionTable.load(path)
+        load_decision_table(path)
 
 
 _ESCALATED = {

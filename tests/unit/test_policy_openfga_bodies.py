@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from skm_runtime.access import AccessCheck
 from svc_policy.adapters.openfga import OpenFgaAuthorizer
 from svc_policy.errors import InvalidCheck
-from svc_policy.model import AccessCheck
 
 STORE, MODEL = "01HZZZZZZZZZZZZZZZZZZZZZZ0", "01HZZZZZZZZZZZZZZZZZZZZZZ1"
 

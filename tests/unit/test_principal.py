@@ -35,7 +35,8 @@ from skm_runtime.principal import (
     use_caller_name,
     use_mesh_keys,
 )
-from skm_runtime.server import ServiceSettings, ServiceSpec, run, usage
+from skm_runtime.server import ServiceSpec, run, usage
+from skm_runtime.settings import ServiceSettings
 from skm_stack.devkeys import ensure_mesh_key
 
 ALICE = principal_message("tenants/t1", "tenants/t1/users/alice", ["member", "operator"])

@@ -17,12 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import json_format
 
 from skm.profiles.v1 import persona_pb2
+from skm_runtime.access import Principal
 from skm_runtime.errors import SkmError
 from svc_profiles import convert
+from svc_profiles.adapters.defaults import load_defaults, parse_defaults
 from svc_profiles.adapters.keys import Ed25519PersonaKeys, Ed25519PersonaSigner, PersonaKeysInvalid
 from svc_profiles.bundle import bundle_digest, bundle_json, canonical_json, number_text
 from svc_profiles.core import Profiles
-from svc_profiles.defaults import DEFAULTS_FILE, load_defaults, parse_defaults
 from svc_profiles.errors import (
     DefaultsInvalid,
     EtagMismatch,
@@ -56,9 +57,9 @@ from svc_profiles.model import (
     Money,
     Persona,
     PersonaCursor,
-    Principal,
     RoleDefault,
 )
+from svc_profiles.settings import DEFAULTS_FILE
 
 T1 = "tenants/acme"
 T2 = "tenants/globex"

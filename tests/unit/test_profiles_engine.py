@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from svc_profiles.defaults import DEFAULTS_FILE, load_defaults, with_served_engine
+from svc_profiles.adapters.defaults import load_defaults, with_served_engine
 from svc_profiles.model import ModelRole
+from svc_profiles.settings import DEFAULTS_FILE
 
 URL = "http://127.0.0.1:58090/v1"
 

@@ -62,8 +62,6 @@ from svc_profiles.model import (
     RoleDefault,
 )
 
-DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles" / "defaults.yaml"
-
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 E = TypeVar("E")
 

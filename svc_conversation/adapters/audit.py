@@ -25,12 +25,12 @@ from opentelemetry import trace
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm.events.v1 import event_pb2
+from skm_runtime.access import Principal
 from skm_runtime.outbox import OutboxRecord
 from skm_runtime.principal import principal_message
-from svc_conversation.adapters.postgres import TOPIC_AUDIT
-from svc_conversation.model import Principal
 from svc_conversation.preprocess import redact
 
+TOPIC_AUDIT = "audit"
 _NAMESPACE = uuid.UUID("7d0b4d56-5a4c-4e0e-9a8e-2f3c1b6e9d11")
 SOURCE = "conversation"
 
