@@ -4,7 +4,9 @@ or send protobuf; the core never sees a message."""
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -14,7 +16,9 @@ from skm.profiles.v1 import model_profile_pb2
 from skm.tools.v1 import execution_pb2
 from skm.type.v1 import model_pb2, money_pb2, policy_decision_pb2, principal_pb2
 from skm_runtime.access import Decision, Principal, Verdict
+from skm_runtime.errors import FieldViolation
 from skm_runtime.principal import principal_message, role_names
+from svc_conversation.errors import InvalidSession
 from svc_conversation.model import (
     Acknowledge,
     Attached,
@@ -130,9 +134,32 @@ def decision_to(decision: Decision) -> policy_decision_pb2.PolicyDecision:
 # -- sessions ----------------------------------------------------------------------------
 
 
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+def _known(kind: type[E], number: int, field: str) -> E:
+    """The member of `kind` a client sent; a number the contract does not define is the
+    client's error (a newer client, or garbage), never a crash."""
+    try:
+        return kind(number)
+    except ValueError:
+        raise InvalidSession(
+            f"{field} has no value {number}", violations=[FieldViolation(field, f"unknown value {number}")]
+        ) from None
+
+
+def _as_sent(kind: type[E], number: int) -> E:
+    """An output-only enum as a client echoed it: ignored by the core, so an unknown number
+    reads as UNSPECIFIED."""
+    try:
+        return kind(number)
+    except ValueError:
+        return kind(0)
+
+
 def override_of(message: model_profile_pb2.ModelOverride) -> ModelOverride:
     return ModelOverride(
-        role=ModelRole(message.role),
+        role=_known(ModelRole, message.role, "session.model_overrides.role"),
         model_tiers=tuple(message.model_tiers),
         temperature=message.temperature if message.HasField("temperature") else None,
         max_output_tokens=message.max_output_tokens,
@@ -154,11 +181,11 @@ def session_of(message: session_pb2.Session) -> Session:
     return Session(
         name=message.name,
         persona=message.persona,
-        mode=DeploymentMode(message.mode),
+        mode=_known(DeploymentMode, message.mode, "session.mode"),
         display_name=message.display_name,
         persona_bundle_digest=message.persona_bundle_digest,
         model_overrides=tuple(override_of(o) for o in message.model_overrides),
-        state=SessionState(message.state),
+        state=_as_sent(SessionState, message.state),
         current_turn=message.current_turn,
         owner=message.owner,
         superior_session=message.superior_session,

@@ -221,6 +221,14 @@ class Proxy(grpc.GenericRpcHandler):
             await asyncio.sleep(_SETTLE_POLL_SECONDS)
             if await call.details() != _WRITE_FAILED:
                 break
+        else:
+            # grpc.aio recorded its write failure last: the service's status is lost for good.
+            # It ended the call on purpose, so this is a passing state of the stream, not a
+            # fault: the client is told to try again, when it gets the service's own answer.
+            raise ServiceUnavailable(
+                "the owning service ended the stream while a message was being forwarded; retry",
+                metadata={"cause": "STREAM_ENDED_WHILE_FORWARDING"},
+            )
         return grpc.aio.AioRpcError(
             await call.code(),
             await call.initial_metadata() or grpc.aio.Metadata(),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -124,3 +128,31 @@ async def test_bidi_stream_echoes_pcm_frames(channel: grpc.aio.Channel) -> None:
     await call.done_writing()
     assert await call.read() is grpc.aio.EOF
     assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_client_leaving_a_stream_that_is_answering_leaves_no_error_behind(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server is writing when the client goes: grpc stops asking the servicer's async
+    generator for more, and nothing of the call (its span, its deadline in a ContextVar) may
+    be left for the event loop to close later in another task, where it failed before."""
+    loop = asyncio.get_running_loop()
+    problems: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: problems.append(str(context.get("exception") or context)))
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = lambda hook: problems.append(repr(hook.exc_value))
+    try:
+        for _ in range(40):
+            call = channel.stream_stream(f"/{echo_service.SERVICE}/Flood")(iter([b"x" * 1024]), timeout=10)
+            assert await call.read() == b"x" * 1024
+            call.cancel()
+        await asyncio.sleep(0.2)
+        gc.collect()
+        await asyncio.sleep(0.2)
+    finally:
+        loop.set_exception_handler(None)
+        sys.unraisablehook = unraisable
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not problems, problems[:3]
+    assert not errors, errors[:3]
+    await assert_still_serving(channel)

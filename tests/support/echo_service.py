@@ -35,6 +35,13 @@ async def _bidi(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContex
         yield frame
 
 
+async def _flood(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """Answers each frame with a stream of copies, until the client goes away."""
+    async for frame in requests:
+        while True:
+            yield frame
+
+
 async def _slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     await asyncio.sleep(float(request.decode() or "1"))
     return request
@@ -67,6 +74,7 @@ def register(server: grpc.aio.Server) -> None:
                 {
                     "Unary": grpc.unary_unary_rpc_method_handler(_unary),
                     "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+                    "Flood": grpc.stream_stream_rpc_method_handler(_flood),
                     "Slow": grpc.unary_unary_rpc_method_handler(_slow),
                     "Remaining": grpc.unary_unary_rpc_method_handler(_remaining),
                     "Traceparent": grpc.unary_unary_rpc_method_handler(_traceparent),
