@@ -256,6 +256,7 @@ class HeldActions:
         )
         await self._reports.add(PendingReport(blocked_action, claim_id, outcome, principal, self._now()))
         self._owed.set()
+        self.start()  # a caller that never started the reporter still gets its outcome reported
 
     def start(self) -> None:
         """Begin reporting pending outcomes in the background (idempotent)."""

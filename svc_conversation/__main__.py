@@ -18,6 +18,7 @@ import grpc
 from skm_runtime.contract import services_of
 from skm_runtime.interceptors import outliving_context
 from skm_runtime.outbox import OutboxRelay
+from skm_runtime.pending_reports import PostgresPendingReports
 from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel, run
 from svc_conversation import api
 from svc_conversation.adapters.mesh import GrpcProfiles, GrpcTools
@@ -64,7 +65,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
         first_token_timeout=settings.model_first_token_timeout_seconds,
         idle_timeout=settings.model_idle_timeout_seconds,
     )
-    policy = GrpcPolicy(channels[2])
+    policy = GrpcPolicy(channels[2], reports=PostgresPendingReports(store.pool, SCHEMA))
     conversation = Conversation(
         store,
         hot,
@@ -83,6 +84,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
 
     async def start() -> None:
         relay.start()
+        policy.start()
         await conversation.start()
         tasks.append(asyncio.create_task(_maintain_forever(conversation, settings.maintain_interval_seconds)))
 

@@ -16,6 +16,7 @@ import grpc
 
 from skm_runtime.contract import services_of
 from skm_runtime.outbox import OutboxRelay
+from skm_runtime.pending_reports import PostgresPendingReports
 from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel, run
 from svc_tools import api
 from svc_tools.adapters.bert import BertEmbedder
@@ -125,9 +126,10 @@ async def build(
     channel = open_channel(settings.policy_addr, runtime)
     memories = Memories(PostgresMemoryStore(store.pool), index, embedder, now=_now)
     knowledge = Knowledge(PostgresKnowledgeStore(store.pool), index, embedder, now=_now)
+    policy = GrpcPolicyGate(channel, reports=PostgresPendingReports(store.pool, SCHEMA))
     tools = Tools(
         store,
-        GrpcPolicyGate(channel),
+        policy,
         sandbox,
         now=_now,
         max_timeout_seconds=settings.max_timeout_seconds,
@@ -145,6 +147,7 @@ async def build(
 
     async def start() -> None:
         relay.start()
+        policy.start()
         await tools.start()
         tasks.append(asyncio.create_task(_maintain_forever(tools, settings.maintain_interval_seconds)))
 
@@ -154,6 +157,7 @@ async def build(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await tools.close()
+        await policy.close()
         await relay.close()
         await channel.close()
         # The index, the embedder (when built here) and the database, last opened first.

@@ -70,16 +70,6 @@ class PrincipalMissing(ToolsError):
     reason = "PRINCIPAL_MISSING"
 
 
-class ClaimRefused(Exception):
-    """svc_policy refused to bind an approved action to this execution (not an RPC error:
-    the execution fails with a result instead)."""
-
-    def __init__(self, state: str, detail: str) -> None:
-        super().__init__(detail)
-        self.state = state
-        self.detail = detail
-
-
 class DocumentNotFound(ToolsError):
     code = Code.NOT_FOUND
     reason = "DOCUMENT_NOT_FOUND"

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 # Who asks and what svc_policy answers are the mesh's shared access domain.
-from skm_runtime.access import Decision, HeldState, Principal
+from skm_runtime.access import Decision, Principal
 
 # JSON-like values (tool arguments, JSON schemas, policy condition contexts).
 JsonObject = Mapping[str, Any]
@@ -39,15 +39,6 @@ class Tool:
     side: ExecutionSide
     # Wall-clock limit of a run when the request sets none.
     default_timeout_seconds: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """A blocked action as it left PENDING."""
-
-    state: HeldState
-    note: str = ""
-    claim_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

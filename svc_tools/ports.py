@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from skm_runtime.access import AccessCheck, Decision, Principal
+from skm_runtime.access import AccessCheck, Approval, Decision, Outcome, Principal
 from svc_tools.model import (
     Access,
     Change,
@@ -18,7 +18,6 @@ from svc_tools.model import (
     HoldRequest,
     Memory,
     MemoryOperation,
-    Resolution,
     Result,
     SandboxJob,
     SandboxOutcome,
@@ -83,10 +82,11 @@ class ExecutionStore(Protocol):
 
 
 class PolicyGate(Protocol):
-    """svc_policy: checks, the hold of runs that need approval, and the claim protocol.
+    """svc_policy: checks, the hold of runs that need approval, and the shared
+    hold -> wait -> claim -> complete protocol (skm_runtime.held_actions).
 
-    Every method raises `svc_tools.errors.PolicyUnavailable` when svc_policy cannot be
-    reached or answers with an error: callers fail closed.
+    `check`, `hold` and `cancel` raise `svc_tools.errors.PolicyUnavailable` when svc_policy
+    cannot be reached or answers with an error: callers fail closed.
     """
 
     async def check(self, checks: Sequence[AccessCheck], principal: Principal) -> list[Decision]:
@@ -98,22 +98,19 @@ class PolicyGate(Protocol):
         payload; retrying with the same hold.request_id returns the same blocked action."""
         ...
 
-    async def wait_resolution(self, blocked_action: str) -> Resolution:
-        """Wait until the blocked action leaves PENDING (across lost streams and restarts
-        of svc_policy) and return how it left."""
+    async def approval(self, blocked_action: str, claim_id: str) -> Approval:
+        """Wait for the operator's decision (across lost streams and restarts of svc_policy)
+        and claim an approved action with `claim_id` before answering CLAIMED (again
+        CLAIMED for a claim made before; TAKEN when another claim id has it)."""
         ...
 
-    async def claim(self, blocked_action: str, claim_id: str) -> None:
-        """Bind an APPROVED action to `claim_id` (idempotent for the same claim id).
-        Raises `svc_tools.errors.ClaimRefused` when it is not approved or claimed by another."""
-        ...
-
-    async def complete(self, blocked_action: str, claim_id: str, succeeded: bool, failure_reason: str) -> None:
-        """Report the outcome of a claimed action (idempotent)."""
+    async def complete(self, blocked_action: str, claim_id: str, outcome: Outcome) -> None:
+        """Report the outcome of a claimed action (idempotent); one svc_policy cannot take
+        now is kept durably and reported again in the background."""
         ...
 
     async def cancel(self, blocked_action: str) -> None:
-        """Withdraw a PENDING or APPROVED action; one resolved otherwise is left as it is."""
+        """Withdraw a PENDING action; one resolved already is left as it is."""
         ...
 
 

@@ -21,6 +21,7 @@ import asyncpg
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm_runtime.outbox import OutboxRecord, add_events, outbox_arrays, outbox_ddl, outbox_insert, outbox_notify
+from skm_runtime.pending_reports import pending_reports_ddl
 from svc_conversation.adapters.audit import TOPIC_AUDIT
 from svc_conversation.adapters.records import EncodedSessionStore, EncodedWrite
 from svc_conversation.errors import SessionGone
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.commands (
     PRIMARY KEY (tenant, session, request_id)
 );
 {outbox_ddl(SCHEMA)}
+{pending_reports_ddl(SCHEMA)}
 """
 
 

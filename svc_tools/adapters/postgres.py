@@ -20,6 +20,7 @@ from skm.events.v1 import event_pb2
 from skm.tools.v1 import execution_pb2, tool_service_pb2
 from skm_runtime.errors import ServiceUnavailable
 from skm_runtime.outbox import OutboxRecord, add_events, outbox_ddl
+from skm_runtime.pending_reports import pending_reports_ddl
 from svc_tools.convert import execution_of, execution_to, request_to, tool_completed_event, tool_requested_event
 from svc_tools.model import Change, Execution
 
@@ -31,6 +32,7 @@ _LIVE = "('CHECKING', 'AWAITING_APPROVAL', 'RUNNING')"
 
 _DDL = f"""
 {outbox_ddl(SCHEMA)}
+{pending_reports_ddl(SCHEMA)}
 CREATE TABLE IF NOT EXISTS {SCHEMA}.executions (
     name text PRIMARY KEY,
     tenant text NOT NULL,

@@ -11,7 +11,6 @@ records what these answers mean.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -22,14 +21,13 @@ from skm_runtime.access import (
     RESTRICTIVENESS,
     AccessCheck,
     Approval,
-    ApprovalState,
     Decision,
-    HeldState,
+    Outcome,
     Verdict,
 )
 from svc_tools.catalogue import CODE_EXECUTION, DEFAULT_AREAS
 from svc_tools.core.names import session_of
-from svc_tools.errors import ClaimRefused, PolicyUnavailable
+from svc_tools.errors import PolicyUnavailable
 from svc_tools.model import Access, Execution, Failure, HoldRequest, Success
 from svc_tools.ports import PolicyGate
 
@@ -38,10 +36,6 @@ log = logging.getLogger("skm.tools")
 MAX_SUMMARY_CHARS = 300
 # Hold request ids are derived from execution names in this UUID namespace.
 HOLD_NAMESPACE = uuid.UUID("5d0c7f64-3c1e-4b7a-9a53-1f0a4c2b7e11")
-# How long a claim waits when svc_policy is unreachable (doubling up to the second value),
-# and when the action changed under it.
-CLAIM_BACKOFF_SECONDS = (0.2, 5.0)
-CLAIM_RECHECK_SECONDS = 1.0
 
 
 class Approvals:
@@ -77,35 +71,7 @@ class Approvals:
         """Wait for the operator's decision on a held execution; CLAIMED means the approved
         action is bound to this execution (its name is the claim id): run it, once."""
         assert execution.decision is not None  # held executions have their decision
-        blocked = execution.decision.blocked_action
-        backoff, max_backoff = CLAIM_BACKOFF_SECONDS
-        while True:
-            resolution = await self._policy.wait_resolution(blocked)
-            state = resolution.state
-            mine = resolution.claim_id == execution.name
-            if state is not HeldState.APPROVED and not (state is HeldState.EXECUTING and mine):
-                break
-            try:
-                await self._policy.claim(blocked, execution.name)
-            except PolicyUnavailable:
-                # Approved, but svc_policy is gone for a moment: claim again (same claim id).
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, max_backoff)
-                continue
-            except ClaimRefused as refused:
-                state = HeldState(refused.state) if refused.state in HeldState.__members__ else state
-                if state in (HeldState.PENDING, HeldState.APPROVED):
-                    await asyncio.sleep(CLAIM_RECHECK_SECONDS)  # it changed under us; look again
-                    continue
-                break
-            return Approval(ApprovalState.CLAIMED)
-        if state is HeldState.REJECTED:
-            return Approval(ApprovalState.REJECTED, resolution.note)
-        if state is HeldState.EXPIRED:
-            return Approval(ApprovalState.EXPIRED, resolution.note)
-        if state is HeldState.CANCELLED:
-            return Approval(ApprovalState.CANCELLED, resolution.note)
-        return Approval(ApprovalState.TAKEN)
+        return await self._policy.approval(execution.decision.blocked_action, execution.name)
 
     async def withdraw(self, execution: Execution) -> None:
         """Withdraw a held execution's blocked action (it was cancelled while waiting)."""
@@ -116,20 +82,15 @@ class Approvals:
             # Nobody will claim it: it expires in svc_policy's store.
             log.warning("could not withdraw a held run", extra={"fields": {"execution": execution.name}})
 
-    async def report(self, execution: Execution) -> bool:
-        """Tell svc_policy how a claimed execution ended; False when it cannot be reached
-        (a later maintenance pass tries again)."""
+    async def report(self, execution: Execution) -> None:
+        """Tell svc_policy how a claimed execution ended (kept and reported again where it
+        cannot take it now: see skm_runtime.held_actions)."""
         assert execution.decision is not None  # claimed executions were held
         result = execution.result
         failure = result.reason.value if isinstance(result, Failure) else ""
-        try:
-            await self._policy.complete(
-                execution.decision.blocked_action, execution.name, isinstance(result, Success), failure
-            )
-        except PolicyUnavailable:
-            log.warning("outcome not reported to svc_policy yet", extra={"fields": {"execution": execution.name}})
-            return False
-        return True
+        await self._policy.complete(
+            execution.decision.blocked_action, execution.name, Outcome(isinstance(result, Success), failure)
+        )
 
 
 def most_restrictive(decisions: Sequence[Decision]) -> Decision:

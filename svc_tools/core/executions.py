@@ -106,9 +106,11 @@ class Executions:
                 run.end(MOVED)
 
     async def report(self, execution: Execution) -> None:
-        """Tell svc_policy the outcome of a claimed execution, and remember that it heard it."""
-        if await self._approvals.report(execution):
-            await self._store.mark_reported(execution.name)
+        """Hand the outcome of a claimed execution to the held-action protocol (which keeps
+        it until svc_policy takes it), and remember that it was handed over; a process that
+        stops in between leaves it unreported, for a maintenance pass to hand over again."""
+        await self._approvals.report(execution)
+        await self._store.mark_reported(execution.name)
 
     async def _drive_steps(self, run: Run) -> None:
         run.started = True

@@ -21,7 +21,8 @@ from skm.policy.v1 import (
     blocked_action_service_pb2,
     blocked_action_service_pb2_grpc,
 )
-from skm_runtime.access import Principal
+from skm_runtime.access import Outcome, Principal
+from skm_runtime.held_actions import MemoryPendingReports
 from skm_runtime.server import signed_channel
 from skm_stack import RunningStack
 from skm_stack.services import start_service
@@ -69,10 +70,11 @@ async def test_an_outcome_svc_policy_could_not_take_is_reported_once_it_is_back(
 
         service.stop()  # svc_policy is away
         async with signed_channel(service.addr) as channel:
-            policy = GrpcPolicy(channel)
+            reports = MemoryPendingReports()
+            policy = GrpcPolicy(channel, reports=reports)
             try:
                 started = time.monotonic()
-                await policy.complete(mike, name, "claim-1", succeeded=True)
+                await policy.complete(mike, name, "claim-1", Outcome(succeeded=True))
                 assert time.monotonic() - started < 15, "the turn does not wait for svc_policy"
 
                 logs = Path(tempfile.mkdtemp(prefix="skm-test-outcome-again-"))
@@ -85,12 +87,13 @@ async def test_an_outcome_svc_policy_could_not_take_is_reported_once_it_is_back(
                         await asyncio.sleep(0.2)
                     assert entry.state == State.STATE_EXECUTED
                     assert entry.outcome.succeeded
+                    assert await reports.due(10) == [], "a taken outcome is owed no more"
 
                     # Refused for good (not this entry's claim): reported once, never again.
                     second, other = await _held_approved_claimed(again.addr)
                     mike = Principal(tenant=second, user=f"{second}/users/mike", roles=("member",))
-                    await policy.complete(mike, other, "claim-2", succeeded=True)
-                    assert not policy._reporting, "a final refusal is not retried"
+                    await policy.complete(mike, other, "claim-2", Outcome(succeeded=True))
+                    assert await reports.due(10) == [], "a final refusal is not kept to retry"
                     assert (await _state(again.addr, second, other)).state == State.STATE_EXECUTING
                 finally:
                     again.stop()

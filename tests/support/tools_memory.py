@@ -22,15 +22,22 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from skm_runtime.access import AccessCheck, Decision, HeldState, Outcome, Principal, Verdict
+from skm_runtime.access import AccessCheck, Approval, Decision, HeldState, Hold, Outcome, Principal, Verdict
 from skm_runtime.errors import ServiceUnavailable
-from svc_tools.errors import ClaimRefused, PolicyUnavailable
+from skm_runtime.held_actions import (
+    GONE_NOTE,
+    ClaimAnswer,
+    HeldActions,
+    HeldEntry,
+    MemoryPendingReports,
+    ReportAnswer,
+)
+from svc_tools.errors import PolicyUnavailable
 from svc_tools.model import (
     Access,
     Change,
     Execution,
     HoldRequest,
-    Resolution,
     Result,
     SandboxEnd,
     SandboxJob,
@@ -199,6 +206,11 @@ class MemoryExecutionStore:
         if row is not None:
             row.execution = dataclasses.replace(row.execution, completion_reported=True)
 
+    def forget_reported(self, name: str) -> None:
+        """Test setup: the outcome of `name` was never handed to svc_policy."""
+        row = self._rows[name]
+        row.execution = dataclasses.replace(row.execution, completion_reported=False)
+
     async def request_cancel(self, name: str) -> None:
         self._up()
         row = self._rows.get(name)
@@ -250,15 +262,29 @@ class MemoryPolicyGate:
 
     `verdicts` maps (relation, object) or (subject, relation, object) to a verdict; anything
     else is allowed. The operator's side is `approve`, `reject`, `expire`; `unavailable`
-    makes every call fail as an unreachable svc_policy does.
+    makes every call fail as an unreachable svc_policy does. The wait, claim and outcome go
+    through the shared protocol (skm_runtime.held_actions.HeldActions) over this store, with
+    owed outcomes in `reports`, as the real adapter does over gRPC and PostgreSQL.
     """
 
     verdicts: dict[tuple[str, ...], Verdict] = field(default_factory=dict)
     actions: dict[str, HeldAction] = field(default_factory=dict)
     checks: list[AccessCheck] = field(default_factory=list)
     unavailable: bool = False
+    reports: MemoryPendingReports = field(default_factory=MemoryPendingReports)
     _by_request: dict[str, str] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _held: HeldActions | None = None
+
+    @property
+    def held_actions(self) -> HeldActions:
+        if self._held is None:
+            self._held = HeldActions(_MemoryPolicyApi(self), self.reports, first_backoff=0.001, max_backoff=0.01)
+        return self._held
+
+    async def close(self) -> None:
+        if self._held is not None:
+            await self._held.close()
 
     def _up(self) -> None:
         if self.unavailable:
@@ -300,41 +326,16 @@ class MemoryPolicyGate:
             self._touch()
         return self.actions[name].decision
 
-    async def wait_resolution(self, blocked_action: str) -> Resolution:
-        while True:
-            action = self.actions.get(blocked_action)
-            if action is None:
-                return Resolution(HeldState.EXPIRED, note="the held run is gone from svc_policy's store")
-            if action.state is not HeldState.PENDING:
-                return Resolution(action.state, note=action.note, claim_id=action.claim_id)
-            await self._changed.wait()
+    async def approval(self, blocked_action: str, claim_id: str) -> Approval:
+        return await self.held_actions.approval(None, blocked_action, claim_id)
 
-    async def claim(self, blocked_action: str, claim_id: str) -> None:
-        self._up()
-        action = self.actions.get(blocked_action)
-        if action is None:
-            raise ClaimRefused(HeldState.EXPIRED.value, "BLOCKED_ACTION_NOT_FOUND")
-        if action.state in (HeldState.EXECUTING, HeldState.EXECUTED):
-            if action.claim_id == claim_id:
-                return
-            raise ClaimRefused(action.state.value, "BLOCKED_ACTION_ALREADY_CLAIMED")
-        if action.state is not HeldState.APPROVED:
-            raise ClaimRefused(action.state.value, "BLOCKED_ACTION_NOT_APPROVED")
-        action.state, action.claim_id = HeldState.EXECUTING, claim_id
-        self._touch()
-
-    async def complete(self, blocked_action: str, claim_id: str, succeeded: bool, failure_reason: str) -> None:
-        self._up()
-        action = self.actions.get(blocked_action)
-        # svc_policy refuses other completions; the gate logs that and moves on.
-        if action is not None and action.state is HeldState.EXECUTING and action.claim_id == claim_id:
-            action.state, action.outcome = HeldState.EXECUTED, Outcome(succeeded, failure_reason)
-            self._touch()
+    async def complete(self, blocked_action: str, claim_id: str, outcome: Outcome) -> None:
+        await self.held_actions.complete(None, blocked_action, claim_id, outcome)
 
     async def cancel(self, blocked_action: str) -> None:
         self._up()
         action = self.actions.get(blocked_action)
-        if action is not None and action.state in (HeldState.PENDING, HeldState.APPROVED):
+        if action is not None and action.state is HeldState.PENDING:
             action.state = HeldState.CANCELLED
             self._touch()
 
@@ -344,6 +345,13 @@ class MemoryPolicyGate:
         action = self.actions[name]
         assert action.state is HeldState.PENDING, action.state
         action.state, action.note = to, note
+        self._touch()
+
+    def claim_elsewhere(self, name: str, claim_id: str) -> None:
+        """Another executor claims the approved action first."""
+        action = self.actions[name]
+        assert action.state is HeldState.APPROVED, action.state
+        action.state, action.claim_id = HeldState.EXECUTING, claim_id
         self._touch()
 
     def approve(self, name: str, note: str = "") -> None:
@@ -365,6 +373,64 @@ class MemoryPolicyGate:
         while len(self.actions) < count:
             await self._changed.wait()
         return list(self.actions.values())[:count]
+
+
+class _MemoryPolicyApi:
+    """The held-action protocol's PolicyApi port over MemoryPolicyGate's store: svc_policy's
+    answers to a wait, a claim and an outcome."""
+
+    def __init__(self, gate: MemoryPolicyGate) -> None:
+        self._gate = gate
+
+    async def check(self, principal: Principal | None, checks: Sequence[AccessCheck]) -> list[Decision]:
+        raise NotImplementedError("checks go through MemoryPolicyGate.check")
+
+    async def hold(self, principal: Principal | None, check: AccessCheck, hold: Hold) -> Decision:
+        raise NotImplementedError("holds go through MemoryPolicyGate.hold")
+
+    async def resolved(self, principal: Principal | None, name: str) -> HeldEntry:
+        while True:
+            action = self._gate.actions.get(name)
+            if action is None:
+                return HeldEntry(name, HeldState.EXPIRED, GONE_NOTE)
+            if action.state is not HeldState.PENDING:
+                return HeldEntry(name, action.state, action.note, action.claim_id)
+            await self._gate._changed.wait()
+
+    async def claim(self, principal: Principal | None, name: str, claim_id: str) -> ClaimAnswer:
+        if self._gate.unavailable:
+            return ClaimAnswer.AWAY
+        action = self._gate.actions.get(name)
+        if action is None:
+            return ClaimAnswer.GONE
+        if action.state in (HeldState.EXECUTING, HeldState.EXECUTED) and action.claim_id == claim_id:
+            return ClaimAnswer.CLAIMED
+        if action.state is not HeldState.APPROVED:
+            return ClaimAnswer.CHANGED
+        action.state, action.claim_id = HeldState.EXECUTING, claim_id
+        self._gate._touch()
+        return ClaimAnswer.CLAIMED
+
+    async def complete(self, principal: Principal | None, name: str, claim_id: str, outcome: Outcome) -> ReportAnswer:
+        if self._gate.unavailable:
+            return ReportAnswer.AWAY
+        action = self._gate.actions.get(name)
+        if (
+            action is None
+            or action.claim_id != claim_id
+            or action.state
+            not in (
+                HeldState.EXECUTING,
+                HeldState.EXECUTED,
+            )
+        ):
+            return ReportAnswer.REFUSED
+        action.state, action.outcome = HeldState.EXECUTED, outcome
+        self._gate._touch()
+        return ReportAnswer.TAKEN
+
+    async def cancel(self, principal: Principal | None, name: str) -> None:
+        raise NotImplementedError("withdrawals go through MemoryPolicyGate.cancel")
 
 
 # -- the sandbox and the other tools ----------------------------------------------------------

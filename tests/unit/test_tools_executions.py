@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from skm_runtime.access import HeldState, Principal, Verdict
+from skm_runtime.access import HeldState, Outcome, Principal, Verdict
 from svc_tools.core.tools import Tools
 from svc_tools.errors import ExecutionFinished, ExecutionNotFound, PolicyUnavailable, RequestIdReused
 from svc_tools.model import (
@@ -124,6 +124,7 @@ async def world() -> AsyncIterator[World]:
     yield built
     for tools in built.processes:
         await tools.close()
+    await built.policy.close()
 
 
 async def soon(awaitable: Awaitable[T]) -> T:
@@ -376,7 +377,7 @@ async def test_an_action_claimed_by_another_executor_is_never_run_here(world: Wo
     (action,) = await soon(world.policy.held())
     world.policy.approve(action.name)
     # Before the drive wakes up: another executor claims the approved action first.
-    await world.policy.claim(action.name, "someone-else")
+    world.policy.claim_elsewhere(action.name, "someone-else")
 
     assert result_of(await soon(stream)) == Failure(
         FailureReason.INTERRUPTED, "the approved run was claimed by another executor"
@@ -384,7 +385,7 @@ async def test_an_action_claimed_by_another_executor_is_never_run_here(world: Wo
     assert world.sandboxes[0].jobs == []
 
 
-async def test_an_outcome_svc_policy_did_not_hear_is_reported_by_maintenance(world: World) -> None:
+async def test_an_outcome_svc_policy_did_not_hear_is_kept_and_reported_once_it_is_back(world: World) -> None:
     hold_code(world)
     gate = asyncio.Event()
     sandbox = ScriptedSandbox(gate=gate)
@@ -398,11 +399,38 @@ async def test_an_outcome_svc_policy_did_not_hear_is_reported_by_maintenance(wor
     gate.set()
     assert isinstance(result_of(await soon(stream)), Success)
     assert action.state is HeldState.EXECUTING
-    assert [e.name for e in await world.store.unreported(10)] == [action.payload.name]
+    # Handed to the held-action protocol, which owes it to svc_policy.
+    assert await world.store.unreported(10) == []
+    assert [(r.blocked_action, r.claim_id) for r in await world.policy.reports.due(10)] == [
+        (action.name, action.payload.name)
+    ]
 
     world.policy.unavailable = False
+    for _ in range(200):
+        if action.state is HeldState.EXECUTED:
+            break
+        await asyncio.sleep(0.005)
+    assert action.state is HeldState.EXECUTED
+    assert action.outcome == Outcome(succeeded=True)
+    assert await world.policy.reports.due(10) == []
+
+
+async def test_an_outcome_never_handed_over_is_reported_by_maintenance(world: World) -> None:
+    hold_code(world)
+    tools = await world.process()
+    stream = following(tools, code_request())
+    (action,) = await soon(world.policy.held())
+    world.policy.approve(action.name)
+    assert isinstance(result_of(await soon(stream)), Success)
+    assert action.state is HeldState.EXECUTED
+    # As if the process had stopped between storing the result and reporting it.
+    world.store.forget_reported(action.payload.name)
+    action.state, action.outcome = HeldState.EXECUTING, None
+    assert [e.name for e in await world.store.unreported(10)] == [action.payload.name]
+
     await tools.maintain()
-    assert world.policy.actions[action.name].state is HeldState.EXECUTED
+    assert action.state is HeldState.EXECUTED
+    assert action.outcome == Outcome(succeeded=True)
     assert await world.store.unreported(10) == []
 
 
