@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from evals.capsules import Capsule
+from skm_runtime.values import ModelRole
 from svc_conversation.adapters.openai import ChatRequest
 from svc_conversation.model import ToolSpec
 from svc_conversation.toolcall import RESPONSE_TOOL, ToolCall, decoding_schema, format_instructions, reply_json
-from svc_profiles.model import BuiltInPersona, Defaults, ModelRole
+from svc_profiles.model import BuiltInPersona, Defaults
 from svc_tools.catalogue import TOOLS
 from svc_tools.model import Tool
 

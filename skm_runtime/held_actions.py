@@ -12,7 +12,7 @@ background, with backoff, until svc_policy takes it or refuses it for good; a re
 the service picks the pending reports up again. An entry is never left EXECUTING for good
 because a process forgot what it owed.
 
-No grpc here: `PolicyApi` is the port to svc_policy (skm_runtime.policy_api implements it
+No grpc here: `PolicyCalls` is the port to svc_policy (skm_runtime.policy_calls implements it
 over gRPC), `PendingReports` the port to the durable store (skm_runtime.pending_reports
 implements it on PostgreSQL; `MemoryPendingReports` below is its in-memory twin, proven
 by one behaviour suite over both).
@@ -90,7 +90,7 @@ class ReportAnswer(enum.Enum):
     AWAY = "AWAY"  # no answer for now: report it again later
 
 
-class PolicyApi(Protocol):
+class PolicyCalls(Protocol):
     """svc_policy's checks and blocked-action calls, as the protocol needs them.
 
     `principal` is the caller's (sent signed, so svc_policy holds and shows the action as
@@ -189,7 +189,7 @@ class HeldActions:
 
     def __init__(
         self,
-        api: PolicyApi,
+        api: PolicyCalls,
         reports: PendingReports,
         *,
         first_backoff: float = FIRST_BACKOFF_SECONDS,

@@ -5,6 +5,7 @@ or send protobuf; the core never sees a message."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -14,10 +15,11 @@ from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm.profiles.v1 import model_profile_pb2
 from skm.tools.v1 import execution_pb2
-from skm.type.v1 import model_pb2, money_pb2, policy_decision_pb2, principal_pb2
+from skm.type.v1 import deployment_mode_pb2, model_pb2, money_pb2, policy_decision_pb2, principal_pb2
 from skm_runtime.access import Decision, Principal, Verdict
 from skm_runtime.errors import FieldViolation
 from skm_runtime.principal import principal_message, role_names
+from skm_runtime.values import DeploymentMode, FailureReason, ModelOverride, ModelRole, Money
 from svc_conversation.errors import InvalidSession
 from svc_conversation.model import (
     Acknowledge,
@@ -28,17 +30,12 @@ from svc_conversation.model import (
     ConverseCommand,
     ConverseCommandKind,
     ConverseOutput,
-    DeploymentMode,
     EventPayload,
-    FailureReason,
     FinalResponse,
     Intervention,
     InterventionKind,
     ModelCall,
-    ModelOverride,
-    ModelRole,
     ModelUsage,
-    Money,
     NoCommand,
     OutputChunk,
     OutputStream,
@@ -131,17 +128,56 @@ def decision_to(decision: Decision) -> policy_decision_pb2.PolicyDecision:
     )
 
 
+# -- the shared value enums (skm_runtime.values), by their wire names ---------------------
+#
+# Each raises ValueError for a number the contract does not define; UNSPECIFIED is None.
+
+_ROLE_PREFIX = "MODEL_ROLE_"
+_MODE_PREFIX = "DEPLOYMENT_MODE_"
+_FAILURE_PREFIX = "FAILURE_REASON_"
+_UNSPECIFIED = "UNSPECIFIED"
+
+
+def role_of(number: model_pb2.ModelRole.ValueType) -> ModelRole | None:
+    name = model_pb2.ModelRole.Name(number).removeprefix(_ROLE_PREFIX)
+    return None if name == _UNSPECIFIED else ModelRole[name]
+
+
+def role_to(role: ModelRole | None) -> model_pb2.ModelRole.ValueType:
+    return model_pb2.ModelRole.Value(_ROLE_PREFIX + (_UNSPECIFIED if role is None else role.name))
+
+
+def mode_of(number: deployment_mode_pb2.DeploymentMode.ValueType) -> DeploymentMode | None:
+    name = deployment_mode_pb2.DeploymentMode.Name(number).removeprefix(_MODE_PREFIX)
+    return None if name == _UNSPECIFIED else DeploymentMode[name]
+
+
+def mode_to(mode: DeploymentMode | None) -> deployment_mode_pb2.DeploymentMode.ValueType:
+    return deployment_mode_pb2.DeploymentMode.Value(_MODE_PREFIX + (_UNSPECIFIED if mode is None else mode.name))
+
+
+def failure_reason_of(number: execution_pb2.FailureReason.ValueType) -> FailureReason | None:
+    name = execution_pb2.FailureReason.Name(number).removeprefix(_FAILURE_PREFIX)
+    return None if name == _UNSPECIFIED else FailureReason[name]
+
+
+def failure_reason_to(reason: FailureReason | None) -> execution_pb2.FailureReason.ValueType:
+    return execution_pb2.FailureReason.Value(_FAILURE_PREFIX + (_UNSPECIFIED if reason is None else reason.name))
+
+
 # -- sessions ----------------------------------------------------------------------------
 
 
 E = TypeVar("E", bound=enum.IntEnum)
+N = TypeVar("N", bound=int)
+V = TypeVar("V")
 
 
-def _known(kind: type[E], number: int, field: str) -> E:
-    """The member of `kind` a client sent; a number the contract does not define is the
-    client's error (a newer client, or garbage), never a crash."""
+def _known(of: Callable[[N], V], number: N, field: str) -> V:
+    """The value a client sent, as `of` reads it; a number the contract does not define is
+    the client's error (a newer client, or garbage), never a crash."""
     try:
-        return kind(number)
+        return of(number)
     except ValueError:
         raise InvalidSession(
             f"{field} has no value {number}", violations=[FieldViolation(field, f"unknown value {number}")]
@@ -159,7 +195,7 @@ def _as_sent(kind: type[E], number: int) -> E:
 
 def override_of(message: model_profile_pb2.ModelOverride) -> ModelOverride:
     return ModelOverride(
-        role=_known(ModelRole, message.role, "session.model_overrides.role"),
+        role=_known(role_of, message.role, "session.model_overrides.role"),
         model_tiers=tuple(message.model_tiers),
         temperature=message.temperature if message.HasField("temperature") else None,
         max_output_tokens=message.max_output_tokens,
@@ -168,7 +204,7 @@ def override_of(message: model_profile_pb2.ModelOverride) -> ModelOverride:
 
 def override_to(override: ModelOverride) -> model_profile_pb2.ModelOverride:
     message = model_profile_pb2.ModelOverride(
-        role=model_pb2.ModelRole.ValueType(override.role),
+        role=role_to(override.role),
         model_tiers=list(override.model_tiers),
         max_output_tokens=override.max_output_tokens,
     )
@@ -181,7 +217,7 @@ def session_of(message: session_pb2.Session) -> Session:
     return Session(
         name=message.name,
         persona=message.persona,
-        mode=_known(DeploymentMode, message.mode, "session.mode"),
+        mode=_known(mode_of, message.mode, "session.mode"),
         display_name=message.display_name,
         persona_bundle_digest=message.persona_bundle_digest,
         model_overrides=tuple(override_of(o) for o in message.model_overrides),
@@ -201,7 +237,7 @@ def session_to(session: Session) -> session_pb2.Session:
     return session_pb2.Session(
         name=session.name,
         persona=session.persona,
-        mode=session.mode.value,  # type: ignore[arg-type]  # the enums share their numbers
+        mode=mode_to(session.mode),
         display_name=session.display_name,
         persona_bundle_digest=session.persona_bundle_digest,
         model_overrides=[override_to(o) for o in session.model_overrides],
@@ -223,7 +259,7 @@ def session_to(session: Session) -> session_pb2.Session:
 def usage_of(message: model_pb2.ModelUsage) -> ModelUsage:
     return ModelUsage(
         model=message.model,
-        role=ModelRole(message.role),
+        role=role_of(message.role),
         tier=message.tier,
         input_tokens=message.input_tokens,
         output_tokens=message.output_tokens,
@@ -240,7 +276,7 @@ def usage_of(message: model_pb2.ModelUsage) -> ModelUsage:
 def usage_to(usage: ModelUsage) -> model_pb2.ModelUsage:
     message = model_pb2.ModelUsage(
         model=usage.model,
-        role=model_pb2.ModelRole.ValueType(usage.role),
+        role=role_to(usage.role),
         tier=usage.tier,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -327,16 +363,14 @@ def turn_to(turn: Turn) -> turn_pb2.Turn:
 def result_of(message: execution_pb2.ToolResult) -> ToolResult:
     if message.HasField("success"):
         return ToolSuccess(message.success.output_json)
-    return ToolFailure(FailureReason(message.failure.reason), message.failure.message)
+    return ToolFailure(failure_reason_of(message.failure.reason), message.failure.message)
 
 
 def result_to(result: ToolResult) -> execution_pb2.ToolResult:
     if isinstance(result, ToolSuccess):
         return execution_pb2.ToolResult(success=execution_pb2.ToolSuccess(output_json=result.output_json))
     return execution_pb2.ToolResult(
-        failure=execution_pb2.ToolFailure(
-            reason=execution_pb2.FailureReason.ValueType(result.reason), message=result.message
-        )
+        failure=execution_pb2.ToolFailure(reason=failure_reason_to(result.reason), message=result.message)
     )
 
 

@@ -2,8 +2,10 @@
 loop works with. Plain frozen dataclasses and enums, no gRPC and no generated code
 (convert.py maps them to and from skm.conversation.v1 at the edges).
 
-The enums are numbered as their protobuf counterparts, so that converting one is a matter
-of its number and a stored name never has to be parsed.
+The enums declared here are numbered as their protobuf counterparts, so that converting one
+is a matter of its number and a stored name never has to be parsed. The value types other
+services speak too (ModelRole, DeploymentMode, Money, ModelOverride, FailureReason) come
+from skm_runtime.values; convert.py maps those by name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from skm_runtime.access import Decision, Principal
+from skm_runtime.values import DeploymentMode, FailureReason, ModelOverride, ModelRole, Money
 
 
 class SessionState(enum.IntEnum):
@@ -42,45 +45,12 @@ ACTIVE = frozenset({TurnState.RUNNING, TurnState.AWAITING_APPROVAL})
 TERMINAL = frozenset({TurnState.COMPLETED, TurnState.FAILED, TurnState.REFUSED})
 
 
-class DeploymentMode(enum.IntEnum):
-    UNSPECIFIED = 0
-    DEVELOPER = 1
-    TEST = 2
-    PRODUCTION = 3
-
-
-class ModelRole(enum.IntEnum):
-    """Which job a model does for a turn (skm.type.v1.ModelRole)."""
-
-    UNSPECIFIED = 0
-    PRE_SLM = 1
-    PRIMARY = 2
-    UTILITY = 3
-    EMBEDDING = 4
-
-
 class InterventionKind(enum.IntEnum):
     UNSPECIFIED = 0
     INTERRUPT = 1
     NUDGE = 2
     RESUME = 3
     RERUN = 4
-
-
-class FailureReason(enum.IntEnum):
-    """Why a tool call failed (skm.tools.v1.FailureReason)."""
-
-    UNSPECIFIED = 0
-    DENIED = 1
-    REJECTED = 2
-    APPROVAL_EXPIRED = 3
-    TIMEOUT = 4
-    CANCELLED = 5
-    SANDBOX_VIOLATION = 6
-    RESOURCE_LIMIT = 7
-    OUTPUT_LIMIT = 8
-    TOOL_ERROR = 9
-    INTERRUPTED = 10
 
 
 class OutputStream(enum.IntEnum):
@@ -93,20 +63,10 @@ class OutputStream(enum.IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ModelOverride:
-    """A session's replacement for what its persona's profile says of one role."""
-
-    role: ModelRole
-    model_tiers: tuple[str, ...] = ()  # "models/{model}"; empty keeps the profile's
-    temperature: float | None = None
-    max_output_tokens: int = 0  # 0 keeps the profile's
-
-
-@dataclass(frozen=True, slots=True)
 class Session:
     name: str  # "tenants/{tenant}/sessions/{session}"
     persona: str = ""  # "tenants/{tenant}/personas/{persona}"
-    mode: DeploymentMode = DeploymentMode.UNSPECIFIED
+    mode: DeploymentMode | None = None  # None: unspecified (invalid)
     display_name: str = ""
     persona_bundle_digest: str = ""
     model_overrides: tuple[ModelOverride, ...] = ()
@@ -125,13 +85,6 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
-class Money:
-    currency_code: str = ""
-    units: int = 0
-    nanos: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class ModelUsage:
     """What one model call consumed, as recorded on the turn and in its event.
 
@@ -139,7 +92,7 @@ class ModelUsage:
     is the same usage."""
 
     model: str = ""
-    role: ModelRole = ModelRole.UNSPECIFIED
+    role: ModelRole | None = None  # None: unspecified
     tier: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -204,7 +157,7 @@ class ToolSuccess:
 
 @dataclass(frozen=True, slots=True)
 class ToolFailure:
-    reason: FailureReason
+    reason: FailureReason | None  # None: the wire's UNSPECIFIED
     message: str = ""
 
 
@@ -404,7 +357,7 @@ class ModelTier:
 
 @dataclass(frozen=True, slots=True)
 class ResolvedProfile:
-    role: int
+    role: ModelRole
     tiers: tuple[ModelTier, ...]
     temperature: float | None = None
     max_output_tokens: int = 0
@@ -444,7 +397,9 @@ class ChatResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Persona:
+class PersonaBrief:
+    """What a turn needs of a persona (svc_profiles keeps the whole of it)."""
+
     name: str
     system_prompt: str
     allowed_tools: tuple[str, ...]  # tool ids, e.g. "code_execution"

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from skm_runtime.access import AccessCheck, Approval, Decision, Hold, Outcome, Payload, Principal
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
 from svc_conversation.model import (
     CallStats,
     ChatRequest,
@@ -16,9 +17,8 @@ from svc_conversation.model import (
     ExecutionUpdate,
     Lease,
     Loaded,
-    ModelOverride,
     ModelTier,
-    Persona,
+    PersonaBrief,
     ResolvedProfile,
     Session,
     SessionEvent,
@@ -150,10 +150,15 @@ class Profiles(Protocol):
     """svc_profiles: personas and the models a role resolves to. Raises
     DependencyUnavailable when it cannot be reached, PersonaNotFound for no such persona."""
 
-    async def persona(self, name: str, principal: Principal) -> Persona: ...
+    async def persona(self, name: str, principal: Principal) -> PersonaBrief: ...
 
     async def resolve(
-        self, principal: Principal, role: int, mode: int, persona: str, overrides: Sequence[ModelOverride]
+        self,
+        principal: Principal,
+        role: ModelRole,
+        mode: DeploymentMode | None,
+        persona: str,
+        overrides: Sequence[ModelOverride],
     ) -> ResolvedProfile: ...
 
 

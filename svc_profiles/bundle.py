@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from svc_profiles.model import ModelOverride, Persona
+from skm_runtime.values import ModelOverride
+from svc_profiles.model import Persona
 
 
 def canonical_json(value: Any) -> bytes:

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from skm_runtime.errors import FieldViolation
+from skm_runtime.values import ModelOverride, ModelRole, Money
 from svc_profiles.errors import InvalidPageToken, InvalidResourceName
-from svc_profiles.model import Capability, Model, ModelOverride, ModelProfile, ModelRole, Money, Persona
+from svc_profiles.model import Capability, Model, ModelProfile, Persona
 
 MAX_SYSTEM_PROMPT_BYTES = 64 * 1024
 MAX_DISPLAY_NAME_CHARS = 200

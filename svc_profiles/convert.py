@@ -11,18 +11,8 @@ from skm.type.v1 import deployment_mode_pb2, money_pb2, principal_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
 from skm_runtime.access import Principal
 from skm_runtime.principal import role_names
-from svc_profiles.model import (
-    Capability,
-    DeploymentMode,
-    Lineage,
-    Model,
-    ModelOverride,
-    ModelProfile,
-    ModelRole,
-    Money,
-    Persona,
-    ResolvedModelProfile,
-)
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
+from svc_profiles.model import Capability, Lineage, Model, ModelProfile, Persona, ResolvedModelProfile
 
 
 def principal_of(message: principal_pb2.Principal) -> Principal:

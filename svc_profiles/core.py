@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from skm_runtime.access import Principal
 from skm_runtime.errors import FieldViolation
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
 from svc_profiles import checks
 from svc_profiles.bundle import bundle_digest, bundle_json, canonical_json
 from svc_profiles.errors import (
@@ -56,12 +57,9 @@ from svc_profiles.model import (
     BuiltInPersona,
     Capability,
     Defaults,
-    DeploymentMode,
     Inserted,
     Model,
-    ModelOverride,
     ModelProfile,
-    ModelRole,
     Persona,
     PersonaCursor,
     ResolvedModelProfile,

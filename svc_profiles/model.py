@@ -11,22 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-
-class ModelRole(enum.Enum):
-    """The job a model does in the agent loop (skm.type.v1.ModelRole)."""
-
-    PRE_SLM = "PRE_SLM"
-    PRIMARY = "PRIMARY"
-    UTILITY = "UTILITY"
-    EMBEDDING = "EMBEDDING"
-
-
-class DeploymentMode(enum.Enum):
-    """The mode a session runs in (skm.type.v1.DeploymentMode)."""
-
-    DEVELOPER = "DEVELOPER"
-    TEST = "TEST"
-    PRODUCTION = "PRODUCTION"
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
 
 
 class Capability(enum.Enum):
@@ -41,19 +26,6 @@ class Capability(enum.Enum):
 # The order ListModelProfiles sorts by: the wire enums' numbers.
 ROLE_ORDER = {role: number for number, role in enumerate(ModelRole, start=1)}
 MODE_ORDER = {mode: number for number, mode in enumerate(DeploymentMode, start=1)}
-
-
-@dataclass(frozen=True, slots=True)
-class Money:
-    """An amount with the semantics of google.type.Money: units + nanos / 10^9."""
-
-    currency_code: str = ""
-    units: int = 0
-    nanos: int = 0
-
-    @property
-    def is_zero(self) -> bool:
-        return self.units == 0 and self.nanos == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,20 +49,6 @@ class Model:
     create_time: datetime | None = None
     update_time: datetime | None = None
     etag: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelOverride:
-    """Replaces parts of a role's profile: session overrides, persona preferences.
-
-    `role` None is the wire's UNSPECIFIED (invalid); empty tiers, None temperature and
-    0 tokens keep what applies otherwise.
-    """
-
-    role: ModelRole | None
-    model_tiers: tuple[str, ...] = ()
-    temperature: float | None = None
-    max_output_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from skm.tools.v1 import execution_pb2, knowledge_pb2, tool_pb2, tool_service_pb
 from skm.type.v1 import policy_decision_pb2, principal_pb2
 from skm_runtime.access import Decision, Principal, Verdict
 from skm_runtime.principal import principal_message, role_names
+from skm_runtime.values import FailureReason
 from svc_tools.model import (
     Accepted,
     Decided,
@@ -21,7 +22,6 @@ from svc_tools.model import (
     Execution,
     ExecutionState,
     Failure,
-    FailureReason,
     Finished,
     JsonObject,
     MemoryOperation,

@@ -26,6 +26,7 @@ from typing import Any
 
 from skm_runtime.access import Principal
 from skm_runtime.errors import FieldViolation, InvalidArgument, ServiceUnavailable
+from skm_runtime.values import FailureReason
 from svc_tools import catalogue
 from svc_tools.errors import (
     DocumentNotFound,
@@ -42,7 +43,6 @@ from svc_tools.model import (
     Document,
     Execution,
     Failure,
-    FailureReason,
     NewDocument,
     Passage,
     Result,

@@ -31,13 +31,13 @@ from typing import Any
 
 from skm_runtime.access import Principal
 from skm_runtime.errors import ServiceUnavailable
+from skm_runtime.values import FailureReason
 from svc_tools import catalogue
 from svc_tools.errors import EmbeddingUnavailable
 from svc_tools.model import (
     Access,
     Execution,
     Failure,
-    FailureReason,
     Memory,
     MemoryOperation,
     MemoryOperationKind,

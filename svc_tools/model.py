@@ -10,6 +10,7 @@ from typing import Any
 
 # Who asks and what svc_policy answers are the mesh's shared access domain.
 from skm_runtime.access import Decision, Principal
+from skm_runtime.values import FailureReason
 
 # JSON-like values (tool arguments, JSON schemas, policy condition contexts).
 JsonObject = Mapping[str, Any]
@@ -60,19 +61,6 @@ class ExecutionState(enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (ExecutionState.SUCCEEDED, ExecutionState.FAILED)
-
-
-class FailureReason(enum.Enum):
-    DENIED = "DENIED"
-    REJECTED = "REJECTED"
-    APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
-    TIMEOUT = "TIMEOUT"
-    CANCELLED = "CANCELLED"
-    SANDBOX_VIOLATION = "SANDBOX_VIOLATION"
-    RESOURCE_LIMIT = "RESOURCE_LIMIT"
-    OUTPUT_LIMIT = "OUTPUT_LIMIT"
-    TOOL_ERROR = "TOOL_ERROR"
-    INTERRUPTED = "INTERRUPTED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,11 +25,10 @@ from skm.profiles.v1 import (
     persona_service_pb2_grpc,
 )
 from skm.tools.v1 import tool_pb2, tool_service_pb2, tool_service_pb2_grpc
-from skm.type.v1 import deployment_mode_pb2
-from skm.type.v1 import model_pb2 as type_model_pb2
 from skm_runtime.access import Payload, Principal
 from skm_runtime.principal import principal_message, principal_metadata
 from skm_runtime.status import error_info_of
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
 from svc_conversation import convert
 from svc_conversation.errors import DependencyUnavailable, PersonaNotFound, ToolCallRejected
 from svc_conversation.model import (
@@ -38,9 +37,8 @@ from svc_conversation.model import (
     ExecutionFinished,
     ExecutionProgressed,
     ExecutionUpdate,
-    ModelOverride,
     ModelTier,
-    Persona,
+    PersonaBrief,
     ResolvedProfile,
     ToolRequest,
     ToolSpec,
@@ -85,7 +83,7 @@ class GrpcProfiles:
         self._personas = persona_service_pb2_grpc.PersonaServiceStub(channel)
         self._profiles = model_profile_service_pb2_grpc.ModelProfileServiceStub(channel)
 
-    async def persona(self, name: str, principal: Principal) -> Persona:
+    async def persona(self, name: str, principal: Principal) -> PersonaBrief:
         try:
             response = await self._personas.GetPersona(
                 persona_service_pb2.GetPersonaRequest(name=name), metadata=_metadata(principal), timeout=_CALL_SECONDS
@@ -97,7 +95,7 @@ class GrpcProfiles:
                 raise _unavailable("svc_profiles", error) from None
             raise
         persona = response.persona
-        return Persona(
+        return PersonaBrief(
             name=persona.name,
             system_prompt=persona.system_prompt,
             allowed_tools=tuple(tool.rsplit("/", 1)[-1] for tool in persona.allowed_tools),
@@ -109,15 +107,15 @@ class GrpcProfiles:
     async def resolve(
         self,
         principal: Principal,
-        role: int,
-        mode: int,
+        role: ModelRole,
+        mode: DeploymentMode | None,
         persona: str,
         overrides: Sequence[ModelOverride],
     ) -> ResolvedProfile:
         request = model_profile_service_pb2.ResolveModelProfileRequest(
             parent=principal.tenant,
-            role=type_model_pb2.ModelRole.ValueType(role),
-            mode=deployment_mode_pb2.DeploymentMode.ValueType(mode),
+            role=convert.role_to(role),
+            mode=convert.mode_to(mode),
             persona=persona,
             overrides=[convert.override_to(o) for o in overrides],
         )

@@ -17,7 +17,7 @@ import grpc
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm_runtime.access import AccessCheck, Approval, Decision, Hold, Outcome, Principal
 from skm_runtime.held_actions import HeldActions, PendingReports, PolicyUnreachable
-from skm_runtime.policy_api import GrpcPolicyApi
+from skm_runtime.policy_calls import GrpcPolicyCalls
 from skm_runtime.principal import principal_message, principal_metadata
 from svc_conversation.errors import DependencyUnavailable
 
@@ -34,7 +34,7 @@ class GrpcPolicy:
 
     def __init__(self, channel: grpc.aio.Channel, *, reports: PendingReports) -> None:
         self._stub = policy_service_pb2_grpc.PolicyServiceStub(channel)
-        self.held = HeldActions(GrpcPolicyApi(channel, call_timeout=_CALL_SECONDS), reports)
+        self.held = HeldActions(GrpcPolicyCalls(channel, call_timeout=_CALL_SECONDS), reports)
 
     def start(self) -> None:
         """Report what a previous process of this service left owed."""

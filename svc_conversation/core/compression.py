@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from skm_runtime.access import Principal
+from skm_runtime.values import ModelRole
 from svc_conversation.core.lookups import Lookups
 from svc_conversation.errors import ModelCallFailed
 from svc_conversation.fitting import estimated_tokens, fit_messages
-from svc_conversation.model import CallStats, ChatRequest, ModelRole, ResolvedProfile, Session
+from svc_conversation.model import CallStats, ChatRequest, ResolvedProfile, Session
 from svc_conversation.ports import ChatModel, Limits
 
 # Records a model call of the turn: (iteration, figures, role, failure reason).
-RecordCall = Callable[[int, CallStats, int, str], Awaitable[None]]
+RecordCall = Callable[[int, CallStats, ModelRole, str], Awaitable[None]]
 
 
 class Compressor:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from skm_runtime.access import Principal
+from skm_runtime.values import ModelRole
 from svc_conversation.core.handles import SessionHandle
 from svc_conversation.core.leases import Leases
 from svc_conversation.core.lookups import Lookups
@@ -43,7 +44,6 @@ from svc_conversation.model import (
     InterventionKind,
     Lease,
     ModelCall,
-    ModelRole,
     Turn,
     TurnCommand,
     TurnState,

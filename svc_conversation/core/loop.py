@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from skm_runtime.access import Decision, Principal, Verdict
+from skm_runtime.values import FailureReason, ModelRole, Money
 from svc_conversation import preprocess
 from svc_conversation.core.compression import Compressor
 from svc_conversation.core.handles import SessionHandle
@@ -39,16 +40,13 @@ from svc_conversation.model import (
     ExecutionDecided,
     ExecutionFinished,
     ExecutionProgressed,
-    FailureReason,
     FinalResponse,
     Intervention,
     InterventionKind,
     ModelCall,
-    ModelRole,
     ModelUsage,
-    Money,
     OutputChunk,
-    Persona,
+    PersonaBrief,
     Progress,
     ResolvedProfile,
     Screening,
@@ -100,12 +98,12 @@ class TurnFailed(Exception):
         self.message = message
 
 
-def usage_of(stats: CallStats, role: int) -> ModelUsage:
+def usage_of(stats: CallStats, role: ModelRole) -> ModelUsage:
     """A model call's figures as the turn records them."""
     units = int(stats.cost)
     return ModelUsage(
         model=stats.model,
-        role=ModelRole(role),
+        role=role,
         tier=stats.tier,
         input_tokens=stats.input_tokens,
         output_tokens=stats.output_tokens,
@@ -123,7 +121,8 @@ def _result_text(result: ToolResult) -> str:
     if isinstance(result, ToolSuccess):
         text = result.output_json
     else:
-        text = json.dumps({"error": result.reason.name, "message": result.message})
+        reason = "UNSPECIFIED" if result.reason is None else result.reason.name
+        text = json.dumps({"error": reason, "message": result.message})
     return text[:_RESULT_CHARS]
 
 
@@ -398,7 +397,7 @@ class TurnRun:
                 result = await self._tool(requested, known_verdict=False)
             context.messages.extend(exchange(call, result))
 
-    async def _context(self, persona: Persona, offered: Sequence[ToolSpec]) -> _Context:
+    async def _context(self, persona: PersonaBrief, offered: Sequence[ToolSpec]) -> _Context:
         system = persona.system_prompt.strip() + "\n\n" + format_instructions(offered)
         messages = [{"role": "system", "content": system}]
         messages.extend(await self._history())
@@ -478,14 +477,14 @@ class TurnRun:
     # -- model calls -----------------------------------------------------------------
 
     def _model_call(
-        self, iteration: int, stats: CallStats, role: int, failure: str, *, interrupted: bool = False
+        self, iteration: int, stats: CallStats, role: ModelRole, failure: str, *, interrupted: bool = False
     ) -> ModelCall:
         """The event of a model call, counted on the turn."""
         usage = usage_of(stats, role)
         self.change(model_calls=(*self.turn.model_calls, usage))
         return ModelCall(iteration, usage, failure, interrupted)
 
-    async def record_model_call(self, iteration: int, stats: CallStats, role: int, failure: str) -> None:
+    async def record_model_call(self, iteration: int, stats: CallStats, role: ModelRole, failure: str) -> None:
         await self.step(self._model_call(iteration, stats, role, failure))
 
     async def _call_primary(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from skm_runtime.access import AccessCheck, Principal, Verdict
 from skm_runtime.errors import FieldViolation
+from skm_runtime.values import DeploymentMode
 from svc_conversation.core.handles import Handles, now
 from svc_conversation.core.lookups import Lookups
 from svc_conversation.core.mirror import Mirror
@@ -24,7 +25,7 @@ from svc_conversation.errors import (
     PermissionDenied,
     PersonaNotSigned,
 )
-from svc_conversation.model import DeploymentMode, Session, SessionState, split_name
+from svc_conversation.model import Session, SessionState, split_name
 from svc_conversation.ports import PolicyGate, SessionStore
 
 _UPDATABLE = {"display_name", "model_overrides"}
@@ -34,7 +35,7 @@ def _violations(session: Session, parent: str, request_id: str) -> list[FieldVio
     violations = []
     if not session.persona.startswith(f"{parent}/personas/") or session.persona.count("/") != 3:
         violations.append(FieldViolation("session.persona", f"required: a persona of {parent}"))
-    if session.mode == DeploymentMode.UNSPECIFIED:
+    if session.mode is None:
         violations.append(FieldViolation("session.mode", "required"))
     if len(session.display_name) > 200:
         violations.append(FieldViolation("session.display_name", "at most 200 characters"))

@@ -29,11 +29,11 @@ from skm_runtime.access import (
     Principal,
     Verdict,
 )
+from skm_runtime.values import FailureReason
 from svc_conversation.core.loop import TurnRun
 from svc_conversation.model import (
     ACTIVE,
     EventPayload,
-    FailureReason,
     Session,
     ToolCallRequested,
     ToolCallResult,

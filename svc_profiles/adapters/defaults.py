@@ -49,18 +49,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
 from svc_profiles.errors import DefaultsInvalid
-from svc_profiles.model import (
-    BuiltInPersona,
-    Capability,
-    Defaults,
-    DeploymentMode,
-    Model,
-    ModelOverride,
-    ModelRole,
-    Money,
-    RoleDefault,
-)
+from svc_profiles.model import BuiltInPersona, Capability, Defaults, Model, RoleDefault
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 E = TypeVar("E")

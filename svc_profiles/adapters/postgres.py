@@ -16,20 +16,9 @@ from typing import Any
 import asyncpg
 
 from skm_runtime.errors import ServiceUnavailable
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
 from svc_profiles.bundle import override_json
-from svc_profiles.model import (
-    Capability,
-    DeploymentMode,
-    Inserted,
-    Lineage,
-    Model,
-    ModelOverride,
-    ModelProfile,
-    ModelRole,
-    Money,
-    Persona,
-    PersonaCursor,
-)
+from svc_profiles.model import Capability, Inserted, Lineage, Model, ModelProfile, Persona, PersonaCursor
 
 SCHEMA = "profiles"
 

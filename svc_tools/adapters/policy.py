@@ -17,7 +17,7 @@ from google.protobuf import any_pb2
 
 from skm_runtime.access import AccessCheck, Approval, Decision, Hold, Outcome, Payload, Principal
 from skm_runtime.held_actions import HeldActions, PendingReports, PolicyUnreachable
-from skm_runtime.policy_api import GrpcPolicyApi
+from skm_runtime.policy_calls import GrpcPolicyCalls
 from svc_tools.convert import request_to
 from svc_tools.errors import PolicyUnavailable
 from svc_tools.model import Execution, HoldRequest
@@ -35,7 +35,7 @@ class GrpcPolicyGate:
     """PolicyGate on one channel to svc_policy; `reports` keeps owed outcomes."""
 
     def __init__(self, channel: grpc.aio.Channel, *, reports: PendingReports) -> None:
-        self.held = HeldActions(GrpcPolicyApi(channel), reports)
+        self.held = HeldActions(GrpcPolicyCalls(channel), reports)
 
     def start(self) -> None:
         """Report what a previous process of svc_tools left owed."""

@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from skm_runtime.access import ApprovalState, Decision, Verdict
+from skm_runtime.values import FailureReason
 from svc_tools.catalogue import CODE_EXECUTION
 from svc_tools.core.approvals import Approvals
 from svc_tools.core.leases import Leases
@@ -44,7 +45,6 @@ from svc_tools.model import (
     Execution,
     ExecutionState,
     Failure,
-    FailureReason,
     Finished,
     Progressed,
     Result,

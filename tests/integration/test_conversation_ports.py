@@ -9,25 +9,21 @@ Each test gets empty state of its own: a fresh PostgreSQL database.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 
 from skm_runtime.access import Principal
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
 from skm_stack import RunningStack
 from svc_conversation.adapters.postgres import PostgresSessionStore
 from svc_conversation.errors import SessionGone
 from svc_conversation.model import (
     Command,
-    DeploymentMode,
     FinalResponse,
     Lease,
-    ModelOverride,
-    ModelRole,
     Session,
     SessionEvent,
     SessionState,
@@ -41,6 +37,7 @@ from svc_conversation.model import (
 )
 from svc_conversation.ports import SessionStore
 from tests.support.conversation_memory import MemorySessionStore
+from tests.support.databases import fresh_database
 
 T1, T2 = "tenants/t1", "tenants/t2"
 ALICE, BOB = f"{T1}/users/alice", f"{T1}/users/bob"
@@ -52,19 +49,12 @@ async def store(request: pytest.FixtureRequest, stack: RunningStack) -> AsyncIte
     if request.param == "memory":
         yield MemorySessionStore()
         return
-    assert stack.postgres is not None
-    name = f"skm_conv_ports_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        postgres = await PostgresSessionStore.open(stack.postgres.dsn_for("skm", name))
+    async with fresh_database(stack, "skm_conv_ports") as dsn:
+        postgres = await PostgresSessionStore.open(dsn)
         try:
             yield postgres
         finally:
             await postgres.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def session(n: int, *, tenant: str = T1, owner: str = ALICE, updated: int = 0) -> Session:

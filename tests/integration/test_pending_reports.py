@@ -16,7 +16,7 @@ from skm_runtime.access import AccessCheck, HeldState, Hold, Outcome, Payload, P
 from skm_runtime.held_actions import HeldActions, MemoryPendingReports, PendingReport, PendingReports
 from skm_runtime.pending_reports import PostgresPendingReports, pending_reports_ddl
 from skm_stack import RunningStack
-from tests.support.held_memory import MemoryPolicyApi
+from tests.support.held_memory import MemoryPolicyCalls
 
 MIKE = Principal(tenant="tenants/t", user="tenants/t/users/mike", roles=("member", "operator"))
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -82,7 +82,7 @@ async def test_one_entry_may_be_owed_under_two_claims_and_each_is_removed_alone(
 async def test_an_outcome_owed_before_a_restart_is_reported_by_the_next_process(pool: asyncpg.Pool) -> None:
     schema = f"reports_{uuid.uuid4().hex[:8]}"
     await pool.execute(pending_reports_ddl(schema))
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     check = AccessCheck("user:tenants/t/users/mike", "can_execute", "tool:tenants/t/tools/shell")
     api.verdicts[(check.subject, check.relation, check.object)] = Verdict.REQUIRES_APPROVAL
     first = HeldActions(api, PostgresPendingReports(pool, schema))

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 import yaml
 
@@ -27,6 +26,7 @@ from svc_policy.adapters.postgres import PostgresPolicyStore
 from svc_policy.errors import InvalidCheck, InvalidPageToken, InvalidRelationship, TooManyRelationships
 from svc_policy.model import BlockedAction, Condition, Relationship
 from svc_policy.ports import Authorizer, BlockedActionStore
+from tests.support.databases import fresh_database
 from tests.support.policy_memory import MemoryAuthorizer, MemoryBlockedActionStore
 
 T1, T2 = "tenants/t1", "tenants/t2"
@@ -42,19 +42,12 @@ async def store(request: pytest.FixtureRequest, stack: RunningStack) -> AsyncIte
     if request.param == "memory":
         yield MemoryBlockedActionStore()
         return
-    assert stack.postgres is not None
-    name = f"skm_ports_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        postgres = await PostgresPolicyStore.open(stack.postgres.dsn_for("skm", name))
+    async with fresh_database(stack, "skm_ports") as dsn:
+        postgres = await PostgresPolicyStore.open(dsn)
         try:
             yield postgres
         finally:
             await postgres.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def action(

@@ -15,15 +15,16 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 
 from skm.events.v1 import event_pb2
 from skm_runtime.access import Decision, Principal, Verdict
+from skm_runtime.values import FailureReason
 from skm_stack import RunningStack
 from svc_tools.adapters.postgres import SCHEMA, PostgresExecutionStore
-from svc_tools.model import Change, Execution, ExecutionState, Failure, FailureReason, Success
+from svc_tools.model import Change, Execution, ExecutionState, Failure, Success
 from svc_tools.ports import ExecutionStore
+from tests.support.databases import fresh_database
 from tests.support.tools_memory import MemoryExecutionStore
 
 LEASE_SECONDS = 0.5
@@ -47,19 +48,8 @@ class Backend:
 async def tools_database(stack: RunningStack) -> AsyncIterator[str]:
     """A database of this suite's own in the session's PostgreSQL: svc_tools copies of other
     tests share the `tools` schema of the default one, and would take over what is left here."""
-    assert stack.postgres is not None
-    name = f"skm_tools_ports_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield stack.postgres.dsn_for("skm", name)
-    conn = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async with fresh_database(stack, "skm_tools_ports") as dsn:
+        yield dsn
 
 
 @pytest.fixture(params=["memory", "postgres"])

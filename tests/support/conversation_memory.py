@@ -35,6 +35,7 @@ from skm_runtime.access import (
     Principal,
     Verdict,
 )
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
 from svc_conversation.core import Conversation
 from svc_conversation.errors import (
     DependencyUnavailable,
@@ -51,7 +52,6 @@ from svc_conversation.model import (
     ChatResult,
     Command,
     CommandKind,
-    DeploymentMode,
     ExecutionAccepted,
     ExecutionDecided,
     ExecutionFinished,
@@ -59,10 +59,8 @@ from svc_conversation.model import (
     ExecutionUpdate,
     Lease,
     Loaded,
-    ModelOverride,
-    ModelRole,
     ModelTier,
-    Persona,
+    PersonaBrief,
     Progress,
     ResolvedProfile,
     Session,
@@ -380,13 +378,13 @@ def tier(n: int, name: str = "") -> ModelTier:
 class MemoryProfiles:
     """Personas by name, and per role the tiers it resolves to (overrides ignored)."""
 
-    def __init__(self, personas: Sequence[Persona], tiers: dict[int, tuple[ModelTier, ...]]) -> None:
+    def __init__(self, personas: Sequence[PersonaBrief], tiers: dict[ModelRole, tuple[ModelTier, ...]]) -> None:
         self.personas = {persona.name: persona for persona in personas}
         self.tiers = tiers
-        self.asked: list[tuple[int, tuple[ModelOverride, ...]]] = []
+        self.asked: list[tuple[ModelRole, tuple[ModelOverride, ...]]] = []
         self.unavailable = False
 
-    async def persona(self, name: str, principal: Principal) -> Persona:
+    async def persona(self, name: str, principal: Principal) -> PersonaBrief:
         if self.unavailable:
             raise DependencyUnavailable("svc_profiles is away")
         if name not in self.personas:
@@ -394,7 +392,12 @@ class MemoryProfiles:
         return self.personas[name]
 
     async def resolve(
-        self, principal: Principal, role: int, mode: int, persona: str, overrides: Sequence[ModelOverride]
+        self,
+        principal: Principal,
+        role: ModelRole,
+        mode: DeploymentMode | None,
+        persona: str,
+        overrides: Sequence[ModelOverride],
     ) -> ResolvedProfile:
         if self.unavailable:
             raise DependencyUnavailable("svc_profiles is away")
@@ -673,7 +676,7 @@ class World:
     clock: Clock = field(default_factory=Clock)
     profiles: MemoryProfiles = field(
         default_factory=lambda: MemoryProfiles(
-            [Persona(PERSONA, "You help.", ("echo", "call_subordinate", "slow"), signed=True)],
+            [PersonaBrief(PERSONA, "You help.", ("echo", "call_subordinate", "slow"), signed=True)],
             {ModelRole.PRIMARY: (tier(0), tier(1)), ModelRole.PRE_SLM: (tier(9, "models/pre"),)},
         )
     )

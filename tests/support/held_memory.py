@@ -1,4 +1,4 @@
-"""svc_policy's blocked actions in memory, as the held-action protocol's PolicyApi port
+"""svc_policy's blocked actions in memory, as the held-action protocol's PolicyCalls port
 (skm_runtime.held_actions) sees them: entries held by request id, resolved by an
 "operator" (the test), claimed once, completed once per claim. It follows the state rules
 of svc_policy's core (PENDING -> APPROVED | REJECTED | EXPIRED | CANCELLED; APPROVED ->
@@ -25,7 +25,7 @@ class _Entry:
 
 
 @dataclass
-class MemoryPolicyApi:
+class MemoryPolicyCalls:
     """See the module docstring. `calls` counts each method's calls."""
 
     verdicts: dict[tuple[str, str, str], Verdict] = field(default_factory=dict)

@@ -279,7 +279,7 @@ class MemoryPolicyGate:
     @property
     def held_actions(self) -> HeldActions:
         if self._held is None:
-            self._held = HeldActions(_MemoryPolicyApi(self), self.reports, first_backoff=0.001, max_backoff=0.01)
+            self._held = HeldActions(_MemoryPolicyCalls(self), self.reports, first_backoff=0.001, max_backoff=0.01)
         return self._held
 
     async def close(self) -> None:
@@ -375,8 +375,8 @@ class MemoryPolicyGate:
         return list(self.actions.values())[:count]
 
 
-class _MemoryPolicyApi:
-    """The held-action protocol's PolicyApi port over MemoryPolicyGate's store: svc_policy's
+class _MemoryPolicyCalls:
+    """The held-action protocol's PolicyCalls port over MemoryPolicyGate's store: svc_policy's
     answers to a wait, a claim and an outcome."""
 
     def __init__(self, gate: MemoryPolicyGate) -> None:

@@ -22,12 +22,13 @@ from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm.events.v1 import event_pb2
 from skm.type.v1 import model_pb2
 from skm_runtime.access import Principal
+from skm_runtime.values import ModelRole
 from svc_conversation.adapters import audit
 from svc_conversation.adapters.openai import OpenAICompatibleClient
 from svc_conversation.adapters.records import EncodedSessionStore
 from svc_conversation.adapters.records import EncodedWrite as Write
 from svc_conversation.core import Conversation
-from svc_conversation.model import ModelTier, Persona, ResolvedProfile, ToolSpec
+from svc_conversation.model import ModelTier, PersonaBrief, ResolvedProfile, ToolSpec
 from svc_conversation.settings import ConversationSettings
 
 NAME = "tenants/t1/sessions/s1"
@@ -72,12 +73,12 @@ class Store:
 
 
 class Profiles:
-    async def persona(self, name: str, principal: Principal) -> Persona:
-        return Persona(name, "You help.", ("response",))
+    async def persona(self, name: str, principal: Principal) -> PersonaBrief:
+        return PersonaBrief(name, "You help.", ("response",))
 
-    async def resolve(self, principal: Principal, role: int, *_: Any) -> ResolvedProfile:
+    async def resolve(self, principal: Principal, role: ModelRole, *_: Any) -> ResolvedProfile:
         # No PRE_SLM model: the heuristics alone pre-process.
-        tiers = (TIER,) if role == model_pb2.MODEL_ROLE_PRIMARY else ()
+        tiers = (TIER,) if role is ModelRole.PRIMARY else ()
         return ResolvedProfile(role, tiers, max_output_tokens=256)
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from skm_runtime.values import FailureReason
 from svc_conversation.errors import InvalidToolChoice, MessageEmpty, RequestIdReused, ToolCallRejected, TurnInProgress
 from svc_conversation.model import (
     ExecutionUpdate,
-    FailureReason,
     FinalResponse,
     ModelCall,
     Screening,

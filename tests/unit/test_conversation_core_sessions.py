@@ -10,6 +10,7 @@ import pytest
 
 from skm_runtime.access import Principal, Verdict
 from skm_runtime.errors import InvalidArgument
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
 from svc_conversation.errors import (
     EtagMismatch,
     InvalidSession,
@@ -21,7 +22,7 @@ from svc_conversation.errors import (
     SessionNotFound,
     TurnNotFound,
 )
-from svc_conversation.model import DeploymentMode, ModelOverride, ModelRole, Session, SessionState, TurnState
+from svc_conversation.model import Session, SessionState, TurnState
 from tests.support.conversation_memory import (
     ALICE,
     PERSONA,

@@ -11,12 +11,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 from skm_runtime.access import Decision, HeldState, Outcome, Verdict
+from skm_runtime.values import FailureReason
 from svc_conversation.model import (
     ExecutionDecided,
     ExecutionFinished,
     ExecutionProgressed,
     ExecutionUpdate,
-    FailureReason,
     Progress,
     SessionState,
     ToolCallResult,

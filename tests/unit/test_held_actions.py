@@ -10,7 +10,7 @@ import pytest
 
 from skm_runtime.access import AccessCheck, ApprovalState, HeldState, Hold, Outcome, Payload, Principal, Verdict
 from skm_runtime.held_actions import GONE_NOTE, REPORT_FOR_SECONDS, HeldActions, MemoryPendingReports, PendingReport
-from tests.support.held_memory import MemoryPolicyApi
+from tests.support.held_memory import MemoryPolicyCalls
 
 MIKE = Principal(tenant="tenants/t", user="tenants/t/users/mike", roles=("member",))
 CHECK = AccessCheck("user:tenants/t/users/mike", "can_execute", "tool:tenants/t/tools/shell")
@@ -21,12 +21,15 @@ async def _no_sleep(_seconds: float) -> None:
 
 
 def _protocol(
-    api: MemoryPolicyApi, reports: MemoryPendingReports | None = None, *, report_for_seconds: float = REPORT_FOR_SECONDS
+    api: MemoryPolicyCalls,
+    reports: MemoryPendingReports | None = None,
+    *,
+    report_for_seconds: float = REPORT_FOR_SECONDS,
 ) -> HeldActions:
     return HeldActions(api, reports or MemoryPendingReports(), sleep=_no_sleep, report_for_seconds=report_for_seconds)
 
 
-async def _held(api: MemoryPolicyApi, protocol: HeldActions, request_id: str = "r1") -> str:
+async def _held(api: MemoryPolicyCalls, protocol: HeldActions, request_id: str = "r1") -> str:
     api.verdicts[(CHECK.subject, CHECK.relation, CHECK.object)] = Verdict.REQUIRES_APPROVAL
     decision = await protocol.hold(MIKE, CHECK, Hold(request_id, Payload("type/x", b"run"), "run shell"))
     assert decision.verdict is Verdict.REQUIRES_APPROVAL
@@ -34,14 +37,14 @@ async def _held(api: MemoryPolicyApi, protocol: HeldActions, request_id: str = "
 
 
 async def test_a_repeated_hold_names_the_same_entry() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     protocol = _protocol(api)
     assert await _held(api, protocol) == await _held(api, protocol)
     assert await _held(api, protocol, "r2") != await _held(api, protocol)
 
 
 async def test_an_approved_entry_is_claimed_once_and_a_second_caller_sees_it_taken() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     protocol = _protocol(api)
     name = await _held(api, protocol)
     waiting = asyncio.create_task(protocol.approval(MIKE, name, "claim-1"))
@@ -64,7 +67,7 @@ async def test_an_approved_entry_is_claimed_once_and_a_second_caller_sees_it_tak
     ],
 )
 async def test_an_entry_that_will_not_run_ends_the_wait_unclaimed(state: HeldState, expected: ApprovalState) -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     protocol = _protocol(api)
     name = await _held(api, protocol)
     await api.resolve(name, state, "no")
@@ -74,7 +77,7 @@ async def test_an_entry_that_will_not_run_ends_the_wait_unclaimed(state: HeldSta
 
 
 async def test_an_entry_gone_from_svc_policy_reads_as_expired() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     protocol = _protocol(api)
     name = await _held(api, protocol)
     api.forget(name)
@@ -83,7 +86,7 @@ async def test_an_entry_gone_from_svc_policy_reads_as_expired() -> None:
 
 
 async def test_a_claim_svc_policy_cannot_take_now_is_tried_again_with_the_same_claim_id() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     protocol = _protocol(api)
     name = await _held(api, protocol)
     await api.resolve(name, HeldState.APPROVED)
@@ -98,7 +101,7 @@ async def test_a_claim_svc_policy_cannot_take_now_is_tried_again_with_the_same_c
     assert api.state(name).claim_id == "claim-1"  # type: ignore[union-attr]  # the entry exists
 
 
-async def _claimed(api: MemoryPolicyApi, protocol: HeldActions, request_id: str = "r1") -> str:
+async def _claimed(api: MemoryPolicyCalls, protocol: HeldActions, request_id: str = "r1") -> str:
     name = await _held(api, protocol, request_id)
     await api.resolve(name, HeldState.APPROVED)
     assert (await protocol.approval(MIKE, name, "claim-1")).state is ApprovalState.CLAIMED
@@ -106,7 +109,7 @@ async def _claimed(api: MemoryPolicyApi, protocol: HeldActions, request_id: str 
 
 
 async def test_an_outcome_is_reported_at_once_when_svc_policy_takes_it() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     reports = MemoryPendingReports()
     protocol = _protocol(api, reports)
     name = await _claimed(api, protocol)
@@ -117,7 +120,7 @@ async def test_an_outcome_is_reported_at_once_when_svc_policy_takes_it() -> None
 
 
 async def test_an_outcome_svc_policy_cannot_take_is_kept_and_reported_after_a_restart() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     reports = MemoryPendingReports()  # the durable store outlives the process's protocol object
     first = _protocol(api, reports)
     name = await _claimed(api, first)
@@ -144,7 +147,7 @@ async def test_an_outcome_svc_policy_cannot_take_is_kept_and_reported_after_a_re
 
 
 async def test_the_background_reporter_keeps_trying_while_svc_policy_is_away() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     reports = MemoryPendingReports()
     protocol = _protocol(api, reports)
     name = await _claimed(api, protocol)
@@ -167,7 +170,7 @@ async def test_the_background_reporter_keeps_trying_while_svc_policy_is_away() -
 
 
 async def test_an_outcome_refused_for_good_is_never_kept() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     reports = MemoryPendingReports()
     protocol = _protocol(api, reports)
     name = await _claimed(api, protocol)
@@ -177,7 +180,7 @@ async def test_an_outcome_refused_for_good_is_never_kept() -> None:
 
 
 async def test_a_pending_report_older_than_its_limit_is_given_up() -> None:
-    api = MemoryPolicyApi(away=True)
+    api = MemoryPolicyCalls(away=True)
     reports = MemoryPendingReports()
     long_ago = datetime.now(UTC) - timedelta(days=30)
     await reports.add(PendingReport("tenants/t/blockedActions/9", "c", Outcome(True), None, long_ago))
@@ -188,7 +191,7 @@ async def test_a_pending_report_older_than_its_limit_is_given_up() -> None:
 
 
 async def test_withdrawing_a_pending_entry_cancels_it_and_a_resolved_one_stays() -> None:
-    api = MemoryPolicyApi()
+    api = MemoryPolicyCalls()
     protocol = _protocol(api)
     name = await _held(api, protocol)
     await protocol.cancel(MIKE, name)

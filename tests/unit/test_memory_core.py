@@ -18,6 +18,7 @@ import pytest
 
 from skm_runtime.access import Principal
 from skm_runtime.errors import ServiceUnavailable
+from skm_runtime.values import FailureReason
 from svc_tools.adapters.numpy_index import NumpyVectorIndex
 from svc_tools.errors import EmbeddingUnavailable
 from svc_tools.memory import Memories, MemoryDefaults, MemoryTools, namespace_of
@@ -26,7 +27,6 @@ from svc_tools.model import (
     Execution,
     ExecutionState,
     Failure,
-    FailureReason,
     Memory,
     MemoryOperation,
     MemoryOperationKind,

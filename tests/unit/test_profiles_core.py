@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from skm.profiles.v1 import persona_pb2
 from skm_runtime.access import Principal
 from skm_runtime.errors import SkmError
+from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
 from svc_profiles import convert
 from svc_profiles.adapters.defaults import load_defaults, parse_defaults
 from svc_profiles.adapters.keys import Ed25519PersonaKeys, Ed25519PersonaSigner, PersonaKeysInvalid
@@ -47,14 +48,10 @@ from svc_profiles.model import (
     BuiltInPersona,
     Capability,
     Defaults,
-    DeploymentMode,
     Inserted,
     Lineage,
     Model,
-    ModelOverride,
     ModelProfile,
-    ModelRole,
-    Money,
     Persona,
     PersonaCursor,
     RoleDefault,

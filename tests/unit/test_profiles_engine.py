@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from skm_runtime.values import ModelRole
 from svc_profiles.adapters.defaults import load_defaults, with_served_engine
-from svc_profiles.model import ModelRole
 from svc_profiles.settings import DEFAULTS_FILE
 
 URL = "http://127.0.0.1:58090/v1"

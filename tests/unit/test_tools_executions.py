@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from skm_runtime.access import HeldState, Outcome, Principal, Verdict
+from skm_runtime.values import FailureReason
 from svc_tools.core.tools import Tools
 from svc_tools.errors import ExecutionFinished, ExecutionNotFound, PolicyUnavailable, RequestIdReused
 from svc_tools.model import (
@@ -25,7 +26,6 @@ from svc_tools.model import (
     Execution,
     ExecutionState,
     Failure,
-    FailureReason,
     Finished,
     Output,
     Progressed,

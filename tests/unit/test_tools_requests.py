@@ -13,6 +13,7 @@ import pytest
 
 from skm_runtime.access import Decision, Principal, Verdict
 from skm_runtime.errors import InvalidArgument
+from skm_runtime.values import FailureReason
 from svc_tools.catalogue import MAX_CODE_CHARS, TOOLS
 from svc_tools.core.acceptance import accept_request
 from svc_tools.core.approvals import hold_of, most_restrictive
@@ -30,7 +31,7 @@ from svc_tools.errors import (
     ToolNotExecutable,
     ToolNotFound,
 )
-from svc_tools.model import ExecuteRequest, ExecutionState, Failure, FailureReason, SandboxEnd, SandboxOutcome, Success
+from svc_tools.model import ExecuteRequest, ExecutionState, Failure, SandboxEnd, SandboxOutcome, Success
 
 T1 = "tenants/t1"
 ALICE = Principal(T1, f"{T1}/users/alice", ("member",))

@@ -1,4 +1,4 @@
-"""svc_policy over gRPC, as the held-action protocol's PolicyApi port (skm_runtime.held_actions).
+"""svc_policy over gRPC, as the held-action protocol's PolicyCalls port (skm_runtime.held_actions).
 
 The one client of skm.policy.v1's checks and blocked actions that services use. A call with
 a principal carries it signed (`x-skm-principal-bin`), so svc_policy holds and shows the
@@ -38,7 +38,7 @@ from skm_runtime.held_actions import (
 from skm_runtime.principal import principal_message, principal_metadata
 from skm_runtime.status import error_info_of
 
-log = logging.getLogger("skm.runtime.policy_api")
+log = logging.getLogger("skm.runtime.policy_calls")
 
 Metadata = tuple[tuple[str, bytes], ...]
 # svc_policy's answers to an outcome that no retry changes.
@@ -86,8 +86,8 @@ def _unreachable(error: grpc.aio.AioRpcError) -> PolicyUnreachable:
     return PolicyUnreachable(error.code().name, info.reason if info is not None else "")
 
 
-class GrpcPolicyApi:
-    """PolicyApi on one channel to svc_policy; `call_timeout` bounds each unary call."""
+class GrpcPolicyCalls:
+    """PolicyCalls on one channel to svc_policy; `call_timeout` bounds each unary call."""
 
     def __init__(
         self,
