@@ -66,14 +66,16 @@ from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grp
 from skm.profiles.v1 import model_profile_pb2, model_profile_service_pb2, model_profile_service_pb2_grpc
 from skm.type.v1 import deployment_mode_pb2
 from skm.type.v1 import model_pb2 as type_model_pb2
+from skm_runtime.access import Principal
 from skm_runtime.principal import configure_mesh_key, principal_message, principal_metadata
 from skm_runtime.server import signed_channel
+from skm_runtime.values import DeploymentMode, ModelRole
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 from skm_stack.devkeys import KEY_ID, dev_keys_dir
 from svc_conversation import preprocess
 from svc_conversation.adapters.mesh import GrpcProfiles, GrpcTools
 from svc_conversation.adapters.openai import ChatRequest, OpenAICompatibleClient
-from svc_conversation.model import ModelTier, Principal
+from svc_conversation.model import ModelTier
 from svc_conversation.toolcall import RESPONSE_TOOL, decoding_schema, format_instructions
 
 if TYPE_CHECKING:
@@ -403,8 +405,8 @@ async def _engine_turn_of(stack: RunningStack, user: _User) -> _EngineTurn:
         profiles = GrpcProfiles(profiles_channel)
         persona = await profiles.persona(persona_name, principal)
         catalogue = await GrpcTools(tools_channel).catalogue(principal)
-        primary = await profiles.resolve(principal, PRIMARY, DEVELOPER, persona_name, [])
-        pre_slm = await profiles.resolve(principal, PRE_SLM, DEVELOPER, persona_name, [])
+        primary = await profiles.resolve(principal, ModelRole.PRIMARY, DeploymentMode.DEVELOPER, persona_name, [])
+        pre_slm = await profiles.resolve(principal, ModelRole.PRE_SLM, DeploymentMode.DEVELOPER, persona_name, [])
     offered = [tool for tool in catalogue if tool.id in persona.allowed_tools or tool.id == RESPONSE_TOOL]
     system = persona.system_prompt.strip() + "\n\n" + format_instructions(offered)
     max_tokens = primary.max_output_tokens

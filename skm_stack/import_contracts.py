@@ -60,8 +60,10 @@ class DomainEdgeContract(Contract):
                     if chain:
                         broken.append({"module": module, "imported": target, "chain": list(chain)})
         for service, domain in covered.items():
+            # Always said, so `make lint` shows that each service's core is covered.
+            output.print(f"{service}: {len(domain)} domain modules checked")
             names = ", ".join(m.removeprefix(service + ".") for m in domain if m != service) or "-"
-            output.verbose_print(verbose, f"{service}: domain modules checked: {names}")
+            output.verbose_print(verbose, f"{service}: {names}")
         return ContractCheck(kept=not broken, metadata={"broken": broken, "covered": covered})
 
     def render_broken_contract(self, check: ContractCheck) -> None:
