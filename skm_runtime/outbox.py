@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from skm_runtime.records import OutboxRecord
 
 log = logging.getLogger("skm.outbox")
 
@@ -41,16 +42,6 @@ async def _closed(closing: Awaitable[None]) -> None:
         await asyncio.wait_for(asyncio.shield(closing), _CLOSE_SECONDS)
     except (TimeoutError, KafkaError, OSError):
         log.warning("a Kafka client did not close cleanly")
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRecord:
-    """One Kafka record to publish: its topic, key, protobuf value and stable event id."""
-
-    event_id: str
-    topic: str
-    key: bytes
-    value: bytes
 
 
 def outbox_ddl(schema: str) -> str:

@@ -26,8 +26,8 @@ from opentelemetry import trace
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm.events.v1 import event_pb2
 from skm_runtime.access import Principal
-from skm_runtime.outbox import OutboxRecord
 from skm_runtime.principal import principal_message
+from skm_runtime.records import OutboxRecord
 from svc_conversation.preprocess import redact
 
 TOPIC_AUDIT = "audit"

@@ -20,8 +20,9 @@ from typing import Any
 import asyncpg
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
-from skm_runtime.outbox import OutboxRecord, add_events, outbox_arrays, outbox_ddl, outbox_insert, outbox_notify
+from skm_runtime.outbox import add_events, outbox_arrays, outbox_ddl, outbox_insert, outbox_notify
 from skm_runtime.pending_reports import pending_reports_ddl
+from skm_runtime.records import OutboxRecord
 from svc_conversation.adapters.audit import TOPIC_AUDIT
 from svc_conversation.adapters.records import EncodedSessionStore, EncodedWrite
 from svc_conversation.errors import SessionGone

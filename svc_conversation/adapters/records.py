@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
-from skm_runtime.outbox import OutboxRecord
+from skm_runtime.records import OutboxRecord
 from svc_conversation import convert
 from svc_conversation.adapters import audit
 from svc_conversation.model import Command, Lease, Loaded, Session, SessionEvent, Turn, Write

@@ -18,7 +18,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from skm_runtime.access import AccessCheck, Decision, Principal
-from skm_runtime.outbox import OutboxRecord
+from skm_runtime.records import OutboxRecord
 from svc_policy.adapters.postgres import event_record
 from svc_policy.convert import decision_event
 

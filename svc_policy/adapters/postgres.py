@@ -23,7 +23,8 @@ from redis.exceptions import RedisError
 
 from skm.events.v1 import event_pb2
 from skm.policy.v1 import blocked_action_pb2
-from skm_runtime.outbox import OutboxRecord, add_events, outbox_ddl
+from skm_runtime.outbox import add_events, outbox_ddl
+from skm_runtime.records import OutboxRecord
 from svc_policy.adapters.redis import RedisBlockedIndex
 from svc_policy.convert import blocked_action_of, blocked_action_to, blocked_event
 from svc_policy.errors import InvalidPageToken, PolicyBackendUnavailable

@@ -19,8 +19,9 @@ import asyncpg
 from skm.events.v1 import event_pb2
 from skm.tools.v1 import execution_pb2, tool_service_pb2
 from skm_runtime.errors import ServiceUnavailable
-from skm_runtime.outbox import OutboxRecord, add_events, outbox_ddl
+from skm_runtime.outbox import add_events, outbox_ddl
 from skm_runtime.pending_reports import pending_reports_ddl
+from skm_runtime.records import OutboxRecord
 from svc_tools.convert import execution_of, execution_to, request_to, tool_completed_event, tool_requested_event
 from svc_tools.model import Change, Execution
 

@@ -15,7 +15,8 @@ from typing import Any
 import asyncpg
 
 from skm_runtime.errors import ServiceUnavailable
-from skm_runtime.outbox import OutboxRecord, add_events
+from skm_runtime.outbox import add_events
+from skm_runtime.records import OutboxRecord
 from svc_tools.adapters.postgres import SCHEMA, TOPIC_AUDIT
 from svc_tools.convert import memory_operation_event
 from svc_tools.model import Chunk, Document, Memory, MemoryOperation

@@ -1,8 +1,9 @@
 """Garbage through Envoy, to every public method of every service, of all four kinds.
 
 Random bytes, random but well-typed messages, those messages with bytes flipped or cut
-short, several of them on one stream, and gRPC frames whose length prefix promises more
-bytes than the stream carries (sent over raw HTTP/2, which no gRPC client would do). The
+short, several of them on one stream, gRPC frames whose length prefix promises more bytes
+than the stream carries (sent over raw HTTP/2, which no gRPC client would do), and streams
+the client resets while the platform may be answering. The
 platform must answer each with a status that says what was wrong (never INTERNAL or
 UNKNOWN: those mean a fault of ours), keep every service SERVING, and log no error.
 
@@ -19,7 +20,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ from google.protobuf import descriptor as pb_descriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from skm.conversation.v1 import conversation_service_pb2, conversation_service_pb2_grpc, session_pb2
 from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm.type.v1 import deployment_mode_pb2
 from skm_runtime.contract import Method, methods
 from skm_runtime.server import signed_channel
 from skm_stack import RunningStack
@@ -41,6 +44,9 @@ from skm_stack.devkeys import KEY_ID, dev_keys_dir
 
 # At least this many payloads in all, spread evenly over the public methods.
 PAYLOADS = 500
+# Calls per streaming method that the client leaves mid-way (marked by CUT first).
+CUTS_PER_STREAM = 6
+CUT = b"cut"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 # Statuses that mean a fault of the platform, not of the request.
 # "RESET" and "NONE": the stream was cut or never answered, with no status at all.
@@ -75,9 +81,11 @@ class Garbage:
     """Payloads for one method's request type: random bytes, random well-typed messages
     (names within the tenant, so some get past authorization), and mangled ones."""
 
-    def __init__(self, rng: random.Random, tenant: str) -> None:
+    def __init__(self, rng: random.Random, tenant: str, names: Sequence[str] = ()) -> None:
         self.rng = rng
         self.tenant = tenant
+        # Names of things that exist (a session), so some calls reach deep into a service.
+        self.names = tuple(names)
 
     def _string(self) -> str:
         r = self.rng
@@ -85,6 +93,8 @@ class Garbage:
             [
                 "",
                 self.tenant,
+                *self.names,
+                *self.names,
                 f"{self.tenant}/sessions/{uuid.UUID(int=r.getrandbits(128))}",
                 f"{self.tenant}/sessions/s/turns/{r.randint(-1, 9)}",
                 f"{self.tenant}/blockedActions/{r.getrandbits(32)}",
@@ -240,6 +250,48 @@ def _h2_call(host: str, port: int, path: str, token: str, body: bytes) -> tuple[
     return headers.get("grpc-status", "NONE"), headers.get("grpc-message", "")
 
 
+def _h2_cut(host: str, port: int, path: str, token: str, body: bytes, after: float) -> str:
+    """Opens a call over raw HTTP/2, sends `body`, reads for `after` seconds, then resets the
+    stream (CANCEL) and goes: a client that leaves while the platform may be answering.
+    Returns "CUT" (there is no status to read)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    with socket.create_connection((host, port), timeout=20) as sock:
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(
+            stream,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", f"{host}:{port}"),
+                (":path", path),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("grpc-timeout", "5S"),
+                ("authorization", f"Bearer {token}"),
+            ],
+        )
+        conn.send_data(stream, body)
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(max(after, 0.001))
+        until = time.monotonic() + after
+        while time.monotonic() < until:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                return "CUT"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    return "CUT"
+        conn.reset_stream(stream, error_code=8)  # CANCEL
+        sock.sendall(conn.data_to_send())
+    return "CUT"
+
+
 def _log_marks(mesh: RunningStack) -> dict[str, int]:
     return {name: service.process.log_path.stat().st_size for name, service in mesh.services.items()}
 
@@ -282,7 +334,20 @@ async def test_garbage_to_every_public_method_never_ends_internal_and_nothing_br
     await _grant(mesh, tenant)
     token = _token(mesh.state_dir, tenant.removeprefix("tenants/"))
     metadata = (("authorization", f"Bearer {token}"),)
-    garbage = Garbage(rng, tenant)
+    async with grpc.aio.insecure_channel(mesh.envoy_url.removeprefix("http://")) as channel:
+        created = await conversation_service_pb2_grpc.ConversationServiceStub(channel).CreateSession(
+            conversation_service_pb2.CreateSessionRequest(
+                parent=tenant,
+                session=session_pb2.Session(
+                    persona=f"{tenant}/personas/default", mode=deployment_mode_pb2.DEPLOYMENT_MODE_DEVELOPER
+                ),
+                request_id=str(uuid.uuid4()),
+            ),
+            metadata=metadata,
+            timeout=30,
+        )
+    session = created.session.name
+    garbage = Garbage(rng, tenant, (session, f"{session}/turns/1"))
     public = _public()
     kinds = {(m.client_streaming, m.server_streaming) for m in public}
     # Every kind the contract has is fuzzed (it has no client-streaming method with a unary
@@ -299,6 +364,11 @@ async def test_garbage_to_every_public_method_never_ends_internal_and_nothing_br
             calls.append((method, [garbage.payload(method.request_type) for _ in range(count)]))
         # And one message whose frame promises more bytes than the stream carries.
         calls.append((method, []))
+        if method.server_streaming:
+            # And calls the client leaves while the platform may be answering.
+            for _ in range(CUTS_PER_STREAM):
+                count = rng.randint(1, 3) if method.client_streaming else 1
+                calls.append((method, [CUT, *(garbage.payload(method.request_type) for _ in range(count))]))
     rng.shuffle(calls)
     limit = asyncio.Semaphore(8)
     host = mesh.envoy_url.removeprefix("http://")
@@ -307,6 +377,11 @@ async def test_garbage_to_every_public_method_never_ends_internal_and_nothing_br
 
         async def one(method: Method, requests: list[bytes]) -> Answer:
             async with limit:
+                if requests and requests[0] is CUT:
+                    body = b"".join(_frame(r) for r in requests[1:])
+                    after = rng.uniform(0.0, 0.3)
+                    code = await asyncio.to_thread(_h2_cut, ip, int(port), method.path, token, body, after)
+                    return Answer(method.path, "cut", code, "")
                 if requests and not method.client_streaming:
                     return await _grpc_call(channel, method, requests[0], metadata)
                 if requests:
@@ -327,7 +402,7 @@ async def test_garbage_to_every_public_method_never_ends_internal_and_nothing_br
     # Each method was reached with every payload (an answer per call), and the garbage was
     # told apart: not everything was refused at the door for the same reason.
     assert len(answers) >= PAYLOADS
-    assert {a.kind for a in answers} >= {"unary_unary", "unary_stream", "stream_stream", "truncated"}
+    assert {a.kind for a in answers} >= {"unary_unary", "unary_stream", "stream_stream", "truncated", "cut"}
     assert len({a.code for a in answers}) >= 3, {a.code for a in answers}
     print({code: sum(1 for a in answers if a.code == code) for code in sorted({a.code for a in answers})})
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from skm_runtime.outbox import BufferedOutbox, OutboxRecord, OutboxRelay, add_events, outbox_ddl
+from skm_runtime.outbox import BufferedOutbox, OutboxRelay, add_events, outbox_ddl
+from skm_runtime.records import OutboxRecord
 from skm_stack import RunningStack
 
 

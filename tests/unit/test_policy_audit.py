@@ -8,7 +8,7 @@ import time
 
 from skm.events.v1 import event_pb2
 from skm_runtime.access import AccessCheck, Decision, Principal, Verdict
-from skm_runtime.outbox import OutboxRecord
+from skm_runtime.records import OutboxRecord
 from svc_policy.adapters.audit import TOPIC_AUDIT, OutboxAuditTrail
 
 CHECK = AccessCheck("user:tenants/t1/users/u1", "can_execute", "tool:tenants/t1/tools/search", {"cost": 2})
