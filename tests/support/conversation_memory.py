@@ -26,7 +26,6 @@ from typing import Any
 from skm_runtime.access import (
     AccessCheck,
     Approval,
-    ApprovalState,
     Decision,
     HeldState,
     Hold,
@@ -35,6 +34,7 @@ from skm_runtime.access import (
     Principal,
     Verdict,
 )
+from skm_runtime.held_actions import ClaimAnswer, HeldActions, HeldEntry, MemoryPendingReports, ReportAnswer
 from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
 from svc_conversation.core import Conversation
 from svc_conversation.errors import (
@@ -489,6 +489,31 @@ class HeldAction:
     outcome: Outcome | None = None
 
 
+class _Calls:
+    """MemoryPolicyGate's store as the held-action protocol's PolicyCalls port."""
+
+    def __init__(self, gate: MemoryPolicyGate) -> None:
+        self._gate = gate
+
+    async def check(self, principal: Principal | None, checks: Sequence[AccessCheck]) -> list[Decision]:
+        raise NotImplementedError("checks go through MemoryPolicyGate.check")
+
+    async def hold(self, principal: Principal | None, check: AccessCheck, hold: Hold) -> Decision:
+        raise NotImplementedError("holds go through MemoryPolicyGate.check")
+
+    async def resolved(self, principal: Principal | None, name: str) -> HeldEntry:
+        return await self._gate.resolved(principal, name)
+
+    async def claim(self, principal: Principal | None, name: str, claim_id: str) -> ClaimAnswer:
+        return await self._gate.claim(principal, name, claim_id)
+
+    async def complete(self, principal: Principal | None, name: str, claim_id: str, outcome: Outcome) -> ReportAnswer:
+        return await self._gate.report(principal, name, claim_id, outcome)
+
+    async def cancel(self, principal: Principal | None, name: str) -> None:
+        raise NotImplementedError("svc_conversation withdraws nothing")
+
+
 class MemoryPolicyGate:
     """svc_policy: a verdict per relation (ALLOW unless ``rules`` says otherwise); a check
     REQUIRES_APPROVAL with a hold keeps a held action (one per hold request id) that the
@@ -502,6 +527,8 @@ class MemoryPolicyGate:
         self._by_request: dict[str, str] = {}
         self._changed = asyncio.Condition()
         self.closed = False
+        # The wait, claim and outcome go through the shared protocol, as in the real adapter.
+        self._protocol = HeldActions(_Calls(self), MemoryPendingReports())
 
     async def own_session(self, principal: Principal, session: str) -> None:
         self.owners.append((principal.user, session))
@@ -533,23 +560,37 @@ class MemoryPolicyGate:
             await asyncio.sleep(0.005)
 
     async def approval(self, principal: Principal, blocked_action: str, claim_id: str) -> Approval:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.held[blocked_action].state != HeldState.PENDING)
-            action = self.held[blocked_action]
-            if action.state in (HeldState.EXECUTING, HeldState.EXECUTED):
-                state = ApprovalState.CLAIMED if action.claim_id == claim_id else ApprovalState.TAKEN
-                return Approval(state, action.note)
-            if action.state == HeldState.APPROVED:
-                self.held[blocked_action] = replace(action, state=HeldState.EXECUTING, claim_id=claim_id)
-                return Approval(ApprovalState.CLAIMED, action.note)
-            return Approval(ApprovalState(action.state.value), action.note)
+        return await self._protocol.approval(principal, blocked_action, claim_id)
 
     async def complete(self, principal: Principal, blocked_action: str, claim_id: str, outcome: Outcome) -> None:
-        action = self.held[blocked_action]
-        if action.claim_id == claim_id and action.state in (HeldState.EXECUTING, HeldState.EXECUTED):
-            self.held[blocked_action] = replace(action, state=HeldState.EXECUTED, outcome=outcome)
+        await self._protocol.complete(principal, blocked_action, claim_id, outcome)
+
+    # -- svc_policy's answers, as the shared held-action protocol asks them (PolicyCalls) ---
+
+    async def resolved(self, principal: Principal | None, name: str) -> HeldEntry:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.held[name].state != HeldState.PENDING)
+            action = self.held[name]
+            return HeldEntry(name, action.state, action.note, action.claim_id)
+
+    async def claim(self, principal: Principal | None, name: str, claim_id: str) -> ClaimAnswer:
+        action = self.held[name]
+        if action.state in (HeldState.EXECUTING, HeldState.EXECUTED) and action.claim_id == claim_id:
+            return ClaimAnswer.CLAIMED
+        if action.state != HeldState.APPROVED:
+            return ClaimAnswer.CHANGED
+        self.held[name] = replace(action, state=HeldState.EXECUTING, claim_id=claim_id)
+        return ClaimAnswer.CLAIMED
+
+    async def report(self, principal: Principal | None, name: str, claim_id: str, outcome: Outcome) -> ReportAnswer:
+        action = self.held[name]
+        if action.claim_id != claim_id or action.state not in (HeldState.EXECUTING, HeldState.EXECUTED):
+            return ReportAnswer.REFUSED
+        self.held[name] = replace(action, state=HeldState.EXECUTED, outcome=outcome)
+        return ReportAnswer.TAKEN
 
     async def close(self) -> None:
+        await self._protocol.close()
         self.closed = True
 
 
