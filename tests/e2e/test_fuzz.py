@@ -205,6 +205,27 @@ def _frame(message: bytes, *, claimed: int | None = None) -> bytes:
     return struct.pack(">?I", False, len(message) if claimed is None else claimed) + message
 
 
+def _h2_open(host: str, port: int, path: str, token: str, *, deadline: str) -> tuple[h2.connection.H2Connection, int]:
+    """An HTTP/2 client connection with one gRPC call's headers queued (nothing sent yet)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", f"{host}:{port}"),
+            (":path", path),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("grpc-timeout", deadline),
+            ("authorization", f"Bearer {token}"),
+        ],
+    )
+    return conn, stream
+
+
 def _h2_call(host: str, port: int, path: str, token: str, body: bytes) -> tuple[str, str]:
     """One call over raw HTTP/2 whose request body is `body` (frames, whole or not), sent at
     once and followed by the end of the stream, with a 2 s deadline; returns the answer's
@@ -212,24 +233,9 @@ def _h2_call(host: str, port: int, path: str, token: str, body: bytes) -> tuple[
     answer at all. Unlike a gRPC client, this reads the status the server sent even when it
     answered before reading everything (a client library may report its own failure to
     write then), and it can send frames no client library would."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn, stream = _h2_open(host, port, path, token, deadline="2S")
     headers: dict[str, str] = {}
     with socket.create_connection((host, port), timeout=20) as sock:
-        conn.initiate_connection()
-        stream = conn.get_next_available_stream_id()
-        conn.send_headers(
-            stream,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":authority", f"{host}:{port}"),
-                (":path", path),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                ("grpc-timeout", "2S"),
-                ("authorization", f"Bearer {token}"),
-            ],
-        )
         conn.send_data(stream, body, end_stream=True)
         sock.sendall(conn.data_to_send())
         deadline = time.monotonic() + 20
@@ -254,23 +260,8 @@ def _h2_cut(host: str, port: int, path: str, token: str, body: bytes, after: flo
     """Opens a call over raw HTTP/2, sends `body`, reads for `after` seconds, then resets the
     stream (CANCEL) and goes: a client that leaves while the platform may be answering.
     Returns "CUT" (there is no status to read)."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn, stream = _h2_open(host, port, path, token, deadline="5S")
     with socket.create_connection((host, port), timeout=20) as sock:
-        conn.initiate_connection()
-        stream = conn.get_next_available_stream_id()
-        conn.send_headers(
-            stream,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":authority", f"{host}:{port}"),
-                (":path", path),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                ("grpc-timeout", "5S"),
-                ("authorization", f"Bearer {token}"),
-            ],
-        )
         conn.send_data(stream, body)
         sock.sendall(conn.data_to_send())
         sock.settimeout(max(after, 0.001))
