@@ -18,8 +18,6 @@ from pathlib import Path
 
 from skm.policy.v1 import (
     blocked_action_pb2,
-    blocked_action_service_pb2,
-    blocked_action_service_pb2_grpc,
 )
 from skm_runtime.access import Outcome, Principal
 from skm_runtime.held_actions import MemoryPendingReports
@@ -27,46 +25,16 @@ from skm_runtime.server import signed_channel
 from skm_stack import RunningStack
 from skm_stack.services import start_service
 from svc_conversation.adapters.policy import GrpcPolicy
-from tests.support.policy import approval_tenant, hold, policy_process, signed
+from tests.support.policy import held_approved_claimed, held_state, policy_process
 
 State = blocked_action_pb2.BlockedAction.State
 
 
-async def _held_approved_claimed(addr: str) -> tuple[str, str]:
-    """A tenant and an action of mike's held, approved by olga and claimed as `claim-1`."""
-    async with signed_channel(addr) as channel:
-        tenant = await approval_tenant(channel, "c")
-        name = await hold(channel, tenant)
-        blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
-        await blocked.ApproveBlockedAction(
-            blocked_action_service_pb2.ApproveBlockedActionRequest(name=name),
-            metadata=signed(tenant, "olga"),
-            timeout=10,
-        )
-        await blocked.ClaimApprovedAction(
-            blocked_action_service_pb2.ClaimApprovedActionRequest(name=name, claim_id="claim-1"),
-            metadata=signed(tenant, "mike"),
-            timeout=10,
-        )
-    return tenant, name
-
-
-async def _state(addr: str, tenant: str, name: str) -> blocked_action_pb2.BlockedAction:
-    async with signed_channel(addr) as channel:
-        reply = await blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel).GetBlockedAction(
-            blocked_action_service_pb2.GetBlockedActionRequest(name=name),
-            metadata=signed(tenant, "olga"),
-            timeout=10,
-            wait_for_ready=True,  # (gRPC shares the connection of a channel still backing off from the restart)
-        )
-    return reply.blocked_action
-
-
 async def test_an_outcome_svc_policy_could_not_take_is_reported_once_it_is_back(stack: RunningStack) -> None:
     with policy_process(stack, "skm-test-outcome-") as service:
-        tenant, name = await _held_approved_claimed(service.addr)
+        tenant, name = await held_approved_claimed(service.addr)
         mike = Principal(tenant=tenant, user=f"{tenant}/users/mike", roles=("member",))
-        assert (await _state(service.addr, tenant, name)).state == State.STATE_EXECUTING
+        assert (await held_state(service.addr, tenant, name)).state == State.STATE_EXECUTING
 
         service.stop()  # svc_policy is away
         async with signed_channel(service.addr) as channel:
@@ -81,7 +49,7 @@ async def test_an_outcome_svc_policy_could_not_take_is_reported_once_it_is_back(
                 again = start_service(service.spec, logs, stack.service_env())  # same port, same store
                 try:
                     for _ in range(300):  # reported again with backoff (at most 5 s apart)
-                        entry = await _state(again.addr, tenant, name)
+                        entry = await held_state(again.addr, tenant, name)
                         if entry.state != State.STATE_EXECUTING:
                             break
                         await asyncio.sleep(0.2)
@@ -90,11 +58,11 @@ async def test_an_outcome_svc_policy_could_not_take_is_reported_once_it_is_back(
                     assert await reports.due(10) == [], "a taken outcome is owed no more"
 
                     # Refused for good (not this entry's claim): reported once, never again.
-                    second, other = await _held_approved_claimed(again.addr)
+                    second, other = await held_approved_claimed(again.addr)
                     mike = Principal(tenant=second, user=f"{second}/users/mike", roles=("member",))
                     await policy.complete(mike, other, "claim-2", Outcome(succeeded=True))
                     assert await reports.due(10) == [], "a final refusal is not kept to retry"
-                    assert (await _state(again.addr, second, other)).state == State.STATE_EXECUTING
+                    assert (await held_state(again.addr, second, other)).state == State.STATE_EXECUTING
                 finally:
                     again.stop()
                     shutil.rmtree(logs, ignore_errors=True)

@@ -12,9 +12,17 @@ from pathlib import Path
 import grpc
 from google.protobuf import any_pb2, wrappers_pb2
 
-from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
+from skm.policy.v1 import (
+    access_pb2,
+    blocked_action_pb2,
+    blocked_action_service_pb2,
+    blocked_action_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+)
 from skm.type.v1 import policy_decision_pb2
 from skm_runtime.principal import principal_message, principal_metadata
+from skm_runtime.server import signed_channel
 from skm_stack import RunningStack
 from skm_stack.services import ServiceProcess, ServiceSpec, start_service
 from tests.support.ports import free_port
@@ -87,3 +95,35 @@ async def hold(channel: grpc.aio.Channel, tenant: str) -> str:
     )
     assert reply.decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
     return reply.decision.blocked_action
+
+
+async def held_approved_claimed(addr: str) -> tuple[str, str]:
+    """A tenant and an action of mike's held, approved by olga and claimed as `claim-1`
+    (svc_policy at `addr`)."""
+    async with signed_channel(addr) as channel:
+        tenant = await approval_tenant(channel, "c")
+        name = await hold(channel, tenant)
+        blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel)
+        await blocked.ApproveBlockedAction(
+            blocked_action_service_pb2.ApproveBlockedActionRequest(name=name),
+            metadata=signed(tenant, "olga"),
+            timeout=10,
+        )
+        await blocked.ClaimApprovedAction(
+            blocked_action_service_pb2.ClaimApprovedActionRequest(name=name, claim_id="claim-1"),
+            metadata=signed(tenant, "mike"),
+            timeout=10,
+        )
+    return tenant, name
+
+
+async def held_state(addr: str, tenant: str, name: str) -> blocked_action_pb2.BlockedAction:
+    """The entry as olga, the tenant's operator, reads it."""
+    async with signed_channel(addr) as channel:
+        reply = await blocked_action_service_pb2_grpc.BlockedActionServiceStub(channel).GetBlockedAction(
+            blocked_action_service_pb2.GetBlockedActionRequest(name=name),
+            metadata=signed(tenant, "olga"),
+            timeout=10,
+            wait_for_ready=True,  # (gRPC shares the connection of a channel still backing off from the restart)
+        )
+    return reply.blocked_action
