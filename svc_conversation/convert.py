@@ -15,11 +15,23 @@ from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
 from skm.profiles.v1 import model_profile_pb2
 from skm.tools.v1 import execution_pb2
-from skm.type.v1 import deployment_mode_pb2, model_pb2, money_pb2, policy_decision_pb2, principal_pb2
+from skm.type.v1 import model_pb2, policy_decision_pb2, principal_pb2
+from skm_runtime import values_wire
 from skm_runtime.access import Decision, Principal, Verdict
 from skm_runtime.errors import FieldViolation
 from skm_runtime.principal import principal_message, role_names
-from skm_runtime.values import DeploymentMode, FailureReason, ModelOverride, ModelRole, Money
+from skm_runtime.values import ModelOverride
+from skm_runtime.values_wire import (
+    failure_reason_of,
+    failure_reason_to,
+    mode_of,
+    mode_to,
+    money_of,
+    money_to,
+    override_to,
+    role_of,
+    role_to,
+)
 from svc_conversation.errors import InvalidSession
 from svc_conversation.model import (
     Acknowledge,
@@ -128,60 +140,22 @@ def decision_to(decision: Decision) -> policy_decision_pb2.PolicyDecision:
     )
 
 
-# -- the shared value enums (skm_runtime.values), by their wire names ---------------------
-#
-# Each raises ValueError for a number the contract does not define; UNSPECIFIED is None.
-
-_ROLE_PREFIX = "MODEL_ROLE_"
-_MODE_PREFIX = "DEPLOYMENT_MODE_"
-_FAILURE_PREFIX = "FAILURE_REASON_"
-_UNSPECIFIED = "UNSPECIFIED"
-
-
-def role_of(number: model_pb2.ModelRole.ValueType) -> ModelRole | None:
-    name = model_pb2.ModelRole.Name(number).removeprefix(_ROLE_PREFIX)
-    return None if name == _UNSPECIFIED else ModelRole[name]
-
-
-def role_to(role: ModelRole | None) -> model_pb2.ModelRole.ValueType:
-    return model_pb2.ModelRole.Value(_ROLE_PREFIX + (_UNSPECIFIED if role is None else role.name))
-
-
-def mode_of(number: deployment_mode_pb2.DeploymentMode.ValueType) -> DeploymentMode | None:
-    name = deployment_mode_pb2.DeploymentMode.Name(number).removeprefix(_MODE_PREFIX)
-    return None if name == _UNSPECIFIED else DeploymentMode[name]
-
-
-def mode_to(mode: DeploymentMode | None) -> deployment_mode_pb2.DeploymentMode.ValueType:
-    return deployment_mode_pb2.DeploymentMode.Value(_MODE_PREFIX + (_UNSPECIFIED if mode is None else mode.name))
-
-
-def failure_reason_of(number: execution_pb2.FailureReason.ValueType) -> FailureReason | None:
-    name = execution_pb2.FailureReason.Name(number).removeprefix(_FAILURE_PREFIX)
-    return None if name == _UNSPECIFIED else FailureReason[name]
-
-
-def failure_reason_to(reason: FailureReason | None) -> execution_pb2.FailureReason.ValueType:
-    return execution_pb2.FailureReason.Value(_FAILURE_PREFIX + (_UNSPECIFIED if reason is None else reason.name))
-
-
 # -- sessions ----------------------------------------------------------------------------
 
 
 E = TypeVar("E", bound=enum.IntEnum)
-N = TypeVar("N", bound=int)
 V = TypeVar("V")
 
 
-def _known(of: Callable[[N], V], number: N, field: str) -> V:
+def _known(of: Callable[[int], V | None], number: int, field: str) -> V | None:
     """The value a client sent, as `of` reads it; a number the contract does not define is
     the client's error (a newer client, or garbage), never a crash."""
-    try:
-        return of(number)
-    except ValueError:
+    value = of(number)
+    if number and value is None:
         raise InvalidSession(
             f"{field} has no value {number}", violations=[FieldViolation(field, f"unknown value {number}")]
-        ) from None
+        )
+    return value
 
 
 def _as_sent(kind: type[E], number: int) -> E:
@@ -194,23 +168,8 @@ def _as_sent(kind: type[E], number: int) -> E:
 
 
 def override_of(message: model_profile_pb2.ModelOverride) -> ModelOverride:
-    return ModelOverride(
-        role=_known(role_of, message.role, "session.model_overrides.role"),
-        model_tiers=tuple(message.model_tiers),
-        temperature=message.temperature if message.HasField("temperature") else None,
-        max_output_tokens=message.max_output_tokens,
-    )
-
-
-def override_to(override: ModelOverride) -> model_profile_pb2.ModelOverride:
-    message = model_profile_pb2.ModelOverride(
-        role=role_to(override.role),
-        model_tiers=list(override.model_tiers),
-        max_output_tokens=override.max_output_tokens,
-    )
-    if override.temperature is not None:
-        message.temperature = override.temperature
-    return message
+    _known(role_of, message.role, "session.model_overrides.role")
+    return values_wire.override_of(message)
 
 
 def session_of(message: session_pb2.Session) -> Session:
@@ -268,7 +227,7 @@ def usage_of(message: model_pb2.ModelUsage) -> ModelUsage:
         ),
         duration_ns=_nanos_of(message.duration),
         tokens_per_second=message.tokens_per_second,
-        cost=Money(message.cost.currency_code, message.cost.units, message.cost.nanos),
+        cost=money_of(message.cost),
         input_tokens_estimated=message.input_tokens_estimated,
     )
 
@@ -286,9 +245,7 @@ def usage_to(usage: ModelUsage) -> model_pb2.ModelUsage:
     if usage.time_to_first_token_ns is not None:
         message.time_to_first_token.CopyFrom(_duration(usage.time_to_first_token_ns))
     message.duration.CopyFrom(_duration(usage.duration_ns))
-    message.cost.CopyFrom(
-        money_pb2.Money(currency_code=usage.cost.currency_code, units=usage.cost.units, nanos=usage.cost.nanos)
-    )
+    message.cost.CopyFrom(money_to(usage.cost))
     return message
 
 

@@ -17,6 +17,7 @@ from skm.profiles.v1 import (
 from skm_runtime.access import Principal
 from skm_runtime.errors import NotImplementedYet
 from skm_runtime.principal import principal_from
+from skm_runtime.values_wire import mode_of, override_of, role_of
 from svc_profiles import convert
 from svc_profiles.core import Profiles
 
@@ -149,8 +150,8 @@ class ModelProfileApi(model_profile_service_pb2_grpc.ModelProfileServiceServicer
     ) -> model_profile_service_pb2.ListModelProfilesResponse:
         profiles, token = await self._profiles.list_model_profiles(
             request.parent,
-            convert.role_of(request.role),
-            convert.mode_of(request.mode),
+            role_of(request.role),
+            mode_of(request.mode),
             request.page_size,
             request.page_token,
             _principal(context),
@@ -178,10 +179,10 @@ class ModelProfileApi(model_profile_service_pb2_grpc.ModelProfileServiceServicer
     ) -> model_profile_service_pb2.ResolveModelProfileResponse:
         resolved = await self._profiles.resolve(
             request.parent,
-            convert.role_of(request.role),
-            convert.mode_of(request.mode),
+            role_of(request.role),
+            mode_of(request.mode),
             request.persona,
-            [convert.override_of(o) for o in request.overrides],
+            [override_of(o) for o in request.overrides],
         )
         return model_profile_service_pb2.ResolveModelProfileResponse(
             resolved_model_profile=convert.resolved_to(resolved)

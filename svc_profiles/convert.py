@@ -7,11 +7,19 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from skm.profiles.v1 import model_pb2, model_profile_pb2, persona_pb2
-from skm.type.v1 import deployment_mode_pb2, money_pb2, principal_pb2
-from skm.type.v1 import model_pb2 as type_model_pb2
+from skm.type.v1 import principal_pb2
 from skm_runtime.access import Principal
 from skm_runtime.principal import role_names
-from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
+from skm_runtime.values_wire import (
+    mode_of,
+    mode_to,
+    money_of,
+    money_to,
+    override_of,
+    override_to,
+    role_of,
+    role_to,
+)
 from svc_profiles.model import Capability, Lineage, Model, ModelProfile, Persona, ResolvedModelProfile
 
 
@@ -20,44 +28,16 @@ def principal_of(message: principal_pb2.Principal) -> Principal:
 
 
 # -- enums: the wire's UNSPECIFIED (and any number this build does not know) is None ------------
+# (ModelRole, DeploymentMode and the other shared values: skm_runtime.values_wire)
 
 
-_ROLES: dict[int, ModelRole] = {
-    type_model_pb2.MODEL_ROLE_PRE_SLM: ModelRole.PRE_SLM,
-    type_model_pb2.MODEL_ROLE_PRIMARY: ModelRole.PRIMARY,
-    type_model_pb2.MODEL_ROLE_UTILITY: ModelRole.UTILITY,
-    type_model_pb2.MODEL_ROLE_EMBEDDING: ModelRole.EMBEDDING,
-}
-_MODES: dict[int, DeploymentMode] = {
-    deployment_mode_pb2.DEPLOYMENT_MODE_DEVELOPER: DeploymentMode.DEVELOPER,
-    deployment_mode_pb2.DEPLOYMENT_MODE_TEST: DeploymentMode.TEST,
-    deployment_mode_pb2.DEPLOYMENT_MODE_PRODUCTION: DeploymentMode.PRODUCTION,
-}
 _CAPABILITIES: dict[int, Capability] = {
     model_pb2.MODEL_CAPABILITY_CHAT: Capability.CHAT,
     model_pb2.MODEL_CAPABILITY_TOOL_CALLS: Capability.TOOL_CALLS,
     model_pb2.MODEL_CAPABILITY_STRUCTURED_OUTPUT: Capability.STRUCTURED_OUTPUT,
     model_pb2.MODEL_CAPABILITY_EMBEDDINGS: Capability.EMBEDDINGS,
 }
-_ROLE_NUMBERS = {role: number for number, role in _ROLES.items()}
-_MODE_NUMBERS = {mode: number for number, mode in _MODES.items()}
 _CAPABILITY_NUMBERS = {capability: number for number, capability in _CAPABILITIES.items()}
-
-
-def role_of(number: int) -> ModelRole | None:
-    return _ROLES.get(number)
-
-
-def role_to(role: ModelRole | None) -> type_model_pb2.ModelRole.ValueType:
-    return type_model_pb2.ModelRole.ValueType(_ROLE_NUMBERS[role] if role else 0)
-
-
-def mode_of(number: int) -> DeploymentMode | None:
-    return _MODES.get(number)
-
-
-def mode_to(mode: DeploymentMode | None) -> deployment_mode_pb2.DeploymentMode.ValueType:
-    return deployment_mode_pb2.DeploymentMode.ValueType(_MODE_NUMBERS[mode] if mode else 0)
 
 
 def capability_of(number: int) -> Capability | None:
@@ -77,34 +57,6 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value.astimezone(UTC))
     return stamp
-
-
-def money_of(message: money_pb2.Money) -> Money:
-    return Money(message.currency_code, message.units, message.nanos)
-
-
-def money_to(money: Money) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=money.currency_code, units=money.units, nanos=money.nanos)
-
-
-def override_of(message: model_profile_pb2.ModelOverride) -> ModelOverride:
-    return ModelOverride(
-        role=role_of(message.role),
-        model_tiers=tuple(message.model_tiers),
-        temperature=message.temperature if message.HasField("temperature") else None,
-        max_output_tokens=message.max_output_tokens,
-    )
-
-
-def override_to(override: ModelOverride) -> model_profile_pb2.ModelOverride:
-    message = model_profile_pb2.ModelOverride(
-        role=role_to(override.role),
-        model_tiers=override.model_tiers,
-        max_output_tokens=override.max_output_tokens,
-    )
-    if override.temperature is not None:
-        message.temperature = override.temperature
-    return message
 
 
 # -- resources ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from skm_runtime.access import Payload, Principal
 from skm_runtime.principal import principal_message, principal_metadata
 from skm_runtime.status import error_info_of
 from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
+from skm_runtime.values_wire import mode_to, override_to, role_to
 from svc_conversation import convert
 from svc_conversation.errors import DependencyUnavailable, PersonaNotFound, ToolCallRejected
 from svc_conversation.model import (
@@ -114,10 +115,10 @@ class GrpcProfiles:
     ) -> ResolvedProfile:
         request = model_profile_service_pb2.ResolveModelProfileRequest(
             parent=principal.tenant,
-            role=convert.role_to(role),
-            mode=convert.mode_to(mode),
+            role=role_to(role),
+            mode=mode_to(mode),
             persona=persona,
-            overrides=[convert.override_to(o) for o in overrides],
+            overrides=[override_to(o) for o in overrides],
         )
         try:
             response = await self._profiles.ResolveModelProfile(
