@@ -14,12 +14,12 @@ help: ## list the targets
 setup: ## install everything (Python env, web tooling, real servers), idempotently, into .cache/
 	@scripts/bootstrap.sh
 
-gen: ## regenerate gen/python and web/src/gen from proto/
+gen: ## regenerate gen/python, web/src/gen and deploy/envoy/envoy.yaml from proto/
 	@scripts/bootstrap.sh --python-only
 	@scripts/gen.sh
-	@echo "generated gen/python and web/src/gen"
+	@echo "generated gen/python, web/src/gen and deploy/envoy/envoy.yaml"
 
-check-gen: ## fail when gen/ or web/src/gen is stale against proto/
+check-gen: ## fail when gen/, web/src/gen or deploy/envoy/envoy.yaml is stale against proto/
 	@scripts/check-gen.sh
 
 lint: ## ruff, mypy (strict), import-linter contracts, buf lint and format, tsc on web/

@@ -185,7 +185,10 @@ def _runtime(args: argparse.Namespace) -> None:
             {"SKM_ECHO_ADDR": runtime, "SKM_LOG_LEVEL": "WARNING"},
         ) as runtime_pid,
     ):
-        envoy = start_envoy(envoy_binary(), Path(state), free_port(), free_port(), runtime_port, concurrency=1)
+        # The echo service answers no contract path: every route goes to its one port.
+        envoy = start_envoy(
+            envoy_binary(), Path(state), free_port(), free_port(), {"gateway": runtime_port}, concurrency=1
+        )
         try:
             targets = {
                 "bare": (bare, (bare_pid,)),

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Generates code from proto/: Python (grpcio-tools protoc + mypy-protobuf stubs) into
-# $1 (default gen/python) and TypeScript (protoc-gen-es via buf) into $2 (default web/src/gen).
+# $1 (default gen/python), TypeScript (protoc-gen-es via buf) into $2 (default web/src/gen),
+# and the Envoy template routing each public method to its owner into $3 (default
+# deploy/envoy/envoy.yaml), from the Python just generated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py_out="${1:-gen/python}"
 ts_out="${2:-web/src/gen}"
+envoy_out="${3:-deploy/envoy/envoy.yaml}"
 
 rm -rf "$py_out/skm"
 mkdir -p "$py_out"
@@ -17,6 +20,8 @@ mapfile -t files < <(cd proto && find skm -name '*.proto' | LC_ALL=C sort)
   "${files[@]}"
 # Regular packages (not namespace ones), so mypy and the wheel see them plainly.
 find "$py_out/skm" -type d -exec touch {}/__init__.py \;
+# The contract as just generated comes first on the path, ahead of the committed gen/python.
+PYTHONPATH="$py_out${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m skm_stack.envoy_routes --output "$envoy_out"
 
 rm -rf "$ts_out"
 tmp=$(mktemp -d)

@@ -22,7 +22,7 @@ JsonObject = Mapping[str, Any]
 class Principal:
     """Who asks: tenant "tenants/{t}", user "tenants/{t}/users/{u}" (empty for a tenant's
     own service calls), role names ("member", "operator", ...), and the SHA-256 of the
-    tenant's constitution the caller's token was issued under (the gateway checks it; other
+    tenant's constitution the caller's token was issued under (admission checks it; other
     services leave it empty)."""
 
     tenant: str

@@ -43,7 +43,7 @@ def services_of(owner: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Method:
-    """One RPC of the contract as the gateway routes it."""
+    """One RPC of the contract: who owns it, its kind, its request type, its authz rule."""
 
     path: str  # "/skm.conversation.v1.ConversationService/CreateSession"
     owner: str

@@ -110,7 +110,8 @@ class ServiceUnavailable(SkmError):
 
 class MeshCallerUnverified(SkmError):
     """A call reached a service of the mesh with neither a signed principal nor a signed
-    caller (skm_runtime.principal): it did not come through the gateway or from the mesh."""
+    caller (skm_runtime.principal), or with ones that do not verify, and is no public call
+    its owner admits by token."""
 
     code = Code.UNAUTHENTICATED
     reason = "MESH_CALLER_UNVERIFIED"

@@ -4,9 +4,15 @@ Server side, one interceptor per process does, for all four RPC kinds:
 - reject request bytes that are not a valid message with INVALID_ARGUMENT /
   MALFORMED_REQUEST (grpc's own answer would be INTERNAL), for unary calls and for every
   message of a stream;
-- admit, in a service of the mesh, only calls that carry a signed principal or a signed
-  caller (skm_runtime.principal): UNAUTHENTICATED / MESH_CALLER_UNVERIFIED otherwise
-  (health and reflection answer anyone; the gateway, the public entry, checks tokens);
+- admit, in a service of the mesh, calls that carry a signed principal or a signed caller
+  (skm_runtime.principal), and, where the server has a gate (skm_runtime.gate), the public
+  calls of the methods it owns, once per call: the bearer token, constitution hash and
+  rate limits as the call opens, the contract's authz rule on the resource the request (or
+  a client stream's first message) names; the principal admission proved is what
+  `call_principal` gives the servicer. Anything else is UNAUTHENTICATED /
+  MESH_CALLER_UNVERIFIED (a client's own x-skm-* credentials included); health and
+  reflection answer anyone;
+- hold every message to the gate's size limit (INVALID_ARGUMENT / MESSAGE_TOO_LARGE);
 - continue the caller's trace (W3C context from metadata) in a SERVER span;
 - remember the call's deadline so outbound calls made while serving it inherit it;
 - map domain errors to `google.rpc.Status` + `ErrorInfo`; anything unexpected becomes
@@ -37,8 +43,20 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from skm.type.v1 import principal_pb2
+from skm_runtime.admission import Rule
+from skm_runtime.admission_errors import MessageTooLarge
 from skm_runtime.errors import Code, MalformedRequest, MeshCallerUnverified, NotImplementedYet, SkmError
-from skm_runtime.principal import PRINCIPAL_KEY, caller_metadata, has_mesh_key, mesh_admitted
+from skm_runtime.gate import Gate
+from skm_runtime.principal import (
+    CALLER_KEY,
+    PRINCIPAL_KEY,
+    PRINCIPAL_MAC_KEY,
+    caller_metadata,
+    has_mesh_key,
+    mesh_admitted,
+    principal_from,
+)
 from skm_runtime.status import status_of, trailers_of
 
 log = logging.getLogger("skm.runtime")
@@ -54,6 +72,12 @@ else:
 
 # Absolute monotonic deadline of the inbound call being served in this task, if it has one.
 _inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("skm_inbound_deadline", default=None)
+# The principal the gate admitted the public call being served in this task with, if it did.
+_admitted: contextvars.ContextVar[principal_pb2.Principal | None] = contextvars.ContextVar(
+    "skm_admitted_principal", default=None
+)
+# What a public call carries only when it comes from inside the mesh: never a client's.
+_MESH_CREDENTIALS = frozenset((PRINCIPAL_KEY, PRINCIPAL_MAC_KEY, CALLER_KEY))
 
 _GENERIC_INTERNAL = "internal error"
 # Only W3C trace context is read from calls (metadata keys `traceparent`, `tracestate`).
@@ -79,11 +103,23 @@ class _Malformed:
         self.problem = problem
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+class _TooLarge:
+    """Stands in for a request over the size limit; never parsed, rejected before the servicer runs."""
+
+    __slots__ = ("limit", "size")
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, limit: int | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
     def parse(data: bytes) -> Any:
+        if limit is not None and len(data) > limit:
+            return _TooLarge(len(data), limit)
         try:
             return deserializer(data)
         except Exception as exc:  # any parse failure is the client's fault
@@ -97,6 +133,11 @@ def _reject_malformed(request: Any) -> None:
         raise MalformedRequest(
             "the request is not a valid protobuf message of this method's request type",
             metadata={"problem": request.problem},
+        )
+    if isinstance(request, _TooLarge):
+        raise MessageTooLarge(
+            f"a message may be at most {request.limit} bytes",
+            metadata={"limit": str(request.limit), "size": str(request.size)},
         )
 
 
@@ -121,8 +162,41 @@ class _Checked:
         return request
 
 
+class _Prepended:
+    """A client stream's requests with its first message, already read (by admission), in front."""
+
+    __slots__ = ("_first", "_rest")
+
+    def __init__(self, first: Any, rest: AsyncIterator[Any]) -> None:
+        self._first: Any = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Prepended:
+        return self
+
+    async def __anext__(self) -> Any:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        return await self._rest.__anext__()
+
+
+def call_principal(context: Context) -> principal_pb2.Principal | None:
+    """The principal of the call being served: the one the gate admitted it with (a public
+    call), else the signed one it carries (a call from inside the mesh), else None."""
+    admitted = _admitted.get()
+    return admitted if admitted is not None else principal_from(context.invocation_metadata())
+
+
+def admitted_from_outside() -> bool:
+    """Whether the call being served is a public call the gate admitted by its token: what
+    only callers inside the mesh may ask for (their own metadata, policy facts) is ignored."""
+    return _admitted.get() is not None
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Errors, validation of the wire format, tracing, deadlines and metrics for one server."""
+    """Errors, validation of the wire format, admission, tracing, deadlines and metrics for one server."""
 
     def __init__(
         self,
@@ -132,17 +206,25 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         record_spans: bool,
         record_metrics: bool = True,
         mesh_only: bool = False,
+        gate: Gate | None = None,
     ) -> None:
         # Without a span receiver, no span is made: the caller's trace context is only
         # carried through to outbound calls, which costs next to nothing. Without a metric
         # reader, nothing is recorded either. `mesh_only`: every method but health and
-        # reflection admits only calls from inside the mesh.
+        # reflection admits only calls from inside the mesh, and, with a `gate`, the public
+        # calls the gate admits.
         self._mesh_only = mesh_only
+        self._gate = gate
         self._tracer = tracer
         self._record_spans = record_spans
         self._record_metrics = record_metrics
         self._duration = meter.create_histogram("rpc.server.duration", unit="ms", description="Time to serve one RPC")
         self._wrapped: dict[str, Handler] = {}
+
+    def use_gate(self, gate: Gate) -> None:
+        """Admit public calls through `gate` from now on (before the server serves a call)."""
+        self._gate = gate
+        self._wrapped.clear()
 
     async def intercept_service(
         self,
@@ -175,10 +257,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             "rpc.service": service,
             "rpc.method": rpc,
         }
-        deserialize = _tolerant(handler.request_deserializer)
+        gate = self._gate
+        deserialize = _tolerant(handler.request_deserializer, gate.max_message_bytes if gate else None)
         serialize = handler.response_serializer
         guarded = self._mesh_only and not method.startswith(_OPEN_TO_ANYONE)
-        call = _Call(self, span_name, attributes, method if guarded else None)
+        rule = gate.rule(method) if gate is not None and guarded else None
+        call = _Call(self, span_name, attributes, method if guarded else None, gate if rule else None, rule)
 
         if handler.unary_unary is not None:
             inner_uu: Any = handler.unary_unary
@@ -186,7 +270,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: Context) -> Any:
                 with call.serving(context) as outcome:
                     try:
-                        outcome.admit()
+                        if not outcome.from_mesh():
+                            await outcome.admit(request)
                         _reject_malformed(request)
                         result = inner_uu(request, context)
                         return await result if inspect.isawaitable(result) else result
@@ -201,8 +286,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
                 with call.serving(context) as outcome:
                     try:
-                        outcome.admit()
-                        result = inner_su(_Checked(requests), context)
+                        checked: AsyncIterator[Any] = _Checked(requests)
+                        if not outcome.from_mesh():
+                            checked = await outcome.admit_stream(checked)
+                        result = inner_su(checked, context)
                         return await result if inspect.isawaitable(result) else result
                     except BaseException as exc:
                         await outcome.fail(exc, context)
@@ -221,7 +308,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async def unary_stream_gen(request: Any, context: Context) -> None:
                     with call.serving(context) as outcome:
                         try:
-                            outcome.admit()
+                            if not outcome.from_mesh():
+                                await outcome.admit(request)
                             _reject_malformed(request)
                             async with contextlib.aclosing(inner_us(request, context)) as responses:
                                 async for response in responses:
@@ -234,7 +322,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: Context) -> None:
                 with call.serving(context) as outcome:
                     try:
-                        outcome.admit()
+                        if not outcome.from_mesh():
+                            await outcome.admit(request)
                         _reject_malformed(request)
                         result = inner_us(request, context)
                         if inspect.isawaitable(result):
@@ -251,8 +340,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream_gen(requests: AsyncIterator[Any], context: Context) -> None:
                 with call.serving(context) as outcome:
                     try:
-                        outcome.admit()
-                        async with contextlib.aclosing(inner_ss(_Checked(requests), context)) as responses:
+                        checked: AsyncIterator[Any] = _Checked(requests)
+                        if not outcome.from_mesh():
+                            checked = await outcome.admit_stream(checked)
+                        async with contextlib.aclosing(inner_ss(checked, context)) as responses:
                             async for response in responses:
                                 await context.write(response)
                     except BaseException as exc:
@@ -263,8 +354,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def stream_stream(requests: AsyncIterator[Any], context: Context) -> None:
             with call.serving(context) as outcome:
                 try:
-                    outcome.admit()
-                    result = inner_ss(_Checked(requests), context)
+                    checked: AsyncIterator[Any] = _Checked(requests)
+                    if not outcome.from_mesh():
+                        checked = await outcome.admit_stream(checked)
+                    result = inner_ss(checked, context)
                     if inspect.isawaitable(result):
                         await result
                 except BaseException as exc:
@@ -282,13 +375,18 @@ class _Call:
         span_name: str,
         attributes: dict[str, AttributeValue],
         guarded_method: str | None,
+        gate: Gate | None = None,
+        rule: Rule | None = None,
     ) -> None:
         self.owner = owner
         self.span_name = span_name
         self.attributes = attributes
         self.ok_attributes: dict[str, AttributeValue] = {**attributes, "rpc.grpc.status_code": Code.OK.value}
-        # The method's path where only callers from inside the mesh are admitted.
+        # The method's path where only callers from inside the mesh are admitted, and, for a
+        # public method of a server with a gate, the gate and the method's rule.
         self.guarded_method = guarded_method
+        self.gate = gate
+        self.rule = rule
 
     def serving(self, context: Context) -> _Serving:
         return _Serving(self, context)
@@ -297,11 +395,23 @@ class _Call:
 class _Serving:
     """The life of one RPC: span, deadline, metrics and how it failed."""
 
-    __slots__ = ("_attached", "_call", "_context", "_metadata", "_span", "_span_cm", "_start", "_token", "code")
+    __slots__ = (
+        "_admitted",
+        "_attached",
+        "_call",
+        "_context",
+        "_metadata",
+        "_span",
+        "_span_cm",
+        "_start",
+        "_token",
+        "code",
+    )
 
     def __init__(self, call: _Call, context: Context) -> None:
         self._call = call
         self._context = context
+        self._admitted: contextvars.Token[principal_pb2.Principal | None] | None = None
         self.code = Code.OK
 
     def __enter__(self) -> _Serving:
@@ -332,15 +442,43 @@ class _Serving:
         self._token = _inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)
         return self
 
-    def admit(self) -> None:
-        """Raise MeshCallerUnverified unless the call may be served (see the module's docstring)."""
+    def from_mesh(self) -> bool:
+        """Whether the call needs no admission: its method answers anyone, or it carries a
+        principal or caller signed inside the mesh."""
         method = self._call.guarded_method
-        if method is not None and not mesh_admitted(self._metadata, method):
+        return method is None or mesh_admitted(self._metadata, method)
+
+    def _public(self) -> tuple[Gate, Rule]:
+        """The gate and the method's rule, for a call that may be judged by its token."""
+        gate, rule = self._call.gate, self._call.rule
+        if gate is None or rule is None or any(key in _MESH_CREDENTIALS for key, _ in self._metadata or ()):
+            # An internal method, or mesh credentials that did not verify (forged, replayed
+            # for another method, too old): never judged by a token instead.
             raise MeshCallerUnverified(
-                "this service answers calls from inside the mesh only: through the gateway, or signed"
-                " with the mesh key (SKM_MESH_KEY_FILE)",
-                metadata={"method": method},
+                "this method answers calls from inside the mesh only (signed with the mesh key, SKM_MESH_KEY_FILE)"
+                if rule is None
+                else "the call carries mesh credentials that do not verify",
+                metadata={"method": self._call.guarded_method or ""},
             )
+        return gate, rule
+
+    async def admit(self, request: Any) -> None:
+        """Admit a public unary request or server stream (see the module's docstring); raises
+        unless it may be served. The caller first, then the request's size and bytes, then
+        policy on the resource it names."""
+        gate, rule = self._public()
+        principal = await gate.admit_caller(self._metadata, rule)
+        _reject_malformed(request)
+        self._admitted = _admitted.set(await gate.authorize(principal, rule, request))
+
+    async def admit_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Admit a public client stream: the caller as it opens, then, where the rule names a
+        field, its first message; the requests to serve (that message back in front)."""
+        gate, rule = self._public()
+        principal = await gate.admit_caller(self._metadata, rule)
+        first = await anext(requests, None) if rule.resource_field else None
+        self._admitted = _admitted.set(await gate.authorize(principal, rule, first))
+        return requests if first is None else _Prepended(first, requests)
 
     async def fail(self, exc: BaseException, context: Context) -> None:
         """Turn `exc` into the status the client sees; always raises."""
@@ -378,16 +516,10 @@ class _Serving:
         elif self._attached is not None:
             otel_context.detach(self._attached)
         _inbound_deadline.reset(self._token)
+        if self._admitted is not None:
+            _admitted.reset(self._admitted)
         if call.owner._record_metrics:
             call.owner._duration.record((time.perf_counter() - self._start) * 1000.0, attributes)
-
-
-def trace_metadata() -> tuple[tuple[str, str], ...]:
-    """The current trace context as call metadata (W3C `traceparent`, `tracestate`), for
-    calls on a channel without `outbound_interceptors`."""
-    carrier: dict[str, str] = {}
-    _TRACE_CONTEXT.inject(carrier)
-    return tuple(carrier.items())
 
 
 def outliving_context() -> contextvars.Context:

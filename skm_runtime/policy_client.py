@@ -1,7 +1,7 @@
 """The policy client: svc_policy's Check over gRPC, with a short-lived decision cache in the caller.
 
 Every service that must have a verdict before it acts (a memory write, a tool call, a
-provisioning step, a public RPC at the gateway) asks through this one wrapper. It imports
+provisioning step, the admission of a public RPC) asks through this one wrapper. It imports
 only grpc, the generated contract and redis-py, never svc_policy's server code.
 
 What is remembered, and what never is:

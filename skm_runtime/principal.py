@@ -1,14 +1,15 @@
 """The authenticated principal, carried between services in call metadata, signed.
 
-The gateway authenticates every public call and forwards the principal (tenant, user,
-roles) as `x-skm-principal-bin`, a serialized `skm.type.v1.Principal`, with
-`x-skm-principal-mac-bin`: HMAC-SHA256 of those bytes (after a fixed label) under the mesh
-key, a secret that only the mesh's own processes hold. Services that call each other pass
-the principal on the same way (`principal_metadata`). A service trusts a principal only
-when its MAC verifies (`principal_from`); anything else, a caller that reached a service's
-port directly with a principal of its own making included, is a call without a principal,
-which services refuse as unauthenticated. The gateway also drops every `x-skm-*` key a
-client sends, so no client can pass a principal or a MAC through it.
+A public call is admitted, by its bearer token, in the service that owns the method
+(skm_runtime.gate); when that service calls another on the caller's behalf it passes the
+principal (tenant, user, roles) as `x-skm-principal-bin`, a serialized
+`skm.type.v1.Principal`, with `x-skm-principal-mac-bin`: HMAC-SHA256 of those bytes (after
+a fixed label) under the mesh key, a secret that only the mesh's own processes hold
+(`principal_metadata`). A service trusts a principal only when its MAC verifies
+(`principal_from`); a call that carries mesh credentials that do not verify, a client's own
+included, is refused as unauthenticated, never judged by its token instead. Envoy, the
+public entry, removes every `x-skm-*` header a client sends, so no client can pass a
+principal or a MAC through it.
 
 The mesh key lives in a file named by SKM_MESH_KEY_FILE (`read_mesh_keys`): hex text, one
 key of at least 32 bytes (64 hex digits) per line; blank lines and `#` comments are
@@ -28,7 +29,8 @@ big-endian), the HMAC-SHA256 under the mesh key of a fixed label, the method's p
 time and the caller's name, then the name. It holds for that method only, and for
 `CALLER_MAX_AGE_SECONDS` either side of its time, so a copy read off the network is of
 little use for long. Every service except the gateway admits a call only with a verified
-principal or a verified caller (`mesh_admitted`); health and reflection answer anyone.
+principal or a verified caller (`mesh_admitted`), or, for a public method it owns, by the
+caller's token; health and reflection answer anyone.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from skm.type.v1 import principal_pb2
 PRINCIPAL_KEY = "x-skm-principal-bin"
 # HMAC-SHA256 (32 bytes) of _LABEL + the principal's bytes under the mesh key.
 PRINCIPAL_MAC_KEY = "x-skm-principal-mac-bin"
-# Set by the gateway on every call it forwards from outside the mesh.
+# Set on a call a service makes on a client's behalf (svc_conversation handing an
+# intervention to the process that runs the turn): what only the mesh may ask is ignored.
 FORWARDED_BY_KEY = "x-skm-forwarded-by"
 # The variable that names the mesh key file (read by RuntimeSettings.mesh_key_file).
 MESH_KEY_FILE_VAR = "SKM_MESH_KEY_FILE"

@@ -3,7 +3,8 @@
 `run(spec, settings_cls)` is a service's whole `__main__`: settings from SKM_* variables
 (exit 2 with every bad value named), the mesh key that signs and checks principals
 (SKM_MESH_KEY_FILE; required unless the process never touches a principal), JSON logs,
-OpenTelemetry, a grpc.aio server with the runtime interceptor, explicit message-size and
+OpenTelemetry, a grpc.aio server with the runtime interceptor, the admission of the public
+calls the service owns (skm_runtime.gate, SKM_ADMISSION_*), explicit message-size and
 keepalive limits, gRPC health per service name, server reflection, and a graceful stop on
 SIGTERM/SIGINT: health turns NOT_SERVING, new calls are refused, calls in flight (open
 streams included) get up to SKM_GRPC_DRAIN_SECONDS to finish, then the process exits 0.
@@ -29,6 +30,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
+from skm_runtime.contract import methods
+from skm_runtime.gate import AdmissionSettings, Gate
 from skm_runtime.interceptors import ServerInterceptor, mesh_caller_interceptors, outbound_interceptors
 from skm_runtime.logs import configure_logging
 from skm_runtime.principal import (
@@ -44,6 +47,9 @@ from skm_runtime.settings import SettingsError, bounded, field_env_name, load_se
 from skm_runtime.telemetry import Exporter, Telemetry, configure_telemetry, install_globally
 
 log = logging.getLogger("skm.runtime")
+
+# The service whose server a gate asks as itself (svc_policy admits its own public calls).
+_POLICY_SERVICE = "skm.policy.v1.PolicyService"
 
 # How long a service's adapters (pools, producers) get to close after the server stopped.
 _STOP_SECONDS = 20.0
@@ -90,8 +96,8 @@ class ServiceSpec:
     `service_names` are the full gRPC names it serves (health and reflection list them);
     `register` adds its servicers to a server; `start`/`stop` open and close its adapters
     (pools, producers) around serving. `reflect_extra` adds names to reflection only
-    (the gateway describes the services behind it); `health` replaces the standard health
-    servicer (a subclass, so that the gateway can answer for the services behind it);
+    (the gateway describes every service of the mesh); `health` replaces the standard health
+    servicer (a subclass, so that the gateway can answer for every service);
     `max_receive_bytes` replaces the runtime's receive limit for this server alone.
     """
 
@@ -102,11 +108,12 @@ class ServiceSpec:
     stop: Callable[[], Awaitable[None]] | None = None
     reflect_extra: tuple[str, ...] = field(default=())
     health: HealthServicer | None = None
-    # The server's receive limit when it is not SKM_GRPC_MAX_RECEIVE_BYTES: the gateway's is
-    # higher, as it refuses messages over the public limit itself, with an ErrorInfo.
+    # The server's receive limit when it is not SKM_GRPC_MAX_RECEIVE_BYTES (a server that
+    # admits public calls takes the higher of this and SKM_ADMISSION_MAX_RECEIVE_BYTES).
     max_receive_bytes: int | None = None
-    # Whether only calls from inside the mesh (a signed principal or caller) are served, as
-    # in every service but the gateway, the public entry (and the runtime's test services).
+    # Whether only calls from inside the mesh (a signed principal or caller) and public
+    # calls admitted by token are served, as in every service but the gateway (which serves
+    # only health, reflection and refusals) and the runtime's test services.
     mesh_only: bool = True
 
 
@@ -132,15 +139,8 @@ def server_options(runtime: RuntimeSettings) -> list[tuple[str, int]]:
     ]
 
 
-def open_channel(target: str, runtime: RuntimeSettings, *, intercepted: bool = True) -> grpc.aio.Channel:
-    """A channel to another service: deadlines on every call, trace context passed on.
-
-    `intercepted=False`: a channel whose callers set both themselves on every call (the
-    gateway's forwarding, with `trace_metadata()` and the inbound call's time left), which
-    spares each call grpc.aio's interceptor machinery (a task and a wrapper call object).
-    """
-    if not intercepted:
-        return grpc.aio.insecure_channel(target, options=channel_options(runtime))
+def open_channel(target: str, runtime: RuntimeSettings) -> grpc.aio.Channel:
+    """A channel to another service: deadlines on every call, trace context passed on."""
     return grpc.aio.insecure_channel(
         target,
         options=channel_options(runtime),
@@ -166,11 +166,19 @@ class RunningServer:
     port: int
     health: HealthServicer
     spec: ServiceSpec
+    # The admission of its public calls and the channel it asks svc_policy on, where the
+    # server opened them itself (closed when it drains).
+    gate: Gate | None = None
+    gate_channel: grpc.aio.Channel | None = None
 
     async def drain(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish within `grace`, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.gate is not None:
+            await self.gate.close()
+        if self.gate_channel is not None:
+            await self.gate_channel.close()
         if self.spec.stop is not None:
             try:
                 # Bounded, so that SIGTERM always ends the process.
@@ -179,11 +187,34 @@ class RunningServer:
                 log.error("the service's adapters did not close in time", extra={"fields": {"seconds": _STOP_SECONDS}})
 
 
-async def start_server(spec: ServiceSpec, addr: str, runtime: RuntimeSettings, telemetry: Telemetry) -> RunningServer:
-    """Build, bind and start the server of one service."""
+def owns_public_methods(spec: ServiceSpec) -> bool:
+    """Whether the service serves a public method of the contract (one with an authz rule)."""
+    served = {f"/{name}/" for name in spec.service_names}
+    return any(method.authz is not None and path.startswith(tuple(served)) for path, method in methods().items())
+
+
+async def start_server(
+    spec: ServiceSpec,
+    addr: str,
+    runtime: RuntimeSettings,
+    telemetry: Telemetry,
+    *,
+    admission: AdmissionSettings | None = None,
+    gate: Gate | None = None,
+) -> RunningServer:
+    """Build, bind and start the server of one service.
+
+    With `admission`, a service that owns public methods admits their public calls itself
+    (skm_runtime.gate); without, every call must come from inside the mesh. The gate asks
+    svc_policy at SKM_POLICY_ADDR, or, in svc_policy itself, this very server. `gate`: one
+    made by the caller instead (tests, over in-memory ports), which the caller closes.
+    """
     if spec.mesh_only and not has_mesh_key():
         # It could admit nobody, or (worse) would have to admit everybody.
         raise MeshKeyMissing(f"the {spec.name} service admits callers of the mesh only: set {MESH_KEY_FILE_VAR}")
+    if admission is not None and gate is not None:
+        raise ValueError("admission settings or a gate, not both")
+    admits = admission is not None and spec.mesh_only and owns_public_methods(spec)
     interceptor = ServerInterceptor(
         telemetry.tracer_provider.get_tracer("skm.runtime"),
         telemetry.meter_provider.get_meter("skm.runtime"),
@@ -192,8 +223,15 @@ async def start_server(spec: ServiceSpec, addr: str, runtime: RuntimeSettings, t
         mesh_only=spec.mesh_only,
     )
     limits = runtime
-    if spec.max_receive_bytes is not None:
-        limits = dataclasses.replace(runtime, grpc_max_receive_bytes=spec.max_receive_bytes)
+    receive = spec.max_receive_bytes
+    if admits and admission is not None:
+        # Above the public message limit, so that the gate answers those with an ErrorInfo.
+        receive = max(receive or 0, admission.max_receive_bytes, admission.max_message_bytes)
+    if gate is not None:
+        receive = max(receive or 0, gate.max_receive_bytes)
+        interceptor.use_gate(gate)
+    if receive is not None:
+        limits = dataclasses.replace(runtime, grpc_max_receive_bytes=receive)
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(limits))
     spec.register(server)
     health = spec.health or HealthServicer()
@@ -209,6 +247,13 @@ async def start_server(spec: ServiceSpec, addr: str, runtime: RuntimeSettings, t
         port = server.add_insecure_port(addr)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {addr}: {exc}") from None
+    opened = gate_channel = None
+    if admits and admission is not None:
+        asks_itself = _POLICY_SERVICE in spec.service_names
+        target = f"127.0.0.1:{port}" if asks_itself else admission.policy_addr
+        gate_channel = open_channel(target, runtime)
+        opened = await Gate.open(admission, gate_channel)
+        interceptor.use_gate(opened)
     if spec.start is not None:
         await spec.start()
     await server.start()
@@ -216,7 +261,7 @@ async def start_server(spec: ServiceSpec, addr: str, runtime: RuntimeSettings, t
     await health.set("", serving)
     for name in spec.service_names:
         await health.set(name, serving)
-    return RunningServer(server, port, health, spec)
+    return RunningServer(server, port, health, spec, opened, gate_channel)
 
 
 def _serve_reflection(server: grpc.aio.Server, names: Sequence[str]) -> None:
@@ -278,6 +323,10 @@ def run(
         settings = load_settings(settings_cls, name)
     except SettingsError as exc:
         problems += exc.problems
+    try:
+        admission = load_settings(AdmissionSettings, "admission")
+    except SettingsError as exc:
+        problems += exc.problems
     if problems:
         print(f"{_program()}: {SettingsError(problems)}", file=sys.stderr)
         return 2
@@ -291,7 +340,7 @@ def run(
     )
     install_globally(telemetry)
     try:
-        return asyncio.run(_serve(build, settings, runtime, telemetry))
+        return asyncio.run(_serve(build, settings, runtime, telemetry, admission))
     except OSError as exc:
         log.error("service cannot start", extra={"fields": {"error": str(exc)}})
         return 1
@@ -332,7 +381,7 @@ def usage(name: str, settings_cls: type[object], *, uses_principals: bool = True
         "Configured only by environment variables:",
         "",
     ]
-    for cls, prefix in ((settings_cls, name), (RuntimeSettings, "")):
+    for cls, prefix in ((settings_cls, name), (RuntimeSettings, ""), (AdmissionSettings, "admission")):
         for item in dataclasses.fields(cls):  # type: ignore[arg-type]  # settings are dataclasses
             default = item.default if item.default is not dataclasses.MISSING else "(required)"
             shown = "<secret>" if item.metadata.get("secret") else getattr(default, "value", default)
@@ -349,13 +398,14 @@ async def _serve(
     settings: SettingsT,
     runtime: RuntimeSettings,
     telemetry: Telemetry,
+    admission: AdmissionSettings,
 ) -> int:
     spec = await build(settings, runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    running = await start_server(spec, settings.addr, runtime, telemetry)
+    running = await start_server(spec, settings.addr, runtime, telemetry, admission=admission)
     host = settings.addr.rpartition(":")[0]
     log.info(
         "serving",

@@ -1,8 +1,9 @@
 """Development keys, made once per state dir.
 
-The signing key pair for gateway tokens: `make run` gives the gateway the public half (a
-JWKS file) and `skm token` signs with the private half. Ed25519 (JWT algorithm EdDSA). For
-development only: deployments configure the gateway with their identity provider's JWKS.
+The signing key pair for the platform's tokens: `make run` gives every service the public
+half (a JWKS file, SKM_ADMISSION_JWKS_FILE) and `skm token` signs with the private half.
+Ed25519 (JWT algorithm EdDSA). For development only: deployments configure admission with
+their identity provider's JWKS.
 
 The mesh key (`ensure_mesh_key`): the secret every service of the stack gets as
 SKM_MESH_KEY_FILE, with which principals passed between services are signed and checked

@@ -261,7 +261,7 @@ class RunningStack:
         for spec in self.service_specs:
             env[spec.addr_env_var] = spec.addr
         if self.service_specs:
-            env["SKM_GATEWAY_JWKS_FILE"] = str(ensure_dev_keys(self.state_dir).jwks)
+            env["SKM_ADMISSION_JWKS_FILE"] = str(ensure_dev_keys(self.state_dir).jwks)
             # Embedded Qdrant allows one process per folder: each stack has its own.
             env["SKM_TOOLS_QDRANT_PATH"] = str(self.state_dir / "tools" / "qdrant")
         return env
@@ -369,19 +369,27 @@ class RunningStack:
         self._track(name, service.stop, service.process.record, started)
         return service
 
-    def start_envoy(self, upstream_port: int | None = None) -> EnvoyServer:
-        """Start Envoy in front of ``upstream_port`` (default: the gateway service's port)."""
-        if upstream_port is None:
-            gateway = next((s for s in self.service_specs if s.name == "gateway"), None)
-            upstream_port = gateway.port if gateway else 50051
+    def start_envoy(self, upstreams: int | Mapping[str, int] | None = None) -> EnvoyServer:
+        """Start Envoy, routing each public method to the started service that owns it.
+
+        By default each owner's cluster points at the started service of that name; an owner
+        not started falls back to the gateway's port (50051 without a gateway). ``upstreams``
+        names the ports instead: owner -> port (same fallback), or one port for every route.
+        """
+        if upstreams is None:
+            upstreams = {spec.name: spec.port for spec in self.service_specs}
+        elif isinstance(upstreams, int):
+            upstreams = {"gateway": upstreams}
+        upstreams = {"gateway": 50051, **upstreams}
         started = time.monotonic()
-        self.report(f"starting envoy (upstream 127.0.0.1:{upstream_port})...")
+        named = ", ".join(f"{name} {port}" for name, port in sorted(upstreams.items()))
+        self.report(f"starting envoy (each public method to its owner, on 127.0.0.1: {named})...")
         envoy = start_envoy(
             self.toolchain.envoy,
             self.state_dir,
             self._port("envoy"),
             self._port("envoy_admin"),
-            upstream_port,
+            upstreams,
         )
         self.envoy = envoy
         self._track("envoy", envoy.stop, envoy.process.record, started)

@@ -10,7 +10,7 @@ import grpc
 from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import conversation_service_pb2_grpc
 from skm_runtime.access import Principal
-from skm_runtime.principal import principal_from
+from skm_runtime.interceptors import admitted_from_outside, call_principal
 from svc_conversation import convert
 from svc_conversation.core import Conversation
 from svc_conversation.model import Attached, ConverseCommand
@@ -19,12 +19,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _principal(context: Context) -> Principal | None:
-    message = principal_from(context.invocation_metadata())
+    message = call_principal(context)
     return None if message is None else convert.principal_of(message)
 
 
 def _routed(context: Context) -> bool:
-    """Whether the call is an intervention another svc_conversation process forwarded here."""
+    """Whether the call is an intervention another svc_conversation process forwarded here
+    (never a public call: a client's own metadata says nothing about where it came from)."""
+    if admitted_from_outside():
+        return False
     return any(key == convert.ROUTED_KEY for key, _ in context.invocation_metadata() or ())
 
 

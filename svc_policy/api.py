@@ -18,7 +18,7 @@ from skm.policy.v1 import (
     policy_service_pb2_grpc,
 )
 from skm_runtime.access import Hold, Principal
-from skm_runtime.principal import principal_from
+from skm_runtime.interceptors import call_principal
 from svc_policy import convert
 from svc_policy.core import Policy
 from svc_policy.model import Constitution
@@ -27,7 +27,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _principal(context: Context) -> Principal | None:
-    message = principal_from(context.invocation_metadata())
+    message = call_principal(context)
     return None if message is None else convert.principal_of(message)
 
 

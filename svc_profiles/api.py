@@ -16,7 +16,7 @@ from skm.profiles.v1 import (
 )
 from skm_runtime.access import Principal
 from skm_runtime.errors import NotImplementedYet
-from skm_runtime.principal import principal_from
+from skm_runtime.interceptors import call_principal
 from skm_runtime.values_wire import mode_of, override_of, role_of
 from svc_profiles import convert
 from svc_profiles.core import Profiles
@@ -25,7 +25,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _principal(context: Context) -> Principal | None:
-    message = principal_from(context.invocation_metadata())
+    message = call_principal(context)
     return None if message is None else convert.principal_of(message)
 
 

@@ -1,10 +1,10 @@
 """svc_profiles's use cases: personas, the model registry, tenants' model profiles, and the
 resolution of a role into models for one call site.
 
-Tenancy: a caller that carries a principal (a call the gateway forwarded) sees only its own
+Tenancy: a caller that carries a principal (any admitted call) sees only its own
 tenant; another tenant's persona or profile does not exist for it (NOT_FOUND), as in
 svc_tools and svc_policy. Whether the caller may use the parent at all (admin for writes,
-member for reads) is the gateway's check, from the contract's authz options.
+member for reads) is admission's check, from the contract's authz options.
 
 Built-in personas (the deployment defaults) exist in every tenant without being stored: a
 tenant reads them as "tenants/{t}/personas/{id}" until it creates a persona with that id,

@@ -15,7 +15,8 @@ from skm.tools.v1 import (
     tool_service_pb2_grpc,
 )
 from skm_runtime.access import Principal
-from skm_runtime.principal import FORWARDED_BY_KEY, principal_from
+from skm_runtime.interceptors import admitted_from_outside, call_principal
+from skm_runtime.principal import FORWARDED_BY_KEY
 from svc_tools import convert
 from svc_tools.core.tools import Tools
 from svc_tools.knowledge import Knowledge
@@ -24,13 +25,16 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _principal(context: Context) -> Principal | None:
-    message = principal_from(context.invocation_metadata())
+    message = call_principal(context)
     return None if message is None else convert.principal_of(message)
 
 
 def _from_inside_the_mesh(context: Context) -> bool:
     # Facts for policy conditions (ExecuteToolRequest.policy_context) are honoured only on
-    # calls from inside the mesh, never on calls the gateway forwards.
+    # calls from inside the mesh: never on a public call (admitted by its token), nor on one
+    # another service makes on a client's behalf (marked as forwarded).
+    if admitted_from_outside():
+        return False
     return not any(key == FORWARDED_BY_KEY for key, _ in context.invocation_metadata() or ())
 
 

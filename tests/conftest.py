@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from skm_stack.envoy import EnvoyServer
 
 _STACK_FIXTURES = {"stack", "toolchain", "envoy_factory", "stack_factory"}
 
-EnvoyFactory = Callable[[int], EnvoyServer]
+EnvoyFactory = Callable[[int | Mapping[str, int]], EnvoyServer]
 StackFactory = Callable[..., RunningStack]
 
 _MESH_KEY = pytest.StashKey[Path]()
@@ -133,12 +133,14 @@ def stack_factory(toolchain: Toolchain, mesh_key_file: Path, request: pytest.Fix
 
 @pytest.fixture
 def envoy_factory(stack_factory: StackFactory) -> EnvoyFactory:
-    """Start Envoy (the committed config) in front of ``127.0.0.1:<upstream_port>``.
+    """Start Envoy (the committed config) with its routes pointing at ``127.0.0.1`` ports.
 
-    Listener and admin ports are free ones; it is stopped after the test.
+    ``upstreams``: one port for every route, or owner ("gateway", "conversation", ...) ->
+    port, an owner missing going to the gateway's. Listener and admin ports are free ones;
+    it is stopped after the test.
     """
 
-    def start(upstream_port: int) -> EnvoyServer:
-        return stack_factory().start_envoy(upstream_port)
+    def start(upstreams: int | Mapping[str, int]) -> EnvoyServer:
+        return stack_factory().start_envoy(upstreams)
 
     return start

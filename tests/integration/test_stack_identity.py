@@ -2,7 +2,8 @@
 
 PostgreSQL reports its version, Redis its INFO, Kafka its API versions and a record that
 goes in with acks=all and comes back out, OpenFGA stores a model and answers checks,
-Envoy reports its build and carries gRPC and grpc-web to a service the stack started.
+Envoy reports its build, carries gRPC and grpc-web to a service the stack started, routes
+each public method to the server of its owner and drops the mesh's headers a client sent.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import stat
 import struct
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -31,9 +33,12 @@ from openfga_sdk.credentials import CredentialConfiguration, Credentials
 from openfga_sdk.exceptions import UnauthorizedException
 from openfga_sdk.models import CreateStoreRequest, WriteAuthorizationModelRequest
 
+from skm_runtime.contract import methods
+from skm_runtime.principal import FORWARDED_BY_KEY, PRINCIPAL_KEY
 from skm_runtime.server import signed_channel
 from skm_stack import RunningStack, ServiceSpec, Toolchain, stop_recorded
 from skm_stack.envoy import render_config, validate_config
+from skm_stack.envoy_routes import clusters, public_routes
 from skm_stack.process import process_start_ticks
 from tests.conftest import EnvoyFactory, StackFactory
 from tests.support import echo_service
@@ -191,7 +196,8 @@ async def test_openfga_requires_the_stacks_preshared_key(stack: RunningStack) ->
 
 def test_envoy_accepts_the_rendered_config_and_rejects_a_broken_one(toolchain: Toolchain, tmp_path: Path) -> None:
     good = tmp_path / "envoy.yaml"
-    good.write_text(render_config(port=18080, admin_port=19901, upstream_port=50051))
+    upstreams = {name: 50051 + number for number, name in enumerate(clusters(methods()))}
+    good.write_text(render_config(port=18080, admin_port=19901, upstreams=upstreams))
     validate_config(toolchain.envoy, good)
 
     broken = tmp_path / "broken.yaml"
@@ -274,6 +280,73 @@ async def test_envoy_carries_grpc_and_grpc_web_to_a_service_the_stack_started(
     assert trailer_flags & 0x80
     assert b"grpc-status:0" in trailers.replace(b" ", b"")
     assert "access-control-allow-origin" not in foreign.headers
+
+
+class _AnyMethod(grpc.GenericRpcHandler):
+    """One unary handler for every path."""
+
+    def __init__(self, answer: Callable[..., object]) -> None:
+        self._handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(answer)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
+        return self._handler
+
+
+class _NamedServer:
+    """A bare grpc.aio server answering every unary call with its own name; it records the
+    metadata each call arrived with."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[dict[str, str | bytes]] = []
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers((_AnyMethod(self._answer),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    async def _answer(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        self.received.append(dict(context.invocation_metadata() or ()))
+        return self.name.encode()
+
+
+async def test_envoy_routes_each_public_method_to_its_owner_without_mesh_headers(
+    envoy_factory: EnvoyFactory,
+) -> None:
+    public = public_routes(methods())
+    first = next(iter(public.items()))
+    second = next((path, owner) for path, owner in public.items() if owner != first[1])
+    servers = {owner: _NamedServer(owner) for _path, owner in (first, second)}
+    for named in servers.values():
+        await named.server.start()
+    try:
+        envoy = envoy_factory({owner: named.port for owner, named in servers.items()})
+        forged = ((PRINCIPAL_KEY, b"forged principal"), (FORWARDED_BY_KEY, "gateway"), ("x-request-id", "r-1"))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+            for path, owner in (first, second):
+                call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
+                assert await call(b"", metadata=forged, timeout=10) == owner.encode()
+        # grpc-web too: the header removal comes after the grpc_web filter.
+        async with httpx.AsyncClient(base_url=envoy.url, http2=False) as web:
+            response = await web.post(
+                second[0],
+                content=_grpc_web_frame(b""),
+                headers={
+                    "Content-Type": "application/grpc-web+proto",
+                    "X-Grpc-Web": "1",
+                    PRINCIPAL_KEY: "Zm9yZ2Vk",
+                    # HTTP/1.1 names are case-insensitive: the removal must be too.
+                    FORWARDED_BY_KEY.upper(): "gateway",
+                    "x-request-id": "r-2",
+                },
+            )
+        assert _grpc_web_frames(response.content)[0] == (0, second[1].encode())
+    finally:
+        for named in servers.values():
+            await named.server.stop(None)
+
+    calls = [*servers[first[1]].received, *servers[second[1]].received]
+    assert [len(named.received) for named in servers.values()] == [1, 2]
+    assert [metadata.get("x-request-id") for metadata in calls] == ["r-1", "r-1", "r-2"]
+    assert [key for metadata in calls for key in metadata if key.startswith("x-skm-")] == []
 
 
 # -- lifecycle ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from skm_runtime.gate import AdmissionSettings, Gate
 from skm_runtime.server import RunningServer, RuntimeSettings, ServiceSpec, start_server
 from skm_runtime.telemetry import Exporter, configure_telemetry
 
@@ -25,9 +26,18 @@ class Served:
 
 @asynccontextmanager
 async def serving(
-    spec: ServiceSpec, runtime: RuntimeSettings | None = None, *, record_spans: bool = True
+    spec: ServiceSpec,
+    runtime: RuntimeSettings | None = None,
+    *,
+    record_spans: bool = True,
+    admission: AdmissionSettings | None = None,
+    gate: Gate | None = None,
 ) -> AsyncIterator[Served]:
-    """Start `spec` on a free loopback port (spans captured in memory); stop it afterwards."""
+    """Start `spec` on a free loopback port (spans captured in memory); stop it afterwards.
+
+    With `admission`, the service admits the public calls it owns itself, as under
+    `python -m`; with a `gate` (over in-memory ports, say), through that gate (the caller
+    closes it); without either, it answers calls from inside the mesh only."""
     spans = InMemorySpanExporter()
     telemetry = configure_telemetry(
         spec.name,
@@ -37,7 +47,9 @@ async def serving(
         extra_span_processors=(SimpleSpanProcessor(spans),) if record_spans else (),
     )
     try:
-        running = await start_server(spec, "127.0.0.1:0", runtime or RuntimeSettings(), telemetry)
+        running = await start_server(
+            spec, "127.0.0.1:0", runtime or RuntimeSettings(), telemetry, admission=admission, gate=gate
+        )
     except BaseException:
         if spec.stop is not None:
             await spec.stop()

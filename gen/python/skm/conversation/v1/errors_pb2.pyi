@@ -83,7 +83,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: SendMessage's tool_choice names no tool of the persona."""
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 27
     """PERMISSION_DENIED: the caller is not the session's tenant (or, for
-    commands, not a principal the gateway forwarded).
+    commands, not a principal admission proved or the mesh signed).
     """
     ERROR_REASON_TURN_OWNER_UNREACHABLE: _ErrorReason.ValueType  # 28
     """UNAVAILABLE: the turn runs in another svc_conversation process (its lease
@@ -103,8 +103,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     carries no command.
     """
     ERROR_REASON_PRINCIPAL_MISSING: _ErrorReason.ValueType  # 31
-    """UNAUTHENTICATED: the call carries no principal the mesh signed (the gateway
-    forwards one with every public call; see SKM_MESH_KEY_FILE).
+    """UNAUTHENTICATED: the call carries no principal (admission proves one for
+    every public call; services sign theirs, see SKM_MESH_KEY_FILE).
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -178,7 +178,7 @@ ERROR_REASON_INVALID_TOOL_CHOICE: ErrorReason.ValueType  # 26
 """INVALID_ARGUMENT: SendMessage's tool_choice names no tool of the persona."""
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 27
 """PERMISSION_DENIED: the caller is not the session's tenant (or, for
-commands, not a principal the gateway forwarded).
+commands, not a principal admission proved or the mesh signed).
 """
 ERROR_REASON_TURN_OWNER_UNREACHABLE: ErrorReason.ValueType  # 28
 """UNAVAILABLE: the turn runs in another svc_conversation process (its lease
@@ -198,7 +198,7 @@ ERROR_REASON_EMPTY_COMMAND: ErrorReason.ValueType  # 30
 carries no command.
 """
 ERROR_REASON_PRINCIPAL_MISSING: ErrorReason.ValueType  # 31
-"""UNAUTHENTICATED: the call carries no principal the mesh signed (the gateway
-forwards one with every public call; see SKM_MESH_KEY_FILE).
+"""UNAUTHENTICATED: the call carries no principal (admission proves one for
+every public call; services sign theirs, see SKM_MESH_KEY_FILE).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

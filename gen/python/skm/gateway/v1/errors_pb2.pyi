@@ -80,7 +80,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_TOKEN_SIGNATURE_INVALID: _ErrorReason.ValueType  # 17
     """UNAUTHENTICATED: the token's signature does not verify with the key it
-    names, or it names no key the gateway has (forged or signed elsewhere).
+    names, or it names no key of the platform (forged or signed elsewhere).
     """
     ERROR_REASON_TOKEN_CLAIM_INVALID: _ErrorReason.ValueType  # 18
     """UNAUTHENTICATED: a claim is present but of the wrong type or form: exp,
@@ -91,16 +91,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_MESSAGE_TOO_LARGE: _ErrorReason.ValueType  # 19
     """INVALID_ARGUMENT: a message of the call (a unary request, or any message
     of a client stream) is larger than the public limit
-    (SKM_GATEWAY_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
+    (SKM_ADMISSION_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
     input is answered (metadata: limit, size, both in bytes). The call ends
     and nothing of that message reaches the owning service.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
-    """Reasons svc_gateway puts in the google.rpc.ErrorInfo of the errors it
-    answers itself, before a call reaches its owning service. The gateway has
-    no RPCs of its own; it forwards every public RPC (see
-    skm.options.v1.AuthzRule for how it authorizes them).
+    """Reasons of the public entry's refusals: the admission of a public call (see
+    skm.options.v1.AuthzRule), which runs in the service that owns the method,
+    before the method's servicer sees the call, and svc_gateway's answer to a
+    path that is no public method. They keep the domain "gateway.skm" whichever
+    service answers them. svc_gateway has no RPCs of its own.
 
     On the wire, `ErrorInfo.reason` is the value name WITHOUT the
     "ERROR_REASON_" prefix (e.g. "CONSTITUTION_HASH_STALE") and
@@ -167,7 +168,7 @@ never taken from the token.
 """
 ERROR_REASON_TOKEN_SIGNATURE_INVALID: ErrorReason.ValueType  # 17
 """UNAUTHENTICATED: the token's signature does not verify with the key it
-names, or it names no key the gateway has (forged or signed elsewhere).
+names, or it names no key of the platform (forged or signed elsewhere).
 """
 ERROR_REASON_TOKEN_CLAIM_INVALID: ErrorReason.ValueType  # 18
 """UNAUTHENTICATED: a claim is present but of the wrong type or form: exp,
@@ -178,7 +179,7 @@ nbf and iat must be numbers (a string is refused), sub and tenant ids
 ERROR_REASON_MESSAGE_TOO_LARGE: ErrorReason.ValueType  # 19
 """INVALID_ARGUMENT: a message of the call (a unary request, or any message
 of a client stream) is larger than the public limit
-(SKM_GATEWAY_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
+(SKM_ADMISSION_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
 input is answered (metadata: limit, size, both in bytes). The call ends
 and nothing of that message reaches the owning service.
 """

@@ -20,8 +20,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class AuthzRule(_message.Message):
-    """How the gateway authorizes one public RPC. The gateway reads this option from
-    the method's descriptor and enforces it generically, with no per-RPC code:
+    """How one public RPC is admitted. Envoy routes the call straight to the
+    service that owns it (the service's `owner` option); that service's runtime
+    interceptor reads this option from the method's descriptor and enforces it
+    generically, once per call, with no per-RPC code:
 
     1. It authenticates the caller (JWT) and builds the principal: tenant
        "tenants/{tenant}", user "tenants/{tenant}/users/{user}", roles.
@@ -44,9 +46,15 @@ class AuthzRule(_message.Message):
        object is the caller's tenant. With `any_tenant_member` the question is
        membership: relation "can_converse" on "tenant:{principal.tenant}".
        Only ALLOW lets the call through; DENY and REQUIRES_APPROVAL are
-       PERMISSION_DENIED (the gateway never holds an RPC for approval itself),
+       PERMISSION_DENIED (admission never holds an RPC for approval itself),
        except that with `forward_requires_approval` REQUIRES_APPROVAL goes to
-       the owning service, which holds the request.
+       the method's servicer, which holds the request.
+
+    Steps 1 and 3's membership test of the token, the constitution hash and the
+    rate limits need only the call's metadata: a client stream is refused as it
+    opens; steps 2-4 wait for its first message when `resource_field` is set.
+    A call from inside the mesh (a principal or caller signed with the mesh key)
+    is not admitted by token: its signature admits it.
 
     Owning services still check that every resource name they receive belongs
     to the principal's tenant: the option guards the edge, not the core.
@@ -82,7 +90,7 @@ class AuthzRule(_message.Message):
     be "tenant".
     """
     any_tenant_member: _builtins.bool
-    """When true, any member of the tenant may call the RPC: the gateway
+    """When true, any member of the tenant may call the RPC: admission
     authenticates, applies the cross-tenant rule (step 3) and asks svc_policy
     whether the user is a member (can_converse on the tenant), so a user
     removed from the tenant is refused although their token still verifies.
@@ -123,11 +131,12 @@ AUTHZ_FIELD_NUMBER: _builtins.int
 OWNER_FIELD_NUMBER: _builtins.int
 authz: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___AuthzRule]
 """The authorization rule of a PUBLIC RPC. An RPC WITHOUT this option is
-internal: the gateway does not forward it (UNIMPLEMENTED, reason
-METHOD_NOT_PUBLIC) and only SKM services call it, inside the mesh.
+internal: Envoy does not route it to its service (svc_gateway answers
+UNIMPLEMENTED, reason METHOD_NOT_PUBLIC) and only SKM services call it,
+inside the mesh.
 """
 owner: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, _builtins.str]
 """The SKM service that serves this gRPC service, e.g. "conversation" for
-svc_conversation. The gateway routes every call of the service to it, and
+svc_conversation. Envoy routes every public call of the service to it, and
 the same word is the `source` of the events that service emits.
 """

@@ -21,7 +21,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class Constitution(_message.Message):
     """A tenant's constitution: the governing document its agents and users work
     under. Every token a tenant's users present carries a constitution-hash
-    claim; the gateway accepts the token only while that claim equals `sha256`
+    claim; admission accepts the token only while that claim equals `sha256`
     of the current document, so changing the document invalidates every
     outstanding token (FAILED_PRECONDITION, reason CONSTITUTION_HASH_STALE).
 

@@ -26,9 +26,9 @@ if _version_not_supported:
 
 
 class ConstitutionServiceStub:
-    """Tenants' constitution documents (svc_policy). The gateway reads the current
-    hash through GetConstitution (cached briefly) to validate each token's
-    constitution-hash claim.
+    """Tenants' constitution documents (svc_policy). Admission, in every service
+    that owns public methods, reads the current hash through GetConstitution
+    (cached briefly) to validate each token's constitution-hash claim.
     """
 
     def __init__(self, channel):
@@ -50,9 +50,9 @@ class ConstitutionServiceStub:
 
 
 class ConstitutionServiceServicer:
-    """Tenants' constitution documents (svc_policy). The gateway reads the current
-    hash through GetConstitution (cached briefly) to validate each token's
-    constitution-hash claim.
+    """Tenants' constitution documents (svc_policy). Admission, in every service
+    that owns public methods, reads the current hash through GetConstitution
+    (cached briefly) to validate each token's constitution-hash claim.
     """
 
     def GetConstitution(self, request, context):
@@ -61,7 +61,7 @@ class ConstitutionServiceServicer:
         document and get a fresh token.
 
         Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME).
-        Callers: any member of the tenant; svc_gateway.
+        Callers: any member of the tenant; admission in every service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,9 +100,9 @@ def add_ConstitutionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ConstitutionService:
-    """Tenants' constitution documents (svc_policy). The gateway reads the current
-    hash through GetConstitution (cached briefly) to validate each token's
-    constitution-hash claim.
+    """Tenants' constitution documents (svc_policy). Admission, in every service
+    that owns public methods, reads the current hash through GetConstitution
+    (cached briefly) to validate each token's constitution-hash claim.
     """
 
     @staticmethod

@@ -27,9 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ConstitutionServiceStub:
-    """Tenants' constitution documents (svc_policy). The gateway reads the current
-    hash through GetConstitution (cached briefly) to validate each token's
-    constitution-hash claim.
+    """Tenants' constitution documents (svc_policy). Admission, in every service
+    that owns public methods, reads the current hash through GetConstitution
+    (cached briefly) to validate each token's constitution-hash claim.
     """
 
     @_typing.overload
@@ -42,7 +42,7 @@ class ConstitutionServiceStub:
     document and get a fresh token.
 
     Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME).
-    Callers: any member of the tenant; svc_gateway.
+    Callers: any member of the tenant; admission in every service.
     """
     UpdateConstitution: _grpc.UnaryUnaryMultiCallable[_constitution_service_pb2.UpdateConstitutionRequest, _constitution_service_pb2.UpdateConstitutionResponse]
     """Replaces the tenant's constitution. Every token issued with the previous
@@ -54,9 +54,9 @@ class ConstitutionServiceStub:
 
 @_typing.type_check_only
 class ConstitutionServiceAsyncStub(ConstitutionServiceStub):
-    """Tenants' constitution documents (svc_policy). The gateway reads the current
-    hash through GetConstitution (cached briefly) to validate each token's
-    constitution-hash claim.
+    """Tenants' constitution documents (svc_policy). Admission, in every service
+    that owns public methods, reads the current hash through GetConstitution
+    (cached briefly) to validate each token's constitution-hash claim.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -66,7 +66,7 @@ class ConstitutionServiceAsyncStub(ConstitutionServiceStub):
     document and get a fresh token.
 
     Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME).
-    Callers: any member of the tenant; svc_gateway.
+    Callers: any member of the tenant; admission in every service.
     """
     UpdateConstitution: _aio.UnaryUnaryMultiCallable[_constitution_service_pb2.UpdateConstitutionRequest, _constitution_service_pb2.UpdateConstitutionResponse]  # type: ignore[assignment]
     """Replaces the tenant's constitution. Every token issued with the previous
@@ -77,9 +77,9 @@ class ConstitutionServiceAsyncStub(ConstitutionServiceStub):
     """
 
 class ConstitutionServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Tenants' constitution documents (svc_policy). The gateway reads the current
-    hash through GetConstitution (cached briefly) to validate each token's
-    constitution-hash claim.
+    """Tenants' constitution documents (svc_policy). Admission, in every service
+    that owns public methods, reads the current hash through GetConstitution
+    (cached briefly) to validate each token's constitution-hash claim.
     """
 
     @_abc_1.abstractmethod
@@ -93,7 +93,7 @@ class ConstitutionServiceServicer(metaclass=_abc_1.ABCMeta):
         document and get a fresh token.
 
         Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME).
-        Callers: any member of the tenant; svc_gateway.
+        Callers: any member of the tenant; admission in every service.
         """
 
     @_abc_1.abstractmethod

@@ -69,8 +69,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     not approve or reject it.
     """
     ERROR_REASON_PRINCIPAL_MISSING: _ErrorReason.ValueType  # 21
-    """UNAUTHENTICATED: the call carries no principal (the gateway forwards one
-    with every public call; services send theirs with internal calls).
+    """UNAUTHENTICATED: the call carries no principal (admission proves one for
+    every public call; services send theirs with internal calls).
     """
     ERROR_REASON_NOT_AN_ADMIN: _ErrorReason.ValueType  # 22
     """PERMISSION_DENIED: the blocked action waits for an admin's approval
@@ -141,8 +141,8 @@ tenant (policy does not allow it `can_operate` on the tenant), so it may
 not approve or reject it.
 """
 ERROR_REASON_PRINCIPAL_MISSING: ErrorReason.ValueType  # 21
-"""UNAUTHENTICATED: the call carries no principal (the gateway forwards one
-with every public call; services send theirs with internal calls).
+"""UNAUTHENTICATED: the call carries no principal (admission proves one for
+every public call; services send theirs with internal calls).
 """
 ERROR_REASON_NOT_AN_ADMIN: ErrorReason.ValueType  # 22
 """PERMISSION_DENIED: the blocked action waits for an admin's approval

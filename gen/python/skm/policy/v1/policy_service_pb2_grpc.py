@@ -81,8 +81,8 @@ class PolicyServiceServicer:
 
         Errors: INVALID_ARGUMENT (INVALID_CHECK: malformed subject or object, a
         type or relation the model lacks), UNAVAILABLE (POLICY_BACKEND_UNAVAILABLE).
-        Callers: internal (svc_gateway for every public RPC, svc_tools,
-        svc_conversation).
+        Callers: internal (admission of every public RPC, in the service that
+        owns it; svc_tools, svc_conversation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,8 +45,8 @@ class PolicyServiceStub:
 
     Errors: INVALID_ARGUMENT (INVALID_CHECK: malformed subject or object, a
     type or relation the model lacks), UNAVAILABLE (POLICY_BACKEND_UNAVAILABLE).
-    Callers: internal (svc_gateway for every public RPC, svc_tools,
-    svc_conversation).
+    Callers: internal (admission of every public RPC, in the service that
+    owns it; svc_tools, svc_conversation).
     """
     BatchCheck: _grpc.UnaryUnaryMultiCallable[_policy_service_pb2.BatchCheckRequest, _policy_service_pb2.BatchCheckResponse]
     """Decides up to 100 AccessChecks at once, e.g. a user's and a persona's
@@ -98,8 +98,8 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
 
     Errors: INVALID_ARGUMENT (INVALID_CHECK: malformed subject or object, a
     type or relation the model lacks), UNAVAILABLE (POLICY_BACKEND_UNAVAILABLE).
-    Callers: internal (svc_gateway for every public RPC, svc_tools,
-    svc_conversation).
+    Callers: internal (admission of every public RPC, in the service that
+    owns it; svc_tools, svc_conversation).
     """
     BatchCheck: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.BatchCheckRequest, _policy_service_pb2.BatchCheckResponse]  # type: ignore[assignment]
     """Decides up to 100 AccessChecks at once, e.g. a user's and a persona's
@@ -154,8 +154,8 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (INVALID_CHECK: malformed subject or object, a
         type or relation the model lacks), UNAVAILABLE (POLICY_BACKEND_UNAVAILABLE).
-        Callers: internal (svc_gateway for every public RPC, svc_tools,
-        svc_conversation).
+        Callers: internal (admission of every public RPC, in the service that
+        owns it; svc_tools, svc_conversation).
         """
 
     @_abc_1.abstractmethod

@@ -29,7 +29,7 @@ class ModelServiceStub:
     """The deployment's model registry and the models' scores (svc_profiles).
     The registry is shared by all tenants, so changing it is internal: the
     platform's operators do it inside the mesh (bootstrap scripts, grpcurl on
-    the service port), never through the gateway.
+    the service port), never through Envoy.
     """
 
     def __init__(self, channel):
@@ -74,7 +74,7 @@ class ModelServiceServicer:
     """The deployment's model registry and the models' scores (svc_profiles).
     The registry is shared by all tenants, so changing it is internal: the
     platform's operators do it inside the mesh (bootstrap scripts, grpcurl on
-    the service port), never through the gateway.
+    the service port), never through Envoy.
     """
 
     def CreateModel(self, request, context):
@@ -188,7 +188,7 @@ class ModelService:
     """The deployment's model registry and the models' scores (svc_profiles).
     The registry is shared by all tenants, so changing it is internal: the
     platform's operators do it inside the mesh (bootstrap scripts, grpcurl on
-    the service port), never through the gateway.
+    the service port), never through Envoy.
     """
 
     @staticmethod

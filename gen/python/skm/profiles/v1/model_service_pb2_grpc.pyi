@@ -30,7 +30,7 @@ class ModelServiceStub:
     """The deployment's model registry and the models' scores (svc_profiles).
     The registry is shared by all tenants, so changing it is internal: the
     platform's operators do it inside the mesh (bootstrap scripts, grpcurl on
-    the service port), never through the gateway.
+    the service port), never through Envoy.
     """
 
     @_typing.overload
@@ -85,7 +85,7 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """The deployment's model registry and the models' scores (svc_profiles).
     The registry is shared by all tenants, so changing it is internal: the
     platform's operators do it inside the mesh (bootstrap scripts, grpcurl on
-    the service port), never through the gateway.
+    the service port), never through Envoy.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -136,7 +136,7 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """The deployment's model registry and the models' scores (svc_profiles).
     The registry is shared by all tenants, so changing it is internal: the
     platform's operators do it inside the mesh (bootstrap scripts, grpcurl on
-    the service port), never through the gateway.
+    the service port), never through Envoy.
     """
 
     @_abc_1.abstractmethod

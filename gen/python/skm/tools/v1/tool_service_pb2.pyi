@@ -130,7 +130,8 @@ class ExecuteToolRequest(_message.Message):
     def policy_context(self) -> _struct_pb2.Struct:
         """Extra facts for policy conditions, e.g. {"agitation_score": 0.8} from the
         voice channel. Honoured only on calls from inside the mesh; ignored on
-        calls forwarded by the gateway (which marks them), so a client cannot
+        public calls (admitted by their token) and on calls a service makes on a
+        client's behalf (which it marks), so a client cannot
         talk its way past a condition.
         """
 

@@ -29,7 +29,7 @@ class ToolServiceStub:
     """The tool catalogue and sandboxed, policy-gated tool execution (svc_tools).
 
     svc_conversation calls it for every tool call of the agent loop; operators
-    call ListTools and ExecuteTool directly through the gateway, under the same
+    call ListTools and ExecuteTool directly through Envoy, under the same
     policy checks. Every execution asks svc_policy first; a REQUIRES_APPROVAL
     verdict holds the run in the requeue store until an operator decides, and an
     approved run starts exactly once (see skm.policy.v1.BlockedActionService).
@@ -67,7 +67,7 @@ class ToolServiceServicer:
     """The tool catalogue and sandboxed, policy-gated tool execution (svc_tools).
 
     svc_conversation calls it for every tool call of the agent loop; operators
-    call ListTools and ExecuteTool directly through the gateway, under the same
+    call ListTools and ExecuteTool directly through Envoy, under the same
     policy checks. Every execution asks svc_policy first; a REQUIRES_APPROVAL
     verdict holds the run in the requeue store until an operator decides, and an
     approved run starts exactly once (see skm.policy.v1.BlockedActionService).
@@ -114,7 +114,7 @@ class ToolServiceServicer:
         UNAVAILABLE (POLICY_UNAVAILABLE) when svc_policy cannot be reached; the
         check fails closed, nothing runs, and a retry with the same request_id
         checks again.
-        Callers: svc_conversation; operators through the gateway.
+        Callers: svc_conversation; operators through Envoy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,7 +178,7 @@ class ToolService:
     """The tool catalogue and sandboxed, policy-gated tool execution (svc_tools).
 
     svc_conversation calls it for every tool call of the agent loop; operators
-    call ListTools and ExecuteTool directly through the gateway, under the same
+    call ListTools and ExecuteTool directly through Envoy, under the same
     policy checks. Every execution asks svc_policy first; a REQUIRES_APPROVAL
     verdict holds the run in the requeue store until an operator decides, and an
     approved run starts exactly once (see skm.policy.v1.BlockedActionService).

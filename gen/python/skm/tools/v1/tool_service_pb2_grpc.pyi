@@ -30,7 +30,7 @@ class ToolServiceStub:
     """The tool catalogue and sandboxed, policy-gated tool execution (svc_tools).
 
     svc_conversation calls it for every tool call of the agent loop; operators
-    call ListTools and ExecuteTool directly through the gateway, under the same
+    call ListTools and ExecuteTool directly through Envoy, under the same
     policy checks. Every execution asks svc_policy first; a REQUIRES_APPROVAL
     verdict holds the run in the requeue store until an operator decides, and an
     approved run starts exactly once (see skm.policy.v1.BlockedActionService).
@@ -77,7 +77,7 @@ class ToolServiceStub:
     UNAVAILABLE (POLICY_UNAVAILABLE) when svc_policy cannot be reached; the
     check fails closed, nothing runs, and a retry with the same request_id
     checks again.
-    Callers: svc_conversation; operators through the gateway.
+    Callers: svc_conversation; operators through Envoy.
     """
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_tool_service_pb2.CancelExecutionRequest, _tool_service_pb2.CancelExecutionResponse]
     """Stops a running or held execution at once: the sandbox is killed, a held
@@ -100,7 +100,7 @@ class ToolServiceAsyncStub(ToolServiceStub):
     """The tool catalogue and sandboxed, policy-gated tool execution (svc_tools).
 
     svc_conversation calls it for every tool call of the agent loop; operators
-    call ListTools and ExecuteTool directly through the gateway, under the same
+    call ListTools and ExecuteTool directly through Envoy, under the same
     policy checks. Every execution asks svc_policy first; a REQUIRES_APPROVAL
     verdict holds the run in the requeue store until an operator decides, and an
     approved run starts exactly once (see skm.policy.v1.BlockedActionService).
@@ -144,7 +144,7 @@ class ToolServiceAsyncStub(ToolServiceStub):
     UNAVAILABLE (POLICY_UNAVAILABLE) when svc_policy cannot be reached; the
     check fails closed, nothing runs, and a retry with the same request_id
     checks again.
-    Callers: svc_conversation; operators through the gateway.
+    Callers: svc_conversation; operators through Envoy.
     """
     CancelExecution: _aio.UnaryUnaryMultiCallable[_tool_service_pb2.CancelExecutionRequest, _tool_service_pb2.CancelExecutionResponse]  # type: ignore[assignment]
     """Stops a running or held execution at once: the sandbox is killed, a held
@@ -166,7 +166,7 @@ class ToolServiceServicer(metaclass=_abc_1.ABCMeta):
     """The tool catalogue and sandboxed, policy-gated tool execution (svc_tools).
 
     svc_conversation calls it for every tool call of the agent loop; operators
-    call ListTools and ExecuteTool directly through the gateway, under the same
+    call ListTools and ExecuteTool directly through Envoy, under the same
     policy checks. Every execution asks svc_policy first; a REQUIRES_APPROVAL
     verdict holds the run in the requeue store until an operator decides, and an
     approved run starts exactly once (see skm.policy.v1.BlockedActionService).
@@ -220,7 +220,7 @@ class ToolServiceServicer(metaclass=_abc_1.ABCMeta):
         UNAVAILABLE (POLICY_UNAVAILABLE) when svc_policy cannot be reached; the
         check fails closed, nothing runs, and a retry with the same request_id
         checks again.
-        Callers: svc_conversation; operators through the gateway.
+        Callers: svc_conversation; operators through Envoy.
         """
 
     @_abc_1.abstractmethod

@@ -49,9 +49,10 @@ Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
 class Principal(_message.Message):
-    """The authenticated caller of an RPC or the actor of an event. The gateway
-    builds it from the JWT and passes it to internal services as metadata they
-    trust only from the gateway.
+    """The authenticated caller of an RPC or the actor of an event. Admission, in
+    the service that owns a public RPC, builds it from the JWT; services pass it
+    to each other as metadata signed with the mesh key, trusted only when the
+    signature verifies.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

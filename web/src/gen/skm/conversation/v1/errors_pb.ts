@@ -215,7 +215,7 @@ export enum ErrorReason {
 
   /**
    * PERMISSION_DENIED: the caller is not the session's tenant (or, for
-   * commands, not a principal the gateway forwarded).
+   * commands, not a principal admission proved or the mesh signed).
    *
    * @generated from enum value: ERROR_REASON_PERMISSION_DENIED = 27;
    */
@@ -251,8 +251,8 @@ export enum ErrorReason {
   EMPTY_COMMAND = 30,
 
   /**
-   * UNAUTHENTICATED: the call carries no principal the mesh signed (the gateway
-   * forwards one with every public call; see SKM_MESH_KEY_FILE).
+   * UNAUTHENTICATED: the call carries no principal (admission proves one for
+   * every public call; services sign theirs, see SKM_MESH_KEY_FILE).
    *
    * @generated from enum value: ERROR_REASON_PRINCIPAL_MISSING = 31;
    */

@@ -12,10 +12,11 @@ export const file_skm_gateway_v1_errors: GenFile = /*@__PURE__*/
   fileDesc("Chtza20vZ2F0ZXdheS92MS9lcnJvcnMucHJvdG8SDnNrbS5nYXRld2F5LnYxKvEFCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIeChpFUlJPUl9SRUFTT05fVE9LRU5fTUlTU0lORxABEh4KGkVSUk9SX1JFQVNPTl9UT0tFTl9JTlZBTElEEAISHgoaRVJST1JfUkVBU09OX1RPS0VOX0VYUElSRUQQAxIkCiBFUlJPUl9SRUFTT05fVE9LRU5fTk9UX1lFVF9WQUxJRBAEEiMKH0VSUk9SX1JFQVNPTl9UT0tFTl9XUk9OR19JU1NVRVIQBRIlCiFFUlJPUl9SRUFTT05fVE9LRU5fV1JPTkdfQVVESUVOQ0UQBhIkCiBFUlJPUl9SRUFTT05fVE9LRU5fQ0xBSU1fTUlTU0lORxAHEigKJEVSUk9SX1JFQVNPTl9DT05TVElUVVRJT05fSEFTSF9TVEFMRRAIEiIKHkVSUk9SX1JFQVNPTl9NRVRIT0RfTk9UX1BVQkxJQxAJEiYKIkVSUk9SX1JFQVNPTl9SRVNPVVJDRV9OQU1FX0lOVkFMSUQQChImCiJFUlJPUl9SRUFTT05fQ1JPU1NfVEVOQU5UX1JFU09VUkNFEAsSIgoeRVJST1JfUkVBU09OX1BFUk1JU1NJT05fREVOSUVEEAwSHQoZRVJST1JfUkVBU09OX1JBVEVfTElNSVRFRBANEiMKH0VSUk9SX1JFQVNPTl9QT0xJQ1lfVU5BVkFJTEFCTEUQDhIkCiBFUlJPUl9SRUFTT05fU0VSVklDRV9VTkFWQUlMQUJMRRAPEiwKKEVSUk9SX1JFQVNPTl9UT0tFTl9BTEdPUklUSE1fTk9UX0FMTE9XRUQQEBIoCiRFUlJPUl9SRUFTT05fVE9LRU5fU0lHTkFUVVJFX0lOVkFMSUQQERIkCiBFUlJPUl9SRUFTT05fVE9LRU5fQ0xBSU1fSU5WQUxJRBASEiIKHkVSUk9SX1JFQVNPTl9NRVNTQUdFX1RPT19MQVJHRRATYgZwcm90bzM");
 
 /**
- * Reasons svc_gateway puts in the google.rpc.ErrorInfo of the errors it
- * answers itself, before a call reaches its owning service. The gateway has
- * no RPCs of its own; it forwards every public RPC (see
- * skm.options.v1.AuthzRule for how it authorizes them).
+ * Reasons of the public entry's refusals: the admission of a public call (see
+ * skm.options.v1.AuthzRule), which runs in the service that owns the method,
+ * before the method's servicer sees the call, and svc_gateway's answer to a
+ * path that is no public method. They keep the domain "gateway.skm" whichever
+ * service answers them. svc_gateway has no RPCs of its own.
  *
  * On the wire, `ErrorInfo.reason` is the value name WITHOUT the
  * "ERROR_REASON_" prefix (e.g. "CONSTITUTION_HASH_STALE") and
@@ -159,7 +160,7 @@ export enum ErrorReason {
 
   /**
    * UNAUTHENTICATED: the token's signature does not verify with the key it
-   * names, or it names no key the gateway has (forged or signed elsewhere).
+   * names, or it names no key of the platform (forged or signed elsewhere).
    *
    * @generated from enum value: ERROR_REASON_TOKEN_SIGNATURE_INVALID = 17;
    */
@@ -178,7 +179,7 @@ export enum ErrorReason {
   /**
    * INVALID_ARGUMENT: a message of the call (a unary request, or any message
    * of a client stream) is larger than the public limit
-   * (SKM_GATEWAY_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
+   * (SKM_ADMISSION_MAX_MESSAGE_BYTES, 4 MiB by default), as other too-large
    * input is answered (metadata: limit, size, both in bytes). The call ends
    * and nothing of that message reaches the owning service.
    *

@@ -17,7 +17,7 @@ export const file_skm_policy_v1_constitution: GenFile = /*@__PURE__*/
 /**
  * A tenant's constitution: the governing document its agents and users work
  * under. Every token a tenant's users present carries a constitution-hash
- * claim; the gateway accepts the token only while that claim equals `sha256`
+ * claim; admission accepts the token only while that claim equals `sha256`
  * of the current document, so changing the document invalidates every
  * outstanding token (FAILED_PRECONDITION, reason CONSTITUTION_HASH_STALE).
  *

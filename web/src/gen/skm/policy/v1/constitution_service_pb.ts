@@ -102,9 +102,9 @@ export const UpdateConstitutionResponseSchema: GenMessage<UpdateConstitutionResp
   messageDesc(file_skm_policy_v1_constitution_service, 3);
 
 /**
- * Tenants' constitution documents (svc_policy). The gateway reads the current
- * hash through GetConstitution (cached briefly) to validate each token's
- * constitution-hash claim.
+ * Tenants' constitution documents (svc_policy). Admission, in every service
+ * that owns public methods, reads the current hash through GetConstitution
+ * (cached briefly) to validate each token's constitution-hash claim.
  *
  * @generated from service skm.policy.v1.ConstitutionService
  */
@@ -115,7 +115,7 @@ export const ConstitutionService: GenService<{
    * document and get a fresh token.
    *
    * Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME).
-   * Callers: any member of the tenant; svc_gateway.
+   * Callers: any member of the tenant; admission in every service.
    *
    * @generated from rpc skm.policy.v1.ConstitutionService.GetConstitution
    */

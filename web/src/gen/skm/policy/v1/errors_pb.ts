@@ -174,8 +174,8 @@ export enum ErrorReason {
   NOT_AN_OPERATOR = 20,
 
   /**
-   * UNAUTHENTICATED: the call carries no principal (the gateway forwards one
-   * with every public call; services send theirs with internal calls).
+   * UNAUTHENTICATED: the call carries no principal (admission proves one for
+   * every public call; services send theirs with internal calls).
    *
    * @generated from enum value: ERROR_REASON_PRINCIPAL_MISSING = 21;
    */

@@ -360,8 +360,8 @@ export const PolicyService: GenService<{
    *
    * Errors: INVALID_ARGUMENT (INVALID_CHECK: malformed subject or object, a
    * type or relation the model lacks), UNAVAILABLE (POLICY_BACKEND_UNAVAILABLE).
-   * Callers: internal (svc_gateway for every public RPC, svc_tools,
-   * svc_conversation).
+   * Callers: internal (admission of every public RPC, in the service that
+   * owns it; svc_tools, svc_conversation).
    *
    * @generated from rpc skm.policy.v1.PolicyService.Check
    */

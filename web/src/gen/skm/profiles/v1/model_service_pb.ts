@@ -341,7 +341,7 @@ export const RecordBenchmarkResponseSchema: GenMessage<RecordBenchmarkResponse> 
  * The deployment's model registry and the models' scores (svc_profiles).
  * The registry is shared by all tenants, so changing it is internal: the
  * platform's operators do it inside the mesh (bootstrap scripts, grpcurl on
- * the service port), never through the gateway.
+ * the service port), never through Envoy.
  *
  * @generated from service skm.profiles.v1.ModelService
  */

@@ -152,7 +152,8 @@ export type ExecuteToolRequest = Message<"skm.tools.v1.ExecuteToolRequest"> & {
   /**
    * Extra facts for policy conditions, e.g. {"agitation_score": 0.8} from the
    * voice channel. Honoured only on calls from inside the mesh; ignored on
-   * calls forwarded by the gateway (which marks them), so a client cannot
+   * public calls (admitted by their token) and on calls a service makes on a
+   * client's behalf (which it marks), so a client cannot
    * talk its way past a condition.
    *
    * @generated from field: google.protobuf.Struct policy_context = 8;
@@ -337,7 +338,7 @@ export const GetExecutionResponseSchema: GenMessage<GetExecutionResponse> = /*@_
  * The tool catalogue and sandboxed, policy-gated tool execution (svc_tools).
  *
  * svc_conversation calls it for every tool call of the agent loop; operators
- * call ListTools and ExecuteTool directly through the gateway, under the same
+ * call ListTools and ExecuteTool directly through Envoy, under the same
  * policy checks. Every execution asks svc_policy first; a REQUIRES_APPROVAL
  * verdict holds the run in the requeue store until an operator decides, and an
  * approved run starts exactly once (see skm.policy.v1.BlockedActionService).
@@ -389,7 +390,7 @@ export const ToolService: GenService<{
    * UNAVAILABLE (POLICY_UNAVAILABLE) when svc_policy cannot be reached; the
    * check fails closed, nothing runs, and a retry with the same request_id
    * checks again.
-   * Callers: svc_conversation; operators through the gateway.
+   * Callers: svc_conversation; operators through Envoy.
    *
    * @generated from rpc skm.tools.v1.ToolService.ExecuteTool
    */

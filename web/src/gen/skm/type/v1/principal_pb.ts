@@ -13,9 +13,10 @@ export const file_skm_type_v1_principal: GenFile = /*@__PURE__*/
   fileDesc("Chtza20vdHlwZS92MS9wcmluY2lwYWwucHJvdG8SC3NrbS50eXBlLnYxIksKCVByaW5jaXBhbBIOCgZ0ZW5hbnQYASABKAkSDAoEdXNlchgCIAEoCRIgCgVyb2xlcxgDIAMoDjIRLnNrbS50eXBlLnYxLlJvbGUqUAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9NRU1CRVIQARIRCg1ST0xFX09QRVJBVE9SEAISDgoKUk9MRV9BRE1JThADYgZwcm90bzM");
 
 /**
- * The authenticated caller of an RPC or the actor of an event. The gateway
- * builds it from the JWT and passes it to internal services as metadata they
- * trust only from the gateway.
+ * The authenticated caller of an RPC or the actor of an event. Admission, in
+ * the service that owns a public RPC, builds it from the JWT; services pass it
+ * to each other as metadata signed with the mesh key, trusted only when the
+ * signature verifies.
  *
  * @generated from message skm.type.v1.Principal
  */

@@ -1,5 +1,5 @@
 """A malformed resource name is the client's error (INVALID_ARGUMENT, RESOURCE_NAME_INVALID),
-found by the gateway before policy is asked, and never turned into a policy outage when
+found at admission before policy is asked, and never turned into a policy outage when
 policy is the one that cannot read it."""
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from skm_runtime.admission import Admission, PolicyAnswer, Principal, Rule, object_of
+from skm_runtime.admission_errors import PolicyUnavailable, ResourceNameInvalid
+from skm_runtime.admission_policy import GrpcAdmissionPolicy
 from skm_runtime.server import signed_channel
 from skm_runtime.status import DETAILS_KEY
-from svc_gateway.adapters.policy import GrpcPolicy
-from svc_gateway.core import Gateway, object_of
-from svc_gateway.errors import PolicyUnavailable, ResourceNameInvalid
-from svc_gateway.model import Admission, Principal, Rule
-from tests.unit.test_gateway_caches import DIGEST, _Constitutions, _keys, _Limiter, _token, _verifier
+from tests.unit.test_admission_caches import DIGEST, _Constitutions, _keys, _Limiter, _token, _verifier
 
 READ_SESSION = Rule("can_read", "session", "name")
 TENANT = "tenants/t1"
@@ -58,16 +57,18 @@ def test_well_formed_names_name_their_object() -> None:
 class _UnreadablePolicy:
     """svc_policy as the adapter reports it when it cannot read the object."""
 
-    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Admission:
+    async def allows(
+        self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()
+    ) -> PolicyAnswer:
         raise ResourceNameInvalid("the resource name is not one policy can decide on", metadata={"policy_reason": "X"})
 
 
 async def test_a_name_policy_cannot_read_is_the_clients_error_with_its_field() -> None:
     pem, jwks = _keys()
-    gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), _UnreadablePolicy())
-    principal = gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}")
+    admission = Admission(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), _UnreadablePolicy())
+    principal = admission.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}")
     with pytest.raises(ResourceNameInvalid) as raised:
-        await gateway.admit(principal, READ_SESSION, "tenants/t1/sessions/s1")
+        await admission.admit(principal, READ_SESSION, "tenants/t1/sessions/s1")
     assert raised.value.metadata == {"policy_reason": "X", "field": "name"}
 
 
@@ -106,7 +107,7 @@ async def test_svc_policys_invalid_argument_is_a_bad_name_and_only_that(
     code: grpc.StatusCode, refused: type[Exception]
 ) -> None:
     async with signed_channel("127.0.0.1:9") as channel:
-        policy = GrpcPolicy(channel, constitution_ttl=1.0)
+        policy = GrpcAdmissionPolicy(channel, constitution_ttl=1.0)
         policy._decisions = _RefusingClient(_rpc_error(code, "INVALID_CHECK"))  # type: ignore[assignment]  # a fake of the shared client
         principal = Principal(TENANT, f"{TENANT}/users/olga", (), DIGEST)
         with pytest.raises(refused):

@@ -1,4 +1,4 @@
-"""A bounded map whose entries expire, for what the gateway may remember between calls.
+"""A bounded map whose entries expire, for what admission may remember between calls.
 
 Used for verified tokens (until their `exp`) and for ALLOW decisions (a second or so). Each
 entry carries its own expiry, read against the cache's clock; an expired entry is never

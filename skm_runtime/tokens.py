@@ -16,7 +16,7 @@ until its `exp`, so its signature and claims are checked once, not on every call
 `exp` it is verified again in full, which refuses it once the leeway is spent. Tokens that
 fail are never remembered. The keys are read once at start, so a remembered verdict cannot
 outlive the key that signed it. Whether the token's constitution hash is still current is
-not the verifier's question: the gateway asks that on every call.
+not the verifier's question: admission asks that on every call.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 from jwt.types import Options
 
-from svc_gateway.cache import ExpiringCache
-from svc_gateway.errors import (
+from skm_runtime.access import Principal
+from skm_runtime.admission_errors import (
     TokenAlgorithmNotAllowed,
     TokenClaimInvalid,
     TokenClaimMissing,
@@ -43,7 +43,7 @@ from svc_gateway.errors import (
     TokenWrongAudience,
     TokenWrongIssuer,
 )
-from svc_gateway.model import Principal
+from skm_runtime.cache import ExpiringCache
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 _HEX = set("0123456789abcdefABCDEF")

@@ -1,4 +1,4 @@
-"""svc_policy as the gateway sees it: decisions and tenant constitutions, over gRPC.
+"""svc_policy as admission sees it: decisions and tenant constitutions, over gRPC.
 
 Both fail closed: when svc_policy cannot answer, the call is refused (POLICY_UNAVAILABLE).
 A check svc_policy refuses as malformed (INVALID_ARGUMENT) was made from the client's
@@ -11,7 +11,7 @@ Decisions go through the shared policy client (skm_runtime/policy_client.py): AL
 reused for `decision_ttl` seconds per (user, permission, object), so a burst of calls on one
 resource asks svc_policy once; REQUIRES_APPROVAL and every failure are asked again on the next
 call. Every relationship change made through svc_policy ends the reuse as soon as its Redis
-announcement arrives, and nothing is reused while the gateway is not subscribed to those
+announcement arrives, and nothing is reused while the process is not subscribed to those
 announcements (`redis_url` empty, Redis down): the client's docstring states the bounds. A
 reused verdict is not audited again by svc_policy: its audit trail holds the decision that
 was reused, with its decision id.
@@ -31,20 +31,23 @@ from skm.policy.v1 import (
     policy_service_pb2,
 )
 from skm.type.v1 import policy_decision_pb2, principal_pb2
+from skm_runtime.access import Principal
+from skm_runtime.admission import PolicyAnswer
+from skm_runtime.admission_errors import PolicyUnavailable, ResourceNameInvalid
+from skm_runtime.cache import ExpiringCache
 from skm_runtime.policy_client import PolicyClient
 from skm_runtime.principal import principal_message as wire_principal
 from skm_runtime.principal import principal_metadata
 from skm_runtime.status import error_info_of
-from svc_gateway.cache import ExpiringCache
-from svc_gateway.errors import PolicyUnavailable, ResourceNameInvalid
-from svc_gateway.model import Admission, Principal
 
 
 def principal_message(principal: Principal) -> principal_pb2.Principal:
     return wire_principal(principal.tenant, principal.user, principal.roles)
 
 
-class GrpcPolicy:
+class GrpcAdmissionPolicy:
+    """The Policy and Constitutions ports of admission, on svc_policy."""
+
     def __init__(
         self,
         channel: grpc.aio.Channel,
@@ -63,7 +66,9 @@ class GrpcPolicy:
     async def close(self) -> None:
         await self._decisions.close()
 
-    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Admission:
+    async def allows(
+        self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()
+    ) -> PolicyAnswer:
         request = policy_service_pb2.CheckRequest(
             check=access_pb2.AccessCheck(subject=f"user:{principal.user}", relation=permission, object=object_)
         )
@@ -73,7 +78,7 @@ class GrpcPolicy:
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                # svc_policy could not read the question, and the gateway wrote it from the
+                # svc_policy could not read the question, and admission wrote it from the
                 # client's resource name: the name is at fault, not svc_policy.
                 info = error_info_of(error)
                 raise ResourceNameInvalid(
@@ -85,7 +90,7 @@ class GrpcPolicy:
             ) from None
         allowed = decision.verdict == policy_decision_pb2.VERDICT_ALLOW
         held = decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
-        return Admission(allowed, decision.reason, decision.decision_id, requires_approval=held)
+        return PolicyAnswer(allowed, decision.reason, decision.decision_id, requires_approval=held)
 
     async def current_sha256(self, tenant: str) -> str:
         cached = self._hashes.get(tenant)

@@ -1,6 +1,8 @@
 """Admitting a public call: who it is, whether the tenant's rules hold, whether policy allows.
 
-In order, for every public call:
+Runs once per call in the service that owns the method (skm_runtime.gate wires it into the
+runtime's server interceptor); Envoy only carries the bytes there. In order, for every
+public call:
 1. the bearer token proves a principal (pinned algorithms, issuer, audience, times, claims);
 2. the token's constitution hash is the SHA-256 of the tenant's current constitution
    (except for the one method that lets a client read it with a stale token);
@@ -10,20 +12,25 @@ In order, for every public call:
    tenant may call, the permission is membership itself (`can_converse` on the tenant),
    so a user removed from the tenant is refused as soon as policy knows, not when the
    token expires.
-Only then is the call forwarded, with the principal attached. Steps 1-3 (`authenticate`,
+Only then is the call served, with the principal. Steps 1-3 (`authenticate`,
 `admit_caller`) need only the call's metadata: a client stream passes them as it opens;
 steps 4-5 (`authorize`) need the resource, which a stream's first message carries.
 
 When policy is asked, the other permissions the contract declares on the same type of
 resource go along (`along`): a client that attaches to a session's events and then sends a
 message is decided once, in one round trip, instead of once per permission.
+
+Pure: no grpc, no generated code, no drivers; the ports below are what it needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from svc_gateway.errors import (
+from skm_runtime.access import Principal
+from skm_runtime.admission_errors import (
     ConstitutionHashStale,
     CrossTenantResource,
     PermissionDenied,
@@ -31,8 +38,76 @@ from svc_gateway.errors import (
     ResourceNameInvalid,
     TokenMissing,
 )
-from svc_gateway.model import Principal, Rule
-from svc_gateway.ports import Constitutions, Policy, RateLimiter, TokenVerifier
+
+__all__ = [
+    "MEMBERSHIP",
+    "Admission",
+    "Constitutions",
+    "Policy",
+    "PolicyAnswer",
+    "Principal",
+    "RateLimiter",
+    "Rule",
+    "TokenVerifier",
+    "object_of",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A public method's authorization rule (the contract's `skm.options.v1.authz` option)."""
+
+    permission: str
+    resource_type: str
+    resource_field: str
+    any_tenant_member: bool = False
+    allow_stale_constitution: bool = False
+    # REQUIRES_APPROVAL goes on to the method's servicer, which holds the request.
+    forward_requires_approval: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAnswer:
+    """svc_policy's answer to whether a public call may be served."""
+
+    allowed: bool
+    reason: str
+    decision_id: str = ""
+    # REQUIRES_APPROVAL (not allowed, not denied outright).
+    requires_approval: bool = False
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> Principal:
+        """The principal a bearer token proves; raises a Token* error otherwise."""
+        ...
+
+
+class Constitutions(Protocol):
+    async def current_sha256(self, tenant: str) -> str:
+        """SHA-256 (hex) of the tenant's current constitution."""
+        ...
+
+
+class RateLimiter(Protocol):
+    async def take(self, buckets: Sequence[tuple[str, str]]) -> tuple[str, float] | None:
+        """Take one call from each bucket, given as (scope, key) with scope "tenant" or
+        "user", all or none: None when every bucket had room, else the scope of the first
+        that had none and the seconds to wait."""
+        ...
+
+
+class Policy(Protocol):
+    async def allows(
+        self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()
+    ) -> PolicyAnswer:
+        """Whether policy allows the principal's user `permission` on `object_`. `also`:
+        other permissions on the same object the user is likely to need next, which policy
+        may decide in the same round trip and remember. Raises ResourceNameInvalid when
+        policy cannot read `object_` (it is made from the client's resource name), and
+        PolicyUnavailable when policy cannot answer."""
+        ...
+
 
 # What policy is asked for a method any member of the tenant may call: the OpenFGA
 # model's membership question (deploy/openfga/model.fga: tenant can_converse = member).
@@ -78,7 +153,9 @@ def object_of(rule: Rule, resource: str, tenant: str) -> str:
     )
 
 
-class Gateway:
+class Admission:
+    """The admission of public calls, over its four ports."""
+
     def __init__(
         self,
         tokens: TokenVerifier,

@@ -1,4 +1,4 @@
-"""What the gateway remembers between calls, and what it never does: verified tokens until
+"""What admission remembers between calls, and what it never does: verified tokens until
 their `exp`, ALLOW decisions for a short TTL; never a refused token, a DENY, a
 REQUIRES_APPROVAL, nor a constitution check."""
 
@@ -16,13 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from skm.policy.v1 import constitution_pb2, constitution_service_pb2
+from skm_runtime.admission import Admission, PolicyAnswer, Principal, Rule
+from skm_runtime.admission_errors import ConstitutionHashStale, PermissionDenied, TokenExpired, TokenSignatureInvalid
+from skm_runtime.admission_policy import GrpcAdmissionPolicy
+from skm_runtime.cache import ExpiringCache
 from skm_runtime.server import signed_channel
-from svc_gateway.adapters.policy import GrpcPolicy
-from svc_gateway.adapters.tokens import JwtVerifier
-from svc_gateway.cache import ExpiringCache
-from svc_gateway.core import Gateway
-from svc_gateway.errors import ConstitutionHashStale, PermissionDenied, TokenExpired, TokenSignatureInvalid
-from svc_gateway.model import Admission, Principal, Rule
+from skm_runtime.tokens import JwtVerifier
 
 DIGEST = "a" * 64
 RULE = Rule("can_read", "session", "name")
@@ -130,12 +129,14 @@ class _Limiter:
 
 
 class _Policy:
-    def __init__(self, verdict: Admission) -> None:
+    def __init__(self, verdict: PolicyAnswer) -> None:
         self.verdict = verdict
         self.asked = 0
         self.along: list[tuple[str, tuple[str, ...]]] = []
 
-    async def allows(self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()) -> Admission:
+    async def allows(
+        self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()
+    ) -> PolicyAnswer:
         self.asked += 1
         self.along.append((permission, tuple(also)))
         return self.verdict
@@ -144,36 +145,36 @@ class _Policy:
 async def test_a_remembered_token_whose_constitution_changed_is_refused() -> None:
     pem, jwks = _keys()
     constitutions = _Constitutions(DIGEST)
-    gateway = Gateway(_verifier(jwks), constitutions, _Limiter(), _Policy(Admission(True, "ROLE_ALLOWS")))
+    admission = Admission(_verifier(jwks), constitutions, _Limiter(), _Policy(PolicyAnswer(True, "ROLE_ALLOWS")))
     token = _token(pem, exp=time.time() + 600)
-    await gateway.admit(gateway.authenticate(f"Bearer {token}"), RULE, RESOURCE)
+    await admission.admit(admission.authenticate(f"Bearer {token}"), RULE, RESOURCE)
     constitutions.digest = "b" * 64  # the tenant's constitution changed
     with pytest.raises(ConstitutionHashStale):
-        await gateway.admit(gateway.authenticate(f"Bearer {token}"), RULE, RESOURCE)
+        await admission.admit(admission.authenticate(f"Bearer {token}"), RULE, RESOURCE)
 
 
-async def test_a_deny_is_refused_by_the_gateway_every_time() -> None:
+async def test_a_deny_is_refused_at_admission_every_time() -> None:
     pem, jwks = _keys()
-    policy = _Policy(Admission(False, "NOT_PERMITTED", "d1"))
-    gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy)
-    principal = gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}")
+    policy = _Policy(PolicyAnswer(False, "NOT_PERMITTED", "d1"))
+    admission = Admission(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy)
+    principal = admission.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}")
     for _ in range(2):
         with pytest.raises(PermissionDenied):
-            await gateway.admit(principal, RULE, RESOURCE)
+            await admission.admit(principal, RULE, RESOURCE)
     assert policy.asked == 2
 
 
 async def test_policy_is_asked_the_other_permissions_of_the_resource_type_along() -> None:
     pem, jwks = _keys()
-    policy = _Policy(Admission(True, "SESSION_OWNER", "d1"))
+    policy = _Policy(PolicyAnswer(True, "SESSION_OWNER", "d1"))
     along = {RULE.resource_type: ["can_delete", RULE.permission, "can_write"], "tool": ["can_execute"]}
-    gateway = Gateway(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy, along=along)
-    await gateway.admit(gateway.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}"), RULE, RESOURCE)
+    admission = Admission(_verifier(jwks), _Constitutions(DIGEST), _Limiter(), policy, along=along)
+    await admission.admit(admission.authenticate(f"Bearer {_token(pem, exp=time.time() + 600)}"), RULE, RESOURCE)
     assert policy.along == [(RULE.permission, ("can_delete", RULE.permission, "can_write"))]
 
 
 class _ConstitutionReads:
-    """svc_policy's ConstitutionService as the gateway's policy adapter calls it."""
+    """svc_policy's ConstitutionService as the admission policy adapter calls it."""
 
     def __init__(self) -> None:
         self.read: list[str] = []
@@ -187,7 +188,7 @@ class _ConstitutionReads:
 
 async def test_constitution_hashes_are_remembered_for_a_bounded_number_of_tenants() -> None:
     async with signed_channel("127.0.0.1:9") as channel:
-        policy = GrpcPolicy(channel, constitution_ttl=600.0, max_tenants=2)
+        policy = GrpcAdmissionPolicy(channel, constitution_ttl=600.0, max_tenants=2)
         reads = _ConstitutionReads()
         policy._constitutions = reads  # type: ignore[assignment]  # a fake of svc_policy's stub
         for tenant in ("tenants/a", "tenants/b", "tenants/a"):

@@ -1,4 +1,4 @@
-"""Each way a bearer token can be bad is refused with its own reason, judged by the gateway's
+"""Each way a bearer token can be bad is refused with its own reason, judged by admission's
 pinned algorithms and keys, never by what the token says of itself."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from svc_gateway.adapters.tokens import JwtVerifier
-from svc_gateway.errors import (
-    GatewayError,
+from skm_runtime.admission_errors import (
+    AdmissionError,
     TokenAlgorithmNotAllowed,
     TokenClaimInvalid,
     TokenClaimMissing,
@@ -25,7 +24,8 @@ from svc_gateway.errors import (
     TokenWrongAudience,
     TokenWrongIssuer,
 )
-from tests.unit.test_gateway_caches import DIGEST, _keys
+from skm_runtime.tokens import JwtVerifier
+from tests.unit.test_admission_caches import DIGEST, _keys
 
 PEM, JWKS = _keys()
 
@@ -68,7 +68,7 @@ def _es256() -> bytes:
 VERIFIER = JwtVerifier(JWKS, algorithms=["EdDSA", "ES256"], issuer="skm-dev", audience="skm", leeway=0)
 NOW = int(time.time())
 
-CASES: list[tuple[str, str, type[GatewayError], str | None]] = [
+CASES: list[tuple[str, str, type[AdmissionError], str | None]] = [
     ("not a JWT", "not-a-jwt", TokenInvalid, None),
     ("forged: signed by another key", _signed(_other_ed25519()), TokenSignatureInvalid, None),
     ("a key this platform does not have", _signed(kid="elsewhere"), TokenSignatureInvalid, None),
@@ -107,9 +107,9 @@ CASES: list[tuple[str, str, type[GatewayError], str | None]] = [
 
 @pytest.mark.parametrize(("token", "refused", "claim"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_each_bad_token_is_refused_with_its_own_reason(
-    token: str, refused: type[GatewayError], claim: str | None
+    token: str, refused: type[AdmissionError], claim: str | None
 ) -> None:
-    with pytest.raises(GatewayError) as raised:
+    with pytest.raises(AdmissionError) as raised:
         VERIFIER.verify(token)
     assert type(raised.value) is refused, raised.value.message
     if claim is not None:

@@ -1,18 +1,18 @@
 """Rate limits as token buckets in Redis, one per tenant and one per user, spent from local leases.
 
-A bucket holds up to `burst` calls and refills at `rate` per second. Every gateway copy shares
-each bucket in Redis, but a call does not go to Redis: the process leases a few tokens of a
-bucket at once (one Lua call for all the buckets it lacks tokens in) and spends them locally.
-A call is let through when every bucket of it has a leased token here, and then takes one
-from each (all or none: a user over their limit does not spend their tenant's budget); when
-one has none after asking Redis, the call is refused, naming the first such bucket and the
-seconds until it holds a token again.
+A bucket holds up to `burst` calls and refills at `rate` per second. Every process that admits
+public calls (each copy of each service) shares each bucket in Redis, but a call does not go to
+Redis: the process leases a few tokens of a bucket at once (one Lua call for all the buckets it
+lacks tokens in) and spends them locally. A call is let through when every bucket of it has a
+leased token here, and then takes one from each (all or none: a user over their limit does not
+spend their tenant's budget); when one has none after asking Redis, the call is refused, naming
+the first such bucket and the seconds until it holds a token again.
 
 The accounting never lets more through than one bucket would, across all copies: a lease is
 taken out of the bucket in Redis at once, and Redis caps its own tokens at `burst` less every
 live lease of every copy (spent or not, since Redis does not see what a copy spent), with each
 lease's expiry taken into account as the bucket refills. So:
-- under one gateway process it is exact: the process simulates the bucket with every call it
+- under one process it is exact: the process simulates the bucket with every call it
   let through, and while no other copy touched the bucket since its last lease, that
   simulation, not Redis's conservative figure, is what the bucket holds when it leases again
   (the N+1th call of a burst of N is refused, and a client pacing itself at the rate is not);
@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-log = logging.getLogger("skm.gateway.ratelimit")
+log = logging.getLogger("skm.admission.ratelimit")
 
 # KEYS: one hash per bucket; fields t (tokens in Redis), s (when t was right), v (version,
 # changed by every lease), and per copy c: h:c (its lease's size) and x:c (the lease's expiry).
@@ -195,7 +195,7 @@ class RedisRateLimiter:
         # One hash tag for all keys of a take (the first bucket's key: the tenant), so that
         # the script's keys share a slot and it also runs on a Redis Cluster.
         tag = buckets[0][1] if buckets else ""
-        keys = [f"skm:gateway:rate:{{{tag}}}:{scope}:{key}" for scope, key in buckets]
+        keys = [f"skm:admission:rate:{{{tag}}}:{scope}:{key}" for scope, key in buckets]
         leases = [self._lease_of(key, scope) for key, (scope, _) in zip(keys, buckets, strict=True)]
         now = self._clock()
         if all(lease.usable(now) for lease in leases):
