@@ -114,6 +114,9 @@ async def _unauthenticated(
 
 
 _OUTSIDER = ("MESH_CALLER_UNVERIFIED", "runtime.skm")
+# A public method's call with no credentials at all: the service admits public calls itself,
+# by their bearer token (skm_runtime.gate), and there is none.
+_NO_TOKEN = ("TOKEN_MISSING", "gateway.skm")
 _WRITE = "/skm.policy.v1.PolicyService/WriteRelationships"
 
 
@@ -147,23 +150,29 @@ async def test_a_caller_from_outside_the_mesh_is_refused_whatever_it_asks_and_no
     write = policy_service_pb2.WriteRelationshipsRequest(parent=tenant, relationships=[grant])
     policy = policy_service_pb2_grpc.PolicyServiceStub(outside)
     for what, metadata in _callers_from_outside(mesh_key_file).items():
-        await _unauthenticated(policy.WriteRelationships(write, metadata=metadata, timeout=10), what, _OUTSIDER)
+        # WriteRelationships is public too (tenant admins, by token): a call with no
+        # credentials at all is judged by its token, which it lacks; mesh credentials that
+        # do not verify are refused as such, never judged by a token instead.
+        expected = _NO_TOKEN if what == "nothing" else _OUTSIDER
+        await _unauthenticated(policy.WriteRelationships(write, metadata=metadata, timeout=10), what, expected)
     # Not even a malformed request gets further (no MALFORMED_REQUEST: nothing is read).
     raw = outside.unary_unary(_WRITE)
-    await _unauthenticated(raw(b"\xff\xff", timeout=10), "malformed bytes", _OUTSIDER)
-    # Every other kind of method: a check, a listing, the server stream of resolutions.
+    await _unauthenticated(raw(b"\xff\xff", timeout=10), "malformed bytes", _NO_TOKEN)
+    forged = _callers_from_outside(mesh_key_file)["a forged MAC"]
+    await _unauthenticated(raw(b"\xff\xff", metadata=forged, timeout=10), "malformed bytes, forged", _OUTSIDER)
+    # Every other kind of method: an internal check, a listing, the server stream of resolutions.
     await _unauthenticated(policy.Check(hold_check(tenant), timeout=10), "a check", _OUTSIDER)
     blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(outside)
     await _unauthenticated(
         blocked.ListBlockedActions(blocked_action_service_pb2.ListBlockedActionsRequest(parent=tenant), timeout=10),
         "a listing",
-        _OUTSIDER,
+        _NO_TOKEN,
     )
     watch = blocked.WatchBlockedActionResolutions(
         blocked_action_service_pb2.WatchBlockedActionResolutionsRequest(parent=tenant),
         timeout=10,
     )
-    await _unauthenticated(watch.read(), "a server stream", _OUTSIDER)
+    await _unauthenticated(watch.read(), "a server stream", _NO_TOKEN)
     # Health answers anyone.
     reply = await health_pb2_grpc.HealthStub(outside).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
