@@ -19,6 +19,12 @@ class ConversationSettings(ServiceSettings):
     policy_addr: str = address("127.0.0.1:50055", env="SKM_POLICY_ADDR")
     tools_addr: str = address("127.0.0.1:50054", env="SKM_TOOLS_ADDR")
     profiles_addr: str = address("127.0.0.1:50056", env="SKM_PROFILES_ADDR")
+    # A model call's first token goes out at once; the following ones are coalesced into one
+    # token delta per this many milliseconds (0: every token its own event) or per this many
+    # pieces, whichever comes first: each delta is a number, a pending row, a Redis publish
+    # and a message to every attached stream.
+    delta_tick_ms: int = bounded(20, low=0, high=1000)
+    delta_max_tokens: int = bounded(32, low=1, high=10_000)
     # Model-then-tool iterations per turn; the last one may only call `response`.
     max_iterations: int = bounded(25, low=1, high=500)
     # A model call that sends no first token in this time, or stalls this long between

@@ -27,7 +27,7 @@ from skm_runtime.access import Decision, Principal, Verdict
 from skm_runtime.values import FailureReason, ModelRole, Money
 from svc_conversation import preprocess
 from svc_conversation.core.compression import Compressor
-from svc_conversation.core.handles import SessionHandle
+from svc_conversation.core.handles import SessionHandle, TokenStream
 from svc_conversation.core.lookups import Lookups
 from svc_conversation.core.mirror import Mirror
 from svc_conversation.errors import DependencyUnavailable, ModelCallFailed, ToolCallRejected
@@ -68,7 +68,7 @@ from svc_conversation.model import (
     UserMessage,
     turn_ordinal,
 )
-from svc_conversation.ports import ChatModel, Limits, SessionStore, ToolRunner
+from svc_conversation.ports import ChatModel, Limits, OnDelta, SessionStore, ToolRunner
 from svc_conversation.toolcall import (
     RESPONSE_TOOL,
     SUBORDINATE_TOOL,
@@ -503,11 +503,6 @@ class TurnRun:
             schema_name="tool_call",
         )
 
-        async def on_delta(text: str) -> None:
-            if self._write is not None:
-                await self._written()
-            await self.handle.delta(self.turn, iteration, text, alive=self._alive)
-
         def on_cut(stats: CallStats) -> None:
             # Called as the interrupt's cancellation unwinds the call, before the interrupt
             # writes anything (it waits for this run to end): this run may write nothing
@@ -517,17 +512,35 @@ class TurnRun:
                 usage = usage_of(stats, ModelRole.PRIMARY)
                 self.handle.carry(self.turn, ModelCall(iteration, usage, "", interrupted=True))
 
+        limits = self.services.limits
         start = min(self.turn.start_tier, len(profile.tiers) - 1)
         for tier in profile.tiers[start:]:
+            tokens = self.handle.tokens(
+                self.turn, iteration, alive=self._alive, tick=limits.delta_tick_ms / 1000, limit=limits.delta_max_tokens
+            )
             try:
-                result = await self.services.llm.chat(tier, request, on_delta, on_cut=on_cut)
+                result = await self.services.llm.chat(tier, request, self._streamed(tokens), on_cut=on_cut)
             except ModelCallFailed as failure:
                 log.warning("model %s failed (%s); trying the next tier", tier.name, failure.reason)
                 await self.record_model_call(iteration, failure.stats, ModelRole.PRIMARY, failure.reason)
                 continue
+            finally:
+                # Held text goes out with the step that follows (the model call's, or the
+                # intervention's); a detached run's turn goes on elsewhere, without it.
+                tokens.close(drop=self.detached)
             await self.record_model_call(iteration, result.stats, ModelRole.PRIMARY, "")
             return result.text
         raise TurnFailed("ALL_MODEL_TIERS_FAILED", "every model tier of the PRIMARY role failed")
+
+    def _streamed(self, tokens: TokenStream) -> OnDelta:
+        """What a model call does with each piece of its text."""
+
+        async def on_delta(text: str) -> None:
+            if self._write is not None:
+                await self._written()
+            await tokens.push(text)
+
+        return on_delta
 
     # -- tools -----------------------------------------------------------------------
 

@@ -121,7 +121,7 @@ class Engine:
             self.closed.set()
 
 
-def conversation(store: Store, engine: Engine) -> Conversation:
+def conversation(store: Store, engine: Engine, settings: ConversationSettings | None = None) -> Conversation:
     llm = OpenAICompatibleClient()
     llm._http = httpx.AsyncClient(transport=httpx.MockTransport(engine.handle))
     return Conversation(
@@ -131,7 +131,7 @@ def conversation(store: Store, engine: Engine) -> Conversation:
         cast(Any, Tools()),
         cast(Any, None),
         llm,
-        ConversationSettings(),
+        settings or ConversationSettings(),
         runner_id="test",
     )
 
@@ -232,12 +232,15 @@ async def test_other_audit_texts_are_redacted_too() -> None:
 
 async def test_an_interrupt_records_the_model_call_it_cut_off_with_its_own_step() -> None:
     store = Store()
-    engine = Engine(reply("a long answer that the user will not wait for"), hang_after=3)
-    core = conversation(store, engine)
+    text = reply("a long answer that the user will not wait for")
+    engine = Engine(text, hang_after=3)
+    # A tick longer than the test: the pieces after the first are held until the interrupt.
+    core = conversation(store, engine, ConversationSettings(delta_tick_ms=1000))
     with traced(TURN_TRACE):
         turn = await core.send_message(ALICE, NAME, "tell me a story", str(uuid.uuid4()), "")
     await engine.hanging.wait()
-    assert len(core._handles[NAME].pending) == 3  # streamed, not stored yet
+    # The first piece streamed at once, not stored yet; the next two held.
+    assert [s.event.payload.text for s in core._handles[NAME].pending] == [text[:8]]  # type: ignore[union-attr]  # token deltas
     writes_before = len(store.writes)
     with traced(INTERRUPT_TRACE):
         interrupted = await core.interrupt(ALICE, turn.name, str(uuid.uuid4()))
@@ -248,7 +251,10 @@ async def test_an_interrupt_records_the_model_call_it_cut_off_with_its_own_step(
     [write] = store.writes[writes_before:]
     kinds = [event.WhichOneof("event") for event, _, delta in write.events if not delta]
     assert kinds == ["model_call", "intervention", "turn_state_changed"]
-    assert sum(delta for _, _, delta in write.events) == 3
+    # The pieces held when the interrupt came go out first, as one delta, before the call.
+    deltas = sorted((event for event, _, delta in write.events if delta), key=lambda e: e.sequence)
+    assert [e.token_delta.text for e in deltas] == [text[:8], text[8:24]]
+    assert deltas[-1].sequence < min(event.sequence for event, _, delta in write.events if not delta)
     call = next(event.model_call for event, _, _ in write.events if event.HasField("model_call"))
     assert call.interrupted
     assert call.failure_reason == ""
