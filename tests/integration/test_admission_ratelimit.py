@@ -1,4 +1,4 @@
-"""The gateway's rate limiter on a real Redis: tokens leased by a process and spent locally are
+"""Admission's rate limiter on a real Redis: tokens leased by a process and spent locally are
 exact under one process, and never add up to more than the bucket across processes."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from skm_runtime.ratelimit import RedisRateLimiter
 from skm_stack import RunningStack
-from svc_gateway.adapters.ratelimit import RedisRateLimiter
 
 # A tenant's bucket large enough never to be the one that refuses.
 _ROOMY = (1000.0, 1_000_000.0)
@@ -18,7 +18,7 @@ _ROOMY = (1000.0, 1_000_000.0)
 
 @pytest.fixture
 async def limiters(stack_factory: Callable[..., RunningStack]) -> AsyncIterator[Callable[..., RedisRateLimiter]]:
-    """Limiters ("gateway processes") on one fresh Redis, closed after the test."""
+    """Limiters ("processes that admit calls") on one fresh Redis, closed after the test."""
     redis = stack_factory(("redis",))
     made: list[RedisRateLimiter] = []
 
