@@ -16,18 +16,25 @@ Then the policy checks (bench/policy.py): svc_policy with a cache hit and a miss
 OpenFGA called directly, on a real stack started for the run.
 
 Then conversations (bench/conversation.py), on a whole mesh started for the run: time to
-first token and tokens/s through Envoy + gateway + svc_conversation against the engine
-called directly, and the memory of idle sessions. `--llm real` measures the first with each
-of the catalogue's REAL models instead of the tiny untrained one (`--models` picks).
+first token and tokens/s through Envoy + svc_conversation (Envoy routes each public method to
+its owner, which admits it) against the engine called directly, and the memory of idle
+sessions. `--llm real` measures the first with each of the catalogue's REAL models instead of
+the tiny untrained one (`--models` picks).
 
-Then the gateway (bench/gateway.py), on the few servers its path needs: a unary call through
-Envoy + svc_gateway against the service called directly and a bare Python hop, p50/p99 and
-the CPU each process spends per call.
+Then the public path (bench/gateway.py), on the few servers its path needs: a unary call
+(GetSession) through Envoy with a token, to svc_conversation's own port with a token
+(admission in the service, no Envoy) and with a principal signed with the mesh key (no
+admission): p50/p99, the CPU each process spends per call, the admission's Python CPU and
+Envoy's.
+
+Then frames (bench/frames.py), on the same few servers: the CPU each process spends per
+640-byte frame written on a Converse bidi stream through Envoy against straight to
+svc_conversation, and frames/s.
 
 Then tools (bench/tools.py): the code_execution sandbox against a bare subprocess running the
 same code, executions per second, and memory recall latency and recall@1 at 10k memories.
 
-Usage: python -m bench [runtime|policy|conversation|gateway|tools|all] [--rounds N] [--calls N] [--frames N]
+Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|all] [--rounds N] [--calls N] [--frames N]
                        [--turns N] [--sessions N] [--llm untrained|real] [--models a,b]
 """
 
@@ -122,7 +129,7 @@ def main() -> int:
     parser.add_argument(
         "what",
         nargs="?",
-        choices=("runtime", "policy", "conversation", "gateway", "tools", "all"),
+        choices=("runtime", "policy", "conversation", "gateway", "frames", "tools", "all"),
         default="all",
         help="default: all",
     )
@@ -130,7 +137,9 @@ def main() -> int:
     parser.add_argument(
         "--calls", type=int, default=4000, help="unary calls per round (default 4000; gateway: at most 2000)"
     )
-    parser.add_argument("--frames", type=int, default=2000, help="bidi frames per round (default 2000)")
+    parser.add_argument(
+        "--frames", type=int, default=2000, help="bidi frames per round (default 2000; runtime and frames)"
+    )
     parser.add_argument("--turns", type=int, default=3, help="conversation: turns per path per round (default 3)")
     parser.add_argument(
         "--sessions", type=int, default=1000, help="conversation: idle sessions held by one process (default 1000)"
@@ -166,6 +175,10 @@ def main() -> int:
         from bench import gateway
 
         gateway.main(rounds=args.rounds, calls=min(args.calls, 2000))
+    if args.what in ("frames", "all"):
+        from bench import frames
+
+        frames.main(rounds=args.rounds, frames=args.frames)
     if args.what in ("tools", "all"):
         from bench import tools
 

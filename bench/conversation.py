@@ -8,11 +8,12 @@ that model, the same turns on both paths. The agent loop is cut to one iteration
 (SKM_CONVERSATION_MAX_ITERATIONS=1), so a turn is exactly two engine calls: the pre-SLM's
 intent call (iteration 0, not streamed to the client), then one PRIMARY call offered only
 the `response` tool, as a turn's last iteration is (iteration 1, streamed token by token).
-The gateway's rate limits are raised out of the way; every call still takes its tokens from
-the buckets in Redis.
+The admission's rate limits (SKM_ADMISSION_*, on every service) are raised out of the way;
+every admitted call still takes its tokens from the buckets in Redis.
 
 1. Streaming, in alternating rounds of:
-     platform  a client through Envoy + svc_gateway + svc_conversation: a new session,
+     platform  a client through Envoy + svc_conversation (Envoy routes each public method
+               to its owner, which admits the call; svc_gateway is on no path): a new session,
                StreamEvents attached, then SendMessage; all times are the client's own
      engine    the same two engine calls, back to back, straight to the engine from this
                process with svc_conversation's own OpenAI-compatible client; the requests are
@@ -28,8 +29,9 @@ the buckets in Redis.
    The untrained models write random (schema-valid) text; sampling makes reply lengths
    differ between turns, which the per-token rate does not depend on. Also printed: where
    the platform's own time before the first token goes (from the events' create_time), and
-   the CPU each process spends per streamed token.
-2. Interrupts: turns through Envoy + svc_gateway, each interrupted (InterruptTurn) as soon as
+   the CPU each process spends per streamed token (svc_gateway listed too: it is on no path,
+   so it should read ~0).
+2. Interrupts: turns through Envoy + svc_conversation, each interrupted (InterruptTurn) as soon as
    the client has the PRIMARY call's first token: the time from the request to its reply, to
    the turn's INTERRUPTED event and to the last token delta the client received; and whether
    any token delta came after the INTERRUPTED event.
@@ -91,20 +93,12 @@ DEVELOPER = deployment_mode_pb2.DEPLOYMENT_MODE_DEVELOPER
 PRIMARY = type_model_pb2.MODEL_ROLE_PRIMARY
 PRE_SLM = type_model_pb2.MODEL_ROLE_PRE_SLM
 ENDED = {Turn.STATE_COMPLETED, Turn.STATE_FAILED, Turn.STATE_REFUSED, Turn.STATE_INTERRUPTED}
-# The hash the gateway expects of a tenant that has no constitution document yet.
+# The hash admission expects of a tenant that has no constitution document yet.
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 # Plain words: no prompt-injection marker, no personal data, so the turn is never refused.
 MESSAGE = "Explain in a few sentences how a token bucket limits the rate of requests."
-_UNLIMITED = "1000000"
-_EXTRA_ENV = {
-    "conversation": {"SKM_CONVERSATION_MAX_ITERATIONS": "1"},
-    "gateway": {
-        "SKM_GATEWAY_TENANT_RATE_PER_SECOND": _UNLIMITED,
-        "SKM_GATEWAY_TENANT_BURST": _UNLIMITED,
-        "SKM_GATEWAY_USER_RATE_PER_SECOND": _UNLIMITED,
-        "SKM_GATEWAY_USER_BURST": _UNLIMITED,
-    },
-}
+# Every service also gets the rate limits out of the way (bench_services' default).
+_EXTRA_ENV = {"conversation": {"SKM_CONVERSATION_MAX_ITERATIONS": "1"}}
 _STREAMS_PER_CHANNEL = 100
 # Separate connections per channel (grpc shares one subchannel between equal channels).
 _OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
@@ -139,7 +133,7 @@ def _memory(pid: int) -> _Memory:
 @dataclass(frozen=True)
 class _User:
     """The bench's user: a tenant member, with a token for the public path and the
-    principal metadata the gateway would forward, for calls straight to a service."""
+    principal signed with the mesh key, for calls straight to a service as the mesh makes them."""
 
     principal: Principal
     bearer: Metadata
@@ -183,7 +177,7 @@ async def _new_user(stack: RunningStack, model: str = "") -> _User:
             timeout=10,
         )
     bearer = (("authorization", f"Bearer {_token(stack.state_dir, tenant, user)}"),)
-    # Signed with the stack's mesh key, as the gateway signs it, or the service refuses it.
+    # Signed with the stack's mesh key, as services sign it for each other, or the service refuses it.
     forwarded = principal_metadata(principal_message(principal.tenant, principal.user, principal.roles))
     if model:
         # The tenant's admin names the model, as ModelProfileService callers do.
@@ -226,7 +220,9 @@ class _Reply:
     ttft: float
     pre_slm: float
     tokens_per_second: float
-    deltas: int
+    deltas: int  # the PRIMARY call's tokens (the engine's count on the platform path)
+    # Token delta events the client received for them (fewer on the platform path: coalesced).
+    events: int = 0
     # The PRIMARY call's prompt as the engine logged it: tokens, and those reused from the
     # previous call's prefix cache (set after the turn, from the engine's log).
     prompt_tokens: int = 0
@@ -287,14 +283,17 @@ class _EngineLog:
         return calls
 
 
-def _rate(arrivals: Sequence[float]) -> float:
-    if len(arrivals) < 2 or arrivals[-1] <= arrivals[0]:
+def _rate(arrivals: Sequence[float], tokens: int | None = None) -> float:
+    """Tokens a second between the first and the last arrival: one token an arrival, or
+    `tokens` in all (svc_conversation coalesces the tokens after the first into fewer deltas)."""
+    count = len(arrivals) if tokens is None else tokens
+    if len(arrivals) < 2 or arrivals[-1] <= arrivals[0] or count < 2:
         return 0.0
-    return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    return (count - 1) / (arrivals[-1] - arrivals[0])
 
 
 async def _platform_turn(stub: AsyncStub, user: _User, cpu: CpuReader) -> _Reply:
-    """One turn through Envoy and the gateway, in a new session (so no history)."""
+    """One turn through Envoy to svc_conversation, in a new session (so no history)."""
     session = await _create_session(stub, user, user.bearer)
     call = stub.StreamEvents(pb.StreamEventsRequest(session=session), metadata=user.bearer, timeout=300)
     stream = call.__aiter__()
@@ -341,20 +340,22 @@ async def _platform_turn(stub: AsyncStub, user: _User, cpu: CpuReader) -> _Reply
         | {"replied": replied},
         ttft=deltas[0] - sent,
         pre_slm=pre_slm,
-        tokens_per_second=_rate(deltas),
-        deltas=len(deltas),
+        # The engine's count of the call's tokens: the deltas after the first are coalesced.
+        tokens_per_second=_rate(deltas, primary[-1].output_tokens or len(deltas)),
+        deltas=primary[-1].output_tokens or len(deltas),
+        events=len(deltas),
         recorded_ttft=_seconds(primary[-1].time_to_first_token),
         recorded_tokens_per_second=primary[-1].tokens_per_second,
-        cpu_per_token=_cpu_per_token(cpu_at.get("first"), cpu_at.get("last"), len(deltas)),
+        cpu_per_token=_cpu_per_token(cpu_at.get("first"), cpu_at.get("last"), primary[-1].output_tokens or len(deltas)),
     )
 
 
 SEGMENTS = {
-    "send": "SendMessage to the pre-SLM call's start: Envoy, gateway, checks",
+    "send": "SendMessage to the pre-SLM call's start: Envoy, admission",
     "stored": "  (alongside: SendMessage to the turn's first event, stored)",
     "replied": "  (alongside: SendMessage's reply, as the client saw it)",
     "between": "pre-SLM verdict stored, PRIMARY profile, prompt built",
-    "deliver": "first token out: conversation, gateway, Envoy, client",
+    "deliver": "first token out: conversation, Envoy, client",
 }
 
 
@@ -457,6 +458,7 @@ async def _engine_turn(engine: _EngineTurn, cpu: CpuReader) -> _Reply:
         pre_slm=pre_slm.stats.duration,
         tokens_per_second=_rate(arrivals),
         deltas=len(arrivals),
+        events=len(arrivals),
         cpu_per_token=_cpu_per_token(first, last, len(arrivals)),
     )
 
@@ -520,10 +522,11 @@ def _print_streaming(replies: dict[str, list[_Reply]], rounds: int, turns: int, 
         f"median of {len(platform)} turns per path, {rounds} alternating rounds of {turns}\n"
     )
     header = (
-        f"  {'':<34}{'TTFT':>10}{'pre-SLM':>10}{'TTFT net':>10}{'tokens/s':>10}{'tokens':>8}{'prompt':>8}{'cached':>8}"
+        f"  {'':<34}{'TTFT':>10}{'pre-SLM':>10}{'TTFT net':>10}{'tokens/s':>10}{'tokens':>8}{'events':>8}"
+        f"{'prompt':>8}{'cached':>8}"
     )
     print(header)
-    for name, label in (("platform", "Envoy + gateway + conversation"), ("engine", "engine direct")):
+    for name, label in (("platform", "Envoy + svc_conversation"), ("engine", "engine direct")):
         rows = replies[name]
         print(
             f"  {label:<34}"
@@ -532,6 +535,7 @@ def _print_streaming(replies: dict[str, list[_Reply]], rounds: int, turns: int, 
             f"{_median(rows, lambda r: r.net_ttft) * 1e3:7.1f} ms"
             f"{_median(rows, lambda r: r.tokens_per_second):10.0f}"
             f"{_median(rows, lambda r: r.deltas):8.0f}"
+            f"{_median(rows, lambda r: r.events):8.0f}"
             f"{_median(rows, lambda r: r.prompt_tokens):8.0f}"
             f"{_median(rows, lambda r: r.prompt_reused):8.0f}"
         )
@@ -574,7 +578,8 @@ def _print_streaming(replies: dict[str, list[_Reply]], rounds: int, turns: int, 
         "\n    outside the engine calls: per turn, the client's TTFT less svc_conversation's own timings of its"
         "\n    two engine calls: the platform's share, free of the engine's turn-to-turn variation (the steadier"
         "\n    figure); the PRIMARY call line is the rest of the net difference (engine and machine noise)."
-        "\n  tokens/s: the PRIMARY call's deltas less one over the time between its first and last delta;"
+        "\n  tokens/s: the PRIMARY call's tokens less one over the time between its first and last delta (the"
+        "\n    platform's tokens as the engine counted them, coalesced into fewer delta events after the first);"
         "\n    the engine samples (temperature of the profile), so the two paths' replies differ in text and"
         "\n    length; client/record compares the same replies, as delivered and as the engine sent them."
         "\n  prompt, cached: the PRIMARY prompt's tokens and those reused from the previous call, per the engine's log."
@@ -599,7 +604,7 @@ class _Interrupted:
 
 
 async def _interrupt_turn(stub: AsyncStub, user: _User) -> _Interrupted:
-    """A turn interrupted at its PRIMARY call's first token, through Envoy and the gateway."""
+    """A turn interrupted at its PRIMARY call's first token, through Envoy to svc_conversation."""
     session = await _create_session(stub, user, user.bearer)
     call = stub.StreamEvents(pb.StreamEventsRequest(session=session), metadata=user.bearer, timeout=300)
     stream = call.__aiter__()
@@ -657,7 +662,7 @@ async def _interrupts(stack: RunningStack, user: _User, count: int) -> None:
         return f"  {label:<58}{statistics.median(ordered) * 1e3:8.1f} ms  max {ordered[-1] * 1e3:8.1f} ms"
 
     print(
-        f"\ninterrupts: {count} turns through Envoy + gateway, each interrupted at its PRIMARY call's first"
+        f"\ninterrupts: {count} turns through Envoy + svc_conversation, each interrupted at its PRIMARY call's first"
         " token;\ntimes from sending InterruptTurn, as the client saw them (goal: generation and pending tools"
         " stop within 200 ms)\n"
     )

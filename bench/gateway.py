@@ -1,22 +1,34 @@
-"""The gateway's overhead on a unary call, against the service called directly, one run.
+"""The public path: a unary call through Envoy against the service that owns it, one run.
 
-Starts only what the public path of one unary call needs: PostgreSQL, Redis and OpenFGA;
-svc_policy, svc_profiles (a new session's persona), svc_conversation and svc_gateway; Envoy in
-front of the gateway. Kafka is not
-started: nothing on this path publishes (the services' outbox relays retry in the
-background). The gateway's rate limits are raised out of the way; every call still takes
-its tokens from the tenant's and the user's buckets.
+No Python process forwards a public call any more: Envoy routes each public method straight
+to the service that owns it (deploy/envoy/envoy.yaml, generated from the contract), and that
+service admits the call itself in its server interceptor (skm_runtime.gate: the bearer
+token, the constitution hash, the rate limits, authz through svc_policy, each with its
+cache). svc_gateway is started but is on no path (it serves health, reflection and
+METHOD_NOT_PUBLIC): its CPU should read ~0. The old bench's bare Python hop is gone with
+the hop it stood for.
+
+Starts only what the path of one unary call needs: PostgreSQL, Redis and OpenFGA;
+svc_policy, svc_profiles (a new session's persona), svc_conversation and svc_gateway; Envoy
+routing each public method to its owner. Kafka is not started: nothing on this path
+publishes (the services' outbox relays retry in the background; see idle CPU below). The
+rate limits (SKM_ADMISSION_*, on every service) are raised out of the way; every admitted
+call still takes its tokens from the tenant's and the user's buckets.
 
 ConversationService.GetSession, made sequentially (one call in flight) in alternating
 rounds, on these paths to the same session:
-  direct    svc_conversation itself, the principal in metadata as the gateway sets it
-  hop       a bare grpc.aio pass-through (this module run as `hop`: bytes in, bytes out, the
-            caller's metadata passed on, nothing checked): what any Python hop costs
-  gateway   svc_gateway's own port (token, constitution hash, rate limits, policy, forward)
-  envoy     Envoy + svc_gateway: a client's path
-Reported: p50/p99 latency (the client's own clock), and the CPU time (user + system) each
-process on the way spent per call, the client excepted. Overheads are differences of
-medians of the rounds' percentiles.
+  direct    svc_conversation's port, a principal signed with the mesh key (how services
+            call each other): no admission
+  token     svc_conversation's port with the bearer token: admission in the service, no Envoy
+  envoy     Envoy's port with the bearer token: a client's path
+Reported: p50/p99 latency (the client's own clock; overheads are differences of the medians
+of the rounds' percentiles), and the CPU time (user + system) each process spent per call,
+the client excepted, less what it spends idle (outbox relays retrying Kafka, leases and
+caches refreshed in the background; a second sampled before each round, pooled over the
+rounds) times the calls' duration. PostgreSQL counts its postmaster and every backend. Then: the public
+path's overhead (envoy - direct) split into admission (token - direct) and Envoy's hop
+(envoy - token), the admission's Python CPU per call (svc_conversation's CPU on token less
+on direct) and Envoy's CPU per call.
 
 Usage: python -m bench gateway [--rounds N] [--calls N]
 """
@@ -24,41 +36,60 @@ Usage: python -m bench gateway [--rounds N] [--calls N]
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from bench.conversation import ConversationStub, _create_session, _new_user
-from bench.measure import bench_services, cpu_seconds
+from bench.measure import CpuMeter, CpuRun, bench_services
 from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
-from tests.support.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-_UNLIMITED = "1000000"
-_SERVICES = ("policy", "profiles", "conversation", "gateway")
-_GATEWAY_ENV = {
-    "SKM_GATEWAY_TENANT_RATE_PER_SECOND": _UNLIMITED,
-    "SKM_GATEWAY_TENANT_BURST": _UNLIMITED,
-    "SKM_GATEWAY_USER_RATE_PER_SECOND": _UNLIMITED,
-    "SKM_GATEWAY_USER_BURST": _UNLIMITED,
-}
+# What a public call to svc_conversation needs, and svc_gateway, to show it is off the path.
+SERVICES = ("policy", "profiles", "conversation", "gateway")
 _PATHS = {
-    "direct": "svc_conversation direct",
-    "hop": "bare grpc.aio hop",
-    "gateway": "svc_gateway's port",
-    "envoy": "Envoy + svc_gateway",
+    "direct": "direct: svc_conversation, mesh principal",
+    "token": "token: svc_conversation, bearer token",
+    "envoy": "envoy: Envoy, bearer token (a client)",
 }
+_IDLE_SECONDS = 1.0
+
+
+@contextmanager
+def path_stack(prefix: str) -> Iterator[RunningStack]:
+    """PostgreSQL, Redis, OpenFGA, the `SERVICES` (rate limits out of the way) and Envoy
+    routing each public method to its owner; stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as state:
+        Path(state).chmod(0o755)  # PostgreSQL runs as its own user and must reach its data
+        stack = Stack(
+            state_dir=Path(state), components=("postgres", "redis", "openfga"), ports=EPHEMERAL_PORTS, durable=False
+        ).start()
+        try:
+            stack.start_services(bench_services({}, SERVICES))
+            stack.start_envoy()
+            yield stack
+        finally:
+            stack.stop()
+
+
+def path_processes(stack: RunningStack) -> dict[str, int]:
+    """The processes a public call may touch, by name (PostgreSQL: the root of its tree)."""
+    if stack.envoy is None or stack.redis is None or stack.postgres is None:
+        raise RuntimeError("the stack runs no Envoy, Redis or PostgreSQL")
+    return {
+        "conversation": stack.services["conversation"].process.pid,
+        "envoy": stack.envoy.process.pid,
+        "gateway": stack.services["gateway"].process.pid,
+        "policy": stack.services["policy"].process.pid,
+        "redis": stack.redis.process.pid,
+        "postgres": stack.postgres.process.pid,
+    }
 
 
 def _ms(samples: list[float], q: float) -> float:
@@ -66,38 +97,25 @@ def _ms(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
-@contextmanager
-def _hop(target: str) -> Iterator[tuple[str, int]]:
-    addr = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.gateway", "hop", addr, target], cwd=ROOT)
-    try:
-        yield addr, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-
-
-async def _measure(stack: RunningStack, hop: tuple[str, int], rounds: int, calls: int) -> None:
-    if stack.envoy is None or stack.redis is None:
-        raise RuntimeError("the stack runs no Envoy or no Redis")
+async def _measure(stack: RunningStack, rounds: int, calls: int) -> None:
+    if stack.envoy is None:
+        raise RuntimeError("the stack runs no Envoy")
     user = await _new_user(stack)
-    processes = {
-        "conversation": stack.services["conversation"].process.pid,
-        "hop": hop[1],
-        "gateway": stack.services["gateway"].process.pid,
-        "policy": stack.services["policy"].process.pid,
-        "redis": stack.redis.process.pid,
-        "envoy": stack.envoy.process.pid,
-    }
+    processes = path_processes(stack)
+    meter = CpuMeter(processes)
+    conversation = stack.services["conversation"].addr
     targets = {
-        "direct": (stack.services["conversation"].addr, user.forwarded),
-        "hop": (hop[0], user.forwarded),
-        "gateway": (stack.services["gateway"].addr, user.bearer),
+        "direct": (conversation, user.forwarded),
+        "token": (conversation, user.bearer),
         "envoy": (stack.envoy_url.removeprefix("http://"), user.bearer),
     }
-    channels = {name: grpc.aio.insecure_channel(addr) for name, (addr, _) in targets.items()}
+    # One channel (one connection) per path, so no path waits behind another's.
+    channels = {
+        name: grpc.aio.insecure_channel(addr, options=(("grpc.use_local_subchannel_pool", 1),))
+        for name, (addr, _) in targets.items()
+    }
     latencies: dict[str, list[list[float]]] = {name: [] for name in targets}
-    cpu: dict[str, dict[str, list[float]]] = {name: {proc: [] for proc in processes} for name in targets}
+    runs: dict[str, list[CpuRun]] = {name: [] for name in targets}
     try:
         for channel in channels.values():
             await asyncio.wait_for(channel.channel_ready(), 20)
@@ -113,116 +131,87 @@ async def _measure(stack: RunningStack, hop: tuple[str, int], rounds: int, calls
             for _ in range(200):  # warm connections and every cache on the way
                 await one()
         for index in range(rounds):
-            print(f"gateway round {index + 1}/{rounds} ...", file=sys.stderr, flush=True)
+            print(f"public path round {index + 1}/{rounds} ...", file=sys.stderr, flush=True)
+            await meter.sample_idle(_IDLE_SECONDS)
             for name, one in paths.items():
                 samples = []
-                used = {proc: cpu_seconds((pid,)) for proc, pid in processes.items()}
+                before, started = meter.read(), time.perf_counter()
                 for _ in range(calls):
                     start = time.perf_counter()
                     await one()
                     samples.append(time.perf_counter() - start)
-                for proc, pid in processes.items():
-                    cpu[name][proc].append((cpu_seconds((pid,)) - used[proc]) / calls)
+                runs[name].append(meter.since(before, started, calls))
                 latencies[name].append(samples)
     finally:
         for channel in channels.values():
             await channel.close()
 
+    cpu = {name: [meter.per_call(run) for run in path_runs] for name, path_runs in runs.items()}
+
     def p(name: str, q: float) -> float:
         return statistics.median(_ms(run, q) for run in latencies[name])
 
     def us(name: str, process: str) -> float:
-        return statistics.median(cpu[name][process]) * 1e6
+        return statistics.median(run[process] for run in cpu[name]) * 1e6
 
     print(
-        f"\nunary ConversationService.GetSession, sequential calls: median of {rounds} alternating rounds, "
-        f"{calls} calls each\n"
+        f"\nunary ConversationService.GetSession, one call in flight: median of {rounds} alternating rounds, "
+        f"{calls} calls a path each\n"
     )
-    print(f"  {'':<24} {'p50':>9} {'p99':>10}    CPU us a call: " + " ".join(f"{proc:>12}" for proc in processes))
+    print(f"  {'':<42}{'p50':>9}{'p99':>11}   CPU us a call:" + "".join(f"{proc:>13}" for proc in processes))
     for name, label in _PATHS.items():
         print(
-            f"  {label:<24} {p(name, 0.5):6.3f} ms {p(name, 0.99):7.3f} ms                   "
-            + " ".join(f"{us(name, process):12.0f}" for process in processes)
+            f"  {label:<42}{p(name, 0.5):6.3f} ms{p(name, 0.99):8.3f} ms   {'':<14}"
+            + "".join(f"{us(name, proc):13.1f}" for proc in processes)
         )
 
-    def over(a: str, b: str, q: float) -> float:
-        return p(a, q) - p(b, q)
+    def over(a: str, b: str) -> str:
+        return f"p50 {p(a, 0.5) - p(b, 0.5):+.3f} ms   p99 {p(a, 0.99) - p(b, 0.99):+.3f} ms"
 
+    admission = us("token", "conversation") - us("direct", "conversation")
+    lines: Sequence[tuple[str, str, str]] = (
+        (
+            "the public path's overhead (envoy - direct)",
+            over("envoy", "direct"),
+            "(goal p50 <= +0.5 ms, p99 <= +1.5 ms)",
+        ),
+        ("  of which admission in the service (token - direct)", over("token", "direct"), ""),
+        ("  of which Envoy's hop (envoy - token)", over("envoy", "token"), ""),
+        (
+            "admission's Python CPU a call (svc_conversation: token - direct)",
+            f"{admission:6.1f} us",
+            "(goal <= 60 us)",
+        ),
+        (
+            "  and on the envoy path (svc_conversation: envoy - direct)",
+            f"{us('envoy', 'conversation') - us('direct', 'conversation'):6.1f} us",
+            "",
+        ),
+        ("Envoy's CPU a call (envoy path)", f"{us('envoy', 'envoy'):6.1f} us", ""),
+        (
+            "svc_gateway's CPU a call (envoy path; not on it, so ~0)",
+            f"{us('envoy', 'gateway'):6.1f} us",
+            "",
+        ),
+        (
+            "svc_policy, Redis a call (token path: decisions, leases, refreshes)",
+            f"{us('token', 'policy'):6.1f} us, {us('token', 'redis'):.1f} us",
+            "",
+        ),
+    )
+    print()
+    for label, value, goal in lines:
+        print(f"  {label:<70}{value}   {goal}".rstrip())
     print(
-        f"\n  gateway overhead (Envoy + gateway - direct)  p50 {over('envoy', 'direct', 0.5):+.3f} ms"
-        f"   p99 {over('envoy', 'direct', 0.99):+.3f} ms   (goal p50 <= +0.5 ms)"
-        f"\n    of which svc_gateway                      p50 {over('gateway', 'direct', 0.5):+.3f} ms"
-        f"   p99 {over('gateway', 'direct', 0.99):+.3f} ms"
-        f"\n      a bare Python hop alone                 p50 {over('hop', 'direct', 0.5):+.3f} ms"
-        f"   p99 {over('hop', 'direct', 0.99):+.3f} ms"
-        f"\n      the gateway's own work                  p50 {over('gateway', 'hop', 0.5):+.3f} ms"
-        f"\n    of which Envoy                            p50 {over('envoy', 'gateway', 0.5):+.3f} ms"
-        f"   p99 {over('envoy', 'gateway', 0.99):+.3f} ms"
-        f"\n  CPU a call, the client excepted: svc_gateway {us('envoy', 'gateway'):.0f} us,"
-        f" Envoy {us('envoy', 'envoy'):.0f} us, Redis {us('envoy', 'redis'):.0f} us,"
-        f" svc_policy {us('envoy', 'policy'):.0f} us (on the Envoy path);"
-        f" the bare hop {us('hop', 'hop'):.0f} us"
+        "\n  CPU: the run time (user + system) of each process's threads over a path's calls (/proc schedstat,"
+        "\n    in ns), less the process's idle rate times their duration, per call; the client (this process)"
+        f"\n    not counted. Idle CPU subtracted (us per second of wall time, over {rounds} x {_IDLE_SECONDS:.0f} s):"
+        "\n    " + ", ".join(f"{proc} {rate * 1e6:.0f}" for proc, rate in meter.idle_rates().items())
     )
 
 
 def main(rounds: int = 5, calls: int = 2000) -> None:
     """Starts the path's servers and services, measures, prints, stops them."""
-    print("\n== the gateway: a unary call through Envoy + svc_gateway against the service direct ==", flush=True)
-    with tempfile.TemporaryDirectory(prefix="skm-bench-gateway-") as state:
-        Path(state).chmod(0o755)  # PostgreSQL runs as its own user and must reach its data
-        stack = Stack(
-            state_dir=Path(state), components=("postgres", "redis", "openfga"), ports=EPHEMERAL_PORTS, durable=False
-        ).start()
-        try:
-            stack.start_services(bench_services({"gateway": _GATEWAY_ENV}, _SERVICES))
-            stack.start_envoy()
-            with _hop(stack.services["conversation"].addr) as hop:
-                asyncio.run(_measure(stack, hop, rounds, calls))
-        finally:
-            stack.stop()
-
-
-# -- the bare hop ----------------------------------------------------------------------------
-
-
-class _PassThrough(grpc.GenericRpcHandler):
-    """Every unary call forwarded as bytes with the caller's metadata; nothing checked."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._channel = channel
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        path: str = handler_call_details.method
-        handler = self._handlers.get(path)
-        if handler is None:
-            forward: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(path)
-
-            async def unary(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-                metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if not k.startswith(":"))
-                response: bytes = await forward(request, metadata=metadata, timeout=context.time_remaining())
-                return response
-
-            handler = self._handlers[path] = grpc.unary_unary_rpc_method_handler(unary)
-        return handler
-
-
-async def _serve_hop(addr: str, target: str) -> None:
-    channel = grpc.aio.insecure_channel(target)
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_PassThrough(channel),))
-    server.add_insecure_port(addr)
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(1)
-    await channel.close()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "hop":
-        asyncio.run(_serve_hop(sys.argv[2], sys.argv[3]))
-    else:
-        print("usage: python -m bench.gateway hop ADDR TARGET (the bench itself: python -m bench gateway)")
-        raise SystemExit(os.EX_USAGE)
+    print("\n== the public path: a unary call through Envoy against the service direct ==", flush=True)
+    with path_stack("skm-bench-gateway-") as stack:
+        asyncio.run(_measure(stack, rounds, calls))

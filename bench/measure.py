@@ -1,4 +1,5 @@
-"""Client-side measurements shared by the benches: unary echo and a bidi PCM-frame stream."""
+"""Client-side measurements shared by the benches: unary echo, a bidi PCM-frame stream, the
+CPU of the processes on a path, and the services a bench starts."""
 
 from __future__ import annotations
 
@@ -38,6 +39,126 @@ def cpu_seconds(pids: tuple[int, ...]) -> float:
             fields = stat.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from the parent ids in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended while listed
+        children.setdefault(parent, []).append(int(entry))
+    return children
+
+
+def process_tree(pid: int, children: Mapping[int, list[int]] | None = None) -> tuple[int, ...]:
+    """`pid` and every process below it (PostgreSQL: the postmaster, or the `runuser` in front
+    of it when run as root, and its backends)."""
+    children = _children() if children is None else children
+    tree, pending = [pid], [pid]
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            tree.append(child)
+            pending.append(child)
+    return tuple(tree)
+
+
+_SCHEDSTAT = os.path.exists("/proc/self/schedstat")
+
+
+def _thread_seconds(pid: int) -> dict[tuple[int, int], float]:
+    """CPU seconds each thread of `pid` has run (user + system), by (pid, thread id): from
+    /proc/<pid>/task/<tid>/schedstat, in nanoseconds; where the kernel keeps no schedstat,
+    the process's own total in ticks of /proc/<pid>/stat (10 ms)."""
+    if not _SCHEDSTAT:
+        return {(pid, 0): cpu_seconds((pid,))}
+    threads: dict[tuple[int, int], float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                threads[(pid, int(tid))] = int(stat.read().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended while listed
+    return threads
+
+
+CpuReading = dict[str, dict[tuple[int, int], float]]
+
+
+@dataclass(frozen=True)
+class CpuRun:
+    """What each process spent (CPU seconds, by name) over `count` calls or frames that took
+    `elapsed` seconds of wall time."""
+
+    used: Mapping[str, float]
+    elapsed: float
+    count: int
+
+
+class CpuMeter:
+    """CPU seconds of named processes, each with every process below it (see
+    `process_tree`), read together thread by thread, and what they spend idle: a path's CPU
+    per call is what it spent over the calls less its idle rate times their duration (outbox
+    relays retrying Kafka, leases, caches refreshed in the background run whether or not
+    calls come).
+
+    Threads and processes are listed at each reading: one that starts between two readings
+    counts whole, one that ends loses what it ran since the first (a process's threads, the
+    backends of a connection pool, live as long as the process). The idle rate is pooled
+    over every window sampled (`sample_idle`) before it is subtracted (`per_call`)."""
+
+    def __init__(self, roots: Mapping[str, int]) -> None:
+        self._roots = dict(roots)
+        self._idle = dict.fromkeys(roots, 0.0)
+        self._idle_seconds = 0.0
+
+    def read(self) -> CpuReading:
+        """Each name's threads and the CPU seconds each has run so far."""
+        children = _children()
+        reading: CpuReading = {}
+        for name, root in self._roots.items():
+            threads: dict[tuple[int, int], float] = {}
+            for pid in process_tree(root, children):
+                try:
+                    threads.update(_thread_seconds(pid))
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # ended since listed
+            reading[name] = threads
+        return reading
+
+    @staticmethod
+    def _spent(before: CpuReading, after: CpuReading) -> dict[str, float]:
+        return {
+            name: sum(seconds - before[name].get(thread, 0.0) for thread, seconds in threads.items())
+            for name, threads in after.items()
+        }
+
+    def since(self, before: CpuReading, started: float, count: int) -> CpuRun:
+        """What each spent since `before` was read at `started` (perf_counter), over `count`."""
+        elapsed = time.perf_counter() - started
+        return CpuRun(self._spent(before, self.read()), elapsed, count)
+
+    async def sample_idle(self, seconds: float) -> None:
+        """Adds `seconds` of nothing asked of the processes to the idle windows."""
+        before, start = self.read(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        self._idle_seconds += time.perf_counter() - start
+        for name, spent in self._spent(before, self.read()).items():
+            self._idle[name] += spent
+
+    def idle_rates(self) -> dict[str, float]:
+        """CPU seconds per second each spent idle, over every window sampled."""
+        return {name: used / self._idle_seconds if self._idle_seconds else 0.0 for name, used in self._idle.items()}
+
+    def per_call(self, run: CpuRun) -> dict[str, float]:
+        """CPU seconds per call (or frame) of each process in `run`, less its idle rate."""
+        rates = self.idle_rates()
+        return {name: (used - rates[name] * run.elapsed) / run.count for name, used in run.used.items()}
 
 
 def _ms(samples: list[float], q: float) -> float:
@@ -115,15 +236,30 @@ def median_figures(runs: list[Figures]) -> Figures:
     )
 
 
-def bench_services(extra_env: Mapping[str, Mapping[str, str]], only: Collection[str] | None = None) -> list[Any]:
+# The admission's rate limits at their highest (SKM_ADMISSION_*, read by every service that
+# owns public methods), out of a bench's way: each admitted call still takes its tokens from
+# the tenant's and the user's buckets (leased from Redis a few at a time).
+UNLIMITED_RATES = {
+    f"SKM_ADMISSION_{name}": "1000000"
+    for name in ("TENANT_RATE_PER_SECOND", "TENANT_BURST", "USER_RATE_PER_SECOND", "USER_BURST")
+}
+
+
+def bench_services(
+    extra_env: Mapping[str, Mapping[str, str]],
+    only: Collection[str] | None = None,
+    *,
+    every: Mapping[str, str] = UNLIMITED_RATES,
+) -> list[Any]:
     """The stack's services on free ports, health-checked on every service they own, quiet
-    (warnings only), with `extra_env[name]` added; all of them, or those named in `only`."""
+    (warnings only), with `every` (by default the rate limits out of the way) and then
+    `extra_env[name]` added; all of them, or those named in `only`."""
     return [
         replace(
             spec,
             port=0,
             health_services=("", *services_of(spec.name)),
-            extra_env={"SKM_LOG_LEVEL": "WARNING", **extra_env.get(spec.name, {})},
+            extra_env={"SKM_LOG_LEVEL": "WARNING", **every, **extra_env.get(spec.name, {})},
         )
         for spec in default_services(env={})
         if only is None or spec.name in only
