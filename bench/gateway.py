@@ -46,9 +46,11 @@ from pathlib import Path
 
 import grpc
 
-from bench.conversation import ConversationStub, _create_session, _new_user
-from bench.measure import CpuMeter, CpuRun, bench_services
+from bench.conversation import ConversationStub, _create_session, _new_user, _User
+from bench.measure import UNLIMITED_RATES, CpuMeter, CpuRun, bench_services
 from skm.conversation.v1 import conversation_service_pb2 as pb
+from skm_runtime.gate import AdmissionSettings, Gate
+from skm_runtime.server import RuntimeSettings, open_channel
 from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack
 
 # What a public call to svc_conversation needs, and svc_gateway, to show it is off the path.
@@ -59,6 +61,7 @@ _PATHS = {
     "envoy": "envoy: Envoy, bearer token (a client)",
 }
 _IDLE_SECONDS = 1.0
+_GET_SESSION = "/skm.conversation.v1.ConversationService/GetSession"
 
 
 @contextmanager
@@ -133,7 +136,9 @@ async def _measure(stack: RunningStack, rounds: int, calls: int) -> None:
         for index in range(rounds):
             print(f"public path round {index + 1}/{rounds} ...", file=sys.stderr, flush=True)
             await meter.sample_idle(_IDLE_SECONDS)
-            for name, one in paths.items():
+            order = list(paths.items())
+            # Each round starts with another path: no path always follows the idle sample.
+            for name, one in order[index % len(order) :] + order[: index % len(order)]:
                 samples = []
                 before, started = meter.read(), time.perf_counter()
                 for _ in range(calls):
@@ -142,6 +147,7 @@ async def _measure(stack: RunningStack, rounds: int, calls: int) -> None:
                     samples.append(time.perf_counter() - start)
                 runs[name].append(meter.since(before, started, calls))
                 latencies[name].append(samples)
+        alone = await _admission_alone(stack, user, request, calls)
     finally:
         for channel in channels.values():
             await channel.close()
@@ -187,6 +193,11 @@ async def _measure(stack: RunningStack, rounds: int, calls: int) -> None:
             f"{us('envoy', 'conversation') - us('direct', 'conversation'):6.1f} us",
             "",
         ),
+        (
+            "  admission alone, in this process (token .. policy; see below)",
+            f"{alone * 1e6:6.1f} us",
+            "(goal <= 60 us)",
+        ),
         ("Envoy's CPU a call (envoy path)", f"{us('envoy', 'envoy'):6.1f} us", ""),
         (
             "svc_gateway's CPU a call (envoy path; not on it, so ~0)",
@@ -203,11 +214,50 @@ async def _measure(stack: RunningStack, rounds: int, calls: int) -> None:
     for label, value, goal in lines:
         print(f"  {label:<70}{value}   {goal}".rstrip())
     print(
+        "\n  admission alone: the gate's steps for the same call (the token, the constitution hash, the rate"
+        "\n    limits, policy on the session) run in this process against the stack's own Redis and svc_policy,"
+        "\n    every cache as a service has it; CPU of this process per call (time.process_time), less nothing:"
+        "\n    the steadier figure, free of the services' call-to-call noise that the difference above carries."
         "\n  CPU: the run time (user + system) of each process's threads over a path's calls (/proc schedstat,"
         "\n    in ns), less the process's idle rate times their duration, per call; the client (this process)"
         f"\n    not counted. Idle CPU subtracted (us per second of wall time, over {rounds} x {_IDLE_SECONDS:.0f} s):"
         "\n    " + ", ".join(f"{proc} {rate * 1e6:.0f}" for proc, rate in meter.idle_rates().items())
     )
+
+
+async def _admission_alone(stack: RunningStack, user: _User, request: pb.GetSessionRequest, calls: int) -> float:
+    """CPU seconds of this process per admission of `request` with the user's token, through a
+    gate like the services' (SKM_ADMISSION_* as the bench gives them) on the stack's servers."""
+    env = stack.service_env()
+    settings = AdmissionSettings(
+        jwks_file=env["SKM_ADMISSION_JWKS_FILE"],
+        policy_addr=stack.services["policy"].addr,
+        redis_url=stack.redis_url,
+        tenant_rate_per_second=float(UNLIMITED_RATES["SKM_ADMISSION_TENANT_RATE_PER_SECOND"]),
+        tenant_burst=float(UNLIMITED_RATES["SKM_ADMISSION_TENANT_BURST"]),
+        user_rate_per_second=float(UNLIMITED_RATES["SKM_ADMISSION_USER_RATE_PER_SECOND"]),
+        user_burst=float(UNLIMITED_RATES["SKM_ADMISSION_USER_BURST"]),
+    )
+    channel = open_channel(settings.policy_addr, RuntimeSettings())
+    gate = await Gate.open(settings, channel)
+    try:
+        rule = gate.rule(_GET_SESSION)
+        if rule is None:
+            raise RuntimeError(f"{_GET_SESSION} is no public method")
+
+        async def admit() -> None:
+            principal = await gate.admit_caller(user.bearer, rule)
+            await gate.authorize(principal, rule, request)
+
+        for _ in range(200):  # every cache filled, a lease taken
+            await admit()
+        started = time.process_time()
+        for _ in range(calls):
+            await admit()
+        return (time.process_time() - started) / calls
+    finally:
+        await gate.close()
+        await channel.close()
 
 
 def main(rounds: int = 5, calls: int = 2000) -> None:

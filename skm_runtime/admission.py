@@ -25,6 +25,7 @@ Pure: no grpc, no generated code, no drivers; the ports below are what it needs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -114,13 +115,14 @@ class Policy(Protocol):
 MEMBERSHIP = "can_converse"
 # OpenFGA's limit on an object ("{type}:{id}"); longer ones it refuses as malformed.
 _MAX_OBJECT_CHARS = 256
-# Characters OpenFGA reads as syntax in an object (type, relation, user, wildcard).
-_RESERVED = frozenset("#:*@")
+# A segment without white space or a character OpenFGA reads as syntax in an object (type,
+# relation, user, wildcard); one regular expression, as it is asked on every public call.
+_SEGMENT = re.compile(r"[^\s#:*@]+")
 
 
 def _well_formed(segment: str) -> bool:
     """A name segment policy can be asked about: printable, no white space, no OpenFGA syntax."""
-    return bool(segment) and segment.isprintable() and not any(c.isspace() or c in _RESERVED for c in segment)
+    return segment.isprintable() and _SEGMENT.fullmatch(segment) is not None
 
 
 def object_of(rule: Rule, resource: str, tenant: str) -> str:

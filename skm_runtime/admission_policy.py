@@ -69,11 +69,22 @@ class GrpcAdmissionPolicy:
     async def allows(
         self, principal: Principal, permission: str, object_: str, also: Sequence[str] = ()
     ) -> PolicyAnswer:
+        subject = f"user:{principal.user}"
+        decision = self._decisions.remembered(subject, permission, object_)
+        if decision is None:
+            decision = await self._ask(principal, subject, permission, object_, also)
+        allowed = decision.verdict == policy_decision_pb2.VERDICT_ALLOW
+        held = decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
+        return PolicyAnswer(allowed, decision.reason, decision.decision_id, requires_approval=held)
+
+    async def _ask(
+        self, principal: Principal, subject: str, permission: str, object_: str, also: Sequence[str]
+    ) -> policy_decision_pb2.PolicyDecision:
         request = policy_service_pb2.CheckRequest(
-            check=access_pb2.AccessCheck(subject=f"user:{principal.user}", relation=permission, object=object_)
+            check=access_pb2.AccessCheck(subject=subject, relation=permission, object=object_)
         )
         try:
-            decision = await self._decisions.check(
+            return await self._decisions.check(
                 request, metadata=principal_metadata(principal_message(principal)), also=also
             )
         except grpc.aio.AioRpcError as error:
@@ -88,9 +99,6 @@ class GrpcAdmissionPolicy:
             raise PolicyUnavailable(
                 "the policy service cannot decide; the call is refused", metadata={"code": error.code().name}
             ) from None
-        allowed = decision.verdict == policy_decision_pb2.VERDICT_ALLOW
-        held = decision.verdict == policy_decision_pb2.VERDICT_REQUIRES_APPROVAL
-        return PolicyAnswer(allowed, decision.reason, decision.decision_id, requires_approval=held)
 
     async def current_sha256(self, tenant: str) -> str:
         cached = self._hashes.get(tenant)

@@ -224,6 +224,21 @@ class PolicyClient:
             self._started = True
             self._changes.start()
 
+    def remembered(self, subject: str, relation: str, object_: str) -> policy_decision_pb2.PolicyDecision | None:
+        """The verdict `check` would reuse for this question (no context, default
+        consistency) without asking, or None: for callers that ask the same questions many
+        times a second (admission), so that a reused verdict costs no request to build."""
+        if not self._started or not self.caching:
+            return None
+        key = (subject, relation, object_, b"")
+        entry = self._cache.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        if entry[4] != self._changes_seen.generation(object_tenant(object_)):
+            return None
+        self._cache.move_to_end(key)
+        return policy_decision_pb2.PolicyDecision(verdict=entry[1], reason=entry[2], decision_id=entry[3])
+
     async def close(self) -> None:
         self._started = True  # never again
         await self._changes.close()

@@ -139,6 +139,28 @@ async def test_a_revocation_through_svc_policy_ends_a_remembered_allow_in_anothe
     assert decision.reason == "NOT_A_TENANT_MEMBER"
 
 
+async def test_what_check_would_reuse_is_remembered_without_a_request_and_nothing_else(
+    client: PolicyClient, channel: grpc.aio.Channel, tenant: str
+) -> None:
+    """`remembered`, admission's fast path, says exactly what `check` would reuse."""
+    subject, relation, object_ = f"user:{tenant}/users/olga", "can_operate", f"tenant:{tenant}"
+    grant = rel(subject, "operator", object_)
+    await write(channel, tenant, grant)
+    assert client.remembered(subject, relation, object_) is None, "nothing asked yet"
+    first = await client.check(question(subject, relation, object_), rpc_timeout=10)
+    remembered = client.remembered(subject, relation, object_)
+    assert remembered is not None
+    assert (remembered.verdict, remembered.decision_id) == (ALLOW, first.decision_id)
+    assert client.remembered(subject, "can_administer", object_) is None, "another relation was not asked"
+
+    await delete(channel, tenant, grant)
+
+    async def forgotten() -> bool:
+        return client.remembered(subject, relation, object_) is None
+
+    await eventually(forgotten, 10.0)  # the TTL is 600 s: only the announcement ends it
+
+
 async def test_a_grant_through_svc_policy_ends_a_remembered_deny(
     client: PolicyClient, channel: grpc.aio.Channel, tenant: str
 ) -> None:

@@ -88,6 +88,9 @@ class _RefusingClient:
     def __init__(self, error: grpc.aio.AioRpcError) -> None:
         self.error = error
 
+    def remembered(self, subject: str, relation: str, object_: str) -> None:
+        return None  # nothing remembered: every question is asked
+
     async def check(self, request: Any, **options: Any) -> Any:
         raise self.error
 
