@@ -393,7 +393,7 @@ def parser() -> argparse.ArgumentParser:
         "relationships",
         parents=[common],
         help="grant, revoke or read who may do what (OpenFGA relationships of a tenant)",
-        description="Relationships of a tenant in policy: as a tenant admin through the gateway (with a token),"
+        description="Relationships of a tenant in policy: as a tenant admin through Envoy (with a token),"
         " or with --mesh as the mesh's operator, straight to svc_policy, each call signed with the mesh key"
         " (how a tenant's first admin is named).",
         epilog="e.g. skm relationships write --mesh --tenant t1 user:tenants/t1/users/alice admin tenant:tenants/t1",

@@ -2,9 +2,9 @@
 
 One bidi stream carries the user's commands (send_message, interrupt_turn, ...) out and
 the session's numbered events back. A turn does not depend on the stream, and the stream
-may end under us (Envoy ends streams idle for 5 minutes, the gateway any stream after an
-hour, svc_conversation restarts), so the reader re-attaches after the last event it saw and
-sends again the commands the server has not answered yet (they carry idempotency keys).
+may end under us (Envoy ends streams idle for 5 minutes, svc_conversation restarts), so
+the reader re-attaches after the last event it saw and sends again the commands the server
+has not answered yet (they carry idempotency keys).
 
 Threads: a reader thread receives and shows the events; the main thread reads the user's
 lines, sends commands and waits for their turns to end, so Ctrl-C (delivered to the main
@@ -103,7 +103,7 @@ def _compact(text: str) -> str:
 
 
 def tenant_of(token: str) -> str:
-    """The token's `tenant` claim, read without verifying the token (the gateway verifies it)."""
+    """The token's `tenant` claim, read without verifying the token (the service that admits the call verifies it)."""
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.InvalidTokenError as error:
