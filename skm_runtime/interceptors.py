@@ -525,9 +525,11 @@ class _Serving:
 def outliving_context() -> contextvars.Context:
     """A copy of the current context for a task that outlives the call being served (e.g.
     a turn started by SendMessage): the trace goes on, the call's deadline does not cut the
-    task's own outbound calls."""
+    task's own outbound calls, and the principal the call was admitted with stays the call's
+    (the task carries its own, explicitly)."""
     context = contextvars.copy_context()
     context.run(_inbound_deadline.set, None)
+    context.run(_admitted.set, None)
     return context
 
 
