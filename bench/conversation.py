@@ -243,12 +243,32 @@ class _Reply:
 CpuReader = Callable[[], dict[str, float]]
 
 
+# The key of a CPU reading that holds when it was taken (time.perf_counter), not a process.
+_WALL = "_wall"
+# Each process's idle CPU (seconds of CPU a second), measured before the rounds and
+# subtracted from the CPU per token: outbox relays, lease and cache refreshes and the like
+# run whether or not a token streams.
+_IDLE: dict[str, float] = {}
+
+
 def _cpu_per_token(
     first: Mapping[str, float] | None, last: Mapping[str, float] | None, tokens: int
 ) -> dict[str, float]:
     if first is None or last is None or not tokens:
         return {}
-    return {name: (last[name] - first[name]) / tokens for name in first}
+    elapsed = last[_WALL] - first[_WALL]
+    return {
+        name: (last[name] - first[name] - _IDLE.get(name, 0.0) * elapsed) / tokens for name in first if name != _WALL
+    }
+
+
+async def _measure_idle(cpu: CpuReader, seconds: float = 3.0) -> None:
+    """Each process's CPU a second while nothing is asked of it, into _IDLE."""
+    before = cpu()
+    await asyncio.sleep(seconds)
+    after = cpu()
+    elapsed = after[_WALL] - before[_WALL]
+    _IDLE.update({name: (after[name] - before[name]) / elapsed for name in after if name != _WALL})
 
 
 _PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
@@ -478,7 +498,7 @@ async def _streaming(stack: RunningStack, user: _User, rounds: int, turns: int) 
     }
 
     def cpu() -> dict[str, float]:
-        return {name: cpu_seconds((pid,)) for name, pid in pids.items()}
+        return {name: cpu_seconds((pid,)) for name, pid in pids.items()} | {_WALL: time.perf_counter()}
 
     async def logged(one: Callable[[], Awaitable[_Reply]]) -> _Reply:
         reply = await one()
@@ -498,6 +518,7 @@ async def _streaming(stack: RunningStack, user: _User, rounds: int, turns: int) 
         for one in paths.values():  # warm connections, caches and the engine
             for _ in range(2):
                 await logged(one)
+        await _measure_idle(cpu)
         replies: dict[str, list[_Reply]] = {name: [] for name in paths}
         for index in range(rounds):
             print(f"streaming round {index + 1}/{rounds} ...", file=sys.stderr, flush=True)
@@ -583,8 +604,9 @@ def _print_streaming(replies: dict[str, list[_Reply]], rounds: int, turns: int, 
         "\n    the engine samples (temperature of the profile), so the two paths' replies differ in text and"
         "\n    length; client/record compares the same replies, as delivered and as the engine sent them."
         "\n  prompt, cached: the PRIMARY prompt's tokens and those reused from the previous call, per the engine's log."
-        "\n  CPU: user + system time of each process from the PRIMARY call's first token to its end, per token"
-        "\n    (the client, this process, not counted); the processes share this machine's cores with the engine."
+        "\n  CPU: user + system time of each process from the PRIMARY call's first token to its end, less its"
+        "\n    idle CPU over that time (measured for 3 s before the rounds), per token (the client, this"
+        "\n    process, not counted); the processes share this machine's cores with the engine."
     )
     if len(prompts) != 1:
         print(f"  NOTE: the PRIMARY prompts (tokens, cached) differ between turns: {sorted(prompts)}")
