@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 
 import grpc
 
@@ -36,13 +37,15 @@ from skm_runtime.admission import PolicyAnswer
 from skm_runtime.admission_errors import PolicyUnavailable, ResourceNameInvalid
 from skm_runtime.cache import ExpiringCache
 from skm_runtime.policy_client import PolicyClient
-from skm_runtime.principal import principal_message as wire_principal
-from skm_runtime.principal import principal_metadata
+from skm_runtime.principal import principal_message, principal_metadata
 from skm_runtime.status import error_info_of
 
 
-def principal_message(principal: Principal) -> principal_pb2.Principal:
-    return wire_principal(principal.tenant, principal.user, principal.roles)
+@lru_cache(maxsize=4096)
+def wire_principal(principal: Principal) -> principal_pb2.Principal:
+    """A principal as it goes on the wire (skm.type.v1.Principal): what servicers read and
+    what policy is asked as; made once per principal."""
+    return principal_message(principal.tenant, principal.user, principal.roles)
 
 
 class GrpcAdmissionPolicy:
@@ -85,7 +88,7 @@ class GrpcAdmissionPolicy:
         )
         try:
             return await self._decisions.check(
-                request, metadata=principal_metadata(principal_message(principal)), also=also
+                request, metadata=principal_metadata(wire_principal(principal)), also=also
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:

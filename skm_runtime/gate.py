@@ -22,7 +22,6 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,8 @@ from skm.type.v1 import principal_pb2
 from skm_runtime.access import Principal
 from skm_runtime.admission import MEMBERSHIP, Admission, Rule
 from skm_runtime.admission_errors import ResourceNameInvalid
-from skm_runtime.admission_policy import GrpcAdmissionPolicy
+from skm_runtime.admission_policy import GrpcAdmissionPolicy, wire_principal
 from skm_runtime.contract import Method, methods
-from skm_runtime.principal import principal_message
 from skm_runtime.ratelimit import RedisRateLimiter
 from skm_runtime.settings import address, bounded
 from skm_runtime.tokens import JwtVerifier
@@ -115,12 +113,6 @@ def _along(rules: Iterable[Rule]) -> dict[str, list[str]]:
     return {kind: sorted(permissions) for kind, permissions in along.items()}
 
 
-@lru_cache(maxsize=4096)
-def _wire(principal: Principal) -> principal_pb2.Principal:
-    """The principal as servicers read it (skm.type.v1.Principal), made once per principal."""
-    return principal_message(principal.tenant, principal.user, principal.roles)
-
-
 class Gate:
     """The admission of the public calls one server owns, as its interceptor asks it."""
 
@@ -199,7 +191,7 @@ class Gate:
         stream's first message: None when the stream ended before one); the principal as
         servicers read it."""
         await self._admission.authorize(principal, rule, _resource(rule, request))
-        return _wire(principal)
+        return wire_principal(principal)
 
 
 def _resource(rule: Rule, request: Any | None) -> str:

@@ -91,7 +91,13 @@ _MAX_WRAPPED = 4096
 # paths it does not name: spans and metrics carry that string instead of the client's path.
 CATCH_ALL_LABEL = "skm_catch_all_label"
 # Methods that answer callers from outside the mesh too.
-_OPEN_TO_ANYONE = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.")
+# The method-path prefixes of health and reflection (v1 and v1alpha), which every server
+# answers and svc_gateway answers through Envoy for the whole mesh.
+OPEN_TO_ANYONE = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+)
 
 
 class _Malformed:
@@ -260,7 +266,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         gate = self._gate
         deserialize = _tolerant(handler.request_deserializer, gate.max_message_bytes if gate else None)
         serialize = handler.response_serializer
-        guarded = self._mesh_only and not method.startswith(_OPEN_TO_ANYONE)
+        guarded = self._mesh_only and not method.startswith(OPEN_TO_ANYONE)
         rule = gate.rule(method) if gate is not None and guarded else None
         call = _Call(self, span_name, attributes, method if guarded else None, gate if rule else None, rule)
 

@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from skm_runtime.contract import Method, methods
+from skm_runtime.interceptors import OPEN_TO_ANYONE
 from skm_runtime.principal import CALLER_KEY, FORWARDED_BY_KEY, PRINCIPAL_KEY, PRINCIPAL_MAC_KEY
 from skm_stack.envoy import template_path
 from skm_stack.paths import REPO_ROOT
 
 GATEWAY = "gateway"
 # svc_gateway answers gRPC health and reflection for the whole mesh.
-GATEWAY_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1.ServerReflection/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-)
+GATEWAY_PREFIXES = OPEN_TO_ANYONE
 # Everything else (unknown paths, internal methods) reaches svc_gateway, which answers
 # UNIMPLEMENTED or METHOD_NOT_PUBLIC with an ErrorInfo.
 CATCH_ALL = "/"

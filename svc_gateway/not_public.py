@@ -14,12 +14,10 @@ from typing import Any
 import grpc
 
 from skm_runtime.admission_errors import MethodNotPublic
-from skm_runtime.interceptors import CATCH_ALL_LABEL
+from skm_runtime.interceptors import CATCH_ALL_LABEL, OPEN_TO_ANYONE
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# The services svc_gateway serves itself (health, reflection v1 and v1alpha).
-_OWN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.")
 _SHOWN_PATH_CHARS = 200
 
 
@@ -28,7 +26,7 @@ class NotPublic(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
         path: str = handler_call_details.method
-        if path.startswith(_OWN_SERVICES):
+        if path.startswith(OPEN_TO_ANYONE):
             return None  # served by the handlers registered for them
         return grpc.stream_stream_rpc_method_handler(_refusal(path))
 
