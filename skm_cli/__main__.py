@@ -13,9 +13,13 @@
     skm relationships read --tenant t1 --object OBJECT   who has what on an object
     skm relationships write --mesh ...                   straight to svc_policy with the mesh key
                                                          (the mesh operator, e.g. a tenant's first admin)
+    skm analytics [--since 7d --bucket 6h] [--by model]  the main series as sparklines (operators)
+    skm analytics cost [--days 30]                       model cost per day and model (billing)
+    skm audit [--session ID] [--type T ...] [--all]      the audit trail, page by page (admins)
 
 Calls read the token from --token or SKM_TOKEN and go to --url or SKM_URL
 (default http://127.0.0.1:8080). --url, --token and --json go before or after the command.
+Commands with an optional --tenant default to the token's tenant claim.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from skm.policy.v1 import (
 )
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
-from skm_cli import chat
+from skm_cli import analytics, chat
 from skm_cli.errors import CallFailed, CliError, OutputClosed
 from skm_runtime.principal import (
     MESH_KEY_FILE_VAR,
@@ -321,6 +325,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return chat.run(args, _channel(args), _token(args), _auth(args))
 
 
+def cmd_analytics(args: argparse.Namespace) -> int:
+    return analytics.run(args, _channel(args), _token(args), _auth(args))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return analytics.run_audit(args, _channel(args), _token(args), _auth(args))
+
+
 def _print(message: Any, args: argparse.Namespace) -> None:
     try:
         data = json_format.MessageToDict(message)
@@ -451,6 +463,65 @@ def parser() -> argparse.ArgumentParser:
         "default: only what happens from now on",
     )
     talk.set_defaults(run=cmd_chat)
+
+    dashboard = commands.add_parser(
+        "analytics",
+        parents=[common],
+        help="the tenant's main series as sparklines (operators); `analytics cost`: model cost per day",
+        description=analytics.DASHBOARD_DESCRIPTION,
+        epilog=analytics.DASHBOARD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dashboard.add_argument("--tenant", default="", help="tenant id (default: the token's tenant claim)")
+    dashboard.add_argument("--since", default="24h", help="start: 30m, 24h, 7d ago, an ISO 8601 time (default 24h)")
+    dashboard.add_argument("--until", default="now", help="end, exclusive: as --since, or now (default now)")
+    dashboard.add_argument("--bucket", default="1h", help="bucket width, 1m or more, e.g. 5m, 1h, 1d (default 1h)")
+    dashboard.add_argument(
+        "--persona", action="append", metavar="P", help="only this persona (its id or full name); repeatable"
+    )
+    dashboard.add_argument(
+        "--model", action="append", metavar="M", help="only this model, e.g. qwen2.5-coder-0.5b-instruct; repeatable"
+    )
+    dashboard.add_argument("--by", choices=tuple(analytics.DIMENSIONS), help="a series per persona or per model")
+    dashboard.set_defaults(run=cmd_analytics)
+    views = dashboard.add_subparsers(dest="view", metavar="{cost}")
+    cost = views.add_parser(
+        "cost",
+        parents=[common],
+        help="model cost per UTC day and model, with totals per model and currency (billing)",
+        description=analytics.COST_DESCRIPTION,
+    )
+    # SUPPRESS: a --tenant given before `cost` stays.
+    cost.add_argument("--tenant", default=argparse.SUPPRESS, help="tenant id (default: the token's tenant claim)")
+    cost.add_argument(
+        "--days", type=int, default=30, help=f"days, today included (default 30, at most {analytics.MAX_DAYS})"
+    )
+
+    audit = commands.add_parser(
+        "audit",
+        parents=[common],
+        help="the tenant's audit trail, page by page (admins)",
+        description=analytics.AUDIT_DESCRIPTION,
+        epilog=analytics.AUDIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument("--tenant", default="", help="tenant id (default: the token's tenant claim)")
+    audit.add_argument("--session", default="", help="only this session: its id or tenants/T/sessions/ID")
+    audit.add_argument(
+        "--type",
+        action="extend",
+        nargs="+",
+        metavar="TYPE",
+        help=f"only these event types (repeatable): {', '.join(analytics.EVENT_TYPES)}",
+    )
+    audit.add_argument("--since", default="", help="from: 30m, 24h, 7d ago or an ISO 8601 time (default: the oldest)")
+    audit.add_argument("--until", default="", help="to, exclusive: as --since, or now (default: now)")
+    audit.add_argument(
+        "--limit", type=int, default=100, help=f"events per page, 1 to {analytics.MAX_PAGE} (default 100)"
+    )
+    audit.add_argument("--page-token", default="", help="the page where a previous `skm audit` stopped")
+    audit.add_argument("--all", action="store_true", help="follow every page to the last")
+    audit.set_defaults(run=cmd_audit)
     return top
 
 

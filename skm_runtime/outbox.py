@@ -36,12 +36,30 @@ log = logging.getLogger("skm.outbox")
 _CLOSE_SECONDS = 5.0
 
 
-async def _closed(closing: Awaitable[None]) -> None:
+async def closed(closing: Awaitable[None]) -> None:
     """Close a Kafka client, also when this task is being cancelled, within a bound."""
     try:
         await asyncio.wait_for(asyncio.shield(closing), _CLOSE_SECONDS)
     except (TimeoutError, KafkaError, OSError):
         log.warning("a Kafka client did not close cleanly")
+
+
+async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int = 3) -> None:
+    """Create whichever of the topics Kafka does not have yet (3 partitions, 1 replica here;
+    a deployment creates its topics itself, with its own replication)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+    finally:
+        # Also after a start cut short (cancelled, refused): aiokafka leaves sockets open otherwise.
+        await closed(admin.close())
 
 
 def outbox_ddl(schema: str) -> str:
@@ -232,7 +250,7 @@ class OutboxRelay:
                     backoff = min(backoff * 2, 5.0)
                 finally:
                     if producer is not None:
-                        await _closed(producer.stop())
+                        await closed(producer.stop())
         finally:
             if listener is not None:
                 await self._drop(listener)
@@ -257,19 +275,7 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), self._poll)
 
     async def _ensure_topics(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=10_000)
-        try:
-            await admin.start()
-            existing = set(await admin.list_topics())
-            missing = [t for t in self._topics if t not in existing]
-            if missing:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(
-                        [NewTopic(name=t, num_partitions=3, replication_factor=1) for t in missing]
-                    )
-        finally:
-            # Also after a start cut short (cancelled, refused): aiokafka leaves sockets open otherwise.
-            await _closed(admin.close())
+        await ensure_topics(self._bootstrap, self._topics)
 
     async def _publish_batch(self, producer: AIOKafkaProducer) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

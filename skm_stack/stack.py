@@ -264,6 +264,8 @@ class RunningStack:
             env["SKM_ADMISSION_JWKS_FILE"] = str(ensure_dev_keys(self.state_dir).jwks)
             # Embedded Qdrant allows one process per folder: each stack has its own.
             env["SKM_TOOLS_QDRANT_PATH"] = str(self.state_dir / "tools" / "qdrant")
+            # Embedded ClickHouse (chdb) allows one process per folder too.
+            env["SKM_ANALYTICS_WAREHOUSE_URL"] = f"chdb://{self.state_dir / 'analytics' / 'chdb'}"
         return env
 
     # -- starting ----------------------------------------------------------------------

@@ -1,19 +1,108 @@
-"""svc_analytics: Kafka to ClickHouse, dashboards and audit queries.
+"""svc_analytics: Kafka to ClickHouse, each event once; dashboards and the audit log.
 
-Composition root: settings -> adapters -> core -> servicers -> server.
+Composition root: settings -> adapters (the warehouse, Kafka) -> core (ingestion, queries)
+-> servicers -> server. Ingestion runs as a background task of the server's lifetime.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+from datetime import UTC, datetime
+
+import grpc
+
 from skm_runtime.contract import services_of
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_analytics import api
+from svc_analytics.adapters.clickhouse import ClickHouseWarehouse
+from svc_analytics.adapters.kafka import KafkaDeadLetters, KafkaEventLog
+from svc_analytics.adapters.queries import ClickHouseReader
+from svc_analytics.core.ingest import Ingestion
+from svc_analytics.core.queries import Queries
+from svc_analytics.errors import WarehouseUnavailable
+from svc_analytics.model import Written
 from svc_analytics.settings import AnalyticsSettings
+
+log = logging.getLogger("skm.analytics")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _logged(written: Written) -> None:
+    log.debug(
+        "batch written",
+        extra={
+            "fields": {
+                "records": written.records,
+                "events": written.events,
+                "duplicates": written.duplicates,
+                "dead_letters": written.dead_letters,
+            }
+        },
+    )
 
 
 async def build(settings: AnalyticsSettings, runtime: RuntimeSettings) -> ServiceSpec:
-    return ServiceSpec(name="analytics", service_names=services_of("analytics"), register=api.register)
+    warehouse = await ClickHouseWarehouse.open(
+        settings.warehouse_url, settings.warehouse_user, settings.warehouse_password
+    )
+    events = KafkaEventLog(
+        settings.kafka_bootstrap,
+        settings.topics,
+        settings.consumer_group,
+        instance=settings.consumer_instance or f"{socket.gethostname()}:{settings.addr}",
+        poll_records=settings.poll_records,
+    )
+    dead_letters = KafkaDeadLetters(settings.kafka_bootstrap, settings.dead_letter_topic)
+    ingestion = Ingestion(
+        events,
+        warehouse,
+        dead_letters,
+        batch_records=settings.batch_records,
+        batch_seconds=settings.batch_seconds,
+        on_written=_logged,
+    )
+    queries = Queries(ClickHouseReader(warehouse), now=_now)
+    task: asyncio.Task[None] | None = None
+
+    async def start() -> None:
+        nonlocal task
+        task = asyncio.create_task(ingestion.run(), name="analytics-ingestion")
+        log.info(
+            "ingesting",
+            extra={"fields": {"topics": list(settings.topics), "group": settings.consumer_group}},
+        )
+
+    async def stop() -> None:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await events.close()
+        await dead_letters.close()
+        await warehouse.close()
+
+    def register(server: grpc.aio.Server) -> None:
+        api.register(server, queries)
+
+    return ServiceSpec(
+        name="analytics", service_names=services_of("analytics"), register=register, start=start, stop=stop
+    )
+
+
+def main() -> int:
+    try:
+        return run("analytics", AnalyticsSettings, build)
+    except (WarehouseUnavailable, ValueError) as exc:
+        print(f"svc_analytics: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    raise SystemExit(run("analytics", AnalyticsSettings, build))
+    raise SystemExit(main())

@@ -1,8 +1,8 @@
 """svc_conversation: sessions, turns and the agent loop.
 
 Composition root: settings -> adapters (Postgres + outbox to Kafka, Redis mirror and live
-event streams, the OpenAI-compatible model client, svc_profiles / svc_tools / svc_policy and
-the other svc_conversation processes over gRPC) -> core -> servicers -> server.
+event streams, the OpenAI-compatible model client, svc_profiles / svc_tools / svc_policy /
+svc_analytics and the other svc_conversation processes over gRPC) -> core -> servicers -> server.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from skm_runtime.outbox import OutboxRelay
 from skm_runtime.pending_reports import PostgresPendingReports
 from skm_runtime.server import RuntimeSettings, ServiceSpec, open_channel, run
 from svc_conversation import api
+from svc_conversation.adapters.budgets import GrpcBudgets
 from svc_conversation.adapters.mesh import GrpcProfiles, GrpcTools
 from svc_conversation.adapters.openai import OpenAICompatibleClient
 from svc_conversation.adapters.owners import GrpcTurnOwners
@@ -58,7 +59,8 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
         ttl_seconds=settings.live_events_ttl_seconds,
     )
     channels = [
-        open_channel(addr, runtime) for addr in (settings.profiles_addr, settings.tools_addr, settings.policy_addr)
+        open_channel(addr, runtime)
+        for addr in (settings.profiles_addr, settings.tools_addr, settings.policy_addr, settings.analytics_addr)
     ]
     owners = GrpcTurnOwners(runtime, limit=settings.owner_channels)
     llm = OpenAICompatibleClient(
@@ -79,6 +81,7 @@ async def build(settings: ConversationSettings, runtime: RuntimeSettings) -> Ser
         owners=owners,
         address=settings.advertised,
         task_context=outliving_context,
+        budgets=GrpcBudgets(channels[2], channels[3], cache_seconds=settings.budget_cache_seconds),
     )
     tasks: list[asyncio.Task[None]] = []
 

@@ -539,3 +539,13 @@ class CommandRejected:
 
 
 ConverseOutput = Attached | SessionEvent | CommandRejected
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A tenant's model budget for one role: its svc_policy object
+    ("model_budget:tenants/{t}/modelBudgets/{role}"), and what the tenant has spent on the
+    role's calls this calendar month, in USD (None when svc_analytics cannot say now)."""
+
+    object: str
+    spent_usd: float | None

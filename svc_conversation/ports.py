@@ -10,6 +10,7 @@ from typing import Protocol
 from skm_runtime.access import AccessCheck, Approval, Decision, Hold, Outcome, Payload, Principal
 from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
 from svc_conversation.model import (
+    Budget,
     CallStats,
     ChatRequest,
     ChatResult,
@@ -212,6 +213,17 @@ class PolicyGate(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Budgets(Protocol):
+    """The tenant's model budgets (svc_policy's model_budget objects) and what has been
+    spent on each (svc_analytics)."""
+
+    async def budget(self, principal: Principal, role: ModelRole) -> Budget | None:
+        """The principal's tenant's budget for the role's model calls, None when it has none.
+        Its ``spent_usd`` is None when the spend cannot be known now (the check then fails
+        closed). Raises DependencyUnavailable when svc_policy cannot say whether it exists."""
+        ...
 
 
 OnDelta = Callable[[str], Awaitable[None]]

@@ -19,6 +19,11 @@ class ConversationSettings(ServiceSettings):
     policy_addr: str = address("127.0.0.1:50055", env="SKM_POLICY_ADDR")
     tools_addr: str = address("127.0.0.1:50054", env="SKM_TOOLS_ADDR")
     profiles_addr: str = address("127.0.0.1:50056", env="SKM_PROFILES_ADDR")
+    # svc_analytics: what a tenant has spent, for its model budgets.
+    analytics_addr: str = address("127.0.0.1:50057", env="SKM_ANALYTICS_ADDR")
+    # How long a tenant's budgets (which exist) and spend (svc_analytics' sum) are reused
+    # before a PRIMARY call asks again; spend also lags by svc_analytics' ingestion (~1 s).
+    budget_cache_seconds: float = bounded(2.0, low=0.0, high=300.0)
     # A model call's first token goes out at once; the following ones are coalesced into one
     # token delta per this many milliseconds (0: every token its own event) or per this many
     # pieces, whichever comes first: each delta is a number, a pending row, a Redis publish

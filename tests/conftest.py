@@ -144,3 +144,16 @@ def envoy_factory(stack_factory: StackFactory) -> EnvoyFactory:
         return stack_factory().start_envoy(upstreams)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def chdb_warehouse_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The one chdb data folder of this test process, as a warehouse URL.
+
+    chdb runs one engine per process, on one folder: every in-process warehouse of the
+    session shares it (tests keep apart by tenant). Services started as processes get
+    folders of their own.
+    """
+    folder = _fresh_state_dir("skm-test-chdb-")
+    yield f"chdb://{folder}"
+    _discard(folder, request.session)

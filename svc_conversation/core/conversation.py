@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from skm_runtime.access import Principal
 from svc_conversation.core.attach import Attachments
+from svc_conversation.core.budgets import BudgetGuard
 from svc_conversation.core.compression import Compressor
 from svc_conversation.core.converse import converse, stream_events
 from svc_conversation.core.handles import Handles
@@ -38,6 +39,7 @@ from svc_conversation.core.spawns import Spawns
 from svc_conversation.core.turns import Turns
 from svc_conversation.model import Attached, ConverseCommand, ConverseOutput, Session, SessionEvent, Turn
 from svc_conversation.ports import (
+    Budgets,
     ChatModel,
     HotState,
     Limits,
@@ -71,6 +73,7 @@ class Conversation:
         address: str = "",
         now: Callable[[], datetime] = _utc_now,
         task_context: Callable[[], contextvars.Context] = contextvars.copy_context,
+        budgets: Budgets | None = None,
     ) -> None:
         """``task_context``: the context a turn's task runs in (the trace of the call that
         started it goes on; the composition root also drops that call's deadline)."""
@@ -90,6 +93,7 @@ class Conversation:
             mirror=self._mirror,
             compressor=Compressor(llm, self._lookups, limits),
             spawner=Spawns(store, policy, tools, self),
+            budgets=None if budgets is None else BudgetGuard(budgets, policy),
         )
         self._turns = Turns(services, self._handles, self._leases, self._attachments, task_context=task_context)
         self._interventions = Interventions(store, self._turns, self._leases, self._lookups, self._mirror, owners)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from skm_runtime.access import Decision, Principal, Verdict
 from skm_runtime.values import FailureReason, ModelRole, Money
 from svc_conversation import preprocess
+from svc_conversation.core.budgets import BudgetGuard
 from svc_conversation.core.compression import Compressor
 from svc_conversation.core.handles import SessionHandle, TokenStream
 from svc_conversation.core.lookups import Lookups
@@ -208,6 +209,8 @@ class LoopServices:
     mirror: Mirror
     compressor: Compressor
     spawner: Spawner
+    # The tenants' model budgets; None where budgets are not checked (tests of other things).
+    budgets: BudgetGuard | None = None
 
 
 class TurnRun:
@@ -512,6 +515,12 @@ class TurnRun:
                 usage = usage_of(stats, ModelRole.PRIMARY)
                 self.handle.carry(self.turn, ModelCall(iteration, usage, "", interrupted=True))
 
+        if self.services.budgets is not None:
+            refusal = await self.services.budgets.refusal(self.principal, ModelRole.PRIMARY)
+            if refusal is not None:
+                raise TurnFailed(
+                    refusal.reason, f"the tenant's PRIMARY model budget refuses the call ({refusal.reason})"
+                )
         limits = self.services.limits
         start = min(self.turn.start_tier, len(profile.tiers) - 1)
         for tier in profile.tiers[start:]:

@@ -15,7 +15,7 @@ from skm.profiles.v1 import (
     model_service_pb2,
     model_service_pb2_grpc,
 )
-from skm.type.v1 import deployment_mode_pb2
+from skm.type.v1 import deployment_mode_pb2, money_pb2
 from skm_runtime.server import signed_channel
 from skm_stack import RunningStack
 from tests.e2e.test_conversation import Client, _token
@@ -32,7 +32,13 @@ async def register_model(
     display_name: str,
     capabilities: Sequence[int],
     context_length: int = 2048,
+    usd_per_million_tokens: float = 0.0,
 ) -> None:
+    """Registers the model; ``usd_per_million_tokens`` prices its input and output tokens alike."""
+    units = int(usd_per_million_tokens)
+    price = money_pb2.Money(
+        currency_code="USD", units=units, nanos=round((usd_per_million_tokens - units) * 1_000_000_000)
+    )
     async with signed_channel(mesh.services["profiles"].addr) as profiles:
         await model_service_pb2_grpc.ModelServiceStub(profiles).CreateModel(
             model_service_pb2.CreateModelRequest(
@@ -43,6 +49,8 @@ async def register_model(
                     served_model=served_model,
                     context_length=context_length,
                     capabilities=list(capabilities),
+                    input_cost_per_million_tokens=price,
+                    output_cost_per_million_tokens=price,
                 )
             ),
             timeout=10,

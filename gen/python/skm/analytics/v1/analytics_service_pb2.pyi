@@ -11,6 +11,8 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from skm.analytics.v1 import metrics_pb2 as _metrics_pb2
 from skm.events.v1 import event_pb2 as _event_pb2
+from skm.type.v1 import model_pb2 as _model_pb2
+from skm.type.v1 import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -225,3 +227,63 @@ class QueryAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryAuditEventsResponse: _TypeAlias = QueryAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetModelSpendRequest(_message.Message):
+    """Request of AnalyticsService.GetModelSpend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant, "tenants/{tenant}"."""
+    role: _model_pb2.ModelRole.ValueType
+    """The role whose calls are summed; unspecified: every role."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        role: _model_pb2.ModelRole.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelSpendRequest: _TypeAlias = GetModelSpendRequest  # noqa: Y015
+
+@_typing.final
+class GetModelSpendResponse(_message.Message):
+    """Response of AnalyticsService.GetModelSpend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPENT_FIELD_NUMBER: _builtins.int
+    PERIOD_START_TIME_FIELD_NUMBER: _builtins.int
+    MODEL_CALLS_FIELD_NUMBER: _builtins.int
+    model_calls: _builtins.int
+    """Model calls counted."""
+    @_builtins.property
+    def spent(self) -> _money_pb2.Money:
+        """The sum of the calls' costs, currency "USD"."""
+
+    @_builtins.property
+    def period_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period summed: the first instant of the current month, UTC."""
+
+    def __init__(
+        self,
+        *,
+        spent: _money_pb2.Money | None = ...,
+        period_start_time: _timestamp_pb2.Timestamp | None = ...,
+        model_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_start_time", b"period_start_time", "spent", b"spent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_calls", b"model_calls", "period_start_time", b"period_start_time", "spent", b"spent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelSpendResponse: _TypeAlias = GetModelSpendResponse  # noqa: Y015

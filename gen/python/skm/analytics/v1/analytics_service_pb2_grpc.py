@@ -48,6 +48,11 @@ class AnalyticsServiceStub:
                 request_serializer=skm_dot_analytics_dot_v1_dot_analytics__service__pb2.QueryAuditEventsRequest.SerializeToString,
                 response_deserializer=skm_dot_analytics_dot_v1_dot_analytics__service__pb2.QueryAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.GetModelSpend = channel.unary_unary(
+                '/skm.analytics.v1.AnalyticsService/GetModelSpend',
+                request_serializer=skm_dot_analytics_dot_v1_dot_analytics__service__pb2.GetModelSpendRequest.SerializeToString,
+                response_deserializer=skm_dot_analytics_dot_v1_dot_analytics__service__pb2.GetModelSpendResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -84,6 +89,21 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelSpend(self, request, context):
+        """What a tenant has spent on the model calls of one role in the current
+        calendar month (UTC), in USD, from the model-call events ingested so far:
+        the `spent_usd` that svc_conversation gives svc_policy's budget condition
+        (model_budget `budget_exhausted`) before a model call. Calls priced in
+        another currency are not counted.
+
+        Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
+        (WAREHOUSE_UNAVAILABLE).
+        Callers: internal (svc_conversation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +116,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.QueryAuditEvents,
                     request_deserializer=skm_dot_analytics_dot_v1_dot_analytics__service__pb2.QueryAuditEventsRequest.FromString,
                     response_serializer=skm_dot_analytics_dot_v1_dot_analytics__service__pb2.QueryAuditEventsResponse.SerializeToString,
+            ),
+            'GetModelSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelSpend,
+                    request_deserializer=skm_dot_analytics_dot_v1_dot_analytics__service__pb2.GetModelSpendRequest.FromString,
+                    response_serializer=skm_dot_analytics_dot_v1_dot_analytics__service__pb2.GetModelSpendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -156,6 +181,33 @@ class AnalyticsService:
             '/skm.analytics.v1.AnalyticsService/QueryAuditEvents',
             skm_dot_analytics_dot_v1_dot_analytics__service__pb2.QueryAuditEventsRequest.SerializeToString,
             skm_dot_analytics_dot_v1_dot_analytics__service__pb2.QueryAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelSpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.analytics.v1.AnalyticsService/GetModelSpend',
+            skm_dot_analytics_dot_v1_dot_analytics__service__pb2.GetModelSpendRequest.SerializeToString,
+            skm_dot_analytics_dot_v1_dot_analytics__service__pb2.GetModelSpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,17 @@ class AnalyticsServiceStub:
     INVALID_PAGE_TOKEN), UNAVAILABLE (WAREHOUSE_UNAVAILABLE).
     Callers: tenant admins.
     """
+    GetModelSpend: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetModelSpendRequest, _analytics_service_pb2.GetModelSpendResponse]
+    """What a tenant has spent on the model calls of one role in the current
+    calendar month (UTC), in USD, from the model-call events ingested so far:
+    the `spent_usd` that svc_conversation gives svc_policy's budget condition
+    (model_budget `budget_exhausted`) before a model call. Calls priced in
+    another currency are not counted.
+
+    Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
+    (WAREHOUSE_UNAVAILABLE).
+    Callers: internal (svc_conversation).
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -84,6 +95,17 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     Errors: INVALID_ARGUMENT (INVALID_TIME_RANGE, UNKNOWN_EVENT_TYPE,
     INVALID_PAGE_TOKEN), UNAVAILABLE (WAREHOUSE_UNAVAILABLE).
     Callers: tenant admins.
+    """
+    GetModelSpend: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetModelSpendRequest, _analytics_service_pb2.GetModelSpendResponse]  # type: ignore[assignment]
+    """What a tenant has spent on the model calls of one role in the current
+    calendar month (UTC), in USD, from the model-call events ingested so far:
+    the `spent_usd` that svc_conversation gives svc_policy's budget condition
+    (model_budget `budget_exhausted`) before a model call. Calls priced in
+    another currency are not counted.
+
+    Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
+    (WAREHOUSE_UNAVAILABLE).
+    Callers: internal (svc_conversation).
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -122,6 +144,23 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (INVALID_TIME_RANGE, UNKNOWN_EVENT_TYPE,
         INVALID_PAGE_TOKEN), UNAVAILABLE (WAREHOUSE_UNAVAILABLE).
         Callers: tenant admins.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModelSpend(
+        self,
+        request: _analytics_service_pb2.GetModelSpendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.GetModelSpendResponse, _abc.Awaitable[_analytics_service_pb2.GetModelSpendResponse]]:
+        """What a tenant has spent on the model calls of one role in the current
+        calendar month (UTC), in USD, from the model-call events ingested so far:
+        the `spent_usd` that svc_conversation gives svc_policy's budget condition
+        (model_budget `budget_exhausted`) before a model call. Calls priced in
+        another currency are not counted.
+
+        Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
+        (WAREHOUSE_UNAVAILABLE).
+        Callers: internal (svc_conversation).
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

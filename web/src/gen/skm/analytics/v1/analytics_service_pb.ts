@@ -11,13 +11,17 @@ import { file_skm_analytics_v1_metrics } from "./metrics_pb.js";
 import type { Event } from "../../events/v1/event_pb.js";
 import { file_skm_events_v1_event } from "../../events/v1/event_pb.js";
 import { file_skm_options_v1_authz } from "../../options/v1/authz_pb.js";
+import type { ModelRole } from "../../type/v1/model_pb.js";
+import { file_skm_type_v1_model } from "../../type/v1/model_pb.js";
+import type { Money } from "../../type/v1/money_pb.js";
+import { file_skm_type_v1_money } from "../../type/v1/money_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file skm/analytics/v1/analytics_service.proto.
  */
 export const file_skm_analytics_v1_analytics_service: GenFile = /*@__PURE__*/
-  fileDesc("Cihza20vYW5hbHl0aWNzL3YxL2FuYWx5dGljc19zZXJ2aWNlLnByb3RvEhBza20uYW5hbHl0aWNzLnYxIrUCChNRdWVyeU1ldHJpY3NSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIuCgdxdWVyaWVzGAIgAygLMh0uc2ttLmFuYWx5dGljcy52MS5NZXRyaWNRdWVyeRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoMYnVja2V0X3dpZHRoGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHBlcnNvbmFzGAYgAygJEg4KBm1vZGVscxgHIAMoCRItCghncm91cF9ieRgIIAMoDjIbLnNrbS5hbmFseXRpY3MudjEuRGltZW5zaW9uImsKC01ldHJpY1F1ZXJ5EigKBm1ldHJpYxgBIAEoDjIYLnNrbS5hbmFseXRpY3MudjEuTWV0cmljEjIKC2FnZ3JlZ2F0aW9uGAIgASgOMh0uc2ttLmFuYWx5dGljcy52MS5BZ2dyZWdhdGlvbiJEChRRdWVyeU1ldHJpY3NSZXNwb25zZRIsCgZzZXJpZXMYASADKAsyHC5za20uYW5hbHl0aWNzLnYxLlRpbWVTZXJpZXMi1AEKF1F1ZXJ5QXVkaXRFdmVudHNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIPCgdzZXNzaW9uGAIgASgJEhMKC2V2ZW50X3R5cGVzGAMgAygJEi4KCnN0YXJ0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCSJZChhRdWVyeUF1ZGl0RXZlbnRzUmVzcG9uc2USJAoGZXZlbnRzGAEgAygLMhQuc2ttLmV2ZW50cy52MS5FdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkytgIKEEFuYWx5dGljc1NlcnZpY2USgAEKDFF1ZXJ5TWV0cmljcxIlLnNrbS5hbmFseXRpY3MudjEuUXVlcnlNZXRyaWNzUmVxdWVzdBomLnNrbS5hbmFseXRpY3MudjEuUXVlcnlNZXRyaWNzUmVzcG9uc2UiIcrzGB0KC2Nhbl9vcGVyYXRlEgZ0ZW5hbnQaBnBhcmVudBKPAQoQUXVlcnlBdWRpdEV2ZW50cxIpLnNrbS5hbmFseXRpY3MudjEuUXVlcnlBdWRpdEV2ZW50c1JlcXVlc3QaKi5za20uYW5hbHl0aWNzLnYxLlF1ZXJ5QXVkaXRFdmVudHNSZXNwb25zZSIkyvMYIAoOY2FuX2FkbWluaXN0ZXISBnRlbmFudBoGcGFyZW50Gg3S8xgJYW5hbHl0aWNzYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_skm_analytics_v1_metrics, file_skm_events_v1_event, file_skm_options_v1_authz]);
+  fileDesc("Cihza20vYW5hbHl0aWNzL3YxL2FuYWx5dGljc19zZXJ2aWNlLnByb3RvEhBza20uYW5hbHl0aWNzLnYxIrUCChNRdWVyeU1ldHJpY3NSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIuCgdxdWVyaWVzGAIgAygLMh0uc2ttLmFuYWx5dGljcy52MS5NZXRyaWNRdWVyeRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoMYnVja2V0X3dpZHRoGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHBlcnNvbmFzGAYgAygJEg4KBm1vZGVscxgHIAMoCRItCghncm91cF9ieRgIIAMoDjIbLnNrbS5hbmFseXRpY3MudjEuRGltZW5zaW9uImsKC01ldHJpY1F1ZXJ5EigKBm1ldHJpYxgBIAEoDjIYLnNrbS5hbmFseXRpY3MudjEuTWV0cmljEjIKC2FnZ3JlZ2F0aW9uGAIgASgOMh0uc2ttLmFuYWx5dGljcy52MS5BZ2dyZWdhdGlvbiJEChRRdWVyeU1ldHJpY3NSZXNwb25zZRIsCgZzZXJpZXMYASADKAsyHC5za20uYW5hbHl0aWNzLnYxLlRpbWVTZXJpZXMi1AEKF1F1ZXJ5QXVkaXRFdmVudHNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIPCgdzZXNzaW9uGAIgASgJEhMKC2V2ZW50X3R5cGVzGAMgAygJEi4KCnN0YXJ0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCSJZChhRdWVyeUF1ZGl0RXZlbnRzUmVzcG9uc2USJAoGZXZlbnRzGAEgAygLMhQuc2ttLmV2ZW50cy52MS5FdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiTAoUR2V0TW9kZWxTcGVuZFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEiQKBHJvbGUYAiABKA4yFi5za20udHlwZS52MS5Nb2RlbFJvbGUihgEKFUdldE1vZGVsU3BlbmRSZXNwb25zZRIhCgVzcGVudBgBIAEoCzISLnNrbS50eXBlLnYxLk1vbmV5EjUKEXBlcmlvZF9zdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgttb2RlbF9jYWxscxgDIAEoAzKYAwoQQW5hbHl0aWNzU2VydmljZRKAAQoMUXVlcnlNZXRyaWNzEiUuc2ttLmFuYWx5dGljcy52MS5RdWVyeU1ldHJpY3NSZXF1ZXN0GiYuc2ttLmFuYWx5dGljcy52MS5RdWVyeU1ldHJpY3NSZXNwb25zZSIhyvMYHQoLY2FuX29wZXJhdGUSBnRlbmFudBoGcGFyZW50Eo8BChBRdWVyeUF1ZGl0RXZlbnRzEikuc2ttLmFuYWx5dGljcy52MS5RdWVyeUF1ZGl0RXZlbnRzUmVxdWVzdBoqLnNrbS5hbmFseXRpY3MudjEuUXVlcnlBdWRpdEV2ZW50c1Jlc3BvbnNlIiTK8xggCg5jYW5fYWRtaW5pc3RlchIGdGVuYW50GgZwYXJlbnQSYAoNR2V0TW9kZWxTcGVuZBImLnNrbS5hbmFseXRpY3MudjEuR2V0TW9kZWxTcGVuZFJlcXVlc3QaJy5za20uYW5hbHl0aWNzLnYxLkdldE1vZGVsU3BlbmRSZXNwb25zZRoN0vMYCWFuYWx5dGljc2IGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_skm_analytics_v1_metrics, file_skm_events_v1_event, file_skm_options_v1_authz, file_skm_type_v1_model, file_skm_type_v1_money]);
 
 /**
  * Request of AnalyticsService.QueryMetrics.
@@ -235,6 +239,69 @@ export const QueryAuditEventsResponseSchema: GenMessage<QueryAuditEventsResponse
   messageDesc(file_skm_analytics_v1_analytics_service, 4);
 
 /**
+ * Request of AnalyticsService.GetModelSpend.
+ *
+ * @generated from message skm.analytics.v1.GetModelSpendRequest
+ */
+export type GetModelSpendRequest = Message<"skm.analytics.v1.GetModelSpendRequest"> & {
+  /**
+   * The tenant, "tenants/{tenant}".
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * The role whose calls are summed; unspecified: every role.
+   *
+   * @generated from field: skm.type.v1.ModelRole role = 2;
+   */
+  role: ModelRole;
+};
+
+/**
+ * Describes the message skm.analytics.v1.GetModelSpendRequest.
+ * Use `create(GetModelSpendRequestSchema)` to create a new message.
+ */
+export const GetModelSpendRequestSchema: GenMessage<GetModelSpendRequest> = /*@__PURE__*/
+  messageDesc(file_skm_analytics_v1_analytics_service, 5);
+
+/**
+ * Response of AnalyticsService.GetModelSpend.
+ *
+ * @generated from message skm.analytics.v1.GetModelSpendResponse
+ */
+export type GetModelSpendResponse = Message<"skm.analytics.v1.GetModelSpendResponse"> & {
+  /**
+   * The sum of the calls' costs, currency "USD".
+   *
+   * @generated from field: skm.type.v1.Money spent = 1;
+   */
+  spent?: Money | undefined;
+
+  /**
+   * Start of the period summed: the first instant of the current month, UTC.
+   *
+   * @generated from field: google.protobuf.Timestamp period_start_time = 2;
+   */
+  periodStartTime?: Timestamp | undefined;
+
+  /**
+   * Model calls counted.
+   *
+   * @generated from field: int64 model_calls = 3;
+   */
+  modelCalls: bigint;
+};
+
+/**
+ * Describes the message skm.analytics.v1.GetModelSpendResponse.
+ * Use `create(GetModelSpendResponseSchema)` to create a new message.
+ */
+export const GetModelSpendResponseSchema: GenMessage<GetModelSpendResponse> = /*@__PURE__*/
+  messageDesc(file_skm_analytics_v1_analytics_service, 6);
+
+/**
  * Dashboards and the audit log (svc_analytics), over the events that
  * svc_analytics consumes from every Kafka topic into ClickHouse
  * (deduplicated by event id). Data lags the events by the ingestion delay,
@@ -275,6 +342,24 @@ export const AnalyticsService: GenService<{
     methodKind: "unary";
     input: typeof QueryAuditEventsRequestSchema;
     output: typeof QueryAuditEventsResponseSchema;
+  },
+  /**
+   * What a tenant has spent on the model calls of one role in the current
+   * calendar month (UTC), in USD, from the model-call events ingested so far:
+   * the `spent_usd` that svc_conversation gives svc_policy's budget condition
+   * (model_budget `budget_exhausted`) before a model call. Calls priced in
+   * another currency are not counted.
+   *
+   * Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
+   * (WAREHOUSE_UNAVAILABLE).
+   * Callers: internal (svc_conversation).
+   *
+   * @generated from rpc skm.analytics.v1.AnalyticsService.GetModelSpend
+   */
+  getModelSpend: {
+    methodKind: "unary";
+    input: typeof GetModelSpendRequestSchema;
+    output: typeof GetModelSpendResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_skm_analytics_v1_analytics_service, 0);
