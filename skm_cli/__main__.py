@@ -13,6 +13,7 @@
     skm relationships read --tenant t1 --object OBJECT   who has what on an object
     skm relationships write --mesh ...                   straight to svc_policy with the mesh key
                                                          (the mesh operator, e.g. a tenant's first admin)
+    skm budget set|show|remove --tenant t1 [--limit-usd 25]  a tenant's monthly model budget (admins)
     skm analytics [--since 7d --bucket 6h] [--by model]  the main series as sparklines (operators)
     skm analytics cost [--days 30]                       model cost per day and model (billing)
     skm audit [--session ID] [--type T ...] [--all]      the audit trail, page by page (admins)
@@ -53,7 +54,7 @@ from skm.policy.v1 import (
 )
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
-from skm_cli import analytics, chat
+from skm_cli import analytics, budget, chat
 from skm_cli.errors import CallFailed, CliError, OutputClosed
 from skm_runtime.principal import (
     MESH_KEY_FILE_VAR,
@@ -236,6 +237,7 @@ def cmd_tool(args: argparse.Namespace) -> int:
 
 _POLICY_SERVICE = "/skm.policy.v1.PolicyService/"
 DEFAULT_POLICY_ADDR = "127.0.0.1:50055"
+DEFAULT_ANALYTICS_ADDR = "127.0.0.1:50057"
 
 
 def _triples(words: Sequence[str]) -> list[access_pb2.Relationship]:
@@ -318,6 +320,23 @@ def cmd_relationships(args: argparse.Namespace) -> int:
         )
     done = "written" if args.action == "write" else "deleted"
     print(f"{len(relationships)} relationship(s) {done}", file=sys.stderr)
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    stub, auth = _relationships_call(args)
+    if args.action == "set":
+        return budget.set_budget(stub, auth, args)
+    if args.action == "remove":
+        return budget.remove_budget(stub, auth, args)
+    if args.mesh:
+        addr = args.analytics_addr or os.environ.get("SKM_ANALYTICS_ADDR") or DEFAULT_ANALYTICS_ADDR
+        analytics = budget.analytics_stub(grpc.insecure_channel(addr))
+        metadata: Any = caller_metadata("/skm.analytics.v1.AnalyticsService/GetModelSpend")
+    else:
+        analytics, metadata = budget.analytics_stub(_channel(args)), _auth(args)
+    shown = budget.show_budget(stub, auth, analytics, metadata, args)
+    print(json.dumps(shown) if args.json else budget.render(shown))
     return 0
 
 
@@ -432,6 +451,32 @@ def parser() -> argparse.ArgumentParser:
         help=f"with --mesh: svc_policy (default: $SKM_POLICY_ADDR or {DEFAULT_POLICY_ADDR})",
     )
     relations.set_defaults(run=cmd_relationships)
+
+    money = commands.add_parser(
+        "budget",
+        parents=[common],
+        help="a tenant's monthly model budget per role: set, show or remove it",
+        description=budget.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="e.g. skm budget set --tenant t1 --limit-usd 25; skm budget show --tenant t1",
+    )
+    money.add_argument("action", choices=("set", "show", "remove"))
+    money.add_argument("--tenant", required=True, help="tenant id, e.g. t1")
+    money.add_argument("--role", choices=budget.ROLES, default="primary", help="the calls it limits (default primary)")
+    money.add_argument("--limit-usd", type=float, help="with set: the monthly limit in USD")
+    money.add_argument(
+        "--spender",
+        action="append",
+        metavar="SUBJECT",
+        help="with set: who spends from it, e.g. persona:tenants/t1/personas/coder (default: the tenant's members)",
+    )
+    money.add_argument("--mesh", action="store_true", help="straight to svc_policy and svc_analytics, mesh-signed")
+    money.add_argument("--mesh-key", default="", help=f"with --mesh: the mesh key file (default: ${MESH_KEY_FILE_VAR})")
+    money.add_argument("--policy-addr", default="", help=f"with --mesh: svc_policy (default {DEFAULT_POLICY_ADDR})")
+    money.add_argument(
+        "--analytics-addr", default="", help=f"with --mesh: svc_analytics (default {DEFAULT_ANALYTICS_ADDR})"
+    )
+    money.set_defaults(run=cmd_budget)
 
     talk = commands.add_parser(
         "chat",

@@ -6,7 +6,11 @@ themselves; a tenant's model budget spent past its limit refuses the next model 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -14,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from google.protobuf import struct_pb2
 
 from skm.analytics.v1 import (
     analytics_service_pb2 as apb,
@@ -25,7 +28,6 @@ from skm.analytics.v1 import (
 )
 from skm.conversation.v1 import turn_pb2
 from skm.events.v1 import event_pb2
-from skm.policy.v1 import access_pb2, policy_service_pb2, policy_service_pb2_grpc
 from skm.profiles.v1 import model_pb2 as profiles_model_pb2
 from skm.type.v1 import model_pb2, policy_decision_pb2
 from skm_runtime.server import signed_channel
@@ -130,26 +132,37 @@ async def test_the_events_of_real_conversations_are_in_the_audit_trail_and_the_m
     assert sum(p.value * p.sample_count for p in series[M.METRIC_MODEL_FAILURE_RATE].points) == pytest.approx(failed)
 
 
-async def _set_budget(mesh: RunningStack, tenant: str, limit_usd: float) -> str:
-    budget = f"model_budget:tenants/{tenant}/modelBudgets/primary"
-    limit = struct_pb2.Struct()
-    limit.update({"limit_usd": limit_usd})
-    relationships = [
-        access_pb2.Relationship(subject=f"tenant:tenants/{tenant}", relation="tenant", object=budget),
-        access_pb2.Relationship(subject=f"tenant:tenants/{tenant}#member", relation="spender", object=budget),
-        access_pb2.Relationship(
-            subject=f"{budget}#spender",
-            relation="exhausted",
-            object=budget,
-            condition=access_pb2.RelationshipCondition(name="budget_exhausted", context=limit),
-        ),
-    ]
-    async with signed_channel(mesh.services["policy"].addr) as channel:
-        await policy_service_pb2_grpc.PolicyServiceStub(channel).WriteRelationships(
-            policy_service_pb2.WriteRelationshipsRequest(parent=f"tenants/{tenant}", relationships=relationships),
-            timeout=10,
-        )
-    return budget
+def _skm(mesh: RunningStack, *args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SKM_URL": mesh.envoy_url, "SKM_TOKEN": token}
+    done = subprocess.run(
+        [sys.executable, "-m", "skm_cli", *args], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _bearer(client: Client) -> str:
+    (_, value), *_ = client.metadata
+    return value.removeprefix("Bearer ")
+
+
+def _set_budget(mesh: RunningStack, tenant: str, limit_usd: float) -> str:
+    """As the mesh's operator would: `skm budget set --mesh`."""
+    _skm(
+        mesh,
+        "budget",
+        "set",
+        "--mesh",
+        "--mesh-key",
+        str(mesh.mesh_key_file),
+        "--policy-addr",
+        mesh.services["policy"].addr,
+        "--tenant",
+        tenant,
+        "--limit-usd",
+        str(limit_usd),
+    )
+    return f"model_budget:tenants/{tenant}/modelBudgets/primary"
 
 
 async def _spent(mesh: RunningStack, tenant: str) -> float:
@@ -179,7 +192,7 @@ async def test_spending_past_the_budget_refuses_the_next_model_call_and_the_audi
         usd_per_million_tokens=50_000.0,
     )
     await set_profile(admin, PRIMARY, [priced])
-    budget = await _set_budget(mesh, tenant, limit_usd=0.01)
+    budget = _set_budget(mesh, tenant, limit_usd=0.01)
 
     session = await client.session()
     first = await _one_turn(client, session.name, "hello")
@@ -216,6 +229,12 @@ async def test_spending_past_the_budget_refuses_the_next_model_call_and_the_audi
         lambda e: e.session == session.name and e.turn_completed.turn.failure_reason == "BUDGET_EXCEEDED",
     )
     assert ended.turn_completed.turn.state == turn_pb2.Turn.STATE_FAILED
+
+    # What the tenant's admin sees, through Envoy.
+    shown = json.loads(_skm(mesh, "budget", "show", "--tenant", tenant, "--json", token=_bearer(admin)).stdout)
+    assert shown["limit_usd"] == 0.01
+    assert shown["spent_usd"] > 0.01
+    assert shown["spenders"] == [f"tenant:tenants/{tenant}#member"]
 
 
 async def _audit_event(

@@ -42,6 +42,7 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped]  # goog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from skm.analytics.v1 import analytics_service_pb2
 from skm.conversation.v1 import conversation_service_pb2
 from skm.policy.v1 import (
     access_pb2,
@@ -72,6 +73,8 @@ from skm_runtime.server import RuntimeSettings, ServiceSpec, signed_channel
 from skm_runtime.status import details_of, error_info_of
 from skm_stack import RunningStack
 from skm_stack.envoy import EnvoyServer, start_envoy
+from svc_analytics.__main__ import build as build_analytics
+from svc_analytics.settings import AnalyticsSettings
 from svc_conversation.__main__ import build as build_conversation
 from svc_conversation.settings import ConversationSettings
 from svc_gateway.__main__ import build as build_gateway
@@ -98,8 +101,11 @@ ADMISSION = "gateway.skm"  # the domain of every refusal at admission, whichever
 MESSAGE_LIMIT = 64 * 1024
 # Not a protobuf message: a field tag whose varint never ends.
 GARBAGE = b"\xff\xff\xff\xff\xff"
-# The owners started here: every service that owns public methods and serves them.
-OWNERS = ("conversation", "policy", "profiles", "tools")
+# The owners started here: every service that owns public methods and serves them. Each but
+# svc_analytics has a door (below); its public methods need a series (QueryMetrics), a tenant
+# field (GetModelSpend) or an admin (QueryAuditEvents), so it is held to admission by GUARDED.
+DOOR_OWNERS = ("conversation", "policy", "profiles", "tools")
+OWNERS = (*DOOR_OWNERS, "analytics")
 # A service with outbox relays must live this long before it is stopped (see tests.support.tools).
 _MIN_LIFETIME_SECONDS = 1.0
 
@@ -199,6 +205,15 @@ GUARDED = (
         "ROLE_INSUFFICIENT",
     ),
     Guarded(
+        "analytics",
+        "/skm.analytics.v1.AnalyticsService/QueryAuditEvents",
+        lambda t: analytics_service_pb2.QueryAuditEventsRequest(parent=t, page_token="not-one-it-issued"),
+        "ada",  # an admin
+        (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN", "analytics.skm"),
+        "olga",  # an operator
+        "ROLE_INSUFFICIENT",
+    ),
+    Guarded(
         "tools",
         "/skm.tools.v1.ToolService/GetExecution",
         lambda t: tool_service_pb2.GetExecutionRequest(name=f"{t}/executions/nope"),
@@ -288,7 +303,7 @@ async def _service(
     *,
     slot_group: int = 0,
 ) -> AsyncIterator[Served]:
-    """One of the four services on the stack, admitting its public calls with `admission`
+    """One of the five services on the stack, admitting its public calls with `admission`
     (svc_policy's own settings, so every copy of svc_policy shares its OpenFGA store;
     `addrs`: owner -> target of the services it calls)."""
     runtime = RuntimeSettings()
@@ -303,6 +318,18 @@ async def _service(
             settings = tools_settings(stack, addrs["policy"], slot_group=slot_group)
             qdrant = settings.qdrant_path  # a folder of its own, removed below
             spec = await build_tools(settings, runtime, embedder=shared_embedder())
+        elif owner == "analytics":
+            # The session's chdb folder (one per process); a topic and group of its own, so it
+            # ingests nothing of the other tests' events.
+            spec = await build_analytics(
+                AnalyticsSettings(
+                    warehouse_url=addrs["warehouse"],
+                    kafka_bootstrap=stack.kafka_bootstrap,
+                    topics=(f"admission-{uuid.uuid4().hex[:8]}",),
+                    consumer_group=f"admission-{uuid.uuid4().hex[:8]}",
+                ),
+                runtime,
+            )
         else:
             assert owner == "conversation", owner
             spec = await build_conversation(
@@ -336,7 +363,9 @@ async def _envoy(stack: RunningStack, folder: Path, upstreams: Mapping[str, int]
 
 
 @pytest.fixture(scope="module")
-async def mesh(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+async def mesh(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory, chdb_warehouse_url: str
+) -> AsyncIterator[Mesh]:
     keys = _key_pair(tmp_path_factory.mktemp("keys"), "test-key")
     other_key = _key_pair(tmp_path_factory.mktemp("other-keys"), "other-key").private_pem
     policy_settings = PolicySettings(
@@ -358,13 +387,13 @@ async def mesh(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) ->
         # svc_policy's gate asks svc_policy's own server: policy_addr is not read there.
         policy = await opened.enter_async_context(_service("policy", stack, admission, policy_settings, {}))
         admission = dataclasses.replace(admission, policy_addr=policy.target)
-        addrs = {"policy": policy.target}
+        addrs = {"policy": policy.target, "warehouse": chdb_warehouse_url}
         services = {"policy": policy}
-        for owner in ("profiles", "tools", "conversation"):
+        for owner in ("profiles", "tools", "conversation", "analytics"):
             served = await opened.enter_async_context(_service(owner, stack, admission, policy_settings, addrs))
             services[owner] = served
             addrs[owner] = served.target
-        nowhere = f"127.0.0.1:{free_port()}"  # svc_audio and svc_analytics: not started
+        nowhere = f"127.0.0.1:{free_port()}"  # svc_audio: not started
         gateway = await opened.enter_async_context(
             serving(
                 await build_gateway(
@@ -374,7 +403,7 @@ async def mesh(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) ->
                         policy_addr=addrs["policy"],
                         profiles_addr=addrs["profiles"],
                         audio_addr=nowhere,
-                        analytics_addr=nowhere,
+                        analytics_addr=addrs["analytics"],
                         backend_health_timeout_seconds=1.0,
                     ),
                     RuntimeSettings(),
@@ -454,7 +483,7 @@ async def _grant(mesh: Mesh, user: str, relation: str = "operator", *, revoke: b
 
 def test_each_door_is_a_public_unary_method_of_its_service() -> None:
     contract = methods()
-    assert sorted(door.owner for door in DOORS) == sorted(OWNERS)
+    assert sorted(door.owner for door in DOORS) == sorted(DOOR_OWNERS)
     assert sorted(guarded.owner for guarded in GUARDED) == sorted(OWNERS)
     for door in DOORS:
         method = contract[door.path]
@@ -467,7 +496,7 @@ def test_each_door_is_a_public_unary_method_of_its_service() -> None:
         assert contract[guarded.path].authz is not None
     # Every owner of a public method is started here, but for those that serve nothing yet.
     public_owners = {m.owner for m in contract.values() if m.authz is not None}
-    assert public_owners - set(OWNERS) == {"audio", "analytics"}
+    assert public_owners - set(OWNERS) == {"audio"}
 
 
 @by_owner

@@ -98,7 +98,8 @@ class AnalyticsServiceServicer:
 
         Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
         (WAREHOUSE_UNAVAILABLE).
-        Callers: internal (svc_conversation).
+        Callers: svc_conversation (before each PRIMARY model call of a tenant
+        with a budget for the role), operators (`skm budget show`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

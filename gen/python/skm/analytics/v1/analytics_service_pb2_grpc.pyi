@@ -65,7 +65,8 @@ class AnalyticsServiceStub:
 
     Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
     (WAREHOUSE_UNAVAILABLE).
-    Callers: internal (svc_conversation).
+    Callers: svc_conversation (before each PRIMARY model call of a tenant
+    with a budget for the role), operators (`skm budget show`).
     """
 
 @_typing.type_check_only
@@ -105,7 +106,8 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
 
     Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
     (WAREHOUSE_UNAVAILABLE).
-    Callers: internal (svc_conversation).
+    Callers: svc_conversation (before each PRIMARY model call of a tenant
+    with a budget for the role), operators (`skm budget show`).
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -160,7 +162,8 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (INVALID_RESOURCE_NAME), UNAVAILABLE
         (WAREHOUSE_UNAVAILABLE).
-        Callers: internal (svc_conversation).
+        Callers: svc_conversation (before each PRIMARY model call of a tenant
+        with a budget for the role), operators (`skm budget show`).
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
