@@ -34,8 +34,14 @@ svc_conversation, and frames/s.
 Then tools (bench/tools.py): the code_execution sandbox against a bare subprocess running the
 same code, executions per second, and memory recall latency and recall@1 at 10k memories.
 
-Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|all] [--rounds N] [--calls N] [--frames N]
-                       [--turns N] [--sessions N] [--llm untrained|real] [--models a,b]
+Then analytics (bench/analytics.py), on Kafka and one svc_analytics process: events/s from
+Kafka into ClickHouse (a pre-produced backlog drained), the lag from produce to queryable at
+5,000 and 20,000 offered events/s, the service's CPU per event; then QueryMetrics p50/p99 on
+10 million generated model-call rows (`--events`, `--rows` for smaller runs).
+
+Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analytics|all] [--rounds N] [--calls N]
+                       [--frames N] [--turns N] [--sessions N] [--llm untrained|real] [--models a,b]
+                       [--events N] [--rows N] [--lag-seconds S]
 """
 
 from __future__ import annotations
@@ -129,7 +135,7 @@ def main() -> int:
     parser.add_argument(
         "what",
         nargs="?",
-        choices=("runtime", "policy", "conversation", "gateway", "frames", "tools", "all"),
+        choices=("runtime", "policy", "conversation", "gateway", "frames", "tools", "analytics", "all"),
         default="all",
         help="default: all",
     )
@@ -153,6 +159,15 @@ def main() -> int:
     )
     parser.add_argument(
         "--models", default="", help="conversation --llm real: comma-separated aliases (default: every real model)"
+    )
+    parser.add_argument(
+        "--events", type=int, default=300_000, help="analytics: backlog events drained (default 300000)"
+    )
+    parser.add_argument(
+        "--rows", type=int, default=10_000_000, help="analytics: generated model-call rows queried (default 10000000)"
+    )
+    parser.add_argument(
+        "--lag-seconds", type=float, default=20.0, help="analytics: seconds at each offered rate (default 20)"
     )
     args = parser.parse_args()
     if args.what in ("runtime", "all"):
@@ -183,6 +198,10 @@ def main() -> int:
         from bench import tools
 
         tools.main(rounds=min(args.rounds, 3))
+    if args.what in ("analytics", "all"):
+        from bench import analytics
+
+        analytics.main(events=args.events, rows=args.rows, lag_seconds=args.lag_seconds)
     return 0
 
 

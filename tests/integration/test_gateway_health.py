@@ -21,9 +21,11 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def test_a_backend_that_is_down_is_not_serving_and_one_that_is_up_is() -> None:
+async def test_a_backend_that_is_down_is_not_serving_and_one_that_is_up_is(chdb_warehouse_url: str) -> None:
     runtime = RuntimeSettings()
-    async with serving(await build_analytics(AnalyticsSettings(), runtime)) as analytics:
+    # Up without Kafka: its ingestion waits for Kafka in the background; it serves meanwhile.
+    up = AnalyticsSettings(warehouse_url=chdb_warehouse_url, kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    async with serving(await build_analytics(up, runtime)) as analytics:
         settings = GatewaySettings(
             analytics_addr=analytics.target,
             policy_addr=f"127.0.0.1:{free_port()}",  # nothing listens there
