@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 # One row of a warehouse table, its values in the table's column order (adapters.schema).
 Row = tuple[object, ...]
@@ -37,16 +38,15 @@ class Table(enum.StrEnum):
     DEAD_LETTERS = "dead_letters"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Partition:
-    """One partition of one Kafka topic."""
+class Partition(NamedTuple):
+    """One partition of one Kafka topic. (Named tuples, as Position: ingestion makes and
+    hashes one per record, and a tuple is what costs least.)"""
 
     topic: str
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
+class Position(NamedTuple):
     """Where a record sits in Kafka, and when it was published (the record's timestamp)."""
 
     topic: str
@@ -78,7 +78,8 @@ class PoisonReason(enum.StrEnum):
     NOT_AN_EVENT = "NOT_AN_EVENT"
     # An Event whose payload is none this service knows (a newer writer, or none at all).
     UNKNOWN_PAYLOAD = "UNKNOWN_PAYLOAD"
-    # An Event without the envelope fields every row needs (event_id, tenant, event_time).
+    # An Event without the envelope fields every row needs (event_id, tenant, event_time), or
+    # with an event_id that is no id (over 128 characters, or holding a comma).
     INCOMPLETE_ENVELOPE = "INCOMPLETE_ENVELOPE"
 
 

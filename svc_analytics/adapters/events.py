@@ -21,6 +21,13 @@ from skm.policy.v1 import blocked_action_pb2
 from skm.tools.v1 import execution_pb2
 from svc_analytics.model import Delivery, Poison, PoisonReason, Position, Row, Table
 
+# The columns every event table starts with: event_id, tenant, event_time (µs), session.
+Head = tuple[str, str, int, str]
+
+# Event ids are UUIDs; anything longer, or with a comma (the separator of the warehouse's
+# lookup of known ids), is not an id this service can key on.
+_MAX_ID = 128
+
 _SANDBOX_LIMITS = frozenset({"RESOURCE_LIMIT", "TIMEOUT", "SANDBOX_VIOLATION"})
 
 
@@ -35,10 +42,15 @@ def _upper_snake(name: str) -> str:
     return "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(name)).upper()
 
 
+@functools.cache
+def _field_names(message_descriptor: object, field: str) -> dict[int, str]:
+    return _names(message_descriptor.fields_by_name[field].enum_type)  # type: ignore[attr-defined]
+
+
 def _enum(message: object, field: str) -> str:
-    descriptor = message.DESCRIPTOR.fields_by_name[field].enum_type  # type: ignore[attr-defined]
     number = getattr(message, field)
-    return _names(descriptor).get(number, str(number))
+    name = _field_names(message.DESCRIPTOR, field).get(number)  # type: ignore[attr-defined]
+    return str(number) if name is None else name
 
 
 def _seconds(duration: Duration) -> float:
@@ -62,11 +74,11 @@ def _persona_of(subject: str) -> str:
     return subject.removeprefix("persona:") if subject.startswith("persona:") else ""
 
 
-def _model_call(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
+def _model_call(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
     p = e.model_call_completed
     u = p.usage
     row = (
-        *_head(e),
+        *head,
         e.source,
         p.turn,
         p.persona,
@@ -88,12 +100,12 @@ def _model_call(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
     return {Table.MODEL_CALLS: (row,)}
 
 
-def _turn(e: event_pb2.Event, kind: str) -> dict[Table, tuple[Row, ...]]:
+def _turn(e: event_pb2.Event, head: Head, kind: str) -> dict[Table, tuple[Row, ...]]:
     started = kind == "started"
     p = e.turn_started if started else e.turn_completed
     t = p.turn
     row = (
-        *_head(e),
+        *head,
         kind,
         t.name,
         p.persona,
@@ -110,17 +122,17 @@ def _turn(e: event_pb2.Event, kind: str) -> dict[Table, tuple[Row, ...]]:
     return {Table.TURNS: (row,)}
 
 
-def _intervention(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
+def _intervention(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
     p = e.intervention_applied
-    return {Table.INTERVENTIONS: ((*_head(e), p.turn, _enum(p.intervention, "kind")),)}
+    return {Table.INTERVENTIONS: ((*head, p.turn, _enum(p.intervention, "kind")),)}
 
 
-def _policy(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
+def _policy(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
     p = e.policy_decided
     c = p.check
     object_type, _, object_id = c.object.partition(":")
     row = (
-        *_head(e),
+        *head,
         c.subject,
         _persona_of(c.subject),
         c.relation,
@@ -134,7 +146,7 @@ def _policy(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
     return {Table.POLICY_DECISIONS: (row,)}
 
 
-def _tool(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
+def _tool(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
     x = e.tool_completed.execution
     failure = _enum(x.result.failure, "reason") if x.result.HasField("failure") else ""
     started, ended = x.HasField("start_time"), x.HasField("end_time")
@@ -142,7 +154,7 @@ def _tool(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
     created = x.HasField("create_time")
     wait = (_time(x.start_time) - _time(x.create_time)).total_seconds() if started and created else None
     row = (
-        *_head(e),
+        *head,
         x.name,
         x.tool,
         x.persona,
@@ -159,13 +171,13 @@ def _tool(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
     return {Table.TOOL_EXECUTIONS: (row,)}
 
 
-def _memory(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
+def _memory(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
     p = e.memory_operation
-    row = (*_head(e), _enum(p, "kind"), p.namespace, len(p.memory_ids), p.execution, p.turn)
+    row = (*head, _enum(p, "kind"), p.namespace, len(p.memory_ids), p.execution, p.turn)
     return {Table.MEMORY_OPERATIONS: (row,)}
 
 
-def _blocked(e: event_pb2.Event, kind: str) -> dict[Table, tuple[Row, ...]]:
+def _blocked(e: event_pb2.Event, head: Head, kind: str) -> dict[Table, tuple[Row, ...]]:
     resolved = kind == "resolved"
     p = e.action_resolved if resolved else e.action_blocked
     a = p.blocked_action
@@ -177,7 +189,7 @@ def _blocked(e: event_pb2.Event, kind: str) -> dict[Table, tuple[Row, ...]]:
         until = a.resolve_time if a.HasField("resolve_time") else e.event_time
         wait = (_time(until) - _time(a.create_time)).total_seconds()
     row = (
-        *_head(e),
+        *head,
         kind,
         a.name,
         _enum(a, "state"),
@@ -191,11 +203,11 @@ def _blocked(e: event_pb2.Event, kind: str) -> dict[Table, tuple[Row, ...]]:
     return {Table.BLOCKED_ACTIONS: (row,)}
 
 
-def _audio(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
+def _audio(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
     p = e.audio_quality_measured
     m = p.metrics
     row = (
-        *_head(e),
+        *head,
         p.voice_stream,
         p.turn,
         p.persona,
@@ -210,11 +222,11 @@ def _audio(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
     return {Table.AUDIO_QUALITY: (row,)}
 
 
-def _scores(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
+def _scores(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
     p = e.model_profile_scored
     rows = tuple(
         (
-            *_head(e),
+            *head,
             _enum(p, "role"),
             s.model,
             s.score,
@@ -232,19 +244,19 @@ def _scores(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
     return {Table.MODEL_SCORES: rows}
 
 
-def _none(e: event_pb2.Event) -> dict[Table, tuple[Row, ...]]:
+def _none(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
     return {}
 
 
-_TYPED: dict[str, Callable[[event_pb2.Event], dict[Table, tuple[Row, ...]]]] = {
-    "turn_started": lambda e: _turn(e, "started"),
-    "turn_completed": lambda e: _turn(e, "completed"),
+_TYPED: dict[str, Callable[[event_pb2.Event, Head], dict[Table, tuple[Row, ...]]]] = {
+    "turn_started": lambda e, head: _turn(e, head, "started"),
+    "turn_completed": lambda e, head: _turn(e, head, "completed"),
     "model_call_completed": _model_call,
     "tool_requested": _none,
     "tool_completed": _tool,
     "policy_decided": _policy,
-    "action_blocked": lambda e: _blocked(e, "blocked"),
-    "action_resolved": lambda e: _blocked(e, "resolved"),
+    "action_blocked": lambda e, head: _blocked(e, head, "blocked"),
+    "action_resolved": lambda e, head: _blocked(e, head, "resolved"),
     "intervention_applied": _intervention,
     "memory_operation": _memory,
     "audio_quality_measured": _audio,
@@ -254,10 +266,6 @@ _TYPED: dict[str, Callable[[event_pb2.Event], dict[Table, tuple[Row, ...]]]] = {
 
 # The payload types, named by their field in Event.payload (QueryAuditEvents' event_types).
 EVENT_TYPES = frozenset(f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields)
-
-
-def _head(e: event_pb2.Event) -> tuple[object, ...]:
-    return (e.event_id, e.tenant, _micros(e.event_time), e.session)
 
 
 def decode(position: Position, key: bytes | None, value: bytes | None) -> Delivery | Poison:
@@ -278,7 +286,13 @@ def decode(position: Position, key: bytes | None, value: bytes | None) -> Delive
         return poison(PoisonReason.UNKNOWN_PAYLOAD, "no payload this service knows (none, or a newer one)")
     if not event.event_id or not event.tenant.startswith("tenants/") or not event.HasField("event_time"):
         return poison(PoisonReason.INCOMPLETE_ENVELOPE, "event_id, tenant and event_time are required")
-    rows = _TYPED[kind](event)
+    if len(event.event_id) > _MAX_ID or "," in event.event_id:
+        return poison(
+            PoisonReason.INCOMPLETE_ENVELOPE, f"event_id must be a UUID (at most {_MAX_ID} characters, no comma)"
+        )
+    event_id, tenant, event_us = event.event_id, event.tenant, _micros(event.event_time)
+    head = (event_id, tenant, event_us, event.session)
+    rows = _TYPED[kind](event, head)
     principal = event.principal.user if event.HasField("principal") else ""
-    rows[Table.EVENTS] = ((*_head(event), event.source, kind, principal, event.trace_id, value),)
-    return Delivery(position, event.event_id, event.tenant, _micros(event.event_time), rows)
+    rows[Table.EVENTS] = ((*head, event.source, kind, principal, event.trace_id, value),)
+    return Delivery(position, event_id, tenant, event_us, rows)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from svc_analytics.errors import EventLogUnavailable, WarehouseUnavailable
 from svc_analytics.model import Delivery, Partition, Poison, Position, Record, Row, Table, Written
@@ -29,17 +29,24 @@ from svc_analytics.ports import DeadLetters, EventLog, Warehouse
 
 log = logging.getLogger("skm.analytics.ingest")
 
-Positions = dict[Table, dict[Partition, int]]
+# Per table, the highest offset it holds per partition, keyed (topic, partition): a Partition
+# is such a tuple, and a plain one costs less to make for every record.
+Positions = dict[Table, dict[tuple[str, int], int]]
 
 
 def next_offsets(batch: Sequence[Record]) -> dict[Partition, int]:
     """The offsets to commit after the batch: one past the last record of each partition."""
-    out: dict[Partition, int] = {}
-    for record in batch:
-        p = record.position
-        if out.get(p.of, -1) <= p.offset:
-            out[p.of] = p.offset + 1
-    return out
+    top = _highest(record.position for record in batch)
+    return {Partition(topic, partition): offset + 1 for (topic, partition), offset in top.items()}
+
+
+def _highest(positions: Iterable[Position]) -> dict[tuple[str, int], int]:
+    top: dict[tuple[str, int], int] = {}
+    for p in positions:
+        key = (p.topic, p.partition)
+        if top.get(key, -1) < p.offset:
+            top[key] = p.offset
+    return top
 
 
 class Ingestion:
@@ -65,11 +72,19 @@ class Ingestion:
         self.batches = 0
 
     async def run(self) -> None:
+        """Batches until cancelled; the next one is read (and decoded) while one is written."""
         backoff = 0.2
         while True:
+            reading: asyncio.Task[list[Record]] | None = None
             try:
-                await self.step()
-                backoff = 0.2
+                positions = await self._held()
+                reading = asyncio.create_task(self._read())
+                while True:
+                    batch = await reading
+                    reading = asyncio.create_task(self._read())
+                    if batch:
+                        await self._land(batch, positions)
+                        backoff = 0.2
             except (EventLogUnavailable, WarehouseUnavailable) as exc:
                 # What was written stays written; what was not is read again from the
                 # committed offsets, and the positions say which rows are already in.
@@ -82,15 +97,34 @@ class Ingestion:
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(EventLogUnavailable):
                     await self._log.rewind()
+            finally:
+                if reading is not None and not reading.done():
+                    # A batch read ahead is dropped: the rewind reads it again.
+                    reading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, EventLogUnavailable):
+                        await reading
 
     async def step(self) -> Written | None:
         """One batch: read, write, commit. None after a quiet wait."""
-        if self._positions is None:
-            self._positions = await self._warehouse.positions()
-        batch = await self._log.next_batch(self._batch_records, self._batch_seconds)
+        positions = await self._held()
+        batch = await self._read()
         if not batch:
             return None
-        written = await self.write(batch, self._positions)
+        return await self._land(batch, positions)
+
+    async def _held(self) -> Positions:
+        if self._positions is None:
+            found = await self._warehouse.positions()
+            self._positions = {
+                table: {(p.topic, p.partition): o for p, o in found.get(table, {}).items()} for table in Table
+            }
+        return self._positions
+
+    async def _read(self) -> list[Record]:
+        return await self._log.next_batch(self._batch_records, self._batch_seconds)
+
+    async def _land(self, batch: Sequence[Record], positions: Positions) -> Written:
+        written = await self.write(batch, positions)
         await self._log.commit(next_offsets(batch))
         if written.duplicates or written.rows_held:
             log.info(
@@ -141,29 +175,35 @@ class Ingestion:
                 },
             )
 
-        for table in Table:
-            if table is Table.DEAD_LETTERS:
-                continue
-            rows: list[tuple[Position, Row]] = []
-            for d in fresh:
-                mine = d.rows.get(table, ())
-                if not _beyond(positions, table, d.position):
+        # One pass over the events: each row to its table, unless the table holds its offset.
+        held = {table: positions.setdefault(table, {}) for table in Table}
+        rows: dict[Table, list[tuple[Position, Row]]] = {}
+        for d in fresh:
+            position = d.position
+            of = (position.topic, position.partition)
+            for table, mine in d.rows.items():
+                if position.offset > held[table].get(of, -1):
+                    bucket = rows.get(table)
+                    if bucket is None:
+                        bucket = rows[table] = []
+                    bucket.extend([(position, row) for row in mine])
+                else:
                     written.rows_held += len(mine)
-                    continue
-                rows.extend((d.position, row) for row in mine)
-            if rows:
-                await self._warehouse.write(table, rows)
-                _advance(positions, table, [position for position, _ in rows])
-                written.rows[table] = len(rows)
+        for table in Table:
+            if table is Table.DEAD_LETTERS or table not in rows:
+                continue
+            await self._warehouse.write(table, rows[table])
+            _advance(positions, table, [position for position, _ in rows[table]])
+            written.rows[table] = len(rows[table])
         return written
 
 
 def _beyond(positions: Positions, table: Table, position: Position) -> bool:
-    return position.offset > positions.get(table, {}).get(position.of, -1)
+    return position.offset > positions.get(table, {}).get((position.topic, position.partition), -1)
 
 
-def _advance(positions: Positions, table: Table, written: Sequence[Position]) -> None:
+def _advance(positions: Positions, table: Table, written: Iterable[Position]) -> None:
     held = positions.setdefault(table, {})
-    for p in written:
-        if held.get(p.of, -1) < p.offset:
-            held[p.of] = p.offset
+    for key, offset in _highest(written).items():
+        if held.get(key, -1) < offset:
+            held[key] = offset

@@ -11,6 +11,7 @@ looks to ingestion), `fail_commits` makes commits fail.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ class MemoryEventLog:
                 key, value = log[offset]
                 batch.append(decode(Position(partition.topic, partition.partition, offset), key, value))
             self.cursor[partition] = end
+        if not batch:
+            await asyncio.sleep(0.001)  # a quiet wait, as Kafka's poll
         return batch
 
     async def commit(self, next_offsets: Mapping[Partition, int]) -> None:

@@ -3,6 +3,9 @@ tables, whatever cuts a batch short, duplicates dropped, poison dead-lettered.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from svc_analytics.core.ingest import Ingestion, next_offsets
@@ -69,6 +72,26 @@ async def test_a_batch_cut_short_after_any_write_is_finished_without_repeating_a
     assert len(warehouse.dead) == 1
 
 
+@pytest.mark.parametrize(("writes_before_failure", "failed_commits"), [(0, 0), (1, 0), (3, 2), (None, 3)])
+async def test_running_reads_the_next_batch_while_writing_and_recovers_from_failures(
+    writes_before_failure: int | None, failed_commits: int
+) -> None:
+    log, warehouse, dead = MemoryEventLog(fail_commits=failed_commits), MemoryWarehouse(), MemoryDeadLetters()
+    ids = _fill(log, 300)
+    warehouse.fail_after_writes = writes_before_failure
+    running = asyncio.create_task(_ingestion(log, warehouse, dead, batch=40).run())
+    try:
+        async with asyncio.timeout(20):
+            while not all(log.committed.get(p, 0) == len(r) for p, r in log.records.items()):
+                assert not running.done(), running
+                await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    _assert_once(warehouse, ids)
+
+
 async def test_a_commit_that_fails_reads_the_batch_again_and_writes_nothing_twice() -> None:
     log, warehouse, dead = MemoryEventLog(fail_commits=3), MemoryWarehouse(), MemoryDeadLetters()
     ids = _fill(log, 100)
@@ -110,3 +133,13 @@ async def test_next_offsets_are_one_past_the_last_record_of_each_partition() -> 
     _fill(log, 5)
     batch = await log.next_batch(100, 0)
     assert next_offsets(batch) == {AUDIT[0]: 3, AUDIT[1]: 2}
+
+
+async def test_an_event_whose_id_is_no_id_is_dead_lettered() -> None:
+    log, warehouse, dead = MemoryEventLog(), MemoryWarehouse(), MemoryDeadLetters()
+    log.append(AUDIT[0], model_call(event_id="a,b"))
+    log.append(AUDIT[0], model_call(event_id="x" * 129))
+    ids = _fill(log, 4)
+    await _drain(_ingestion(log, warehouse, dead), log)
+    _assert_once(warehouse, ids)
+    assert [p.reason for p in dead.sent] == [PoisonReason.INCOMPLETE_ENVELOPE] * 2
