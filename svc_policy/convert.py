@@ -173,6 +173,7 @@ def decision_event(
     cached: bool,
     trace_id: str = "",
     time_ns: int | None = None,
+    latency_s: float | None = None,
 ) -> event_pb2.Event:
     """PolicyDecided, at `time_ns` (nanoseconds since the epoch; now if None).
 
@@ -197,6 +198,9 @@ def decision_event(
     decided.decision.decision_id = decision.decision_id
     decided.decision.blocked_action = decision.blocked_action
     decided.cached = cached
+    if latency_s is not None:
+        nanos = round(latency_s * 1_000_000_000)
+        decided.latency.seconds, decided.latency.nanos = divmod(nanos, 1_000_000_000)
     return event
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime, timedelta
@@ -70,7 +71,11 @@ _RESOLVED_FOR_WATCHERS = {
 class AuditTrail(Protocol):
     """Where every decision goes as an audit event (off the hot path)."""
 
-    def decided(self, check: AccessCheck, decision: Decision, tenant: str, principal: Principal | None) -> None: ...
+    def decided(
+        self, check: AccessCheck, decision: Decision, tenant: str, principal: Principal | None, latency_s: float
+    ) -> None:
+        """`latency_s`: how long deciding took here, in seconds."""
+        ...
 
 
 class ConstitutionStore(Protocol):
@@ -125,24 +130,27 @@ class Policy:
     async def check(
         self, check: AccessCheck, *, fresh: bool, hold: Hold | None, principal: Principal | None
     ) -> Decision:
+        started = time.perf_counter()
         found = await self._checker.check(check, fresh=fresh)
         # Not dataclasses.replace: this runs for every check, and a plain construction is cheaper.
         decision = Decision(found.verdict, found.reason, _new_id(), found.blocked_action, found.cached)
         tenant = tenant_of(split_id(check.object, what="object", userset=False)[1], what="object")
         if hold is not None and decision.verdict is Verdict.REQUIRES_APPROVAL:
             decision = await self._hold(check, decision, hold, tenant, principal)
-        self._audit.decided(check, decision, tenant, principal)
+        self._audit.decided(check, decision, tenant, principal, time.perf_counter() - started)
         return decision
 
     async def check_many(
         self, checks: Sequence[AccessCheck], *, fresh: bool, principal: Principal | None
     ) -> list[Decision]:
+        started = time.perf_counter()
         decisions = await self._checker.check_many(checks, fresh=fresh)
+        latency = time.perf_counter() - started
         result = []
         for check, decision in zip(checks, decisions, strict=True):
             decision = dataclasses.replace(decision, decision_id=_new_id())
             tenant = tenant_of(split_id(check.object, what="object", userset=False)[1], what="object")
-            self._audit.decided(check, decision, tenant, principal)
+            self._audit.decided(check, decision, tenant, principal, latency)
             result.append(decision)
         return result
 

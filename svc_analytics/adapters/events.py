@@ -141,7 +141,7 @@ def _policy(e: event_pb2.Event, head: Head) -> dict[Table, tuple[Row, ...]]:
         _enum(p.decision, "verdict"),
         p.decision.reason,
         p.cached,
-        None,
+        _maybe_seconds(p, "latency"),
     )
     return {Table.POLICY_DECISIONS: (row,)}
 

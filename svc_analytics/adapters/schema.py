@@ -106,7 +106,7 @@ SCHEMAS: dict[Table, TableSchema] = {
             "tenant, event_time, event_id",
         ),
         # PolicyDecided. persona: the subject when it is a persona ("" otherwise);
-        # latency_s: NULL while the event does not carry it.
+        # latency_s: svc_policy's time to decide (NULL for events from before it said).
         TableSchema(
             Table.POLICY_DECISIONS,
             _c(

@@ -25,8 +25,9 @@ from svc_policy.convert import decision_event
 TOPIC_AUDIT = "audit"
 log = logging.getLogger("skm.policy.audit")
 
-# check, decision, tenant, principal, trace id (0: none), time decided (ns since the epoch)
-_Noted = tuple[AccessCheck, Decision, str, Principal | None, int, int]
+# check, decision, tenant, principal, trace id (0: none), time decided (ns since the epoch),
+# how long deciding took (s)
+_Noted = tuple[AccessCheck, Decision, str, Principal | None, int, int, float]
 
 
 class Outbox(Protocol):
@@ -40,10 +41,12 @@ class OutboxAuditTrail:
         self._outbox = outbox
         self._noted: list[_Noted] = []
 
-    def decided(self, check: AccessCheck, decision: Decision, tenant: str, principal: Principal | None) -> None:
+    def decided(
+        self, check: AccessCheck, decision: Decision, tenant: str, principal: Principal | None, latency_s: float
+    ) -> None:
         span = trace.get_current_span().get_span_context()
         trace_id = span.trace_id if span.is_valid else 0
-        self._noted.append((check, decision, tenant, principal, trace_id, time.time_ns()))
+        self._noted.append((check, decision, tenant, principal, trace_id, time.time_ns(), latency_s))
         if len(self._noted) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -53,7 +56,7 @@ class OutboxAuditTrail:
     def flush(self) -> None:
         """Build the events of every noted decision and hand them to the outbox."""
         noted, self._noted = self._noted, []
-        for check, decision, tenant, principal, trace_id, decided_ns in noted:
+        for check, decision, tenant, principal, trace_id, decided_ns, latency_s in noted:
             try:
                 event = decision_event(
                     check,
@@ -63,6 +66,7 @@ class OutboxAuditTrail:
                     cached=decision.cached,
                     trace_id=format(trace_id, "032x") if trace_id else "",
                     time_ns=decided_ns,
+                    latency_s=latency_s,
                 )
             except Exception:  # one event that cannot be built must not cost the others
                 log.exception("a decision's audit event could not be built", extra={"fields": {"tenant": tenant}})

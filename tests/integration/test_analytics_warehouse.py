@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from skm.events.v1 import event_pb2
 from svc_analytics.adapters.clickhouse import ClickHouseWarehouse
 from svc_analytics.adapters.events import decode
 from svc_analytics.model import Delivery, Partition, Poison, PoisonReason, Position, Table
@@ -116,5 +117,30 @@ async def test_a_model_call_is_stored_with_the_values_of_its_event(chdb_warehous
             column_formats={"event": "bytes"},
         )
         assert stored == [("model_call_completed", "conversation", value)]
+    finally:
+        await warehouse.close()
+
+
+async def test_a_policy_decision_is_stored_with_its_latency(chdb_warehouse_url: str) -> None:
+    warehouse = await ClickHouseWarehouse.open(chdb_warehouse_url)
+    try:
+        tenant = f"tenants/w{uuid.uuid4().hex[:8]}"
+        event = event_pb2.Event(event_id=str(uuid.uuid4()), tenant=tenant, source="policy")
+        event.event_time.GetCurrentTime()
+        event.policy_decided.check.subject = f"persona:{tenant}/personas/helper"
+        event.policy_decided.check.relation = "can_execute"
+        event.policy_decided.check.object = f"tool:{tenant}/tools/code"
+        event.policy_decided.decision.verdict = 2  # DENY
+        event.policy_decided.decision.reason = "NOT_PERMITTED"
+        event.policy_decided.latency.nanos = 1_250_000
+        record = decode(Position(_topic(), 0, 0), None, event.SerializeToString())
+        assert isinstance(record, Delivery)
+        await _write(warehouse, [record])
+        rows = await warehouse.query(
+            "SELECT persona, relation, object_type, verdict, reason, latency_s FROM policy_decisions"
+            " WHERE tenant = {t:String}",
+            {"t": tenant},
+        )
+        assert rows == [(f"{tenant}/personas/helper", "can_execute", "tool", "DENY", "NOT_PERMITTED", 0.00125)]
     finally:
         await warehouse.close()

@@ -618,6 +618,8 @@ async def test_every_decision_becomes_an_audit_event(tenant: Tenant, stack: Runn
         assert event.source == "policy"
         assert event.policy_decided.decision.verdict == wanted[decision_id].verdict
         assert event.policy_decided.check.object.startswith("tool:")
+        latency = event.policy_decided.latency
+        assert 0 < latency.seconds * 1e9 + latency.nanos < 10e9  # svc_policy's own time to decide
 
 
 async def _claim_retrying(t: Tenant, name: str, claim_id: str) -> bool:

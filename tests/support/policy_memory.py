@@ -484,9 +484,13 @@ class MemoryAuditTrail:
 
     def __init__(self) -> None:
         self.decisions: list[tuple[AccessCheck, Decision, str, Principal | None]] = []
+        self.latencies: list[float] = []
 
-    def decided(self, check: AccessCheck, decision: Decision, tenant: str, principal: Principal | None) -> None:
+    def decided(
+        self, check: AccessCheck, decision: Decision, tenant: str, principal: Principal | None, latency_s: float
+    ) -> None:
         self.decisions.append((check, decision, tenant, principal))
+        self.latencies.append(latency_s)
 
 
 def _token_of(offset: int, kind: str) -> str:

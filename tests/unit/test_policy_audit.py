@@ -27,8 +27,8 @@ async def test_events_are_built_after_the_current_step_one_per_decision() -> Non
     outbox = _Outbox()
     trail = OutboxAuditTrail(outbox)
     before = time.time_ns()
-    trail.decided(CHECK, Decision(Verdict.ALLOW, "ROLE_ALLOWS", "d1", cached=True), "tenants/t1", PRINCIPAL)
-    trail.decided(CHECK, Decision(Verdict.DENY, "NOT_PERMITTED", "d2"), "tenants/t1", None)
+    trail.decided(CHECK, Decision(Verdict.ALLOW, "ROLE_ALLOWS", "d1", cached=True), "tenants/t1", PRINCIPAL, 0.00025)
+    trail.decided(CHECK, Decision(Verdict.DENY, "NOT_PERMITTED", "d2"), "tenants/t1", None, 1.5)
     after = time.time_ns()
     assert outbox.records == []  # nothing built on the caller's path
     await asyncio.sleep(0)
@@ -45,6 +45,8 @@ async def test_events_are_built_after_the_current_step_one_per_decision() -> Non
     assert first.policy_decided.check.object == CHECK.object
     assert dict(first.policy_decided.check.context) == {"cost": 2}
     assert second.policy_decided.decision.reason == "NOT_PERMITTED"
+    assert (first.policy_decided.latency.seconds, first.policy_decided.latency.nanos) == (0, 250_000)
+    assert (second.policy_decided.latency.seconds, second.policy_decided.latency.nanos) == (1, 500_000_000)
     # The time the decision was made, not the time its event was built.
     assert before <= first.event_time.ToNanoseconds() <= after
     assert len({r.event_id for r in outbox.records}) == 2
@@ -53,14 +55,14 @@ async def test_events_are_built_after_the_current_step_one_per_decision() -> Non
 
 def test_without_a_running_loop_the_event_is_built_at_once() -> None:
     outbox = _Outbox()
-    OutboxAuditTrail(outbox).decided(CHECK, Decision(Verdict.ALLOW, "ROLE_ALLOWS", "d1"), "tenants/t1", None)
+    OutboxAuditTrail(outbox).decided(CHECK, Decision(Verdict.ALLOW, "ROLE_ALLOWS", "d1"), "tenants/t1", None, 0.001)
     assert len(outbox.records) == 1
 
 
 async def test_flush_builds_whatever_is_still_noted() -> None:
     outbox = _Outbox()
     trail = OutboxAuditTrail(outbox)
-    trail.decided(CHECK, Decision(Verdict.ALLOW, "ROLE_ALLOWS", "d1"), "tenants/t1", None)
+    trail.decided(CHECK, Decision(Verdict.ALLOW, "ROLE_ALLOWS", "d1"), "tenants/t1", None, 0.001)
     trail.flush()
     assert len(outbox.records) == 1
     await asyncio.sleep(0)  # the scheduled build finds nothing left to do

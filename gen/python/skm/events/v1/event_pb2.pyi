@@ -386,6 +386,7 @@ class PolicyDecided(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     CACHED_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
     cached: _builtins.bool
     """Whether the decision cache answered."""
     @_builtins.property
@@ -396,16 +397,24 @@ class PolicyDecided(_message.Message):
     def decision(self) -> _policy_decision_pb2.PolicyDecision:
         """The answer."""
 
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """How long svc_policy took to decide, from the check's arrival in its core to the
+        decision (the cache, the decision table and the engine's round trip; not the network
+        between the caller and svc_policy). A batch's decisions each carry the batch's time.
+        """
+
     def __init__(
         self,
         *,
         check: _access_pb2.AccessCheck | None = ...,
         decision: _policy_decision_pb2.PolicyDecision | None = ...,
         cached: _builtins.bool = ...,
+        latency: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "decision", b"decision"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "decision", b"decision", "latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "check", b"check", "decision", b"decision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "check", b"check", "decision", b"decision", "latency", b"latency"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
