@@ -63,3 +63,11 @@ class EventLogUnavailable(AnalyticsError):
 
     code = Code.UNAVAILABLE
     reason = "WAREHOUSE_UNAVAILABLE"
+
+
+class PolicyUnavailable(AnalyticsError):
+    """svc_policy cannot say a tenant's budgets. Never sent to a client: the budget watch
+    looks again with the tenant's next model call."""
+
+    code = Code.UNAVAILABLE
+    reason = "WAREHOUSE_UNAVAILABLE"

@@ -110,6 +110,8 @@ class Written:
     rows_held: int = 0
     dead_letters: int = 0
     rows: dict[Table, int] = field(default_factory=dict)
+    # Tenants with model calls among the events written.
+    charged: set[str] = field(default_factory=set)
 
 
 # -- queries: the dashboards' metrics and the audit log ----------------------------------------
@@ -312,6 +314,7 @@ EVENT_TYPES = frozenset(
         "audio_quality_measured",
         "model_profile_scored",
         "kamachiq_progress",
+        "model_budget_exceeded",
     }
 )
 
@@ -371,3 +374,23 @@ class Spend:
     since: datetime
     usd: float
     model_calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A tenant's monthly model budget for one role ("PRIMARY", ...), in USD."""
+
+    tenant: str
+    role: str
+    limit_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCrossed:
+    """A budget's limit passed this month: what to announce, under a stable event id."""
+
+    event_id: str
+    budget: Budget
+    spent_usd: float
+    since: datetime
+    seen: datetime

@@ -13,6 +13,8 @@ from typing import Protocol
 from svc_analytics.model import (
     AuditEvent,
     AuditRead,
+    Budget,
+    BudgetCrossed,
     Delivery,
     Partition,
     Poison,
@@ -91,4 +93,20 @@ class WarehouseReader(Protocol):
     async def model_spend(self, tenant: str, role: str, since: datetime) -> Spend:
         """The tenant's USD spend on model calls of `role` ("PRIMARY", ...; "" for every
         role) with event time at or after `since`."""
+        ...
+
+
+class BudgetSource(Protocol):
+    """The tenants' model budgets (svc_policy's model_budget tuples)."""
+
+    async def budgets(self, tenant: str) -> list[Budget]:
+        """The tenant's budgets that have a limit; [] when it has none."""
+        ...
+
+
+class Announcements(Protocol):
+    """Where events svc_analytics itself emits go (Kafka, topic analytics)."""
+
+    async def announce(self, crossing: BudgetCrossed) -> None:
+        """Durable on return (acknowledged by every in-sync replica)."""
         ...

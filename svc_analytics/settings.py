@@ -31,5 +31,7 @@ class AnalyticsSettings(ServiceSettings):
     # A batch is written when it holds this many records or is this old, whichever first.
     batch_records: int = bounded(10_000, low=1, high=500_000)
     batch_seconds: float = bounded(1.0, low=0.01, high=60.0)
+    # svc_policy: the tenants' model budgets, to announce their crossing.
+    policy_addr: str = address("127.0.0.1:50055", env="SKM_POLICY_ADDR")
     # Upper bound of one read from Kafka, so a batch is not held up by a slow poll.
     poll_records: int = bounded(5_000, low=1, high=500_000)

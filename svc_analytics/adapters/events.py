@@ -19,7 +19,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from skm.events.v1 import event_pb2
 from skm.policy.v1 import blocked_action_pb2
 from skm.tools.v1 import execution_pb2
-from svc_analytics.model import Delivery, Poison, PoisonReason, Position, Row, Table
+from skm.type.v1 import model_pb2, money_pb2
+from svc_analytics.model import BudgetCrossed, Delivery, Poison, PoisonReason, Position, Row, Table
 
 # The columns every event table starts with: event_id, tenant, event_time (µs), session.
 Head = tuple[str, str, int, str]
@@ -262,6 +263,7 @@ _TYPED: dict[str, Callable[[event_pb2.Event, Head], dict[Table, tuple[Row, ...]]
     "audio_quality_measured": _audio,
     "model_profile_scored": _scores,
     "kamachiq_progress": _none,
+    "model_budget_exceeded": _none,
 }
 
 # The payload types, named by their field in Event.payload (QueryAuditEvents' event_types).
@@ -296,3 +298,23 @@ def decode(position: Position, key: bytes | None, value: bytes | None) -> Delive
     principal = event.principal.user if event.HasField("principal") else ""
     rows[Table.EVENTS] = ((*head, event.source, kind, principal, event.trace_id, value),)
     return Delivery(position, event_id, tenant, event_us, rows)
+
+
+def _money(usd: float) -> money_pb2.Money:
+    nanos = round(usd * 1_000_000_000)
+    units, nanos = divmod(nanos, 1_000_000_000)
+    return money_pb2.Money(currency_code="USD", units=units, nanos=nanos)
+
+
+def budget_exceeded_event(crossing: BudgetCrossed) -> event_pb2.Event:
+    """The ModelBudgetExceeded event of a crossing (source analytics, no session, no principal)."""
+    b = crossing.budget
+    event = event_pb2.Event(event_id=crossing.event_id, tenant=b.tenant, source="analytics")
+    event.event_time.FromDatetime(crossing.seen)
+    exceeded = event.model_budget_exceeded
+    exceeded.budget = f"model_budget:{b.tenant}/modelBudgets/{b.role.lower()}"
+    exceeded.role = model_pb2.ModelRole.Value(f"MODEL_ROLE_{b.role}")
+    exceeded.limit.CopyFrom(_money(b.limit_usd))
+    exceeded.spent.CopyFrom(_money(crossing.spent_usd))
+    exceeded.period_start_time.FromDatetime(crossing.since)
+    return event

@@ -16,9 +16,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from skm_runtime.outbox import closed, ensure_topics
-from svc_analytics.adapters.events import decode
+from svc_analytics.adapters.events import budget_exceeded_event, decode
 from svc_analytics.errors import EventLogUnavailable
-from svc_analytics.model import Partition, Poison, Position, Record
+from svc_analytics.model import BudgetCrossed, Partition, Poison, Position, Record
 
 log = logging.getLogger("skm.analytics.kafka")
 
@@ -147,6 +147,42 @@ class KafkaDeadLetters:
         except (KafkaError, OSError) as exc:
             await self.close()
             raise EventLogUnavailable(f"the dead-letter topic cannot be written: {type(exc).__name__}") from exc
+
+
+class KafkaAnnouncements:
+    """Implements ports.Announcements: the events svc_analytics emits, on the `analytics`
+    topic, keyed by tenant like every event outside a session."""
+
+    def __init__(self, bootstrap: str, topic: str = "analytics") -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await closed(producer.stop())
+
+    async def announce(self, crossing: BudgetCrossed) -> None:
+        event = budget_exceeded_event(crossing)
+        try:
+            async with self._lock:
+                if self._producer is None:
+                    producer = AIOKafkaProducer(
+                        bootstrap_servers=self._bootstrap,
+                        acks="all",
+                        enable_idempotence=True,
+                        request_timeout_ms=10_000,
+                    )
+                    await producer.start()
+                    self._producer = producer
+                producer = self._producer
+            sent = await producer.send(self._topic, value=event.SerializeToString(), key=event.tenant.encode())
+            await sent
+        except (KafkaError, OSError) as exc:
+            await self.close()
+            raise EventLogUnavailable(f"an event cannot be published: {type(exc).__name__}") from exc
 
 
 def _headers(p: Poison) -> list[tuple[str, bytes]]:

@@ -187,6 +187,8 @@ class Ingestion:
                     if bucket is None:
                         bucket = rows[table] = []
                     bucket.extend([(position, row) for row in mine])
+                    if table is Table.MODEL_CALLS:
+                        written.charged.add(d.tenant)
                 else:
                     written.rows_held += len(mine)
         for table in Table:

@@ -230,6 +230,19 @@ async def test_spending_past_the_budget_refuses_the_next_model_call_and_the_audi
     )
     assert ended.turn_completed.turn.state == turn_pb2.Turn.STATE_FAILED
 
+    # svc_analytics announced the crossing itself, once, with the budget's numbers.
+    exceeded = await _audit_event(admin, "model_budget_exceeded", lambda e: True)
+    crossing = exceeded.model_budget_exceeded
+    assert (exceeded.source, crossing.budget, crossing.role) == ("analytics", budget, PRIMARY)
+    assert (crossing.limit.currency_code, crossing.limit.units, crossing.limit.nanos) == ("USD", 0, 10_000_000)
+    assert crossing.spent.units + crossing.spent.nanos / 1e9 > 0.01
+    every = await _analytics(admin).QueryAuditEvents(
+        apb.QueryAuditEventsRequest(parent=admin.tenant, event_types=["model_budget_exceeded"]),
+        metadata=admin.metadata,
+        timeout=30,
+    )
+    assert [e.event_id for e in every.events] == [exceeded.event_id]
+
     # What the tenant's admin sees, through Envoy.
     shown = json.loads(_skm(mesh, "budget", "show", "--tenant", tenant, "--json", token=_bearer(admin)).stdout)
     assert shown["limit_usd"] == 0.01

@@ -45,7 +45,7 @@ class Event(_message.Message):
                             tool_requested, tool_completed, policy_decided,
                             intervention_applied, memory_operation
       policy.blocked        action_blocked, action_resolved
-      analytics             audio_quality_measured
+      analytics             audio_quality_measured, model_budget_exceeded
       model.profile.scored  model_profile_scored
       kamachiq.progress     kamachiq_progress
 
@@ -84,6 +84,7 @@ class Event(_message.Message):
     AUDIO_QUALITY_MEASURED_FIELD_NUMBER: _builtins.int
     MODEL_PROFILE_SCORED_FIELD_NUMBER: _builtins.int
     KAMACHIQ_PROGRESS_FIELD_NUMBER: _builtins.int
+    MODEL_BUDGET_EXCEEDED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique, stable id (UUID), assigned when the event is first written;
     redeliveries carry the same id.
@@ -164,6 +165,10 @@ class Event(_message.Message):
     def kamachiq_progress(self) -> Global___KamachiqProgress:
         """A KAMACHIQ task made progress. Topic kamachiq.progress."""
 
+    @_builtins.property
+    def model_budget_exceeded(self) -> Global___ModelBudgetExceeded:
+        """A tenant's spend on a role's model calls passed its budget. Topic analytics."""
+
     def __init__(
         self,
         *,
@@ -187,12 +192,13 @@ class Event(_message.Message):
         audio_quality_measured: Global___AudioQualityMeasured | None = ...,
         model_profile_scored: Global___ModelProfileScored | None = ...,
         kamachiq_progress: Global___KamachiqProgress | None = ...,
+        model_budget_exceeded: Global___ModelBudgetExceeded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action_blocked", b"action_blocked", "action_resolved", b"action_resolved", "audio_quality_measured", b"audio_quality_measured", "event_time", b"event_time", "intervention_applied", b"intervention_applied", "kamachiq_progress", b"kamachiq_progress", "memory_operation", b"memory_operation", "model_call_completed", b"model_call_completed", "model_profile_scored", b"model_profile_scored", "payload", b"payload", "policy_decided", b"policy_decided", "principal", b"principal", "tool_completed", b"tool_completed", "tool_requested", b"tool_requested", "turn_completed", b"turn_completed", "turn_started", b"turn_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action_blocked", b"action_blocked", "action_resolved", b"action_resolved", "audio_quality_measured", b"audio_quality_measured", "event_time", b"event_time", "intervention_applied", b"intervention_applied", "kamachiq_progress", b"kamachiq_progress", "memory_operation", b"memory_operation", "model_budget_exceeded", b"model_budget_exceeded", "model_call_completed", b"model_call_completed", "model_profile_scored", b"model_profile_scored", "payload", b"payload", "policy_decided", b"policy_decided", "principal", b"principal", "tool_completed", b"tool_completed", "tool_requested", b"tool_requested", "turn_completed", b"turn_completed", "turn_started", b"turn_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_blocked", b"action_blocked", "action_resolved", b"action_resolved", "audio_quality_measured", b"audio_quality_measured", "event_id", b"event_id", "event_time", b"event_time", "intervention_applied", b"intervention_applied", "kamachiq_progress", b"kamachiq_progress", "memory_operation", b"memory_operation", "model_call_completed", b"model_call_completed", "model_profile_scored", b"model_profile_scored", "payload", b"payload", "policy_decided", b"policy_decided", "principal", b"principal", "session", b"session", "source", b"source", "tenant", b"tenant", "tool_completed", b"tool_completed", "tool_requested", b"tool_requested", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "turn_started", b"turn_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_blocked", b"action_blocked", "action_resolved", b"action_resolved", "audio_quality_measured", b"audio_quality_measured", "event_id", b"event_id", "event_time", b"event_time", "intervention_applied", b"intervention_applied", "kamachiq_progress", b"kamachiq_progress", "memory_operation", b"memory_operation", "model_budget_exceeded", b"model_budget_exceeded", "model_call_completed", b"model_call_completed", "model_profile_scored", b"model_profile_scored", "payload", b"payload", "policy_decided", b"policy_decided", "principal", b"principal", "session", b"session", "source", b"source", "tenant", b"tenant", "tool_completed", b"tool_completed", "tool_requested", b"tool_requested", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "turn_started", b"turn_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["turn_started", "turn_completed", "model_call_completed", "tool_requested", "tool_completed", "policy_decided", "action_blocked", "action_resolved", "intervention_applied", "memory_operation", "audio_quality_measured", "model_profile_scored", "kamachiq_progress"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["turn_started", "turn_completed", "model_call_completed", "tool_requested", "tool_completed", "policy_decided", "action_blocked", "action_resolved", "intervention_applied", "memory_operation", "audio_quality_measured", "model_profile_scored", "kamachiq_progress", "model_budget_exceeded"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -659,6 +665,55 @@ class ModelProfileScored(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelProfileScored: _TypeAlias = ModelProfileScored  # noqa: Y015
+
+@_typing.final
+class ModelBudgetExceeded(_message.Message):
+    """A tenant's spend this month on the model calls of one role passed the limit of its budget
+    for the role (svc_policy's model_budget object): from now on svc_conversation's calls of
+    the role are refused (BUDGET_EXCEEDED) until the limit is raised or the month ends.
+    Source: analytics, once per (tenant, role, month, limit): the event id is derived from
+    those, so a repeated announcement is the same event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    SPENT_FIELD_NUMBER: _builtins.int
+    PERIOD_START_TIME_FIELD_NUMBER: _builtins.int
+    budget: _builtins.str
+    """The budget, "model_budget:tenants/{tenant}/modelBudgets/{role}"."""
+    role: _model_pb2.ModelRole.ValueType
+    """The role whose calls it limits."""
+    @_builtins.property
+    def limit(self) -> _money_pb2.Money:
+        """The budget's limit, per calendar month (UTC)."""
+
+    @_builtins.property
+    def spent(self) -> _money_pb2.Money:
+        """What was spent when the crossing was seen (USD)."""
+
+    @_builtins.property
+    def period_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The month, its first instant (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        budget: _builtins.str = ...,
+        role: _model_pb2.ModelRole.ValueType = ...,
+        limit: _money_pb2.Money | None = ...,
+        spent: _money_pb2.Money | None = ...,
+        period_start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "period_start_time", b"period_start_time", "spent", b"spent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "limit", b"limit", "period_start_time", b"period_start_time", "role", b"role", "spent", b"spent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelBudgetExceeded: _TypeAlias = ModelBudgetExceeded  # noqa: Y015
 
 @_typing.final
 class KamachiqProgress(_message.Message):

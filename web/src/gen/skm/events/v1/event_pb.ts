@@ -36,7 +36,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/events/v1/event.proto.
  */
 export const file_skm_events_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("Chlza20vZXZlbnRzL3YxL2V2ZW50LnByb3RvEg1za20uZXZlbnRzLnYxItMHCgVFdmVudBIQCghldmVudF9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDwoHc2Vzc2lvbhgDIAEoCRIQCgh0cmFjZV9pZBgEIAEoCRIuCgpldmVudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBiABKAkSKQoJcHJpbmNpcGFsGAcgASgLMhYuc2ttLnR5cGUudjEuUHJpbmNpcGFsEjIKDHR1cm5fc3RhcnRlZBgUIAEoCzIaLnNrbS5ldmVudHMudjEuVHVyblN0YXJ0ZWRIABI2Cg50dXJuX2NvbXBsZXRlZBgVIAEoCzIcLnNrbS5ldmVudHMudjEuVHVybkNvbXBsZXRlZEgAEkEKFG1vZGVsX2NhbGxfY29tcGxldGVkGBYgASgLMiEuc2ttLmV2ZW50cy52MS5Nb2RlbENhbGxDb21wbGV0ZWRIABI2Cg50b29sX3JlcXVlc3RlZBgXIAEoCzIcLnNrbS5ldmVudHMudjEuVG9vbFJlcXVlc3RlZEgAEjYKDnRvb2xfY29tcGxldGVkGBggASgLMhwuc2ttLmV2ZW50cy52MS5Ub29sQ29tcGxldGVkSAASNgoOcG9saWN5X2RlY2lkZWQYGSABKAsyHC5za20uZXZlbnRzLnYxLlBvbGljeURlY2lkZWRIABI2Cg5hY3Rpb25fYmxvY2tlZBgaIAEoCzIcLnNrbS5ldmVudHMudjEuQWN0aW9uQmxvY2tlZEgAEjgKD2FjdGlvbl9yZXNvbHZlZBgbIAEoCzIdLnNrbS5ldmVudHMudjEuQWN0aW9uUmVzb2x2ZWRIABJCChRpbnRlcnZlbnRpb25fYXBwbGllZBgcIAEoCzIiLnNrbS5ldmVudHMudjEuSW50ZXJ2ZW50aW9uQXBwbGllZEgAEjoKEG1lbW9yeV9vcGVyYXRpb24YHSABKAsyHi5za20uZXZlbnRzLnYxLk1lbW9yeU9wZXJhdGlvbkgAEkUKFmF1ZGlvX3F1YWxpdHlfbWVhc3VyZWQYHiABKAsyIy5za20uZXZlbnRzLnYxLkF1ZGlvUXVhbGl0eU1lYXN1cmVkSAASQQoUbW9kZWxfcHJvZmlsZV9zY29yZWQYHyABKAsyIS5za20uZXZlbnRzLnYxLk1vZGVsUHJvZmlsZVNjb3JlZEgAEjwKEWthbWFjaGlxX3Byb2dyZXNzGCAgASgLMh8uc2ttLmV2ZW50cy52MS5LYW1hY2hpcVByb2dyZXNzSABCCQoHcGF5bG9hZCJyCgtUdXJuU3RhcnRlZBInCgR0dXJuGAEgASgLMhkuc2ttLmNvbnZlcnNhdGlvbi52MS5UdXJuEg8KB3BlcnNvbmEYAiABKAkSKQoEbW9kZRgDIAEoDjIbLnNrbS50eXBlLnYxLkRlcGxveW1lbnRNb2RlInYKDVR1cm5Db21wbGV0ZWQSJwoEdHVybhgBIAEoCzIZLnNrbS5jb252ZXJzYXRpb24udjEuVHVybhIPCgdwZXJzb25hGAIgASgJEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIogBChJNb2RlbENhbGxDb21wbGV0ZWQSDAoEdHVybhgBIAEoCRIPCgdwZXJzb25hGAIgASgJEiYKBXVzYWdlGAMgASgLMhcuc2ttLnR5cGUudjEuTW9kZWxVc2FnZRIWCg5mYWlsdXJlX3JlYXNvbhgEIAEoCRITCgtpbnRlcnJ1cHRlZBgFIAEoCCJqCg1Ub29sUmVxdWVzdGVkEgwKBHR1cm4YASABKAkSFAoMdG9vbF9jYWxsX2lkGAIgASgJEgwKBHRvb2wYAyABKAkSFgoOYXJndW1lbnRzX2pzb24YBCABKAkSDwoHcGVyc29uYRgFIAEoCSI7Cg1Ub29sQ29tcGxldGVkEioKCWV4ZWN1dGlvbhgBIAEoCzIXLnNrbS50b29scy52MS5FeGVjdXRpb24ipQEKDVBvbGljeURlY2lkZWQSKQoFY2hlY2sYASABKAsyGi5za20ucG9saWN5LnYxLkFjY2Vzc0NoZWNrEi0KCGRlY2lzaW9uGAIgASgLMhsuc2ttLnR5cGUudjEuUG9saWN5RGVjaXNpb24SDgoGY2FjaGVkGAMgASgIEioKB2xhdGVuY3kYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRQoNQWN0aW9uQmxvY2tlZBI0Cg5ibG9ja2VkX2FjdGlvbhgBIAEoCzIcLnNrbS5wb2xpY3kudjEuQmxvY2tlZEFjdGlvbiKCAQoOQWN0aW9uUmVzb2x2ZWQSNAoOYmxvY2tlZF9hY3Rpb24YASABKAsyHC5za20ucG9saWN5LnYxLkJsb2NrZWRBY3Rpb24SOgoOcHJldmlvdXNfc3RhdGUYAiABKA4yIi5za20ucG9saWN5LnYxLkJsb2NrZWRBY3Rpb24uU3RhdGUiXAoTSW50ZXJ2ZW50aW9uQXBwbGllZBIMCgR0dXJuGAEgASgJEjcKDGludGVydmVudGlvbhgCIAEoCzIhLnNrbS5jb252ZXJzYXRpb24udjEuSW50ZXJ2ZW50aW9uIuoBCg9NZW1vcnlPcGVyYXRpb24SMQoEa2luZBgBIAEoDjIjLnNrbS5ldmVudHMudjEuTWVtb3J5T3BlcmF0aW9uLktpbmQSEQoJbmFtZXNwYWNlGAIgASgJEhIKCm1lbW9yeV9pZHMYAyADKAkSEQoJZXhlY3V0aW9uGAQgASgJEgwKBHR1cm4YBSABKAkiXAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASDQoJS0lORF9TQVZFEAESDQoJS0lORF9MT0FEEAISDwoLS0lORF9ERUxFVEUQAxIPCgtLSU5EX0ZPUkdFVBAEIp0BChRBdWRpb1F1YWxpdHlNZWFzdXJlZBIUCgx2b2ljZV9zdHJlYW0YASABKAkSDAoEdHVybhgCIAEoCRIPCgdwZXJzb25hGAMgASgJEhIKCnJlY29nbml6ZXIYBCABKAkSDQoFdm9pY2UYBSABKAkSLQoHbWV0cmljcxgGIAEoCzIcLnNrbS5hdWRpby52MS5RdWFsaXR5TWV0cmljcyKrAQoSTW9kZWxQcm9maWxlU2NvcmVkEiQKBHJvbGUYASABKA4yFi5za20udHlwZS52MS5Nb2RlbFJvbGUSKwoGc2NvcmVzGAIgAygLMhsuc2ttLnByb2ZpbGVzLnYxLk1vZGVsU2NvcmUSGQoRcmVjb21tZW5kZWRfbW9kZWwYAyABKAkSFgoObW9kZWxfcHJvZmlsZXMYBCADKAkSDwoHYXBwbGllZBgFIAEoCCKWAwoQS2FtYWNoaXFQcm9ncmVzcxIPCgdwcm9qZWN0GAEgASgJEgwKBHRhc2sYAiABKAkSEgoKZGVwZW5kc19vbhgDIAMoCRI0CgVzdGF0ZRgEIAEoDjIlLnNrbS5ldmVudHMudjEuS2FtYWNoaXFQcm9ncmVzcy5TdGF0ZRIQCghwcm9ncmVzcxgFIAEoARIPCgdzZXNzaW9uGAYgASgJEhYKDmJsb2NrZWRfYWN0aW9uGAcgASgJEigKDGJ1ZGdldF9zcGVudBgIIAEoCzISLnNrbS50eXBlLnYxLk1vbmV5EigKDGJ1ZGdldF9saW1pdBgJIAEoCzISLnNrbS50eXBlLnYxLk1vbmV5Eg8KB21lc3NhZ2UYCiABKAkieQoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIRCg1TVEFURV9QRU5ESU5HEAESEQoNU1RBVEVfUlVOTklORxACEhEKDVNUQVRFX0JMT0NLRUQQAxIOCgpTVEFURV9ET05FEAQSEAoMU1RBVEVfRkFJTEVEEAViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_skm_audio_v1_audio_metrics, file_skm_conversation_v1_session_event, file_skm_conversation_v1_turn, file_skm_policy_v1_access, file_skm_policy_v1_blocked_action, file_skm_profiles_v1_model_score, file_skm_tools_v1_execution, file_skm_type_v1_deployment_mode, file_skm_type_v1_model, file_skm_type_v1_money, file_skm_type_v1_policy_decision, file_skm_type_v1_principal]);
+  fileDesc("Chlza20vZXZlbnRzL3YxL2V2ZW50LnByb3RvEg1za20uZXZlbnRzLnYxIpgICgVFdmVudBIQCghldmVudF9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDwoHc2Vzc2lvbhgDIAEoCRIQCgh0cmFjZV9pZBgEIAEoCRIuCgpldmVudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBiABKAkSKQoJcHJpbmNpcGFsGAcgASgLMhYuc2ttLnR5cGUudjEuUHJpbmNpcGFsEjIKDHR1cm5fc3RhcnRlZBgUIAEoCzIaLnNrbS5ldmVudHMudjEuVHVyblN0YXJ0ZWRIABI2Cg50dXJuX2NvbXBsZXRlZBgVIAEoCzIcLnNrbS5ldmVudHMudjEuVHVybkNvbXBsZXRlZEgAEkEKFG1vZGVsX2NhbGxfY29tcGxldGVkGBYgASgLMiEuc2ttLmV2ZW50cy52MS5Nb2RlbENhbGxDb21wbGV0ZWRIABI2Cg50b29sX3JlcXVlc3RlZBgXIAEoCzIcLnNrbS5ldmVudHMudjEuVG9vbFJlcXVlc3RlZEgAEjYKDnRvb2xfY29tcGxldGVkGBggASgLMhwuc2ttLmV2ZW50cy52MS5Ub29sQ29tcGxldGVkSAASNgoOcG9saWN5X2RlY2lkZWQYGSABKAsyHC5za20uZXZlbnRzLnYxLlBvbGljeURlY2lkZWRIABI2Cg5hY3Rpb25fYmxvY2tlZBgaIAEoCzIcLnNrbS5ldmVudHMudjEuQWN0aW9uQmxvY2tlZEgAEjgKD2FjdGlvbl9yZXNvbHZlZBgbIAEoCzIdLnNrbS5ldmVudHMudjEuQWN0aW9uUmVzb2x2ZWRIABJCChRpbnRlcnZlbnRpb25fYXBwbGllZBgcIAEoCzIiLnNrbS5ldmVudHMudjEuSW50ZXJ2ZW50aW9uQXBwbGllZEgAEjoKEG1lbW9yeV9vcGVyYXRpb24YHSABKAsyHi5za20uZXZlbnRzLnYxLk1lbW9yeU9wZXJhdGlvbkgAEkUKFmF1ZGlvX3F1YWxpdHlfbWVhc3VyZWQYHiABKAsyIy5za20uZXZlbnRzLnYxLkF1ZGlvUXVhbGl0eU1lYXN1cmVkSAASQQoUbW9kZWxfcHJvZmlsZV9zY29yZWQYHyABKAsyIS5za20uZXZlbnRzLnYxLk1vZGVsUHJvZmlsZVNjb3JlZEgAEjwKEWthbWFjaGlxX3Byb2dyZXNzGCAgASgLMh8uc2ttLmV2ZW50cy52MS5LYW1hY2hpcVByb2dyZXNzSAASQwoVbW9kZWxfYnVkZ2V0X2V4Y2VlZGVkGCEgASgLMiIuc2ttLmV2ZW50cy52MS5Nb2RlbEJ1ZGdldEV4Y2VlZGVkSABCCQoHcGF5bG9hZCJyCgtUdXJuU3RhcnRlZBInCgR0dXJuGAEgASgLMhkuc2ttLmNvbnZlcnNhdGlvbi52MS5UdXJuEg8KB3BlcnNvbmEYAiABKAkSKQoEbW9kZRgDIAEoDjIbLnNrbS50eXBlLnYxLkRlcGxveW1lbnRNb2RlInYKDVR1cm5Db21wbGV0ZWQSJwoEdHVybhgBIAEoCzIZLnNrbS5jb252ZXJzYXRpb24udjEuVHVybhIPCgdwZXJzb25hGAIgASgJEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIogBChJNb2RlbENhbGxDb21wbGV0ZWQSDAoEdHVybhgBIAEoCRIPCgdwZXJzb25hGAIgASgJEiYKBXVzYWdlGAMgASgLMhcuc2ttLnR5cGUudjEuTW9kZWxVc2FnZRIWCg5mYWlsdXJlX3JlYXNvbhgEIAEoCRITCgtpbnRlcnJ1cHRlZBgFIAEoCCJqCg1Ub29sUmVxdWVzdGVkEgwKBHR1cm4YASABKAkSFAoMdG9vbF9jYWxsX2lkGAIgASgJEgwKBHRvb2wYAyABKAkSFgoOYXJndW1lbnRzX2pzb24YBCABKAkSDwoHcGVyc29uYRgFIAEoCSI7Cg1Ub29sQ29tcGxldGVkEioKCWV4ZWN1dGlvbhgBIAEoCzIXLnNrbS50b29scy52MS5FeGVjdXRpb24ipQEKDVBvbGljeURlY2lkZWQSKQoFY2hlY2sYASABKAsyGi5za20ucG9saWN5LnYxLkFjY2Vzc0NoZWNrEi0KCGRlY2lzaW9uGAIgASgLMhsuc2ttLnR5cGUudjEuUG9saWN5RGVjaXNpb24SDgoGY2FjaGVkGAMgASgIEioKB2xhdGVuY3kYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRQoNQWN0aW9uQmxvY2tlZBI0Cg5ibG9ja2VkX2FjdGlvbhgBIAEoCzIcLnNrbS5wb2xpY3kudjEuQmxvY2tlZEFjdGlvbiKCAQoOQWN0aW9uUmVzb2x2ZWQSNAoOYmxvY2tlZF9hY3Rpb24YASABKAsyHC5za20ucG9saWN5LnYxLkJsb2NrZWRBY3Rpb24SOgoOcHJldmlvdXNfc3RhdGUYAiABKA4yIi5za20ucG9saWN5LnYxLkJsb2NrZWRBY3Rpb24uU3RhdGUiXAoTSW50ZXJ2ZW50aW9uQXBwbGllZBIMCgR0dXJuGAEgASgJEjcKDGludGVydmVudGlvbhgCIAEoCzIhLnNrbS5jb252ZXJzYXRpb24udjEuSW50ZXJ2ZW50aW9uIuoBCg9NZW1vcnlPcGVyYXRpb24SMQoEa2luZBgBIAEoDjIjLnNrbS5ldmVudHMudjEuTWVtb3J5T3BlcmF0aW9uLktpbmQSEQoJbmFtZXNwYWNlGAIgASgJEhIKCm1lbW9yeV9pZHMYAyADKAkSEQoJZXhlY3V0aW9uGAQgASgJEgwKBHR1cm4YBSABKAkiXAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASDQoJS0lORF9TQVZFEAESDQoJS0lORF9MT0FEEAISDwoLS0lORF9ERUxFVEUQAxIPCgtLSU5EX0ZPUkdFVBAEIp0BChRBdWRpb1F1YWxpdHlNZWFzdXJlZBIUCgx2b2ljZV9zdHJlYW0YASABKAkSDAoEdHVybhgCIAEoCRIPCgdwZXJzb25hGAMgASgJEhIKCnJlY29nbml6ZXIYBCABKAkSDQoFdm9pY2UYBSABKAkSLQoHbWV0cmljcxgGIAEoCzIcLnNrbS5hdWRpby52MS5RdWFsaXR5TWV0cmljcyKrAQoSTW9kZWxQcm9maWxlU2NvcmVkEiQKBHJvbGUYASABKA4yFi5za20udHlwZS52MS5Nb2RlbFJvbGUSKwoGc2NvcmVzGAIgAygLMhsuc2ttLnByb2ZpbGVzLnYxLk1vZGVsU2NvcmUSGQoRcmVjb21tZW5kZWRfbW9kZWwYAyABKAkSFgoObW9kZWxfcHJvZmlsZXMYBCADKAkSDwoHYXBwbGllZBgFIAEoCCLIAQoTTW9kZWxCdWRnZXRFeGNlZWRlZBIOCgZidWRnZXQYASABKAkSJAoEcm9sZRgCIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIhCgVsaW1pdBgDIAEoCzISLnNrbS50eXBlLnYxLk1vbmV5EiEKBXNwZW50GAQgASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSNQoRcGVyaW9kX3N0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpYDChBLYW1hY2hpcVByb2dyZXNzEg8KB3Byb2plY3QYASABKAkSDAoEdGFzaxgCIAEoCRISCgpkZXBlbmRzX29uGAMgAygJEjQKBXN0YXRlGAQgASgOMiUuc2ttLmV2ZW50cy52MS5LYW1hY2hpcVByb2dyZXNzLlN0YXRlEhAKCHByb2dyZXNzGAUgASgBEg8KB3Nlc3Npb24YBiABKAkSFgoOYmxvY2tlZF9hY3Rpb24YByABKAkSKAoMYnVkZ2V0X3NwZW50GAggASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSKAoMYnVkZ2V0X2xpbWl0GAkgASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSDwoHbWVzc2FnZRgKIAEoCSJ5CgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1BFTkRJTkcQARIRCg1TVEFURV9SVU5OSU5HEAISEQoNU1RBVEVfQkxPQ0tFRBADEg4KClNUQVRFX0RPTkUQBBIQCgxTVEFURV9GQUlMRUQQBWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_skm_audio_v1_audio_metrics, file_skm_conversation_v1_session_event, file_skm_conversation_v1_turn, file_skm_policy_v1_access, file_skm_policy_v1_blocked_action, file_skm_profiles_v1_model_score, file_skm_tools_v1_execution, file_skm_type_v1_deployment_mode, file_skm_type_v1_model, file_skm_type_v1_money, file_skm_type_v1_policy_decision, file_skm_type_v1_principal]);
 
 /**
  * The envelope of every record SKM writes to Kafka: audit and analytics
@@ -49,7 +49,7 @@ export const file_skm_events_v1_event: GenFile = /*@__PURE__*/
  *                         tool_requested, tool_completed, policy_decided,
  *                         intervention_applied, memory_operation
  *   policy.blocked        action_blocked, action_resolved
- *   analytics             audio_quality_measured
+ *   analytics             audio_quality_measured, model_budget_exceeded
  *   model.profile.scored  model_profile_scored
  *   kamachiq.progress     kamachiq_progress
  *
@@ -231,6 +231,14 @@ export type Event = Message<"skm.events.v1.Event"> & {
      */
     value: KamachiqProgress;
     case: "kamachiqProgress";
+  } | {
+    /**
+     * A tenant's spend on a role's model calls passed its budget. Topic analytics.
+     *
+     * @generated from field: skm.events.v1.ModelBudgetExceeded model_budget_exceeded = 33;
+     */
+    value: ModelBudgetExceeded;
+    case: "modelBudgetExceeded";
   } | { case: undefined; value?: undefined };
 };
 
@@ -761,6 +769,59 @@ export const ModelProfileScoredSchema: GenMessage<ModelProfileScored> = /*@__PUR
   messageDesc(file_skm_events_v1_event, 12);
 
 /**
+ * A tenant's spend this month on the model calls of one role passed the limit of its budget
+ * for the role (svc_policy's model_budget object): from now on svc_conversation's calls of
+ * the role are refused (BUDGET_EXCEEDED) until the limit is raised or the month ends.
+ * Source: analytics, once per (tenant, role, month, limit): the event id is derived from
+ * those, so a repeated announcement is the same event.
+ *
+ * @generated from message skm.events.v1.ModelBudgetExceeded
+ */
+export type ModelBudgetExceeded = Message<"skm.events.v1.ModelBudgetExceeded"> & {
+  /**
+   * The budget, "model_budget:tenants/{tenant}/modelBudgets/{role}".
+   *
+   * @generated from field: string budget = 1;
+   */
+  budget: string;
+
+  /**
+   * The role whose calls it limits.
+   *
+   * @generated from field: skm.type.v1.ModelRole role = 2;
+   */
+  role: ModelRole;
+
+  /**
+   * The budget's limit, per calendar month (UTC).
+   *
+   * @generated from field: skm.type.v1.Money limit = 3;
+   */
+  limit?: Money | undefined;
+
+  /**
+   * What was spent when the crossing was seen (USD).
+   *
+   * @generated from field: skm.type.v1.Money spent = 4;
+   */
+  spent?: Money | undefined;
+
+  /**
+   * The month, its first instant (UTC).
+   *
+   * @generated from field: google.protobuf.Timestamp period_start_time = 5;
+   */
+  periodStartTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message skm.events.v1.ModelBudgetExceeded.
+ * Use `create(ModelBudgetExceededSchema)` to create a new message.
+ */
+export const ModelBudgetExceededSchema: GenMessage<ModelBudgetExceeded> = /*@__PURE__*/
+  messageDesc(file_skm_events_v1_event, 13);
+
+/**
  * Progress of a task of a KAMACHIQ project (multi-agent delivery plans,
  * shown as a DAG in the KAMACHIQ dashboard). Source: the orchestrator
  * that runs the project.
@@ -845,7 +906,7 @@ export type KamachiqProgress = Message<"skm.events.v1.KamachiqProgress"> & {
  * Use `create(KamachiqProgressSchema)` to create a new message.
  */
 export const KamachiqProgressSchema: GenMessage<KamachiqProgress> = /*@__PURE__*/
-  messageDesc(file_skm_events_v1_event, 13);
+  messageDesc(file_skm_events_v1_event, 14);
 
 /**
  * States of a KAMACHIQ task.
@@ -898,5 +959,5 @@ export enum KamachiqProgress_State {
  * Describes the enum skm.events.v1.KamachiqProgress.State.
  */
 export const KamachiqProgress_StateSchema: GenEnum<KamachiqProgress_State> = /*@__PURE__*/
-  enumDesc(file_skm_events_v1_event, 13, 0);
+  enumDesc(file_skm_events_v1_event, 14, 0);
 
