@@ -369,6 +369,23 @@ def _print(message: Any, args: argparse.Namespace) -> None:
     print(json.dumps(data) if args.json else json.dumps(data, indent=2))
 
 
+def _mesh_options(command: argparse.ArgumentParser, services: str) -> None:
+    """--mesh and its options: as the mesh's operator, straight to the services."""
+    command.add_argument(
+        "--mesh", action="store_true", help=f"straight to {services}, signed with the mesh key (no token)"
+    )
+    command.add_argument(
+        "--mesh-key",
+        default="",
+        help=f"with --mesh: the mesh key file (default: ${MESH_KEY_FILE_VAR}, else the local stack's)",
+    )
+    command.add_argument(
+        "--policy-addr",
+        default="",
+        help=f"with --mesh: svc_policy (default: $SKM_POLICY_ADDR or {DEFAULT_POLICY_ADDR})",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="skm", description=__doc__.split("\n\n")[0])
     top.add_argument(
@@ -437,19 +454,7 @@ def parser() -> argparse.ArgumentParser:
     relations.add_argument("--subject", default="", help="with read: only this subject")
     relations.add_argument("--relation", default="", help="with read: only this relation")
     relations.add_argument("--object", default="", help="with read: the object, or TYPE: for every one of a type")
-    relations.add_argument(
-        "--mesh", action="store_true", help="straight to svc_policy, signed with the mesh key (no token)"
-    )
-    relations.add_argument(
-        "--mesh-key",
-        default="",
-        help=f"with --mesh: the mesh key file (default: ${MESH_KEY_FILE_VAR}, else the local stack's)",
-    )
-    relations.add_argument(
-        "--policy-addr",
-        default="",
-        help=f"with --mesh: svc_policy (default: $SKM_POLICY_ADDR or {DEFAULT_POLICY_ADDR})",
-    )
+    _mesh_options(relations, "svc_policy")
     relations.set_defaults(run=cmd_relationships)
 
     money = commands.add_parser(
@@ -470,11 +475,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="SUBJECT",
         help="with set: who spends from it, e.g. persona:tenants/t1/personas/coder (default: the tenant's members)",
     )
-    money.add_argument("--mesh", action="store_true", help="straight to svc_policy and svc_analytics, mesh-signed")
-    money.add_argument("--mesh-key", default="", help=f"with --mesh: the mesh key file (default: ${MESH_KEY_FILE_VAR})")
-    money.add_argument("--policy-addr", default="", help=f"with --mesh: svc_policy (default {DEFAULT_POLICY_ADDR})")
+    _mesh_options(money, "svc_policy and svc_analytics")
     money.add_argument(
-        "--analytics-addr", default="", help=f"with --mesh: svc_analytics (default {DEFAULT_ANALYTICS_ADDR})"
+        "--analytics-addr",
+        default="",
+        help=f"with --mesh: svc_analytics (default: $SKM_ANALYTICS_ADDR or {DEFAULT_ANALYTICS_ADDR})",
     )
     money.set_defaults(run=cmd_budget)
 

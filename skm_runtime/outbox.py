@@ -44,6 +44,12 @@ async def closed(closing: Awaitable[None]) -> None:
         log.warning("a Kafka client did not close cleanly")
 
 
+def durable_producer(bootstrap: str) -> AIOKafkaProducer:
+    """A producer whose acknowledged sends are durable: every in-sync replica has them
+    (acks=all), and a send retried after a lost answer is written once (idempotent)."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, request_timeout_ms=10_000)
+
+
 async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int = 3) -> None:
     """Create whichever of the topics Kafka does not have yet (3 partitions, 1 replica here;
     a deployment creates its topics itself, with its own replication)."""
@@ -228,12 +234,7 @@ class OutboxRelay:
                         listener = await self._pool.acquire()
                         await listener.add_listener(_channel(self._schema), self._notified)
                     await self._ensure_topics()
-                    producer = AIOKafkaProducer(
-                        bootstrap_servers=self._bootstrap,
-                        acks="all",
-                        enable_idempotence=True,
-                        request_timeout_ms=10_000,
-                    )
+                    producer = durable_producer(self._bootstrap)
                     await producer.start()
                     backoff = 0.2
                     await self._publish_forever(producer)

@@ -19,13 +19,15 @@ from skm_runtime.values import DeploymentMode, FailureReason, ModelOverride, Mod
 E = TypeVar("E", bound=enum.Enum)
 
 
-def _numbers(wire: Any, prefix: str, kind: type[E]) -> dict[int, E]:
+def enum_numbers(wire: Any, prefix: str, kind: type[E]) -> dict[int, E]:
+    """Wire number -> domain member, for a domain enum whose members are named as the wire
+    enum's values without their prefix (MODEL_ROLE_PRIMARY is ModelRole.PRIMARY)."""
     return {int(wire.Value(prefix + member.name)): member for member in kind}
 
 
-_ROLES = _numbers(model_pb2.ModelRole, "MODEL_ROLE_", ModelRole)
-_MODES = _numbers(deployment_mode_pb2.DeploymentMode, "DEPLOYMENT_MODE_", DeploymentMode)
-_FAILURES = _numbers(execution_pb2.FailureReason, "FAILURE_REASON_", FailureReason)
+_ROLES = enum_numbers(model_pb2.ModelRole, "MODEL_ROLE_", ModelRole)
+_MODES = enum_numbers(deployment_mode_pb2.DeploymentMode, "DEPLOYMENT_MODE_", DeploymentMode)
+_FAILURES = enum_numbers(execution_pb2.FailureReason, "FAILURE_REASON_", FailureReason)
 _ROLE_NUMBERS = {role: number for number, role in _ROLES.items()}
 _MODE_NUMBERS = {mode: number for number, mode in _MODES.items()}
 _FAILURE_NUMBERS = {reason: number for number, reason in _FAILURES.items()}

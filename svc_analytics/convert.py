@@ -8,10 +8,9 @@ the microsecond, so that a width that is not whole seconds never becomes one.
 
 from __future__ import annotations
 
-import enum
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -19,7 +18,7 @@ from skm.analytics.v1 import analytics_service_pb2, metrics_pb2
 from skm.events.v1 import event_pb2
 from skm.type.v1 import money_pb2
 from skm_runtime.errors import FieldViolation, InvalidArgument
-from skm_runtime.values_wire import role_of
+from skm_runtime.values_wire import enum_numbers, role_of
 from svc_analytics.errors import InvalidTimeRange
 from svc_analytics.model import (
     Aggregation,
@@ -34,16 +33,9 @@ from svc_analytics.model import (
     Spend,
 )
 
-E = TypeVar("E", bound=enum.Enum)
-
-
-def _numbers(wire: Any, prefix: str, kind: type[E]) -> dict[int, E]:
-    return {int(wire.Value(prefix + member.name)): member for member in kind}
-
-
-_METRICS = _numbers(metrics_pb2.Metric, "METRIC_", Metric)
-_AGGREGATIONS = _numbers(metrics_pb2.Aggregation, "AGGREGATION_", Aggregation)
-_DIMENSIONS = _numbers(metrics_pb2.Dimension, "DIMENSION_", Dimension)
+_METRICS = enum_numbers(metrics_pb2.Metric, "METRIC_", Metric)
+_AGGREGATIONS = enum_numbers(metrics_pb2.Aggregation, "AGGREGATION_", Aggregation)
+_DIMENSIONS = enum_numbers(metrics_pb2.Dimension, "DIMENSION_", Dimension)
 _METRIC_NUMBERS = {metric: number for number, metric in _METRICS.items()}
 _AGGREGATION_NUMBERS = {aggregation: number for number, aggregation in _AGGREGATIONS.items()}
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from skm_runtime.outbox import closed, ensure_topics
+from skm_runtime.outbox import closed, durable_producer, ensure_topics
 from svc_analytics.adapters.events import budget_exceeded_event, decode
 from svc_analytics.errors import EventLogUnavailable
 from svc_analytics.model import BudgetCrossed, Partition, Poison, Position, Record
@@ -113,40 +113,50 @@ class KafkaEventLog:
             raise EventLogUnavailable(f"rewinding failed: {type(exc).__name__}") from exc
 
 
-class KafkaDeadLetters:
-    """Implements ports.DeadLetters: the record as it was, with why and where it came from
-    in its headers (skm-dead-letter-reason, -detail, -topic, -partition, -offset)."""
+class _Topic:
+    """One topic written with a durable producer, started on first use and dropped after a
+    failure (the next send starts a fresh one)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._bootstrap = bootstrap
-        self._topic = topic
+        self.name = topic
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
-    async def _ready(self) -> AIOKafkaProducer:
-        async with self._lock:
-            if self._producer is None:
-                await ensure_topics(self._bootstrap, (self._topic,))
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True, request_timeout_ms=10_000
-                )
-                await producer.start()
-                self._producer = producer
-            return self._producer
+    async def send_all(self, records: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+        """(key, value, headers) each, acknowledged on return; EventLogUnavailable otherwise."""
+        try:
+            async with self._lock:
+                if self._producer is None:
+                    await ensure_topics(self._bootstrap, (self.name,))
+                    producer = durable_producer(self._bootstrap)
+                    await producer.start()
+                    self._producer = producer
+                producer = self._producer
+            sends = [await producer.send(self.name, value=v, key=k, headers=h) for k, v, h in records]
+            await asyncio.gather(*sends)
+        except (KafkaError, OSError) as exc:
+            await self.close()
+            raise EventLogUnavailable(f"{self.name} cannot be written: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await closed(producer.stop())
 
+
+class KafkaDeadLetters:
+    """Implements ports.DeadLetters: the record as it was, with why and where it came from
+    in its headers (skm-dead-letter-reason, -detail, -topic, -partition, -offset)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._topic = _Topic(bootstrap, topic)
+
     async def send(self, poisons: Sequence[Poison]) -> None:
-        try:
-            producer = await self._ready()
-            sends = [await producer.send(self._topic, value=p.value, key=p.key, headers=_headers(p)) for p in poisons]
-            await asyncio.gather(*sends)
-        except (KafkaError, OSError) as exc:
-            await self.close()
-            raise EventLogUnavailable(f"the dead-letter topic cannot be written: {type(exc).__name__}") from exc
+        await self._topic.send_all([(p.key, p.value, _headers(p)) for p in poisons])
+
+    async def close(self) -> None:
+        await self._topic.close()
 
 
 class KafkaAnnouncements:
@@ -154,35 +164,14 @@ class KafkaAnnouncements:
     topic, keyed by tenant like every event outside a session."""
 
     def __init__(self, bootstrap: str, topic: str = "analytics") -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
-
-    async def close(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await closed(producer.stop())
+        self._topic = _Topic(bootstrap, topic)
 
     async def announce(self, crossing: BudgetCrossed) -> None:
         event = budget_exceeded_event(crossing)
-        try:
-            async with self._lock:
-                if self._producer is None:
-                    producer = AIOKafkaProducer(
-                        bootstrap_servers=self._bootstrap,
-                        acks="all",
-                        enable_idempotence=True,
-                        request_timeout_ms=10_000,
-                    )
-                    await producer.start()
-                    self._producer = producer
-                producer = self._producer
-            sent = await producer.send(self._topic, value=event.SerializeToString(), key=event.tenant.encode())
-            await sent
-        except (KafkaError, OSError) as exc:
-            await self.close()
-            raise EventLogUnavailable(f"an event cannot be published: {type(exc).__name__}") from exc
+        await self._topic.send_all([(event.tenant.encode(), event.SerializeToString(), [])])
+
+    async def close(self) -> None:
+        await self._topic.close()
 
 
 def _headers(p: Poison) -> list[tuple[str, bytes]]:

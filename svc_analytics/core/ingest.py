@@ -61,19 +61,22 @@ class Ingestion:
         batch_records: int,
         batch_seconds: float,
         on_written: Callable[[Written], None] | None = None,
+        retry_seconds: float = 0.2,
     ) -> None:
+        """`retry_seconds`: the first wait after a failure; it doubles up to 5 s."""
         self._log = log_
         self._warehouse = warehouse
         self._dead = dead_letters
         self._batch_records = batch_records
         self._batch_seconds = batch_seconds
         self._on_written = on_written
+        self._retry = retry_seconds
         self._positions: Positions | None = None
         self.batches = 0
 
     async def run(self) -> None:
         """Batches until cancelled; the next one is read (and decoded) while one is written."""
-        backoff = 0.2
+        backoff = self._retry
         while True:
             reading: asyncio.Task[list[Record]] | None = None
             try:
@@ -84,25 +87,27 @@ class Ingestion:
                     reading = asyncio.create_task(self._read())
                     if batch:
                         await self._land(batch, positions)
-                        backoff = 0.2
+                        backoff = self._retry
             except (EventLogUnavailable, WarehouseUnavailable) as exc:
                 # What was written stays written; what was not is read again from the
-                # committed offsets, and the positions say which rows are already in.
+                # committed offsets, and the positions say which rows are already in. The
+                # batch read ahead is dropped first: read after the rewind, it would move
+                # the consumer past records nobody writes.
                 log.warning(
                     "ingestion waiting for Kafka or the warehouse",
                     extra={"fields": {"error": exc.message, "retry_s": backoff}},
                 )
+                await _dropped(reading)
+                reading = None
                 self._positions = None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(EventLogUnavailable):
                     await self._log.rewind()
             finally:
-                if reading is not None and not reading.done():
-                    # A batch read ahead is dropped: the rewind reads it again.
-                    reading.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, EventLogUnavailable):
-                        await reading
+                # Cancelled (the service stops): what was read ahead is uncommitted, read again
+                # by the next process.
+                await _dropped(reading)
 
     async def step(self) -> Written | None:
         """One batch: read, write, commit. None after a quiet wait."""
@@ -198,6 +203,15 @@ class Ingestion:
             _advance(positions, table, [position for position, _ in rows[table]])
             written.rows[table] = len(rows[table])
         return written
+
+
+async def _dropped(reading: asyncio.Task[list[Record]] | None) -> None:
+    if reading is None:
+        return
+    if not reading.done():
+        reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError, EventLogUnavailable):
+        await reading
 
 
 def _beyond(positions: Positions, table: Table, position: Position) -> bool:

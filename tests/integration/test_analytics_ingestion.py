@@ -100,6 +100,20 @@ async def _caught_up(bootstrap: str, seconds: float = 90.0) -> None:
         await admin.close()
 
 
+async def _committed(admin: AIOKafkaAdminClient) -> int:
+    """The group's committed offsets, summed over its partitions."""
+    return sum(meta.offset for meta in (await admin.list_consumer_group_offsets(GROUP)).values())
+
+
+async def _commits_past(admin: AIOKafkaAdminClient, before: int) -> None:
+    """Until the group's committed offsets sum past `before`: a batch was written."""
+    async with asyncio.timeout(60):
+        while True:
+            if await _committed(admin) > before:
+                return
+            await asyncio.sleep(0.05)
+
+
 def _probe(folder: Path, sql: str) -> list[list[object]]:
     out = subprocess.run(
         [sys.executable, "-m", "tests.support.chdb_probe", str(folder), sql],
@@ -156,13 +170,21 @@ async def test_five_sigkills_mid_batch_during_a_steady_stream_count_every_event_
                 await asyncio.sleep(0.05)
 
         producing = asyncio.create_task(steady())
-        for _ in range(5):
-            # A burst faster than it ingests: it drains it batch after batch, one read while
-            # the one before is written, and the kill lands in the middle of that.
-            burst = asyncio.create_task(stream.send(30_000))
-            await asyncio.sleep(random.uniform(1.0, 2.0))
-            await asyncio.to_thread(own.restart_service, "analytics", kill=True)
-            await burst
+        admin = AIOKafkaAdminClient(bootstrap_servers=own.kafka_bootstrap)
+        await admin.start()
+        try:
+            for _ in range(5):
+                # A burst faster than it ingests: once it commits again it is draining it,
+                # batch after batch, one read while the one before is written, and the kill
+                # lands in the middle of that.
+                before = await _committed(admin)
+                burst = asyncio.create_task(stream.send(30_000))
+                await _commits_past(admin, before)
+                await asyncio.sleep(random.uniform(0.05, 0.4))
+                await asyncio.to_thread(own.restart_service, "analytics", kill=True)
+                await burst
+        finally:
+            await admin.close()
         await asyncio.sleep(1.0)
         stop.set()
         await producing

@@ -28,6 +28,9 @@ class MemoryEventLog:
     committed: dict[Partition, int] = field(default_factory=dict)
     cursor: dict[Partition, int] = field(default_factory=dict)
     fail_commits: int = 0
+    # Seconds a read takes before it looks at the log (a read in flight, as Kafka's poll),
+    # and a rewind per partition.
+    delay: float = 0.0
 
     def append(self, partition: Partition, value: bytes | None, key: bytes | None = None) -> int:
         log = self.records.setdefault(partition, [])
@@ -35,6 +38,8 @@ class MemoryEventLog:
         return len(log) - 1
 
     async def next_batch(self, max_records: int, max_seconds: float) -> list[Record]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         batch: list[Record] = []
         for partition in sorted(self.records):
             log = self.records[partition]
@@ -55,7 +60,11 @@ class MemoryEventLog:
         self.committed.update(next_offsets)
 
     async def rewind(self) -> None:
-        self.cursor.clear()
+        # One partition at a time, as Kafka's asks each one's committed offset.
+        for partition in sorted(self.cursor):
+            del self.cursor[partition]
+            if self.delay:
+                await asyncio.sleep(self.delay)
 
 
 @dataclass

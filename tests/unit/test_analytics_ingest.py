@@ -72,14 +72,22 @@ async def test_a_batch_cut_short_after_any_write_is_finished_without_repeating_a
     assert len(warehouse.dead) == 1
 
 
+@pytest.mark.parametrize("read_delay", [0.0, 0.05])
 @pytest.mark.parametrize(("writes_before_failure", "failed_commits"), [(0, 0), (1, 0), (3, 2), (None, 3)])
 async def test_running_reads_the_next_batch_while_writing_and_recovers_from_failures(
-    writes_before_failure: int | None, failed_commits: int
+    writes_before_failure: int | None, failed_commits: int, read_delay: float
 ) -> None:
-    log, warehouse, dead = MemoryEventLog(fail_commits=failed_commits), MemoryWarehouse(), MemoryDeadLetters()
+    """With a read still in flight when a write or commit fails, too: it is dropped before
+    the rewind, so it cannot move the log past records nobody wrote."""
+    log, warehouse, dead = (
+        MemoryEventLog(fail_commits=failed_commits, delay=read_delay),
+        MemoryWarehouse(),
+        MemoryDeadLetters(),
+    )
     ids = _fill(log, 300)
     warehouse.fail_after_writes = writes_before_failure
-    running = asyncio.create_task(_ingestion(log, warehouse, dead, batch=40).run())
+    ingestion = Ingestion(log, warehouse, dead, batch_records=40, batch_seconds=0.01, retry_seconds=0.02)
+    running = asyncio.create_task(ingestion.run())
     try:
         async with asyncio.timeout(20):
             while not all(log.committed.get(p, 0) == len(r) for p, r in log.records.items()):
