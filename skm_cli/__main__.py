@@ -602,7 +602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as error:
         info = error_info_of(error)
         reason = f" [{info.reason}]" if info is not None else ""
-        print(f"skm: {error.code().name}{reason}: {error.details()}", file=sys.stderr)
+        # The metadata names what the reason is about, e.g. policy's own decision_reason.
+        details = ", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items())) if info is not None else ""
+        extra = f" ({details})" if details else ""
+        print(f"skm: {error.code().name}{reason}: {error.details()}{extra}", file=sys.stderr)
         return 1
 
 

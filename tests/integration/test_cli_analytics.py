@@ -361,7 +361,11 @@ async def test_a_caller_policy_refuses_is_told_so_before_the_service_is_asked(
     finally:
         service.policy.verdict = ALLOW
     assert ran.code == 1
-    assert ran.err == "skm: PERMISSION_DENIED [PERMISSION_DENIED]: policy does not allow this call\n"
+    # With policy's own reason, from the ErrorInfo's metadata.
+    assert ran.err == (
+        "skm: PERMISSION_DENIED [PERMISSION_DENIED]: policy does not allow this call"
+        " (decision_id=d2, decision_reason=ROLE_INSUFFICIENT, permission=can_administer)\n"
+    )
 
 
 # -- skm audit --------------------------------------------------------------------------
