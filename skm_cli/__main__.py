@@ -603,9 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = error_info_of(error)
         reason = f" [{info.reason}]" if info is not None else ""
         # The metadata names what the reason is about, e.g. policy's own decision_reason.
-        details = ", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items())) if info is not None else ""
-        extra = f" ({details})" if details else ""
-        print(f"skm: {error.code().name}{reason}: {error.details()}{extra}", file=sys.stderr)
+        about = ", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items())) if info is not None else ""
+        said = f"{error.details()} ({about})" if about else error.details()
+        print(f"skm: {error.code().name}{reason}: {said}", file=sys.stderr)
         return 1
 
 
