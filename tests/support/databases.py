@@ -20,9 +20,11 @@ async def fresh_database(stack: RunningStack, prefix: str) -> AsyncIterator[str]
     each suite's rows to itself."""
     assert stack.postgres is not None
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(stack.postgres_dsn)
+    # As the superuser: DROP ... WITH (FORCE) must be able to end every session on it,
+    # autovacuum workers included, which the services' role may not signal.
+    admin = await asyncpg.connect(stack.postgres_admin_dsn)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "skm"')
         try:
             yield stack.postgres.dsn_for("skm", name)
         finally:
