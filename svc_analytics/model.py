@@ -315,6 +315,10 @@ EVENT_TYPES = frozenset(
         "model_profile_scored",
         "kamachiq_progress",
         "model_budget_exceeded",
+        "tenant_onboarded",
+        "persona_bundle_installed",
+        "persona_bundle_refused",
+        "model_profile_auto_selected",
     }
 )
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from skm_runtime.settings import ServiceSettings, address, bounded
 
 # Every topic the platform writes (skm.events.v1.Event's comment lists them, with their payloads).
-PLATFORM_TOPICS = ("audit", "policy.blocked", "analytics", "model.profile.scored", "kamachiq.progress")
+PLATFORM_TOPICS = ("audit", "policy.blocked", "analytics", "model.profile.scored", "kamachiq.progress", "profiles")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """svc_profiles: personas, the model registry, tenants' model profiles, and role resolution.
 
-Composition root: settings -> adapters (Postgres, trusted persona keys, the deployment
-defaults file) -> core -> servicers -> server.
+Composition root: settings -> adapters (Postgres and its outbox relay to Kafka, trusted persona
+keys, the deployment defaults file) -> core -> servicers -> server.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 import grpc
 
 from skm_runtime.contract import services_of
+from skm_runtime.outbox import OutboxRelay
 from skm_runtime.server import RuntimeSettings, ServiceSpec, run
 from svc_profiles import api
 from svc_profiles.adapters.defaults import load_defaults, with_served_engine
+from svc_profiles.adapters.events import TOPICS
 from svc_profiles.adapters.keys import Ed25519PersonaKeys, Ed25519PersonaSigner, PersonaKeysInvalid
-from svc_profiles.adapters.postgres import PostgresProfileStore
+from svc_profiles.adapters.postgres import SCHEMA, PostgresProfileStore
 from svc_profiles.core import Profiles
 from svc_profiles.errors import DefaultsInvalid
 from svc_profiles.settings import ProfilesSettings
@@ -38,10 +40,12 @@ async def build(settings: ProfilesSettings, runtime: RuntimeSettings) -> Service
         signer = Ed25519PersonaSigner.load(settings.builtin_signing_key_id, settings.builtin_signing_key_file)
         keys = keys.trusting(signer.key_id, signer.public_key)
     store = await PostgresProfileStore.open(settings.postgres_dsn)
+    relay = OutboxRelay(store.pool, SCHEMA, settings.kafka_bootstrap, topics=TOPICS)
     profiles = Profiles(store, keys, defaults, now=_now, builtin_signer=signer)
 
     async def start() -> None:
         await profiles.start()
+        relay.start()
         log.info(
             "deployment defaults loaded",
             extra={
@@ -56,6 +60,7 @@ async def build(settings: ProfilesSettings, runtime: RuntimeSettings) -> Service
         )
 
     async def stop() -> None:
+        await relay.close()
         await store.close()
 
     def register(server: grpc.aio.Server) -> None:

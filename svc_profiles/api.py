@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ from skm.profiles.v1 import (
     model_service_pb2_grpc,
     persona_service_pb2,
     persona_service_pb2_grpc,
+    tenant_service_pb2_grpc,
 )
 from skm_runtime.access import Principal
 from skm_runtime.errors import NotImplementedYet
@@ -77,6 +79,33 @@ class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
         await self._profiles.delete_persona(request.name, request.etag, _principal(context))
         return persona_service_pb2.DeletePersonaResponse()
 
+    async def ListPersonaRevisions(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
+    async def RollbackPersona(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
+    async def ExportPersonaBundle(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
+    async def InstallPersonaBundle(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
+    async def UninstallPersona(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
+    async def TrainPersona(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
+    async def CreateTrustedKey(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
+    async def ListTrustedKeys(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
+    async def DeleteTrustedKey(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+
 
 class ModelApi(model_service_pb2_grpc.ModelServiceServicer):
     """skm.profiles.v1.ModelService: the deployment's model registry.
@@ -123,6 +152,13 @@ class ModelApi(model_service_pb2_grpc.ModelServiceServicer):
         self, request: model_service_pb2.RecordBenchmarkRequest, context: Context
     ) -> model_service_pb2.RecordBenchmarkResponse:
         raise NotImplementedYet("benchmark runs feed the scoring job, which is not served yet")
+
+    async def RunScoring(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        raise NotImplementedYet("the scoring job is not served yet")
+        yield  # a server stream
+
+    async def ListModelRecommendations(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("the scoring job is not served yet")
 
 
 class ModelProfileApi(model_profile_service_pb2_grpc.ModelProfileServiceServicer):
@@ -188,8 +224,29 @@ class ModelProfileApi(model_profile_service_pb2_grpc.ModelProfileServiceServicer
             resolved_model_profile=convert.resolved_to(resolved)
         )
 
+    async def ListModelProfileRevisions(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("model profile revisions are not served yet")
+
+    async def RollbackModelProfile(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("model profile revisions are not served yet")
+
+
+class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
+    """skm.profiles.v1.TenantService: tenant onboarding."""
+
+    async def CreateTenant(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("tenant onboarding is not served yet")
+
+    async def GetTenant(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("tenant onboarding is not served yet")
+
+    async def ListTenants(self, request: Any, context: Context) -> Any:
+        raise NotImplementedYet("tenant onboarding is not served yet")
+
 
 def register(server: grpc.aio.Server, profiles: Profiles) -> None:
     persona_service_pb2_grpc.add_PersonaServiceServicer_to_server(PersonaApi(profiles), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelApi(profiles), server)
     model_profile_service_pb2_grpc.add_ModelProfileServiceServicer_to_server(ModelProfileApi(profiles), server)
+    # Its methods answer UNIMPLEMENTED until onboarding lands (the generated base class).
+    tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantApi(), server)

@@ -183,3 +183,23 @@ class Inserted(enum.Enum):
     NAME_TAKEN = "NAME_TAKEN"
     # Another create with the same request_id won a race.
     REQUEST_TAKEN = "REQUEST_TAKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class Relationship:
+    """A relationship tuple of svc_policy's model (deploy/openfga/model.fga), objects and
+    subjects as "type:name", e.g. ("persona:tenants/t1/personas/helper", "persona_user",
+    "tool:tenants/t1/tools/code_execution")."""
+
+    subject: str
+    relation: str
+    object: str
+
+
+@dataclass(frozen=True, slots=True)
+class Constitution:
+    """A tenant's constitution as svc_policy holds it; `etag` "" when never stored."""
+
+    content: str
+    sha256: str
+    etag: str = ""

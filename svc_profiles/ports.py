@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from svc_profiles.model import Capability, Inserted, Model, ModelProfile, Persona, PersonaCursor
+from svc_profiles.model import (
+    Capability,
+    Constitution,
+    Inserted,
+    Model,
+    ModelProfile,
+    Persona,
+    PersonaCursor,
+    Relationship,
+)
 
 
 class PersonaStore(Protocol):
@@ -109,4 +118,34 @@ class PersonaSigner(Protocol):
 
     def sign(self, message: bytes) -> bytes:
         """The Ed25519 signature of `message`."""
+        ...
+
+
+class TenantPolicy(Protocol):
+    """What svc_profiles writes in svc_policy for a tenant: relationships (onboarding, persona
+    bundles) and the constitution (onboarding). Raises `skm_runtime.errors.ServiceUnavailable`
+    when svc_policy cannot be reached or refuses; nothing is half-written by one call (svc_policy
+    writes a call's relationships all or none)."""
+
+    async def write_relationships(self, tenant: str, relationships: Sequence[Relationship]) -> None:
+        """Write them (existing ones are no error); any number, in calls of at most 100."""
+        ...
+
+    async def delete_relationships(self, tenant: str, relationships: Sequence[Relationship]) -> None:
+        """Delete them (missing ones are no error); any number, in calls of at most 100."""
+        ...
+
+    async def read_relationships(
+        self, tenant: str, subject: str = "", relation: str = "", object: str = ""
+    ) -> list[Relationship]:
+        """The tenant's relationships matching the filter (svc_policy's ReadRelationships:
+        `object` may be a type alone, "tool:"), all pages."""
+        ...
+
+    async def constitution(self, tenant: str) -> Constitution:
+        """The tenant's constitution (the empty document when it never stored one)."""
+        ...
+
+    async def replace_constitution(self, tenant: str, content: str, etag: str) -> Constitution:
+        """Store it if the current etag is still `etag`; raises EtagMismatch otherwise."""
         ...

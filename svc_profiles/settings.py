@@ -28,3 +28,8 @@ class ProfilesSettings(ServiceSettings):
     # unsigned, so svc_conversation runs them in DEVELOPER mode only.
     builtin_signing_key_file: Path | None = None
     builtin_signing_key_id: str = "deployment"
+    # Where svc_profiles's outbox relay publishes its events (topics `profiles` and
+    # `model.profile.scored`).
+    kafka_bootstrap: str = field(default="127.0.0.1:59092", metadata={"env": "SKM_KAFKA_BOOTSTRAP"})
+    # svc_policy: relationships and constitutions written by onboarding and persona bundles.
+    policy_addr: str = address("127.0.0.1:50055", env="SKM_POLICY_ADDR")

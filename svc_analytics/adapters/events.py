@@ -264,6 +264,11 @@ _TYPED: dict[str, Callable[[event_pb2.Event, Head], dict[Table, tuple[Row, ...]]
     "model_profile_scored": _scores,
     "kamachiq_progress": _none,
     "model_budget_exceeded": _none,
+    # svc_profiles' life-cycle events: the audit log (the events table) is where they are read.
+    "tenant_onboarded": _none,
+    "persona_bundle_installed": _none,
+    "persona_bundle_refused": _none,
+    "model_profile_auto_selected": _none,
 }
 
 # The payload types, named by their field in Event.payload (QueryAuditEvents' event_types).

@@ -1,5 +1,7 @@
 """svc_profiles's state in Postgres (schema `profiles`): the model registry, tenants'
-personas and model profiles. Migrated at start, by one process at a time.
+personas and model profiles, and the outbox of svc_profiles's events (a use case writes its
+events with `skm_runtime.outbox.add_events` in the transaction of the change they describe;
+the relay of `__main__` publishes them). Migrated at start, by one process at a time.
 
 Updates are compare-and-set on the etag the caller read. Listings sort in code point
 order (COLLATE "C"), the order the core merges built-in personas in.
@@ -16,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from skm_runtime.errors import ServiceUnavailable
+from skm_runtime.outbox import outbox_ddl
 from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
 from svc_profiles.bundle import override_json
 from svc_profiles.model import Capability, Inserted, Lineage, Model, ModelProfile, Persona, PersonaCursor
@@ -87,6 +90,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.model_profiles (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS model_profiles_request ON {SCHEMA}.model_profiles (tenant, request_id)
     WHERE request_id <> '';
+{outbox_ddl(SCHEMA)}
 """
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -275,6 +279,11 @@ class PostgresProfileStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool, shared with the outbox relay and the other stores of the schema."""
+        return self._pool
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresProfileStore:

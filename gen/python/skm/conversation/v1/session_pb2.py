@@ -27,7 +27,7 @@ from skm.profiles.v1 import model_profile_pb2 as skm_dot_profiles_dot_v1_dot_mod
 from skm.type.v1 import deployment_mode_pb2 as skm_dot_type_dot_v1_dot_deployment__mode__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!skm/conversation/v1/session.proto\x12\x13skm.conversation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#skm/profiles/v1/model_profile.proto\x1a!skm/type/v1/deployment_mode.proto\"\xd0\x04\n\x07Session\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07persona\x18\x03 \x01(\t\x12\x1d\n\x15persona_bundle_digest\x18\x04 \x01(\t\x12)\n\x04mode\x18\x05 \x01(\x0e\x32\x1b.skm.type.v1.DeploymentMode\x12\x37\n\x0fmodel_overrides\x18\x06 \x03(\x0b\x32\x1e.skm.profiles.v1.ModelOverride\x12\x31\n\x05state\x18\x07 \x01(\x0e\x32\".skm.conversation.v1.Session.State\x12\x14\n\x0c\x63urrent_turn\x18\x08 \x01(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x18\n\x10superior_session\x18\n \x01(\t\x12\x15\n\rlast_sequence\x18\x0b \x01(\x03\x12\x1d\n\x15\x61\x63knowledged_sequence\x18\x0c \x01(\x03\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\"u\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nSTATE_IDLE\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x1b\n\x17STATE_AWAITING_APPROVAL\x10\x03\x12\x15\n\x11STATE_INTERRUPTED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!skm/conversation/v1/session.proto\x12\x13skm.conversation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#skm/profiles/v1/model_profile.proto\x1a!skm/type/v1/deployment_mode.proto\"\xed\x04\n\x07Session\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07persona\x18\x03 \x01(\t\x12\x1d\n\x15persona_bundle_digest\x18\x04 \x01(\t\x12)\n\x04mode\x18\x05 \x01(\x0e\x32\x1b.skm.type.v1.DeploymentMode\x12\x37\n\x0fmodel_overrides\x18\x06 \x03(\x0b\x32\x1e.skm.profiles.v1.ModelOverride\x12\x31\n\x05state\x18\x07 \x01(\x0e\x32\".skm.conversation.v1.Session.State\x12\x14\n\x0c\x63urrent_turn\x18\x08 \x01(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x18\n\x10superior_session\x18\n \x01(\t\x12\x15\n\rlast_sequence\x18\x0b \x01(\x03\x12\x1d\n\x15\x61\x63knowledged_sequence\x18\x0c \x01(\x03\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x12\x1b\n\x13persona_revision_id\x18\x10 \x01(\t\"u\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nSTATE_IDLE\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x1b\n\x17STATE_AWAITING_APPROVAL\x10\x03\x12\x15\n\x11STATE_INTERRUPTED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.conversation.v1.session
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSION']._serialized_start=164
-  _globals['_SESSION']._serialized_end=756
-  _globals['_SESSION_STATE']._serialized_start=639
-  _globals['_SESSION_STATE']._serialized_end=756
+  _globals['_SESSION']._serialized_end=785
+  _globals['_SESSION_STATE']._serialized_start=668
+  _globals['_SESSION_STATE']._serialized_end=785
 # @@protoc_insertion_point(module_scope)

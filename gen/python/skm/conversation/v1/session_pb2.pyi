@@ -76,6 +76,7 @@ class Session(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    PERSONA_REVISION_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "tenants/{tenant}/sessions/{session}". Output only."""
     display_name: _builtins.str
@@ -112,6 +113,11 @@ class Session(_message.Message):
     """Changes whenever the session changes; UpdateSession and DeleteSession
     take it and answer ABORTED on a mismatch.
     """
+    persona_revision_id: _builtins.str
+    """The persona's revision_id loaded when the session was created; every turn
+    runs on it ("{persona}@{revision}"), whatever the persona becomes later.
+    Empty for a built-in persona, which has no revisions. Output only.
+    """
     @_builtins.property
     def model_overrides(self) -> _containers.RepeatedCompositeFieldContainer[_model_profile_pb2.ModelOverride]:
         """The session's model profile override: per role, replaces the persona's
@@ -144,10 +150,11 @@ class Session(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        persona_revision_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_sequence", b"acknowledged_sequence", "create_time", b"create_time", "current_turn", b"current_turn", "display_name", b"display_name", "etag", b"etag", "last_sequence", b"last_sequence", "mode", b"mode", "model_overrides", b"model_overrides", "name", b"name", "owner", b"owner", "persona", b"persona", "persona_bundle_digest", b"persona_bundle_digest", "state", b"state", "superior_session", b"superior_session", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_sequence", b"acknowledged_sequence", "create_time", b"create_time", "current_turn", b"current_turn", "display_name", b"display_name", "etag", b"etag", "last_sequence", b"last_sequence", "mode", b"mode", "model_overrides", b"model_overrides", "name", b"name", "owner", b"owner", "persona", b"persona", "persona_bundle_digest", b"persona_bundle_digest", "persona_revision_id", b"persona_revision_id", "state", b"state", "superior_session", b"superior_session", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

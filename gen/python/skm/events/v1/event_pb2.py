@@ -30,6 +30,7 @@ from skm.conversation.v1 import turn_pb2 as skm_dot_conversation_dot_v1_dot_turn
 from skm.policy.v1 import access_pb2 as skm_dot_policy_dot_v1_dot_access__pb2
 from skm.policy.v1 import blocked_action_pb2 as skm_dot_policy_dot_v1_dot_blocked__action__pb2
 from skm.profiles.v1 import model_score_pb2 as skm_dot_profiles_dot_v1_dot_model__score__pb2
+from skm.profiles.v1 import tenant_pb2 as skm_dot_profiles_dot_v1_dot_tenant__pb2
 from skm.tools.v1 import execution_pb2 as skm_dot_tools_dot_v1_dot_execution__pb2
 from skm.type.v1 import deployment_mode_pb2 as skm_dot_type_dot_v1_dot_deployment__mode__pb2
 from skm.type.v1 import model_pb2 as skm_dot_type_dot_v1_dot_model__pb2
@@ -38,45 +39,53 @@ from skm.type.v1 import policy_decision_pb2 as skm_dot_type_dot_v1_dot_policy__d
 from skm.type.v1 import principal_pb2 as skm_dot_type_dot_v1_dot_principal__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19skm/events/v1/event.proto\x12\rskm.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a skm/audio/v1/audio_metrics.proto\x1a\'skm/conversation/v1/session_event.proto\x1a\x1eskm/conversation/v1/turn.proto\x1a\x1askm/policy/v1/access.proto\x1a\"skm/policy/v1/blocked_action.proto\x1a!skm/profiles/v1/model_score.proto\x1a\x1cskm/tools/v1/execution.proto\x1a!skm/type/v1/deployment_mode.proto\x1a\x17skm/type/v1/model.proto\x1a\x17skm/type/v1/money.proto\x1a!skm/type/v1/policy_decision.proto\x1a\x1bskm/type/v1/principal.proto\"\x98\x08\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x10\n\x08trace_id\x18\x04 \x01(\t\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x06 \x01(\t\x12)\n\tprincipal\x18\x07 \x01(\x0b\x32\x16.skm.type.v1.Principal\x12\x32\n\x0cturn_started\x18\x14 \x01(\x0b\x32\x1a.skm.events.v1.TurnStartedH\x00\x12\x36\n\x0eturn_completed\x18\x15 \x01(\x0b\x32\x1c.skm.events.v1.TurnCompletedH\x00\x12\x41\n\x14model_call_completed\x18\x16 \x01(\x0b\x32!.skm.events.v1.ModelCallCompletedH\x00\x12\x36\n\x0etool_requested\x18\x17 \x01(\x0b\x32\x1c.skm.events.v1.ToolRequestedH\x00\x12\x36\n\x0etool_completed\x18\x18 \x01(\x0b\x32\x1c.skm.events.v1.ToolCompletedH\x00\x12\x36\n\x0epolicy_decided\x18\x19 \x01(\x0b\x32\x1c.skm.events.v1.PolicyDecidedH\x00\x12\x36\n\x0e\x61\x63tion_blocked\x18\x1a \x01(\x0b\x32\x1c.skm.events.v1.ActionBlockedH\x00\x12\x38\n\x0f\x61\x63tion_resolved\x18\x1b \x01(\x0b\x32\x1d.skm.events.v1.ActionResolvedH\x00\x12\x42\n\x14intervention_applied\x18\x1c \x01(\x0b\x32\".skm.events.v1.InterventionAppliedH\x00\x12:\n\x10memory_operation\x18\x1d \x01(\x0b\x32\x1e.skm.events.v1.MemoryOperationH\x00\x12\x45\n\x16\x61udio_quality_measured\x18\x1e \x01(\x0b\x32#.skm.events.v1.AudioQualityMeasuredH\x00\x12\x41\n\x14model_profile_scored\x18\x1f \x01(\x0b\x32!.skm.events.v1.ModelProfileScoredH\x00\x12<\n\x11kamachiq_progress\x18  \x01(\x0b\x32\x1f.skm.events.v1.KamachiqProgressH\x00\x12\x43\n\x15model_budget_exceeded\x18! \x01(\x0b\x32\".skm.events.v1.ModelBudgetExceededH\x00\x42\t\n\x07payload\"r\n\x0bTurnStarted\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\x12\x0f\n\x07persona\x18\x02 \x01(\t\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.skm.type.v1.DeploymentMode\"v\n\rTurnCompleted\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\x12\x0f\n\x07persona\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x88\x01\n\x12ModelCallCompleted\x12\x0c\n\x04turn\x18\x01 \x01(\t\x12\x0f\n\x07persona\x18\x02 \x01(\t\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.skm.type.v1.ModelUsage\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x13\n\x0binterrupted\x18\x05 \x01(\x08\"j\n\rToolRequested\x12\x0c\n\x04turn\x18\x01 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\t\x12\x0f\n\x07persona\x18\x05 \x01(\t\";\n\rToolCompleted\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.skm.tools.v1.Execution\"\xa5\x01\n\rPolicyDecided\x12)\n\x05\x63heck\x18\x01 \x01(\x0b\x32\x1a.skm.policy.v1.AccessCheck\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.skm.type.v1.PolicyDecision\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"E\n\rActionBlocked\x12\x34\n\x0e\x62locked_action\x18\x01 \x01(\x0b\x32\x1c.skm.policy.v1.BlockedAction\"\x82\x01\n\x0e\x41\x63tionResolved\x12\x34\n\x0e\x62locked_action\x18\x01 \x01(\x0b\x32\x1c.skm.policy.v1.BlockedAction\x12:\n\x0eprevious_state\x18\x02 \x01(\x0e\x32\".skm.policy.v1.BlockedAction.State\"\\\n\x13InterventionApplied\x12\x0c\n\x04turn\x18\x01 \x01(\t\x12\x37\n\x0cintervention\x18\x02 \x01(\x0b\x32!.skm.conversation.v1.Intervention\"\xea\x01\n\x0fMemoryOperation\x12\x31\n\x04kind\x18\x01 \x01(\x0e\x32#.skm.events.v1.MemoryOperation.Kind\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x12\n\nmemory_ids\x18\x03 \x03(\t\x12\x11\n\texecution\x18\x04 \x01(\t\x12\x0c\n\x04turn\x18\x05 \x01(\t\"\\\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_SAVE\x10\x01\x12\r\n\tKIND_LOAD\x10\x02\x12\x0f\n\x0bKIND_DELETE\x10\x03\x12\x0f\n\x0bKIND_FORGET\x10\x04\"\x9d\x01\n\x14\x41udioQualityMeasured\x12\x14\n\x0cvoice_stream\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\t\x12\x0f\n\x07persona\x18\x03 \x01(\t\x12\x12\n\nrecognizer\x18\x04 \x01(\t\x12\r\n\x05voice\x18\x05 \x01(\t\x12-\n\x07metrics\x18\x06 \x01(\x0b\x32\x1c.skm.audio.v1.QualityMetrics\"\xab\x01\n\x12ModelProfileScored\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12+\n\x06scores\x18\x02 \x03(\x0b\x32\x1b.skm.profiles.v1.ModelScore\x12\x19\n\x11recommended_model\x18\x03 \x01(\t\x12\x16\n\x0emodel_profiles\x18\x04 \x03(\t\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x08\"\xc8\x01\n\x13ModelBudgetExceeded\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12!\n\x05limit\x18\x03 \x01(\x0b\x32\x12.skm.type.v1.Money\x12!\n\x05spent\x18\x04 \x01(\x0b\x32\x12.skm.type.v1.Money\x12\x35\n\x11period_start_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x03\n\x10KamachiqProgress\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\ndepends_on\x18\x03 \x03(\t\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32%.skm.events.v1.KamachiqProgress.State\x12\x10\n\x08progress\x18\x05 \x01(\x01\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x16\n\x0e\x62locked_action\x18\x07 \x01(\t\x12(\n\x0c\x62udget_spent\x18\x08 \x01(\x0b\x32\x12.skm.type.v1.Money\x12(\n\x0c\x62udget_limit\x18\t \x01(\x0b\x32\x12.skm.type.v1.Money\x12\x0f\n\x07message\x18\n \x01(\t\"y\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x11\n\rSTATE_BLOCKED\x10\x03\x12\x0e\n\nSTATE_DONE\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19skm/events/v1/event.proto\x12\rskm.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a skm/audio/v1/audio_metrics.proto\x1a\'skm/conversation/v1/session_event.proto\x1a\x1eskm/conversation/v1/turn.proto\x1a\x1askm/policy/v1/access.proto\x1a\"skm/policy/v1/blocked_action.proto\x1a!skm/profiles/v1/model_score.proto\x1a\x1cskm/profiles/v1/tenant.proto\x1a\x1cskm/tools/v1/execution.proto\x1a!skm/type/v1/deployment_mode.proto\x1a\x17skm/type/v1/model.proto\x1a\x17skm/type/v1/money.proto\x1a!skm/type/v1/policy_decision.proto\x1a\x1bskm/type/v1/principal.proto\"\xb6\n\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x10\n\x08trace_id\x18\x04 \x01(\t\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x06 \x01(\t\x12)\n\tprincipal\x18\x07 \x01(\x0b\x32\x16.skm.type.v1.Principal\x12\x32\n\x0cturn_started\x18\x14 \x01(\x0b\x32\x1a.skm.events.v1.TurnStartedH\x00\x12\x36\n\x0eturn_completed\x18\x15 \x01(\x0b\x32\x1c.skm.events.v1.TurnCompletedH\x00\x12\x41\n\x14model_call_completed\x18\x16 \x01(\x0b\x32!.skm.events.v1.ModelCallCompletedH\x00\x12\x36\n\x0etool_requested\x18\x17 \x01(\x0b\x32\x1c.skm.events.v1.ToolRequestedH\x00\x12\x36\n\x0etool_completed\x18\x18 \x01(\x0b\x32\x1c.skm.events.v1.ToolCompletedH\x00\x12\x36\n\x0epolicy_decided\x18\x19 \x01(\x0b\x32\x1c.skm.events.v1.PolicyDecidedH\x00\x12\x36\n\x0e\x61\x63tion_blocked\x18\x1a \x01(\x0b\x32\x1c.skm.events.v1.ActionBlockedH\x00\x12\x38\n\x0f\x61\x63tion_resolved\x18\x1b \x01(\x0b\x32\x1d.skm.events.v1.ActionResolvedH\x00\x12\x42\n\x14intervention_applied\x18\x1c \x01(\x0b\x32\".skm.events.v1.InterventionAppliedH\x00\x12:\n\x10memory_operation\x18\x1d \x01(\x0b\x32\x1e.skm.events.v1.MemoryOperationH\x00\x12\x45\n\x16\x61udio_quality_measured\x18\x1e \x01(\x0b\x32#.skm.events.v1.AudioQualityMeasuredH\x00\x12\x41\n\x14model_profile_scored\x18\x1f \x01(\x0b\x32!.skm.events.v1.ModelProfileScoredH\x00\x12<\n\x11kamachiq_progress\x18  \x01(\x0b\x32\x1f.skm.events.v1.KamachiqProgressH\x00\x12\x43\n\x15model_budget_exceeded\x18! \x01(\x0b\x32\".skm.events.v1.ModelBudgetExceededH\x00\x12:\n\x10tenant_onboarded\x18\" \x01(\x0b\x32\x1e.skm.events.v1.TenantOnboardedH\x00\x12I\n\x18persona_bundle_installed\x18# \x01(\x0b\x32%.skm.events.v1.PersonaBundleInstalledH\x00\x12\x45\n\x16persona_bundle_refused\x18$ \x01(\x0b\x32#.skm.events.v1.PersonaBundleRefusedH\x00\x12N\n\x1bmodel_profile_auto_selected\x18% \x01(\x0b\x32\'.skm.events.v1.ModelProfileAutoSelectedH\x00\x42\t\n\x07payload\"r\n\x0bTurnStarted\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\x12\x0f\n\x07persona\x18\x02 \x01(\t\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.skm.type.v1.DeploymentMode\"v\n\rTurnCompleted\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\x12\x0f\n\x07persona\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x88\x01\n\x12ModelCallCompleted\x12\x0c\n\x04turn\x18\x01 \x01(\t\x12\x0f\n\x07persona\x18\x02 \x01(\t\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.skm.type.v1.ModelUsage\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x13\n\x0binterrupted\x18\x05 \x01(\x08\"j\n\rToolRequested\x12\x0c\n\x04turn\x18\x01 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\t\x12\x0f\n\x07persona\x18\x05 \x01(\t\";\n\rToolCompleted\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.skm.tools.v1.Execution\"\xa5\x01\n\rPolicyDecided\x12)\n\x05\x63heck\x18\x01 \x01(\x0b\x32\x1a.skm.policy.v1.AccessCheck\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.skm.type.v1.PolicyDecision\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"E\n\rActionBlocked\x12\x34\n\x0e\x62locked_action\x18\x01 \x01(\x0b\x32\x1c.skm.policy.v1.BlockedAction\"\x82\x01\n\x0e\x41\x63tionResolved\x12\x34\n\x0e\x62locked_action\x18\x01 \x01(\x0b\x32\x1c.skm.policy.v1.BlockedAction\x12:\n\x0eprevious_state\x18\x02 \x01(\x0e\x32\".skm.policy.v1.BlockedAction.State\"\\\n\x13InterventionApplied\x12\x0c\n\x04turn\x18\x01 \x01(\t\x12\x37\n\x0cintervention\x18\x02 \x01(\x0b\x32!.skm.conversation.v1.Intervention\"\xea\x01\n\x0fMemoryOperation\x12\x31\n\x04kind\x18\x01 \x01(\x0e\x32#.skm.events.v1.MemoryOperation.Kind\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x12\n\nmemory_ids\x18\x03 \x03(\t\x12\x11\n\texecution\x18\x04 \x01(\t\x12\x0c\n\x04turn\x18\x05 \x01(\t\"\\\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_SAVE\x10\x01\x12\r\n\tKIND_LOAD\x10\x02\x12\x0f\n\x0bKIND_DELETE\x10\x03\x12\x0f\n\x0bKIND_FORGET\x10\x04\"\x9d\x01\n\x14\x41udioQualityMeasured\x12\x14\n\x0cvoice_stream\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\t\x12\x0f\n\x07persona\x18\x03 \x01(\t\x12\x12\n\nrecognizer\x18\x04 \x01(\t\x12\r\n\x05voice\x18\x05 \x01(\t\x12-\n\x07metrics\x18\x06 \x01(\x0b\x32\x1c.skm.audio.v1.QualityMetrics\"\xab\x01\n\x12ModelProfileScored\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12+\n\x06scores\x18\x02 \x03(\x0b\x32\x1b.skm.profiles.v1.ModelScore\x12\x19\n\x11recommended_model\x18\x03 \x01(\t\x12\x16\n\x0emodel_profiles\x18\x04 \x03(\t\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x08\":\n\x0fTenantOnboarded\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x17.skm.profiles.v1.Tenant\"\x90\x01\n\x16PersonaBundleInstalled\x12\x0f\n\x07persona\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x18\n\x10previous_version\x18\x03 \x01(\x03\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x15\n\rbundle_digest\x18\x05 \x01(\t\x12\x13\n\x0brevision_id\x18\x06 \x01(\t\"o\n\x14PersonaBundleRefused\x12\x0f\n\x07persona\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x15\n\rbundle_sha256\x18\x05 \x01(\t\"\xb1\x01\n\x18ModelProfileAutoSelected\x12\x15\n\rmodel_profile\x18\x01 \x01(\t\x12\x16\n\x0eprevious_model\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1c\n\x14previous_revision_id\x18\x04 \x01(\t\x12\x13\n\x0brevision_id\x18\x05 \x01(\t\x12\x13\n\x0bscoring_run\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\"\xc8\x01\n\x13ModelBudgetExceeded\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12!\n\x05limit\x18\x03 \x01(\x0b\x32\x12.skm.type.v1.Money\x12!\n\x05spent\x18\x04 \x01(\x0b\x32\x12.skm.type.v1.Money\x12\x35\n\x11period_start_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x03\n\x10KamachiqProgress\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\ndepends_on\x18\x03 \x03(\t\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32%.skm.events.v1.KamachiqProgress.State\x12\x10\n\x08progress\x18\x05 \x01(\x01\x12\x0f\n\x07session\x18\x06 \x01(\t\x12\x16\n\x0e\x62locked_action\x18\x07 \x01(\t\x12(\n\x0c\x62udget_spent\x18\x08 \x01(\x0b\x32\x12.skm.type.v1.Money\x12(\n\x0c\x62udget_limit\x18\t \x01(\x0b\x32\x12.skm.type.v1.Money\x12\x0f\n\x07message\x18\n \x01(\t\"y\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x11\n\rSTATE_BLOCKED\x10\x03\x12\x0e\n\nSTATE_DONE\x10\x04\x12\x10\n\x0cSTATE_FAILED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.events.v1.event_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENT']._serialized_start=495
-  _globals['_EVENT']._serialized_end=1543
-  _globals['_TURNSTARTED']._serialized_start=1545
-  _globals['_TURNSTARTED']._serialized_end=1659
-  _globals['_TURNCOMPLETED']._serialized_start=1661
-  _globals['_TURNCOMPLETED']._serialized_end=1779
-  _globals['_MODELCALLCOMPLETED']._serialized_start=1782
-  _globals['_MODELCALLCOMPLETED']._serialized_end=1918
-  _globals['_TOOLREQUESTED']._serialized_start=1920
-  _globals['_TOOLREQUESTED']._serialized_end=2026
-  _globals['_TOOLCOMPLETED']._serialized_start=2028
-  _globals['_TOOLCOMPLETED']._serialized_end=2087
-  _globals['_POLICYDECIDED']._serialized_start=2090
-  _globals['_POLICYDECIDED']._serialized_end=2255
-  _globals['_ACTIONBLOCKED']._serialized_start=2257
-  _globals['_ACTIONBLOCKED']._serialized_end=2326
-  _globals['_ACTIONRESOLVED']._serialized_start=2329
-  _globals['_ACTIONRESOLVED']._serialized_end=2459
-  _globals['_INTERVENTIONAPPLIED']._serialized_start=2461
-  _globals['_INTERVENTIONAPPLIED']._serialized_end=2553
-  _globals['_MEMORYOPERATION']._serialized_start=2556
-  _globals['_MEMORYOPERATION']._serialized_end=2790
-  _globals['_MEMORYOPERATION_KIND']._serialized_start=2698
-  _globals['_MEMORYOPERATION_KIND']._serialized_end=2790
-  _globals['_AUDIOQUALITYMEASURED']._serialized_start=2793
-  _globals['_AUDIOQUALITYMEASURED']._serialized_end=2950
-  _globals['_MODELPROFILESCORED']._serialized_start=2953
-  _globals['_MODELPROFILESCORED']._serialized_end=3124
-  _globals['_MODELBUDGETEXCEEDED']._serialized_start=3127
-  _globals['_MODELBUDGETEXCEEDED']._serialized_end=3327
-  _globals['_KAMACHIQPROGRESS']._serialized_start=3330
-  _globals['_KAMACHIQPROGRESS']._serialized_end=3736
-  _globals['_KAMACHIQPROGRESS_STATE']._serialized_start=3615
-  _globals['_KAMACHIQPROGRESS_STATE']._serialized_end=3736
+  _globals['_EVENT']._serialized_start=525
+  _globals['_EVENT']._serialized_end=1859
+  _globals['_TURNSTARTED']._serialized_start=1861
+  _globals['_TURNSTARTED']._serialized_end=1975
+  _globals['_TURNCOMPLETED']._serialized_start=1977
+  _globals['_TURNCOMPLETED']._serialized_end=2095
+  _globals['_MODELCALLCOMPLETED']._serialized_start=2098
+  _globals['_MODELCALLCOMPLETED']._serialized_end=2234
+  _globals['_TOOLREQUESTED']._serialized_start=2236
+  _globals['_TOOLREQUESTED']._serialized_end=2342
+  _globals['_TOOLCOMPLETED']._serialized_start=2344
+  _globals['_TOOLCOMPLETED']._serialized_end=2403
+  _globals['_POLICYDECIDED']._serialized_start=2406
+  _globals['_POLICYDECIDED']._serialized_end=2571
+  _globals['_ACTIONBLOCKED']._serialized_start=2573
+  _globals['_ACTIONBLOCKED']._serialized_end=2642
+  _globals['_ACTIONRESOLVED']._serialized_start=2645
+  _globals['_ACTIONRESOLVED']._serialized_end=2775
+  _globals['_INTERVENTIONAPPLIED']._serialized_start=2777
+  _globals['_INTERVENTIONAPPLIED']._serialized_end=2869
+  _globals['_MEMORYOPERATION']._serialized_start=2872
+  _globals['_MEMORYOPERATION']._serialized_end=3106
+  _globals['_MEMORYOPERATION_KIND']._serialized_start=3014
+  _globals['_MEMORYOPERATION_KIND']._serialized_end=3106
+  _globals['_AUDIOQUALITYMEASURED']._serialized_start=3109
+  _globals['_AUDIOQUALITYMEASURED']._serialized_end=3266
+  _globals['_MODELPROFILESCORED']._serialized_start=3269
+  _globals['_MODELPROFILESCORED']._serialized_end=3440
+  _globals['_TENANTONBOARDED']._serialized_start=3442
+  _globals['_TENANTONBOARDED']._serialized_end=3500
+  _globals['_PERSONABUNDLEINSTALLED']._serialized_start=3503
+  _globals['_PERSONABUNDLEINSTALLED']._serialized_end=3647
+  _globals['_PERSONABUNDLEREFUSED']._serialized_start=3649
+  _globals['_PERSONABUNDLEREFUSED']._serialized_end=3760
+  _globals['_MODELPROFILEAUTOSELECTED']._serialized_start=3763
+  _globals['_MODELPROFILEAUTOSELECTED']._serialized_end=3940
+  _globals['_MODELBUDGETEXCEEDED']._serialized_start=3943
+  _globals['_MODELBUDGETEXCEEDED']._serialized_end=4143
+  _globals['_KAMACHIQPROGRESS']._serialized_start=4146
+  _globals['_KAMACHIQPROGRESS']._serialized_end=4552
+  _globals['_KAMACHIQPROGRESS_STATE']._serialized_start=4431
+  _globals['_KAMACHIQPROGRESS_STATE']._serialized_end=4552
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,7 @@ from skm.conversation.v1 import turn_pb2 as _turn_pb2
 from skm.policy.v1 import access_pb2 as _access_pb2
 from skm.policy.v1 import blocked_action_pb2 as _blocked_action_pb2
 from skm.profiles.v1 import model_score_pb2 as _model_score_pb2
+from skm.profiles.v1 import tenant_pb2 as _tenant_pb2
 from skm.tools.v1 import execution_pb2 as _execution_pb2
 from skm.type.v1 import deployment_mode_pb2 as _deployment_mode_pb2
 from skm.type.v1 import model_pb2 as _model_pb2
@@ -47,6 +48,8 @@ class Event(_message.Message):
       policy.blocked        action_blocked, action_resolved
       analytics             audio_quality_measured, model_budget_exceeded
       model.profile.scored  model_profile_scored
+      profiles              tenant_onboarded, persona_bundle_installed,
+                            persona_bundle_refused, model_profile_auto_selected
       kamachiq.progress     kamachiq_progress
 
     Events tied to a state change are written to the emitting service's
@@ -85,6 +88,10 @@ class Event(_message.Message):
     MODEL_PROFILE_SCORED_FIELD_NUMBER: _builtins.int
     KAMACHIQ_PROGRESS_FIELD_NUMBER: _builtins.int
     MODEL_BUDGET_EXCEEDED_FIELD_NUMBER: _builtins.int
+    TENANT_ONBOARDED_FIELD_NUMBER: _builtins.int
+    PERSONA_BUNDLE_INSTALLED_FIELD_NUMBER: _builtins.int
+    PERSONA_BUNDLE_REFUSED_FIELD_NUMBER: _builtins.int
+    MODEL_PROFILE_AUTO_SELECTED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique, stable id (UUID), assigned when the event is first written;
     redeliveries carry the same id.
@@ -169,6 +176,22 @@ class Event(_message.Message):
     def model_budget_exceeded(self) -> Global___ModelBudgetExceeded:
         """A tenant's spend on a role's model calls passed its budget. Topic analytics."""
 
+    @_builtins.property
+    def tenant_onboarded(self) -> Global___TenantOnboarded:
+        """A tenant was onboarded. Topic profiles."""
+
+    @_builtins.property
+    def persona_bundle_installed(self) -> Global___PersonaBundleInstalled:
+        """A persona bundle was installed or upgraded. Topic profiles."""
+
+    @_builtins.property
+    def persona_bundle_refused(self) -> Global___PersonaBundleRefused:
+        """A persona bundle was refused; nothing was installed. Topic profiles."""
+
+    @_builtins.property
+    def model_profile_auto_selected(self) -> Global___ModelProfileAutoSelected:
+        """Auto mode changed a profile's tier 0. Topic profiles."""
+
     def __init__(
         self,
         *,
@@ -193,12 +216,16 @@ class Event(_message.Message):
         model_profile_scored: Global___ModelProfileScored | None = ...,
         kamachiq_progress: Global___KamachiqProgress | None = ...,
         model_budget_exceeded: Global___ModelBudgetExceeded | None = ...,
+        tenant_onboarded: Global___TenantOnboarded | None = ...,
+        persona_bundle_installed: Global___PersonaBundleInstalled | None = ...,
+        persona_bundle_refused: Global___PersonaBundleRefused | None = ...,
+        model_profile_auto_selected: Global___ModelProfileAutoSelected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action_blocked", b"action_blocked", "action_resolved", b"action_resolved", "audio_quality_measured", b"audio_quality_measured", "event_time", b"event_time", "intervention_applied", b"intervention_applied", "kamachiq_progress", b"kamachiq_progress", "memory_operation", b"memory_operation", "model_budget_exceeded", b"model_budget_exceeded", "model_call_completed", b"model_call_completed", "model_profile_scored", b"model_profile_scored", "payload", b"payload", "policy_decided", b"policy_decided", "principal", b"principal", "tool_completed", b"tool_completed", "tool_requested", b"tool_requested", "turn_completed", b"turn_completed", "turn_started", b"turn_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action_blocked", b"action_blocked", "action_resolved", b"action_resolved", "audio_quality_measured", b"audio_quality_measured", "event_time", b"event_time", "intervention_applied", b"intervention_applied", "kamachiq_progress", b"kamachiq_progress", "memory_operation", b"memory_operation", "model_budget_exceeded", b"model_budget_exceeded", "model_call_completed", b"model_call_completed", "model_profile_auto_selected", b"model_profile_auto_selected", "model_profile_scored", b"model_profile_scored", "payload", b"payload", "persona_bundle_installed", b"persona_bundle_installed", "persona_bundle_refused", b"persona_bundle_refused", "policy_decided", b"policy_decided", "principal", b"principal", "tenant_onboarded", b"tenant_onboarded", "tool_completed", b"tool_completed", "tool_requested", b"tool_requested", "turn_completed", b"turn_completed", "turn_started", b"turn_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_blocked", b"action_blocked", "action_resolved", b"action_resolved", "audio_quality_measured", b"audio_quality_measured", "event_id", b"event_id", "event_time", b"event_time", "intervention_applied", b"intervention_applied", "kamachiq_progress", b"kamachiq_progress", "memory_operation", b"memory_operation", "model_budget_exceeded", b"model_budget_exceeded", "model_call_completed", b"model_call_completed", "model_profile_scored", b"model_profile_scored", "payload", b"payload", "policy_decided", b"policy_decided", "principal", b"principal", "session", b"session", "source", b"source", "tenant", b"tenant", "tool_completed", b"tool_completed", "tool_requested", b"tool_requested", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "turn_started", b"turn_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_blocked", b"action_blocked", "action_resolved", b"action_resolved", "audio_quality_measured", b"audio_quality_measured", "event_id", b"event_id", "event_time", b"event_time", "intervention_applied", b"intervention_applied", "kamachiq_progress", b"kamachiq_progress", "memory_operation", b"memory_operation", "model_budget_exceeded", b"model_budget_exceeded", "model_call_completed", b"model_call_completed", "model_profile_auto_selected", b"model_profile_auto_selected", "model_profile_scored", b"model_profile_scored", "payload", b"payload", "persona_bundle_installed", b"persona_bundle_installed", "persona_bundle_refused", b"persona_bundle_refused", "policy_decided", b"policy_decided", "principal", b"principal", "session", b"session", "source", b"source", "tenant", b"tenant", "tenant_onboarded", b"tenant_onboarded", "tool_completed", b"tool_completed", "tool_requested", b"tool_requested", "trace_id", b"trace_id", "turn_completed", b"turn_completed", "turn_started", b"turn_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["turn_started", "turn_completed", "model_call_completed", "tool_requested", "tool_completed", "policy_decided", "action_blocked", "action_resolved", "intervention_applied", "memory_operation", "audio_quality_measured", "model_profile_scored", "kamachiq_progress", "model_budget_exceeded"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["turn_started", "turn_completed", "model_call_completed", "tool_requested", "tool_completed", "policy_decided", "action_blocked", "action_resolved", "intervention_applied", "memory_operation", "audio_quality_measured", "model_profile_scored", "kamachiq_progress", "model_budget_exceeded", "tenant_onboarded", "persona_bundle_installed", "persona_bundle_refused", "model_profile_auto_selected"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -665,6 +692,163 @@ class ModelProfileScored(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelProfileScored: _TypeAlias = ModelProfileScored  # noqa: Y015
+
+@_typing.final
+class TenantOnboarded(_message.Message):
+    """A tenant was created and onboarded (constitution, first admins, tool risk
+    levels, the built-in personas' permissions). Source: profiles.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant(self) -> _tenant_pb2.Tenant:
+        """The tenant as onboarding left it (ACTIVE)."""
+
+    def __init__(
+        self,
+        *,
+        tenant: _tenant_pb2.Tenant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantOnboarded: _TypeAlias = TenantOnboarded  # noqa: Y015
+
+@_typing.final
+class PersonaBundleInstalled(_message.Message):
+    """A persona bundle was installed (or upgraded) in a tenant. Source: profiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSONA_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
+    REVISION_ID_FIELD_NUMBER: _builtins.int
+    persona: _builtins.str
+    """The persona, "tenants/{tenant}/personas/{persona}"."""
+    version: _builtins.int
+    """The bundle's version."""
+    previous_version: _builtins.int
+    """The version it replaced; 0 for a first install."""
+    key_id: _builtins.str
+    """The key that signed it."""
+    bundle_digest: _builtins.str
+    """The persona's bundle digest after the install."""
+    revision_id: _builtins.str
+    """The persona's new revision."""
+    def __init__(
+        self,
+        *,
+        persona: _builtins.str = ...,
+        version: _builtins.int = ...,
+        previous_version: _builtins.int = ...,
+        key_id: _builtins.str = ...,
+        bundle_digest: _builtins.str = ...,
+        revision_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "key_id", b"key_id", "persona", b"persona", "previous_version", b"previous_version", "revision_id", b"revision_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonaBundleInstalled: _TypeAlias = PersonaBundleInstalled  # noqa: Y015
+
+@_typing.final
+class PersonaBundleRefused(_message.Message):
+    """A persona bundle was refused: nothing was installed. Source: profiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSONA_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    BUNDLE_SHA256_FIELD_NUMBER: _builtins.int
+    persona: _builtins.str
+    """The persona the bundle would install, when its payload could be read
+    (never for a signature that does not verify: that payload is not
+    trusted enough to name anything).
+    """
+    reason: _builtins.str
+    """The reason, as in the refusal's ErrorInfo (e.g. "BUNDLE_KEY_EXPIRED")."""
+    key_id: _builtins.str
+    """The key id the bundle's header names."""
+    version: _builtins.int
+    """The version the bundle claims; 0 when unread."""
+    bundle_sha256: _builtins.str
+    """SHA-256 of the bundle file's bytes, lowercase hex."""
+    def __init__(
+        self,
+        *,
+        persona: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        bundle_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_sha256", b"bundle_sha256", "key_id", b"key_id", "persona", b"persona", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonaBundleRefused: _TypeAlias = PersonaBundleRefused  # noqa: Y015
+
+@_typing.final
+class ModelProfileAutoSelected(_message.Message):
+    """Auto mode put another model at tier 0 of a profile. Source: profiles.
+    RollbackModelProfile to `previous_revision_id` undoes it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_PROFILE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PREVIOUS_REVISION_ID_FIELD_NUMBER: _builtins.int
+    REVISION_ID_FIELD_NUMBER: _builtins.int
+    SCORING_RUN_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    model_profile: _builtins.str
+    """The profile, "tenants/{tenant}/modelProfiles/{model_profile}"."""
+    previous_model: _builtins.str
+    """The model it had at tier 0, "models/{model}"."""
+    model: _builtins.str
+    """The model it has now."""
+    previous_revision_id: _builtins.str
+    """The revision before the change."""
+    revision_id: _builtins.str
+    """The revision the change made."""
+    scoring_run: _builtins.str
+    """The scoring run behind it, "scoringRuns/{scoring_run}"."""
+    summary: _builtins.str
+    """The recommendation's summary."""
+    def __init__(
+        self,
+        *,
+        model_profile: _builtins.str = ...,
+        previous_model: _builtins.str = ...,
+        model: _builtins.str = ...,
+        previous_revision_id: _builtins.str = ...,
+        revision_id: _builtins.str = ...,
+        scoring_run: _builtins.str = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_profile", b"model_profile", "previous_model", b"previous_model", "previous_revision_id", b"previous_revision_id", "revision_id", b"revision_id", "scoring_run", b"scoring_run", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelProfileAutoSelected: _TypeAlias = ModelProfileAutoSelected  # noqa: Y015
 
 @_typing.final
 class ModelBudgetExceeded(_message.Message):

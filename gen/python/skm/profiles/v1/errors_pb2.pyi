@@ -57,6 +57,47 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: the signature does not verify, or its key is not trusted."""
     ERROR_REASON_INVALID_BENCHMARK: _ErrorReason.ValueType  # 17
     """INVALID_ARGUMENT: a benchmark run is invalid (e.g. successes > attempts)."""
+    ERROR_REASON_REVISION_NOT_FOUND: _ErrorReason.ValueType  # 18
+    """NOT_FOUND: no such revision of the resource (metadata: revision_id)."""
+    ERROR_REASON_TENANT_NOT_FOUND: _ErrorReason.ValueType  # 19
+    """NOT_FOUND: no such tenant (metadata: tenant)."""
+    ERROR_REASON_TENANT_ALREADY_EXISTS: _ErrorReason.ValueType  # 20
+    """ALREADY_EXISTS: the tenant exists with other admins (metadata: tenant)."""
+    ERROR_REASON_INVALID_TENANT: _ErrorReason.ValueType  # 21
+    """INVALID_ARGUMENT: a tenant is invalid (details in a BadRequest)."""
+    ERROR_REASON_BUNDLE_MALFORMED: _ErrorReason.ValueType  # 22
+    """INVALID_ARGUMENT: the bundle file is not one (format, header, payload)."""
+    ERROR_REASON_BUNDLE_SIGNATURE_INVALID: _ErrorReason.ValueType  # 23
+    """INVALID_ARGUMENT: the bundle's signature does not verify with its key:
+    the bundle was changed after it was signed, or signed with another key.
+    """
+    ERROR_REASON_BUNDLE_KEY_NOT_TRUSTED: _ErrorReason.ValueType  # 24
+    """FAILED_PRECONDITION: the bundle's key is not among the tenant's trusted
+    keys (metadata: key_id).
+    """
+    ERROR_REASON_BUNDLE_KEY_EXPIRED: _ErrorReason.ValueType  # 25
+    """FAILED_PRECONDITION: the bundle's key expired (metadata: key_id, expire_time)."""
+    ERROR_REASON_BUNDLE_VERSION_NOT_NEWER: _ErrorReason.ValueType  # 26
+    """FAILED_PRECONDITION: the bundle's version is not above the installed one:
+    an older or the same bundle replayed (metadata: version, installed_version).
+    """
+    ERROR_REASON_PERSONA_NOT_FROM_BUNDLE: _ErrorReason.ValueType  # 27
+    """FAILED_PRECONDITION: the persona was not installed from a bundle."""
+    ERROR_REASON_TRUSTED_KEY_NOT_FOUND: _ErrorReason.ValueType  # 28
+    """NOT_FOUND: no such trusted key."""
+    ERROR_REASON_TRUSTED_KEY_ALREADY_EXISTS: _ErrorReason.ValueType  # 29
+    """ALREADY_EXISTS: the tenant trusts a key with this id."""
+    ERROR_REASON_INVALID_TRUSTED_KEY: _ErrorReason.ValueType  # 30
+    """INVALID_ARGUMENT: a trusted key is invalid (details in a BadRequest)."""
+    ERROR_REASON_TURN_NOT_FOUND: _ErrorReason.ValueType  # 31
+    """NOT_FOUND: a turn named for training does not exist (metadata: turn)."""
+    ERROR_REASON_TRAINING_NOT_ALLOWED: _ErrorReason.ValueType  # 32
+    """FAILED_PRECONDITION: a turn cannot train this persona (metadata: turn,
+    why): its session is not in DEVELOPER mode or runs another persona, or
+    the turn did not complete.
+    """
+    ERROR_REASON_SCORING_ALREADY_RUNNING: _ErrorReason.ValueType  # 33
+    """FAILED_PRECONDITION: a scoring run is in progress (metadata: scoring_run)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_profiles puts in the google.rpc.ErrorInfo of its errors.
@@ -102,4 +143,45 @@ ERROR_REASON_PERSONA_SIGNATURE_INVALID: ErrorReason.ValueType  # 16
 """INVALID_ARGUMENT: the signature does not verify, or its key is not trusted."""
 ERROR_REASON_INVALID_BENCHMARK: ErrorReason.ValueType  # 17
 """INVALID_ARGUMENT: a benchmark run is invalid (e.g. successes > attempts)."""
+ERROR_REASON_REVISION_NOT_FOUND: ErrorReason.ValueType  # 18
+"""NOT_FOUND: no such revision of the resource (metadata: revision_id)."""
+ERROR_REASON_TENANT_NOT_FOUND: ErrorReason.ValueType  # 19
+"""NOT_FOUND: no such tenant (metadata: tenant)."""
+ERROR_REASON_TENANT_ALREADY_EXISTS: ErrorReason.ValueType  # 20
+"""ALREADY_EXISTS: the tenant exists with other admins (metadata: tenant)."""
+ERROR_REASON_INVALID_TENANT: ErrorReason.ValueType  # 21
+"""INVALID_ARGUMENT: a tenant is invalid (details in a BadRequest)."""
+ERROR_REASON_BUNDLE_MALFORMED: ErrorReason.ValueType  # 22
+"""INVALID_ARGUMENT: the bundle file is not one (format, header, payload)."""
+ERROR_REASON_BUNDLE_SIGNATURE_INVALID: ErrorReason.ValueType  # 23
+"""INVALID_ARGUMENT: the bundle's signature does not verify with its key:
+the bundle was changed after it was signed, or signed with another key.
+"""
+ERROR_REASON_BUNDLE_KEY_NOT_TRUSTED: ErrorReason.ValueType  # 24
+"""FAILED_PRECONDITION: the bundle's key is not among the tenant's trusted
+keys (metadata: key_id).
+"""
+ERROR_REASON_BUNDLE_KEY_EXPIRED: ErrorReason.ValueType  # 25
+"""FAILED_PRECONDITION: the bundle's key expired (metadata: key_id, expire_time)."""
+ERROR_REASON_BUNDLE_VERSION_NOT_NEWER: ErrorReason.ValueType  # 26
+"""FAILED_PRECONDITION: the bundle's version is not above the installed one:
+an older or the same bundle replayed (metadata: version, installed_version).
+"""
+ERROR_REASON_PERSONA_NOT_FROM_BUNDLE: ErrorReason.ValueType  # 27
+"""FAILED_PRECONDITION: the persona was not installed from a bundle."""
+ERROR_REASON_TRUSTED_KEY_NOT_FOUND: ErrorReason.ValueType  # 28
+"""NOT_FOUND: no such trusted key."""
+ERROR_REASON_TRUSTED_KEY_ALREADY_EXISTS: ErrorReason.ValueType  # 29
+"""ALREADY_EXISTS: the tenant trusts a key with this id."""
+ERROR_REASON_INVALID_TRUSTED_KEY: ErrorReason.ValueType  # 30
+"""INVALID_ARGUMENT: a trusted key is invalid (details in a BadRequest)."""
+ERROR_REASON_TURN_NOT_FOUND: ErrorReason.ValueType  # 31
+"""NOT_FOUND: a turn named for training does not exist (metadata: turn)."""
+ERROR_REASON_TRAINING_NOT_ALLOWED: ErrorReason.ValueType  # 32
+"""FAILED_PRECONDITION: a turn cannot train this persona (metadata: turn,
+why): its session is not in DEVELOPER mode or runs another persona, or
+the turn did not complete.
+"""
+ERROR_REASON_SCORING_ALREADY_RUNNING: ErrorReason.ValueType  # 33
+"""FAILED_PRECONDITION: a scoring run is in progress (metadata: scoring_run)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -24,21 +24,25 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from skm.profiles.v1 import model_pb2 as skm_dot_profiles_dot_v1_dot_model__pb2
+from skm.profiles.v1 import revision_pb2 as skm_dot_profiles_dot_v1_dot_revision__pb2
 from skm.type.v1 import deployment_mode_pb2 as skm_dot_type_dot_v1_dot_deployment__mode__pb2
 from skm.type.v1 import model_pb2 as skm_dot_type_dot_v1_dot_model__pb2
+from skm.type.v1 import money_pb2 as skm_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#skm/profiles/v1/model_profile.proto\x12\x0fskm.profiles.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bskm/profiles/v1/model.proto\x1a!skm/type/v1/deployment_mode.proto\x1a\x17skm/type/v1/model.proto\"\xcc\x02\n\x0cModelProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.skm.type.v1.DeploymentMode\x12\x13\n\x0bmodel_tiers\x18\x04 \x03(\t\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x05\x12\x13\n\x0b\x61uto_select\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\n \x01(\tB\x0e\n\x0c_temperature\"\x8f\x01\n\rModelOverride\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12\x13\n\x0bmodel_tiers\x18\x02 \x03(\t\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x05\x42\x0e\n\x0c_temperature\"\xc5\x01\n\x14ResolvedModelProfile\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12\x15\n\rmodel_profile\x18\x02 \x01(\t\x12+\n\x0bmodel_tiers\x18\x03 \x03(\x0b\x32\x16.skm.profiles.v1.Model\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x05\x42\x0e\n\x0c_temperatureb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#skm/profiles/v1/model_profile.proto\x12\x0fskm.profiles.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bskm/profiles/v1/model.proto\x1a\x1eskm/profiles/v1/revision.proto\x1a!skm/type/v1/deployment_mode.proto\x1a\x17skm/type/v1/model.proto\x1a\x17skm/type/v1/money.proto\"\xb8\x03\n\x0cModelProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.skm.type.v1.DeploymentMode\x12\x13\n\x0bmodel_tiers\x18\x04 \x03(\t\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x05\x12\x13\n\x0b\x61uto_select\x18\x07 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\n \x01(\t\x12+\n\x08revision\x18\x0b \x01(\x0b\x32\x19.skm.profiles.v1.Revision\x12=\n\x12\x61uto_select_bounds\x18\x0c \x01(\x0b\x32!.skm.profiles.v1.AutoSelectBoundsB\x0e\n\x0c_temperature\"`\n\x10\x41utoSelectBounds\x12\x37\n\x1bmax_cost_per_million_tokens\x18\x01 \x01(\x0b\x32\x12.skm.type.v1.Money\x12\x13\n\x0bmin_quality\x18\x02 \x01(\x01\"\x8f\x01\n\rModelOverride\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12\x13\n\x0bmodel_tiers\x18\x02 \x03(\t\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x05\x42\x0e\n\x0c_temperature\"\xc5\x01\n\x14ResolvedModelProfile\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\x12\x15\n\rmodel_profile\x18\x02 \x01(\t\x12+\n\x0bmodel_tiers\x18\x03 \x03(\x0b\x32\x16.skm.profiles.v1.Model\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x05\x42\x0e\n\x0c_temperatureb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.profiles.v1.model_profile_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELPROFILE']._serialized_start=179
-  _globals['_MODELPROFILE']._serialized_end=511
-  _globals['_MODELOVERRIDE']._serialized_start=514
-  _globals['_MODELOVERRIDE']._serialized_end=657
-  _globals['_RESOLVEDMODELPROFILE']._serialized_start=660
-  _globals['_RESOLVEDMODELPROFILE']._serialized_end=857
+  _globals['_MODELPROFILE']._serialized_start=236
+  _globals['_MODELPROFILE']._serialized_end=676
+  _globals['_AUTOSELECTBOUNDS']._serialized_start=678
+  _globals['_AUTOSELECTBOUNDS']._serialized_end=774
+  _globals['_MODELOVERRIDE']._serialized_start=777
+  _globals['_MODELOVERRIDE']._serialized_end=920
+  _globals['_RESOLVEDMODELPROFILE']._serialized_start=923
+  _globals['_RESOLVEDMODELPROFILE']._serialized_end=1120
 # @@protoc_insertion_point(module_scope)

@@ -9,16 +9,18 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from skm.profiles.v1 import model_pb2 as _model_pb2_1
+from skm.profiles.v1 import revision_pb2 as _revision_pb2
 from skm.type.v1 import deployment_mode_pb2 as _deployment_mode_pb2
 from skm.type.v1 import model_pb2 as _model_pb2
+from skm.type.v1 import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -46,6 +48,8 @@ class ModelProfile(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    AUTO_SELECT_BOUNDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "tenants/{tenant}/modelProfiles/{model_profile}". Output only."""
     role: _model_pb2.ModelRole.ValueType
@@ -58,7 +62,9 @@ class ModelProfile(_message.Message):
     """Upper bound of generated tokens per call; 0 uses the engine's default."""
     auto_select: _builtins.bool
     """When true, the scoring job puts its recommended model at tier 0 by itself
-    (the model control panel's "auto" mode); otherwise it only recommends.
+    (the model control panel's "auto" mode), within `auto_select_bounds`;
+    otherwise it only recommends. Each automatic change is a new revision
+    (origin AUTO_SELECT) and an audit event, and can be rolled back.
     """
     etag: _builtins.str
     """Changes with every update; UpdateModelProfile and DeleteModelProfile
@@ -80,6 +86,16 @@ class ModelProfile(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the profile last changed. Output only."""
 
+    @_builtins.property
+    def revision(self) -> _revision_pb2.Revision:
+        """This version of the profile; GetModelProfile of "{name}@{revision_id}"
+        returns an earlier one. Output only.
+        """
+
+    @_builtins.property
+    def auto_select_bounds(self) -> Global___AutoSelectBounds:
+        """What an automatic choice must stay within; unset bounds nothing."""
+
     def __init__(
         self,
         *,
@@ -93,16 +109,50 @@ class ModelProfile(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        revision: _revision_pb2.Revision | None = ...,
+        auto_select_bounds: Global___AutoSelectBounds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "create_time", b"create_time", "temperature", b"temperature", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "auto_select_bounds", b"auto_select_bounds", "create_time", b"create_time", "revision", b"revision", "temperature", b"temperature", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "auto_select", b"auto_select", "create_time", b"create_time", "etag", b"etag", "max_output_tokens", b"max_output_tokens", "mode", b"mode", "model_tiers", b"model_tiers", "name", b"name", "role", b"role", "temperature", b"temperature", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "auto_select", b"auto_select", "auto_select_bounds", b"auto_select_bounds", "create_time", b"create_time", "etag", b"etag", "max_output_tokens", b"max_output_tokens", "mode", b"mode", "model_tiers", b"model_tiers", "name", b"name", "revision", b"revision", "role", b"role", "temperature", b"temperature", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
 
 Global___ModelProfile: _TypeAlias = ModelProfile  # noqa: Y015
+
+@_typing.final
+class AutoSelectBounds(_message.Message):
+    """The limits within which auto mode may choose a model for a profile: a
+    recommended model outside them is not applied (the recommendation says why).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_COST_PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
+    MIN_QUALITY_FIELD_NUMBER: _builtins.int
+    min_quality: _builtins.float
+    """Lowest benchmark quality, in [0, 1]; 0: no limit."""
+    @_builtins.property
+    def max_cost_per_million_tokens(self) -> _money_pb2.Money:
+        """Highest blended cost per million tokens (the score's cost); unset or
+        zero: no limit.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_cost_per_million_tokens: _money_pb2.Money | None = ...,
+        min_quality: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_cost_per_million_tokens", b"max_cost_per_million_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cost_per_million_tokens", b"max_cost_per_million_tokens", "min_quality", b"min_quality"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoSelectBounds: _TypeAlias = AutoSelectBounds  # noqa: Y015
 
 @_typing.final
 class ModelOverride(_message.Message):

@@ -207,7 +207,7 @@ class UpdateModelProfileRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: model_tiers, temperature, max_output_tokens,
-        auto_select. Required.
+        auto_select, auto_select_bounds. Required.
         """
 
     def __init__(
@@ -356,3 +356,115 @@ class ResolveModelProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveModelProfileResponse: _TypeAlias = ResolveModelProfileResponse  # noqa: Y015
+
+@_typing.final
+class ListModelProfileRevisionsRequest(_message.Message):
+    """Request of ModelProfileService.ListModelProfileRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"tenants/{tenant}/modelProfiles/{model_profile}"."""
+    page_size: _builtins.int
+    """Maximum revisions to return; default 50, values above 1000 are treated as 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of a previous call with the same name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelProfileRevisionsRequest: _TypeAlias = ListModelProfileRevisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelProfileRevisionsResponse(_message.Message):
+    """Response of ModelProfileService.ListModelProfileRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_PROFILES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def model_profiles(self) -> _containers.RepeatedCompositeFieldContainer[_model_profile_pb2.ModelProfile]:
+        """The revisions, newest first, each the profile as it was."""
+
+    def __init__(
+        self,
+        *,
+        model_profiles: _abc.Iterable[_model_profile_pb2.ModelProfile] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_profiles", b"model_profiles", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelProfileRevisionsResponse: _TypeAlias = ListModelProfileRevisionsResponse  # noqa: Y015
+
+@_typing.final
+class RollbackModelProfileRequest(_message.Message):
+    """Request of ModelProfileService.RollbackModelProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REVISION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"tenants/{tenant}/modelProfiles/{model_profile}"."""
+    revision_id: _builtins.str
+    """The revision whose values the new revision takes. Required."""
+    etag: _builtins.str
+    """The profile's current etag; empty skips the check."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        revision_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "revision_id", b"revision_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackModelProfileRequest: _TypeAlias = RollbackModelProfileRequest  # noqa: Y015
+
+@_typing.final
+class RollbackModelProfileResponse(_message.Message):
+    """Response of ModelProfileService.RollbackModelProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_PROFILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_profile(self) -> _model_profile_pb2.ModelProfile:
+        """The profile, as its new revision."""
+
+    def __init__(
+        self,
+        *,
+        model_profile: _model_profile_pb2.ModelProfile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_profile", b"model_profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_profile", b"model_profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackModelProfileResponse: _TypeAlias = RollbackModelProfileResponse  # noqa: Y015

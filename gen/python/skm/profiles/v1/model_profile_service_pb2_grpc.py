@@ -66,6 +66,16 @@ class ModelProfileServiceStub:
                 request_serializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ResolveModelProfileRequest.SerializeToString,
                 response_deserializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ResolveModelProfileResponse.FromString,
                 _registered_method=True)
+        self.ListModelProfileRevisions = channel.unary_unary(
+                '/skm.profiles.v1.ModelProfileService/ListModelProfileRevisions',
+                request_serializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ListModelProfileRevisionsRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ListModelProfileRevisionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackModelProfile = channel.unary_unary(
+                '/skm.profiles.v1.ModelProfileService/RollbackModelProfile',
+                request_serializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.RollbackModelProfileRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.RollbackModelProfileResponse.FromString,
+                _registered_method=True)
 
 
 class ModelProfileServiceServicer:
@@ -87,9 +97,9 @@ class ModelProfileServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelProfile(self, request, context):
-        """Returns a profile.
+        """Returns a profile; "{name}@{revision_id}" returns that revision.
 
-        Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND).
+        Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND).
         Callers: any member of the tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -107,7 +117,8 @@ class ModelProfileServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateModelProfile(self, request, context):
-        """Changes a profile's tiers, temperature, token limit or auto_select.
+        """Changes a profile's tiers, temperature, token limit, auto_select or
+        auto_select_bounds, as a new revision.
 
         Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, MODEL_NOT_FOUND),
         INVALID_ARGUMENT (INVALID_MODEL_PROFILE, INVALID_UPDATE_MASK: role and
@@ -119,7 +130,8 @@ class ModelProfileServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModelProfile(self, request, context):
-        """Deletes a profile; its (role, mode) falls back to the deployment default.
+        """Deletes a profile and its revisions; its (role, mode) falls back to the
+        deployment default.
 
         Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), ABORTED (ETAG_MISMATCH).
         Callers: tenant admins.
@@ -138,6 +150,31 @@ class ModelProfileServiceServicer:
         role or mode), FAILED_PRECONDITION (NO_MODEL_FOR_ROLE: nothing configured
         for the role, not even a deployment default).
         Callers: internal (svc_conversation, svc_tools for embeddings).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelProfileRevisions(self, request, context):
+        """Lists a profile's revisions, newest first.
+
+        Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), INVALID_ARGUMENT
+        (INVALID_PAGE_TOKEN).
+        Callers: any member of the tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackModelProfile(self, request, context):
+        """Makes a new revision holding the values of an earlier one (an automatic
+        change is undone so; auto_select keeps its current value, so a rollback
+        of an automatic change does not turn auto mode back on by itself).
+
+        Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND,
+        MODEL_NOT_FOUND: the revision names a model no longer registered),
+        ABORTED (ETAG_MISMATCH).
+        Callers: tenant admins.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +212,16 @@ def add_ModelProfileServiceServicer_to_server(servicer, server):
                     servicer.ResolveModelProfile,
                     request_deserializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ResolveModelProfileRequest.FromString,
                     response_serializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ResolveModelProfileResponse.SerializeToString,
+            ),
+            'ListModelProfileRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelProfileRevisions,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ListModelProfileRevisionsRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ListModelProfileRevisionsResponse.SerializeToString,
+            ),
+            'RollbackModelProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModelProfile,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.RollbackModelProfileRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.RollbackModelProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -341,6 +388,60 @@ class ModelProfileService:
             '/skm.profiles.v1.ModelProfileService/ResolveModelProfile',
             skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ResolveModelProfileRequest.SerializeToString,
             skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ResolveModelProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelProfileRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.ModelProfileService/ListModelProfileRevisions',
+            skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ListModelProfileRevisionsRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.ListModelProfileRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModelProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.ModelProfileService/RollbackModelProfile',
+            skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.RollbackModelProfileRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_model__profile__service__pb2.RollbackModelProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,9 +45,9 @@ class ModelProfileServiceStub:
     Callers: tenant admins.
     """
     GetModelProfile: _grpc.UnaryUnaryMultiCallable[_model_profile_service_pb2.GetModelProfileRequest, _model_profile_service_pb2.GetModelProfileResponse]
-    """Returns a profile.
+    """Returns a profile; "{name}@{revision_id}" returns that revision.
 
-    Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND).
+    Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND).
     Callers: any member of the tenant.
     """
     ListModelProfiles: _grpc.UnaryUnaryMultiCallable[_model_profile_service_pb2.ListModelProfilesRequest, _model_profile_service_pb2.ListModelProfilesResponse]
@@ -57,7 +57,8 @@ class ModelProfileServiceStub:
     Callers: any member of the tenant.
     """
     UpdateModelProfile: _grpc.UnaryUnaryMultiCallable[_model_profile_service_pb2.UpdateModelProfileRequest, _model_profile_service_pb2.UpdateModelProfileResponse]
-    """Changes a profile's tiers, temperature, token limit or auto_select.
+    """Changes a profile's tiers, temperature, token limit, auto_select or
+    auto_select_bounds, as a new revision.
 
     Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, MODEL_NOT_FOUND),
     INVALID_ARGUMENT (INVALID_MODEL_PROFILE, INVALID_UPDATE_MASK: role and
@@ -65,7 +66,8 @@ class ModelProfileServiceStub:
     Callers: tenant admins.
     """
     DeleteModelProfile: _grpc.UnaryUnaryMultiCallable[_model_profile_service_pb2.DeleteModelProfileRequest, _model_profile_service_pb2.DeleteModelProfileResponse]
-    """Deletes a profile; its (role, mode) falls back to the deployment default.
+    """Deletes a profile and its revisions; its (role, mode) falls back to the
+    deployment default.
 
     Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), ABORTED (ETAG_MISMATCH).
     Callers: tenant admins.
@@ -80,6 +82,23 @@ class ModelProfileServiceStub:
     role or mode), FAILED_PRECONDITION (NO_MODEL_FOR_ROLE: nothing configured
     for the role, not even a deployment default).
     Callers: internal (svc_conversation, svc_tools for embeddings).
+    """
+    ListModelProfileRevisions: _grpc.UnaryUnaryMultiCallable[_model_profile_service_pb2.ListModelProfileRevisionsRequest, _model_profile_service_pb2.ListModelProfileRevisionsResponse]
+    """Lists a profile's revisions, newest first.
+
+    Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), INVALID_ARGUMENT
+    (INVALID_PAGE_TOKEN).
+    Callers: any member of the tenant.
+    """
+    RollbackModelProfile: _grpc.UnaryUnaryMultiCallable[_model_profile_service_pb2.RollbackModelProfileRequest, _model_profile_service_pb2.RollbackModelProfileResponse]
+    """Makes a new revision holding the values of an earlier one (an automatic
+    change is undone so; auto_select keeps its current value, so a rollback
+    of an automatic change does not turn auto mode back on by itself).
+
+    Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND,
+    MODEL_NOT_FOUND: the revision names a model no longer registered),
+    ABORTED (ETAG_MISMATCH).
+    Callers: tenant admins.
     """
 
 @_typing.type_check_only
@@ -99,9 +118,9 @@ class ModelProfileServiceAsyncStub(ModelProfileServiceStub):
     Callers: tenant admins.
     """
     GetModelProfile: _aio.UnaryUnaryMultiCallable[_model_profile_service_pb2.GetModelProfileRequest, _model_profile_service_pb2.GetModelProfileResponse]  # type: ignore[assignment]
-    """Returns a profile.
+    """Returns a profile; "{name}@{revision_id}" returns that revision.
 
-    Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND).
+    Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND).
     Callers: any member of the tenant.
     """
     ListModelProfiles: _aio.UnaryUnaryMultiCallable[_model_profile_service_pb2.ListModelProfilesRequest, _model_profile_service_pb2.ListModelProfilesResponse]  # type: ignore[assignment]
@@ -111,7 +130,8 @@ class ModelProfileServiceAsyncStub(ModelProfileServiceStub):
     Callers: any member of the tenant.
     """
     UpdateModelProfile: _aio.UnaryUnaryMultiCallable[_model_profile_service_pb2.UpdateModelProfileRequest, _model_profile_service_pb2.UpdateModelProfileResponse]  # type: ignore[assignment]
-    """Changes a profile's tiers, temperature, token limit or auto_select.
+    """Changes a profile's tiers, temperature, token limit, auto_select or
+    auto_select_bounds, as a new revision.
 
     Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, MODEL_NOT_FOUND),
     INVALID_ARGUMENT (INVALID_MODEL_PROFILE, INVALID_UPDATE_MASK: role and
@@ -119,7 +139,8 @@ class ModelProfileServiceAsyncStub(ModelProfileServiceStub):
     Callers: tenant admins.
     """
     DeleteModelProfile: _aio.UnaryUnaryMultiCallable[_model_profile_service_pb2.DeleteModelProfileRequest, _model_profile_service_pb2.DeleteModelProfileResponse]  # type: ignore[assignment]
-    """Deletes a profile; its (role, mode) falls back to the deployment default.
+    """Deletes a profile and its revisions; its (role, mode) falls back to the
+    deployment default.
 
     Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), ABORTED (ETAG_MISMATCH).
     Callers: tenant admins.
@@ -134,6 +155,23 @@ class ModelProfileServiceAsyncStub(ModelProfileServiceStub):
     role or mode), FAILED_PRECONDITION (NO_MODEL_FOR_ROLE: nothing configured
     for the role, not even a deployment default).
     Callers: internal (svc_conversation, svc_tools for embeddings).
+    """
+    ListModelProfileRevisions: _aio.UnaryUnaryMultiCallable[_model_profile_service_pb2.ListModelProfileRevisionsRequest, _model_profile_service_pb2.ListModelProfileRevisionsResponse]  # type: ignore[assignment]
+    """Lists a profile's revisions, newest first.
+
+    Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), INVALID_ARGUMENT
+    (INVALID_PAGE_TOKEN).
+    Callers: any member of the tenant.
+    """
+    RollbackModelProfile: _aio.UnaryUnaryMultiCallable[_model_profile_service_pb2.RollbackModelProfileRequest, _model_profile_service_pb2.RollbackModelProfileResponse]  # type: ignore[assignment]
+    """Makes a new revision holding the values of an earlier one (an automatic
+    change is undone so; auto_select keeps its current value, so a rollback
+    of an automatic change does not turn auto mode back on by itself).
+
+    Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND,
+    MODEL_NOT_FOUND: the revision names a model no longer registered),
+    ABORTED (ETAG_MISMATCH).
+    Callers: tenant admins.
     """
 
 class ModelProfileServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -162,9 +200,9 @@ class ModelProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_profile_service_pb2.GetModelProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_profile_service_pb2.GetModelProfileResponse, _abc.Awaitable[_model_profile_service_pb2.GetModelProfileResponse]]:
-        """Returns a profile.
+        """Returns a profile; "{name}@{revision_id}" returns that revision.
 
-        Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND).
+        Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND).
         Callers: any member of the tenant.
         """
 
@@ -186,7 +224,8 @@ class ModelProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_profile_service_pb2.UpdateModelProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_profile_service_pb2.UpdateModelProfileResponse, _abc.Awaitable[_model_profile_service_pb2.UpdateModelProfileResponse]]:
-        """Changes a profile's tiers, temperature, token limit or auto_select.
+        """Changes a profile's tiers, temperature, token limit, auto_select or
+        auto_select_bounds, as a new revision.
 
         Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, MODEL_NOT_FOUND),
         INVALID_ARGUMENT (INVALID_MODEL_PROFILE, INVALID_UPDATE_MASK: role and
@@ -200,7 +239,8 @@ class ModelProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_profile_service_pb2.DeleteModelProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_profile_service_pb2.DeleteModelProfileResponse, _abc.Awaitable[_model_profile_service_pb2.DeleteModelProfileResponse]]:
-        """Deletes a profile; its (role, mode) falls back to the deployment default.
+        """Deletes a profile and its revisions; its (role, mode) falls back to the
+        deployment default.
 
         Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), ABORTED (ETAG_MISMATCH).
         Callers: tenant admins.
@@ -221,6 +261,35 @@ class ModelProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         role or mode), FAILED_PRECONDITION (NO_MODEL_FOR_ROLE: nothing configured
         for the role, not even a deployment default).
         Callers: internal (svc_conversation, svc_tools for embeddings).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelProfileRevisions(
+        self,
+        request: _model_profile_service_pb2.ListModelProfileRevisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_profile_service_pb2.ListModelProfileRevisionsResponse, _abc.Awaitable[_model_profile_service_pb2.ListModelProfileRevisionsResponse]]:
+        """Lists a profile's revisions, newest first.
+
+        Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), INVALID_ARGUMENT
+        (INVALID_PAGE_TOKEN).
+        Callers: any member of the tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def RollbackModelProfile(
+        self,
+        request: _model_profile_service_pb2.RollbackModelProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_profile_service_pb2.RollbackModelProfileResponse, _abc.Awaitable[_model_profile_service_pb2.RollbackModelProfileResponse]]:
+        """Makes a new revision holding the values of an earlier one (an automatic
+        change is undone so; auto_select keeps its current value, so a rollback
+        of an automatic change does not turn auto mode back on by itself).
+
+        Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND,
+        MODEL_NOT_FOUND: the revision names a model no longer registered),
+        ABORTED (ETAG_MISMATCH).
+        Callers: tenant admins.
         """
 
 def add_ModelProfileServiceServicer_to_server(servicer: ModelProfileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

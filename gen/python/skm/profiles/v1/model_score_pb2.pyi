@@ -7,6 +7,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from skm.type.v1 import model_pb2 as _model_pb2
 from skm.type.v1 import money_pb2 as _money_pb2
 import builtins as _builtins
@@ -29,8 +30,12 @@ class ModelScore(_message.Message):
 
     quality and reliability lie in [0, 1]. 1/cost and 1/latency are normalised
     to [0, 1] by dividing by the largest value among the models scored for the
-    same role and window (a model with zero cost gets 1). So with weights that
-    sum to 1, the score lies in [0, 1]; higher is better.
+    same role and window, i.e. cheapest_cost/cost and fastest_latency/latency
+    (a model with zero cost gets 1, and when the cheapest costs nothing every
+    priced model gets 0). So with weights that sum to 1, the score lies in
+    [0, 1]; higher is better. A term a model has no data for (no production
+    call, no benchmark run) counts 0, and `sample_count` says how little the
+    score rests on.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -46,6 +51,11 @@ class ModelScore(_message.Message):
     SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
     WINDOW_START_TIME_FIELD_NUMBER: _builtins.int
     WINDOW_END_TIME_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    FALLBACK_RATE_FIELD_NUMBER: _builtins.int
+    SCORING_RUN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model, "models/{model}"."""
     role: _model_pb2.ModelRole.ValueType
@@ -58,13 +68,26 @@ class ModelScore(_message.Message):
     """The weighted score, computed with `weights`."""
     sample_count: _builtins.int
     """Calls and benchmark items the score rests on."""
+    tokens_per_second: _builtins.float
+    """Median generated tokens per second the latency rests on."""
+    error_rate: _builtins.float
+    """Share of production calls that failed, in [0, 1]."""
+    fallback_rate: _builtins.float
+    """Share of production calls answered by a later tier than this model's
+    (it failed and the next one answered), in [0, 1].
+    """
+    scoring_run: _builtins.str
+    """The run that computed it, "scoringRuns/{scoring_run}"."""
     @_builtins.property
     def cost_per_million_tokens(self) -> _money_pb2.Money:
         """Cost per million tokens, blended by the observed input/output mix."""
 
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
-        """Median duration of a call."""
+        """What a typical answer takes: the median time to first token plus the
+        time to generate 200 tokens at the median tokens per second, from the
+        tenant's production calls in the window, else from benchmark runs.
+        """
 
     @_builtins.property
     def weights(self) -> Global___ScoreWeights:
@@ -77,6 +100,10 @@ class ModelScore(_message.Message):
     @_builtins.property
     def window_end_time(self) -> _timestamp_pb2.Timestamp:
         """End of the window the score covers."""
+
+    @_builtins.property
+    def time_to_first_token(self) -> _duration_pb2.Duration:
+        """Median time to first token the latency rests on."""
 
     def __init__(
         self,
@@ -92,14 +119,215 @@ class ModelScore(_message.Message):
         sample_count: _builtins.int = ...,
         window_start_time: _timestamp_pb2.Timestamp | None = ...,
         window_end_time: _timestamp_pb2.Timestamp | None = ...,
+        time_to_first_token: _duration_pb2.Duration | None = ...,
+        tokens_per_second: _builtins.float = ...,
+        error_rate: _builtins.float = ...,
+        fallback_rate: _builtins.float = ...,
+        scoring_run: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cost_per_million_tokens", b"cost_per_million_tokens", "latency", b"latency", "weights", b"weights", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost_per_million_tokens", b"cost_per_million_tokens", "latency", b"latency", "time_to_first_token", b"time_to_first_token", "weights", b"weights", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_per_million_tokens", b"cost_per_million_tokens", "latency", b"latency", "model", b"model", "quality", b"quality", "reliability", b"reliability", "role", b"role", "sample_count", b"sample_count", "score", b"score", "weights", b"weights", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_per_million_tokens", b"cost_per_million_tokens", "error_rate", b"error_rate", "fallback_rate", b"fallback_rate", "latency", b"latency", "model", b"model", "quality", b"quality", "reliability", b"reliability", "role", b"role", "sample_count", b"sample_count", "score", b"score", "scoring_run", b"scoring_run", "time_to_first_token", b"time_to_first_token", "tokens_per_second", b"tokens_per_second", "weights", b"weights", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelScore: _TypeAlias = ModelScore  # noqa: Y015
+
+@_typing.final
+class ScoringRun(_message.Message):
+    """One run of the scoring job: every tenant's roles scored from the latest
+    benchmark runs and the window's production telemetry (svc_analytics).
+    Runs are single-flight across svc_profiles replicas and resumable: a run
+    cut short (a restart) is finished by the next start, scoring only the
+    tenants it had not stored yet.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ScoringRun._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: ScoringRun._State.ValueType  # 0
+        STATE_RUNNING: ScoringRun._State.ValueType  # 1
+        """Scoring."""
+        STATE_SUCCEEDED: ScoringRun._State.ValueType  # 2
+        """Every tenant scored."""
+        STATE_FAILED: ScoringRun._State.ValueType  # 3
+        """Stopped on an error (failure_reason)."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Where a run stands."""
+
+    STATE_UNSPECIFIED: ScoringRun.State.ValueType  # 0
+    STATE_RUNNING: ScoringRun.State.ValueType  # 1
+    """Scoring."""
+    STATE_SUCCEEDED: ScoringRun.State.ValueType  # 2
+    """Every tenant scored."""
+    STATE_FAILED: ScoringRun.State.ValueType  # 3
+    """Stopped on an error (failure_reason)."""
+
+    class _Trigger:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ScoringRun._Trigger.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TRIGGER_UNSPECIFIED: ScoringRun._Trigger.ValueType  # 0
+        TRIGGER_SCHEDULE: ScoringRun._Trigger.ValueType  # 1
+        """svc_profiles' schedule."""
+        TRIGGER_ON_DEMAND: ScoringRun._Trigger.ValueType  # 2
+        """RunScoring."""
+
+    class Trigger(_Trigger, metaclass=_TriggerEnumTypeWrapper):
+        """What started a run."""
+
+    TRIGGER_UNSPECIFIED: ScoringRun.Trigger.ValueType  # 0
+    TRIGGER_SCHEDULE: ScoringRun.Trigger.ValueType  # 1
+    """svc_profiles' schedule."""
+    TRIGGER_ON_DEMAND: ScoringRun.Trigger.ValueType  # 2
+    """RunScoring."""
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    WINDOW_START_TIME_FIELD_NUMBER: _builtins.int
+    WINDOW_END_TIME_FIELD_NUMBER: _builtins.int
+    TENANTS_DONE_FIELD_NUMBER: _builtins.int
+    TENANTS_TOTAL_FIELD_NUMBER: _builtins.int
+    PROFILES_CHANGED_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, "scoringRuns/{scoring_run}". Output only."""
+    state: Global___ScoringRun.State.ValueType
+    """Where it stands."""
+    trigger: Global___ScoringRun.Trigger.ValueType
+    """What started it."""
+    tenants_done: _builtins.int
+    """Tenants scored so far."""
+    tenants_total: _builtins.int
+    """Tenants to score."""
+    profiles_changed: _builtins.int
+    """Profiles auto mode changed in this run."""
+    failure_reason: _builtins.str
+    """Why it failed, in words; empty otherwise."""
+    @_builtins.property
+    def window_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the telemetry window."""
+
+    @_builtins.property
+    def window_end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the telemetry window."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended; unset while it runs."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: Global___ScoringRun.State.ValueType = ...,
+        trigger: Global___ScoringRun.Trigger.ValueType = ...,
+        window_start_time: _timestamp_pb2.Timestamp | None = ...,
+        window_end_time: _timestamp_pb2.Timestamp | None = ...,
+        tenants_done: _builtins.int = ...,
+        tenants_total: _builtins.int = ...,
+        profiles_changed: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        failure_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "name", b"name", "profiles_changed", b"profiles_changed", "state", b"state", "tenants_done", b"tenants_done", "tenants_total", b"tenants_total", "trigger", b"trigger", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoringRun: _TypeAlias = ScoringRun  # noqa: Y015
+
+@_typing.final
+class ModelRecommendation(_message.Message):
+    """What the scoring job recommends for one role of a tenant: the best-scored
+    model against the one at tier 0 now.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_PROFILE_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CURRENT_MODEL_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_MODEL_FIELD_NUMBER: _builtins.int
+    SCORE_CHANGE_FIELD_NUMBER: _builtins.int
+    COST_CHANGE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    NOT_APPLIED_REASON_FIELD_NUMBER: _builtins.int
+    SCORING_RUN_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    model_profile: _builtins.str
+    """The tenant's profile it concerns,
+    "tenants/{tenant}/modelProfiles/{model_profile}"; empty when the role
+    uses the deployment default.
+    """
+    role: _model_pb2.ModelRole.ValueType
+    """The role."""
+    current_model: _builtins.str
+    """The model at tier 0 now, "models/{model}"."""
+    recommended_model: _builtins.str
+    """The best-scored model, "models/{model}"."""
+    score_change: _builtins.float
+    """Relative change of the score, e.g. 0.12 for +12%."""
+    cost_change: _builtins.float
+    """Relative change of the blended cost per million tokens, e.g. -0.3 for
+    -30%; 0 when both cost nothing.
+    """
+    summary: _builtins.str
+    """The recommendation in words, e.g. "switch PRIMARY of tenant t1 from A
+    to B: +12% score, -30% cost".
+    """
+    applied: _builtins.bool
+    """Whether auto mode applied it."""
+    not_applied_reason: _builtins.str
+    """Why auto mode did not apply it ("auto_select is off", "cost above the
+    bound", ...); empty when applied.
+    """
+    scoring_run: _builtins.str
+    """The run that made it, "scoringRuns/{scoring_run}"."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    def __init__(
+        self,
+        *,
+        model_profile: _builtins.str = ...,
+        role: _model_pb2.ModelRole.ValueType = ...,
+        current_model: _builtins.str = ...,
+        recommended_model: _builtins.str = ...,
+        score_change: _builtins.float = ...,
+        cost_change: _builtins.float = ...,
+        summary: _builtins.str = ...,
+        applied: _builtins.bool = ...,
+        not_applied_reason: _builtins.str = ...,
+        scoring_run: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "cost_change", b"cost_change", "create_time", b"create_time", "current_model", b"current_model", "model_profile", b"model_profile", "not_applied_reason", b"not_applied_reason", "recommended_model", b"recommended_model", "role", b"role", "score_change", b"score_change", "scoring_run", b"scoring_run", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelRecommendation: _TypeAlias = ModelRecommendation  # noqa: Y015
 
 @_typing.final
 class ScoreWeights(_message.Message):

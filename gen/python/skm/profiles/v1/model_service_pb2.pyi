@@ -343,3 +343,115 @@ class RecordBenchmarkResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordBenchmarkResponse: _TypeAlias = RecordBenchmarkResponse  # noqa: Y015
+
+@_typing.final
+class RunScoringRequest(_message.Message):
+    """Request of ModelService.RunScoring."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """Only this tenant, "tenants/{tenant}"; empty scores every tenant."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunScoringRequest: _TypeAlias = RunScoringRequest  # noqa: Y015
+
+@_typing.final
+class RunScoringResponse(_message.Message):
+    """Response of ModelService.RunScoring: progress messages, then the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORING_RUN_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    step: _builtins.str
+    """What is being done now, in words (e.g. "tenants/t1: PRIMARY, 2 models")."""
+    @_builtins.property
+    def scoring_run(self) -> _model_score_pb2.ScoringRun:
+        """The run as it stands; state RUNNING until the last message."""
+
+    def __init__(
+        self,
+        *,
+        scoring_run: _model_score_pb2.ScoringRun | None = ...,
+        step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scoring_run", b"scoring_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scoring_run", b"scoring_run", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunScoringResponse: _TypeAlias = RunScoringResponse  # noqa: Y015
+
+@_typing.final
+class ListModelRecommendationsRequest(_message.Message):
+    """Request of ModelService.ListModelRecommendations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, "tenants/{tenant}"."""
+    role: _model_pb2_1.ModelRole.ValueType
+    """Only this role; unset lists all roles."""
+    page_size: _builtins.int
+    """Maximum recommendations to return; default 50, values above 1000 are treated as 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of a previous call with the same filter."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        role: _model_pb2_1.ModelRole.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelRecommendationsRequest: _TypeAlias = ListModelRecommendationsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelRecommendationsResponse(_message.Message):
+    """Response of ModelService.ListModelRecommendations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_RECOMMENDATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def model_recommendations(self) -> _containers.RepeatedCompositeFieldContainer[_model_score_pb2.ModelRecommendation]:
+        """The recommendations, by role, then profile."""
+
+    def __init__(
+        self,
+        *,
+        model_recommendations: _abc.Iterable[_model_score_pb2.ModelRecommendation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_recommendations", b"model_recommendations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelRecommendationsResponse: _TypeAlias = ListModelRecommendationsResponse  # noqa: Y015

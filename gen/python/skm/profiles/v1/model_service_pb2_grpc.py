@@ -68,6 +68,16 @@ class ModelServiceStub:
                 request_serializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.RecordBenchmarkRequest.SerializeToString,
                 response_deserializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.RecordBenchmarkResponse.FromString,
                 _registered_method=True)
+        self.RunScoring = channel.unary_stream(
+                '/skm.profiles.v1.ModelService/RunScoring',
+                request_serializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.RunScoringRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.RunScoringResponse.FromString,
+                _registered_method=True)
+        self.ListModelRecommendations = channel.unary_unary(
+                '/skm.profiles.v1.ModelService/ListModelRecommendations',
+                request_serializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.ListModelRecommendationsRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.ListModelRecommendationsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -143,6 +153,28 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunScoring(self, request, context):
+        """Runs the scoring job now, streaming its progress; the last message holds
+        the finished run. Runs are single-flight across replicas.
+
+        Errors: FAILED_PRECONDITION (SCORING_ALREADY_RUNNING: metadata
+        scoring_run), UNAVAILABLE (svc_analytics unreachable: the run FAILED).
+        Callers: internal (the mesh's operators: `skm models score --mesh`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelRecommendations(self, request, context):
+        """Lists the latest recommendations for a tenant's roles, by role.
+
+        Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Callers: any member of the tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +207,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.RecordBenchmark,
                     request_deserializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.RecordBenchmarkRequest.FromString,
                     response_serializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.RecordBenchmarkResponse.SerializeToString,
+            ),
+            'RunScoring': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunScoring,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.RunScoringRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.RunScoringResponse.SerializeToString,
+            ),
+            'ListModelRecommendations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelRecommendations,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.ListModelRecommendationsRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_model__service__pb2.ListModelRecommendationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -343,6 +385,60 @@ class ModelService:
             '/skm.profiles.v1.ModelService/RecordBenchmark',
             skm_dot_profiles_dot_v1_dot_model__service__pb2.RecordBenchmarkRequest.SerializeToString,
             skm_dot_profiles_dot_v1_dot_model__service__pb2.RecordBenchmarkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunScoring(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/skm.profiles.v1.ModelService/RunScoring',
+            skm_dot_profiles_dot_v1_dot_model__service__pb2.RunScoringRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_model__service__pb2.RunScoringResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelRecommendations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.ModelService/ListModelRecommendations',
+            skm_dot_profiles_dot_v1_dot_model__service__pb2.ListModelRecommendationsRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_model__service__pb2.ListModelRecommendationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,20 @@ class ModelServiceStub:
     REQUEST_ID_REUSED).
     Callers: internal (the benchmark runner).
     """
+    RunScoring: _grpc.UnaryStreamMultiCallable[_model_service_pb2.RunScoringRequest, _model_service_pb2.RunScoringResponse]
+    """Runs the scoring job now, streaming its progress; the last message holds
+    the finished run. Runs are single-flight across replicas.
+
+    Errors: FAILED_PRECONDITION (SCORING_ALREADY_RUNNING: metadata
+    scoring_run), UNAVAILABLE (svc_analytics unreachable: the run FAILED).
+    Callers: internal (the mesh's operators: `skm models score --mesh`).
+    """
+    ListModelRecommendations: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.ListModelRecommendationsRequest, _model_service_pb2.ListModelRecommendationsResponse]
+    """Lists the latest recommendations for a tenant's roles, by role.
+
+    Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Callers: any member of the tenant.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -130,6 +144,20 @@ class ModelServiceAsyncStub(ModelServiceStub):
     Errors: NOT_FOUND (MODEL_NOT_FOUND), INVALID_ARGUMENT (INVALID_BENCHMARK,
     REQUEST_ID_REUSED).
     Callers: internal (the benchmark runner).
+    """
+    RunScoring: _aio.UnaryStreamMultiCallable[_model_service_pb2.RunScoringRequest, _model_service_pb2.RunScoringResponse]  # type: ignore[assignment]
+    """Runs the scoring job now, streaming its progress; the last message holds
+    the finished run. Runs are single-flight across replicas.
+
+    Errors: FAILED_PRECONDITION (SCORING_ALREADY_RUNNING: metadata
+    scoring_run), UNAVAILABLE (svc_analytics unreachable: the run FAILED).
+    Callers: internal (the mesh's operators: `skm models score --mesh`).
+    """
+    ListModelRecommendations: _aio.UnaryUnaryMultiCallable[_model_service_pb2.ListModelRecommendationsRequest, _model_service_pb2.ListModelRecommendationsResponse]  # type: ignore[assignment]
+    """Lists the latest recommendations for a tenant's roles, by role.
+
+    Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Callers: any member of the tenant.
     """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -215,6 +243,32 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND (MODEL_NOT_FOUND), INVALID_ARGUMENT (INVALID_BENCHMARK,
         REQUEST_ID_REUSED).
         Callers: internal (the benchmark runner).
+        """
+
+    @_abc_1.abstractmethod
+    def RunScoring(
+        self,
+        request: _model_service_pb2.RunScoringRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_service_pb2.RunScoringResponse], _abc.AsyncIterator[_model_service_pb2.RunScoringResponse]]:
+        """Runs the scoring job now, streaming its progress; the last message holds
+        the finished run. Runs are single-flight across replicas.
+
+        Errors: FAILED_PRECONDITION (SCORING_ALREADY_RUNNING: metadata
+        scoring_run), UNAVAILABLE (svc_analytics unreachable: the run FAILED).
+        Callers: internal (the mesh's operators: `skm models score --mesh`).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelRecommendations(
+        self,
+        request: _model_service_pb2.ListModelRecommendationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_service_pb2.ListModelRecommendationsResponse, _abc.Awaitable[_model_service_pb2.ListModelRecommendationsResponse]]:
+        """Lists the latest recommendations for a tenant's roles, by role.
+
+        Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Callers: any member of the tenant.
         """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

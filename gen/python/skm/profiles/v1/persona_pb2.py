@@ -24,17 +24,20 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from skm.profiles.v1 import model_profile_pb2 as skm_dot_profiles_dot_v1_dot_model__profile__pb2
+from skm.profiles.v1 import revision_pb2 as skm_dot_profiles_dot_v1_dot_revision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dskm/profiles/v1/persona.proto\x12\x0fskm.profiles.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#skm/profiles/v1/model_profile.proto\"\xcb\x03\n\x07Persona\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12\x0c\n\x04tone\x18\x04 \x01(\t\x12\r\n\x05voice\x18\x05 \x01(\t\x12\x15\n\rallowed_tools\x18\x06 \x03(\t\x12\x19\n\x11memory_namespaces\x18\x07 \x03(\t\x12\x39\n\x11model_preferences\x18\x08 \x03(\x0b\x32\x1e.skm.profiles.v1.ModelOverride\x12\x1a\n\x12knowledge_snapshot\x18\t \x01(\t\x12\x15\n\rbundle_digest\x18\n \x01(\t\x12\x11\n\tsignature\x18\x0b \x01(\x0c\x12\x13\n\x0bsigning_key\x18\x0c \x01(\t\x12\x30\n\x07lineage\x18\r \x01(\x0b\x32\x1f.skm.profiles.v1.PersonaLineage\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\"a\n\x0ePersonaLineage\x12\x16\n\x0eparent_persona\x18\x01 \x01(\t\x12\x1c\n\x14parent_bundle_digest\x18\x02 \x01(\t\x12\x19\n\x11training_sessions\x18\x03 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dskm/profiles/v1/persona.proto\x12\x0fskm.profiles.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#skm/profiles/v1/model_profile.proto\x1a\x1eskm/profiles/v1/revision.proto\"\xc3\x04\n\x07Persona\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12\x0c\n\x04tone\x18\x04 \x01(\t\x12\r\n\x05voice\x18\x05 \x01(\t\x12\x15\n\rallowed_tools\x18\x06 \x03(\t\x12\x19\n\x11memory_namespaces\x18\x07 \x03(\t\x12\x39\n\x11model_preferences\x18\x08 \x03(\x0b\x32\x1e.skm.profiles.v1.ModelOverride\x12\x1a\n\x12knowledge_snapshot\x18\t \x01(\t\x12\x15\n\rbundle_digest\x18\n \x01(\t\x12\x11\n\tsignature\x18\x0b \x01(\x0c\x12\x13\n\x0bsigning_key\x18\x0c \x01(\t\x12\x30\n\x07lineage\x18\r \x01(\x0b\x32\x1f.skm.profiles.v1.PersonaLineage\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\x12+\n\x08revision\x18\x11 \x01(\x0b\x32\x19.skm.profiles.v1.Revision\x12\x16\n\x0e\x62undle_version\x18\x12 \x01(\x03\x12\x31\n\x08\x65xamples\x18\x13 \x03(\x0b\x32\x1f.skm.profiles.v1.PersonaExample\"L\n\x0ePersonaExample\x12\x11\n\tuser_text\x18\x01 \x01(\t\x12\x12\n\nagent_text\x18\x02 \x01(\t\x12\x13\n\x0bsource_turn\x18\x03 \x01(\t\"\x8f\x01\n\x0ePersonaLineage\x12\x16\n\x0eparent_persona\x18\x01 \x01(\t\x12\x1c\n\x14parent_bundle_digest\x18\x02 \x01(\t\x12\x19\n\x11training_sessions\x18\x03 \x03(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x1a\n\x12parent_revision_id\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.profiles.v1.persona_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PERSONA']._serialized_start=121
-  _globals['_PERSONA']._serialized_end=580
-  _globals['_PERSONALINEAGE']._serialized_start=582
-  _globals['_PERSONALINEAGE']._serialized_end=679
+  _globals['_PERSONA']._serialized_start=153
+  _globals['_PERSONA']._serialized_end=732
+  _globals['_PERSONAEXAMPLE']._serialized_start=734
+  _globals['_PERSONAEXAMPLE']._serialized_end=810
+  _globals['_PERSONALINEAGE']._serialized_start=813
+  _globals['_PERSONALINEAGE']._serialized_end=956
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from skm.profiles.v1 import model_profile_pb2 as _model_profile_pb2
+from skm.profiles.v1 import revision_pb2 as _revision_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -47,6 +48,9 @@ class Persona(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    BUNDLE_VERSION_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "tenants/{tenant}/personas/{persona}". Output only."""
     display_name: _builtins.str
@@ -68,8 +72,8 @@ class Persona(_message.Message):
     bundle_digest: _builtins.str
     """SHA-256, lowercase hex, of the persona's bundle: the RFC 8785 canonical
     JSON (proto3 JSON mapping) of display_name, system_prompt, tone, voice,
-    allowed_tools, memory_namespaces, model_preferences and
-    knowledge_snapshot. Output only; recomputed on every change.
+    allowed_tools, memory_namespaces, model_preferences, knowledge_snapshot
+    and examples. Output only; recomputed on every change.
     """
     signature: _builtins.bytes
     """Detached Ed25519 signature of the 32 raw bytes of `bundle_digest` by the
@@ -83,6 +87,11 @@ class Persona(_message.Message):
     etag: _builtins.str
     """Changes with every update; UpdatePersona and DeletePersona require the
     current value.
+    """
+    bundle_version: _builtins.int
+    """The publisher's version of the bundle this persona was installed from
+    (InstallPersonaBundle); 0 for a persona not installed from a bundle.
+    Output only.
     """
     @_builtins.property
     def allowed_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -112,6 +121,20 @@ class Persona(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the persona last changed. Output only."""
 
+    @_builtins.property
+    def revision(self) -> _revision_pb2.Revision:
+        """This version of the persona. GetPersona of "{name}@{revision_id}" returns
+        an earlier one; sessions keep the revision they started with. Built-in
+        personas that a tenant has not replaced have none (they change only with
+        the deployment's configuration). Output only.
+        """
+
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___PersonaExample]:
+        """Exchanges the agent is shown as examples of how this persona answers,
+        oldest first (training mode adds them). At most 50.
+        """
+
     def __init__(
         self,
         *,
@@ -131,14 +154,49 @@ class Persona(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        revision: _revision_pb2.Revision | None = ...,
+        bundle_version: _builtins.int = ...,
+        examples: _abc.Iterable[Global___PersonaExample] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lineage", b"lineage", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lineage", b"lineage", "revision", b"revision", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "bundle_digest", b"bundle_digest", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "knowledge_snapshot", b"knowledge_snapshot", "lineage", b"lineage", "memory_namespaces", b"memory_namespaces", "model_preferences", b"model_preferences", "name", b"name", "signature", b"signature", "signing_key", b"signing_key", "system_prompt", b"system_prompt", "tone", b"tone", "update_time", b"update_time", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "bundle_digest", b"bundle_digest", "bundle_version", b"bundle_version", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "examples", b"examples", "knowledge_snapshot", b"knowledge_snapshot", "lineage", b"lineage", "memory_namespaces", b"memory_namespaces", "model_preferences", b"model_preferences", "name", b"name", "revision", b"revision", "signature", b"signature", "signing_key", b"signing_key", "system_prompt", b"system_prompt", "tone", b"tone", "update_time", b"update_time", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Persona: _TypeAlias = Persona  # noqa: Y015
+
+@_typing.final
+class PersonaExample(_message.Message):
+    """One exchange shown to the model as an example of the persona's answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_TEXT_FIELD_NUMBER: _builtins.int
+    AGENT_TEXT_FIELD_NUMBER: _builtins.int
+    SOURCE_TURN_FIELD_NUMBER: _builtins.int
+    user_text: _builtins.str
+    """What the user said. At most 8 KiB."""
+    agent_text: _builtins.str
+    """What the agent answered. At most 8 KiB."""
+    source_turn: _builtins.str
+    """Where it was captured, "tenants/{tenant}/sessions/{session}/turns/{turn}";
+    empty for examples written by hand.
+    """
+    def __init__(
+        self,
+        *,
+        user_text: _builtins.str = ...,
+        agent_text: _builtins.str = ...,
+        source_turn: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_text", b"agent_text", "source_turn", b"source_turn", "user_text", b"user_text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonaExample: _TypeAlias = PersonaExample  # noqa: Y015
 
 @_typing.final
 class PersonaLineage(_message.Message):
@@ -149,10 +207,16 @@ class PersonaLineage(_message.Message):
     PARENT_PERSONA_FIELD_NUMBER: _builtins.int
     PARENT_BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
     TRAINING_SESSIONS_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    PARENT_REVISION_ID_FIELD_NUMBER: _builtins.int
     parent_persona: _builtins.str
     """The persona it was derived from, "tenants/{tenant}/personas/{persona}"."""
     parent_bundle_digest: _builtins.str
     """`bundle_digest` of the parent at the time of derivation."""
+    operator: _builtins.str
+    """The operator who marked the examples, "tenants/{tenant}/users/{user}"."""
+    parent_revision_id: _builtins.str
+    """The revision of the parent the examples were added to."""
     @_builtins.property
     def training_sessions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sessions whose captured shots went into this version,
@@ -165,10 +229,12 @@ class PersonaLineage(_message.Message):
         parent_persona: _builtins.str = ...,
         parent_bundle_digest: _builtins.str = ...,
         training_sessions: _abc.Iterable[_builtins.str] | None = ...,
+        operator: _builtins.str = ...,
+        parent_revision_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent_bundle_digest", b"parent_bundle_digest", "parent_persona", b"parent_persona", "training_sessions", b"training_sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operator", b"operator", "parent_bundle_digest", b"parent_bundle_digest", "parent_persona", b"parent_persona", "parent_revision_id", b"parent_revision_id", "training_sessions", b"training_sessions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

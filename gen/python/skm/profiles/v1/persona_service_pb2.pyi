@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from skm.profiles.v1 import persona_bundle_pb2 as _persona_bundle_pb2
 from skm.profiles.v1 import persona_pb2 as _persona_pb2
 import builtins as _builtins
 import sys
@@ -284,3 +285,481 @@ class DeletePersonaResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeletePersonaResponse: _TypeAlias = DeletePersonaResponse  # noqa: Y015
+
+@_typing.final
+class ListPersonaRevisionsRequest(_message.Message):
+    """Request of PersonaService.ListPersonaRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"tenants/{tenant}/personas/{persona}"."""
+    page_size: _builtins.int
+    """Maximum revisions to return; default 50, values above 1000 are treated as 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of a previous call with the same name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPersonaRevisionsRequest: _TypeAlias = ListPersonaRevisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListPersonaRevisionsResponse(_message.Message):
+    """Response of PersonaService.ListPersonaRevisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSONAS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def personas(self) -> _containers.RepeatedCompositeFieldContainer[_persona_pb2.Persona]:
+        """The revisions, newest first, each the persona as it was."""
+
+    def __init__(
+        self,
+        *,
+        personas: _abc.Iterable[_persona_pb2.Persona] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "personas", b"personas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPersonaRevisionsResponse: _TypeAlias = ListPersonaRevisionsResponse  # noqa: Y015
+
+@_typing.final
+class RollbackPersonaRequest(_message.Message):
+    """Request of PersonaService.RollbackPersona."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REVISION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"tenants/{tenant}/personas/{persona}"."""
+    revision_id: _builtins.str
+    """The revision whose values the new revision takes. Required."""
+    etag: _builtins.str
+    """The persona's current etag; empty skips the check."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        revision_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "revision_id", b"revision_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackPersonaRequest: _TypeAlias = RollbackPersonaRequest  # noqa: Y015
+
+@_typing.final
+class RollbackPersonaResponse(_message.Message):
+    """Response of PersonaService.RollbackPersona."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSONA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def persona(self) -> _persona_pb2.Persona:
+        """The persona, as its new revision."""
+
+    def __init__(
+        self,
+        *,
+        persona: _persona_pb2.Persona | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["persona", b"persona"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["persona", b"persona"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackPersonaResponse: _TypeAlias = RollbackPersonaResponse  # noqa: Y015
+
+@_typing.final
+class ExportPersonaBundleRequest(_message.Message):
+    """Request of PersonaService.ExportPersonaBundle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"tenants/{tenant}/personas/{persona}", optionally "@{revision_id}"."""
+    version: _builtins.int
+    """The version to put in the bundle: above every version of it the
+    publisher released before. Required.
+    """
+    key_id: _builtins.str
+    """The id of the key that will sign it (written into the payload).
+    Required; 1-63 characters of [a-z0-9-], starting with a letter.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportPersonaBundleRequest: _TypeAlias = ExportPersonaBundleRequest  # noqa: Y015
+
+@_typing.final
+class ExportPersonaBundleResponse(_message.Message):
+    """Response of PersonaService.ExportPersonaBundle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    payload: _builtins.bytes
+    """The payload to sign: canonical JSON, exactly the bytes the signature covers."""
+    def __init__(
+        self,
+        *,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportPersonaBundleResponse: _TypeAlias = ExportPersonaBundleResponse  # noqa: Y015
+
+@_typing.final
+class InstallPersonaBundleRequest(_message.Message):
+    """Request of PersonaService.InstallPersonaBundle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, "tenants/{tenant}"."""
+    bundle: _builtins.bytes
+    """The signed bundle file's bytes. At most 1 MiB."""
+    request_id: _builtins.str
+    """Idempotency key (a UUID): a retry with the same request_id returns the
+    persona installed first. Optional.
+    """
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        bundle: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstallPersonaBundleRequest: _TypeAlias = InstallPersonaBundleRequest  # noqa: Y015
+
+@_typing.final
+class InstallPersonaBundleResponse(_message.Message):
+    """Response of PersonaService.InstallPersonaBundle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSONA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def persona(self) -> _persona_pb2.Persona:
+        """The installed persona, signed with the bundle's key."""
+
+    def __init__(
+        self,
+        *,
+        persona: _persona_pb2.Persona | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["persona", b"persona"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["persona", b"persona"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstallPersonaBundleResponse: _TypeAlias = InstallPersonaBundleResponse  # noqa: Y015
+
+@_typing.final
+class UninstallPersonaRequest(_message.Message):
+    """Request of PersonaService.UninstallPersona."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"tenants/{tenant}/personas/{persona}"."""
+    etag: _builtins.str
+    """The persona's current etag; empty skips the check."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UninstallPersonaRequest: _TypeAlias = UninstallPersonaRequest  # noqa: Y015
+
+@_typing.final
+class UninstallPersonaResponse(_message.Message):
+    """Response of PersonaService.UninstallPersona."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UninstallPersonaResponse: _TypeAlias = UninstallPersonaResponse  # noqa: Y015
+
+@_typing.final
+class TrainPersonaRequest(_message.Message):
+    """Request of PersonaService.TrainPersona."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"tenants/{tenant}/personas/{persona}"."""
+    etag: _builtins.str
+    """The persona's current etag; empty skips the check."""
+    @_builtins.property
+    def turns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The marked exchanges, "tenants/{tenant}/sessions/{session}/turns/{turn}",
+        in the order they become examples. 1 to 50.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        turns: _abc.Iterable[_builtins.str] | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainPersonaRequest: _TypeAlias = TrainPersonaRequest  # noqa: Y015
+
+@_typing.final
+class TrainPersonaResponse(_message.Message):
+    """Response of PersonaService.TrainPersona."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSONA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def persona(self) -> _persona_pb2.Persona:
+        """The persona, as its new revision."""
+
+    def __init__(
+        self,
+        *,
+        persona: _persona_pb2.Persona | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["persona", b"persona"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["persona", b"persona"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainPersonaResponse: _TypeAlias = TrainPersonaResponse  # noqa: Y015
+
+@_typing.final
+class CreateTrustedKeyRequest(_message.Message):
+    """Request of PersonaService.CreateTrustedKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    TRUSTED_KEY_FIELD_NUMBER: _builtins.int
+    TRUSTED_KEY_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, "tenants/{tenant}"."""
+    trusted_key_id: _builtins.str
+    """The key's id, the last segment of its name. Required."""
+    @_builtins.property
+    def trusted_key(self) -> _persona_bundle_pb2.TrustedKey:
+        """The key; `public_key` and `expire_time` are required."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        trusted_key: _persona_bundle_pb2.TrustedKey | None = ...,
+        trusted_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trusted_key", b"trusted_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "trusted_key", b"trusted_key", "trusted_key_id", b"trusted_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTrustedKeyRequest: _TypeAlias = CreateTrustedKeyRequest  # noqa: Y015
+
+@_typing.final
+class CreateTrustedKeyResponse(_message.Message):
+    """Response of PersonaService.CreateTrustedKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRUSTED_KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def trusted_key(self) -> _persona_bundle_pb2.TrustedKey:
+        """The key as stored."""
+
+    def __init__(
+        self,
+        *,
+        trusted_key: _persona_bundle_pb2.TrustedKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trusted_key", b"trusted_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trusted_key", b"trusted_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTrustedKeyResponse: _TypeAlias = CreateTrustedKeyResponse  # noqa: Y015
+
+@_typing.final
+class ListTrustedKeysRequest(_message.Message):
+    """Request of PersonaService.ListTrustedKeys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The tenant, "tenants/{tenant}"."""
+    page_size: _builtins.int
+    """Maximum keys to return; default 50, values above 1000 are treated as 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of a previous call."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrustedKeysRequest: _TypeAlias = ListTrustedKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListTrustedKeysResponse(_message.Message):
+    """Response of PersonaService.ListTrustedKeys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRUSTED_KEYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def trusted_keys(self) -> _containers.RepeatedCompositeFieldContainer[_persona_bundle_pb2.TrustedKey]:
+        """The keys, by id."""
+
+    def __init__(
+        self,
+        *,
+        trusted_keys: _abc.Iterable[_persona_bundle_pb2.TrustedKey] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "trusted_keys", b"trusted_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrustedKeysResponse: _TypeAlias = ListTrustedKeysResponse  # noqa: Y015
+
+@_typing.final
+class DeleteTrustedKeyRequest(_message.Message):
+    """Request of PersonaService.DeleteTrustedKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"tenants/{tenant}/trustedKeys/{trusted_key}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTrustedKeyRequest: _TypeAlias = DeleteTrustedKeyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTrustedKeyResponse(_message.Message):
+    """Response of PersonaService.DeleteTrustedKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTrustedKeyResponse: _TypeAlias = DeleteTrustedKeyResponse  # noqa: Y015

@@ -60,6 +60,51 @@ class PersonaServiceStub:
                 request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeletePersonaRequest.SerializeToString,
                 response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeletePersonaResponse.FromString,
                 _registered_method=True)
+        self.ListPersonaRevisions = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/ListPersonaRevisions',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListPersonaRevisionsRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListPersonaRevisionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackPersona = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/RollbackPersona',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.RollbackPersonaRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.RollbackPersonaResponse.FromString,
+                _registered_method=True)
+        self.ExportPersonaBundle = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/ExportPersonaBundle',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ExportPersonaBundleRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ExportPersonaBundleResponse.FromString,
+                _registered_method=True)
+        self.InstallPersonaBundle = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/InstallPersonaBundle',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.InstallPersonaBundleRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.InstallPersonaBundleResponse.FromString,
+                _registered_method=True)
+        self.UninstallPersona = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/UninstallPersona',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.UninstallPersonaRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.UninstallPersonaResponse.FromString,
+                _registered_method=True)
+        self.TrainPersona = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/TrainPersona',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.TrainPersonaRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.TrainPersonaResponse.FromString,
+                _registered_method=True)
+        self.CreateTrustedKey = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/CreateTrustedKey',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.CreateTrustedKeyRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.CreateTrustedKeyResponse.FromString,
+                _registered_method=True)
+        self.ListTrustedKeys = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/ListTrustedKeys',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListTrustedKeysRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListTrustedKeysResponse.FromString,
+                _registered_method=True)
+        self.DeleteTrustedKey = channel.unary_unary(
+                '/skm.profiles.v1.PersonaService/DeleteTrustedKey',
+                request_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeleteTrustedKeyRequest.SerializeToString,
+                response_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeleteTrustedKeyResponse.FromString,
+                _registered_method=True)
 
 
 class PersonaServiceServicer:
@@ -80,9 +125,9 @@ class PersonaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPersona(self, request, context):
-        """Returns a persona.
+        """Returns a persona; "{name}@{revision_id}" returns that revision.
 
-        Errors: NOT_FOUND (PERSONA_NOT_FOUND).
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND).
         Callers: any member of the tenant; svc_conversation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -100,8 +145,8 @@ class PersonaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdatePersona(self, request, context):
-        """Changes a persona. The bundle digest is recomputed; a changed bundle
-        loses its signature unless the update carries a new one.
+        """Changes a persona, as a new revision. The bundle digest is recomputed; a
+        changed bundle loses its signature unless the update carries a new one.
 
         Errors: NOT_FOUND (PERSONA_NOT_FOUND, MODEL_NOT_FOUND), INVALID_ARGUMENT
         (INVALID_PERSONA, PERSONA_SIGNATURE_INVALID, INVALID_UPDATE_MASK),
@@ -113,10 +158,128 @@ class PersonaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeletePersona(self, request, context):
-        """Deletes a persona. Existing sessions keep running on the version they
-        loaded; new sessions cannot use it.
+        """Deletes a persona and its revisions. Existing sessions keep running on
+        the version they loaded; new sessions cannot use it.
 
         Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
+        Callers: tenant admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPersonaRevisions(self, request, context):
+        """Lists a persona's revisions, newest first.
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND), INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Callers: any member of the tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPersona(self, request, context):
+        """Makes a new revision holding the values of an earlier one (signature
+        included: it still verifies against the same digest). A persona
+        installed from a bundle gets that revision's tool and memory permissions
+        back as relationships.
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), ABORTED
+        (ETAG_MISMATCH).
+        Callers: tenant admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportPersonaBundle(self, request, context):
+        """Returns a persona revision as an unsigned bundle file (see TrustedKey for
+        the format): the publisher signs it with its own key (`skm persona sign`).
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), INVALID_ARGUMENT
+        (INVALID_PERSONA: version not above 0).
+        Callers: tenant admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InstallPersonaBundle(self, request, context):
+        """Installs a signed persona bundle in the tenant, or upgrades the persona
+        it installed before to a newer version: the persona becomes a new
+        revision, and its tool and memory permissions are written as
+        relationships (those of the version it replaces that the new one lacks
+        are deleted). The signature must verify with one of the tenant's trusted
+        keys, not expired, and the version must be above the installed one.
+        A refusal installs nothing, and is an audit event (PersonaBundleRefused)
+        with its reason.
+
+        Errors: INVALID_ARGUMENT (BUNDLE_MALFORMED, BUNDLE_SIGNATURE_INVALID,
+        INVALID_PERSONA, REQUEST_ID_REUSED), FAILED_PRECONDITION
+        (BUNDLE_KEY_NOT_TRUSTED, BUNDLE_KEY_EXPIRED, BUNDLE_VERSION_NOT_NEWER,
+        PERSONA_NOT_FROM_BUNDLE: a persona with that id exists and was not
+        installed from a bundle), UNAVAILABLE (svc_policy unreachable: nothing
+        is installed).
+        Callers: tenant admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UninstallPersona(self, request, context):
+        """Removes a persona installed from a bundle, its revisions and the tool and
+        memory relationships installing wrote.
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
+        (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).
+        Callers: tenant admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainPersona(self, request, context):
+        """Makes a new revision of a persona from exchanges an operator marked in
+        DEVELOPER-mode sessions (training mode): each marked turn's user message
+        and final answer become examples, and the revision's lineage names the
+        sessions, the operator and the revision it was derived from. The new
+        revision is unsigned.
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND, TURN_NOT_FOUND), FAILED_PRECONDITION
+        (TRAINING_NOT_ALLOWED: a session not in DEVELOPER mode, or of another
+        persona; a turn not COMPLETED), INVALID_ARGUMENT (INVALID_PERSONA: no
+        turn, more than 50 examples), ABORTED (ETAG_MISMATCH).
+        Callers: tenant operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTrustedKey(self, request, context):
+        """Adds a publisher key the tenant trusts for persona bundles.
+
+        Errors: INVALID_ARGUMENT (INVALID_TRUSTED_KEY: not 32 bytes, no expiry,
+        expiry in the past, bad id), ALREADY_EXISTS (TRUSTED_KEY_ALREADY_EXISTS).
+        Callers: tenant admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrustedKeys(self, request, context):
+        """Lists the tenant's trusted publisher keys, by id.
+
+        Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Callers: any member of the tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTrustedKey(self, request, context):
+        """Stops trusting a key; personas installed with it stay installed.
+
+        Errors: NOT_FOUND (TRUSTED_KEY_NOT_FOUND).
         Callers: tenant admins.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -150,6 +313,51 @@ def add_PersonaServiceServicer_to_server(servicer, server):
                     servicer.DeletePersona,
                     request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeletePersonaRequest.FromString,
                     response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeletePersonaResponse.SerializeToString,
+            ),
+            'ListPersonaRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPersonaRevisions,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListPersonaRevisionsRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListPersonaRevisionsResponse.SerializeToString,
+            ),
+            'RollbackPersona': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPersona,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.RollbackPersonaRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.RollbackPersonaResponse.SerializeToString,
+            ),
+            'ExportPersonaBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportPersonaBundle,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ExportPersonaBundleRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ExportPersonaBundleResponse.SerializeToString,
+            ),
+            'InstallPersonaBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallPersonaBundle,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.InstallPersonaBundleRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.InstallPersonaBundleResponse.SerializeToString,
+            ),
+            'UninstallPersona': grpc.unary_unary_rpc_method_handler(
+                    servicer.UninstallPersona,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.UninstallPersonaRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.UninstallPersonaResponse.SerializeToString,
+            ),
+            'TrainPersona': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainPersona,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.TrainPersonaRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.TrainPersonaResponse.SerializeToString,
+            ),
+            'CreateTrustedKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTrustedKey,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.CreateTrustedKeyRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.CreateTrustedKeyResponse.SerializeToString,
+            ),
+            'ListTrustedKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrustedKeys,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListTrustedKeysRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListTrustedKeysResponse.SerializeToString,
+            ),
+            'DeleteTrustedKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTrustedKey,
+                    request_deserializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeleteTrustedKeyRequest.FromString,
+                    response_serializer=skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeleteTrustedKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -288,6 +496,249 @@ class PersonaService:
             '/skm.profiles.v1.PersonaService/DeletePersona',
             skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeletePersonaRequest.SerializeToString,
             skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeletePersonaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPersonaRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/ListPersonaRevisions',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListPersonaRevisionsRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListPersonaRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPersona(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/RollbackPersona',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.RollbackPersonaRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.RollbackPersonaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPersonaBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/ExportPersonaBundle',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.ExportPersonaBundleRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.ExportPersonaBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallPersonaBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/InstallPersonaBundle',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.InstallPersonaBundleRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.InstallPersonaBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UninstallPersona(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/UninstallPersona',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.UninstallPersonaRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.UninstallPersonaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainPersona(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/TrainPersona',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.TrainPersonaRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.TrainPersonaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTrustedKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/CreateTrustedKey',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.CreateTrustedKeyRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.CreateTrustedKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrustedKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/ListTrustedKeys',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListTrustedKeysRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.ListTrustedKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTrustedKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/skm.profiles.v1.PersonaService/DeleteTrustedKey',
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeleteTrustedKeyRequest.SerializeToString,
+            skm_dot_profiles_dot_v1_dot_persona__service__pb2.DeleteTrustedKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

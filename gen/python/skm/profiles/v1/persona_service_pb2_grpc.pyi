@@ -43,9 +43,9 @@ class PersonaServiceStub:
     Callers: tenant admins.
     """
     GetPersona: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.GetPersonaRequest, _persona_service_pb2.GetPersonaResponse]
-    """Returns a persona.
+    """Returns a persona; "{name}@{revision_id}" returns that revision.
 
-    Errors: NOT_FOUND (PERSONA_NOT_FOUND).
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND).
     Callers: any member of the tenant; svc_conversation.
     """
     ListPersonas: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.ListPersonasRequest, _persona_service_pb2.ListPersonasResponse]
@@ -55,8 +55,8 @@ class PersonaServiceStub:
     Callers: any member of the tenant.
     """
     UpdatePersona: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.UpdatePersonaRequest, _persona_service_pb2.UpdatePersonaResponse]
-    """Changes a persona. The bundle digest is recomputed; a changed bundle
-    loses its signature unless the update carries a new one.
+    """Changes a persona, as a new revision. The bundle digest is recomputed; a
+    changed bundle loses its signature unless the update carries a new one.
 
     Errors: NOT_FOUND (PERSONA_NOT_FOUND, MODEL_NOT_FOUND), INVALID_ARGUMENT
     (INVALID_PERSONA, PERSONA_SIGNATURE_INVALID, INVALID_UPDATE_MASK),
@@ -64,10 +64,92 @@ class PersonaServiceStub:
     Callers: tenant admins.
     """
     DeletePersona: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.DeletePersonaRequest, _persona_service_pb2.DeletePersonaResponse]
-    """Deletes a persona. Existing sessions keep running on the version they
-    loaded; new sessions cannot use it.
+    """Deletes a persona and its revisions. Existing sessions keep running on
+    the version they loaded; new sessions cannot use it.
 
     Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
+    Callers: tenant admins.
+    """
+    ListPersonaRevisions: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.ListPersonaRevisionsRequest, _persona_service_pb2.ListPersonaRevisionsResponse]
+    """Lists a persona's revisions, newest first.
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND), INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Callers: any member of the tenant.
+    """
+    RollbackPersona: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.RollbackPersonaRequest, _persona_service_pb2.RollbackPersonaResponse]
+    """Makes a new revision holding the values of an earlier one (signature
+    included: it still verifies against the same digest). A persona
+    installed from a bundle gets that revision's tool and memory permissions
+    back as relationships.
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), ABORTED
+    (ETAG_MISMATCH).
+    Callers: tenant admins.
+    """
+    ExportPersonaBundle: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.ExportPersonaBundleRequest, _persona_service_pb2.ExportPersonaBundleResponse]
+    """Returns a persona revision as an unsigned bundle file (see TrustedKey for
+    the format): the publisher signs it with its own key (`skm persona sign`).
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), INVALID_ARGUMENT
+    (INVALID_PERSONA: version not above 0).
+    Callers: tenant admins.
+    """
+    InstallPersonaBundle: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.InstallPersonaBundleRequest, _persona_service_pb2.InstallPersonaBundleResponse]
+    """Installs a signed persona bundle in the tenant, or upgrades the persona
+    it installed before to a newer version: the persona becomes a new
+    revision, and its tool and memory permissions are written as
+    relationships (those of the version it replaces that the new one lacks
+    are deleted). The signature must verify with one of the tenant's trusted
+    keys, not expired, and the version must be above the installed one.
+    A refusal installs nothing, and is an audit event (PersonaBundleRefused)
+    with its reason.
+
+    Errors: INVALID_ARGUMENT (BUNDLE_MALFORMED, BUNDLE_SIGNATURE_INVALID,
+    INVALID_PERSONA, REQUEST_ID_REUSED), FAILED_PRECONDITION
+    (BUNDLE_KEY_NOT_TRUSTED, BUNDLE_KEY_EXPIRED, BUNDLE_VERSION_NOT_NEWER,
+    PERSONA_NOT_FROM_BUNDLE: a persona with that id exists and was not
+    installed from a bundle), UNAVAILABLE (svc_policy unreachable: nothing
+    is installed).
+    Callers: tenant admins.
+    """
+    UninstallPersona: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.UninstallPersonaRequest, _persona_service_pb2.UninstallPersonaResponse]
+    """Removes a persona installed from a bundle, its revisions and the tool and
+    memory relationships installing wrote.
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
+    (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).
+    Callers: tenant admins.
+    """
+    TrainPersona: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.TrainPersonaRequest, _persona_service_pb2.TrainPersonaResponse]
+    """Makes a new revision of a persona from exchanges an operator marked in
+    DEVELOPER-mode sessions (training mode): each marked turn's user message
+    and final answer become examples, and the revision's lineage names the
+    sessions, the operator and the revision it was derived from. The new
+    revision is unsigned.
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND, TURN_NOT_FOUND), FAILED_PRECONDITION
+    (TRAINING_NOT_ALLOWED: a session not in DEVELOPER mode, or of another
+    persona; a turn not COMPLETED), INVALID_ARGUMENT (INVALID_PERSONA: no
+    turn, more than 50 examples), ABORTED (ETAG_MISMATCH).
+    Callers: tenant operators.
+    """
+    CreateTrustedKey: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.CreateTrustedKeyRequest, _persona_service_pb2.CreateTrustedKeyResponse]
+    """Adds a publisher key the tenant trusts for persona bundles.
+
+    Errors: INVALID_ARGUMENT (INVALID_TRUSTED_KEY: not 32 bytes, no expiry,
+    expiry in the past, bad id), ALREADY_EXISTS (TRUSTED_KEY_ALREADY_EXISTS).
+    Callers: tenant admins.
+    """
+    ListTrustedKeys: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.ListTrustedKeysRequest, _persona_service_pb2.ListTrustedKeysResponse]
+    """Lists the tenant's trusted publisher keys, by id.
+
+    Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Callers: any member of the tenant.
+    """
+    DeleteTrustedKey: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.DeleteTrustedKeyRequest, _persona_service_pb2.DeleteTrustedKeyResponse]
+    """Stops trusting a key; personas installed with it stay installed.
+
+    Errors: NOT_FOUND (TRUSTED_KEY_NOT_FOUND).
     Callers: tenant admins.
     """
 
@@ -86,9 +168,9 @@ class PersonaServiceAsyncStub(PersonaServiceStub):
     Callers: tenant admins.
     """
     GetPersona: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.GetPersonaRequest, _persona_service_pb2.GetPersonaResponse]  # type: ignore[assignment]
-    """Returns a persona.
+    """Returns a persona; "{name}@{revision_id}" returns that revision.
 
-    Errors: NOT_FOUND (PERSONA_NOT_FOUND).
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND).
     Callers: any member of the tenant; svc_conversation.
     """
     ListPersonas: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.ListPersonasRequest, _persona_service_pb2.ListPersonasResponse]  # type: ignore[assignment]
@@ -98,8 +180,8 @@ class PersonaServiceAsyncStub(PersonaServiceStub):
     Callers: any member of the tenant.
     """
     UpdatePersona: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.UpdatePersonaRequest, _persona_service_pb2.UpdatePersonaResponse]  # type: ignore[assignment]
-    """Changes a persona. The bundle digest is recomputed; a changed bundle
-    loses its signature unless the update carries a new one.
+    """Changes a persona, as a new revision. The bundle digest is recomputed; a
+    changed bundle loses its signature unless the update carries a new one.
 
     Errors: NOT_FOUND (PERSONA_NOT_FOUND, MODEL_NOT_FOUND), INVALID_ARGUMENT
     (INVALID_PERSONA, PERSONA_SIGNATURE_INVALID, INVALID_UPDATE_MASK),
@@ -107,10 +189,92 @@ class PersonaServiceAsyncStub(PersonaServiceStub):
     Callers: tenant admins.
     """
     DeletePersona: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.DeletePersonaRequest, _persona_service_pb2.DeletePersonaResponse]  # type: ignore[assignment]
-    """Deletes a persona. Existing sessions keep running on the version they
-    loaded; new sessions cannot use it.
+    """Deletes a persona and its revisions. Existing sessions keep running on
+    the version they loaded; new sessions cannot use it.
 
     Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
+    Callers: tenant admins.
+    """
+    ListPersonaRevisions: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.ListPersonaRevisionsRequest, _persona_service_pb2.ListPersonaRevisionsResponse]  # type: ignore[assignment]
+    """Lists a persona's revisions, newest first.
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND), INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Callers: any member of the tenant.
+    """
+    RollbackPersona: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.RollbackPersonaRequest, _persona_service_pb2.RollbackPersonaResponse]  # type: ignore[assignment]
+    """Makes a new revision holding the values of an earlier one (signature
+    included: it still verifies against the same digest). A persona
+    installed from a bundle gets that revision's tool and memory permissions
+    back as relationships.
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), ABORTED
+    (ETAG_MISMATCH).
+    Callers: tenant admins.
+    """
+    ExportPersonaBundle: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.ExportPersonaBundleRequest, _persona_service_pb2.ExportPersonaBundleResponse]  # type: ignore[assignment]
+    """Returns a persona revision as an unsigned bundle file (see TrustedKey for
+    the format): the publisher signs it with its own key (`skm persona sign`).
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), INVALID_ARGUMENT
+    (INVALID_PERSONA: version not above 0).
+    Callers: tenant admins.
+    """
+    InstallPersonaBundle: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.InstallPersonaBundleRequest, _persona_service_pb2.InstallPersonaBundleResponse]  # type: ignore[assignment]
+    """Installs a signed persona bundle in the tenant, or upgrades the persona
+    it installed before to a newer version: the persona becomes a new
+    revision, and its tool and memory permissions are written as
+    relationships (those of the version it replaces that the new one lacks
+    are deleted). The signature must verify with one of the tenant's trusted
+    keys, not expired, and the version must be above the installed one.
+    A refusal installs nothing, and is an audit event (PersonaBundleRefused)
+    with its reason.
+
+    Errors: INVALID_ARGUMENT (BUNDLE_MALFORMED, BUNDLE_SIGNATURE_INVALID,
+    INVALID_PERSONA, REQUEST_ID_REUSED), FAILED_PRECONDITION
+    (BUNDLE_KEY_NOT_TRUSTED, BUNDLE_KEY_EXPIRED, BUNDLE_VERSION_NOT_NEWER,
+    PERSONA_NOT_FROM_BUNDLE: a persona with that id exists and was not
+    installed from a bundle), UNAVAILABLE (svc_policy unreachable: nothing
+    is installed).
+    Callers: tenant admins.
+    """
+    UninstallPersona: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.UninstallPersonaRequest, _persona_service_pb2.UninstallPersonaResponse]  # type: ignore[assignment]
+    """Removes a persona installed from a bundle, its revisions and the tool and
+    memory relationships installing wrote.
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
+    (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).
+    Callers: tenant admins.
+    """
+    TrainPersona: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.TrainPersonaRequest, _persona_service_pb2.TrainPersonaResponse]  # type: ignore[assignment]
+    """Makes a new revision of a persona from exchanges an operator marked in
+    DEVELOPER-mode sessions (training mode): each marked turn's user message
+    and final answer become examples, and the revision's lineage names the
+    sessions, the operator and the revision it was derived from. The new
+    revision is unsigned.
+
+    Errors: NOT_FOUND (PERSONA_NOT_FOUND, TURN_NOT_FOUND), FAILED_PRECONDITION
+    (TRAINING_NOT_ALLOWED: a session not in DEVELOPER mode, or of another
+    persona; a turn not COMPLETED), INVALID_ARGUMENT (INVALID_PERSONA: no
+    turn, more than 50 examples), ABORTED (ETAG_MISMATCH).
+    Callers: tenant operators.
+    """
+    CreateTrustedKey: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.CreateTrustedKeyRequest, _persona_service_pb2.CreateTrustedKeyResponse]  # type: ignore[assignment]
+    """Adds a publisher key the tenant trusts for persona bundles.
+
+    Errors: INVALID_ARGUMENT (INVALID_TRUSTED_KEY: not 32 bytes, no expiry,
+    expiry in the past, bad id), ALREADY_EXISTS (TRUSTED_KEY_ALREADY_EXISTS).
+    Callers: tenant admins.
+    """
+    ListTrustedKeys: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.ListTrustedKeysRequest, _persona_service_pb2.ListTrustedKeysResponse]  # type: ignore[assignment]
+    """Lists the tenant's trusted publisher keys, by id.
+
+    Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+    Callers: any member of the tenant.
+    """
+    DeleteTrustedKey: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.DeleteTrustedKeyRequest, _persona_service_pb2.DeleteTrustedKeyResponse]  # type: ignore[assignment]
+    """Stops trusting a key; personas installed with it stay installed.
+
+    Errors: NOT_FOUND (TRUSTED_KEY_NOT_FOUND).
     Callers: tenant admins.
     """
 
@@ -138,9 +302,9 @@ class PersonaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persona_service_pb2.GetPersonaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persona_service_pb2.GetPersonaResponse, _abc.Awaitable[_persona_service_pb2.GetPersonaResponse]]:
-        """Returns a persona.
+        """Returns a persona; "{name}@{revision_id}" returns that revision.
 
-        Errors: NOT_FOUND (PERSONA_NOT_FOUND).
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND).
         Callers: any member of the tenant; svc_conversation.
         """
 
@@ -162,8 +326,8 @@ class PersonaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persona_service_pb2.UpdatePersonaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persona_service_pb2.UpdatePersonaResponse, _abc.Awaitable[_persona_service_pb2.UpdatePersonaResponse]]:
-        """Changes a persona. The bundle digest is recomputed; a changed bundle
-        loses its signature unless the update carries a new one.
+        """Changes a persona, as a new revision. The bundle digest is recomputed; a
+        changed bundle loses its signature unless the update carries a new one.
 
         Errors: NOT_FOUND (PERSONA_NOT_FOUND, MODEL_NOT_FOUND), INVALID_ARGUMENT
         (INVALID_PERSONA, PERSONA_SIGNATURE_INVALID, INVALID_UPDATE_MASK),
@@ -177,10 +341,146 @@ class PersonaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persona_service_pb2.DeletePersonaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persona_service_pb2.DeletePersonaResponse, _abc.Awaitable[_persona_service_pb2.DeletePersonaResponse]]:
-        """Deletes a persona. Existing sessions keep running on the version they
-        loaded; new sessions cannot use it.
+        """Deletes a persona and its revisions. Existing sessions keep running on
+        the version they loaded; new sessions cannot use it.
 
         Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
+        Callers: tenant admins.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPersonaRevisions(
+        self,
+        request: _persona_service_pb2.ListPersonaRevisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.ListPersonaRevisionsResponse, _abc.Awaitable[_persona_service_pb2.ListPersonaRevisionsResponse]]:
+        """Lists a persona's revisions, newest first.
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND), INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Callers: any member of the tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def RollbackPersona(
+        self,
+        request: _persona_service_pb2.RollbackPersonaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.RollbackPersonaResponse, _abc.Awaitable[_persona_service_pb2.RollbackPersonaResponse]]:
+        """Makes a new revision holding the values of an earlier one (signature
+        included: it still verifies against the same digest). A persona
+        installed from a bundle gets that revision's tool and memory permissions
+        back as relationships.
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), ABORTED
+        (ETAG_MISMATCH).
+        Callers: tenant admins.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportPersonaBundle(
+        self,
+        request: _persona_service_pb2.ExportPersonaBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.ExportPersonaBundleResponse, _abc.Awaitable[_persona_service_pb2.ExportPersonaBundleResponse]]:
+        """Returns a persona revision as an unsigned bundle file (see TrustedKey for
+        the format): the publisher signs it with its own key (`skm persona sign`).
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), INVALID_ARGUMENT
+        (INVALID_PERSONA: version not above 0).
+        Callers: tenant admins.
+        """
+
+    @_abc_1.abstractmethod
+    def InstallPersonaBundle(
+        self,
+        request: _persona_service_pb2.InstallPersonaBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.InstallPersonaBundleResponse, _abc.Awaitable[_persona_service_pb2.InstallPersonaBundleResponse]]:
+        """Installs a signed persona bundle in the tenant, or upgrades the persona
+        it installed before to a newer version: the persona becomes a new
+        revision, and its tool and memory permissions are written as
+        relationships (those of the version it replaces that the new one lacks
+        are deleted). The signature must verify with one of the tenant's trusted
+        keys, not expired, and the version must be above the installed one.
+        A refusal installs nothing, and is an audit event (PersonaBundleRefused)
+        with its reason.
+
+        Errors: INVALID_ARGUMENT (BUNDLE_MALFORMED, BUNDLE_SIGNATURE_INVALID,
+        INVALID_PERSONA, REQUEST_ID_REUSED), FAILED_PRECONDITION
+        (BUNDLE_KEY_NOT_TRUSTED, BUNDLE_KEY_EXPIRED, BUNDLE_VERSION_NOT_NEWER,
+        PERSONA_NOT_FROM_BUNDLE: a persona with that id exists and was not
+        installed from a bundle), UNAVAILABLE (svc_policy unreachable: nothing
+        is installed).
+        Callers: tenant admins.
+        """
+
+    @_abc_1.abstractmethod
+    def UninstallPersona(
+        self,
+        request: _persona_service_pb2.UninstallPersonaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.UninstallPersonaResponse, _abc.Awaitable[_persona_service_pb2.UninstallPersonaResponse]]:
+        """Removes a persona installed from a bundle, its revisions and the tool and
+        memory relationships installing wrote.
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
+        (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).
+        Callers: tenant admins.
+        """
+
+    @_abc_1.abstractmethod
+    def TrainPersona(
+        self,
+        request: _persona_service_pb2.TrainPersonaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.TrainPersonaResponse, _abc.Awaitable[_persona_service_pb2.TrainPersonaResponse]]:
+        """Makes a new revision of a persona from exchanges an operator marked in
+        DEVELOPER-mode sessions (training mode): each marked turn's user message
+        and final answer become examples, and the revision's lineage names the
+        sessions, the operator and the revision it was derived from. The new
+        revision is unsigned.
+
+        Errors: NOT_FOUND (PERSONA_NOT_FOUND, TURN_NOT_FOUND), FAILED_PRECONDITION
+        (TRAINING_NOT_ALLOWED: a session not in DEVELOPER mode, or of another
+        persona; a turn not COMPLETED), INVALID_ARGUMENT (INVALID_PERSONA: no
+        turn, more than 50 examples), ABORTED (ETAG_MISMATCH).
+        Callers: tenant operators.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTrustedKey(
+        self,
+        request: _persona_service_pb2.CreateTrustedKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.CreateTrustedKeyResponse, _abc.Awaitable[_persona_service_pb2.CreateTrustedKeyResponse]]:
+        """Adds a publisher key the tenant trusts for persona bundles.
+
+        Errors: INVALID_ARGUMENT (INVALID_TRUSTED_KEY: not 32 bytes, no expiry,
+        expiry in the past, bad id), ALREADY_EXISTS (TRUSTED_KEY_ALREADY_EXISTS).
+        Callers: tenant admins.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTrustedKeys(
+        self,
+        request: _persona_service_pb2.ListTrustedKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.ListTrustedKeysResponse, _abc.Awaitable[_persona_service_pb2.ListTrustedKeysResponse]]:
+        """Lists the tenant's trusted publisher keys, by id.
+
+        Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+        Callers: any member of the tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteTrustedKey(
+        self,
+        request: _persona_service_pb2.DeleteTrustedKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persona_service_pb2.DeleteTrustedKeyResponse, _abc.Awaitable[_persona_service_pb2.DeleteTrustedKeyResponse]]:
+        """Stops trusting a key; personas installed with it stay installed.
+
+        Errors: NOT_FOUND (TRUSTED_KEY_NOT_FOUND).
         Callers: tenant admins.
         """
 

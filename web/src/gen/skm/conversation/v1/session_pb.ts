@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/conversation/v1/session.proto.
  */
 export const file_skm_conversation_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("CiFza20vY29udmVyc2F0aW9uL3YxL3Nlc3Npb24ucHJvdG8SE3NrbS5jb252ZXJzYXRpb24udjEi0AQKB1Nlc3Npb24SDAoEbmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSDwoHcGVyc29uYRgDIAEoCRIdChVwZXJzb25hX2J1bmRsZV9kaWdlc3QYBCABKAkSKQoEbW9kZRgFIAEoDjIbLnNrbS50eXBlLnYxLkRlcGxveW1lbnRNb2RlEjcKD21vZGVsX292ZXJyaWRlcxgGIAMoCzIeLnNrbS5wcm9maWxlcy52MS5Nb2RlbE92ZXJyaWRlEjEKBXN0YXRlGAcgASgOMiIuc2ttLmNvbnZlcnNhdGlvbi52MS5TZXNzaW9uLlN0YXRlEhQKDGN1cnJlbnRfdHVybhgIIAEoCRINCgVvd25lchgJIAEoCRIYChBzdXBlcmlvcl9zZXNzaW9uGAogASgJEhUKDWxhc3Rfc2VxdWVuY2UYCyABKAMSHQoVYWNrbm93bGVkZ2VkX3NlcXVlbmNlGAwgASgDEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgPIAEoCSJ1CgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEg4KClNUQVRFX0lETEUQARIRCg1TVEFURV9SVU5OSU5HEAISGwoXU1RBVEVfQVdBSVRJTkdfQVBQUk9WQUwQAxIVChFTVEFURV9JTlRFUlJVUFRFRBAEYgZwcm90bzM", [file_google_protobuf_timestamp, file_skm_profiles_v1_model_profile, file_skm_type_v1_deployment_mode]);
+  fileDesc("CiFza20vY29udmVyc2F0aW9uL3YxL3Nlc3Npb24ucHJvdG8SE3NrbS5jb252ZXJzYXRpb24udjEi7QQKB1Nlc3Npb24SDAoEbmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSDwoHcGVyc29uYRgDIAEoCRIdChVwZXJzb25hX2J1bmRsZV9kaWdlc3QYBCABKAkSKQoEbW9kZRgFIAEoDjIbLnNrbS50eXBlLnYxLkRlcGxveW1lbnRNb2RlEjcKD21vZGVsX292ZXJyaWRlcxgGIAMoCzIeLnNrbS5wcm9maWxlcy52MS5Nb2RlbE92ZXJyaWRlEjEKBXN0YXRlGAcgASgOMiIuc2ttLmNvbnZlcnNhdGlvbi52MS5TZXNzaW9uLlN0YXRlEhQKDGN1cnJlbnRfdHVybhgIIAEoCRINCgVvd25lchgJIAEoCRIYChBzdXBlcmlvcl9zZXNzaW9uGAogASgJEhUKDWxhc3Rfc2VxdWVuY2UYCyABKAMSHQoVYWNrbm93bGVkZ2VkX3NlcXVlbmNlGAwgASgDEi8KC2NyZWF0ZV90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgPIAEoCRIbChNwZXJzb25hX3JldmlzaW9uX2lkGBAgASgJInUKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASDgoKU1RBVEVfSURMRRABEhEKDVNUQVRFX1JVTk5JTkcQAhIbChdTVEFURV9BV0FJVElOR19BUFBST1ZBTBADEhUKEVNUQVRFX0lOVEVSUlVQVEVEEARiBnByb3RvMw", [file_google_protobuf_timestamp, file_skm_profiles_v1_model_profile, file_skm_type_v1_deployment_mode]);
 
 /**
  * A conversation between a user and an agent persona: a durable sequence of
@@ -138,6 +138,15 @@ export type Session = Message<"skm.conversation.v1.Session"> & {
    * @generated from field: string etag = 15;
    */
   etag: string;
+
+  /**
+   * The persona's revision_id loaded when the session was created; every turn
+   * runs on it ("{persona}@{revision}"), whatever the persona becomes later.
+   * Empty for a built-in persona, which has no revisions. Output only.
+   *
+   * @generated from field: string persona_revision_id = 16;
+   */
+  personaRevisionId: string;
 };
 
 /**

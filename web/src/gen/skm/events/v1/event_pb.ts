@@ -18,6 +18,8 @@ import type { BlockedAction, BlockedAction_State } from "../../policy/v1/blocked
 import { file_skm_policy_v1_blocked_action } from "../../policy/v1/blocked_action_pb.js";
 import type { ModelScore } from "../../profiles/v1/model_score_pb.js";
 import { file_skm_profiles_v1_model_score } from "../../profiles/v1/model_score_pb.js";
+import type { Tenant } from "../../profiles/v1/tenant_pb.js";
+import { file_skm_profiles_v1_tenant } from "../../profiles/v1/tenant_pb.js";
 import type { Execution } from "../../tools/v1/execution_pb.js";
 import { file_skm_tools_v1_execution } from "../../tools/v1/execution_pb.js";
 import type { DeploymentMode } from "../../type/v1/deployment_mode_pb.js";
@@ -36,7 +38,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/events/v1/event.proto.
  */
 export const file_skm_events_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("Chlza20vZXZlbnRzL3YxL2V2ZW50LnByb3RvEg1za20uZXZlbnRzLnYxIpgICgVFdmVudBIQCghldmVudF9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDwoHc2Vzc2lvbhgDIAEoCRIQCgh0cmFjZV9pZBgEIAEoCRIuCgpldmVudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBiABKAkSKQoJcHJpbmNpcGFsGAcgASgLMhYuc2ttLnR5cGUudjEuUHJpbmNpcGFsEjIKDHR1cm5fc3RhcnRlZBgUIAEoCzIaLnNrbS5ldmVudHMudjEuVHVyblN0YXJ0ZWRIABI2Cg50dXJuX2NvbXBsZXRlZBgVIAEoCzIcLnNrbS5ldmVudHMudjEuVHVybkNvbXBsZXRlZEgAEkEKFG1vZGVsX2NhbGxfY29tcGxldGVkGBYgASgLMiEuc2ttLmV2ZW50cy52MS5Nb2RlbENhbGxDb21wbGV0ZWRIABI2Cg50b29sX3JlcXVlc3RlZBgXIAEoCzIcLnNrbS5ldmVudHMudjEuVG9vbFJlcXVlc3RlZEgAEjYKDnRvb2xfY29tcGxldGVkGBggASgLMhwuc2ttLmV2ZW50cy52MS5Ub29sQ29tcGxldGVkSAASNgoOcG9saWN5X2RlY2lkZWQYGSABKAsyHC5za20uZXZlbnRzLnYxLlBvbGljeURlY2lkZWRIABI2Cg5hY3Rpb25fYmxvY2tlZBgaIAEoCzIcLnNrbS5ldmVudHMudjEuQWN0aW9uQmxvY2tlZEgAEjgKD2FjdGlvbl9yZXNvbHZlZBgbIAEoCzIdLnNrbS5ldmVudHMudjEuQWN0aW9uUmVzb2x2ZWRIABJCChRpbnRlcnZlbnRpb25fYXBwbGllZBgcIAEoCzIiLnNrbS5ldmVudHMudjEuSW50ZXJ2ZW50aW9uQXBwbGllZEgAEjoKEG1lbW9yeV9vcGVyYXRpb24YHSABKAsyHi5za20uZXZlbnRzLnYxLk1lbW9yeU9wZXJhdGlvbkgAEkUKFmF1ZGlvX3F1YWxpdHlfbWVhc3VyZWQYHiABKAsyIy5za20uZXZlbnRzLnYxLkF1ZGlvUXVhbGl0eU1lYXN1cmVkSAASQQoUbW9kZWxfcHJvZmlsZV9zY29yZWQYHyABKAsyIS5za20uZXZlbnRzLnYxLk1vZGVsUHJvZmlsZVNjb3JlZEgAEjwKEWthbWFjaGlxX3Byb2dyZXNzGCAgASgLMh8uc2ttLmV2ZW50cy52MS5LYW1hY2hpcVByb2dyZXNzSAASQwoVbW9kZWxfYnVkZ2V0X2V4Y2VlZGVkGCEgASgLMiIuc2ttLmV2ZW50cy52MS5Nb2RlbEJ1ZGdldEV4Y2VlZGVkSABCCQoHcGF5bG9hZCJyCgtUdXJuU3RhcnRlZBInCgR0dXJuGAEgASgLMhkuc2ttLmNvbnZlcnNhdGlvbi52MS5UdXJuEg8KB3BlcnNvbmEYAiABKAkSKQoEbW9kZRgDIAEoDjIbLnNrbS50eXBlLnYxLkRlcGxveW1lbnRNb2RlInYKDVR1cm5Db21wbGV0ZWQSJwoEdHVybhgBIAEoCzIZLnNrbS5jb252ZXJzYXRpb24udjEuVHVybhIPCgdwZXJzb25hGAIgASgJEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIogBChJNb2RlbENhbGxDb21wbGV0ZWQSDAoEdHVybhgBIAEoCRIPCgdwZXJzb25hGAIgASgJEiYKBXVzYWdlGAMgASgLMhcuc2ttLnR5cGUudjEuTW9kZWxVc2FnZRIWCg5mYWlsdXJlX3JlYXNvbhgEIAEoCRITCgtpbnRlcnJ1cHRlZBgFIAEoCCJqCg1Ub29sUmVxdWVzdGVkEgwKBHR1cm4YASABKAkSFAoMdG9vbF9jYWxsX2lkGAIgASgJEgwKBHRvb2wYAyABKAkSFgoOYXJndW1lbnRzX2pzb24YBCABKAkSDwoHcGVyc29uYRgFIAEoCSI7Cg1Ub29sQ29tcGxldGVkEioKCWV4ZWN1dGlvbhgBIAEoCzIXLnNrbS50b29scy52MS5FeGVjdXRpb24ipQEKDVBvbGljeURlY2lkZWQSKQoFY2hlY2sYASABKAsyGi5za20ucG9saWN5LnYxLkFjY2Vzc0NoZWNrEi0KCGRlY2lzaW9uGAIgASgLMhsuc2ttLnR5cGUudjEuUG9saWN5RGVjaXNpb24SDgoGY2FjaGVkGAMgASgIEioKB2xhdGVuY3kYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRQoNQWN0aW9uQmxvY2tlZBI0Cg5ibG9ja2VkX2FjdGlvbhgBIAEoCzIcLnNrbS5wb2xpY3kudjEuQmxvY2tlZEFjdGlvbiKCAQoOQWN0aW9uUmVzb2x2ZWQSNAoOYmxvY2tlZF9hY3Rpb24YASABKAsyHC5za20ucG9saWN5LnYxLkJsb2NrZWRBY3Rpb24SOgoOcHJldmlvdXNfc3RhdGUYAiABKA4yIi5za20ucG9saWN5LnYxLkJsb2NrZWRBY3Rpb24uU3RhdGUiXAoTSW50ZXJ2ZW50aW9uQXBwbGllZBIMCgR0dXJuGAEgASgJEjcKDGludGVydmVudGlvbhgCIAEoCzIhLnNrbS5jb252ZXJzYXRpb24udjEuSW50ZXJ2ZW50aW9uIuoBCg9NZW1vcnlPcGVyYXRpb24SMQoEa2luZBgBIAEoDjIjLnNrbS5ldmVudHMudjEuTWVtb3J5T3BlcmF0aW9uLktpbmQSEQoJbmFtZXNwYWNlGAIgASgJEhIKCm1lbW9yeV9pZHMYAyADKAkSEQoJZXhlY3V0aW9uGAQgASgJEgwKBHR1cm4YBSABKAkiXAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASDQoJS0lORF9TQVZFEAESDQoJS0lORF9MT0FEEAISDwoLS0lORF9ERUxFVEUQAxIPCgtLSU5EX0ZPUkdFVBAEIp0BChRBdWRpb1F1YWxpdHlNZWFzdXJlZBIUCgx2b2ljZV9zdHJlYW0YASABKAkSDAoEdHVybhgCIAEoCRIPCgdwZXJzb25hGAMgASgJEhIKCnJlY29nbml6ZXIYBCABKAkSDQoFdm9pY2UYBSABKAkSLQoHbWV0cmljcxgGIAEoCzIcLnNrbS5hdWRpby52MS5RdWFsaXR5TWV0cmljcyKrAQoSTW9kZWxQcm9maWxlU2NvcmVkEiQKBHJvbGUYASABKA4yFi5za20udHlwZS52MS5Nb2RlbFJvbGUSKwoGc2NvcmVzGAIgAygLMhsuc2ttLnByb2ZpbGVzLnYxLk1vZGVsU2NvcmUSGQoRcmVjb21tZW5kZWRfbW9kZWwYAyABKAkSFgoObW9kZWxfcHJvZmlsZXMYBCADKAkSDwoHYXBwbGllZBgFIAEoCCLIAQoTTW9kZWxCdWRnZXRFeGNlZWRlZBIOCgZidWRnZXQYASABKAkSJAoEcm9sZRgCIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIhCgVsaW1pdBgDIAEoCzISLnNrbS50eXBlLnYxLk1vbmV5EiEKBXNwZW50GAQgASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSNQoRcGVyaW9kX3N0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpYDChBLYW1hY2hpcVByb2dyZXNzEg8KB3Byb2plY3QYASABKAkSDAoEdGFzaxgCIAEoCRISCgpkZXBlbmRzX29uGAMgAygJEjQKBXN0YXRlGAQgASgOMiUuc2ttLmV2ZW50cy52MS5LYW1hY2hpcVByb2dyZXNzLlN0YXRlEhAKCHByb2dyZXNzGAUgASgBEg8KB3Nlc3Npb24YBiABKAkSFgoOYmxvY2tlZF9hY3Rpb24YByABKAkSKAoMYnVkZ2V0X3NwZW50GAggASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSKAoMYnVkZ2V0X2xpbWl0GAkgASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSDwoHbWVzc2FnZRgKIAEoCSJ5CgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1BFTkRJTkcQARIRCg1TVEFURV9SVU5OSU5HEAISEQoNU1RBVEVfQkxPQ0tFRBADEg4KClNUQVRFX0RPTkUQBBIQCgxTVEFURV9GQUlMRUQQBWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_skm_audio_v1_audio_metrics, file_skm_conversation_v1_session_event, file_skm_conversation_v1_turn, file_skm_policy_v1_access, file_skm_policy_v1_blocked_action, file_skm_profiles_v1_model_score, file_skm_tools_v1_execution, file_skm_type_v1_deployment_mode, file_skm_type_v1_model, file_skm_type_v1_money, file_skm_type_v1_policy_decision, file_skm_type_v1_principal]);
+  fileDesc("Chlza20vZXZlbnRzL3YxL2V2ZW50LnByb3RvEg1za20uZXZlbnRzLnYxIrYKCgVFdmVudBIQCghldmVudF9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDwoHc2Vzc2lvbhgDIAEoCRIQCgh0cmFjZV9pZBgEIAEoCRIuCgpldmVudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBiABKAkSKQoJcHJpbmNpcGFsGAcgASgLMhYuc2ttLnR5cGUudjEuUHJpbmNpcGFsEjIKDHR1cm5fc3RhcnRlZBgUIAEoCzIaLnNrbS5ldmVudHMudjEuVHVyblN0YXJ0ZWRIABI2Cg50dXJuX2NvbXBsZXRlZBgVIAEoCzIcLnNrbS5ldmVudHMudjEuVHVybkNvbXBsZXRlZEgAEkEKFG1vZGVsX2NhbGxfY29tcGxldGVkGBYgASgLMiEuc2ttLmV2ZW50cy52MS5Nb2RlbENhbGxDb21wbGV0ZWRIABI2Cg50b29sX3JlcXVlc3RlZBgXIAEoCzIcLnNrbS5ldmVudHMudjEuVG9vbFJlcXVlc3RlZEgAEjYKDnRvb2xfY29tcGxldGVkGBggASgLMhwuc2ttLmV2ZW50cy52MS5Ub29sQ29tcGxldGVkSAASNgoOcG9saWN5X2RlY2lkZWQYGSABKAsyHC5za20uZXZlbnRzLnYxLlBvbGljeURlY2lkZWRIABI2Cg5hY3Rpb25fYmxvY2tlZBgaIAEoCzIcLnNrbS5ldmVudHMudjEuQWN0aW9uQmxvY2tlZEgAEjgKD2FjdGlvbl9yZXNvbHZlZBgbIAEoCzIdLnNrbS5ldmVudHMudjEuQWN0aW9uUmVzb2x2ZWRIABJCChRpbnRlcnZlbnRpb25fYXBwbGllZBgcIAEoCzIiLnNrbS5ldmVudHMudjEuSW50ZXJ2ZW50aW9uQXBwbGllZEgAEjoKEG1lbW9yeV9vcGVyYXRpb24YHSABKAsyHi5za20uZXZlbnRzLnYxLk1lbW9yeU9wZXJhdGlvbkgAEkUKFmF1ZGlvX3F1YWxpdHlfbWVhc3VyZWQYHiABKAsyIy5za20uZXZlbnRzLnYxLkF1ZGlvUXVhbGl0eU1lYXN1cmVkSAASQQoUbW9kZWxfcHJvZmlsZV9zY29yZWQYHyABKAsyIS5za20uZXZlbnRzLnYxLk1vZGVsUHJvZmlsZVNjb3JlZEgAEjwKEWthbWFjaGlxX3Byb2dyZXNzGCAgASgLMh8uc2ttLmV2ZW50cy52MS5LYW1hY2hpcVByb2dyZXNzSAASQwoVbW9kZWxfYnVkZ2V0X2V4Y2VlZGVkGCEgASgLMiIuc2ttLmV2ZW50cy52MS5Nb2RlbEJ1ZGdldEV4Y2VlZGVkSAASOgoQdGVuYW50X29uYm9hcmRlZBgiIAEoCzIeLnNrbS5ldmVudHMudjEuVGVuYW50T25ib2FyZGVkSAASSQoYcGVyc29uYV9idW5kbGVfaW5zdGFsbGVkGCMgASgLMiUuc2ttLmV2ZW50cy52MS5QZXJzb25hQnVuZGxlSW5zdGFsbGVkSAASRQoWcGVyc29uYV9idW5kbGVfcmVmdXNlZBgkIAEoCzIjLnNrbS5ldmVudHMudjEuUGVyc29uYUJ1bmRsZVJlZnVzZWRIABJOChttb2RlbF9wcm9maWxlX2F1dG9fc2VsZWN0ZWQYJSABKAsyJy5za20uZXZlbnRzLnYxLk1vZGVsUHJvZmlsZUF1dG9TZWxlY3RlZEgAQgkKB3BheWxvYWQicgoLVHVyblN0YXJ0ZWQSJwoEdHVybhgBIAEoCzIZLnNrbS5jb252ZXJzYXRpb24udjEuVHVybhIPCgdwZXJzb25hGAIgASgJEikKBG1vZGUYAyABKA4yGy5za20udHlwZS52MS5EZXBsb3ltZW50TW9kZSJ2Cg1UdXJuQ29tcGxldGVkEicKBHR1cm4YASABKAsyGS5za20uY29udmVyc2F0aW9uLnYxLlR1cm4SDwoHcGVyc29uYRgCIAEoCRIrCghkdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKIAQoSTW9kZWxDYWxsQ29tcGxldGVkEgwKBHR1cm4YASABKAkSDwoHcGVyc29uYRgCIAEoCRImCgV1c2FnZRgDIAEoCzIXLnNrbS50eXBlLnYxLk1vZGVsVXNhZ2USFgoOZmFpbHVyZV9yZWFzb24YBCABKAkSEwoLaW50ZXJydXB0ZWQYBSABKAgiagoNVG9vbFJlcXVlc3RlZBIMCgR0dXJuGAEgASgJEhQKDHRvb2xfY2FsbF9pZBgCIAEoCRIMCgR0b29sGAMgASgJEhYKDmFyZ3VtZW50c19qc29uGAQgASgJEg8KB3BlcnNvbmEYBSABKAkiOwoNVG9vbENvbXBsZXRlZBIqCglleGVjdXRpb24YASABKAsyFy5za20udG9vbHMudjEuRXhlY3V0aW9uIqUBCg1Qb2xpY3lEZWNpZGVkEikKBWNoZWNrGAEgASgLMhouc2ttLnBvbGljeS52MS5BY2Nlc3NDaGVjaxItCghkZWNpc2lvbhgCIAEoCzIbLnNrbS50eXBlLnYxLlBvbGljeURlY2lzaW9uEg4KBmNhY2hlZBgDIAEoCBIqCgdsYXRlbmN5GAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkUKDUFjdGlvbkJsb2NrZWQSNAoOYmxvY2tlZF9hY3Rpb24YASABKAsyHC5za20ucG9saWN5LnYxLkJsb2NrZWRBY3Rpb24iggEKDkFjdGlvblJlc29sdmVkEjQKDmJsb2NrZWRfYWN0aW9uGAEgASgLMhwuc2ttLnBvbGljeS52MS5CbG9ja2VkQWN0aW9uEjoKDnByZXZpb3VzX3N0YXRlGAIgASgOMiIuc2ttLnBvbGljeS52MS5CbG9ja2VkQWN0aW9uLlN0YXRlIlwKE0ludGVydmVudGlvbkFwcGxpZWQSDAoEdHVybhgBIAEoCRI3CgxpbnRlcnZlbnRpb24YAiABKAsyIS5za20uY29udmVyc2F0aW9uLnYxLkludGVydmVudGlvbiLqAQoPTWVtb3J5T3BlcmF0aW9uEjEKBGtpbmQYASABKA4yIy5za20uZXZlbnRzLnYxLk1lbW9yeU9wZXJhdGlvbi5LaW5kEhEKCW5hbWVzcGFjZRgCIAEoCRISCgptZW1vcnlfaWRzGAMgAygJEhEKCWV4ZWN1dGlvbhgEIAEoCRIMCgR0dXJuGAUgASgJIlwKBEtpbmQSFAoQS0lORF9VTlNQRUNJRklFRBAAEg0KCUtJTkRfU0FWRRABEg0KCUtJTkRfTE9BRBACEg8KC0tJTkRfREVMRVRFEAMSDwoLS0lORF9GT1JHRVQQBCKdAQoUQXVkaW9RdWFsaXR5TWVhc3VyZWQSFAoMdm9pY2Vfc3RyZWFtGAEgASgJEgwKBHR1cm4YAiABKAkSDwoHcGVyc29uYRgDIAEoCRISCgpyZWNvZ25pemVyGAQgASgJEg0KBXZvaWNlGAUgASgJEi0KB21ldHJpY3MYBiABKAsyHC5za20uYXVkaW8udjEuUXVhbGl0eU1ldHJpY3MiqwEKEk1vZGVsUHJvZmlsZVNjb3JlZBIkCgRyb2xlGAEgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEisKBnNjb3JlcxgCIAMoCzIbLnNrbS5wcm9maWxlcy52MS5Nb2RlbFNjb3JlEhkKEXJlY29tbWVuZGVkX21vZGVsGAMgASgJEhYKDm1vZGVsX3Byb2ZpbGVzGAQgAygJEg8KB2FwcGxpZWQYBSABKAgiOgoPVGVuYW50T25ib2FyZGVkEicKBnRlbmFudBgBIAEoCzIXLnNrbS5wcm9maWxlcy52MS5UZW5hbnQikAEKFlBlcnNvbmFCdW5kbGVJbnN0YWxsZWQSDwoHcGVyc29uYRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgDEhgKEHByZXZpb3VzX3ZlcnNpb24YAyABKAMSDgoGa2V5X2lkGAQgASgJEhUKDWJ1bmRsZV9kaWdlc3QYBSABKAkSEwoLcmV2aXNpb25faWQYBiABKAkibwoUUGVyc29uYUJ1bmRsZVJlZnVzZWQSDwoHcGVyc29uYRgBIAEoCRIOCgZyZWFzb24YAiABKAkSDgoGa2V5X2lkGAMgASgJEg8KB3ZlcnNpb24YBCABKAMSFQoNYnVuZGxlX3NoYTI1NhgFIAEoCSKxAQoYTW9kZWxQcm9maWxlQXV0b1NlbGVjdGVkEhUKDW1vZGVsX3Byb2ZpbGUYASABKAkSFgoOcHJldmlvdXNfbW9kZWwYAiABKAkSDQoFbW9kZWwYAyABKAkSHAoUcHJldmlvdXNfcmV2aXNpb25faWQYBCABKAkSEwoLcmV2aXNpb25faWQYBSABKAkSEwoLc2NvcmluZ19ydW4YBiABKAkSDwoHc3VtbWFyeRgHIAEoCSLIAQoTTW9kZWxCdWRnZXRFeGNlZWRlZBIOCgZidWRnZXQYASABKAkSJAoEcm9sZRgCIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIhCgVsaW1pdBgDIAEoCzISLnNrbS50eXBlLnYxLk1vbmV5EiEKBXNwZW50GAQgASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSNQoRcGVyaW9kX3N0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpYDChBLYW1hY2hpcVByb2dyZXNzEg8KB3Byb2plY3QYASABKAkSDAoEdGFzaxgCIAEoCRISCgpkZXBlbmRzX29uGAMgAygJEjQKBXN0YXRlGAQgASgOMiUuc2ttLmV2ZW50cy52MS5LYW1hY2hpcVByb2dyZXNzLlN0YXRlEhAKCHByb2dyZXNzGAUgASgBEg8KB3Nlc3Npb24YBiABKAkSFgoOYmxvY2tlZF9hY3Rpb24YByABKAkSKAoMYnVkZ2V0X3NwZW50GAggASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSKAoMYnVkZ2V0X2xpbWl0GAkgASgLMhIuc2ttLnR5cGUudjEuTW9uZXkSDwoHbWVzc2FnZRgKIAEoCSJ5CgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1BFTkRJTkcQARIRCg1TVEFURV9SVU5OSU5HEAISEQoNU1RBVEVfQkxPQ0tFRBADEg4KClNUQVRFX0RPTkUQBBIQCgxTVEFURV9GQUlMRUQQBWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_skm_audio_v1_audio_metrics, file_skm_conversation_v1_session_event, file_skm_conversation_v1_turn, file_skm_policy_v1_access, file_skm_policy_v1_blocked_action, file_skm_profiles_v1_model_score, file_skm_profiles_v1_tenant, file_skm_tools_v1_execution, file_skm_type_v1_deployment_mode, file_skm_type_v1_model, file_skm_type_v1_money, file_skm_type_v1_policy_decision, file_skm_type_v1_principal]);
 
 /**
  * The envelope of every record SKM writes to Kafka: audit and analytics
@@ -51,6 +53,8 @@ export const file_skm_events_v1_event: GenFile = /*@__PURE__*/
  *   policy.blocked        action_blocked, action_resolved
  *   analytics             audio_quality_measured, model_budget_exceeded
  *   model.profile.scored  model_profile_scored
+ *   profiles              tenant_onboarded, persona_bundle_installed,
+ *                         persona_bundle_refused, model_profile_auto_selected
  *   kamachiq.progress     kamachiq_progress
  *
  * Events tied to a state change are written to the emitting service's
@@ -239,6 +243,38 @@ export type Event = Message<"skm.events.v1.Event"> & {
      */
     value: ModelBudgetExceeded;
     case: "modelBudgetExceeded";
+  } | {
+    /**
+     * A tenant was onboarded. Topic profiles.
+     *
+     * @generated from field: skm.events.v1.TenantOnboarded tenant_onboarded = 34;
+     */
+    value: TenantOnboarded;
+    case: "tenantOnboarded";
+  } | {
+    /**
+     * A persona bundle was installed or upgraded. Topic profiles.
+     *
+     * @generated from field: skm.events.v1.PersonaBundleInstalled persona_bundle_installed = 35;
+     */
+    value: PersonaBundleInstalled;
+    case: "personaBundleInstalled";
+  } | {
+    /**
+     * A persona bundle was refused; nothing was installed. Topic profiles.
+     *
+     * @generated from field: skm.events.v1.PersonaBundleRefused persona_bundle_refused = 36;
+     */
+    value: PersonaBundleRefused;
+    case: "personaBundleRefused";
+  } | {
+    /**
+     * Auto mode changed a profile's tier 0. Topic profiles.
+     *
+     * @generated from field: skm.events.v1.ModelProfileAutoSelected model_profile_auto_selected = 37;
+     */
+    value: ModelProfileAutoSelected;
+    case: "modelProfileAutoSelected";
   } | { case: undefined; value?: undefined };
 };
 
@@ -769,6 +805,199 @@ export const ModelProfileScoredSchema: GenMessage<ModelProfileScored> = /*@__PUR
   messageDesc(file_skm_events_v1_event, 12);
 
 /**
+ * A tenant was created and onboarded (constitution, first admins, tool risk
+ * levels, the built-in personas' permissions). Source: profiles.
+ *
+ * @generated from message skm.events.v1.TenantOnboarded
+ */
+export type TenantOnboarded = Message<"skm.events.v1.TenantOnboarded"> & {
+  /**
+   * The tenant as onboarding left it (ACTIVE).
+   *
+   * @generated from field: skm.profiles.v1.Tenant tenant = 1;
+   */
+  tenant?: Tenant | undefined;
+};
+
+/**
+ * Describes the message skm.events.v1.TenantOnboarded.
+ * Use `create(TenantOnboardedSchema)` to create a new message.
+ */
+export const TenantOnboardedSchema: GenMessage<TenantOnboarded> = /*@__PURE__*/
+  messageDesc(file_skm_events_v1_event, 13);
+
+/**
+ * A persona bundle was installed (or upgraded) in a tenant. Source: profiles.
+ *
+ * @generated from message skm.events.v1.PersonaBundleInstalled
+ */
+export type PersonaBundleInstalled = Message<"skm.events.v1.PersonaBundleInstalled"> & {
+  /**
+   * The persona, "tenants/{tenant}/personas/{persona}".
+   *
+   * @generated from field: string persona = 1;
+   */
+  persona: string;
+
+  /**
+   * The bundle's version.
+   *
+   * @generated from field: int64 version = 2;
+   */
+  version: bigint;
+
+  /**
+   * The version it replaced; 0 for a first install.
+   *
+   * @generated from field: int64 previous_version = 3;
+   */
+  previousVersion: bigint;
+
+  /**
+   * The key that signed it.
+   *
+   * @generated from field: string key_id = 4;
+   */
+  keyId: string;
+
+  /**
+   * The persona's bundle digest after the install.
+   *
+   * @generated from field: string bundle_digest = 5;
+   */
+  bundleDigest: string;
+
+  /**
+   * The persona's new revision.
+   *
+   * @generated from field: string revision_id = 6;
+   */
+  revisionId: string;
+};
+
+/**
+ * Describes the message skm.events.v1.PersonaBundleInstalled.
+ * Use `create(PersonaBundleInstalledSchema)` to create a new message.
+ */
+export const PersonaBundleInstalledSchema: GenMessage<PersonaBundleInstalled> = /*@__PURE__*/
+  messageDesc(file_skm_events_v1_event, 14);
+
+/**
+ * A persona bundle was refused: nothing was installed. Source: profiles.
+ *
+ * @generated from message skm.events.v1.PersonaBundleRefused
+ */
+export type PersonaBundleRefused = Message<"skm.events.v1.PersonaBundleRefused"> & {
+  /**
+   * The persona the bundle would install, when its payload could be read
+   * (never for a signature that does not verify: that payload is not
+   * trusted enough to name anything).
+   *
+   * @generated from field: string persona = 1;
+   */
+  persona: string;
+
+  /**
+   * The reason, as in the refusal's ErrorInfo (e.g. "BUNDLE_KEY_EXPIRED").
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * The key id the bundle's header names.
+   *
+   * @generated from field: string key_id = 3;
+   */
+  keyId: string;
+
+  /**
+   * The version the bundle claims; 0 when unread.
+   *
+   * @generated from field: int64 version = 4;
+   */
+  version: bigint;
+
+  /**
+   * SHA-256 of the bundle file's bytes, lowercase hex.
+   *
+   * @generated from field: string bundle_sha256 = 5;
+   */
+  bundleSha256: string;
+};
+
+/**
+ * Describes the message skm.events.v1.PersonaBundleRefused.
+ * Use `create(PersonaBundleRefusedSchema)` to create a new message.
+ */
+export const PersonaBundleRefusedSchema: GenMessage<PersonaBundleRefused> = /*@__PURE__*/
+  messageDesc(file_skm_events_v1_event, 15);
+
+/**
+ * Auto mode put another model at tier 0 of a profile. Source: profiles.
+ * RollbackModelProfile to `previous_revision_id` undoes it.
+ *
+ * @generated from message skm.events.v1.ModelProfileAutoSelected
+ */
+export type ModelProfileAutoSelected = Message<"skm.events.v1.ModelProfileAutoSelected"> & {
+  /**
+   * The profile, "tenants/{tenant}/modelProfiles/{model_profile}".
+   *
+   * @generated from field: string model_profile = 1;
+   */
+  modelProfile: string;
+
+  /**
+   * The model it had at tier 0, "models/{model}".
+   *
+   * @generated from field: string previous_model = 2;
+   */
+  previousModel: string;
+
+  /**
+   * The model it has now.
+   *
+   * @generated from field: string model = 3;
+   */
+  model: string;
+
+  /**
+   * The revision before the change.
+   *
+   * @generated from field: string previous_revision_id = 4;
+   */
+  previousRevisionId: string;
+
+  /**
+   * The revision the change made.
+   *
+   * @generated from field: string revision_id = 5;
+   */
+  revisionId: string;
+
+  /**
+   * The scoring run behind it, "scoringRuns/{scoring_run}".
+   *
+   * @generated from field: string scoring_run = 6;
+   */
+  scoringRun: string;
+
+  /**
+   * The recommendation's summary.
+   *
+   * @generated from field: string summary = 7;
+   */
+  summary: string;
+};
+
+/**
+ * Describes the message skm.events.v1.ModelProfileAutoSelected.
+ * Use `create(ModelProfileAutoSelectedSchema)` to create a new message.
+ */
+export const ModelProfileAutoSelectedSchema: GenMessage<ModelProfileAutoSelected> = /*@__PURE__*/
+  messageDesc(file_skm_events_v1_event, 16);
+
+/**
  * A tenant's spend this month on the model calls of one role passed the limit of its budget
  * for the role (svc_policy's model_budget object): from now on svc_conversation's calls of
  * the role are refused (BUDGET_EXCEEDED) until the limit is raised or the month ends.
@@ -819,7 +1048,7 @@ export type ModelBudgetExceeded = Message<"skm.events.v1.ModelBudgetExceeded"> &
  * Use `create(ModelBudgetExceededSchema)` to create a new message.
  */
 export const ModelBudgetExceededSchema: GenMessage<ModelBudgetExceeded> = /*@__PURE__*/
-  messageDesc(file_skm_events_v1_event, 13);
+  messageDesc(file_skm_events_v1_event, 17);
 
 /**
  * Progress of a task of a KAMACHIQ project (multi-agent delivery plans,
@@ -906,7 +1135,7 @@ export type KamachiqProgress = Message<"skm.events.v1.KamachiqProgress"> & {
  * Use `create(KamachiqProgressSchema)` to create a new message.
  */
 export const KamachiqProgressSchema: GenMessage<KamachiqProgress> = /*@__PURE__*/
-  messageDesc(file_skm_events_v1_event, 14);
+  messageDesc(file_skm_events_v1_event, 18);
 
 /**
  * States of a KAMACHIQ task.
@@ -959,5 +1188,5 @@ export enum KamachiqProgress_State {
  * Describes the enum skm.events.v1.KamachiqProgress.State.
  */
 export const KamachiqProgress_StateSchema: GenEnum<KamachiqProgress_State> = /*@__PURE__*/
-  enumDesc(file_skm_events_v1_event, 14, 0);
+  enumDesc(file_skm_events_v1_event, 18, 0);
 

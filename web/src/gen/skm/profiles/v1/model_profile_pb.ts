@@ -8,17 +8,21 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Model } from "./model_pb.js";
 import { file_skm_profiles_v1_model } from "./model_pb.js";
+import type { Revision } from "./revision_pb.js";
+import { file_skm_profiles_v1_revision } from "./revision_pb.js";
 import type { DeploymentMode } from "../../type/v1/deployment_mode_pb.js";
 import { file_skm_type_v1_deployment_mode } from "../../type/v1/deployment_mode_pb.js";
 import type { ModelRole } from "../../type/v1/model_pb.js";
 import { file_skm_type_v1_model } from "../../type/v1/model_pb.js";
+import type { Money } from "../../type/v1/money_pb.js";
+import { file_skm_type_v1_money } from "../../type/v1/money_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file skm/profiles/v1/model_profile.proto.
  */
 export const file_skm_profiles_v1_model_profile: GenFile = /*@__PURE__*/
-  fileDesc("CiNza20vcHJvZmlsZXMvdjEvbW9kZWxfcHJvZmlsZS5wcm90bxIPc2ttLnByb2ZpbGVzLnYxIswCCgxNb2RlbFByb2ZpbGUSDAoEbmFtZRgBIAEoCRIkCgRyb2xlGAIgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEikKBG1vZGUYAyABKA4yGy5za20udHlwZS52MS5EZXBsb3ltZW50TW9kZRITCgttb2RlbF90aWVycxgEIAMoCRIYCgt0ZW1wZXJhdHVyZRgFIAEoAUgAiAEBEhkKEW1heF9vdXRwdXRfdG9rZW5zGAYgASgFEhMKC2F1dG9fc2VsZWN0GAcgASgIEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgKIAEoCUIOCgxfdGVtcGVyYXR1cmUijwEKDU1vZGVsT3ZlcnJpZGUSJAoEcm9sZRgBIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRITCgttb2RlbF90aWVycxgCIAMoCRIYCgt0ZW1wZXJhdHVyZRgDIAEoAUgAiAEBEhkKEW1heF9vdXRwdXRfdG9rZW5zGAQgASgFQg4KDF90ZW1wZXJhdHVyZSLFAQoUUmVzb2x2ZWRNb2RlbFByb2ZpbGUSJAoEcm9sZRgBIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIVCg1tb2RlbF9wcm9maWxlGAIgASgJEisKC21vZGVsX3RpZXJzGAMgAygLMhYuc2ttLnByb2ZpbGVzLnYxLk1vZGVsEhgKC3RlbXBlcmF0dXJlGAQgASgBSACIAQESGQoRbWF4X291dHB1dF90b2tlbnMYBSABKAVCDgoMX3RlbXBlcmF0dXJlYgZwcm90bzM", [file_google_protobuf_timestamp, file_skm_profiles_v1_model, file_skm_type_v1_deployment_mode, file_skm_type_v1_model]);
+  fileDesc("CiNza20vcHJvZmlsZXMvdjEvbW9kZWxfcHJvZmlsZS5wcm90bxIPc2ttLnByb2ZpbGVzLnYxIrgDCgxNb2RlbFByb2ZpbGUSDAoEbmFtZRgBIAEoCRIkCgRyb2xlGAIgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEikKBG1vZGUYAyABKA4yGy5za20udHlwZS52MS5EZXBsb3ltZW50TW9kZRITCgttb2RlbF90aWVycxgEIAMoCRIYCgt0ZW1wZXJhdHVyZRgFIAEoAUgAiAEBEhkKEW1heF9vdXRwdXRfdG9rZW5zGAYgASgFEhMKC2F1dG9fc2VsZWN0GAcgASgIEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgKIAEoCRIrCghyZXZpc2lvbhgLIAEoCzIZLnNrbS5wcm9maWxlcy52MS5SZXZpc2lvbhI9ChJhdXRvX3NlbGVjdF9ib3VuZHMYDCABKAsyIS5za20ucHJvZmlsZXMudjEuQXV0b1NlbGVjdEJvdW5kc0IOCgxfdGVtcGVyYXR1cmUiYAoQQXV0b1NlbGVjdEJvdW5kcxI3ChttYXhfY29zdF9wZXJfbWlsbGlvbl90b2tlbnMYASABKAsyEi5za20udHlwZS52MS5Nb25leRITCgttaW5fcXVhbGl0eRgCIAEoASKPAQoNTW9kZWxPdmVycmlkZRIkCgRyb2xlGAEgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEhMKC21vZGVsX3RpZXJzGAIgAygJEhgKC3RlbXBlcmF0dXJlGAMgASgBSACIAQESGQoRbWF4X291dHB1dF90b2tlbnMYBCABKAVCDgoMX3RlbXBlcmF0dXJlIsUBChRSZXNvbHZlZE1vZGVsUHJvZmlsZRIkCgRyb2xlGAEgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEhUKDW1vZGVsX3Byb2ZpbGUYAiABKAkSKwoLbW9kZWxfdGllcnMYAyADKAsyFi5za20ucHJvZmlsZXMudjEuTW9kZWwSGAoLdGVtcGVyYXR1cmUYBCABKAFIAIgBARIZChFtYXhfb3V0cHV0X3Rva2VucxgFIAEoBUIOCgxfdGVtcGVyYXR1cmViBnByb3RvMw", [file_google_protobuf_timestamp, file_skm_profiles_v1_model, file_skm_profiles_v1_revision, file_skm_type_v1_deployment_mode, file_skm_type_v1_model, file_skm_type_v1_money]);
 
 /**
  * Which models serve one role for a tenant in one deployment mode. A tenant
@@ -80,7 +84,9 @@ export type ModelProfile = Message<"skm.profiles.v1.ModelProfile"> & {
 
   /**
    * When true, the scoring job puts its recommended model at tier 0 by itself
-   * (the model control panel's "auto" mode); otherwise it only recommends.
+   * (the model control panel's "auto" mode), within `auto_select_bounds`;
+   * otherwise it only recommends. Each automatic change is a new revision
+   * (origin AUTO_SELECT) and an audit event, and can be rolled back.
    *
    * @generated from field: bool auto_select = 7;
    */
@@ -107,6 +113,21 @@ export type ModelProfile = Message<"skm.profiles.v1.ModelProfile"> & {
    * @generated from field: string etag = 10;
    */
   etag: string;
+
+  /**
+   * This version of the profile; GetModelProfile of "{name}@{revision_id}"
+   * returns an earlier one. Output only.
+   *
+   * @generated from field: skm.profiles.v1.Revision revision = 11;
+   */
+  revision?: Revision | undefined;
+
+  /**
+   * What an automatic choice must stay within; unset bounds nothing.
+   *
+   * @generated from field: skm.profiles.v1.AutoSelectBounds auto_select_bounds = 12;
+   */
+  autoSelectBounds?: AutoSelectBounds | undefined;
 };
 
 /**
@@ -115,6 +136,36 @@ export type ModelProfile = Message<"skm.profiles.v1.ModelProfile"> & {
  */
 export const ModelProfileSchema: GenMessage<ModelProfile> = /*@__PURE__*/
   messageDesc(file_skm_profiles_v1_model_profile, 0);
+
+/**
+ * The limits within which auto mode may choose a model for a profile: a
+ * recommended model outside them is not applied (the recommendation says why).
+ *
+ * @generated from message skm.profiles.v1.AutoSelectBounds
+ */
+export type AutoSelectBounds = Message<"skm.profiles.v1.AutoSelectBounds"> & {
+  /**
+   * Highest blended cost per million tokens (the score's cost); unset or
+   * zero: no limit.
+   *
+   * @generated from field: skm.type.v1.Money max_cost_per_million_tokens = 1;
+   */
+  maxCostPerMillionTokens?: Money | undefined;
+
+  /**
+   * Lowest benchmark quality, in [0, 1]; 0: no limit.
+   *
+   * @generated from field: double min_quality = 2;
+   */
+  minQuality: number;
+};
+
+/**
+ * Describes the message skm.profiles.v1.AutoSelectBounds.
+ * Use `create(AutoSelectBoundsSchema)` to create a new message.
+ */
+export const AutoSelectBoundsSchema: GenMessage<AutoSelectBounds> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_profile, 1);
 
 /**
  * Replaces, for one role, parts of the profile that would apply otherwise.
@@ -158,7 +209,7 @@ export type ModelOverride = Message<"skm.profiles.v1.ModelOverride"> & {
  * Use `create(ModelOverrideSchema)` to create a new message.
  */
 export const ModelOverrideSchema: GenMessage<ModelOverride> = /*@__PURE__*/
-  messageDesc(file_skm_profiles_v1_model_profile, 1);
+  messageDesc(file_skm_profiles_v1_model_profile, 2);
 
 /**
  * A role resolved for one call site: the models with everything needed to
@@ -211,5 +262,5 @@ export type ResolvedModelProfile = Message<"skm.profiles.v1.ResolvedModelProfile
  * Use `create(ResolvedModelProfileSchema)` to create a new message.
  */
 export const ResolvedModelProfileSchema: GenMessage<ResolvedModelProfile> = /*@__PURE__*/
-  messageDesc(file_skm_profiles_v1_model_profile, 2);
+  messageDesc(file_skm_profiles_v1_model_profile, 3);
 

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/profiles/v1/model_profile_service.proto.
  */
 export const file_skm_profiles_v1_model_profile_service: GenFile = /*@__PURE__*/
-  fileDesc("Citza20vcHJvZmlsZXMvdjEvbW9kZWxfcHJvZmlsZV9zZXJ2aWNlLnByb3RvEg9za20ucHJvZmlsZXMudjEidQoZQ3JlYXRlTW9kZWxQcm9maWxlUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSNAoNbW9kZWxfcHJvZmlsZRgCIAEoCzIdLnNrbS5wcm9maWxlcy52MS5Nb2RlbFByb2ZpbGUSEgoKcmVxdWVzdF9pZBgDIAEoCSJSChpDcmVhdGVNb2RlbFByb2ZpbGVSZXNwb25zZRI0Cg1tb2RlbF9wcm9maWxlGAEgASgLMh0uc2ttLnByb2ZpbGVzLnYxLk1vZGVsUHJvZmlsZSImChZHZXRNb2RlbFByb2ZpbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiTwoXR2V0TW9kZWxQcm9maWxlUmVzcG9uc2USNAoNbW9kZWxfcHJvZmlsZRgBIAEoCzIdLnNrbS5wcm9maWxlcy52MS5Nb2RlbFByb2ZpbGUiogEKGExpc3RNb2RlbFByb2ZpbGVzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSJAoEcm9sZRgCIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIpCgRtb2RlGAMgASgOMhsuc2ttLnR5cGUudjEuRGVwbG95bWVudE1vZGUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiawoZTGlzdE1vZGVsUHJvZmlsZXNSZXNwb25zZRI1Cg5tb2RlbF9wcm9maWxlcxgBIAMoCzIdLnNrbS5wcm9maWxlcy52MS5Nb2RlbFByb2ZpbGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoIBChlVcGRhdGVNb2RlbFByb2ZpbGVSZXF1ZXN0EjQKDW1vZGVsX3Byb2ZpbGUYASABKAsyHS5za20ucHJvZmlsZXMudjEuTW9kZWxQcm9maWxlEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJSChpVcGRhdGVNb2RlbFByb2ZpbGVSZXNwb25zZRI0Cg1tb2RlbF9wcm9maWxlGAEgASgLMh0uc2ttLnByb2ZpbGVzLnYxLk1vZGVsUHJvZmlsZSI3ChlEZWxldGVNb2RlbFByb2ZpbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSIcChpEZWxldGVNb2RlbFByb2ZpbGVSZXNwb25zZSLBAQoaUmVzb2x2ZU1vZGVsUHJvZmlsZVJlcXVlc3QSDgoGcGFyZW50GAEgASgJEiQKBHJvbGUYAiABKA4yFi5za20udHlwZS52MS5Nb2RlbFJvbGUSKQoEbW9kZRgDIAEoDjIbLnNrbS50eXBlLnYxLkRlcGxveW1lbnRNb2RlEg8KB3BlcnNvbmEYBCABKAkSMQoJb3ZlcnJpZGVzGAUgAygLMh4uc2ttLnByb2ZpbGVzLnYxLk1vZGVsT3ZlcnJpZGUiZAobUmVzb2x2ZU1vZGVsUHJvZmlsZVJlc3BvbnNlEkUKFnJlc29sdmVkX21vZGVsX3Byb2ZpbGUYASABKAsyJS5za20ucHJvZmlsZXMudjEuUmVzb2x2ZWRNb2RlbFByb2ZpbGUy4gYKE01vZGVsUHJvZmlsZVNlcnZpY2USkwEKEkNyZWF0ZU1vZGVsUHJvZmlsZRIqLnNrbS5wcm9maWxlcy52MS5DcmVhdGVNb2RlbFByb2ZpbGVSZXF1ZXN0Gisuc2ttLnByb2ZpbGVzLnYxLkNyZWF0ZU1vZGVsUHJvZmlsZVJlc3BvbnNlIiTK8xggCg5jYW5fYWRtaW5pc3RlchIGdGVuYW50GgZwYXJlbnQSegoPR2V0TW9kZWxQcm9maWxlEicuc2ttLnByb2ZpbGVzLnYxLkdldE1vZGVsUHJvZmlsZVJlcXVlc3QaKC5za20ucHJvZmlsZXMudjEuR2V0TW9kZWxQcm9maWxlUmVzcG9uc2UiFMrzGBASBnRlbmFudBoEbmFtZSABEoIBChFMaXN0TW9kZWxQcm9maWxlcxIpLnNrbS5wcm9maWxlcy52MS5MaXN0TW9kZWxQcm9maWxlc1JlcXVlc3QaKi5za20ucHJvZmlsZXMudjEuTGlzdE1vZGVsUHJvZmlsZXNSZXNwb25zZSIWyvMYEhIGdGVuYW50GgZwYXJlbnQgARKfAQoSVXBkYXRlTW9kZWxQcm9maWxlEiouc2ttLnByb2ZpbGVzLnYxLlVwZGF0ZU1vZGVsUHJvZmlsZVJlcXVlc3QaKy5za20ucHJvZmlsZXMudjEuVXBkYXRlTW9kZWxQcm9maWxlUmVzcG9uc2UiMMrzGCwKDmNhbl9hZG1pbmlzdGVyEgZ0ZW5hbnQaEm1vZGVsX3Byb2ZpbGUubmFtZRKRAQoSRGVsZXRlTW9kZWxQcm9maWxlEiouc2ttLnByb2ZpbGVzLnYxLkRlbGV0ZU1vZGVsUHJvZmlsZVJlcXVlc3QaKy5za20ucHJvZmlsZXMudjEuRGVsZXRlTW9kZWxQcm9maWxlUmVzcG9uc2UiIsrzGB4KDmNhbl9hZG1pbmlzdGVyEgZ0ZW5hbnQaBG5hbWUScAoTUmVzb2x2ZU1vZGVsUHJvZmlsZRIrLnNrbS5wcm9maWxlcy52MS5SZXNvbHZlTW9kZWxQcm9maWxlUmVxdWVzdBosLnNrbS5wcm9maWxlcy52MS5SZXNvbHZlTW9kZWxQcm9maWxlUmVzcG9uc2UaDNLzGAhwcm9maWxlc2IGcHJvdG8z", [file_google_protobuf_field_mask, file_skm_options_v1_authz, file_skm_profiles_v1_model_profile, file_skm_type_v1_deployment_mode, file_skm_type_v1_model]);
+  fileDesc("Citza20vcHJvZmlsZXMvdjEvbW9kZWxfcHJvZmlsZV9zZXJ2aWNlLnByb3RvEg9za20ucHJvZmlsZXMudjEidQoZQ3JlYXRlTW9kZWxQcm9maWxlUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSNAoNbW9kZWxfcHJvZmlsZRgCIAEoCzIdLnNrbS5wcm9maWxlcy52MS5Nb2RlbFByb2ZpbGUSEgoKcmVxdWVzdF9pZBgDIAEoCSJSChpDcmVhdGVNb2RlbFByb2ZpbGVSZXNwb25zZRI0Cg1tb2RlbF9wcm9maWxlGAEgASgLMh0uc2ttLnByb2ZpbGVzLnYxLk1vZGVsUHJvZmlsZSImChZHZXRNb2RlbFByb2ZpbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiTwoXR2V0TW9kZWxQcm9maWxlUmVzcG9uc2USNAoNbW9kZWxfcHJvZmlsZRgBIAEoCzIdLnNrbS5wcm9maWxlcy52MS5Nb2RlbFByb2ZpbGUiogEKGExpc3RNb2RlbFByb2ZpbGVzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSJAoEcm9sZRgCIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIpCgRtb2RlGAMgASgOMhsuc2ttLnR5cGUudjEuRGVwbG95bWVudE1vZGUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiawoZTGlzdE1vZGVsUHJvZmlsZXNSZXNwb25zZRI1Cg5tb2RlbF9wcm9maWxlcxgBIAMoCzIdLnNrbS5wcm9maWxlcy52MS5Nb2RlbFByb2ZpbGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoIBChlVcGRhdGVNb2RlbFByb2ZpbGVSZXF1ZXN0EjQKDW1vZGVsX3Byb2ZpbGUYASABKAsyHS5za20ucHJvZmlsZXMudjEuTW9kZWxQcm9maWxlEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJSChpVcGRhdGVNb2RlbFByb2ZpbGVSZXNwb25zZRI0Cg1tb2RlbF9wcm9maWxlGAEgASgLMh0uc2ttLnByb2ZpbGVzLnYxLk1vZGVsUHJvZmlsZSI3ChlEZWxldGVNb2RlbFByb2ZpbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSIcChpEZWxldGVNb2RlbFByb2ZpbGVSZXNwb25zZSLBAQoaUmVzb2x2ZU1vZGVsUHJvZmlsZVJlcXVlc3QSDgoGcGFyZW50GAEgASgJEiQKBHJvbGUYAiABKA4yFi5za20udHlwZS52MS5Nb2RlbFJvbGUSKQoEbW9kZRgDIAEoDjIbLnNrbS50eXBlLnYxLkRlcGxveW1lbnRNb2RlEg8KB3BlcnNvbmEYBCABKAkSMQoJb3ZlcnJpZGVzGAUgAygLMh4uc2ttLnByb2ZpbGVzLnYxLk1vZGVsT3ZlcnJpZGUiZAobUmVzb2x2ZU1vZGVsUHJvZmlsZVJlc3BvbnNlEkUKFnJlc29sdmVkX21vZGVsX3Byb2ZpbGUYASABKAsyJS5za20ucHJvZmlsZXMudjEuUmVzb2x2ZWRNb2RlbFByb2ZpbGUiVwogTGlzdE1vZGVsUHJvZmlsZVJldmlzaW9uc1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJzCiFMaXN0TW9kZWxQcm9maWxlUmV2aXNpb25zUmVzcG9uc2USNQoObW9kZWxfcHJvZmlsZXMYASADKAsyHS5za20ucHJvZmlsZXMudjEuTW9kZWxQcm9maWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJOChtSb2xsYmFja01vZGVsUHJvZmlsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgtyZXZpc2lvbl9pZBgCIAEoCRIMCgRldGFnGAMgASgJIlQKHFJvbGxiYWNrTW9kZWxQcm9maWxlUmVzcG9uc2USNAoNbW9kZWxfcHJvZmlsZRgBIAEoCzIdLnNrbS5wcm9maWxlcy52MS5Nb2RlbFByb2ZpbGUylwkKE01vZGVsUHJvZmlsZVNlcnZpY2USkwEKEkNyZWF0ZU1vZGVsUHJvZmlsZRIqLnNrbS5wcm9maWxlcy52MS5DcmVhdGVNb2RlbFByb2ZpbGVSZXF1ZXN0Gisuc2ttLnByb2ZpbGVzLnYxLkNyZWF0ZU1vZGVsUHJvZmlsZVJlc3BvbnNlIiTK8xggCg5jYW5fYWRtaW5pc3RlchIGdGVuYW50GgZwYXJlbnQSegoPR2V0TW9kZWxQcm9maWxlEicuc2ttLnByb2ZpbGVzLnYxLkdldE1vZGVsUHJvZmlsZVJlcXVlc3QaKC5za20ucHJvZmlsZXMudjEuR2V0TW9kZWxQcm9maWxlUmVzcG9uc2UiFMrzGBASBnRlbmFudBoEbmFtZSABEoIBChFMaXN0TW9kZWxQcm9maWxlcxIpLnNrbS5wcm9maWxlcy52MS5MaXN0TW9kZWxQcm9maWxlc1JlcXVlc3QaKi5za20ucHJvZmlsZXMudjEuTGlzdE1vZGVsUHJvZmlsZXNSZXNwb25zZSIWyvMYEhIGdGVuYW50GgZwYXJlbnQgARKfAQoSVXBkYXRlTW9kZWxQcm9maWxlEiouc2ttLnByb2ZpbGVzLnYxLlVwZGF0ZU1vZGVsUHJvZmlsZVJlcXVlc3QaKy5za20ucHJvZmlsZXMudjEuVXBkYXRlTW9kZWxQcm9maWxlUmVzcG9uc2UiMMrzGCwKDmNhbl9hZG1pbmlzdGVyEgZ0ZW5hbnQaEm1vZGVsX3Byb2ZpbGUubmFtZRKRAQoSRGVsZXRlTW9kZWxQcm9maWxlEiouc2ttLnByb2ZpbGVzLnYxLkRlbGV0ZU1vZGVsUHJvZmlsZVJlcXVlc3QaKy5za20ucHJvZmlsZXMudjEuRGVsZXRlTW9kZWxQcm9maWxlUmVzcG9uc2UiIsrzGB4KDmNhbl9hZG1pbmlzdGVyEgZ0ZW5hbnQaBG5hbWUScAoTUmVzb2x2ZU1vZGVsUHJvZmlsZRIrLnNrbS5wcm9maWxlcy52MS5SZXNvbHZlTW9kZWxQcm9maWxlUmVxdWVzdBosLnNrbS5wcm9maWxlcy52MS5SZXNvbHZlTW9kZWxQcm9maWxlUmVzcG9uc2USmAEKGUxpc3RNb2RlbFByb2ZpbGVSZXZpc2lvbnMSMS5za20ucHJvZmlsZXMudjEuTGlzdE1vZGVsUHJvZmlsZVJldmlzaW9uc1JlcXVlc3QaMi5za20ucHJvZmlsZXMudjEuTGlzdE1vZGVsUHJvZmlsZVJldmlzaW9uc1Jlc3BvbnNlIhTK8xgQEgZ0ZW5hbnQaBG5hbWUgARKXAQoUUm9sbGJhY2tNb2RlbFByb2ZpbGUSLC5za20ucHJvZmlsZXMudjEuUm9sbGJhY2tNb2RlbFByb2ZpbGVSZXF1ZXN0Gi0uc2ttLnByb2ZpbGVzLnYxLlJvbGxiYWNrTW9kZWxQcm9maWxlUmVzcG9uc2UiIsrzGB4KDmNhbl9hZG1pbmlzdGVyEgZ0ZW5hbnQaBG5hbWUaDNLzGAhwcm9maWxlc2IGcHJvdG8z", [file_google_protobuf_field_mask, file_skm_options_v1_authz, file_skm_profiles_v1_model_profile, file_skm_type_v1_deployment_mode, file_skm_type_v1_model]);
 
 /**
  * Request of ModelProfileService.CreateModelProfile.
@@ -212,7 +212,7 @@ export type UpdateModelProfileRequest = Message<"skm.profiles.v1.UpdateModelProf
 
   /**
    * Fields to change: model_tiers, temperature, max_output_tokens,
-   * auto_select. Required.
+   * auto_select, auto_select_bounds. Required.
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -362,6 +362,125 @@ export const ResolveModelProfileResponseSchema: GenMessage<ResolveModelProfileRe
   messageDesc(file_skm_profiles_v1_model_profile_service, 11);
 
 /**
+ * Request of ModelProfileService.ListModelProfileRevisions.
+ *
+ * @generated from message skm.profiles.v1.ListModelProfileRevisionsRequest
+ */
+export type ListModelProfileRevisionsRequest = Message<"skm.profiles.v1.ListModelProfileRevisionsRequest"> & {
+  /**
+   * "tenants/{tenant}/modelProfiles/{model_profile}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Maximum revisions to return; default 50, values above 1000 are treated as 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of a previous call with the same name.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ListModelProfileRevisionsRequest.
+ * Use `create(ListModelProfileRevisionsRequestSchema)` to create a new message.
+ */
+export const ListModelProfileRevisionsRequestSchema: GenMessage<ListModelProfileRevisionsRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_profile_service, 12);
+
+/**
+ * Response of ModelProfileService.ListModelProfileRevisions.
+ *
+ * @generated from message skm.profiles.v1.ListModelProfileRevisionsResponse
+ */
+export type ListModelProfileRevisionsResponse = Message<"skm.profiles.v1.ListModelProfileRevisionsResponse"> & {
+  /**
+   * The revisions, newest first, each the profile as it was.
+   *
+   * @generated from field: repeated skm.profiles.v1.ModelProfile model_profiles = 1;
+   */
+  modelProfiles: ModelProfile[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ListModelProfileRevisionsResponse.
+ * Use `create(ListModelProfileRevisionsResponseSchema)` to create a new message.
+ */
+export const ListModelProfileRevisionsResponseSchema: GenMessage<ListModelProfileRevisionsResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_profile_service, 13);
+
+/**
+ * Request of ModelProfileService.RollbackModelProfile.
+ *
+ * @generated from message skm.profiles.v1.RollbackModelProfileRequest
+ */
+export type RollbackModelProfileRequest = Message<"skm.profiles.v1.RollbackModelProfileRequest"> & {
+  /**
+   * "tenants/{tenant}/modelProfiles/{model_profile}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The revision whose values the new revision takes. Required.
+   *
+   * @generated from field: string revision_id = 2;
+   */
+  revisionId: string;
+
+  /**
+   * The profile's current etag; empty skips the check.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.RollbackModelProfileRequest.
+ * Use `create(RollbackModelProfileRequestSchema)` to create a new message.
+ */
+export const RollbackModelProfileRequestSchema: GenMessage<RollbackModelProfileRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_profile_service, 14);
+
+/**
+ * Response of ModelProfileService.RollbackModelProfile.
+ *
+ * @generated from message skm.profiles.v1.RollbackModelProfileResponse
+ */
+export type RollbackModelProfileResponse = Message<"skm.profiles.v1.RollbackModelProfileResponse"> & {
+  /**
+   * The profile, as its new revision.
+   *
+   * @generated from field: skm.profiles.v1.ModelProfile model_profile = 1;
+   */
+  modelProfile?: ModelProfile | undefined;
+};
+
+/**
+ * Describes the message skm.profiles.v1.RollbackModelProfileResponse.
+ * Use `create(RollbackModelProfileResponseSchema)` to create a new message.
+ */
+export const RollbackModelProfileResponseSchema: GenMessage<RollbackModelProfileResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_profile_service, 15);
+
+/**
  * Tenants' model profiles: role x mode -> models (svc_profiles), and their
  * resolution for the agent loop.
  *
@@ -385,9 +504,9 @@ export const ModelProfileService: GenService<{
     output: typeof CreateModelProfileResponseSchema;
   },
   /**
-   * Returns a profile.
+   * Returns a profile; "{name}@{revision_id}" returns that revision.
    *
-   * Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND).
+   * Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND).
    * Callers: any member of the tenant.
    *
    * @generated from rpc skm.profiles.v1.ModelProfileService.GetModelProfile
@@ -411,7 +530,8 @@ export const ModelProfileService: GenService<{
     output: typeof ListModelProfilesResponseSchema;
   },
   /**
-   * Changes a profile's tiers, temperature, token limit or auto_select.
+   * Changes a profile's tiers, temperature, token limit, auto_select or
+   * auto_select_bounds, as a new revision.
    *
    * Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, MODEL_NOT_FOUND),
    * INVALID_ARGUMENT (INVALID_MODEL_PROFILE, INVALID_UPDATE_MASK: role and
@@ -426,7 +546,8 @@ export const ModelProfileService: GenService<{
     output: typeof UpdateModelProfileResponseSchema;
   },
   /**
-   * Deletes a profile; its (role, mode) falls back to the deployment default.
+   * Deletes a profile and its revisions; its (role, mode) falls back to the
+   * deployment default.
    *
    * Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), ABORTED (ETAG_MISMATCH).
    * Callers: tenant admins.
@@ -455,6 +576,37 @@ export const ModelProfileService: GenService<{
     methodKind: "unary";
     input: typeof ResolveModelProfileRequestSchema;
     output: typeof ResolveModelProfileResponseSchema;
+  },
+  /**
+   * Lists a profile's revisions, newest first.
+   *
+   * Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND), INVALID_ARGUMENT
+   * (INVALID_PAGE_TOKEN).
+   * Callers: any member of the tenant.
+   *
+   * @generated from rpc skm.profiles.v1.ModelProfileService.ListModelProfileRevisions
+   */
+  listModelProfileRevisions: {
+    methodKind: "unary";
+    input: typeof ListModelProfileRevisionsRequestSchema;
+    output: typeof ListModelProfileRevisionsResponseSchema;
+  },
+  /**
+   * Makes a new revision holding the values of an earlier one (an automatic
+   * change is undone so; auto_select keeps its current value, so a rollback
+   * of an automatic change does not turn auto mode back on by itself).
+   *
+   * Errors: NOT_FOUND (MODEL_PROFILE_NOT_FOUND, REVISION_NOT_FOUND,
+   * MODEL_NOT_FOUND: the revision names a model no longer registered),
+   * ABORTED (ETAG_MISMATCH).
+   * Callers: tenant admins.
+   *
+   * @generated from rpc skm.profiles.v1.ModelProfileService.RollbackModelProfile
+   */
+  rollbackModelProfile: {
+    methodKind: "unary";
+    input: typeof RollbackModelProfileRequestSchema;
+    output: typeof RollbackModelProfileResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_skm_profiles_v1_model_profile_service, 0);

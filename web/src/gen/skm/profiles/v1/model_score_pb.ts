@@ -2,8 +2,8 @@
 // @generated from file skm/profiles/v1/model_score.proto (package skm.profiles.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ModelRole } from "../../type/v1/model_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/profiles/v1/model_score.proto.
  */
 export const file_skm_profiles_v1_model_score: GenFile = /*@__PURE__*/
-  fileDesc("CiFza20vcHJvZmlsZXMvdjEvbW9kZWxfc2NvcmUucHJvdG8SD3NrbS5wcm9maWxlcy52MSKJAwoKTW9kZWxTY29yZRINCgVtb2RlbBgBIAEoCRIkCgRyb2xlGAIgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEg8KB3F1YWxpdHkYAyABKAESMwoXY29zdF9wZXJfbWlsbGlvbl90b2tlbnMYBCABKAsyEi5za20udHlwZS52MS5Nb25leRIqCgdsYXRlbmN5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC3JlbGlhYmlsaXR5GAYgASgBEg0KBXNjb3JlGAcgASgBEi4KB3dlaWdodHMYCCABKAsyHS5za20ucHJvZmlsZXMudjEuU2NvcmVXZWlnaHRzEhQKDHNhbXBsZV9jb3VudBgJIAEoAxI1ChF3aW5kb3dfc3RhcnRfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPd2luZG93X2VuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJTCgxTY29yZVdlaWdodHMSDwoHcXVhbGl0eRgBIAEoARIMCgRjb3N0GAIgASgBEg8KB2xhdGVuY3kYAyABKAESEwoLcmVsaWFiaWxpdHkYBCABKAEikAIKDEJlbmNobWFya1J1bhINCgVtb2RlbBgBIAEoCRIkCgRyb2xlGAIgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEg0KBXN1aXRlGAMgASgJEhAKCGF0dGVtcHRzGAQgASgFEhEKCXN1Y2Nlc3NlcxgFIAEoBRIQCghmYWlsdXJlcxgGIAEoBRIqCgdsYXRlbmN5GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGlucHV0X3Rva2VucxgIIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAkgASgDEiwKCGVuZF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcGIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_skm_type_v1_model, file_skm_type_v1_money]);
+  fileDesc("CiFza20vcHJvZmlsZXMvdjEvbW9kZWxfc2NvcmUucHJvdG8SD3NrbS5wcm9maWxlcy52MSKcBAoKTW9kZWxTY29yZRINCgVtb2RlbBgBIAEoCRIkCgRyb2xlGAIgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEg8KB3F1YWxpdHkYAyABKAESMwoXY29zdF9wZXJfbWlsbGlvbl90b2tlbnMYBCABKAsyEi5za20udHlwZS52MS5Nb25leRIqCgdsYXRlbmN5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC3JlbGlhYmlsaXR5GAYgASgBEg0KBXNjb3JlGAcgASgBEi4KB3dlaWdodHMYCCABKAsyHS5za20ucHJvZmlsZXMudjEuU2NvcmVXZWlnaHRzEhQKDHNhbXBsZV9jb3VudBgJIAEoAxI1ChF3aW5kb3dfc3RhcnRfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPd2luZG93X2VuZF90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChN0aW1lX3RvX2ZpcnN0X3Rva2VuGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhkKEXRva2Vuc19wZXJfc2Vjb25kGA0gASgBEhIKCmVycm9yX3JhdGUYDiABKAESFQoNZmFsbGJhY2tfcmF0ZRgPIAEoARITCgtzY29yaW5nX3J1bhgQIAEoCSLXBAoKU2NvcmluZ1J1bhIMCgRuYW1lGAEgASgJEjAKBXN0YXRlGAIgASgOMiEuc2ttLnByb2ZpbGVzLnYxLlNjb3JpbmdSdW4uU3RhdGUSNAoHdHJpZ2dlchgDIAEoDjIjLnNrbS5wcm9maWxlcy52MS5TY29yaW5nUnVuLlRyaWdnZXISNQoRd2luZG93X3N0YXJ0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD3dpbmRvd19lbmRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMdGVuYW50c19kb25lGAYgASgFEhUKDXRlbmFudHNfdG90YWwYByABKAUSGAoQcHJvZmlsZXNfY2hhbmdlZBgIIAEoBRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmZhaWx1cmVfcmVhc29uGAsgASgJIlgKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASEQoNU1RBVEVfUlVOTklORxABEhMKD1NUQVRFX1NVQ0NFRURFRBACEhAKDFNUQVRFX0ZBSUxFRBADIk8KB1RyaWdnZXISFwoTVFJJR0dFUl9VTlNQRUNJRklFRBAAEhQKEFRSSUdHRVJfU0NIRURVTEUQARIVChFUUklHR0VSX09OX0RFTUFORBACIrMCChNNb2RlbFJlY29tbWVuZGF0aW9uEhUKDW1vZGVsX3Byb2ZpbGUYASABKAkSJAoEcm9sZRgCIAEoDjIWLnNrbS50eXBlLnYxLk1vZGVsUm9sZRIVCg1jdXJyZW50X21vZGVsGAMgASgJEhkKEXJlY29tbWVuZGVkX21vZGVsGAQgASgJEhQKDHNjb3JlX2NoYW5nZRgFIAEoARITCgtjb3N0X2NoYW5nZRgGIAEoARIPCgdzdW1tYXJ5GAcgASgJEg8KB2FwcGxpZWQYCCABKAgSGgoSbm90X2FwcGxpZWRfcmVhc29uGAkgASgJEhMKC3Njb3JpbmdfcnVuGAogASgJEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJTCgxTY29yZVdlaWdodHMSDwoHcXVhbGl0eRgBIAEoARIMCgRjb3N0GAIgASgBEg8KB2xhdGVuY3kYAyABKAESEwoLcmVsaWFiaWxpdHkYBCABKAEikAIKDEJlbmNobWFya1J1bhINCgVtb2RlbBgBIAEoCRIkCgRyb2xlGAIgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEg0KBXN1aXRlGAMgASgJEhAKCGF0dGVtcHRzGAQgASgFEhEKCXN1Y2Nlc3NlcxgFIAEoBRIQCghmYWlsdXJlcxgGIAEoBRIqCgdsYXRlbmN5GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGlucHV0X3Rva2VucxgIIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAkgASgDEiwKCGVuZF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcGIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_skm_type_v1_model, file_skm_type_v1_money]);
 
 /**
  * The scoring job's rating of one model in one role for one tenant, from
@@ -26,8 +26,12 @@ export const file_skm_profiles_v1_model_score: GenFile = /*@__PURE__*/
  *
  * quality and reliability lie in [0, 1]. 1/cost and 1/latency are normalised
  * to [0, 1] by dividing by the largest value among the models scored for the
- * same role and window (a model with zero cost gets 1). So with weights that
- * sum to 1, the score lies in [0, 1]; higher is better.
+ * same role and window, i.e. cheapest_cost/cost and fastest_latency/latency
+ * (a model with zero cost gets 1, and when the cheapest costs nothing every
+ * priced model gets 0). So with weights that sum to 1, the score lies in
+ * [0, 1]; higher is better. A term a model has no data for (no production
+ * call, no benchmark run) counts 0, and `sample_count` says how little the
+ * score rests on.
  *
  * @generated from message skm.profiles.v1.ModelScore
  */
@@ -61,7 +65,9 @@ export type ModelScore = Message<"skm.profiles.v1.ModelScore"> & {
   costPerMillionTokens?: Money | undefined;
 
   /**
-   * Median duration of a call.
+   * What a typical answer takes: the median time to first token plus the
+   * time to generate 200 tokens at the median tokens per second, from the
+   * tenant's production calls in the window, else from benchmark runs.
    *
    * @generated from field: google.protobuf.Duration latency = 5;
    */
@@ -108,6 +114,42 @@ export type ModelScore = Message<"skm.profiles.v1.ModelScore"> & {
    * @generated from field: google.protobuf.Timestamp window_end_time = 11;
    */
   windowEndTime?: Timestamp | undefined;
+
+  /**
+   * Median time to first token the latency rests on.
+   *
+   * @generated from field: google.protobuf.Duration time_to_first_token = 12;
+   */
+  timeToFirstToken?: Duration | undefined;
+
+  /**
+   * Median generated tokens per second the latency rests on.
+   *
+   * @generated from field: double tokens_per_second = 13;
+   */
+  tokensPerSecond: number;
+
+  /**
+   * Share of production calls that failed, in [0, 1].
+   *
+   * @generated from field: double error_rate = 14;
+   */
+  errorRate: number;
+
+  /**
+   * Share of production calls answered by a later tier than this model's
+   * (it failed and the next one answered), in [0, 1].
+   *
+   * @generated from field: double fallback_rate = 15;
+   */
+  fallbackRate: number;
+
+  /**
+   * The run that computed it, "scoringRuns/{scoring_run}".
+   *
+   * @generated from field: string scoring_run = 16;
+   */
+  scoringRun: string;
 };
 
 /**
@@ -116,6 +158,269 @@ export type ModelScore = Message<"skm.profiles.v1.ModelScore"> & {
  */
 export const ModelScoreSchema: GenMessage<ModelScore> = /*@__PURE__*/
   messageDesc(file_skm_profiles_v1_model_score, 0);
+
+/**
+ * One run of the scoring job: every tenant's roles scored from the latest
+ * benchmark runs and the window's production telemetry (svc_analytics).
+ * Runs are single-flight across svc_profiles replicas and resumable: a run
+ * cut short (a restart) is finished by the next start, scoring only the
+ * tenants it had not stored yet.
+ *
+ * @generated from message skm.profiles.v1.ScoringRun
+ */
+export type ScoringRun = Message<"skm.profiles.v1.ScoringRun"> & {
+  /**
+   * Resource name, "scoringRuns/{scoring_run}". Output only.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Where it stands.
+   *
+   * @generated from field: skm.profiles.v1.ScoringRun.State state = 2;
+   */
+  state: ScoringRun_State;
+
+  /**
+   * What started it.
+   *
+   * @generated from field: skm.profiles.v1.ScoringRun.Trigger trigger = 3;
+   */
+  trigger: ScoringRun_Trigger;
+
+  /**
+   * Start of the telemetry window.
+   *
+   * @generated from field: google.protobuf.Timestamp window_start_time = 4;
+   */
+  windowStartTime?: Timestamp | undefined;
+
+  /**
+   * End of the telemetry window.
+   *
+   * @generated from field: google.protobuf.Timestamp window_end_time = 5;
+   */
+  windowEndTime?: Timestamp | undefined;
+
+  /**
+   * Tenants scored so far.
+   *
+   * @generated from field: int32 tenants_done = 6;
+   */
+  tenantsDone: number;
+
+  /**
+   * Tenants to score.
+   *
+   * @generated from field: int32 tenants_total = 7;
+   */
+  tenantsTotal: number;
+
+  /**
+   * Profiles auto mode changed in this run.
+   *
+   * @generated from field: int32 profiles_changed = 8;
+   */
+  profilesChanged: number;
+
+  /**
+   * When the run started.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 9;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When it ended; unset while it runs.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 10;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Why it failed, in words; empty otherwise.
+   *
+   * @generated from field: string failure_reason = 11;
+   */
+  failureReason: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ScoringRun.
+ * Use `create(ScoringRunSchema)` to create a new message.
+ */
+export const ScoringRunSchema: GenMessage<ScoringRun> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_score, 1);
+
+/**
+ * Where a run stands.
+ *
+ * @generated from enum skm.profiles.v1.ScoringRun.State
+ */
+export enum ScoringRun_State {
+  /**
+   * @generated from enum value: STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Scoring.
+   *
+   * @generated from enum value: STATE_RUNNING = 1;
+   */
+  RUNNING = 1,
+
+  /**
+   * Every tenant scored.
+   *
+   * @generated from enum value: STATE_SUCCEEDED = 2;
+   */
+  SUCCEEDED = 2,
+
+  /**
+   * Stopped on an error (failure_reason).
+   *
+   * @generated from enum value: STATE_FAILED = 3;
+   */
+  FAILED = 3,
+}
+
+/**
+ * Describes the enum skm.profiles.v1.ScoringRun.State.
+ */
+export const ScoringRun_StateSchema: GenEnum<ScoringRun_State> = /*@__PURE__*/
+  enumDesc(file_skm_profiles_v1_model_score, 1, 0);
+
+/**
+ * What started a run.
+ *
+ * @generated from enum skm.profiles.v1.ScoringRun.Trigger
+ */
+export enum ScoringRun_Trigger {
+  /**
+   * @generated from enum value: TRIGGER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * svc_profiles' schedule.
+   *
+   * @generated from enum value: TRIGGER_SCHEDULE = 1;
+   */
+  SCHEDULE = 1,
+
+  /**
+   * RunScoring.
+   *
+   * @generated from enum value: TRIGGER_ON_DEMAND = 2;
+   */
+  ON_DEMAND = 2,
+}
+
+/**
+ * Describes the enum skm.profiles.v1.ScoringRun.Trigger.
+ */
+export const ScoringRun_TriggerSchema: GenEnum<ScoringRun_Trigger> = /*@__PURE__*/
+  enumDesc(file_skm_profiles_v1_model_score, 1, 1);
+
+/**
+ * What the scoring job recommends for one role of a tenant: the best-scored
+ * model against the one at tier 0 now.
+ *
+ * @generated from message skm.profiles.v1.ModelRecommendation
+ */
+export type ModelRecommendation = Message<"skm.profiles.v1.ModelRecommendation"> & {
+  /**
+   * The tenant's profile it concerns,
+   * "tenants/{tenant}/modelProfiles/{model_profile}"; empty when the role
+   * uses the deployment default.
+   *
+   * @generated from field: string model_profile = 1;
+   */
+  modelProfile: string;
+
+  /**
+   * The role.
+   *
+   * @generated from field: skm.type.v1.ModelRole role = 2;
+   */
+  role: ModelRole;
+
+  /**
+   * The model at tier 0 now, "models/{model}".
+   *
+   * @generated from field: string current_model = 3;
+   */
+  currentModel: string;
+
+  /**
+   * The best-scored model, "models/{model}".
+   *
+   * @generated from field: string recommended_model = 4;
+   */
+  recommendedModel: string;
+
+  /**
+   * Relative change of the score, e.g. 0.12 for +12%.
+   *
+   * @generated from field: double score_change = 5;
+   */
+  scoreChange: number;
+
+  /**
+   * Relative change of the blended cost per million tokens, e.g. -0.3 for
+   * -30%; 0 when both cost nothing.
+   *
+   * @generated from field: double cost_change = 6;
+   */
+  costChange: number;
+
+  /**
+   * The recommendation in words, e.g. "switch PRIMARY of tenant t1 from A
+   * to B: +12% score, -30% cost".
+   *
+   * @generated from field: string summary = 7;
+   */
+  summary: string;
+
+  /**
+   * Whether auto mode applied it.
+   *
+   * @generated from field: bool applied = 8;
+   */
+  applied: boolean;
+
+  /**
+   * Why auto mode did not apply it ("auto_select is off", "cost above the
+   * bound", ...); empty when applied.
+   *
+   * @generated from field: string not_applied_reason = 9;
+   */
+  notAppliedReason: string;
+
+  /**
+   * The run that made it, "scoringRuns/{scoring_run}".
+   *
+   * @generated from field: string scoring_run = 10;
+   */
+  scoringRun: string;
+
+  /**
+   * When it was made.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 11;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ModelRecommendation.
+ * Use `create(ModelRecommendationSchema)` to create a new message.
+ */
+export const ModelRecommendationSchema: GenMessage<ModelRecommendation> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_score, 2);
 
 /**
  * Weights of the score formula (see ModelScore): non-negative, summing to 1.
@@ -158,7 +463,7 @@ export type ScoreWeights = Message<"skm.profiles.v1.ScoreWeights"> & {
  * Use `create(ScoreWeightsSchema)` to create a new message.
  */
 export const ScoreWeightsSchema: GenMessage<ScoreWeights> = /*@__PURE__*/
-  messageDesc(file_skm_profiles_v1_model_score, 1);
+  messageDesc(file_skm_profiles_v1_model_score, 3);
 
 /**
  * One run of a benchmark capsule against one model in one role.
@@ -242,5 +547,5 @@ export type BenchmarkRun = Message<"skm.profiles.v1.BenchmarkRun"> & {
  * Use `create(BenchmarkRunSchema)` to create a new message.
  */
 export const BenchmarkRunSchema: GenMessage<BenchmarkRun> = /*@__PURE__*/
-  messageDesc(file_skm_profiles_v1_model_score, 2);
+  messageDesc(file_skm_profiles_v1_model_score, 4);
 

@@ -9,7 +9,7 @@ import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import { file_skm_options_v1_authz } from "../../options/v1/authz_pb.js";
 import type { Model, ModelCapability } from "./model_pb.js";
 import { file_skm_profiles_v1_model } from "./model_pb.js";
-import type { BenchmarkRun, ModelScore } from "./model_score_pb.js";
+import type { BenchmarkRun, ModelRecommendation, ModelScore, ScoringRun } from "./model_score_pb.js";
 import { file_skm_profiles_v1_model_score } from "./model_score_pb.js";
 import type { ModelRole } from "../../type/v1/model_pb.js";
 import { file_skm_type_v1_model } from "../../type/v1/model_pb.js";
@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/profiles/v1/model_service.proto.
  */
 export const file_skm_profiles_v1_model_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNza20vcHJvZmlsZXMvdjEvbW9kZWxfc2VydmljZS5wcm90bxIPc2ttLnByb2ZpbGVzLnYxIjsKEkNyZWF0ZU1vZGVsUmVxdWVzdBIlCgVtb2RlbBgBIAEoCzIWLnNrbS5wcm9maWxlcy52MS5Nb2RlbCI8ChNDcmVhdGVNb2RlbFJlc3BvbnNlEiUKBW1vZGVsGAEgASgLMhYuc2ttLnByb2ZpbGVzLnYxLk1vZGVsIh8KD0dldE1vZGVsUmVxdWVzdBIMCgRuYW1lGAEgASgJIjkKEEdldE1vZGVsUmVzcG9uc2USJQoFbW9kZWwYASABKAsyFi5za20ucHJvZmlsZXMudjEuTW9kZWwicAoRTGlzdE1vZGVsc1JlcXVlc3QSNAoKY2FwYWJpbGl0eRgBIAEoDjIgLnNrbS5wcm9maWxlcy52MS5Nb2RlbENhcGFiaWxpdHkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVQoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLnNrbS5wcm9maWxlcy52MS5Nb2RlbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkibAoSVXBkYXRlTW9kZWxSZXF1ZXN0EiUKBW1vZGVsGAEgASgLMhYuc2ttLnByb2ZpbGVzLnYxLk1vZGVsEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI8ChNVcGRhdGVNb2RlbFJlc3BvbnNlEiUKBW1vZGVsGAEgASgLMhYuc2ttLnByb2ZpbGVzLnYxLk1vZGVsInUKFkxpc3RNb2RlbFNjb3Jlc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEiQKBHJvbGUYAiABKA4yFi5za20udHlwZS52MS5Nb2RlbFJvbGUSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiZQoXTGlzdE1vZGVsU2NvcmVzUmVzcG9uc2USMQoMbW9kZWxfc2NvcmVzGAEgAygLMhsuc2ttLnByb2ZpbGVzLnYxLk1vZGVsU2NvcmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImIKFlJlY29yZEJlbmNobWFya1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRI0Cg1iZW5jaG1hcmtfcnVuGAIgASgLMh0uc2ttLnByb2ZpbGVzLnYxLkJlbmNobWFya1J1biJPChdSZWNvcmRCZW5jaG1hcmtSZXNwb25zZRI0Cg1iZW5jaG1hcmtfcnVuGAEgASgLMh0uc2ttLnByb2ZpbGVzLnYxLkJlbmNobWFya1J1bjL8BAoMTW9kZWxTZXJ2aWNlElgKC0NyZWF0ZU1vZGVsEiMuc2ttLnByb2ZpbGVzLnYxLkNyZWF0ZU1vZGVsUmVxdWVzdBokLnNrbS5wcm9maWxlcy52MS5DcmVhdGVNb2RlbFJlc3BvbnNlEl8KCEdldE1vZGVsEiAuc2ttLnByb2ZpbGVzLnYxLkdldE1vZGVsUmVxdWVzdBohLnNrbS5wcm9maWxlcy52MS5HZXRNb2RlbFJlc3BvbnNlIg7K8xgKEgZ0ZW5hbnQgARJlCgpMaXN0TW9kZWxzEiIuc2ttLnByb2ZpbGVzLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiMuc2ttLnByb2ZpbGVzLnYxLkxpc3RNb2RlbHNSZXNwb25zZSIOyvMYChIGdGVuYW50IAESWAoLVXBkYXRlTW9kZWwSIy5za20ucHJvZmlsZXMudjEuVXBkYXRlTW9kZWxSZXF1ZXN0GiQuc2ttLnByb2ZpbGVzLnYxLlVwZGF0ZU1vZGVsUmVzcG9uc2USfAoPTGlzdE1vZGVsU2NvcmVzEicuc2ttLnByb2ZpbGVzLnYxLkxpc3RNb2RlbFNjb3Jlc1JlcXVlc3QaKC5za20ucHJvZmlsZXMudjEuTGlzdE1vZGVsU2NvcmVzUmVzcG9uc2UiFsrzGBISBnRlbmFudBoGcGFyZW50IAESZAoPUmVjb3JkQmVuY2htYXJrEicuc2ttLnByb2ZpbGVzLnYxLlJlY29yZEJlbmNobWFya1JlcXVlc3QaKC5za20ucHJvZmlsZXMudjEuUmVjb3JkQmVuY2htYXJrUmVzcG9uc2UaDNLzGAhwcm9maWxlc2IGcHJvdG8z", [file_google_protobuf_field_mask, file_skm_options_v1_authz, file_skm_profiles_v1_model, file_skm_profiles_v1_model_score, file_skm_type_v1_model]);
+  fileDesc("CiNza20vcHJvZmlsZXMvdjEvbW9kZWxfc2VydmljZS5wcm90bxIPc2ttLnByb2ZpbGVzLnYxIjsKEkNyZWF0ZU1vZGVsUmVxdWVzdBIlCgVtb2RlbBgBIAEoCzIWLnNrbS5wcm9maWxlcy52MS5Nb2RlbCI8ChNDcmVhdGVNb2RlbFJlc3BvbnNlEiUKBW1vZGVsGAEgASgLMhYuc2ttLnByb2ZpbGVzLnYxLk1vZGVsIh8KD0dldE1vZGVsUmVxdWVzdBIMCgRuYW1lGAEgASgJIjkKEEdldE1vZGVsUmVzcG9uc2USJQoFbW9kZWwYASABKAsyFi5za20ucHJvZmlsZXMudjEuTW9kZWwicAoRTGlzdE1vZGVsc1JlcXVlc3QSNAoKY2FwYWJpbGl0eRgBIAEoDjIgLnNrbS5wcm9maWxlcy52MS5Nb2RlbENhcGFiaWxpdHkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVQoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLnNrbS5wcm9maWxlcy52MS5Nb2RlbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkibAoSVXBkYXRlTW9kZWxSZXF1ZXN0EiUKBW1vZGVsGAEgASgLMhYuc2ttLnByb2ZpbGVzLnYxLk1vZGVsEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI8ChNVcGRhdGVNb2RlbFJlc3BvbnNlEiUKBW1vZGVsGAEgASgLMhYuc2ttLnByb2ZpbGVzLnYxLk1vZGVsInUKFkxpc3RNb2RlbFNjb3Jlc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEiQKBHJvbGUYAiABKA4yFi5za20udHlwZS52MS5Nb2RlbFJvbGUSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiZQoXTGlzdE1vZGVsU2NvcmVzUmVzcG9uc2USMQoMbW9kZWxfc2NvcmVzGAEgAygLMhsuc2ttLnByb2ZpbGVzLnYxLk1vZGVsU2NvcmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImIKFlJlY29yZEJlbmNobWFya1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRI0Cg1iZW5jaG1hcmtfcnVuGAIgASgLMh0uc2ttLnByb2ZpbGVzLnYxLkJlbmNobWFya1J1biJPChdSZWNvcmRCZW5jaG1hcmtSZXNwb25zZRI0Cg1iZW5jaG1hcmtfcnVuGAEgASgLMh0uc2ttLnByb2ZpbGVzLnYxLkJlbmNobWFya1J1biIjChFSdW5TY29yaW5nUmVxdWVzdBIOCgZwYXJlbnQYASABKAkiVAoSUnVuU2NvcmluZ1Jlc3BvbnNlEjAKC3Njb3JpbmdfcnVuGAEgASgLMhsuc2ttLnByb2ZpbGVzLnYxLlNjb3JpbmdSdW4SDAoEc3RlcBgCIAEoCSJ+Ch9MaXN0TW9kZWxSZWNvbW1lbmRhdGlvbnNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIkCgRyb2xlGAIgASgOMhYuc2ttLnR5cGUudjEuTW9kZWxSb2xlEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIoABCiBMaXN0TW9kZWxSZWNvbW1lbmRhdGlvbnNSZXNwb25zZRJDChVtb2RlbF9yZWNvbW1lbmRhdGlvbnMYASADKAsyJC5za20ucHJvZmlsZXMudjEuTW9kZWxSZWNvbW1lbmRhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAky7wYKDE1vZGVsU2VydmljZRJYCgtDcmVhdGVNb2RlbBIjLnNrbS5wcm9maWxlcy52MS5DcmVhdGVNb2RlbFJlcXVlc3QaJC5za20ucHJvZmlsZXMudjEuQ3JlYXRlTW9kZWxSZXNwb25zZRJfCghHZXRNb2RlbBIgLnNrbS5wcm9maWxlcy52MS5HZXRNb2RlbFJlcXVlc3QaIS5za20ucHJvZmlsZXMudjEuR2V0TW9kZWxSZXNwb25zZSIOyvMYChIGdGVuYW50IAESZQoKTGlzdE1vZGVscxIiLnNrbS5wcm9maWxlcy52MS5MaXN0TW9kZWxzUmVxdWVzdBojLnNrbS5wcm9maWxlcy52MS5MaXN0TW9kZWxzUmVzcG9uc2UiDsrzGAoSBnRlbmFudCABElgKC1VwZGF0ZU1vZGVsEiMuc2ttLnByb2ZpbGVzLnYxLlVwZGF0ZU1vZGVsUmVxdWVzdBokLnNrbS5wcm9maWxlcy52MS5VcGRhdGVNb2RlbFJlc3BvbnNlEnwKD0xpc3RNb2RlbFNjb3JlcxInLnNrbS5wcm9maWxlcy52MS5MaXN0TW9kZWxTY29yZXNSZXF1ZXN0Giguc2ttLnByb2ZpbGVzLnYxLkxpc3RNb2RlbFNjb3Jlc1Jlc3BvbnNlIhbK8xgSEgZ0ZW5hbnQaBnBhcmVudCABEmQKD1JlY29yZEJlbmNobWFyaxInLnNrbS5wcm9maWxlcy52MS5SZWNvcmRCZW5jaG1hcmtSZXF1ZXN0Giguc2ttLnByb2ZpbGVzLnYxLlJlY29yZEJlbmNobWFya1Jlc3BvbnNlElcKClJ1blNjb3JpbmcSIi5za20ucHJvZmlsZXMudjEuUnVuU2NvcmluZ1JlcXVlc3QaIy5za20ucHJvZmlsZXMudjEuUnVuU2NvcmluZ1Jlc3BvbnNlMAESlwEKGExpc3RNb2RlbFJlY29tbWVuZGF0aW9ucxIwLnNrbS5wcm9maWxlcy52MS5MaXN0TW9kZWxSZWNvbW1lbmRhdGlvbnNSZXF1ZXN0GjEuc2ttLnByb2ZpbGVzLnYxLkxpc3RNb2RlbFJlY29tbWVuZGF0aW9uc1Jlc3BvbnNlIhbK8xgSEgZ0ZW5hbnQaBnBhcmVudCABGgzS8xgIcHJvZmlsZXNiBnByb3RvMw", [file_google_protobuf_field_mask, file_skm_options_v1_authz, file_skm_profiles_v1_model, file_skm_profiles_v1_model_score, file_skm_type_v1_model]);
 
 /**
  * Request of ModelService.CreateModel.
@@ -338,6 +338,125 @@ export const RecordBenchmarkResponseSchema: GenMessage<RecordBenchmarkResponse> 
   messageDesc(file_skm_profiles_v1_model_service, 11);
 
 /**
+ * Request of ModelService.RunScoring.
+ *
+ * @generated from message skm.profiles.v1.RunScoringRequest
+ */
+export type RunScoringRequest = Message<"skm.profiles.v1.RunScoringRequest"> & {
+  /**
+   * Only this tenant, "tenants/{tenant}"; empty scores every tenant.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.RunScoringRequest.
+ * Use `create(RunScoringRequestSchema)` to create a new message.
+ */
+export const RunScoringRequestSchema: GenMessage<RunScoringRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_service, 12);
+
+/**
+ * Response of ModelService.RunScoring: progress messages, then the run.
+ *
+ * @generated from message skm.profiles.v1.RunScoringResponse
+ */
+export type RunScoringResponse = Message<"skm.profiles.v1.RunScoringResponse"> & {
+  /**
+   * The run as it stands; state RUNNING until the last message.
+   *
+   * @generated from field: skm.profiles.v1.ScoringRun scoring_run = 1;
+   */
+  scoringRun?: ScoringRun | undefined;
+
+  /**
+   * What is being done now, in words (e.g. "tenants/t1: PRIMARY, 2 models").
+   *
+   * @generated from field: string step = 2;
+   */
+  step: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.RunScoringResponse.
+ * Use `create(RunScoringResponseSchema)` to create a new message.
+ */
+export const RunScoringResponseSchema: GenMessage<RunScoringResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_service, 13);
+
+/**
+ * Request of ModelService.ListModelRecommendations.
+ *
+ * @generated from message skm.profiles.v1.ListModelRecommendationsRequest
+ */
+export type ListModelRecommendationsRequest = Message<"skm.profiles.v1.ListModelRecommendationsRequest"> & {
+  /**
+   * The tenant, "tenants/{tenant}".
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * Only this role; unset lists all roles.
+   *
+   * @generated from field: skm.type.v1.ModelRole role = 2;
+   */
+  role: ModelRole;
+
+  /**
+   * Maximum recommendations to return; default 50, values above 1000 are treated as 1000.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of a previous call with the same filter.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ListModelRecommendationsRequest.
+ * Use `create(ListModelRecommendationsRequestSchema)` to create a new message.
+ */
+export const ListModelRecommendationsRequestSchema: GenMessage<ListModelRecommendationsRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_service, 14);
+
+/**
+ * Response of ModelService.ListModelRecommendations.
+ *
+ * @generated from message skm.profiles.v1.ListModelRecommendationsResponse
+ */
+export type ListModelRecommendationsResponse = Message<"skm.profiles.v1.ListModelRecommendationsResponse"> & {
+  /**
+   * The recommendations, by role, then profile.
+   *
+   * @generated from field: repeated skm.profiles.v1.ModelRecommendation model_recommendations = 1;
+   */
+  modelRecommendations: ModelRecommendation[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ListModelRecommendationsResponse.
+ * Use `create(ListModelRecommendationsResponseSchema)` to create a new message.
+ */
+export const ListModelRecommendationsResponseSchema: GenMessage<ListModelRecommendationsResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_model_service, 15);
+
+/**
  * The deployment's model registry and the models' scores (svc_profiles).
  * The registry is shared by all tenants, so changing it is internal: the
  * platform's operators do it inside the mesh (bootstrap scripts, grpcurl on
@@ -429,6 +548,34 @@ export const ModelService: GenService<{
     methodKind: "unary";
     input: typeof RecordBenchmarkRequestSchema;
     output: typeof RecordBenchmarkResponseSchema;
+  },
+  /**
+   * Runs the scoring job now, streaming its progress; the last message holds
+   * the finished run. Runs are single-flight across replicas.
+   *
+   * Errors: FAILED_PRECONDITION (SCORING_ALREADY_RUNNING: metadata
+   * scoring_run), UNAVAILABLE (svc_analytics unreachable: the run FAILED).
+   * Callers: internal (the mesh's operators: `skm models score --mesh`).
+   *
+   * @generated from rpc skm.profiles.v1.ModelService.RunScoring
+   */
+  runScoring: {
+    methodKind: "server_streaming";
+    input: typeof RunScoringRequestSchema;
+    output: typeof RunScoringResponseSchema;
+  },
+  /**
+   * Lists the latest recommendations for a tenant's roles, by role.
+   *
+   * Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+   * Callers: any member of the tenant.
+   *
+   * @generated from rpc skm.profiles.v1.ModelService.ListModelRecommendations
+   */
+  listModelRecommendations: {
+    methodKind: "unary";
+    input: typeof ListModelRecommendationsRequestSchema;
+    output: typeof ListModelRecommendationsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_skm_profiles_v1_model_service, 0);

@@ -8,13 +8,15 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ModelOverride } from "./model_profile_pb.js";
 import { file_skm_profiles_v1_model_profile } from "./model_profile_pb.js";
+import type { Revision } from "./revision_pb.js";
+import { file_skm_profiles_v1_revision } from "./revision_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file skm/profiles/v1/persona.proto.
  */
 export const file_skm_profiles_v1_persona: GenFile = /*@__PURE__*/
-  fileDesc("Ch1za20vcHJvZmlsZXMvdjEvcGVyc29uYS5wcm90bxIPc2ttLnByb2ZpbGVzLnYxIssDCgdQZXJzb25hEgwKBG5hbWUYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEhUKDXN5c3RlbV9wcm9tcHQYAyABKAkSDAoEdG9uZRgEIAEoCRINCgV2b2ljZRgFIAEoCRIVCg1hbGxvd2VkX3Rvb2xzGAYgAygJEhkKEW1lbW9yeV9uYW1lc3BhY2VzGAcgAygJEjkKEW1vZGVsX3ByZWZlcmVuY2VzGAggAygLMh4uc2ttLnByb2ZpbGVzLnYxLk1vZGVsT3ZlcnJpZGUSGgoSa25vd2xlZGdlX3NuYXBzaG90GAkgASgJEhUKDWJ1bmRsZV9kaWdlc3QYCiABKAkSEQoJc2lnbmF0dXJlGAsgASgMEhMKC3NpZ25pbmdfa2V5GAwgASgJEjAKB2xpbmVhZ2UYDSABKAsyHy5za20ucHJvZmlsZXMudjEuUGVyc29uYUxpbmVhZ2USLwoLY3JlYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRldGFnGBAgASgJImEKDlBlcnNvbmFMaW5lYWdlEhYKDnBhcmVudF9wZXJzb25hGAEgASgJEhwKFHBhcmVudF9idW5kbGVfZGlnZXN0GAIgASgJEhkKEXRyYWluaW5nX3Nlc3Npb25zGAMgAygJYgZwcm90bzM", [file_google_protobuf_timestamp, file_skm_profiles_v1_model_profile]);
+  fileDesc("Ch1za20vcHJvZmlsZXMvdjEvcGVyc29uYS5wcm90bxIPc2ttLnByb2ZpbGVzLnYxIsMECgdQZXJzb25hEgwKBG5hbWUYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEhUKDXN5c3RlbV9wcm9tcHQYAyABKAkSDAoEdG9uZRgEIAEoCRINCgV2b2ljZRgFIAEoCRIVCg1hbGxvd2VkX3Rvb2xzGAYgAygJEhkKEW1lbW9yeV9uYW1lc3BhY2VzGAcgAygJEjkKEW1vZGVsX3ByZWZlcmVuY2VzGAggAygLMh4uc2ttLnByb2ZpbGVzLnYxLk1vZGVsT3ZlcnJpZGUSGgoSa25vd2xlZGdlX3NuYXBzaG90GAkgASgJEhUKDWJ1bmRsZV9kaWdlc3QYCiABKAkSEQoJc2lnbmF0dXJlGAsgASgMEhMKC3NpZ25pbmdfa2V5GAwgASgJEjAKB2xpbmVhZ2UYDSABKAsyHy5za20ucHJvZmlsZXMudjEuUGVyc29uYUxpbmVhZ2USLwoLY3JlYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRldGFnGBAgASgJEisKCHJldmlzaW9uGBEgASgLMhkuc2ttLnByb2ZpbGVzLnYxLlJldmlzaW9uEhYKDmJ1bmRsZV92ZXJzaW9uGBIgASgDEjEKCGV4YW1wbGVzGBMgAygLMh8uc2ttLnByb2ZpbGVzLnYxLlBlcnNvbmFFeGFtcGxlIkwKDlBlcnNvbmFFeGFtcGxlEhEKCXVzZXJfdGV4dBgBIAEoCRISCgphZ2VudF90ZXh0GAIgASgJEhMKC3NvdXJjZV90dXJuGAMgASgJIo8BCg5QZXJzb25hTGluZWFnZRIWCg5wYXJlbnRfcGVyc29uYRgBIAEoCRIcChRwYXJlbnRfYnVuZGxlX2RpZ2VzdBgCIAEoCRIZChF0cmFpbmluZ19zZXNzaW9ucxgDIAMoCRIQCghvcGVyYXRvchgEIAEoCRIaChJwYXJlbnRfcmV2aXNpb25faWQYBSABKAliBnByb3RvMw", [file_google_protobuf_timestamp, file_skm_profiles_v1_model_profile, file_skm_profiles_v1_revision]);
 
 /**
  * An agent persona: its prompt, tone, what it may use and which models it
@@ -97,8 +99,8 @@ export type Persona = Message<"skm.profiles.v1.Persona"> & {
   /**
    * SHA-256, lowercase hex, of the persona's bundle: the RFC 8785 canonical
    * JSON (proto3 JSON mapping) of display_name, system_prompt, tone, voice,
-   * allowed_tools, memory_namespaces, model_preferences and
-   * knowledge_snapshot. Output only; recomputed on every change.
+   * allowed_tools, memory_namespaces, model_preferences, knowledge_snapshot
+   * and examples. Output only; recomputed on every change.
    *
    * @generated from field: string bundle_digest = 10;
    */
@@ -149,6 +151,33 @@ export type Persona = Message<"skm.profiles.v1.Persona"> & {
    * @generated from field: string etag = 16;
    */
   etag: string;
+
+  /**
+   * This version of the persona. GetPersona of "{name}@{revision_id}" returns
+   * an earlier one; sessions keep the revision they started with. Built-in
+   * personas that a tenant has not replaced have none (they change only with
+   * the deployment's configuration). Output only.
+   *
+   * @generated from field: skm.profiles.v1.Revision revision = 17;
+   */
+  revision?: Revision | undefined;
+
+  /**
+   * The publisher's version of the bundle this persona was installed from
+   * (InstallPersonaBundle); 0 for a persona not installed from a bundle.
+   * Output only.
+   *
+   * @generated from field: int64 bundle_version = 18;
+   */
+  bundleVersion: bigint;
+
+  /**
+   * Exchanges the agent is shown as examples of how this persona answers,
+   * oldest first (training mode adds them). At most 50.
+   *
+   * @generated from field: repeated skm.profiles.v1.PersonaExample examples = 19;
+   */
+  examples: PersonaExample[];
 };
 
 /**
@@ -157,6 +186,42 @@ export type Persona = Message<"skm.profiles.v1.Persona"> & {
  */
 export const PersonaSchema: GenMessage<Persona> = /*@__PURE__*/
   messageDesc(file_skm_profiles_v1_persona, 0);
+
+/**
+ * One exchange shown to the model as an example of the persona's answers.
+ *
+ * @generated from message skm.profiles.v1.PersonaExample
+ */
+export type PersonaExample = Message<"skm.profiles.v1.PersonaExample"> & {
+  /**
+   * What the user said. At most 8 KiB.
+   *
+   * @generated from field: string user_text = 1;
+   */
+  userText: string;
+
+  /**
+   * What the agent answered. At most 8 KiB.
+   *
+   * @generated from field: string agent_text = 2;
+   */
+  agentText: string;
+
+  /**
+   * Where it was captured, "tenants/{tenant}/sessions/{session}/turns/{turn}";
+   * empty for examples written by hand.
+   *
+   * @generated from field: string source_turn = 3;
+   */
+  sourceTurn: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.PersonaExample.
+ * Use `create(PersonaExampleSchema)` to create a new message.
+ */
+export const PersonaExampleSchema: GenMessage<PersonaExample> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona, 1);
 
 /**
  * The ancestry of a persona version produced in training mode.
@@ -185,6 +250,20 @@ export type PersonaLineage = Message<"skm.profiles.v1.PersonaLineage"> & {
    * @generated from field: repeated string training_sessions = 3;
    */
   trainingSessions: string[];
+
+  /**
+   * The operator who marked the examples, "tenants/{tenant}/users/{user}".
+   *
+   * @generated from field: string operator = 4;
+   */
+  operator: string;
+
+  /**
+   * The revision of the parent the examples were added to.
+   *
+   * @generated from field: string parent_revision_id = 5;
+   */
+  parentRevisionId: string;
 };
 
 /**
@@ -192,5 +271,5 @@ export type PersonaLineage = Message<"skm.profiles.v1.PersonaLineage"> & {
  * Use `create(PersonaLineageSchema)` to create a new message.
  */
 export const PersonaLineageSchema: GenMessage<PersonaLineage> = /*@__PURE__*/
-  messageDesc(file_skm_profiles_v1_persona, 1);
+  messageDesc(file_skm_profiles_v1_persona, 2);
 

@@ -9,13 +9,15 @@ import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import { file_skm_options_v1_authz } from "../../options/v1/authz_pb.js";
 import type { Persona } from "./persona_pb.js";
 import { file_skm_profiles_v1_persona } from "./persona_pb.js";
+import type { TrustedKey } from "./persona_bundle_pb.js";
+import { file_skm_profiles_v1_persona_bundle } from "./persona_bundle_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file skm/profiles/v1/persona_service.proto.
  */
 export const file_skm_profiles_v1_persona_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVza20vcHJvZmlsZXMvdjEvcGVyc29uYV9zZXJ2aWNlLnByb3RvEg9za20ucHJvZmlsZXMudjEieQoUQ3JlYXRlUGVyc29uYVJlcXVlc3QSDgoGcGFyZW50GAEgASgJEikKB3BlcnNvbmEYAiABKAsyGC5za20ucHJvZmlsZXMudjEuUGVyc29uYRISCgpwZXJzb25hX2lkGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiQgoVQ3JlYXRlUGVyc29uYVJlc3BvbnNlEikKB3BlcnNvbmEYASABKAsyGC5za20ucHJvZmlsZXMudjEuUGVyc29uYSIhChFHZXRQZXJzb25hUmVxdWVzdBIMCgRuYW1lGAEgASgJIj8KEkdldFBlcnNvbmFSZXNwb25zZRIpCgdwZXJzb25hGAEgASgLMhguc2ttLnByb2ZpbGVzLnYxLlBlcnNvbmEiTAoTTGlzdFBlcnNvbmFzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWwoUTGlzdFBlcnNvbmFzUmVzcG9uc2USKgoIcGVyc29uYXMYASADKAsyGC5za20ucHJvZmlsZXMudjEuUGVyc29uYRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkicgoUVXBkYXRlUGVyc29uYVJlcXVlc3QSKQoHcGVyc29uYRgBIAEoCzIYLnNrbS5wcm9maWxlcy52MS5QZXJzb25hEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJCChVVcGRhdGVQZXJzb25hUmVzcG9uc2USKQoHcGVyc29uYRgBIAEoCzIYLnNrbS5wcm9maWxlcy52MS5QZXJzb25hIjIKFERlbGV0ZVBlcnNvbmFSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSIXChVEZWxldGVQZXJzb25hUmVzcG9uc2UymQUKDlBlcnNvbmFTZXJ2aWNlEoQBCg1DcmVhdGVQZXJzb25hEiUuc2ttLnByb2ZpbGVzLnYxLkNyZWF0ZVBlcnNvbmFSZXF1ZXN0GiYuc2ttLnByb2ZpbGVzLnYxLkNyZWF0ZVBlcnNvbmFSZXNwb25zZSIkyvMYIAoOY2FuX2FkbWluaXN0ZXISBnRlbmFudBoGcGFyZW50EmsKCkdldFBlcnNvbmESIi5za20ucHJvZmlsZXMudjEuR2V0UGVyc29uYVJlcXVlc3QaIy5za20ucHJvZmlsZXMudjEuR2V0UGVyc29uYVJlc3BvbnNlIhTK8xgQEgZ0ZW5hbnQaBG5hbWUgARJzCgxMaXN0UGVyc29uYXMSJC5za20ucHJvZmlsZXMudjEuTGlzdFBlcnNvbmFzUmVxdWVzdBolLnNrbS5wcm9maWxlcy52MS5MaXN0UGVyc29uYXNSZXNwb25zZSIWyvMYEhIGdGVuYW50GgZwYXJlbnQgARKKAQoNVXBkYXRlUGVyc29uYRIlLnNrbS5wcm9maWxlcy52MS5VcGRhdGVQZXJzb25hUmVxdWVzdBomLnNrbS5wcm9maWxlcy52MS5VcGRhdGVQZXJzb25hUmVzcG9uc2UiKsrzGCYKDmNhbl9hZG1pbmlzdGVyEgZ0ZW5hbnQaDHBlcnNvbmEubmFtZRKCAQoNRGVsZXRlUGVyc29uYRIlLnNrbS5wcm9maWxlcy52MS5EZWxldGVQZXJzb25hUmVxdWVzdBomLnNrbS5wcm9maWxlcy52MS5EZWxldGVQZXJzb25hUmVzcG9uc2UiIsrzGB4KDmNhbl9hZG1pbmlzdGVyEgZ0ZW5hbnQaBG5hbWUaDNLzGAhwcm9maWxlc2IGcHJvdG8z", [file_google_protobuf_field_mask, file_skm_options_v1_authz, file_skm_profiles_v1_persona]);
+  fileDesc("CiVza20vcHJvZmlsZXMvdjEvcGVyc29uYV9zZXJ2aWNlLnByb3RvEg9za20ucHJvZmlsZXMudjEieQoUQ3JlYXRlUGVyc29uYVJlcXVlc3QSDgoGcGFyZW50GAEgASgJEikKB3BlcnNvbmEYAiABKAsyGC5za20ucHJvZmlsZXMudjEuUGVyc29uYRISCgpwZXJzb25hX2lkGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiQgoVQ3JlYXRlUGVyc29uYVJlc3BvbnNlEikKB3BlcnNvbmEYASABKAsyGC5za20ucHJvZmlsZXMudjEuUGVyc29uYSIhChFHZXRQZXJzb25hUmVxdWVzdBIMCgRuYW1lGAEgASgJIj8KEkdldFBlcnNvbmFSZXNwb25zZRIpCgdwZXJzb25hGAEgASgLMhguc2ttLnByb2ZpbGVzLnYxLlBlcnNvbmEiTAoTTGlzdFBlcnNvbmFzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWwoUTGlzdFBlcnNvbmFzUmVzcG9uc2USKgoIcGVyc29uYXMYASADKAsyGC5za20ucHJvZmlsZXMudjEuUGVyc29uYRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkicgoUVXBkYXRlUGVyc29uYVJlcXVlc3QSKQoHcGVyc29uYRgBIAEoCzIYLnNrbS5wcm9maWxlcy52MS5QZXJzb25hEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJCChVVcGRhdGVQZXJzb25hUmVzcG9uc2USKQoHcGVyc29uYRgBIAEoCzIYLnNrbS5wcm9maWxlcy52MS5QZXJzb25hIjIKFERlbGV0ZVBlcnNvbmFSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSIXChVEZWxldGVQZXJzb25hUmVzcG9uc2UiUgobTGlzdFBlcnNvbmFSZXZpc2lvbnNSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiYwocTGlzdFBlcnNvbmFSZXZpc2lvbnNSZXNwb25zZRIqCghwZXJzb25hcxgBIAMoCzIYLnNrbS5wcm9maWxlcy52MS5QZXJzb25hEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJJChZSb2xsYmFja1BlcnNvbmFSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLcmV2aXNpb25faWQYAiABKAkSDAoEZXRhZxgDIAEoCSJEChdSb2xsYmFja1BlcnNvbmFSZXNwb25zZRIpCgdwZXJzb25hGAEgASgLMhguc2ttLnByb2ZpbGVzLnYxLlBlcnNvbmEiSwoaRXhwb3J0UGVyc29uYUJ1bmRsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgDEg4KBmtleV9pZBgDIAEoCSIuChtFeHBvcnRQZXJzb25hQnVuZGxlUmVzcG9uc2USDwoHcGF5bG9hZBgBIAEoDCJRChtJbnN0YWxsUGVyc29uYUJ1bmRsZVJlcXVlc3QSDgoGcGFyZW50GAEgASgJEg4KBmJ1bmRsZRgCIAEoDBISCgpyZXF1ZXN0X2lkGAMgASgJIkkKHEluc3RhbGxQZXJzb25hQnVuZGxlUmVzcG9uc2USKQoHcGVyc29uYRgBIAEoCzIYLnNrbS5wcm9maWxlcy52MS5QZXJzb25hIjUKF1VuaW5zdGFsbFBlcnNvbmFSZXF1ZXN0EgwKBG5hbWUYASABKAkSDAoEZXRhZxgCIAEoCSIaChhVbmluc3RhbGxQZXJzb25hUmVzcG9uc2UiQAoTVHJhaW5QZXJzb25hUmVxdWVzdBIMCgRuYW1lGAEgASgJEg0KBXR1cm5zGAIgAygJEgwKBGV0YWcYAyABKAkiQQoUVHJhaW5QZXJzb25hUmVzcG9uc2USKQoHcGVyc29uYRgBIAEoCzIYLnNrbS5wcm9maWxlcy52MS5QZXJzb25hInMKF0NyZWF0ZVRydXN0ZWRLZXlSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIwCgt0cnVzdGVkX2tleRgCIAEoCzIbLnNrbS5wcm9maWxlcy52MS5UcnVzdGVkS2V5EhYKDnRydXN0ZWRfa2V5X2lkGAMgASgJIkwKGENyZWF0ZVRydXN0ZWRLZXlSZXNwb25zZRIwCgt0cnVzdGVkX2tleRgBIAEoCzIbLnNrbS5wcm9maWxlcy52MS5UcnVzdGVkS2V5Ik8KFkxpc3RUcnVzdGVkS2V5c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImUKF0xpc3RUcnVzdGVkS2V5c1Jlc3BvbnNlEjEKDHRydXN0ZWRfa2V5cxgBIAMoCzIbLnNrbS5wcm9maWxlcy52MS5UcnVzdGVkS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSInChdEZWxldGVUcnVzdGVkS2V5UmVxdWVzdBIMCgRuYW1lGAEgASgJIhoKGERlbGV0ZVRydXN0ZWRLZXlSZXNwb25zZTKLDwoOUGVyc29uYVNlcnZpY2UShAEKDUNyZWF0ZVBlcnNvbmESJS5za20ucHJvZmlsZXMudjEuQ3JlYXRlUGVyc29uYVJlcXVlc3QaJi5za20ucHJvZmlsZXMudjEuQ3JlYXRlUGVyc29uYVJlc3BvbnNlIiTK8xggCg5jYW5fYWRtaW5pc3RlchIGdGVuYW50GgZwYXJlbnQSawoKR2V0UGVyc29uYRIiLnNrbS5wcm9maWxlcy52MS5HZXRQZXJzb25hUmVxdWVzdBojLnNrbS5wcm9maWxlcy52MS5HZXRQZXJzb25hUmVzcG9uc2UiFMrzGBASBnRlbmFudBoEbmFtZSABEnMKDExpc3RQZXJzb25hcxIkLnNrbS5wcm9maWxlcy52MS5MaXN0UGVyc29uYXNSZXF1ZXN0GiUuc2ttLnByb2ZpbGVzLnYxLkxpc3RQZXJzb25hc1Jlc3BvbnNlIhbK8xgSEgZ0ZW5hbnQaBnBhcmVudCABEooBCg1VcGRhdGVQZXJzb25hEiUuc2ttLnByb2ZpbGVzLnYxLlVwZGF0ZVBlcnNvbmFSZXF1ZXN0GiYuc2ttLnByb2ZpbGVzLnYxLlVwZGF0ZVBlcnNvbmFSZXNwb25zZSIqyvMYJgoOY2FuX2FkbWluaXN0ZXISBnRlbmFudBoMcGVyc29uYS5uYW1lEoIBCg1EZWxldGVQZXJzb25hEiUuc2ttLnByb2ZpbGVzLnYxLkRlbGV0ZVBlcnNvbmFSZXF1ZXN0GiYuc2ttLnByb2ZpbGVzLnYxLkRlbGV0ZVBlcnNvbmFSZXNwb25zZSIiyvMYHgoOY2FuX2FkbWluaXN0ZXISBnRlbmFudBoEbmFtZRKJAQoUTGlzdFBlcnNvbmFSZXZpc2lvbnMSLC5za20ucHJvZmlsZXMudjEuTGlzdFBlcnNvbmFSZXZpc2lvbnNSZXF1ZXN0Gi0uc2ttLnByb2ZpbGVzLnYxLkxpc3RQZXJzb25hUmV2aXNpb25zUmVzcG9uc2UiFMrzGBASBnRlbmFudBoEbmFtZSABEogBCg9Sb2xsYmFja1BlcnNvbmESJy5za20ucHJvZmlsZXMudjEuUm9sbGJhY2tQZXJzb25hUmVxdWVzdBooLnNrbS5wcm9maWxlcy52MS5Sb2xsYmFja1BlcnNvbmFSZXNwb25zZSIiyvMYHgoOY2FuX2FkbWluaXN0ZXISBnRlbmFudBoEbmFtZRKUAQoTRXhwb3J0UGVyc29uYUJ1bmRsZRIrLnNrbS5wcm9maWxlcy52MS5FeHBvcnRQZXJzb25hQnVuZGxlUmVxdWVzdBosLnNrbS5wcm9maWxlcy52MS5FeHBvcnRQZXJzb25hQnVuZGxlUmVzcG9uc2UiIsrzGB4KDmNhbl9hZG1pbmlzdGVyEgZ0ZW5hbnQaBG5hbWUSmQEKFEluc3RhbGxQZXJzb25hQnVuZGxlEiwuc2ttLnByb2ZpbGVzLnYxLkluc3RhbGxQZXJzb25hQnVuZGxlUmVxdWVzdBotLnNrbS5wcm9maWxlcy52MS5JbnN0YWxsUGVyc29uYUJ1bmRsZVJlc3BvbnNlIiTK8xggCg5jYW5fYWRtaW5pc3RlchIGdGVuYW50GgZwYXJlbnQSiwEKEFVuaW5zdGFsbFBlcnNvbmESKC5za20ucHJvZmlsZXMudjEuVW5pbnN0YWxsUGVyc29uYVJlcXVlc3QaKS5za20ucHJvZmlsZXMudjEuVW5pbnN0YWxsUGVyc29uYVJlc3BvbnNlIiLK8xgeCg5jYW5fYWRtaW5pc3RlchIGdGVuYW50GgRuYW1lEnwKDFRyYWluUGVyc29uYRIkLnNrbS5wcm9maWxlcy52MS5UcmFpblBlcnNvbmFSZXF1ZXN0GiUuc2ttLnByb2ZpbGVzLnYxLlRyYWluUGVyc29uYVJlc3BvbnNlIh/K8xgbCgtjYW5fb3BlcmF0ZRIGdGVuYW50GgRuYW1lEo0BChBDcmVhdGVUcnVzdGVkS2V5Eiguc2ttLnByb2ZpbGVzLnYxLkNyZWF0ZVRydXN0ZWRLZXlSZXF1ZXN0Gikuc2ttLnByb2ZpbGVzLnYxLkNyZWF0ZVRydXN0ZWRLZXlSZXNwb25zZSIkyvMYIAoOY2FuX2FkbWluaXN0ZXISBnRlbmFudBoGcGFyZW50EnwKD0xpc3RUcnVzdGVkS2V5cxInLnNrbS5wcm9maWxlcy52MS5MaXN0VHJ1c3RlZEtleXNSZXF1ZXN0Giguc2ttLnByb2ZpbGVzLnYxLkxpc3RUcnVzdGVkS2V5c1Jlc3BvbnNlIhbK8xgSEgZ0ZW5hbnQaBnBhcmVudCABEosBChBEZWxldGVUcnVzdGVkS2V5Eiguc2ttLnByb2ZpbGVzLnYxLkRlbGV0ZVRydXN0ZWRLZXlSZXF1ZXN0Gikuc2ttLnByb2ZpbGVzLnYxLkRlbGV0ZVRydXN0ZWRLZXlSZXNwb25zZSIiyvMYHgoOY2FuX2FkbWluaXN0ZXISBnRlbmFudBoEbmFtZRoM0vMYCHByb2ZpbGVzYgZwcm90bzM", [file_google_protobuf_field_mask, file_skm_options_v1_authz, file_skm_profiles_v1_persona, file_skm_profiles_v1_persona_bundle]);
 
 /**
  * Request of PersonaService.CreatePersona.
@@ -280,6 +282,495 @@ export const DeletePersonaResponseSchema: GenMessage<DeletePersonaResponse> = /*
   messageDesc(file_skm_profiles_v1_persona_service, 9);
 
 /**
+ * Request of PersonaService.ListPersonaRevisions.
+ *
+ * @generated from message skm.profiles.v1.ListPersonaRevisionsRequest
+ */
+export type ListPersonaRevisionsRequest = Message<"skm.profiles.v1.ListPersonaRevisionsRequest"> & {
+  /**
+   * "tenants/{tenant}/personas/{persona}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Maximum revisions to return; default 50, values above 1000 are treated as 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of a previous call with the same name.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ListPersonaRevisionsRequest.
+ * Use `create(ListPersonaRevisionsRequestSchema)` to create a new message.
+ */
+export const ListPersonaRevisionsRequestSchema: GenMessage<ListPersonaRevisionsRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 10);
+
+/**
+ * Response of PersonaService.ListPersonaRevisions.
+ *
+ * @generated from message skm.profiles.v1.ListPersonaRevisionsResponse
+ */
+export type ListPersonaRevisionsResponse = Message<"skm.profiles.v1.ListPersonaRevisionsResponse"> & {
+  /**
+   * The revisions, newest first, each the persona as it was.
+   *
+   * @generated from field: repeated skm.profiles.v1.Persona personas = 1;
+   */
+  personas: Persona[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ListPersonaRevisionsResponse.
+ * Use `create(ListPersonaRevisionsResponseSchema)` to create a new message.
+ */
+export const ListPersonaRevisionsResponseSchema: GenMessage<ListPersonaRevisionsResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 11);
+
+/**
+ * Request of PersonaService.RollbackPersona.
+ *
+ * @generated from message skm.profiles.v1.RollbackPersonaRequest
+ */
+export type RollbackPersonaRequest = Message<"skm.profiles.v1.RollbackPersonaRequest"> & {
+  /**
+   * "tenants/{tenant}/personas/{persona}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The revision whose values the new revision takes. Required.
+   *
+   * @generated from field: string revision_id = 2;
+   */
+  revisionId: string;
+
+  /**
+   * The persona's current etag; empty skips the check.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.RollbackPersonaRequest.
+ * Use `create(RollbackPersonaRequestSchema)` to create a new message.
+ */
+export const RollbackPersonaRequestSchema: GenMessage<RollbackPersonaRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 12);
+
+/**
+ * Response of PersonaService.RollbackPersona.
+ *
+ * @generated from message skm.profiles.v1.RollbackPersonaResponse
+ */
+export type RollbackPersonaResponse = Message<"skm.profiles.v1.RollbackPersonaResponse"> & {
+  /**
+   * The persona, as its new revision.
+   *
+   * @generated from field: skm.profiles.v1.Persona persona = 1;
+   */
+  persona?: Persona | undefined;
+};
+
+/**
+ * Describes the message skm.profiles.v1.RollbackPersonaResponse.
+ * Use `create(RollbackPersonaResponseSchema)` to create a new message.
+ */
+export const RollbackPersonaResponseSchema: GenMessage<RollbackPersonaResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 13);
+
+/**
+ * Request of PersonaService.ExportPersonaBundle.
+ *
+ * @generated from message skm.profiles.v1.ExportPersonaBundleRequest
+ */
+export type ExportPersonaBundleRequest = Message<"skm.profiles.v1.ExportPersonaBundleRequest"> & {
+  /**
+   * "tenants/{tenant}/personas/{persona}", optionally "@{revision_id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The version to put in the bundle: above every version of it the
+   * publisher released before. Required.
+   *
+   * @generated from field: int64 version = 2;
+   */
+  version: bigint;
+
+  /**
+   * The id of the key that will sign it (written into the payload).
+   * Required; 1-63 characters of [a-z0-9-], starting with a letter.
+   *
+   * @generated from field: string key_id = 3;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ExportPersonaBundleRequest.
+ * Use `create(ExportPersonaBundleRequestSchema)` to create a new message.
+ */
+export const ExportPersonaBundleRequestSchema: GenMessage<ExportPersonaBundleRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 14);
+
+/**
+ * Response of PersonaService.ExportPersonaBundle.
+ *
+ * @generated from message skm.profiles.v1.ExportPersonaBundleResponse
+ */
+export type ExportPersonaBundleResponse = Message<"skm.profiles.v1.ExportPersonaBundleResponse"> & {
+  /**
+   * The payload to sign: canonical JSON, exactly the bytes the signature covers.
+   *
+   * @generated from field: bytes payload = 1;
+   */
+  payload: Uint8Array;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ExportPersonaBundleResponse.
+ * Use `create(ExportPersonaBundleResponseSchema)` to create a new message.
+ */
+export const ExportPersonaBundleResponseSchema: GenMessage<ExportPersonaBundleResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 15);
+
+/**
+ * Request of PersonaService.InstallPersonaBundle.
+ *
+ * @generated from message skm.profiles.v1.InstallPersonaBundleRequest
+ */
+export type InstallPersonaBundleRequest = Message<"skm.profiles.v1.InstallPersonaBundleRequest"> & {
+  /**
+   * The tenant, "tenants/{tenant}".
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * The signed bundle file's bytes. At most 1 MiB.
+   *
+   * @generated from field: bytes bundle = 2;
+   */
+  bundle: Uint8Array;
+
+  /**
+   * Idempotency key (a UUID): a retry with the same request_id returns the
+   * persona installed first. Optional.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.InstallPersonaBundleRequest.
+ * Use `create(InstallPersonaBundleRequestSchema)` to create a new message.
+ */
+export const InstallPersonaBundleRequestSchema: GenMessage<InstallPersonaBundleRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 16);
+
+/**
+ * Response of PersonaService.InstallPersonaBundle.
+ *
+ * @generated from message skm.profiles.v1.InstallPersonaBundleResponse
+ */
+export type InstallPersonaBundleResponse = Message<"skm.profiles.v1.InstallPersonaBundleResponse"> & {
+  /**
+   * The installed persona, signed with the bundle's key.
+   *
+   * @generated from field: skm.profiles.v1.Persona persona = 1;
+   */
+  persona?: Persona | undefined;
+};
+
+/**
+ * Describes the message skm.profiles.v1.InstallPersonaBundleResponse.
+ * Use `create(InstallPersonaBundleResponseSchema)` to create a new message.
+ */
+export const InstallPersonaBundleResponseSchema: GenMessage<InstallPersonaBundleResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 17);
+
+/**
+ * Request of PersonaService.UninstallPersona.
+ *
+ * @generated from message skm.profiles.v1.UninstallPersonaRequest
+ */
+export type UninstallPersonaRequest = Message<"skm.profiles.v1.UninstallPersonaRequest"> & {
+  /**
+   * "tenants/{tenant}/personas/{persona}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The persona's current etag; empty skips the check.
+   *
+   * @generated from field: string etag = 2;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.UninstallPersonaRequest.
+ * Use `create(UninstallPersonaRequestSchema)` to create a new message.
+ */
+export const UninstallPersonaRequestSchema: GenMessage<UninstallPersonaRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 18);
+
+/**
+ * Response of PersonaService.UninstallPersona.
+ *
+ * @generated from message skm.profiles.v1.UninstallPersonaResponse
+ */
+export type UninstallPersonaResponse = Message<"skm.profiles.v1.UninstallPersonaResponse"> & {
+};
+
+/**
+ * Describes the message skm.profiles.v1.UninstallPersonaResponse.
+ * Use `create(UninstallPersonaResponseSchema)` to create a new message.
+ */
+export const UninstallPersonaResponseSchema: GenMessage<UninstallPersonaResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 19);
+
+/**
+ * Request of PersonaService.TrainPersona.
+ *
+ * @generated from message skm.profiles.v1.TrainPersonaRequest
+ */
+export type TrainPersonaRequest = Message<"skm.profiles.v1.TrainPersonaRequest"> & {
+  /**
+   * "tenants/{tenant}/personas/{persona}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The marked exchanges, "tenants/{tenant}/sessions/{session}/turns/{turn}",
+   * in the order they become examples. 1 to 50.
+   *
+   * @generated from field: repeated string turns = 2;
+   */
+  turns: string[];
+
+  /**
+   * The persona's current etag; empty skips the check.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.TrainPersonaRequest.
+ * Use `create(TrainPersonaRequestSchema)` to create a new message.
+ */
+export const TrainPersonaRequestSchema: GenMessage<TrainPersonaRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 20);
+
+/**
+ * Response of PersonaService.TrainPersona.
+ *
+ * @generated from message skm.profiles.v1.TrainPersonaResponse
+ */
+export type TrainPersonaResponse = Message<"skm.profiles.v1.TrainPersonaResponse"> & {
+  /**
+   * The persona, as its new revision.
+   *
+   * @generated from field: skm.profiles.v1.Persona persona = 1;
+   */
+  persona?: Persona | undefined;
+};
+
+/**
+ * Describes the message skm.profiles.v1.TrainPersonaResponse.
+ * Use `create(TrainPersonaResponseSchema)` to create a new message.
+ */
+export const TrainPersonaResponseSchema: GenMessage<TrainPersonaResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 21);
+
+/**
+ * Request of PersonaService.CreateTrustedKey.
+ *
+ * @generated from message skm.profiles.v1.CreateTrustedKeyRequest
+ */
+export type CreateTrustedKeyRequest = Message<"skm.profiles.v1.CreateTrustedKeyRequest"> & {
+  /**
+   * The tenant, "tenants/{tenant}".
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * The key; `public_key` and `expire_time` are required.
+   *
+   * @generated from field: skm.profiles.v1.TrustedKey trusted_key = 2;
+   */
+  trustedKey?: TrustedKey | undefined;
+
+  /**
+   * The key's id, the last segment of its name. Required.
+   *
+   * @generated from field: string trusted_key_id = 3;
+   */
+  trustedKeyId: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.CreateTrustedKeyRequest.
+ * Use `create(CreateTrustedKeyRequestSchema)` to create a new message.
+ */
+export const CreateTrustedKeyRequestSchema: GenMessage<CreateTrustedKeyRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 22);
+
+/**
+ * Response of PersonaService.CreateTrustedKey.
+ *
+ * @generated from message skm.profiles.v1.CreateTrustedKeyResponse
+ */
+export type CreateTrustedKeyResponse = Message<"skm.profiles.v1.CreateTrustedKeyResponse"> & {
+  /**
+   * The key as stored.
+   *
+   * @generated from field: skm.profiles.v1.TrustedKey trusted_key = 1;
+   */
+  trustedKey?: TrustedKey | undefined;
+};
+
+/**
+ * Describes the message skm.profiles.v1.CreateTrustedKeyResponse.
+ * Use `create(CreateTrustedKeyResponseSchema)` to create a new message.
+ */
+export const CreateTrustedKeyResponseSchema: GenMessage<CreateTrustedKeyResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 23);
+
+/**
+ * Request of PersonaService.ListTrustedKeys.
+ *
+ * @generated from message skm.profiles.v1.ListTrustedKeysRequest
+ */
+export type ListTrustedKeysRequest = Message<"skm.profiles.v1.ListTrustedKeysRequest"> & {
+  /**
+   * The tenant, "tenants/{tenant}".
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * Maximum keys to return; default 50, values above 1000 are treated as 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of a previous call.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ListTrustedKeysRequest.
+ * Use `create(ListTrustedKeysRequestSchema)` to create a new message.
+ */
+export const ListTrustedKeysRequestSchema: GenMessage<ListTrustedKeysRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 24);
+
+/**
+ * Response of PersonaService.ListTrustedKeys.
+ *
+ * @generated from message skm.profiles.v1.ListTrustedKeysResponse
+ */
+export type ListTrustedKeysResponse = Message<"skm.profiles.v1.ListTrustedKeysResponse"> & {
+  /**
+   * The keys, by id.
+   *
+   * @generated from field: repeated skm.profiles.v1.TrustedKey trusted_keys = 1;
+   */
+  trustedKeys: TrustedKey[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.ListTrustedKeysResponse.
+ * Use `create(ListTrustedKeysResponseSchema)` to create a new message.
+ */
+export const ListTrustedKeysResponseSchema: GenMessage<ListTrustedKeysResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 25);
+
+/**
+ * Request of PersonaService.DeleteTrustedKey.
+ *
+ * @generated from message skm.profiles.v1.DeleteTrustedKeyRequest
+ */
+export type DeleteTrustedKeyRequest = Message<"skm.profiles.v1.DeleteTrustedKeyRequest"> & {
+  /**
+   * "tenants/{tenant}/trustedKeys/{trusted_key}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message skm.profiles.v1.DeleteTrustedKeyRequest.
+ * Use `create(DeleteTrustedKeyRequestSchema)` to create a new message.
+ */
+export const DeleteTrustedKeyRequestSchema: GenMessage<DeleteTrustedKeyRequest> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 26);
+
+/**
+ * Response of PersonaService.DeleteTrustedKey.
+ *
+ * @generated from message skm.profiles.v1.DeleteTrustedKeyResponse
+ */
+export type DeleteTrustedKeyResponse = Message<"skm.profiles.v1.DeleteTrustedKeyResponse"> & {
+};
+
+/**
+ * Describes the message skm.profiles.v1.DeleteTrustedKeyResponse.
+ * Use `create(DeleteTrustedKeyResponseSchema)` to create a new message.
+ */
+export const DeleteTrustedKeyResponseSchema: GenMessage<DeleteTrustedKeyResponse> = /*@__PURE__*/
+  messageDesc(file_skm_profiles_v1_persona_service, 27);
+
+/**
  * Tenants' personas (svc_profiles).
  *
  * @generated from service skm.profiles.v1.PersonaService
@@ -302,9 +793,9 @@ export const PersonaService: GenService<{
     output: typeof CreatePersonaResponseSchema;
   },
   /**
-   * Returns a persona.
+   * Returns a persona; "{name}@{revision_id}" returns that revision.
    *
-   * Errors: NOT_FOUND (PERSONA_NOT_FOUND).
+   * Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND).
    * Callers: any member of the tenant; svc_conversation.
    *
    * @generated from rpc skm.profiles.v1.PersonaService.GetPersona
@@ -328,8 +819,8 @@ export const PersonaService: GenService<{
     output: typeof ListPersonasResponseSchema;
   },
   /**
-   * Changes a persona. The bundle digest is recomputed; a changed bundle
-   * loses its signature unless the update carries a new one.
+   * Changes a persona, as a new revision. The bundle digest is recomputed; a
+   * changed bundle loses its signature unless the update carries a new one.
    *
    * Errors: NOT_FOUND (PERSONA_NOT_FOUND, MODEL_NOT_FOUND), INVALID_ARGUMENT
    * (INVALID_PERSONA, PERSONA_SIGNATURE_INVALID, INVALID_UPDATE_MASK),
@@ -344,8 +835,8 @@ export const PersonaService: GenService<{
     output: typeof UpdatePersonaResponseSchema;
   },
   /**
-   * Deletes a persona. Existing sessions keep running on the version they
-   * loaded; new sessions cannot use it.
+   * Deletes a persona and its revisions. Existing sessions keep running on
+   * the version they loaded; new sessions cannot use it.
    *
    * Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
    * Callers: tenant admins.
@@ -356,6 +847,151 @@ export const PersonaService: GenService<{
     methodKind: "unary";
     input: typeof DeletePersonaRequestSchema;
     output: typeof DeletePersonaResponseSchema;
+  },
+  /**
+   * Lists a persona's revisions, newest first.
+   *
+   * Errors: NOT_FOUND (PERSONA_NOT_FOUND), INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+   * Callers: any member of the tenant.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.ListPersonaRevisions
+   */
+  listPersonaRevisions: {
+    methodKind: "unary";
+    input: typeof ListPersonaRevisionsRequestSchema;
+    output: typeof ListPersonaRevisionsResponseSchema;
+  },
+  /**
+   * Makes a new revision holding the values of an earlier one (signature
+   * included: it still verifies against the same digest). A persona
+   * installed from a bundle gets that revision's tool and memory permissions
+   * back as relationships.
+   *
+   * Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), ABORTED
+   * (ETAG_MISMATCH).
+   * Callers: tenant admins.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.RollbackPersona
+   */
+  rollbackPersona: {
+    methodKind: "unary";
+    input: typeof RollbackPersonaRequestSchema;
+    output: typeof RollbackPersonaResponseSchema;
+  },
+  /**
+   * Returns a persona revision as an unsigned bundle file (see TrustedKey for
+   * the format): the publisher signs it with its own key (`skm persona sign`).
+   *
+   * Errors: NOT_FOUND (PERSONA_NOT_FOUND, REVISION_NOT_FOUND), INVALID_ARGUMENT
+   * (INVALID_PERSONA: version not above 0).
+   * Callers: tenant admins.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.ExportPersonaBundle
+   */
+  exportPersonaBundle: {
+    methodKind: "unary";
+    input: typeof ExportPersonaBundleRequestSchema;
+    output: typeof ExportPersonaBundleResponseSchema;
+  },
+  /**
+   * Installs a signed persona bundle in the tenant, or upgrades the persona
+   * it installed before to a newer version: the persona becomes a new
+   * revision, and its tool and memory permissions are written as
+   * relationships (those of the version it replaces that the new one lacks
+   * are deleted). The signature must verify with one of the tenant's trusted
+   * keys, not expired, and the version must be above the installed one.
+   * A refusal installs nothing, and is an audit event (PersonaBundleRefused)
+   * with its reason.
+   *
+   * Errors: INVALID_ARGUMENT (BUNDLE_MALFORMED, BUNDLE_SIGNATURE_INVALID,
+   * INVALID_PERSONA, REQUEST_ID_REUSED), FAILED_PRECONDITION
+   * (BUNDLE_KEY_NOT_TRUSTED, BUNDLE_KEY_EXPIRED, BUNDLE_VERSION_NOT_NEWER,
+   * PERSONA_NOT_FROM_BUNDLE: a persona with that id exists and was not
+   * installed from a bundle), UNAVAILABLE (svc_policy unreachable: nothing
+   * is installed).
+   * Callers: tenant admins.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.InstallPersonaBundle
+   */
+  installPersonaBundle: {
+    methodKind: "unary";
+    input: typeof InstallPersonaBundleRequestSchema;
+    output: typeof InstallPersonaBundleResponseSchema;
+  },
+  /**
+   * Removes a persona installed from a bundle, its revisions and the tool and
+   * memory relationships installing wrote.
+   *
+   * Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
+   * (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).
+   * Callers: tenant admins.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.UninstallPersona
+   */
+  uninstallPersona: {
+    methodKind: "unary";
+    input: typeof UninstallPersonaRequestSchema;
+    output: typeof UninstallPersonaResponseSchema;
+  },
+  /**
+   * Makes a new revision of a persona from exchanges an operator marked in
+   * DEVELOPER-mode sessions (training mode): each marked turn's user message
+   * and final answer become examples, and the revision's lineage names the
+   * sessions, the operator and the revision it was derived from. The new
+   * revision is unsigned.
+   *
+   * Errors: NOT_FOUND (PERSONA_NOT_FOUND, TURN_NOT_FOUND), FAILED_PRECONDITION
+   * (TRAINING_NOT_ALLOWED: a session not in DEVELOPER mode, or of another
+   * persona; a turn not COMPLETED), INVALID_ARGUMENT (INVALID_PERSONA: no
+   * turn, more than 50 examples), ABORTED (ETAG_MISMATCH).
+   * Callers: tenant operators.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.TrainPersona
+   */
+  trainPersona: {
+    methodKind: "unary";
+    input: typeof TrainPersonaRequestSchema;
+    output: typeof TrainPersonaResponseSchema;
+  },
+  /**
+   * Adds a publisher key the tenant trusts for persona bundles.
+   *
+   * Errors: INVALID_ARGUMENT (INVALID_TRUSTED_KEY: not 32 bytes, no expiry,
+   * expiry in the past, bad id), ALREADY_EXISTS (TRUSTED_KEY_ALREADY_EXISTS).
+   * Callers: tenant admins.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.CreateTrustedKey
+   */
+  createTrustedKey: {
+    methodKind: "unary";
+    input: typeof CreateTrustedKeyRequestSchema;
+    output: typeof CreateTrustedKeyResponseSchema;
+  },
+  /**
+   * Lists the tenant's trusted publisher keys, by id.
+   *
+   * Errors: INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+   * Callers: any member of the tenant.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.ListTrustedKeys
+   */
+  listTrustedKeys: {
+    methodKind: "unary";
+    input: typeof ListTrustedKeysRequestSchema;
+    output: typeof ListTrustedKeysResponseSchema;
+  },
+  /**
+   * Stops trusting a key; personas installed with it stay installed.
+   *
+   * Errors: NOT_FOUND (TRUSTED_KEY_NOT_FOUND).
+   * Callers: tenant admins.
+   *
+   * @generated from rpc skm.profiles.v1.PersonaService.DeleteTrustedKey
+   */
+  deleteTrustedKey: {
+    methodKind: "unary";
+    input: typeof DeleteTrustedKeyRequestSchema;
+    output: typeof DeleteTrustedKeyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_skm_profiles_v1_persona_service, 0);
