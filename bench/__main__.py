@@ -39,9 +39,18 @@ Kafka into ClickHouse (a pre-produced backlog drained), the lag from produce to 
 5,000 and 20,000 offered events/s, the service's CPU per event; then QueryMetrics p50/p99 on
 10 million generated model-call rows (`--events`, `--rows` for smaller runs).
 
-Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analytics|all] [--rounds N] [--calls N]
-                       [--frames N] [--turns N] [--sessions N] [--llm untrained|real] [--models a,b]
-                       [--events N] [--rows N] [--lag-seconds S]
+Then profile resolution (bench/profiles.py), on PostgreSQL and one svc_profiles process:
+ResolveModelProfile over gRPC (uncached), svc_profiles' resolution in process over the same
+database, and svc_conversation's cached lookup, p50/p99.
+
+Then the scoring job (bench/scoring.py), on PostgreSQL and the engine's tiny UNTRAINED models:
+5 models x 40 capsule items asked and judged (the expensive part), then the scoring step over
+what is stored, for 1 tenant and for 100 (`--items`, `--tenants` for smaller runs).
+
+Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analytics|profiles|scoring|all]
+                       [--rounds N] [--calls N] [--frames N] [--turns N] [--sessions N]
+                       [--llm untrained|real] [--models a,b]
+                       [--events N] [--rows N] [--lag-seconds S] [--items N] [--tenants N]
 """
 
 from __future__ import annotations
@@ -135,7 +144,18 @@ def main() -> int:
     parser.add_argument(
         "what",
         nargs="?",
-        choices=("runtime", "policy", "conversation", "gateway", "frames", "tools", "analytics", "all"),
+        choices=(
+            "runtime",
+            "policy",
+            "conversation",
+            "gateway",
+            "frames",
+            "tools",
+            "analytics",
+            "profiles",
+            "scoring",
+            "all",
+        ),
         default="all",
         help="default: all",
     )
@@ -168,6 +188,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--lag-seconds", type=float, default=20.0, help="analytics: seconds at each offered rate (default 20)"
+    )
+    parser.add_argument("--items", type=int, default=40, help="scoring: capsule items per model (default 40)")
+    parser.add_argument(
+        "--tenants", type=int, default=100, help="scoring: tenants in the larger scoring run (default 100)"
     )
     args = parser.parse_args()
     if args.what in ("runtime", "all"):
@@ -202,6 +226,14 @@ def main() -> int:
         from bench import analytics
 
         analytics.main(events=args.events, rows=args.rows, lag_seconds=args.lag_seconds)
+    if args.what in ("profiles", "all"):
+        from bench import profiles
+
+        profiles.main(rounds=args.rounds)
+    if args.what in ("scoring", "all"):
+        from bench import scoring
+
+        scoring.main(items=args.items, tenants=args.tenants)
     return 0
 
 

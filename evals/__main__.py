@@ -22,6 +22,7 @@ from pathlib import Path
 
 from evals.capsules import DEFAULT_CAPSULES, KINDS, Capsule, CapsuleError, CapsuleSet, load_capsules, select
 from evals.prompts import AgentSetup, Budgets, agent_setup, primary_max_tokens
+from evals.record import record_benchmarks, use_mesh_key
 from evals.report import RunInfo, report_json, table
 from evals.runner import Engine, EngineStarter, EvalModel, ModelResult, local_engine, models_to_run, registered_defaults
 from evals.runner import run_model as run_one_model
@@ -33,6 +34,7 @@ from svc_profiles.errors import DefaultsInvalid
 from svc_profiles.settings import DEFAULTS_FILE
 
 DEFAULT_REPORT = Path(".state/eval/report.json")
+DEFAULT_PROFILES_ADDR = "127.0.0.1:50056"
 TEMPERATURE = 0.0
 
 
@@ -106,6 +108,18 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--persona", default="default", help="the built-in persona tool items are asked under (%(default)s)"
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="record each model's run in svc_profiles (RecordBenchmark, one run per model and capsule set): "
+        "the quality the scoring job uses; needs the mesh key (SKM_MESH_KEY_FILE)",
+    )
+    parser.add_argument(
+        "--profiles-addr",
+        default=os.environ.get("SKM_PROFILES_ADDR") or DEFAULT_PROFILES_ADDR,
+        metavar="HOST:PORT",
+        help="with --record: svc_profiles (default: $SKM_PROFILES_ADDR or %(default)s)",
     )
     parser.add_argument(
         "--first-token-timeout",
@@ -196,6 +210,8 @@ def run(args: argparse.Namespace, capsules: CapsuleSet, start_engine: EngineStar
         errors.append(f"not registered (or not served; UNTRAINED ones need --with-untrained): {', '.join(missing)}")
     for result in results:
         errors += result.errors()
+    if args.record and results:
+        errors += _record(args.profiles_addr, results, capsules)
     info = RunInfo(
         capsules=capsules,
         items_run=len(items),
@@ -227,6 +243,14 @@ def run(args: argparse.Namespace, capsules: CapsuleSet, start_engine: EngineStar
         _say(f"ERROR {problem}")
     _say(f"report: {args.report} ({info.finished - info.started:.0f} s)")
     return 1 if errors else 0
+
+
+def _record(profiles_addr: str, results: Sequence[ModelResult], capsules: CapsuleSet) -> list[str]:
+    """RecordBenchmark of every model's run (evals.record); the problems."""
+    problem = use_mesh_key()
+    if problem:
+        return [problem]
+    return asyncio.run(record_benchmarks(profiles_addr, results, capsules, _say))
 
 
 def main(argv: Sequence[str] | None = None, start_engine: EngineStarter = local_engine) -> int:

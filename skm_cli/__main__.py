@@ -1,6 +1,13 @@
 """`skm`: the platform from a terminal, through Envoy's public listener.
 
-    skm token --tenant t1 --user alice --role operator    mint a development token
+    skm token --user admin --role admin                  mint a development token (tenant: demo)
+    skm token --tenant t1 --user alice --role operator    ... for a tenant of your own
+    skm tenants create t1 --admin alice --mesh           onboard a tenant (mesh operator)
+    skm tenants show|list [--mesh]                       a tenant as onboarding left it; every tenant
+    skm persona list|show|revisions|rollback [ID] [REV]  personas and their revisions (--revision N)
+    skm profile list|show|revisions|rollback [ID] [REV]  model profiles and their revisions
+    skm keys generate|trust|list|remove [ID]             persona bundle keys; trusted keys of the tenant
+    skm persona export|install|uninstall ...             signed persona bundles (see skm persona --help)
     skm constitution get|set --tenant t1 [--file F]     read or replace the constitution
     skm blocked list --tenant t1                         blocked actions waiting for an operator
     skm blocked approve|reject NAME [--note TEXT]        decide on one
@@ -17,10 +24,12 @@
     skm analytics [--since 7d --bucket 6h] [--by model]  the main series as sparklines (operators)
     skm analytics cost [--days 30]                       model cost per day and model (billing)
     skm audit [--session ID] [--type T ...] [--all]      the audit trail, page by page (admins)
+    skm models list|scores|recommendations [--role R]    the registry, the scoring job's scores and advice
+    skm models score --mesh [--tenant t1]                run the scoring job now, with progress (operators)
 
 Calls read the token from --token or SKM_TOKEN and go to --url or SKM_URL
 (default http://127.0.0.1:8080). --url, --token and --json go before or after the command.
-Commands with an optional --tenant default to the token's tenant claim.
+Every command that needs a tenant takes it from the token's tenant claim; --tenant overrides it.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ from skm.policy.v1 import (
 )
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
-from skm_cli import analytics, budget, chat
+from skm_cli import analytics, budget, bundles, chat, models, personas, tenants
 from skm_cli.errors import CallFailed, CliError, OutputClosed
 from skm_runtime.principal import (
     MESH_KEY_FILE_VAR,
@@ -64,6 +73,7 @@ from skm_runtime.principal import (
     use_caller_name,
 )
 from skm_runtime.status import error_info_of
+from skm_stack.demo import DEMO_TENANT
 from skm_stack.devkeys import KEY_ID, dev_keys_dir, mesh_key_file
 from skm_stack.paths import default_state_dir
 
@@ -91,6 +101,17 @@ def _token(args: argparse.Namespace) -> str:
 
 def _auth(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {_token(args)}"),)
+
+
+def _tenant(args: argparse.Namespace) -> str:
+    """--tenant (`t1` or `tenants/t1`), else the tenant claim of the token in use."""
+    given = str(getattr(args, "tenant", "") or "")
+    if given:
+        return given.removeprefix("tenants/")
+    token: str = args.token or os.environ.get("SKM_TOKEN", "")
+    if not token:
+        raise CliError("no tenant: pass --tenant, or a token (--token or SKM_TOKEN) whose tenant claim names it")
+    return chat.tenant_of(token)
 
 
 def _mint(args: argparse.Namespace, constitution_sha256: str) -> str:
@@ -128,7 +149,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_constitution(args: argparse.Namespace) -> int:
     stub = constitution_service_pb2_grpc.ConstitutionServiceStub(_channel(args))
-    name = f"tenants/{args.tenant}/constitution"
+    name = f"tenants/{_tenant(args)}/constitution"
     current = stub.GetConstitution(
         constitution_service_pb2.GetConstitutionRequest(name=name), timeout=10, metadata=_auth(args)
     ).constitution
@@ -155,7 +176,7 @@ def cmd_blocked(args: argparse.Namespace) -> int:
         while True:  # every page
             reply = stub.ListBlockedActions(
                 blocked_action_service_pb2.ListBlockedActionsRequest(
-                    parent=f"tenants/{args.tenant}",
+                    parent=f"tenants/{_tenant(args)}",
                     states=[blocked_action_pb2.BlockedAction.STATE_PENDING],
                     page_size=100,
                     page_token=token,
@@ -192,9 +213,10 @@ def cmd_blocked(args: argparse.Namespace) -> int:
 
 def cmd_tool(args: argparse.Namespace) -> int:
     stub = tool_service_pb2_grpc.ToolServiceStub(_channel(args))
+    tenant = _tenant(args)
     if args.action == "list":
         reply = stub.ListTools(
-            tool_service_pb2.ListToolsRequest(parent=f"tenants/{args.tenant}"), timeout=10, metadata=_auth(args)
+            tool_service_pb2.ListToolsRequest(parent=f"tenants/{tenant}"), timeout=10, metadata=_auth(args)
         )
         for tool in reply.tools:
             if args.json:
@@ -206,7 +228,7 @@ def cmd_tool(args: argparse.Namespace) -> int:
     if not args.name:
         raise CliError("`skm tool run` needs the tool's name, e.g. code_execution")
     request = tool_service_pb2.ExecuteToolRequest(
-        tool=f"tenants/{args.tenant}/tools/{args.name}", arguments_json=args.args, request_id=str(uuid.uuid4())
+        tool=f"tenants/{tenant}/tools/{args.name}", arguments_json=args.args, request_id=str(uuid.uuid4())
     )
     succeeded = False
     for update in stub.ExecuteTool(request, timeout=args.timeout, metadata=_auth(args)):
@@ -271,7 +293,7 @@ def _relationships_call(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_relationships(args: argparse.Namespace) -> int:
-    parent = f"tenants/{args.tenant}"
+    parent = f"tenants/{_tenant(args)}"
     if args.action == "read":
         if args.triples:
             raise CliError("`skm relationships read` takes its filter as --subject, --relation and --object")
@@ -324,6 +346,7 @@ def cmd_relationships(args: argparse.Namespace) -> int:
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
+    args.tenant = _tenant(args)
     stub, auth = _relationships_call(args)
     if args.action == "set":
         return budget.set_budget(stub, auth, args)
@@ -338,6 +361,28 @@ def cmd_budget(args: argparse.Namespace) -> int:
     shown = budget.show_budget(stub, auth, analytics, metadata, args)
     print(json.dumps(shown) if args.json else budget.render(shown))
     return 0
+
+
+def cmd_persona(args: argparse.Namespace) -> int:
+    if args.action in bundles.PERSONA_ACTIONS:
+        return bundles.run_persona(args, lambda: (_channel(args), _auth(args)), lambda: _tenant(args))
+    return personas.run_persona(args, lambda: (_channel(args), _auth(args)), lambda: _tenant(args))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    return bundles.run_keys(args, lambda: (_channel(args), _auth(args)), lambda: _tenant(args))
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    return personas.run_profile(args, lambda: (_channel(args), _auth(args)), lambda: _tenant(args))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    return models.run(args, lambda: (_channel(args), _auth(args)), lambda: _tenant(args))
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    return tenants.run(args, lambda: (_channel(args), _auth(args)), lambda: _tenant(args))
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -404,7 +449,11 @@ def parser() -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token", parents=[common], help="mint a development token (signed with `make run`'s dev key)"
     )
-    token.add_argument("--tenant", required=True, help="tenant id, e.g. t1")
+    token.add_argument(
+        "--tenant",
+        default=DEMO_TENANT,
+        help=f"tenant id, e.g. t1 (default: {DEMO_TENANT}, the demo tenant `make run` onboards)",
+    )
     token.add_argument("--user", required=True, help="user id, e.g. alice")
     token.add_argument("--role", action="append", choices=("member", "operator", "admin"), help="repeatable")
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
@@ -416,21 +465,21 @@ def parser() -> argparse.ArgumentParser:
 
     constitution = commands.add_parser("constitution", parents=[common], help="read or replace a tenant's constitution")
     constitution.add_argument("action", choices=("get", "set"))
-    constitution.add_argument("--tenant", required=True)
+    constitution.add_argument("--tenant", default="", help="tenant id (default: the token's tenant claim)")
     constitution.add_argument("--file", default="", help="with set: the document (default: stdin)")
     constitution.set_defaults(run=cmd_constitution)
 
     blocked = commands.add_parser("blocked", parents=[common], help="blocked actions waiting for an operator")
     blocked.add_argument("action", choices=("list", "approve", "reject"))
     blocked.add_argument("name", nargs="?", default="", help="with approve/reject: tenants/T/blockedActions/ID")
-    blocked.add_argument("--tenant", default="", help="with list: tenant id")
+    blocked.add_argument("--tenant", default="", help="with list: tenant id (default: the token's tenant claim)")
     blocked.add_argument("--note", default="", help="with approve/reject: why")
     blocked.set_defaults(run=cmd_blocked)
 
     tool = commands.add_parser("tool", parents=[common], help="list tools, or run one and stream its output")
     tool.add_argument("action", choices=("list", "run"))
     tool.add_argument("name", nargs="?", default="", help="with run: the tool, e.g. code_execution")
-    tool.add_argument("--tenant", required=True)
+    tool.add_argument("--tenant", default="", help="tenant id (default: the token's tenant claim)")
     tool.add_argument(
         "--args", default="{}", help='with run: the arguments as JSON, e.g. {"runtime": "python", "code": "print(1)"}'
     )
@@ -450,7 +499,7 @@ def parser() -> argparse.ArgumentParser:
     relations.add_argument(
         "triples", nargs="*", metavar="SUBJECT RELATION OBJECT", help="with write/delete: one or more relationships"
     )
-    relations.add_argument("--tenant", required=True, help="tenant id, e.g. t1")
+    relations.add_argument("--tenant", default="", help="tenant id, e.g. t1 (default: the token's tenant claim)")
     relations.add_argument("--subject", default="", help="with read: only this subject")
     relations.add_argument("--relation", default="", help="with read: only this relation")
     relations.add_argument("--object", default="", help="with read: the object, or TYPE: for every one of a type")
@@ -466,7 +515,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="e.g. skm budget set --tenant t1 --limit-usd 25; skm budget show --tenant t1",
     )
     money.add_argument("action", choices=("set", "show", "remove"))
-    money.add_argument("--tenant", required=True, help="tenant id, e.g. t1")
+    money.add_argument("--tenant", default="", help="tenant id, e.g. t1 (default: the token's tenant claim)")
     money.add_argument("--role", choices=budget.ROLES, default="primary", help="the calls it limits (default primary)")
     money.add_argument("--limit-usd", type=float, help="with set: the monthly limit in USD")
     money.add_argument(
@@ -482,6 +531,14 @@ def parser() -> argparse.ArgumentParser:
         help=f"with --mesh: svc_analytics (default: $SKM_ANALYTICS_ADDR or {DEFAULT_ANALYTICS_ADDR})",
     )
     money.set_defaults(run=cmd_budget)
+
+    tenants.add_parser(commands, common).set_defaults(run=cmd_tenants)
+    models.add_parser(commands, common).set_defaults(run=cmd_models)
+    persona_command, profile_command = personas.add_parsers(commands, common, bundles.PERSONA_ACTIONS)
+    persona_command.set_defaults(run=cmd_persona)
+    bundles.extend_persona_parser(persona_command)
+    bundles.add_keys_parser(commands, common).set_defaults(run=cmd_keys)
+    profile_command.set_defaults(run=cmd_profile)
 
     talk = commands.add_parser(
         "chat",

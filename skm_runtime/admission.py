@@ -115,6 +115,8 @@ class Policy(Protocol):
 MEMBERSHIP = "can_converse"
 # OpenFGA's limit on an object ("{type}:{id}"); longer ones it refuses as malformed.
 _MAX_OBJECT_CHARS = 256
+# A revision at the end of a versioned resource's name, "tenants/t1/personas/p@3".
+_REVISION = re.compile(r"(?<=[^/])@[1-9][0-9]{0,17}\Z")
 # A segment without white space or a character OpenFGA reads as syntax in an object (type,
 # relation, user, wildcard); one regular expression, as it is asked on every public call.
 _SEGMENT = re.compile(r"[^\s#:*@]+")
@@ -131,9 +133,11 @@ def object_of(rule: Rule, resource: str, tenant: str) -> str:
     "tenants/t1/sessions/s1/turns/4" with type "session" -> "session:tenants/t1/sessions/s1";
     with type "tenant" -> "tenant:tenants/t1". An empty field means the caller's own tenant.
     A name with an empty segment, white space (a trailing "\n" included), a control
-    character or one of OpenFGA's "#:*@" is refused here, before policy is asked.
+    character or one of OpenFGA's "#:*@" is refused here, before policy is asked. The one
+    exception is a revision of a versioned resource, "{name}@{revision_id}" (AIP-162; a
+    positive number): it is judged as the resource itself.
     """
-    name = resource or tenant
+    name = _REVISION.sub("", resource) if resource else tenant
     parts = name.split("/")
     # Collections alternate with ids; a singleton ("tenants/t1/constitution") ends odd.
     if len(parts) < 2 or parts[0] != "tenants" or not all(_well_formed(part) for part in parts):

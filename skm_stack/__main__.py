@@ -13,7 +13,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import grpc
+
 from skm_stack.catalogue import AssetError, ensure_assets, load_catalogue, problems_of
+from skm_stack.demo import DEMO_ADMIN, DEMO_TENANT, how_to_use, onboard_demo
 from skm_stack.envoy import probe_ready
 from skm_stack.health import StartError, run_coroutine_sync
 from skm_stack.install import InstallError, ensure_installed, print_report
@@ -81,6 +84,20 @@ def _print_summary(running: RunningStack) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _onboard_demo(running: RunningStack) -> None:
+    """Onboard the demo tenant (skm_stack.demo) and say how to use it; a failure is reported,
+    and the stack stays up (`skm tenants create` can finish it)."""
+    try:
+        onboard_demo(running.services["profiles"].addr, running.mesh_key_file)
+    except grpc.RpcError as exc:
+        print_report(
+            f"the demo tenant could not be onboarded ({exc.code().name}: {exc.details()}); retry with "
+            f"`.venv/bin/skm tenants create {DEMO_TENANT} --admin {DEMO_ADMIN} --mesh`"
+        )
+        return
+    print(how_to_use(), flush=True)
+
+
 def _watch(running: RunningStack) -> int:
     """Wait for a signal; if a child dies on its own, stop everything and fail."""
     processes = {name: s.process for name, s in running.services.items()}
@@ -139,6 +156,8 @@ def _up(state_dir: Path, with_services: bool) -> int:
             running.start_services(specs)
         running.start_envoy()
         _print_summary(running)
+        if specs:
+            _onboard_demo(running)
         return _watch(running)
     except _Stop:
         return 0

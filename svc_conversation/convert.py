@@ -179,6 +179,7 @@ def session_of(message: session_pb2.Session) -> Session:
         mode=_known(mode_of, message.mode, "session.mode"),
         display_name=message.display_name,
         persona_bundle_digest=message.persona_bundle_digest,
+        persona_revision_id=message.persona_revision_id,
         model_overrides=tuple(override_of(o) for o in message.model_overrides),
         state=_as_sent(SessionState, message.state),
         current_turn=message.current_turn,
@@ -199,6 +200,7 @@ def session_to(session: Session) -> session_pb2.Session:
         mode=mode_to(session.mode),
         display_name=session.display_name,
         persona_bundle_digest=session.persona_bundle_digest,
+        persona_revision_id=session.persona_revision_id,
         model_overrides=[override_to(o) for o in session.model_overrides],
         state=session.state.value,  # type: ignore[arg-type]  # the enums share their numbers
         current_turn=session.current_turn,

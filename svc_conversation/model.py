@@ -79,6 +79,15 @@ class Session:
     create_time: datetime | None = None
     update_time: datetime | None = None
     etag: str = ""
+    # The persona's revision loaded at creation, which every turn runs on; "" for a built-in
+    # persona (it has no revisions) and for sessions made before revisions existed.
+    persona_revision_id: str = ""
+
+    @property
+    def pinned_persona(self) -> str:
+        """The persona as the session's turns load it: "{persona}@{revision}" when pinned,
+        else the persona itself (its current version)."""
+        return f"{self.persona}@{self.persona_revision_id}" if self.persona_revision_id else self.persona
 
 
 # -- turns -------------------------------------------------------------------------------
@@ -406,6 +415,9 @@ class PersonaBrief:
     bundle_digest: str = ""
     signed: bool = False
     memory_namespaces: tuple[str, ...] = ()
+    revision_id: str = ""  # "" for a built-in persona, which has no revisions
+    # Example exchanges (user text, answer) shown to the model before the session's own turns.
+    examples: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

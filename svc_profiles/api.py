@@ -14,14 +14,20 @@ from skm.profiles.v1 import (
     model_service_pb2_grpc,
     persona_service_pb2,
     persona_service_pb2_grpc,
+    tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
 from skm_runtime.access import Principal
 from skm_runtime.errors import NotImplementedYet
 from skm_runtime.interceptors import call_principal
+from skm_runtime.principal import caller_from
 from skm_runtime.values_wire import mode_of, override_of, role_of
 from svc_profiles import convert
 from svc_profiles.core import Profiles
+from svc_profiles.core.bundles import Bundles
+from svc_profiles.core.scoring import Scoring
+from svc_profiles.core.tenants import Tenants
+from svc_profiles.core.training import Training
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -31,11 +37,38 @@ def _principal(context: Context) -> Principal | None:
     return None if message is None else convert.principal_of(message)
 
 
-class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
-    """skm.profiles.v1.PersonaService: tenants' personas and the built-in ones."""
+def _author(context: Context, method: str) -> str:
+    """Who a revision is by: the caller's user, else the mesh service that signed the call
+    ("services/{name}"), else "" (the core then names the caller as best it can)."""
+    principal = call_principal(context)
+    if principal is not None and principal.user:
+        return principal.user
+    caller = caller_from(context.invocation_metadata(), method)
+    return f"services/{caller}" if caller else ""
 
-    def __init__(self, profiles: Profiles) -> None:
+
+_PERSONAS = "/skm.profiles.v1.PersonaService/"
+_PROFILES = "/skm.profiles.v1.ModelProfileService/"
+
+
+class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
+    """skm.profiles.v1.PersonaService: tenants' personas and the built-in ones.
+
+    `bundles`: trusted keys and persona bundles (their RPCs answer UNIMPLEMENTED without);
+    with them, a rollback also brings back an installed persona's relationships.
+    """
+
+    def __init__(self, profiles: Profiles, bundles: Bundles | None = None, training: Training | None = None) -> None:
         self._profiles = profiles
+        self._bundles_or_none = bundles
+        self._training = training
+        self._rollback = bundles.rollback_persona if bundles is not None else profiles.rollback_persona
+
+    @property
+    def _bundles(self) -> Bundles:
+        if self._bundles_or_none is None:
+            raise NotImplementedYet("persona bundles are not served by this server")
+        return self._bundles_or_none
 
     async def CreatePersona(
         self, request: persona_service_pb2.CreatePersonaRequest, context: Context
@@ -46,6 +79,7 @@ class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
             convert.persona_of(request.persona),
             request.request_id,
             _principal(context),
+            author=_author(context, _PERSONAS + "CreatePersona"),
         )
         return persona_service_pb2.CreatePersonaResponse(persona=convert.persona_to(persona))
 
@@ -69,7 +103,10 @@ class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
         self, request: persona_service_pb2.UpdatePersonaRequest, context: Context
     ) -> persona_service_pb2.UpdatePersonaResponse:
         persona = await self._profiles.update_persona(
-            convert.persona_of(request.persona), list(request.update_mask.paths), _principal(context)
+            convert.persona_of(request.persona),
+            list(request.update_mask.paths),
+            _principal(context),
+            author=_author(context, _PERSONAS + "UpdatePersona"),
         )
         return persona_service_pb2.UpdatePersonaResponse(persona=convert.persona_to(persona))
 
@@ -79,43 +116,103 @@ class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
         await self._profiles.delete_persona(request.name, request.etag, _principal(context))
         return persona_service_pb2.DeletePersonaResponse()
 
-    async def ListPersonaRevisions(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def ListPersonaRevisions(
+        self, request: persona_service_pb2.ListPersonaRevisionsRequest, context: Context
+    ) -> persona_service_pb2.ListPersonaRevisionsResponse:
+        personas, token = await self._profiles.list_persona_revisions(
+            request.name, request.page_size, request.page_token, _principal(context)
+        )
+        return persona_service_pb2.ListPersonaRevisionsResponse(
+            personas=[convert.persona_to(p) for p in personas], next_page_token=token
+        )
 
-    async def RollbackPersona(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def RollbackPersona(
+        self, request: persona_service_pb2.RollbackPersonaRequest, context: Context
+    ) -> persona_service_pb2.RollbackPersonaResponse:
+        persona = await self._rollback(
+            request.name,
+            request.revision_id,
+            request.etag,
+            _principal(context),
+            author=_author(context, _PERSONAS + "RollbackPersona"),
+        )
+        return persona_service_pb2.RollbackPersonaResponse(persona=convert.persona_to(persona))
 
-    async def ExportPersonaBundle(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def ExportPersonaBundle(
+        self, request: persona_service_pb2.ExportPersonaBundleRequest, context: Context
+    ) -> persona_service_pb2.ExportPersonaBundleResponse:
+        payload = await self._bundles.export_bundle(request.name, request.version, request.key_id, _principal(context))
+        return persona_service_pb2.ExportPersonaBundleResponse(payload=payload)
 
-    async def InstallPersonaBundle(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def InstallPersonaBundle(
+        self, request: persona_service_pb2.InstallPersonaBundleRequest, context: Context
+    ) -> persona_service_pb2.InstallPersonaBundleResponse:
+        persona = await self._bundles.install_bundle(
+            request.parent,
+            request.bundle,
+            request.request_id,
+            _principal(context),
+            author=_author(context, _PERSONAS + "InstallPersonaBundle"),
+        )
+        return persona_service_pb2.InstallPersonaBundleResponse(persona=convert.persona_to(persona))
 
-    async def UninstallPersona(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def UninstallPersona(
+        self, request: persona_service_pb2.UninstallPersonaRequest, context: Context
+    ) -> persona_service_pb2.UninstallPersonaResponse:
+        await self._bundles.uninstall_persona(request.name, request.etag, _principal(context))
+        return persona_service_pb2.UninstallPersonaResponse()
 
-    async def TrainPersona(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def TrainPersona(
+        self, request: persona_service_pb2.TrainPersonaRequest, context: Context
+    ) -> persona_service_pb2.TrainPersonaResponse:
+        if self._training is None:
+            raise NotImplementedYet("training mode is not served by this server")
+        persona = await self._training.train_persona(
+            request.name, list(request.turns), request.etag, _principal(context)
+        )
+        return persona_service_pb2.TrainPersonaResponse(persona=convert.persona_to(persona))
 
-    async def CreateTrustedKey(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def CreateTrustedKey(
+        self, request: persona_service_pb2.CreateTrustedKeyRequest, context: Context
+    ) -> persona_service_pb2.CreateTrustedKeyResponse:
+        key = await self._bundles.create_trusted_key(
+            request.parent, request.trusted_key_id, convert.trusted_key_of(request.trusted_key), _principal(context)
+        )
+        return persona_service_pb2.CreateTrustedKeyResponse(trusted_key=convert.trusted_key_to(key))
 
-    async def ListTrustedKeys(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def ListTrustedKeys(
+        self, request: persona_service_pb2.ListTrustedKeysRequest, context: Context
+    ) -> persona_service_pb2.ListTrustedKeysResponse:
+        keys, token = await self._bundles.list_trusted_keys(
+            request.parent, request.page_size, request.page_token, _principal(context)
+        )
+        return persona_service_pb2.ListTrustedKeysResponse(
+            trusted_keys=[convert.trusted_key_to(k) for k in keys], next_page_token=token
+        )
 
-    async def DeleteTrustedKey(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the persona life cycle (revisions, bundles, training) is not served yet")
+    async def DeleteTrustedKey(
+        self, request: persona_service_pb2.DeleteTrustedKeyRequest, context: Context
+    ) -> persona_service_pb2.DeleteTrustedKeyResponse:
+        await self._bundles.delete_trusted_key(request.name, _principal(context))
+        return persona_service_pb2.DeleteTrustedKeyResponse()
 
 
 class ModelApi(model_service_pb2_grpc.ModelServiceServicer):
-    """skm.profiles.v1.ModelService: the deployment's model registry.
+    """skm.profiles.v1.ModelService: the deployment's model registry and the scoring job.
 
-    ListModelScores and RecordBenchmark are not served yet (UNIMPLEMENTED, reason
-    NOT_IMPLEMENTED): they belong to the scoring job, which is not built.
+    Without `scoring` (a composition that leaves the job out) its four RPCs answer
+    UNIMPLEMENTED (NOT_IMPLEMENTED).
     """
 
-    def __init__(self, profiles: Profiles) -> None:
+    def __init__(self, profiles: Profiles, scoring: Scoring | None = None) -> None:
         self._profiles = profiles
+        self._scoring_job = scoring
+
+    @property
+    def _scoring(self) -> Scoring:
+        if self._scoring_job is None:
+            raise NotImplementedYet("the scoring job is not part of this server")
+        return self._scoring_job
 
     async def CreateModel(
         self, request: model_service_pb2.CreateModelRequest, context: Context
@@ -146,19 +243,34 @@ class ModelApi(model_service_pb2_grpc.ModelServiceServicer):
     async def ListModelScores(
         self, request: model_service_pb2.ListModelScoresRequest, context: Context
     ) -> model_service_pb2.ListModelScoresResponse:
-        raise NotImplementedYet("model scores come from the scoring job, which is not served yet")
+        scores, token = await self._scoring.list_scores(
+            request.parent, role_of(request.role), request.page_size, request.page_token, _principal(context)
+        )
+        return model_service_pb2.ListModelScoresResponse(
+            model_scores=[convert.model_score_to(s) for s in scores], next_page_token=token
+        )
 
     async def RecordBenchmark(
         self, request: model_service_pb2.RecordBenchmarkRequest, context: Context
     ) -> model_service_pb2.RecordBenchmarkResponse:
-        raise NotImplementedYet("benchmark runs feed the scoring job, which is not served yet")
+        run = await self._scoring.record_benchmark(request.request_id, convert.benchmark_run_of(request.benchmark_run))
+        return model_service_pb2.RecordBenchmarkResponse(benchmark_run=convert.benchmark_run_to(run))
 
-    async def RunScoring(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        raise NotImplementedYet("the scoring job is not served yet")
-        yield  # a server stream
+    async def RunScoring(
+        self, request: model_service_pb2.RunScoringRequest, context: Context
+    ) -> AsyncIterator[model_service_pb2.RunScoringResponse]:
+        async for run, step in self._scoring.run_scoring(request.parent):
+            yield model_service_pb2.RunScoringResponse(scoring_run=convert.scoring_run_to(run), step=step)
 
-    async def ListModelRecommendations(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("the scoring job is not served yet")
+    async def ListModelRecommendations(
+        self, request: model_service_pb2.ListModelRecommendationsRequest, context: Context
+    ) -> model_service_pb2.ListModelRecommendationsResponse:
+        found, token = await self._scoring.list_recommendations(
+            request.parent, role_of(request.role), request.page_size, request.page_token, _principal(context)
+        )
+        return model_service_pb2.ListModelRecommendationsResponse(
+            model_recommendations=[convert.recommendation_to(r) for r in found], next_page_token=token
+        )
 
 
 class ModelProfileApi(model_profile_service_pb2_grpc.ModelProfileServiceServicer):
@@ -171,7 +283,11 @@ class ModelProfileApi(model_profile_service_pb2_grpc.ModelProfileServiceServicer
         self, request: model_profile_service_pb2.CreateModelProfileRequest, context: Context
     ) -> model_profile_service_pb2.CreateModelProfileResponse:
         profile = await self._profiles.create_model_profile(
-            request.parent, convert.model_profile_of(request.model_profile), request.request_id, _principal(context)
+            request.parent,
+            convert.model_profile_of(request.model_profile),
+            request.request_id,
+            _principal(context),
+            author=_author(context, _PROFILES + "CreateModelProfile"),
         )
         return model_profile_service_pb2.CreateModelProfileResponse(model_profile=convert.model_profile_to(profile))
 
@@ -200,7 +316,10 @@ class ModelProfileApi(model_profile_service_pb2_grpc.ModelProfileServiceServicer
         self, request: model_profile_service_pb2.UpdateModelProfileRequest, context: Context
     ) -> model_profile_service_pb2.UpdateModelProfileResponse:
         profile = await self._profiles.update_model_profile(
-            convert.model_profile_of(request.model_profile), list(request.update_mask.paths), _principal(context)
+            convert.model_profile_of(request.model_profile),
+            list(request.update_mask.paths),
+            _principal(context),
+            author=_author(context, _PROFILES + "UpdateModelProfile"),
         )
         return model_profile_service_pb2.UpdateModelProfileResponse(model_profile=convert.model_profile_to(profile))
 
@@ -224,29 +343,67 @@ class ModelProfileApi(model_profile_service_pb2_grpc.ModelProfileServiceServicer
             resolved_model_profile=convert.resolved_to(resolved)
         )
 
-    async def ListModelProfileRevisions(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("model profile revisions are not served yet")
+    async def ListModelProfileRevisions(
+        self, request: model_profile_service_pb2.ListModelProfileRevisionsRequest, context: Context
+    ) -> model_profile_service_pb2.ListModelProfileRevisionsResponse:
+        profiles, token = await self._profiles.list_model_profile_revisions(
+            request.name, request.page_size, request.page_token, _principal(context)
+        )
+        return model_profile_service_pb2.ListModelProfileRevisionsResponse(
+            model_profiles=[convert.model_profile_to(p) for p in profiles], next_page_token=token
+        )
 
-    async def RollbackModelProfile(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("model profile revisions are not served yet")
+    async def RollbackModelProfile(
+        self, request: model_profile_service_pb2.RollbackModelProfileRequest, context: Context
+    ) -> model_profile_service_pb2.RollbackModelProfileResponse:
+        profile = await self._profiles.rollback_model_profile(
+            request.name,
+            request.revision_id,
+            request.etag,
+            _principal(context),
+            author=_author(context, _PROFILES + "RollbackModelProfile"),
+        )
+        return model_profile_service_pb2.RollbackModelProfileResponse(model_profile=convert.model_profile_to(profile))
 
 
 class TenantApi(tenant_service_pb2_grpc.TenantServiceServicer):
     """skm.profiles.v1.TenantService: tenant onboarding."""
 
-    async def CreateTenant(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("tenant onboarding is not served yet")
+    def __init__(self, tenants: Tenants) -> None:
+        self._tenants = tenants
 
-    async def GetTenant(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("tenant onboarding is not served yet")
+    async def CreateTenant(
+        self, request: tenant_service_pb2.CreateTenantRequest, context: Context
+    ) -> tenant_service_pb2.CreateTenantResponse:
+        tenant = await self._tenants.create_tenant(
+            request.tenant_id, convert.tenant_of(request.tenant), request.constitution
+        )
+        return tenant_service_pb2.CreateTenantResponse(tenant=convert.tenant_to(tenant))
 
-    async def ListTenants(self, request: Any, context: Context) -> Any:
-        raise NotImplementedYet("tenant onboarding is not served yet")
+    async def GetTenant(
+        self, request: tenant_service_pb2.GetTenantRequest, context: Context
+    ) -> tenant_service_pb2.GetTenantResponse:
+        tenant = await self._tenants.get_tenant(request.name, _principal(context))
+        return tenant_service_pb2.GetTenantResponse(tenant=convert.tenant_to(tenant))
+
+    async def ListTenants(
+        self, request: tenant_service_pb2.ListTenantsRequest, context: Context
+    ) -> tenant_service_pb2.ListTenantsResponse:
+        tenants, token = await self._tenants.list_tenants(request.page_size, request.page_token)
+        return tenant_service_pb2.ListTenantsResponse(
+            tenants=[convert.tenant_to(t) for t in tenants], next_page_token=token
+        )
 
 
-def register(server: grpc.aio.Server, profiles: Profiles) -> None:
-    persona_service_pb2_grpc.add_PersonaServiceServicer_to_server(PersonaApi(profiles), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelApi(profiles), server)
+def register(
+    server: grpc.aio.Server,
+    profiles: Profiles,
+    tenants: Tenants,
+    scoring: Scoring | None = None,
+    bundles: Bundles | None = None,
+    training: Training | None = None,
+) -> None:
+    persona_service_pb2_grpc.add_PersonaServiceServicer_to_server(PersonaApi(profiles, bundles, training), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelApi(profiles, scoring), server)
     model_profile_service_pb2_grpc.add_ModelProfileServiceServicer_to_server(ModelProfileApi(profiles), server)
-    # Its methods answer UNIMPLEMENTED until onboarding lands (the generated base class).
-    tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantApi(), server)
+    tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(TenantApi(tenants), server)

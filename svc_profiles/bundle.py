@@ -1,7 +1,8 @@
 """A persona's bundle digest: SHA-256 of the RFC 8785 (JCS) canonical JSON of its bundle.
 
 The bundle is the proto3 JSON mapping of the Persona fields display_name, system_prompt,
-tone, voice, allowed_tools, memory_namespaces, model_preferences and knowledge_snapshot:
+tone, voice, allowed_tools, memory_namespaces, model_preferences, knowledge_snapshot and
+examples:
 lowerCamelCase keys, enums by name, fields with their default value left out (an explicit
 `temperature`, being `optional`, stays even at 0). A publisher signs the 32 raw digest
 bytes with Ed25519; anyone can recompute the digest from a persona with any protobuf
@@ -18,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from skm_runtime.values import ModelOverride
-from svc_profiles.model import Persona
+from svc_profiles.model import Persona, PersonaExample
 
 
 def canonical_json(value: Any) -> bytes:
@@ -103,8 +104,15 @@ def bundle_json(persona: Persona) -> dict[str, Any]:
         "memoryNamespaces": list(persona.memory_namespaces),
         "modelPreferences": [override_json(o) for o in persona.model_preferences],
         "knowledgeSnapshot": persona.knowledge_snapshot,
+        "examples": [example_json(e) for e in persona.examples],
     }
     return {key: value for key, value in fields.items() if value}
+
+
+def example_json(example: PersonaExample) -> dict[str, Any]:
+    """The proto3 JSON mapping of a PersonaExample."""
+    out = {"userText": example.user_text, "agentText": example.agent_text, "sourceTurn": example.source_turn}
+    return {key: value for key, value in out.items() if value}
 
 
 def bundle_digest(persona: Persona) -> str:

@@ -28,6 +28,8 @@ MAX_TONE_CHARS = 200
 MAX_ALLOWED_TOOLS = 100
 MAX_MEMORY_NAMESPACES = 32
 MAX_TRAINING_SESSIONS = 1000
+MAX_EXAMPLES = 50
+MAX_EXAMPLE_BYTES = 8 * 1024
 MAX_TIERS = 8
 MAX_TEMPERATURE = 2.0
 MAX_OUTPUT_TOKENS = 10_000_000
@@ -75,6 +77,11 @@ def split_child(name: str, collection: str, id_pattern: re.Pattern[str] = _SEGME
     ):
         raise _bad_name(f"tenants/{{tenant}}/{collection}/{{id}}", name)
     return f"tenants/{parts[1]}", parts[3]
+
+
+def is_segment(text: str) -> bool:
+    """Whether `text` is one id segment of a resource name."""
+    return bool(_SEGMENT.fullmatch(text))
 
 
 def split_persona(name: str) -> tuple[str, str]:
@@ -248,7 +255,12 @@ def persona_violations(persona: Persona, tenant: str, field: str = "persona") ->
             out.append(FieldViolation(f"{field}.knowledge_snapshot", f"expected {tenant}/knowledgeBases/{{id}}"))
     if bool(persona.signature) != bool(persona.signing_key):
         out.append(FieldViolation(f"{field}.signature", "signature and signing_key go together"))
-    elif persona.signing_key and not _KEY_ID.fullmatch(persona.signing_key):
+    elif (
+        persona.signing_key
+        and not _KEY_ID.fullmatch(persona.signing_key)
+        # A persona installed from a bundle is signed by one of its tenant's trusted keys.
+        and not persona.signing_key.startswith(f"{tenant}/trustedKeys/")
+    ):
         out.append(FieldViolation(f"{field}.signing_key", "1-128 characters of [A-Za-z0-9_.-]"))
     lineage = persona.lineage
     if lineage.parent_persona:
@@ -267,6 +279,27 @@ def persona_violations(persona: Persona, tenant: str, field: str = "persona") ->
             out.append(
                 FieldViolation(f"{field}.lineage.training_sessions[{index}]", "expected tenants/{t}/sessions/{s}")
             )
+    if lineage.operator and not lineage.operator.startswith(f"{tenant}/users/"):
+        out.append(FieldViolation(f"{field}.lineage.operator", f"expected {tenant}/users/{{user}}"))
+    if lineage.parent_revision_id and not lineage.parent_revision_id.isdigit():
+        out.append(FieldViolation(f"{field}.lineage.parent_revision_id", "a revision id: digits"))
+    out += _examples_violations(f"{field}.examples", persona, tenant)
+    return out
+
+
+def _examples_violations(field: str, persona: Persona, tenant: str) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    if len(persona.examples) > MAX_EXAMPLES:
+        out.append(FieldViolation(field, f"at most {MAX_EXAMPLES} examples"))
+    for index, example in enumerate(persona.examples):
+        at = f"{field}[{index}]"
+        for name, text in (("user_text", example.user_text), ("agent_text", example.agent_text)):
+            if not text.strip():
+                out.append(FieldViolation(f"{at}.{name}", "required"))
+            elif len(text.encode()) > MAX_EXAMPLE_BYTES:
+                out.append(FieldViolation(f"{at}.{name}", "at most 8 KiB (UTF-8)"))
+        if example.source_turn and not example.source_turn.startswith(f"{tenant}/sessions/"):
+            out.append(FieldViolation(f"{at}.source_turn", f"expected {tenant}/sessions/{{s}}/turns/{{t}}"))
     return out
 
 

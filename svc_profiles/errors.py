@@ -91,6 +91,93 @@ class PersonaSignatureInvalid(ProfilesError):
     reason = "PERSONA_SIGNATURE_INVALID"
 
 
+class RevisionNotFound(ProfilesError):
+    code = Code.NOT_FOUND
+    reason = "REVISION_NOT_FOUND"
+
+
+class InvalidBenchmark(ProfilesError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_BENCHMARK"
+
+
+class ScoringAlreadyRunning(ProfilesError):
+    """Metadata `scoring_run`: the run in progress (on this replica or another)."""
+
+    code = Code.FAILED_PRECONDITION
+    reason = "SCORING_ALREADY_RUNNING"
+
+
+class TenantNotFound(ProfilesError):
+    code = Code.NOT_FOUND
+    reason = "TENANT_NOT_FOUND"
+
+
+class TenantAlreadyExists(ProfilesError):
+    code = Code.ALREADY_EXISTS
+    reason = "TENANT_ALREADY_EXISTS"
+
+
+class InvalidTenant(ProfilesError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_TENANT"
+
+
+class BundleMalformed(ProfilesError):
+    code = Code.INVALID_ARGUMENT
+    reason = "BUNDLE_MALFORMED"
+
+
+class BundleSignatureInvalid(ProfilesError):
+    code = Code.INVALID_ARGUMENT
+    reason = "BUNDLE_SIGNATURE_INVALID"
+
+
+class BundleKeyNotTrusted(ProfilesError):
+    code = Code.FAILED_PRECONDITION
+    reason = "BUNDLE_KEY_NOT_TRUSTED"
+
+
+class BundleKeyExpired(ProfilesError):
+    code = Code.FAILED_PRECONDITION
+    reason = "BUNDLE_KEY_EXPIRED"
+
+
+class BundleVersionNotNewer(ProfilesError):
+    code = Code.FAILED_PRECONDITION
+    reason = "BUNDLE_VERSION_NOT_NEWER"
+
+
+class PersonaNotFromBundle(ProfilesError):
+    code = Code.FAILED_PRECONDITION
+    reason = "PERSONA_NOT_FROM_BUNDLE"
+
+
+class TrustedKeyNotFound(ProfilesError):
+    code = Code.NOT_FOUND
+    reason = "TRUSTED_KEY_NOT_FOUND"
+
+
+class TrustedKeyAlreadyExists(ProfilesError):
+    code = Code.ALREADY_EXISTS
+    reason = "TRUSTED_KEY_ALREADY_EXISTS"
+
+
+class InvalidTrustedKey(ProfilesError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_TRUSTED_KEY"
+
+
+class TurnNotFound(ProfilesError):
+    code = Code.NOT_FOUND
+    reason = "TURN_NOT_FOUND"
+
+
+class TrainingNotAllowed(ProfilesError):
+    code = Code.FAILED_PRECONDITION
+    reason = "TRAINING_NOT_ALLOWED"
+
+
 class DefaultsInvalid(ValueError):
     """The deployment defaults file cannot be used; the service does not start."""
 

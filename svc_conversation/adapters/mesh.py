@@ -103,6 +103,8 @@ class GrpcProfiles:
             bundle_digest=persona.bundle_digest,
             signed=bool(persona.signature),
             memory_namespaces=tuple(persona.memory_namespaces),
+            revision_id=persona.revision.revision_id,
+            examples=tuple((e.user_text, e.agent_text) for e in persona.examples),
         )
 
     async def resolve(

@@ -129,9 +129,18 @@ class Conversation:
     # -- sessions --------------------------------------------------------------------
 
     async def create_session(
-        self, principal: Principal | None, parent: str, session: Session, request_id: str, *, superior: str = ""
+        self,
+        principal: Principal | None,
+        parent: str,
+        session: Session,
+        request_id: str,
+        *,
+        superior: str = "",
+        persona_revision: str = "",
     ) -> Session:
-        return await self._sessions.create_session(principal, parent, session, request_id, superior=superior)
+        return await self._sessions.create_session(
+            principal, parent, session, request_id, superior=superior, persona_revision=persona_revision
+        )
 
     async def get_session(self, principal: Principal | None, name: str) -> Session:
         return await self._sessions.get_session(principal, name)

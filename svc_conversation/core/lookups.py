@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from skm_runtime.access import Principal
 from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole
+from svc_conversation.errors import PersonaNotFound
 from svc_conversation.model import PersonaBrief, ResolvedProfile, Session, ToolSpec
 from svc_conversation.ports import Profiles, ToolRunner
 from svc_conversation.refresh import RefreshingCache
@@ -36,12 +37,31 @@ class Lookups:
         )
 
     async def persona(self, name: str, principal: Principal) -> PersonaBrief:
+        """A persona, "{persona}@{revision}" for a pinned one (a session's `pinned_persona`)."""
         return await self._personas.get(name, lambda: self._profiles.persona(name, principal))
 
+    async def session_persona(self, session: Session, principal: Principal) -> PersonaBrief:
+        """The persona revision the session runs on. A pinned revision whose bundle digest is
+        not the one the session started with is another persona's (deleted, then made again
+        with the same id, its revisions numbered anew): PERSONA_NOT_FOUND, not a silent swap."""
+        persona = await self.persona(session.pinned_persona, principal)
+        digest = session.persona_bundle_digest
+        if session.persona_revision_id and digest and persona.bundle_digest and persona.bundle_digest != digest:
+            raise PersonaNotFound(
+                "the persona revision this session runs on no longer exists",
+                metadata={"persona": session.pinned_persona, "persona_bundle_digest": digest},
+            )
+        return persona
+
+    async def current_persona(self, name: str, principal: Principal) -> PersonaBrief:
+        """The persona as it is now, not as cached: what a new session pins (a persona
+        changed moments ago must not start a new session on its revision before)."""
+        return await self._profiles.persona(name, principal)
+
     async def resolve(self, principal: Principal, role: ModelRole, session: Session) -> ResolvedProfile:
-        """A role's models for the session (its persona, mode and overrides)."""
+        """A role's models for the session (its pinned persona revision, mode and overrides)."""
         overrides = session.model_overrides
-        mode, persona = session.mode, session.persona
+        mode, persona = session.mode, session.pinned_persona
         key = (principal.tenant, role, mode, persona, overrides)
         return await self._resolved.get(key, lambda: self._profiles.resolve(principal, role, mode, persona, overrides))
 

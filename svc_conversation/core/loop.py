@@ -31,7 +31,7 @@ from svc_conversation.core.compression import Compressor
 from svc_conversation.core.handles import SessionHandle, TokenStream
 from svc_conversation.core.lookups import Lookups
 from svc_conversation.core.mirror import Mirror
-from svc_conversation.errors import DependencyUnavailable, ModelCallFailed, ToolCallRejected
+from svc_conversation.errors import DependencyUnavailable, ModelCallFailed, PersonaNotFound, ToolCallRejected
 from svc_conversation.fitting import fit_messages
 from svc_conversation.model import (
     CallStats,
@@ -300,7 +300,8 @@ class TurnRun:
             raise
         except TurnFailed as failure:
             await self._end(TurnState.FAILED, failure.reason, error=failure.reason, message=failure.message)
-        except DependencyUnavailable as error:
+        except (DependencyUnavailable, PersonaNotFound) as error:
+            # PersonaNotFound: the persona (or the revision the session runs on) is gone.
             await self._end(TurnState.FAILED, error.reason, error=error.reason, message=error.message)
         finally:
             # Left behind by a run that ended early: nobody awaits them any more.
@@ -320,7 +321,7 @@ class TurnRun:
         session = self.handle.session
         # What the turn needs from elsewhere, asked all at once.
         persona, catalogue, primary, depth = await asyncio.gather(
-            services.lookups.persona(session.persona, self.principal),
+            services.lookups.session_persona(session, self.principal),
             services.lookups.catalogue(self.principal),
             services.lookups.resolve(self.principal, ModelRole.PRIMARY, session),
             services.spawner.depth(session),
@@ -403,6 +404,9 @@ class TurnRun:
     async def _context(self, persona: PersonaBrief, offered: Sequence[ToolSpec]) -> _Context:
         system = persona.system_prompt.strip() + "\n\n" + format_instructions(offered)
         messages = [{"role": "system", "content": system}]
+        # The persona's examples (training mode) read as earlier exchanges of the session.
+        for user_text, agent_text in persona.examples:
+            messages += [{"role": "user", "content": user_text}, {"role": "assistant", "content": agent_text}]
         messages.extend(await self._history())
         events = await self.services.store.list_events(self.handle.name, 0, 100_000, turn=turn_ordinal(self.turn.name))
         tool_choice = ""

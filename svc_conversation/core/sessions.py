@@ -68,15 +68,28 @@ class Sessions:
         self._turns = turns
 
     async def create_session(
-        self, principal: Principal | None, parent: str, session: Session, request_id: str, *, superior: str = ""
+        self,
+        principal: Principal | None,
+        parent: str,
+        session: Session,
+        request_id: str,
+        *,
+        superior: str = "",
+        persona_revision: str = "",
     ) -> Session:
+        """A new session on the persona's current revision, which it keeps for every turn
+        (`persona_revision`: on that revision instead, as a subordinate runs on its
+        superior's)."""
         principal = caller(principal)
         if parent != principal.tenant:
             raise PermissionDenied("sessions are created in the caller's own tenant", metadata={"parent": parent})
         violations = _violations(session, parent, request_id)
         if violations:
             raise InvalidSession("the session is not valid", violations=violations)
-        persona = await self._lookups.persona(session.persona, principal)
+        if persona_revision:
+            persona = await self._lookups.persona(f"{session.persona}@{persona_revision}", principal)
+        else:
+            persona = await self._lookups.current_persona(session.persona, principal)
         if session.mode != DeploymentMode.DEVELOPER and not persona.signed:
             raise PersonaNotSigned(
                 "only signed personas run in TEST and PRODUCTION mode", metadata={"persona": session.persona}
@@ -87,6 +100,7 @@ class Sessions:
             session,
             name=name,
             persona_bundle_digest=persona.bundle_digest,
+            persona_revision_id=persona.revision_id,
             state=SessionState.IDLE,
             owner=principal.user,
             superior_session=superior,

@@ -70,7 +70,14 @@ class Subordinates(Protocol):
     """The use cases a spawn runs the subordinate with (the Conversation's own)."""
 
     async def create_session(
-        self, principal: Principal | None, parent: str, session: Session, request_id: str, *, superior: str = ""
+        self,
+        principal: Principal | None,
+        parent: str,
+        session: Session,
+        request_id: str,
+        *,
+        superior: str = "",
+        persona_revision: str = "",
     ) -> Session: ...
 
     async def send_message(
@@ -206,8 +213,14 @@ class Spawns:
             model_overrides=session.model_overrides,
         )
         subordinates = self._subordinates
+        # The subordinate runs on its superior's persona revision, whatever the persona became.
         created = await subordinates.create_session(
-            run.principal, run.principal.tenant, child, request_id, superior=session.name
+            run.principal,
+            run.principal.tenant,
+            child,
+            request_id,
+            superior=session.name,
+            persona_revision=session.persona_revision_id,
         )
         turn = await subordinates.send_message(run.principal, created.name, message, request_id, "")
         try:

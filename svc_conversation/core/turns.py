@@ -161,7 +161,7 @@ class Turns:
                     "this request_id was used for another message", metadata={"request_id": request_id}
                 )
             if tool_choice:
-                persona = await self._services.lookups.persona(handle.session.persona, principal)
+                persona = await self._services.lookups.session_persona(handle.session, principal)
                 if tool_choice not in persona.allowed_tools:
                     raise InvalidToolChoice(
                         f"{tool_choice!r} is not a tool of this session's persona",

@@ -20,10 +20,73 @@ import asyncpg
 from skm_runtime.errors import ServiceUnavailable
 from skm_runtime.outbox import outbox_ddl
 from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
-from svc_profiles.bundle import override_json
-from svc_profiles.model import Capability, Inserted, Lineage, Model, ModelProfile, Persona, PersonaCursor
+from svc_profiles.bundle import example_json, override_json
+from svc_profiles.model import (
+    AutoSelectBounds,
+    Capability,
+    Inserted,
+    Lineage,
+    Model,
+    ModelProfile,
+    Persona,
+    PersonaCursor,
+    PersonaExample,
+    Revision,
+    RevisionOrigin,
+)
 
 SCHEMA = "profiles"
+
+# Revisions: each persona and model profile row carries its current revision (id, origin,
+# author, note, time), and every revision is kept whole as the row was (to_jsonb of it, read
+# back with jsonb_populate_record, so columns added later need no change here), written in the
+# transaction of the change. Rows stored before revisions existed become revision 1 here.
+_REVISIONS_DDL = f"""
+ALTER TABLE {SCHEMA}.personas ADD COLUMN IF NOT EXISTS revision_id bigint NOT NULL DEFAULT 0;
+ALTER TABLE {SCHEMA}.personas ADD COLUMN IF NOT EXISTS revision_origin text NOT NULL DEFAULT 'CREATE';
+ALTER TABLE {SCHEMA}.personas ADD COLUMN IF NOT EXISTS revision_author text NOT NULL DEFAULT '';
+ALTER TABLE {SCHEMA}.personas ADD COLUMN IF NOT EXISTS revision_note text NOT NULL DEFAULT '';
+ALTER TABLE {SCHEMA}.personas ADD COLUMN IF NOT EXISTS revision_time timestamptz;
+-- PersonaExample messages in the proto3 JSON mapping (training mode adds them).
+ALTER TABLE {SCHEMA}.personas ADD COLUMN IF NOT EXISTS examples jsonb NOT NULL DEFAULT '[]';
+-- The publisher's version of the bundle the persona was installed from; 0: none.
+ALTER TABLE {SCHEMA}.personas ADD COLUMN IF NOT EXISTS bundle_version bigint NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS {SCHEMA}.persona_revisions (
+    tenant text NOT NULL,
+    persona_id text NOT NULL,
+    revision_id bigint NOT NULL,
+    persona jsonb NOT NULL,
+    CONSTRAINT persona_revisions_pkey PRIMARY KEY (tenant, persona_id, revision_id)
+);
+UPDATE {SCHEMA}.personas SET revision_id = 1, revision_time = update_time WHERE revision_id = 0;
+INSERT INTO {SCHEMA}.persona_revisions (tenant, persona_id, revision_id, persona)
+    SELECT p.tenant, p.persona_id, p.revision_id, to_jsonb(p) FROM {SCHEMA}.personas p
+    ON CONFLICT DO NOTHING;
+ALTER TABLE {SCHEMA}.model_profiles ADD COLUMN IF NOT EXISTS revision_id bigint NOT NULL DEFAULT 0;
+ALTER TABLE {SCHEMA}.model_profiles ADD COLUMN IF NOT EXISTS revision_origin text NOT NULL DEFAULT 'CREATE';
+ALTER TABLE {SCHEMA}.model_profiles ADD COLUMN IF NOT EXISTS revision_author text NOT NULL DEFAULT '';
+ALTER TABLE {SCHEMA}.model_profiles ADD COLUMN IF NOT EXISTS revision_note text NOT NULL DEFAULT '';
+ALTER TABLE {SCHEMA}.model_profiles ADD COLUMN IF NOT EXISTS revision_time timestamptz;
+-- {{"max_cost": {{money}}, "min_quality": 0.8}}; NULL: auto mode is bounded by nothing.
+ALTER TABLE {SCHEMA}.model_profiles ADD COLUMN IF NOT EXISTS auto_select_bounds jsonb;
+CREATE TABLE IF NOT EXISTS {SCHEMA}.model_profile_revisions (
+    tenant text NOT NULL,
+    profile_id text NOT NULL,
+    revision_id bigint NOT NULL,
+    model_profile jsonb NOT NULL,
+    CONSTRAINT model_profile_revisions_pkey PRIMARY KEY (tenant, profile_id, revision_id)
+);
+UPDATE {SCHEMA}.model_profiles SET revision_id = 1, revision_time = update_time WHERE revision_id = 0;
+INSERT INTO {SCHEMA}.model_profile_revisions (tenant, profile_id, revision_id, model_profile)
+    SELECT p.tenant, p.profile_id, p.revision_id, to_jsonb(p) FROM {SCHEMA}.model_profiles p
+    ON CONFLICT DO NOTHING;
+"""
+_RECORD_PERSONA = f"""INSERT INTO {SCHEMA}.persona_revisions (tenant, persona_id, revision_id, persona)
+    SELECT p.tenant, p.persona_id, p.revision_id, to_jsonb(p) FROM {SCHEMA}.personas p
+    WHERE p.tenant = $1 AND p.persona_id = $2"""
+_RECORD_PROFILE = f"""INSERT INTO {SCHEMA}.model_profile_revisions (tenant, profile_id, revision_id, model_profile)
+    SELECT p.tenant, p.profile_id, p.revision_id, to_jsonb(p) FROM {SCHEMA}.model_profiles p
+    WHERE p.tenant = $1 AND p.profile_id = $2"""
 
 _DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
@@ -90,7 +153,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.model_profiles (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS model_profiles_request ON {SCHEMA}.model_profiles (tenant, request_id)
     WHERE request_id <> '';
-{outbox_ddl(SCHEMA)}
+{_REVISIONS_DDL}{outbox_ddl(SCHEMA)}
 """
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -98,14 +161,15 @@ _MODEL_COLUMNS = (
     "name, display_name, endpoint_uri, served_model, credential_secret, context_length, input_cost, output_cost,"
     " capabilities, embedding_dimensions, create_time, update_time, etag"
 )
+_REVISION_COLUMNS = "revision_id, revision_origin, revision_author, revision_note, revision_time"
 _PERSONA_COLUMNS = (
     "tenant, persona_id, display_name, system_prompt, tone, voice, allowed_tools, memory_namespaces,"
     " model_preferences, knowledge_snapshot, bundle_digest, signature, signing_key, lineage, create_time,"
-    " update_time, etag"
+    f" update_time, etag, {_REVISION_COLUMNS}, examples, bundle_version"
 )
 _PROFILE_COLUMNS = (
     "tenant, profile_id, role, mode, model_tiers, temperature, max_output_tokens, auto_select, create_time,"
-    " update_time, etag"
+    f" update_time, etag, {_REVISION_COLUMNS}, auto_select_bounds"
 )
 
 
@@ -174,6 +238,37 @@ def _model_values(model: Model) -> tuple[Any, ...]:
     )
 
 
+def _revision(row: Any) -> Revision | None:
+    if not row["revision_id"]:
+        return None
+    origin = row["revision_origin"]
+    return Revision(
+        revision_id=str(row["revision_id"]),
+        create_time=row["revision_time"],
+        origin=RevisionOrigin(origin) if origin in RevisionOrigin.__members__ else RevisionOrigin.UPDATE,
+        author=row["revision_author"],
+        note=row["revision_note"],
+    )
+
+
+def _revision_values(revision: Revision | None) -> tuple[Any, ...]:
+    assert revision is not None  # the core stamps every stored value with its revision
+    return (int(revision.revision_id), revision.origin.value, revision.author, revision.note, revision.create_time)
+
+
+def _bounds_json(bounds: AutoSelectBounds | None) -> str | None:
+    if bounds is None:
+        return None
+    return json.dumps({"max_cost": json.loads(_money_json(bounds.max_cost)), "min_quality": bounds.min_quality})
+
+
+def _bounds(text: str | None) -> AutoSelectBounds | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    return AutoSelectBounds(_money(json.dumps(value["max_cost"])), float(value["min_quality"]))
+
+
 def _override(value: dict[str, Any]) -> ModelOverride:
     role = value.get("role", "")
     return ModelOverride(
@@ -203,10 +298,18 @@ def _persona(row: Any) -> Persona:
             lineage.get("parent_persona", ""),
             lineage.get("parent_bundle_digest", ""),
             tuple(lineage.get("training_sessions", ())),
+            lineage.get("operator", ""),
+            lineage.get("parent_revision_id", ""),
         ),
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],
+        revision=_revision(row),
+        examples=tuple(
+            PersonaExample(e.get("userText", ""), e.get("agentText", ""), e.get("sourceTurn", ""))
+            for e in json.loads(row["examples"])
+        ),
+        bundle_version=row["bundle_version"],
     )
 
 
@@ -232,11 +335,16 @@ def _persona_values(persona: Persona) -> tuple[Any, ...]:
                 "parent_persona": lineage.parent_persona,
                 "parent_bundle_digest": lineage.parent_bundle_digest,
                 "training_sessions": list(lineage.training_sessions),
+                "operator": lineage.operator,
+                "parent_revision_id": lineage.parent_revision_id,
             }
         ),
         persona.create_time,
         persona.update_time,
         persona.etag,
+        *_revision_values(persona.revision),
+        json.dumps([example_json(e) for e in persona.examples]),
+        persona.bundle_version,
     )
 
 
@@ -252,6 +360,8 @@ def _profile(row: Any) -> ModelProfile:
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],
+        revision=_revision(row),
+        auto_select_bounds=_bounds(row["auto_select_bounds"]),
     )
 
 
@@ -271,6 +381,8 @@ def _profile_values(profile: ModelProfile) -> tuple[Any, ...]:
         profile.create_time,
         profile.update_time,
         profile.etag,
+        *_revision_values(profile.revision),
+        _bounds_json(profile.auto_select_bounds),
     )
 
 
@@ -324,16 +436,19 @@ class PostgresProfileStore:
         return None if row is None else (_persona(row), row["request_fingerprint"])
 
     async def insert_persona(self, persona: Persona, request_id: str, fingerprint: str) -> Inserted:
+        values = _persona_values(persona)
         with _database():
             try:
-                await self._pool.execute(
-                    f"INSERT INTO {SCHEMA}.personas ({_PERSONA_COLUMNS}, request_id, request_fingerprint)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14::jsonb, $15, $16,"
-                    " $17, $18, $19)",
-                    *_persona_values(persona),
-                    request_id,
-                    fingerprint,
-                )
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA}.personas ({_PERSONA_COLUMNS}, request_id, request_fingerprint)"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14::jsonb, $15,"
+                        " $16, $17, $18, $19, $20, $21, $22, $23::jsonb, $24, $25, $26)",
+                        *values,
+                        request_id,
+                        fingerprint,
+                    )
+                    await conn.execute(_RECORD_PERSONA, values[0], values[1])
             except asyncpg.UniqueViolationError as exc:
                 return Inserted.REQUEST_TAKEN if exc.constraint_name == "personas_request" else Inserted.NAME_TAKEN
         return Inserted.INSERTED
@@ -341,30 +456,69 @@ class PostgresProfileStore:
     async def replace_persona(self, persona: Persona, etag: str) -> bool:
         values = _persona_values(persona)
         with _database():
-            done = await self._pool.fetchval(
-                f"""UPDATE {SCHEMA}.personas SET display_name = $3, system_prompt = $4, tone = $5, voice = $6,
-                    allowed_tools = $7, memory_namespaces = $8, model_preferences = $9::jsonb,
-                    knowledge_snapshot = $10, bundle_digest = $11, signature = $12, signing_key = $13,
-                    lineage = $14::jsonb, update_time = $15, etag = $16
-                    WHERE tenant = $1 AND persona_id = $2 AND etag = $17 RETURNING 1""",
-                *values[:14],
-                values[15],
-                values[16],
-                etag,
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                done = await conn.fetchval(
+                    f"""UPDATE {SCHEMA}.personas SET display_name = $3, system_prompt = $4, tone = $5, voice = $6,
+                        allowed_tools = $7, memory_namespaces = $8, model_preferences = $9::jsonb,
+                        knowledge_snapshot = $10, bundle_digest = $11, signature = $12, signing_key = $13,
+                        lineage = $14::jsonb, update_time = $15, etag = $16, revision_id = $17,
+                        revision_origin = $18, revision_author = $19, revision_note = $20, revision_time = $21,
+                        examples = $22::jsonb, bundle_version = $23
+                        WHERE tenant = $1 AND persona_id = $2 AND etag = $24 RETURNING 1""",
+                    *values[:14],
+                    *values[15:],
+                    etag,
+                )
+                if done is not None:
+                    await conn.execute(_RECORD_PERSONA, values[0], values[1])
         return done is not None
 
     async def delete_persona(self, name: str, etag: str) -> bool:
         tenant, persona_id = _split(name)
         with _database():
-            done = await self._pool.fetchval(
-                f"DELETE FROM {SCHEMA}.personas WHERE tenant = $1 AND persona_id = $2 AND ($3 = '' OR etag = $3)"
-                " RETURNING 1",
+            async with self._pool.acquire() as conn, conn.transaction():
+                done = await conn.fetchval(
+                    f"DELETE FROM {SCHEMA}.personas WHERE tenant = $1 AND persona_id = $2"
+                    " AND ($3 = '' OR etag = $3) RETURNING 1",
+                    tenant,
+                    persona_id,
+                    etag,
+                )
+                if done is not None:
+                    await conn.execute(
+                        f"DELETE FROM {SCHEMA}.persona_revisions WHERE tenant = $1 AND persona_id = $2",
+                        tenant,
+                        persona_id,
+                    )
+        return done is not None
+
+    async def persona_revision(self, name: str, revision_id: int) -> Persona | None:
+        tenant, persona_id = _split(name)
+        with _database():
+            row = await self._pool.fetchrow(
+                f"""SELECT r.* FROM {SCHEMA}.persona_revisions v,
+                        jsonb_populate_record(NULL::{SCHEMA}.personas, v.persona) r
+                    WHERE v.tenant = $1 AND v.persona_id = $2 AND v.revision_id = $3""",
                 tenant,
                 persona_id,
-                etag,
+                revision_id,
             )
-        return done is not None
+        return None if row is None else _persona(row)
+
+    async def list_persona_revisions(self, name: str, before: int, limit: int) -> list[Persona]:
+        tenant, persona_id = _split(name)
+        with _database():
+            rows = await self._pool.fetch(
+                f"""SELECT r.* FROM {SCHEMA}.persona_revisions v,
+                        jsonb_populate_record(NULL::{SCHEMA}.personas, v.persona) r
+                    WHERE v.tenant = $1 AND v.persona_id = $2 AND ($3 = 0 OR v.revision_id < $3)
+                    ORDER BY v.revision_id DESC LIMIT $4""",
+                tenant,
+                persona_id,
+                before,
+                limit,
+            )
+        return [_persona(row) for row in rows]
 
     async def list_personas(self, tenant: str, after: PersonaCursor | None, limit: int) -> list[Persona]:
         with _database():
@@ -486,15 +640,19 @@ class PostgresProfileStore:
         return None if row is None else (_profile(row), row["request_fingerprint"])
 
     async def insert_model_profile(self, profile: ModelProfile, request_id: str, fingerprint: str) -> Inserted:
+        values = _profile_values(profile)
         with _database():
             try:
-                await self._pool.execute(
-                    f"INSERT INTO {SCHEMA}.model_profiles ({_PROFILE_COLUMNS}, request_id, request_fingerprint)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    *_profile_values(profile),
-                    request_id,
-                    fingerprint,
-                )
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA}.model_profiles ({_PROFILE_COLUMNS}, request_id, request_fingerprint)"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
+                        " $17::jsonb, $18, $19)",
+                        *values,
+                        request_id,
+                        fingerprint,
+                    )
+                    await conn.execute(_RECORD_PROFILE, values[0], values[1])
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name == "model_profiles_request":
                     return Inserted.REQUEST_TAKEN
@@ -504,29 +662,68 @@ class PostgresProfileStore:
     async def replace_model_profile(self, profile: ModelProfile, etag: str) -> bool:
         values = _profile_values(profile)
         with _database():
-            done = await self._pool.fetchval(
-                f"""UPDATE {SCHEMA}.model_profiles SET model_tiers = $5, temperature = $6,
-                    max_output_tokens = $7, auto_select = $8, update_time = $9, etag = $10
-                    WHERE tenant = $1 AND profile_id = $2 AND role = $3 AND mode = $4 AND etag = $11
-                    RETURNING 1""",
-                *values[:8],
-                values[9],
-                values[10],
-                etag,
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                done = await conn.fetchval(
+                    f"""UPDATE {SCHEMA}.model_profiles SET model_tiers = $5, temperature = $6,
+                        max_output_tokens = $7, auto_select = $8, update_time = $9, etag = $10,
+                        revision_id = $11, revision_origin = $12, revision_author = $13, revision_note = $14,
+                        revision_time = $15, auto_select_bounds = $16::jsonb
+                        WHERE tenant = $1 AND profile_id = $2 AND role = $3 AND mode = $4 AND etag = $17
+                        RETURNING 1""",
+                    *values[:8],
+                    *values[9:],
+                    etag,
+                )
+                if done is not None:
+                    await conn.execute(_RECORD_PROFILE, values[0], values[1])
         return done is not None
 
     async def delete_model_profile(self, name: str, etag: str) -> bool:
         tenant, profile_id = _split(name)
         with _database():
-            done = await self._pool.fetchval(
-                f"DELETE FROM {SCHEMA}.model_profiles WHERE tenant = $1 AND profile_id = $2"
-                " AND ($3 = '' OR etag = $3) RETURNING 1",
+            async with self._pool.acquire() as conn, conn.transaction():
+                done = await conn.fetchval(
+                    f"DELETE FROM {SCHEMA}.model_profiles WHERE tenant = $1 AND profile_id = $2"
+                    " AND ($3 = '' OR etag = $3) RETURNING 1",
+                    tenant,
+                    profile_id,
+                    etag,
+                )
+                if done is not None:
+                    await conn.execute(
+                        f"DELETE FROM {SCHEMA}.model_profile_revisions WHERE tenant = $1 AND profile_id = $2",
+                        tenant,
+                        profile_id,
+                    )
+        return done is not None
+
+    async def model_profile_revision(self, name: str, revision_id: int) -> ModelProfile | None:
+        tenant, profile_id = _split(name)
+        with _database():
+            row = await self._pool.fetchrow(
+                f"""SELECT r.* FROM {SCHEMA}.model_profile_revisions v,
+                        jsonb_populate_record(NULL::{SCHEMA}.model_profiles, v.model_profile) r
+                    WHERE v.tenant = $1 AND v.profile_id = $2 AND v.revision_id = $3""",
                 tenant,
                 profile_id,
-                etag,
+                revision_id,
             )
-        return done is not None
+        return None if row is None else _profile(row)
+
+    async def list_model_profile_revisions(self, name: str, before: int, limit: int) -> list[ModelProfile]:
+        tenant, profile_id = _split(name)
+        with _database():
+            rows = await self._pool.fetch(
+                f"""SELECT r.* FROM {SCHEMA}.model_profile_revisions v,
+                        jsonb_populate_record(NULL::{SCHEMA}.model_profiles, v.model_profile) r
+                    WHERE v.tenant = $1 AND v.profile_id = $2 AND ($3 = 0 OR v.revision_id < $3)
+                    ORDER BY v.revision_id DESC LIMIT $4""",
+                tenant,
+                profile_id,
+                before,
+                limit,
+            )
+        return [_profile(row) for row in rows]
 
     async def list_model_profiles(self, tenant: str) -> list[ModelProfile]:
         with _database():

@@ -50,6 +50,7 @@ from svc_profiles.errors import (
     PersonaSignatureInvalid,
     ProfilesError,
     RequestIdReused,
+    RevisionNotFound,
 )
 from svc_profiles.model import (
     MODE_ORDER,
@@ -63,15 +64,26 @@ from svc_profiles.model import (
     Persona,
     PersonaCursor,
     ResolvedModelProfile,
+    RevisionOrigin,
     RoleDefault,
 )
 from svc_profiles.ports import PersonaKeys, PersonaSigner, ProfileStore
+
+from .revisions import (
+    ROLLBACK_NOTE,
+    author_of,
+    bounds_violations,
+    next_revision,
+    revision_number,
+    split_revision,
+)
 
 T = TypeVar("T")
 
 PERSONA_PAGE = 50
 MODEL_PAGE = 100
 PROFILE_PAGE = 50
+REVISION_PAGE = 50
 
 # Update mask paths (the wire's field names) -> the domain field they change.
 PERSONA_PATHS = {
@@ -101,7 +113,9 @@ MODEL_PATHS = {
     "capabilities": "capabilities",
     "embedding_dimensions": "embedding_dimensions",
 }
-MODEL_PROFILE_PATHS = {path: path for path in ("model_tiers", "temperature", "max_output_tokens", "auto_select")}
+MODEL_PROFILE_PATHS = {
+    path: path for path in ("model_tiers", "temperature", "max_output_tokens", "auto_select", "auto_select_bounds")
+}
 
 SOURCE_SESSION = "session override"
 SOURCE_PERSONA = "persona preference"
@@ -262,7 +276,14 @@ class Profiles:
     # -- personas --------------------------------------------------------------------------
 
     async def create_persona(
-        self, parent: str, persona_id: str, persona: Persona, request_id: str, principal: Principal | None
+        self,
+        parent: str,
+        persona_id: str,
+        persona: Persona,
+        request_id: str,
+        principal: Principal | None,
+        *,
+        author: str = "",
     ) -> Persona:
         tenant = checks.tenant_of_parent(parent)
         violations = checks.check_request_id(request_id, "request_id")
@@ -276,6 +297,7 @@ class Profiles:
             update_time=None,
             etag="",
             built_in=False,
+            revision=None,
         )
         violations += checks.persona_violations(candidate, tenant)
         if violations:
@@ -285,7 +307,12 @@ class Profiles:
         self._verify_signature(candidate, digest)
         now = self._now()
         stored = dataclasses.replace(
-            candidate, bundle_digest=digest, create_time=now, update_time=now, etag=_new_etag()
+            candidate,
+            bundle_digest=digest,
+            create_time=now,
+            update_time=now,
+            etag=_new_etag(),
+            revision=next_revision(None, RevisionOrigin.CREATE, author_of(principal, author), "", now),
         )
         fingerprint = _fingerprint(
             {
@@ -316,9 +343,11 @@ class Profiles:
         return self._shown(stored)
 
     async def get_persona(self, name: str, principal: Principal | None) -> Persona:
-        tenant, _ = checks.split_persona(name)
-        _own(tenant, principal, _persona_not_found(name))
-        return self._shown(await self._find_persona(name))
+        """The persona, or with "@{revision_id}" that revision of it."""
+        base, revision = split_revision(name)
+        tenant, _ = checks.split_persona(base)
+        _own(tenant, principal, _persona_not_found(base))
+        return self._shown(await self._find_persona_at(base, revision))
 
     async def list_personas(
         self, parent: str, page_size: int, page_token: str, principal: Principal | None
@@ -346,7 +375,9 @@ class Profiles:
             token = checks.token_of(f"personas|{tenant}", [last.display_name, last.persona_id])
         return [self._shown(p) for p in page], token
 
-    async def update_persona(self, patch: Persona, mask: Sequence[str], principal: Principal | None) -> Persona:
+    async def update_persona(
+        self, patch: Persona, mask: Sequence[str], principal: Principal | None, *, author: str = ""
+    ) -> Persona:
         tenant, _ = checks.split_persona(patch.name)
         _own(tenant, principal, _persona_not_found(patch.name))
         fields = _mask(mask, PERSONA_PATHS)
@@ -371,23 +402,86 @@ class Profiles:
         elif digest != current.bundle_digest:
             # A changed bundle is no longer what was signed.
             after = dataclasses.replace(after, signature=b"", signing_key="")
+        after = dataclasses.replace(after, bundle_digest=digest)
+        return await self.revise_persona(current, after, RevisionOrigin.UPDATE, author_of(principal, author), "")
+
+    async def revise_persona(
+        self, current: Persona | None, after: Persona, origin: RevisionOrigin, author: str, note: str
+    ) -> Persona:
+        """Store `after` as the persona's next revision: the one write every change of a
+        persona goes through (update, rollback, and the bundle installs and training that
+        pass their own origin, author and note).
+
+        `current` is the persona as the caller read it (None: it does not exist yet, and
+        `after` becomes its revision "1"; a built-in one: `after` becomes the tenant's own
+        copy, revision "1"). `after` holds the new values, its bundle digest and signature
+        already settled by the caller; this stamps its revision, times and etag. Raises
+        EtagMismatch when the persona changed since `current` was read, PersonaAlreadyExists
+        when `current` is None and the tenant has one with that id.
+        """
         now = self._now()
-        after = dataclasses.replace(
+        # The stored persona this revision follows; none for a new one or a built-in's copy.
+        previous = None if current is None or current.built_in else current
+        revised = dataclasses.replace(
             after,
-            bundle_digest=digest,
-            create_time=now if current.built_in else current.create_time,
+            name=current.name if current is not None else after.name,
+            create_time=previous.create_time if previous is not None else now,
             update_time=now,
             etag=_new_etag(),
             built_in=False,
+            revision=next_revision(previous.revision if previous is not None else None, origin, author, note, now),
         )
-        if current.built_in:
+        if current is None:
+            if await self._store.insert_persona(revised, "", "") is not Inserted.INSERTED:
+                raise PersonaAlreadyExists("the tenant has a persona with this id", metadata={"persona": revised.name})
+        elif current.built_in:
             # The tenant's own copy of a built-in persona, from now on in its place.
-            if await self._store.insert_persona(after, "", "") is not Inserted.INSERTED:
-                raise EtagMismatch("the persona changed since it was read", metadata={"persona": patch.name})
-        elif not await self._store.replace_persona(after, current.etag):
-            await self._find_persona(patch.name)
-            raise EtagMismatch("the persona changed since it was read", metadata={"persona": patch.name})
-        return self._shown(after)
+            if await self._store.insert_persona(revised, "", "") is not Inserted.INSERTED:
+                raise EtagMismatch("the persona changed since it was read", metadata={"persona": current.name})
+        elif not await self._store.replace_persona(revised, current.etag):
+            await self._find_persona(current.name)
+            raise EtagMismatch("the persona changed since it was read", metadata={"persona": current.name})
+        return self._shown(revised)
+
+    async def list_persona_revisions(
+        self, name: str, page_size: int, page_token: str, principal: Principal | None
+    ) -> tuple[list[Persona], str]:
+        """The persona's revisions, newest first; none for a built-in persona the tenant has
+        not replaced (it changes only with the deployment's configuration)."""
+        tenant, _ = checks.split_persona(name)
+        _own(tenant, principal, _persona_not_found(name))
+        size = checks.page_size_of(page_size, REVISION_PAGE)
+        scope = f"personaRevisions|{name}"
+        before = _revision_position(page_token, scope)
+        current = await self._find_persona(name)
+        if current.built_in:
+            return [], ""
+        found = await self._store.list_persona_revisions(name, before, size + 1)
+        page = found[:size]
+        last = page[-1].revision if page else None
+        token = checks.token_of(scope, int(last.revision_id)) if len(found) > size and last is not None else ""
+        return [self._shown(p) for p in page], token
+
+    async def rollback_persona(
+        self, name: str, revision_id: str, etag: str, principal: Principal | None, *, author: str = ""
+    ) -> Persona:
+        """A new revision with an earlier one's values, its signature included (it signed
+        that revision's bundle digest, which the values bring back)."""
+        tenant, _ = checks.split_persona(name)
+        _own(tenant, principal, _persona_not_found(name))
+        number = revision_number(revision_id)
+        current = await self._find_persona(name)
+        if etag and etag != current.etag:
+            raise EtagMismatch("the persona changed since it was read", metadata={"persona": name})
+        earlier = await self._find_persona_at(name, number)
+        await self._check_preferences(earlier)
+        return await self.revise_persona(
+            current,
+            earlier,
+            RevisionOrigin.ROLLBACK,
+            author_of(principal, author),
+            ROLLBACK_NOTE.format(revision_id=number),
+        )
 
     async def delete_persona(self, name: str, etag: str, principal: Principal | None) -> None:
         tenant, persona_id = checks.split_persona(name)
@@ -407,6 +501,19 @@ class Profiles:
                 raise _persona_not_found(name)
             raise EtagMismatch("the persona changed since it was read", metadata={"persona": name})
 
+    async def _find_persona_at(self, name: str, revision: int | None) -> Persona:
+        """The persona (revision None) or that revision of it: PERSONA_NOT_FOUND when there
+        is no such persona, REVISION_NOT_FOUND when it has no such revision."""
+        if revision is None:
+            return await self._find_persona(name)
+        found = await self._store.persona_revision(name, revision)
+        if found is not None:
+            return found
+        await self._find_persona(name)
+        raise RevisionNotFound(
+            "the persona has no such revision", metadata={"persona": name[:200], "revision_id": str(revision)}
+        )
+
     async def _find_persona(self, name: str) -> Persona:
         stored = await self._store.get_persona(name)
         if stored is not None:
@@ -416,6 +523,11 @@ class Profiles:
         if builtin is None:
             raise _persona_not_found(name)
         return builtin_persona_of(builtin, tenant, self._signer)
+
+    async def check_preferences(self, persona: Persona) -> None:
+        """MODEL_NOT_FOUND / INVALID_PERSONA unless every model a persona prefers is
+        registered and fits its role (for personas other use cases write, e.g. bundles)."""
+        await self._check_preferences(persona)
 
     async def _check_preferences(self, persona: Persona) -> None:
         await self._models_for(
@@ -500,10 +612,10 @@ class Profiles:
     # -- model profiles --------------------------------------------------------------------
 
     async def create_model_profile(
-        self, parent: str, profile: ModelProfile, request_id: str, principal: Principal | None
+        self, parent: str, profile: ModelProfile, request_id: str, principal: Principal | None, *, author: str = ""
     ) -> ModelProfile:
         tenant = checks.tenant_of_parent(parent)
-        violations = checks.check_request_id(request_id, "request_id") + checks.model_profile_violations(profile)
+        violations = checks.check_request_id(request_id, "request_id") + _profile_violations(profile)
         if violations:
             raise InvalidModelProfile("the model profile is invalid", violations=violations)
         # Checked above; for the type checker.
@@ -512,17 +624,26 @@ class Profiles:
         await self._check_profile_models(profile)
         now = self._now()
         name = f"{tenant}/modelProfiles/{checks.model_profile_id(profile.role, profile.mode.value)}"
-        stored = dataclasses.replace(profile, name=name, create_time=now, update_time=now, etag=_new_etag())
-        fingerprint = _fingerprint(
-            {
-                "role": profile.role.value,
-                "mode": profile.mode.value,
-                "tiers": list(profile.model_tiers),
-                "temperature": profile.temperature,
-                "max_output_tokens": profile.max_output_tokens,
-                "auto_select": profile.auto_select,
-            }
+        stored = dataclasses.replace(
+            profile,
+            name=name,
+            create_time=now,
+            update_time=now,
+            etag=_new_etag(),
+            revision=next_revision(None, RevisionOrigin.CREATE, author_of(principal, author), "", now),
         )
+        asked: dict[str, Any] = {
+            "role": profile.role.value,
+            "mode": profile.mode.value,
+            "tiers": list(profile.model_tiers),
+            "temperature": profile.temperature,
+            "max_output_tokens": profile.max_output_tokens,
+            "auto_select": profile.auto_select,
+        }
+        if profile.auto_select_bounds is not None:
+            # Only when set, so that the fingerprints of earlier creates stay what they were.
+            asked["auto_select_bounds"] = dataclasses.asdict(profile.auto_select_bounds)
+        fingerprint = _fingerprint(asked)
         if request_id:
             earlier = await self._store.model_profile_by_request(tenant, request_id)
             if earlier is not None:
@@ -548,11 +669,22 @@ class Profiles:
         return stored
 
     async def get_model_profile(self, name: str, principal: Principal | None) -> ModelProfile:
-        tenant, _ = checks.split_model_profile(name)
-        _own(tenant, principal, _profile_not_found(name))
-        found = await self._store.get_model_profile(name)
+        """The profile, or with "@{revision_id}" that revision of it."""
+        base, revision = split_revision(name)
+        tenant, _ = checks.split_model_profile(base)
+        _own(tenant, principal, _profile_not_found(base))
+        if revision is not None:
+            earlier = await self._store.model_profile_revision(base, revision)
+            if earlier is not None:
+                return earlier
+        found = await self._store.get_model_profile(base)
         if found is None:
-            raise _profile_not_found(name)
+            raise _profile_not_found(base)
+        if revision is not None:
+            raise RevisionNotFound(
+                "the model profile has no such revision",
+                metadata={"model_profile": base[:200], "revision_id": str(revision)},
+            )
         return found
 
     async def list_model_profiles(
@@ -582,7 +714,7 @@ class Profiles:
         return page, checks.token_of(scope, offset + size) if more else ""
 
     async def update_model_profile(
-        self, patch: ModelProfile, mask: Sequence[str], principal: Principal | None
+        self, patch: ModelProfile, mask: Sequence[str], principal: Principal | None, *, author: str = ""
     ) -> ModelProfile:
         tenant, _ = checks.split_model_profile(patch.name)
         _own(tenant, principal, _profile_not_found(patch.name))
@@ -595,15 +727,76 @@ class Profiles:
         if patch.etag != current.etag:
             raise EtagMismatch("the model profile changed since it was read", metadata={"model_profile": patch.name})
         after: ModelProfile = _changed(current, patch, fields)
-        violations = checks.model_profile_violations(after)
+        violations = _profile_violations(after)
         if violations:
             raise InvalidModelProfile("the model profile is invalid", violations=violations)
         await self._check_profile_models(after)
-        after = dataclasses.replace(after, update_time=self._now(), etag=_new_etag())
-        if not await self._store.replace_model_profile(after, current.etag):
-            await self.get_model_profile(patch.name, principal)
-            raise EtagMismatch("the model profile changed since it was read", metadata={"model_profile": patch.name})
-        return after
+        return await self.revise_model_profile(current, after, RevisionOrigin.UPDATE, author_of(principal, author), "")
+
+    async def revise_model_profile(
+        self, current: ModelProfile, after: ModelProfile, origin: RevisionOrigin, author: str, note: str
+    ) -> ModelProfile:
+        """Store `after` (the new values of the stored profile `current`, checked by the
+        caller) as the profile's next revision: the one write every change of a profile goes
+        through (update, rollback, and the scoring job's auto mode with origin AUTO_SELECT,
+        author "services/profiles" and the scoring run in `note`). Raises EtagMismatch when
+        the profile changed since `current` was read."""
+        now = self._now()
+        revised = dataclasses.replace(
+            after,
+            name=current.name,
+            role=current.role,
+            mode=current.mode,
+            create_time=current.create_time,
+            update_time=now,
+            etag=_new_etag(),
+            revision=next_revision(current.revision, origin, author, note, now),
+        )
+        if not await self._store.replace_model_profile(revised, current.etag):
+            if await self._store.get_model_profile(current.name) is None:
+                raise _profile_not_found(current.name)
+            raise EtagMismatch("the model profile changed since it was read", metadata={"model_profile": current.name})
+        return revised
+
+    async def list_model_profile_revisions(
+        self, name: str, page_size: int, page_token: str, principal: Principal | None
+    ) -> tuple[list[ModelProfile], str]:
+        """The profile's revisions, newest first."""
+        tenant, _ = checks.split_model_profile(name)
+        _own(tenant, principal, _profile_not_found(name))
+        size = checks.page_size_of(page_size, REVISION_PAGE)
+        scope = f"modelProfileRevisions|{name}"
+        before = _revision_position(page_token, scope)
+        if await self._store.get_model_profile(name) is None:
+            raise _profile_not_found(name)
+        found = await self._store.list_model_profile_revisions(name, before, size + 1)
+        page = found[:size]
+        last = page[-1].revision if page else None
+        token = checks.token_of(scope, int(last.revision_id)) if len(found) > size and last is not None else ""
+        return page, token
+
+    async def rollback_model_profile(
+        self, name: str, revision_id: str, etag: str, principal: Principal | None, *, author: str = ""
+    ) -> ModelProfile:
+        """A new revision with an earlier one's tiers, temperature, token limit and bounds;
+        auto_select keeps its current value, so undoing an automatic change does not turn
+        auto mode back on by itself."""
+        tenant, _ = checks.split_model_profile(name)
+        _own(tenant, principal, _profile_not_found(name))
+        number = revision_number(revision_id)
+        current = await self.get_model_profile(name, principal)
+        if etag and etag != current.etag:
+            raise EtagMismatch("the model profile changed since it was read", metadata={"model_profile": name})
+        earlier = await self.get_model_profile(f"{name}@{number}", principal)
+        after = dataclasses.replace(earlier, auto_select=current.auto_select)
+        await self._check_profile_models(after)
+        return await self.revise_model_profile(
+            current,
+            after,
+            RevisionOrigin.ROLLBACK,
+            author_of(principal, author),
+            ROLLBACK_NOTE.format(revision_id=number),
+        )
 
     async def delete_model_profile(self, name: str, etag: str, principal: Principal | None) -> None:
         current = await self.get_model_profile(name, principal)
@@ -684,9 +877,11 @@ class Profiles:
             if default is not None:
                 layers.append((SOURCE_DEFAULT, _as_override(default)))
         if persona:
-            if checks.split_persona(persona)[0] != tenant:
-                raise _persona_not_found(persona)
-            found = await self._find_persona(persona)
+            # "{persona}@{revision_id}": a session's pinned revision, whose preferences apply.
+            persona_name, revision = split_revision(persona)
+            if checks.split_persona(persona_name)[0] != tenant:
+                raise _persona_not_found(persona_name)
+            found = await self._find_persona_at(persona_name, revision)
             layers += [(SOURCE_PERSONA, o) for o in found.model_preferences if o.role is role]
         layers += [(SOURCE_SESSION, o) for o in overrides if o.role is role]
 
@@ -734,6 +929,22 @@ class Profiles:
             if default.role is role and default.mode is None:
                 general = default
         return general
+
+
+def _profile_violations(profile: ModelProfile) -> list[FieldViolation]:
+    return checks.model_profile_violations(profile) + bounds_violations(
+        profile.auto_select_bounds, "model_profile.auto_select_bounds"
+    )
+
+
+def _revision_position(page_token: str, scope: str) -> int:
+    """Where a page of revisions starts: below this revision id (0: from the newest)."""
+    position = checks.position_of(page_token, scope)
+    if position is None:
+        return 0
+    if not isinstance(position, int) or isinstance(position, bool) or position < 1:
+        raise InvalidPageToken("page_token is not one this service issued")
+    return position
 
 
 def _as_override(base: ModelProfile | RoleDefault) -> ModelOverride:

@@ -382,6 +382,8 @@ class MemoryProfiles:
         self.personas = {persona.name: persona for persona in personas}
         self.tiers = tiers
         self.asked: list[tuple[ModelRole, tuple[ModelOverride, ...]]] = []
+        # The persona of each resolution ("{persona}@{revision}" for a pinned one).
+        self.resolved_for: list[str] = []
         self.unavailable = False
 
     async def persona(self, name: str, principal: Principal) -> PersonaBrief:
@@ -402,6 +404,7 @@ class MemoryProfiles:
         if self.unavailable:
             raise DependencyUnavailable("svc_profiles is away")
         self.asked.append((role, tuple(overrides)))
+        self.resolved_for.append(persona)
         return ResolvedProfile(role, self.tiers.get(role, ()), max_output_tokens=256)
 
 

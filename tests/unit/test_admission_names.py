@@ -39,6 +39,15 @@ TENANT = "tenants/t1"
         "tenants/t1/sessions/user:x",
         "tenants/t1//sessions/s1",
         "tenants/t1/sessions/" + "s" * 300,
+        # "@" is only a revision suffix: a positive number at the very end, after an id.
+        "tenants/t1/sessions/s1@",
+        "tenants/t1/sessions/s1@0",
+        "tenants/t1/sessions/s1@01",
+        "tenants/t1/sessions/s1@x",
+        "tenants/t1/sessions/s1@2/turns/4",
+        "tenants/t1/sessions/@2",
+        "tenants/t1/sessions/s1@2@3",
+        "tenants/t1@2",
     ],
 )
 def test_a_malformed_name_is_refused_before_policy(name: str) -> None:
@@ -52,6 +61,13 @@ def test_well_formed_names_name_their_object() -> None:
         "session:tenants/t1/sessions/s-1.a_b~c"
     )
     assert object_of(Rule("can_converse", "tenant", ""), "", TENANT) == "tenant:tenants/t1"
+
+
+def test_a_revision_is_judged_as_its_resource() -> None:
+    """GetPersona of "tenants/t1/personas/p@3" (AIP-162) asks policy about the persona."""
+    persona = Rule("can_read", "persona", "name")
+    assert object_of(persona, "tenants/t1/personas/p@3", TENANT) == "persona:tenants/t1/personas/p"
+    assert object_of(Rule("", "tenant", "name"), "tenants/t1/personas/p@12", TENANT) == "tenant:tenants/t1"
 
 
 class _UnreadablePolicy:

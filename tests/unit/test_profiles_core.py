@@ -10,6 +10,7 @@ import json
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -76,6 +77,9 @@ class MemoryStore:
         self.personas: dict[str, tuple[Persona, str, str]] = {}
         self.models: dict[str, Model] = {}
         self.profiles: dict[str, tuple[ModelProfile, str, str]] = {}
+        # name -> revision id -> the value as it was (written with each change, as Postgres does).
+        self.persona_revisions: dict[str, dict[int, Persona]] = {}
+        self.profile_revisions: dict[str, dict[int, ModelProfile]] = {}
 
     async def get_persona(self, name: str) -> Persona | None:
         found = self.personas.get(name)
@@ -93,6 +97,7 @@ class MemoryStore:
         if request_id and await self.persona_by_request(persona.tenant, request_id):
             return Inserted.REQUEST_TAKEN
         self.personas[persona.name] = (persona, request_id, fingerprint)
+        _record(self.persona_revisions, persona)
         return Inserted.INSERTED
 
     async def replace_persona(self, persona: Persona, etag: str) -> bool:
@@ -100,6 +105,7 @@ class MemoryStore:
         if found is None or found[0].etag != etag:
             return False
         self.personas[persona.name] = (persona, found[1], found[2])
+        _record(self.persona_revisions, persona)
         return True
 
     async def delete_persona(self, name: str, etag: str) -> bool:
@@ -107,7 +113,14 @@ class MemoryStore:
         if found is None or (etag and found[0].etag != etag):
             return False
         del self.personas[name]
+        self.persona_revisions.pop(name, None)
         return True
+
+    async def persona_revision(self, name: str, revision_id: int) -> Persona | None:
+        return self.persona_revisions.get(name, {}).get(revision_id)
+
+    async def list_persona_revisions(self, name: str, before: int, limit: int) -> list[Persona]:
+        return _newest_first(self.persona_revisions.get(name, {}), before, limit)
 
     async def list_personas(self, tenant: str, after: PersonaCursor | None, limit: int) -> list[Persona]:
         mine = sorted(
@@ -162,6 +175,7 @@ class MemoryStore:
         if profile.name in self.profiles:
             return Inserted.NAME_TAKEN
         self.profiles[profile.name] = (profile, request_id, fingerprint)
+        _record(self.profile_revisions, profile)
         return Inserted.INSERTED
 
     async def replace_model_profile(self, profile: ModelProfile, etag: str) -> bool:
@@ -169,6 +183,7 @@ class MemoryStore:
         if found is None or found[0].etag != etag:
             return False
         self.profiles[profile.name] = (profile, found[1], found[2])
+        _record(self.profile_revisions, profile)
         return True
 
     async def delete_model_profile(self, name: str, etag: str) -> bool:
@@ -176,10 +191,29 @@ class MemoryStore:
         if found is None or (etag and found[0].etag != etag):
             return False
         del self.profiles[name]
+        self.profile_revisions.pop(name, None)
         return True
+
+    async def model_profile_revision(self, name: str, revision_id: int) -> ModelProfile | None:
+        return self.profile_revisions.get(name, {}).get(revision_id)
+
+    async def list_model_profile_revisions(self, name: str, before: int, limit: int) -> list[ModelProfile]:
+        return _newest_first(self.profile_revisions.get(name, {}), before, limit)
 
     async def list_model_profiles(self, tenant: str) -> list[ModelProfile]:
         return [p for p, _, _ in reversed(self.profiles.values()) if p.name.startswith(tenant + "/")]
+
+
+def _record(revisions: dict[str, dict[int, Any]], value: Persona | ModelProfile) -> None:
+    assert value.revision is not None, "the core stamps every stored value with its revision"
+    number = int(value.revision.revision_id)
+    kept = revisions.setdefault(value.name, {})
+    assert number not in kept, "a revision is never overwritten"
+    kept[number] = value
+
+
+def _newest_first(revisions: dict[int, Any], before: int, limit: int) -> list[Any]:
+    return [revisions[n] for n in sorted(revisions, reverse=True) if not before or n < before][:limit]
 
 
 def _values(model: Model) -> Model:
