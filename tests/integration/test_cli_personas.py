@@ -130,8 +130,9 @@ async def test_persona_revisions_show_and_rollback(gated: Profiles, capsys: pyte
     assert first.out.rstrip().endswith("First.")
     assert "revision:      1" in first.out
     missing = await _skm(gated, capsys, tenant, "persona", "show", "default", "--revision", "9")
-    assert missing.code == 2
-    assert "no revision 9" in missing.err
+    assert missing.code == 1
+    assert "REVISION_NOT_FOUND" in missing.err
+    assert "revision_id=9" in missing.err
 
     stale = await _skm(gated, capsys, tenant, "persona", "rollback", "default", "1", "--etag", "old")
     assert stale.code == 1
