@@ -148,7 +148,6 @@ async def _scoring(dsn: str, models: list[Model], results: list[ModelResult], te
             store,
             MeasuredTelemetry(_telemetry(results, models)),
             profiles.revise_model_profile,
-            scoring_store,
             defaults,
             weights=ScoreWeights(),
             window=timedelta(hours=1),

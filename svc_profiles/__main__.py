@@ -79,7 +79,6 @@ async def build(settings: ProfilesSettings, runtime: RuntimeSettings) -> Service
         store,
         GrpcTelemetry(analytics_channel),
         profiles.revise_model_profile,
-        scoring_store,
         defaults,
         weights=weights,
         window=timedelta(seconds=settings.scoring_window_seconds),

@@ -117,8 +117,11 @@ class ModelProfileStore(Protocol):
         """As insert_persona: the profile and its first revision in one transaction."""
         ...
 
-    async def replace_model_profile(self, profile: ModelProfile, etag: str) -> bool:
-        """As replace_persona: compare-and-set, recording `profile.revision` with it."""
+    async def replace_model_profile(
+        self, profile: ModelProfile, etag: str, auto_selected: AutoSelected | None = None
+    ) -> bool:
+        """As replace_persona: compare-and-set, recording `profile.revision` with it; with
+        `auto_selected`, auto mode's event of the change too, in the same transaction."""
         ...
 
     async def delete_model_profile(self, name: str, etag: str) -> bool:
@@ -308,12 +311,6 @@ class Telemetry(Protocol):
         """Per model ("models/{model}") of the tenant's calls in [start, end). Raises
         `skm_runtime.errors.ServiceUnavailable` when the telemetry cannot be read."""
         ...
-
-
-class AutoSelectEvents(Protocol):
-    """Where auto mode's changes are announced (ModelProfileAutoSelected, topic `profiles`)."""
-
-    async def auto_selected(self, tenant: str, change: AutoSelected, at: datetime) -> None: ...
 
 
 class BundleStore(Protocol):

@@ -13,16 +13,19 @@ import asyncio
 import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from skm_runtime.errors import ServiceUnavailable
-from skm_runtime.outbox import outbox_ddl
+from skm_runtime.outbox import add_events, outbox_ddl
 from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
+from svc_profiles.adapters.events import TOPIC_PROFILES, auto_selected_event, record
 from svc_profiles.bundle import example_json, override_json
 from svc_profiles.model import (
     AutoSelectBounds,
+    AutoSelected,
     Capability,
     Inserted,
     Lineage,
@@ -659,7 +662,9 @@ class PostgresProfileStore:
                 return Inserted.NAME_TAKEN
         return Inserted.INSERTED
 
-    async def replace_model_profile(self, profile: ModelProfile, etag: str) -> bool:
+    async def replace_model_profile(
+        self, profile: ModelProfile, etag: str, auto_selected: AutoSelected | None = None
+    ) -> bool:
         values = _profile_values(profile)
         with _database():
             async with self._pool.acquire() as conn, conn.transaction():
@@ -676,6 +681,11 @@ class PostgresProfileStore:
                 )
                 if done is not None:
                     await conn.execute(_RECORD_PROFILE, values[0], values[1])
+                if done is not None and auto_selected is not None:
+                    at = profile.update_time or datetime.now(UTC)
+                    await add_events(
+                        conn, SCHEMA, [record(auto_selected_event(values[0], auto_selected, at), TOPIC_PROFILES)]
+                    )
         return done is not None
 
     async def delete_model_profile(self, name: str, etag: str) -> bool:

@@ -5,8 +5,8 @@ ListModelRecommendations show). A tenant's results, the run's note that the tena
 and the ModelProfileScored events go in one transaction, so a run cut short resumes exactly
 where it stopped and never stores or announces a tenant twice.
 
-Auto mode's ModelProfileAutoSelected events are written here too (`auto_selected`), after the
-profile's new revision is stored through PostgresProfileStore.
+Auto mode's ModelProfileAutoSelected events are written by PostgresProfileStore, in the
+transaction of the profile's new revision.
 
 Single flight: a session-level advisory lock, taken with pg_try_advisory_lock on a connection
 held for the whole run. If the process dies the connection closes and Postgres frees the lock,
@@ -30,9 +30,8 @@ from skm_runtime.outbox import add_events
 from skm_runtime.values import ModelRole, Money
 from skm_runtime.values_wire import role_to
 from svc_profiles import convert
-from svc_profiles.adapters.events import TOPIC_PROFILES, TOPIC_SCORED, envelope, record
+from svc_profiles.adapters.events import TOPIC_SCORED, envelope, record
 from svc_profiles.model import (
-    AutoSelected,
     BenchmarkRun,
     ModelRecommendation,
     ModelScore,
@@ -495,28 +494,3 @@ class PostgresScoringStore:
                     run_id,
                 )
         return [_recommendation(row) for row in rows]
-
-    async def auto_selected(self, tenant: str, change: AutoSelected, at: datetime) -> None:
-        """ModelProfileAutoSelected in the outbox (topic `profiles`); its id is stable for
-        (run, profile), so announcing a change twice publishes it once."""
-        with _database():
-            async with self._pool.acquire() as conn, conn.transaction():
-                # ON CONFLICT (event_id) DO NOTHING: a repeated id is written once.
-                await add_events(conn, SCHEMA, [record(auto_selected_event(tenant, change, at), TOPIC_PROFILES)])
-
-
-def auto_selected_event(tenant: str, change: AutoSelected, at: datetime) -> event_pb2.Event:
-    event_id = str(uuid.uuid5(_EVENT_NAMESPACE, f"{change.scoring_run}|{change.model_profile}|auto"))
-    event = envelope(tenant, at, event_id=event_id)
-    event.model_profile_auto_selected.CopyFrom(
-        event_pb2.ModelProfileAutoSelected(
-            model_profile=change.model_profile,
-            previous_model=change.previous_model,
-            model=change.model,
-            previous_revision_id=change.previous_revision_id,
-            revision_id=change.revision_id,
-            scoring_run=change.scoring_run,
-            summary=change.summary,
-        )
-    )
-    return event

@@ -55,6 +55,7 @@ from svc_profiles.errors import (
 from svc_profiles.model import (
     MODE_ORDER,
     ROLE_ORDER,
+    AutoSelected,
     BuiltInPersona,
     Capability,
     Defaults,
@@ -734,13 +735,21 @@ class Profiles:
         return await self.revise_model_profile(current, after, RevisionOrigin.UPDATE, author_of(principal, author), "")
 
     async def revise_model_profile(
-        self, current: ModelProfile, after: ModelProfile, origin: RevisionOrigin, author: str, note: str
+        self,
+        current: ModelProfile,
+        after: ModelProfile,
+        origin: RevisionOrigin,
+        author: str,
+        note: str,
+        *,
+        auto_selected: AutoSelected | None = None,
     ) -> ModelProfile:
         """Store `after` (the new values of the stored profile `current`, checked by the
         caller) as the profile's next revision: the one write every change of a profile goes
         through (update, rollback, and the scoring job's auto mode with origin AUTO_SELECT,
         author "services/profiles" and the scoring run in `note`). Raises EtagMismatch when
-        the profile changed since `current` was read."""
+        the profile changed since `current` was read. `auto_selected`: auto mode's event of
+        the change, written with it (its revision_id is the new revision's)."""
         now = self._now()
         revised = dataclasses.replace(
             after,
@@ -752,7 +761,9 @@ class Profiles:
             etag=_new_etag(),
             revision=next_revision(current.revision, origin, author, note, now),
         )
-        if not await self._store.replace_model_profile(revised, current.etag):
+        if auto_selected is not None and revised.revision is not None:
+            auto_selected = dataclasses.replace(auto_selected, revision_id=revised.revision.revision_id)
+        if not await self._store.replace_model_profile(revised, current.etag, auto_selected):
             if await self._store.get_model_profile(current.name) is None:
                 raise _profile_not_found(current.name)
             raise EtagMismatch("the model profile changed since it was read", metadata={"model_profile": current.name})

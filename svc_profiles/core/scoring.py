@@ -27,7 +27,7 @@ import math
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from skm_runtime.access import Principal
 from skm_runtime.errors import FieldViolation, ServiceUnavailable
@@ -59,7 +59,7 @@ from svc_profiles.model import (
     ScoringState,
     ScoringTrigger,
 )
-from svc_profiles.ports import AutoSelectEvents, RegisteredModels, ScoringStore, Telemetry, TenantModelProfiles
+from svc_profiles.ports import RegisteredModels, ScoringStore, Telemetry, TenantModelProfiles
 
 log = logging.getLogger("skm.profiles.scoring")
 
@@ -358,9 +358,23 @@ def _benchmark_json(run: BenchmarkRun) -> dict[str, Any]:
 
 
 Progress = tuple[ScoringRun, str]
-# Profiles.revise_model_profile: store `after` as the next revision of `current`, with the
-# origin, author and note given; raises EtagMismatch when `current` is no longer stored.
-Revise = Callable[[ModelProfile, ModelProfile, RevisionOrigin, str, str], Awaitable[ModelProfile]]
+
+
+class Revise(Protocol):
+    """Profiles.revise_model_profile: store `after` as the next revision of `current`, with the
+    origin, author and note given, and auto mode's event of the change in the same write;
+    raises EtagMismatch when `current` is no longer stored."""
+
+    def __call__(
+        self,
+        current: ModelProfile,
+        after: ModelProfile,
+        origin: RevisionOrigin,
+        author: str,
+        note: str,
+        *,
+        auto_selected: AutoSelected | None = None,
+    ) -> Awaitable[ModelProfile]: ...
 
 
 class Scoring:
@@ -373,7 +387,6 @@ class Scoring:
         profiles: TenantModelProfiles,
         telemetry: Telemetry,
         revise: Revise,
-        auto_events: AutoSelectEvents,
         defaults: Defaults,
         *,
         weights: ScoreWeights,
@@ -389,7 +402,6 @@ class Scoring:
         self._profiles = profiles
         self._telemetry = telemetry
         self._revise = revise
-        self._auto_events = auto_events
         self._defaults = defaults
         self._weights = weights
         self._window = window
@@ -626,26 +638,23 @@ class Scoring:
 
     async def _apply(self, profile: ModelProfile, rec: ModelRecommendation, run: ScoringRun) -> bool:
         """The recommended model at tier 0, as the profile's next revision (origin AUTO_SELECT,
-        made by this service), then announced; False when the profile changed meanwhile."""
+        made by this service) written with its announcement; False when the profile changed meanwhile."""
         after = dataclasses.replace(profile, model_tiers=tiers_with_first(profile.model_tiers, rec.recommended_model))
-        try:
-            revised = await self._revise(
-                profile, after, RevisionOrigin.AUTO_SELECT, AUTHOR, f"{run.name}: {rec.summary}"
-            )
-        except (EtagMismatch, ModelProfileNotFound):
-            return False
         change = AutoSelected(
             model_profile=profile.name,
             previous_model=rec.current_model,
             model=rec.recommended_model,
             previous_revision_id=profile.revision.revision_id if profile.revision else "",
-            revision_id=revised.revision.revision_id if revised.revision else "",
+            revision_id="",  # the new revision's, filled in by the write
             scoring_run=run.name,
             summary=rec.summary,
         )
-        # TODO(auto mode): the revision and this event are two transactions (the profile store's
-        # write takes no events); a crash between them leaves the change without its event.
-        await self._auto_events.auto_selected(_tenant_of(profile.name), change, revised.update_time or self._now())
+        try:
+            await self._revise(
+                profile, after, RevisionOrigin.AUTO_SELECT, AUTHOR, f"{run.name}: {rec.summary}", auto_selected=change
+            )
+        except (EtagMismatch, ModelProfileNotFound):
+            return False
         return True
 
 

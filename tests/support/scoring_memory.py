@@ -165,7 +165,14 @@ class MemoryModels:
         self.revisions.setdefault(profile.name, []).append(profile)
 
     async def revise(
-        self, current: ModelProfile, after: ModelProfile, origin: RevisionOrigin, author: str, note: str
+        self,
+        current: ModelProfile,
+        after: ModelProfile,
+        origin: RevisionOrigin,
+        author: str,
+        note: str,
+        *,
+        auto_selected: AutoSelected | None = None,
     ) -> ModelProfile:
         """As Profiles.revise_model_profile: compare-and-set on `current`'s etag, the next
         revision id."""
@@ -182,7 +189,6 @@ class MemoryModels:
             revision=Revision(str(number), self.now, origin, author, note),
         )
         self.put_profile(revised)
+        if auto_selected is not None:
+            self.auto_events.append(dataclasses.replace(auto_selected, revision_id=str(number)))
         return revised
-
-    async def auto_selected(self, tenant: str, change: AutoSelected, at: datetime) -> None:
-        self.auto_events.append(change)

@@ -46,6 +46,7 @@ from svc_profiles.errors import (
     RequestIdReused,
 )
 from svc_profiles.model import (
+    AutoSelected,
     BuiltInPersona,
     Capability,
     Defaults,
@@ -80,6 +81,8 @@ class MemoryStore:
         # name -> revision id -> the value as it was (written with each change, as Postgres does).
         self.persona_revisions: dict[str, dict[int, Persona]] = {}
         self.profile_revisions: dict[str, dict[int, ModelProfile]] = {}
+        # Auto mode's events, each written with its revision.
+        self.auto_selected: list[AutoSelected] = []
 
     async def get_persona(self, name: str) -> Persona | None:
         found = self.personas.get(name)
@@ -178,12 +181,16 @@ class MemoryStore:
         _record(self.profile_revisions, profile)
         return Inserted.INSERTED
 
-    async def replace_model_profile(self, profile: ModelProfile, etag: str) -> bool:
+    async def replace_model_profile(
+        self, profile: ModelProfile, etag: str, auto_selected: AutoSelected | None = None
+    ) -> bool:
         found = self.profiles.get(profile.name)
         if found is None or found[0].etag != etag:
             return False
         self.profiles[profile.name] = (profile, found[1], found[2])
         _record(self.profile_revisions, profile)
+        if auto_selected is not None:
+            self.auto_selected.append(auto_selected)
         return True
 
     async def delete_model_profile(self, name: str, etag: str) -> bool:

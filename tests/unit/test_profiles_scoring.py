@@ -273,7 +273,6 @@ def job(interval: timedelta = timedelta(hours=1)) -> Job:
         models,
         telemetry,
         models.revise,
-        models,
         defaults,
         weights=W,
         window=timedelta(days=1),
