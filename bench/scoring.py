@@ -68,12 +68,14 @@ def _now() -> datetime:
 
 
 class MeasuredTelemetry:
-    """Every tenant's telemetry: each model's measured medians from the capsule run."""
+    """Every tenant's telemetry in every role: each model's measured medians from the capsule run."""
 
     def __init__(self, by_model: dict[str, ModelTelemetry]) -> None:
         self._by_model = by_model
 
-    async def model_telemetry(self, tenant: str, start: datetime, end: datetime) -> dict[str, ModelTelemetry]:
+    async def model_telemetry(
+        self, tenant: str, role: ModelRole, start: datetime, end: datetime
+    ) -> dict[str, ModelTelemetry]:
         return dict(self._by_model)
 
 

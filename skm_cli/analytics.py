@@ -111,6 +111,7 @@ DASHBOARD = (
     Panel("tokens", Metric.METRIC_TOKENS, Aggregation.AGGREGATION_SUM),
     Panel("model cost", Metric.METRIC_MODEL_COST, Aggregation.AGGREGATION_SUM),
     Panel("model failure rate", Metric.METRIC_MODEL_FAILURE_RATE, Aggregation.AGGREGATION_MEAN),
+    Panel("model fallback rate", Metric.METRIC_MODEL_FALLBACK_RATE, Aggregation.AGGREGATION_MEAN),
     Panel("refusal rate", Metric.METRIC_REFUSAL_RATE, Aggregation.AGGREGATION_MEAN),
     Panel("policy deny rate", Metric.METRIC_POLICY_DENY_RATE, Aggregation.AGGREGATION_MEAN),
     Panel("policy approval rate", Metric.METRIC_POLICY_APPROVAL_RATE, Aggregation.AGGREGATION_MEAN),

@@ -79,6 +79,7 @@ def metrics_query_of(request: analytics_service_pb2.QueryMetricsRequest) -> Metr
         personas=tuple(request.personas),
         models=tuple(request.models),
         group_by=tuple(_DIMENSIONS.get(d) for d in request.group_by),
+        roles=tuple(role_of(r) for r in request.roles),
     )
 
 

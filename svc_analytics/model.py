@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from skm_runtime.values import ModelRole
+
 # One row of a warehouse table, its values in the table's column order (adapters.schema).
 Row = tuple[object, ...]
 
@@ -149,6 +151,7 @@ class Metric(enum.StrEnum):
     MEAN_OPINION_SCORE = "MEAN_OPINION_SCORE"
     VOICE_RESPONSE_LATENCY = "VOICE_RESPONSE_LATENCY"
     MODEL_SCORE = "MODEL_SCORE"
+    MODEL_FALLBACK_RATE = "MODEL_FALLBACK_RATE"
 
 
 class Aggregation(enum.StrEnum):
@@ -190,6 +193,7 @@ AGGREGATIONS: Mapping[Metric, frozenset[Aggregation]] = {
     Metric.MEAN_OPINION_SCORE: frozenset({Aggregation.MEAN, Aggregation.P50}),
     Metric.VOICE_RESPONSE_LATENCY: _LATENCY,
     Metric.MODEL_SCORE: _MEAN,
+    Metric.MODEL_FALLBACK_RATE: _MEAN,
 }
 
 # The unit of each metric's values; MODEL_COST has none of its own: each of its series is in
@@ -210,20 +214,25 @@ UNITS: Mapping[Metric, str] = {
     Metric.MEAN_OPINION_SCORE: "MOS",
     Metric.VOICE_RESPONSE_LATENCY: "s",
     Metric.MODEL_SCORE: "1",
+    Metric.MODEL_FALLBACK_RATE: "1",
 }
 
-# The metrics tied to a model (model calls and model scores): the only ones a model filter
-# narrows and grouping by model splits.
-MODEL_METRICS = frozenset(
+# The metrics of model calls: the only ones a role filter narrows (a model score is of one
+# role already, and the scoring job asks for it by model).
+MODEL_CALL_METRICS = frozenset(
     {
         Metric.TIME_TO_FIRST_TOKEN,
         Metric.TOKENS_PER_SECOND,
         Metric.TOKENS,
         Metric.MODEL_COST,
         Metric.MODEL_FAILURE_RATE,
-        Metric.MODEL_SCORE,
+        Metric.MODEL_FALLBACK_RATE,
     }
 )
+
+# The metrics tied to a model (model calls and model scores): the only ones a model filter
+# narrows and grouping by model splits.
+MODEL_METRICS = MODEL_CALL_METRICS | {Metric.MODEL_SCORE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +259,8 @@ class MetricsQuery:
     personas: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     group_by: tuple[Dimension | None, ...] = ()
+    # None: MODEL_ROLE_UNSPECIFIED, or a value this build does not know.
+    roles: tuple[ModelRole | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +270,9 @@ class SeriesRead:
     counted from `start`.
 
     `personas` / `models` (full resource names; empty: all) keep only rows of those; a row
-    without a persona or model reads as "". `by_persona` / `by_model` split the series.
+    without a persona or model reads as "". `roles` (ModelRole names, "PRIMARY"; empty: all)
+    keep only model calls of those roles; the core sets it for model-call metrics alone.
+    `by_persona` / `by_model` split the series.
     """
 
     tenant: str
@@ -270,6 +283,7 @@ class SeriesRead:
     bucket_width: timedelta
     personas: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
     by_persona: bool = False
     by_model: bool = False
 

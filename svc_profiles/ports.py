@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from skm_runtime.access import Principal
+from skm_runtime.values import ModelRole
 from svc_profiles.model import (
     AutoSelected,
     BenchmarkRun,
@@ -307,9 +308,13 @@ class ScoringStore(BenchmarkStore, Protocol):
 class Telemetry(Protocol):
     """Production telemetry of model calls (svc_analytics)."""
 
-    async def model_telemetry(self, tenant: str, start: datetime, end: datetime) -> dict[str, ModelTelemetry]:
-        """Per model ("models/{model}") of the tenant's calls in [start, end). Raises
-        `skm_runtime.errors.ServiceUnavailable` when the telemetry cannot be read."""
+    async def model_telemetry(
+        self, tenant: str, role: ModelRole, start: datetime, end: datetime
+    ) -> dict[str, ModelTelemetry]:
+        """Per model ("models/{model}") of the tenant's calls in the role in [start, end):
+        only that role's calls, so that a model's figures in one role never rate it in
+        another. Raises `skm_runtime.errors.ServiceUnavailable` when the telemetry cannot be
+        read."""
         ...
 
 

@@ -11,7 +11,16 @@ of the range). Per bucket, MEAN is ``avg``, P50/P95/P99 are ``quantileExact`` (t
 at index floor(n * level) of the n sorted ones, e.g. the upper of the two middle ones for
 P50 of an even count), SUM is ``sum`` and COUNT is ``count()``; the point's sample_count is
 always the number of samples. Rates are the mean of a 0/1 sample over their denominator's
-rows (REFUSAL_RATE: completed turns; POLICY_*_RATE: decisions; MODEL_FAILURE_RATE: calls).
+rows (REFUSAL_RATE: completed turns; POLICY_*_RATE: decisions; MODEL_FAILURE_RATE and
+MODEL_FALLBACK_RATE: calls).
+
+MODEL_FALLBACK_RATE needs to know, per call, whether a later tier recovered it: the calls
+are LEFT JOINed (``_FALLBACKS``) to the highest tier that succeeded per (turn, role) among
+the tenant's calls of the same range, and a call fell back when it failed below that tier.
+The joined calls are not narrowed by the model, persona or role filters (the tier that
+recovered a call usually runs another model), only by tenant and range; a call without a
+turn joins nothing. Unmatched rows read the join's default, tier 0, which no failed call
+is below.
 """
 
 from __future__ import annotations
@@ -50,6 +59,20 @@ class _Source:
     sample: str
     # Whether the table has a persona column; model_scores has none (its rows read as "").
     persona: bool = True
+    # SQL joined to the table (after FROM table), never a client's value.
+    join: str = ""
+
+
+# The highest tier that succeeded per (turn, role) of the tenant's calls in the range; its
+# columns are named apart from model_calls' so that no name of the outer query is ambiguous.
+_FALLBACKS = (
+    "LEFT JOIN (SELECT turn AS ok_turn, role AS ok_role, max(tier) AS ok_tier FROM model_calls"
+    " WHERE tenant = {tenant:String}"
+    " AND event_time >= fromUnixTimestamp64Micro({start:Int64}, 'UTC')"
+    " AND event_time < fromUnixTimestamp64Micro({end:Int64}, 'UTC')"
+    " AND NOT failed AND turn != ''"
+    " GROUP BY ok_turn, ok_role) AS recovered ON turn = ok_turn AND role = ok_role"
+)
 
 
 _SOURCES: Mapping[Metric, _Source] = {
@@ -65,6 +88,10 @@ _SOURCES: Mapping[Metric, _Source] = {
     # One series per currency (the GROUP BY's unit); unpriced calls ("") are left out.
     Metric.MODEL_COST: _Source(Table.MODEL_CALLS, "currency != ''", "cost"),
     Metric.MODEL_FAILURE_RATE: _Source(Table.MODEL_CALLS, "1", "failed"),
+    # ifNull: the unmatched rows' tier is NULL rather than 0 where join_use_nulls is set.
+    Metric.MODEL_FALLBACK_RATE: _Source(
+        Table.MODEL_CALLS, "1", "failed AND ifNull(ok_tier, 0) > tier", join=_FALLBACKS
+    ),
     Metric.REFUSAL_RATE: _Source(Table.TURNS, "kind = 'completed'", "state = 'REFUSED'"),
     Metric.POLICY_DENY_RATE: _Source(Table.POLICY_DECISIONS, "1", "verdict = 'DENY'"),
     Metric.POLICY_APPROVAL_RATE: _Source(Table.POLICY_DECISIONS, "1", "verdict = 'REQUIRES_APPROVAL'"),
@@ -107,6 +134,8 @@ def _series_sql(read: SeriesRead) -> str:
         filters.append(f"{persona} IN {{personas:Array(String)}}")
     if read.models:
         filters.append(f"{model} IN {{models:Array(String)}}")
+    if read.roles:
+        filters.append("role IN {roles:Array(String)}")
     where = " AND ".join(f"({f})" for f in filters)
     # Grouped only by what varies: a constant key ("" when not split) costs a hash of it per
     # row (a third of a 10M-row series' time).
@@ -119,7 +148,7 @@ def _series_sql(read: SeriesRead) -> str:
         f"SELECT {by_persona} AS g_persona, {by_model} AS g_model, {unit} AS g_unit,"
         " intDiv(toUnixTimestamp64Micro(event_time) - {start:Int64}, {width:Int64}) AS g_bucket,"
         f" {aggregate}, count()"
-        f" FROM {source.table.value}"
+        f" FROM {source.table.value}{' ' + source.join if source.join else ''}"
         " WHERE tenant = {tenant:String}"
         " AND event_time >= fromUnixTimestamp64Micro({start:Int64}, 'UTC')"
         " AND event_time < fromUnixTimestamp64Micro({end:Int64}, 'UTC')"
@@ -147,6 +176,7 @@ class ClickHouseReader:
             "width": width,
             "personas": list(read.personas),
             "models": list(read.models),
+            "roles": list(read.roles),
         }
         rows = await self._warehouse.query(_series_sql(read), parameters)
         groups: dict[tuple[str, str, str], list[Point]] = {}

@@ -5,7 +5,9 @@ Every rule of the contract is checked here, before the warehouse is asked anythi
 - names: the parent is "tenants/{tenant}"; persona filters "tenants/{tenant}/personas/{id}"
   and the session filter "tenants/{tenant}/sessions/{id}" of that same tenant (a name of
   another tenant could never match, and asking for one is a mistake worth telling);
-  model filters "models/{id}". Anything else is INVALID_RESOURCE_NAME.
+  model filters "models/{id}". Anything else is INVALID_RESOURCE_NAME. A role filter of
+  MODEL_ROLE_UNSPECIFIED (or of a role this build does not know) is INVALID_ARGUMENT, as
+  an unspecified dimension is.
 - QueryMetrics: 1 to 20 queries, each with an aggregation its metric accepts; a range of
   at most 90 days that is not empty (start required, end unset = now); a bucket width of
   whole seconds, at least 60 s and no wider than the range; at most 1000 buckets (the
@@ -19,6 +21,8 @@ Filters and grouping, where a table has no such column:
 - A model filter narrows only the metrics tied to a model (model calls, model scores);
   the others ignore it, as the contract says. Grouping by model splits those metrics alone:
   any other metric comes back as one series whose model is "".
+- A role filter narrows only the metrics of model calls (MODEL_CALL_METRICS); the others,
+  model scores included, ignore it.
 - Every metric but MODEL_SCORE has a persona (the one acting; "" when none, e.g. a policy
   decision about a user). Model scores are the tenant's, of no persona: they read as
   persona "", so a persona filter leaves no score (the filter asks for those personas'
@@ -44,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from skm_runtime.errors import FieldViolation, InvalidArgument
+from skm_runtime.values import ModelRole
 from svc_analytics.errors import (
     AggregationNotSupported,
     InvalidBucket,
@@ -63,6 +68,7 @@ from svc_analytics.model import (
     MAX_QUERIES,
     MAX_RANGE,
     MIN_BUCKET,
+    MODEL_CALL_METRICS,
     MODEL_METRICS,
     AuditPage,
     AuditQuery,
@@ -101,6 +107,7 @@ class Queries:
         personas = _personas(query.personas, tenant)
         models = _models(query.models)
         by = _dimensions(query.group_by)
+        roles = _roles(query.roles)
         reads = [
             SeriesRead(
                 tenant=tenant,
@@ -111,6 +118,7 @@ class Queries:
                 bucket_width=width,
                 personas=personas,
                 models=models if q.metric in MODEL_METRICS else (),
+                roles=roles if q.metric in MODEL_CALL_METRICS else (),
                 by_persona=Dimension.PERSONA in by,
                 by_model=Dimension.MODEL in by,
             )
@@ -245,6 +253,15 @@ def _dimensions(group_by: Sequence[Dimension | None]) -> frozenset[Dimension]:
             violations=[FieldViolation("group_by", "must be DIMENSION_PERSONA or DIMENSION_MODEL")],
         )
     return frozenset(d for d in group_by if d is not None)
+
+
+def _roles(roles: Sequence[ModelRole | None]) -> tuple[str, ...]:
+    if None in roles:
+        raise InvalidArgument(
+            "roles holds MODEL_ROLE_UNSPECIFIED or a role this service does not know",
+            violations=[FieldViolation("roles", "must be a ModelRole other than MODEL_ROLE_UNSPECIFIED")],
+        )
+    return tuple(sorted({r.name for r in roles if r is not None}))
 
 
 # -- QueryAuditEvents -------------------------------------------------------------------------

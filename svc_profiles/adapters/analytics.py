@@ -1,16 +1,14 @@
 """Production telemetry of model calls as the scoring job reads it (the Telemetry port): one
-QueryMetrics call to svc_analytics per tenant, grouped by model, with one bucket spanning the
-whole window. The call is signed as this service (a caller of the mesh, no principal), as
-every service-to-service call of the scoring job.
+QueryMetrics call to svc_analytics per tenant and role, filtered to the role's calls (a model
+serving two roles is rated in each on its calls there), grouped by model, with one bucket
+spanning the whole window. The call is signed as this service (a caller of the mesh, no
+principal), as every service-to-service call of the scoring job.
 
 What svc_analytics gives per model: the median time to first token (of PRIMARY calls only:
 svc_analytics measures TTFT there), the median tokens per second, the share of failed calls
-(its sample count is the number of calls), and the cost and tokens summed, whose ratio is the
-blended cost per million tokens whatever the input/output mix was.
-
-Not available: the fallback rate. ModelCallCompleted carries the tier that answered and
-svc_analytics stores it, but QueryMetrics has no metric of it, so `fallback_rate` stays None
-(ModelScore.fallback_rate 0) until svc_analytics offers one.
+(its sample count is the number of calls), the share of calls the agent loop fell back past
+(failed, then a later tier of the same turn succeeded), and the cost and tokens summed, whose
+ratio is the blended cost per million tokens whatever the input/output mix was.
 """
 
 from __future__ import annotations
@@ -22,7 +20,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from skm.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc, metrics_pb2
 from skm_runtime.errors import ServiceUnavailable
-from skm_runtime.values import Money
+from skm_runtime.values import ModelRole, Money
+from skm_runtime.values_wire import role_to
 from svc_profiles.model import ModelTelemetry
 
 M = metrics_pb2
@@ -32,6 +31,7 @@ _QUERIES = (
     (M.METRIC_TIME_TO_FIRST_TOKEN, M.AGGREGATION_P50),
     (M.METRIC_TOKENS_PER_SECOND, M.AGGREGATION_P50),
     (M.METRIC_MODEL_FAILURE_RATE, M.AGGREGATION_MEAN),
+    (M.METRIC_MODEL_FALLBACK_RATE, M.AGGREGATION_MEAN),
     (M.METRIC_MODEL_COST, M.AGGREGATION_SUM),
     (M.METRIC_TOKENS, M.AGGREGATION_SUM),
 )
@@ -63,12 +63,14 @@ def _money_of(value: float, currency: str) -> Money:
 
 
 class GrpcTelemetry:
-    """svc_analytics' QueryMetrics, per tenant, grouped by model."""
+    """svc_analytics' QueryMetrics, per tenant and role, grouped by model."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
 
-    async def model_telemetry(self, tenant: str, start: datetime, end: datetime) -> dict[str, ModelTelemetry]:
+    async def model_telemetry(
+        self, tenant: str, role: ModelRole, start: datetime, end: datetime
+    ) -> dict[str, ModelTelemetry]:
         width = max(int((end - start).total_seconds()), _MIN_BUCKET_SECONDS)
         request = analytics_service_pb2.QueryMetricsRequest(
             parent=tenant,
@@ -77,16 +79,19 @@ class GrpcTelemetry:
             end_time=_stamp(end),
             bucket_width=duration_pb2.Duration(seconds=width),
             group_by=[M.DIMENSION_MODEL],
+            roles=[role_to(role)],
         )
         try:
             reply = await self._stub.QueryMetrics(request, timeout=_CALL_SECONDS)
         except grpc.aio.AioRpcError as error:
             raise ServiceUnavailable(
-                f"svc_analytics cannot give the telemetry of {tenant} ({error.code().name})", retry_after_seconds=5.0
+                f"svc_analytics cannot give the {role.value} telemetry of {tenant} ({error.code().name})",
+                retry_after_seconds=5.0,
             ) from None
         ttft: dict[str, float] = {}
         tps: dict[str, float] = {}
         failure: dict[str, tuple[float, int]] = {}
+        fallback: dict[str, float] = {}
         cost: dict[str, tuple[float, str]] = {}
         tokens: dict[str, float] = {}
         for series in reply.series:
@@ -98,6 +103,8 @@ class GrpcTelemetry:
                 tps[series.model] = _one_value(series)[0]
             elif series.metric == M.METRIC_MODEL_FAILURE_RATE:
                 failure[series.model] = _one_value(series)
+            elif series.metric == M.METRIC_MODEL_FALLBACK_RATE:
+                fallback[series.model] = _one_value(series)[0]
             elif series.metric == M.METRIC_MODEL_COST:
                 # One series per currency; the registry uses one, so keep the largest.
                 if series.model not in cost or _sum(series) > cost[series.model][0]:
@@ -115,6 +122,7 @@ class GrpcTelemetry:
                 tokens_per_second=tps.get(model),
                 failure_rate=rate if calls else None,
                 cost_per_million=_money_of(spent[0] / used * 1e6, spent[1]) if spent and used else None,
-                fallback_rate=None,
+                # Over the same calls as the failure rate: absent exactly when it is.
+                fallback_rate=fallback.get(model) if calls else None,
             )
         return out

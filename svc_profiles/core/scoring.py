@@ -136,7 +136,11 @@ def latency_of(
 
 def reliability_of(telemetry: ModelTelemetry | None, runs: Sequence[BenchmarkRun]) -> tuple[float, float, int]:
     """(reliability, error rate, production calls): 1 - the share of failed production calls,
-    else of failed benchmark items; 0 and 0 without data."""
+    else of failed benchmark items; 0 and 0 without data.
+
+    The fallback rate takes no part: a call that fell back is one that failed (and a later
+    tier recovered), so it is counted in the failure rate already; ModelScore.fallback_rate
+    only says how much of that failure the loop's fallbacks absorbed."""
     if telemetry is not None and telemetry.calls and telemetry.failure_rate is not None:
         return 1.0 - telemetry.failure_rate, telemetry.failure_rate, telemetry.calls
     attempts = sum(r.attempts for r in runs)
@@ -592,7 +596,12 @@ class Scoring:
     async def _score_tenant(
         self, run: ScoringRun, tenant: str, models: Sequence[Model], benchmarks: Sequence[BenchmarkRun]
     ) -> tuple[int, list[str]]:
-        telemetry = await self._telemetry.model_telemetry(tenant, run.window_start, run.window_end)
+        scored = [(role, c) for role in ModelRole if (c := candidates_for(role, models))]
+        # Every role's telemetry before anything is applied: a read that fails leaves the
+        # tenant untouched, to be scored again by the next start.
+        telemetries = await asyncio.gather(
+            *(self._telemetry.model_telemetry(tenant, role, run.window_start, run.window_end) for role, _ in scored)
+        )
         profiles = await self._profiles.list_model_profiles(tenant)
         now = self._now()
         all_scores: list[ModelScore] = []
@@ -600,10 +609,7 @@ class Scoring:
         profiles_by_role: dict[str, list[str]] = {}
         steps = []
         changed = 0
-        for role in ModelRole:
-            candidates = candidates_for(role, models)
-            if not candidates:
-                continue
+        for (role, candidates), telemetry in zip(scored, telemetries, strict=True):
             scores = score_role(
                 role, candidates, telemetry, benchmarks, self._weights, (run.window_start, run.window_end), run.name
             )

@@ -106,11 +106,14 @@ def model_call(
     tps: float = 0.0,
     cost: tuple[str, int, int] = ("", 0, 0),
     failure: str = "",
+    turn: str = "",
+    tier: int = 0,
 ) -> dict[str, Any]:
     currency, units, nanos = cost
     usage = model_pb2.ModelUsage(
         model=model,
         role=role,
+        tier=tier,
         input_tokens=tokens[0],
         output_tokens=tokens[1],
         duration=_seconds(2.0),
@@ -119,7 +122,11 @@ def model_call(
     )
     if ttft is not None:
         usage.time_to_first_token.CopyFrom(_seconds(ttft))
-    return {"model_call_completed": event_pb2.ModelCallCompleted(persona=persona, usage=usage, failure_reason=failure)}
+    return {
+        "model_call_completed": event_pb2.ModelCallCompleted(
+            turn=turn, persona=persona, usage=usage, failure_reason=failure
+        )
+    }
 
 
 def policy_decided(subject: str, verdict: Verdict.ValueType) -> dict[str, Any]:
@@ -427,6 +434,78 @@ async def test_model_call_metrics(stub: Stub, warehouse: ClickHouseWarehouse, te
     ]
 
 
+async def test_model_fallback_rate_and_the_role_filter(stub: Stub, warehouse: ClickHouseWarehouse, tenant: str) -> None:
+    p = persona(tenant, "p")
+    utility, failed = model_pb2.MODEL_ROLE_UTILITY, "TIMEOUT"
+    other = f"{tenant}b"
+    await ingest(
+        warehouse,
+        # Turn a: tier 0 failed, tier 1 (another model) succeeded: m1's call fell back.
+        event(tenant, 10, **model_call(p, "models/m1", turn="a", failure=failed)),
+        event(tenant, 11, **model_call(p, "models/m2", turn="a", tier=1)),
+        # Turn b: a failure nothing recovered (here; another tenant's turn b, and a call of
+        # this tenant after the range, never count).
+        event(tenant, 20, **model_call(p, "models/m1", turn="b", failure=failed)),
+        event(other, 21, **model_call(p, "models/m2", turn="b", tier=1)),
+        event(tenant, HOUR + 1, **model_call(p, "models/m2", turn="b", tier=1)),
+        # Turn c: a later tier of another role succeeded: no fallback of the PRIMARY call.
+        event(tenant, 30, **model_call(p, "models/m1", turn="c", failure=failed)),
+        event(tenant, 31, **model_call(p, "models/m2", turn="c", tier=1, role=utility)),
+        # Turn d: a UTILITY call fell back.
+        event(tenant, 40, **model_call(p, "models/m1", turn="d", role=utility, failure=failed)),
+        event(tenant, 41, **model_call(p, "models/m2", turn="d", role=utility, tier=1)),
+        # Outside any turn: no call recovers another.
+        event(tenant, 50, **model_call(p, "models/m1", failure=failed)),
+        event(tenant, 51, **model_call(p, "models/m2", tier=1)),
+        event(tenant, 60, **turn_started(p)),
+    )
+    fallbacks, failures = await query_metrics(
+        stub,
+        tenant,
+        (M.METRIC_MODEL_FALLBACK_RATE, M.AGGREGATION_MEAN),
+        (M.METRIC_MODEL_FAILURE_RATE, M.AGGREGATION_MEAN),
+    )
+    # Nine calls, two fell back (a's and d's first), five failed.
+    assert (fallbacks.unit, points(fallbacks)) == ("1", [(T0, round(2 / 9, 9), 9)])
+    assert points(failures) == [(T0, round(5 / 9, 9), 9)]
+
+    # The role filter keeps the PRIMARY calls (a, b, c's first, the two outside turns) and
+    # leaves the turns alone.
+    primary = await query_metrics(
+        stub,
+        tenant,
+        (M.METRIC_MODEL_FALLBACK_RATE, M.AGGREGATION_MEAN),
+        (M.METRIC_MODEL_FAILURE_RATE, M.AGGREGATION_MEAN),
+        (M.METRIC_TOKENS, M.AGGREGATION_SUM),
+        (M.METRIC_TURNS, M.AGGREGATION_COUNT),
+        roles=[PRIMARY],
+    )
+    assert [(s.metric, points(s)) for s in primary] == [
+        (M.METRIC_MODEL_FALLBACK_RATE, [(T0, round(1 / 6, 9), 6)]),
+        (M.METRIC_MODEL_FAILURE_RATE, [(T0, round(4 / 6, 9), 6)]),
+        (M.METRIC_TOKENS, [(T0, 0.0, 6)]),
+        (M.METRIC_TURNS, [(T0, 1.0, 1)]),
+    ]
+    by_model = await query_metrics(
+        stub,
+        tenant,
+        (M.METRIC_MODEL_FALLBACK_RATE, M.AGGREGATION_MEAN),
+        roles=[PRIMARY],
+        group_by=[M.DIMENSION_MODEL],
+    )
+    assert [(s.model, points(s)) for s in by_model] == [
+        ("models/m1", [(T0, 0.25, 4)]),
+        ("models/m2", [(T0, 0.0, 2)]),
+    ]
+    utility_only = await query_metrics(
+        stub, tenant, (M.METRIC_MODEL_FALLBACK_RATE, M.AGGREGATION_MEAN), roles=[utility]
+    )
+    assert [points(s) for s in utility_only] == [[(T0, round(1 / 3, 9), 3)]]
+    # The model filter narrows the calls that fell back, not the tiers that recovered them.
+    m1 = await query_metrics(stub, tenant, (M.METRIC_MODEL_FALLBACK_RATE, M.AGGREGATION_MEAN), models=["models/m1"])
+    assert [points(s) for s in m1] == [[(T0, 0.4, 5)]]
+
+
 async def test_policy_and_blocked_action_metrics(stub: Stub, warehouse: ClickHouseWarehouse, tenant: str) -> None:
     p1, p2 = persona(tenant, "p1"), persona(tenant, "p2")
     await ingest(
@@ -564,6 +643,9 @@ EVERY_METRIC: list[tuple[Query, float, float]] = [
     ((M.METRIC_MEAN_OPINION_SCORE, M.AGGREGATION_P50), 4.0, 1.0),
     ((M.METRIC_VOICE_RESPONSE_LATENCY, M.AGGREGATION_MEAN), 0.25, 3.0),
     ((M.METRIC_MODEL_SCORE, M.AGGREGATION_MEAN), 0.875, 0.125),
+    # A's call of turn "t" succeeded at tier 1 and B's of the same turn failed at tier 0:
+    # B's would read as a fallback if A's calls recovered B's.
+    ((M.METRIC_MODEL_FALLBACK_RATE, M.AGGREGATION_MEAN), 0.0, 0.0),
 ]
 
 
@@ -579,6 +661,8 @@ def _every_source(tenant: str, p: str, a: bool) -> list[event_pb2.Event]:
         tps=10 if a else 99,
         cost=("USD", 1, 0) if a else ("USD", 9, 0),
         failure="" if a else "TIMEOUT",
+        turn="t",
+        tier=1 if a else 0,
     )
     return [
         event(tenant, 1, **turn_started(p)),
@@ -692,6 +776,12 @@ async def test_query_metrics_refusals(
     got = await refused(stub.QueryMetrics(_metrics_request(tenant, **fields), timeout=10))
     assert (got.code, got.reason, got.domain) == (grpc.StatusCode.INVALID_ARGUMENT, reason, "analytics.skm")
     assert metadata.items() <= got.metadata.items()
+
+
+@pytest.mark.parametrize("role", [model_pb2.MODEL_ROLE_UNSPECIFIED, 99])
+async def test_an_unspecified_or_unknown_role_is_refused(stub: Stub, tenant: str, role: int) -> None:
+    got = await refused(stub.QueryMetrics(_metrics_request(tenant, roles=[PRIMARY, role]), timeout=10))
+    assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
 
 
 async def test_an_unspecified_dimension_is_refused(stub: Stub, tenant: str) -> None:

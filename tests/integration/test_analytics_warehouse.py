@@ -5,16 +5,32 @@ the real one holds: the columns of each table, as decoded from real events."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from skm.events.v1 import event_pb2
+from skm.type.v1 import model_pb2
 from svc_analytics.adapters.clickhouse import ClickHouseWarehouse
 from svc_analytics.adapters.events import decode
-from svc_analytics.model import Delivery, Partition, Poison, PoisonReason, Position, Table
-from svc_analytics.ports import Warehouse
+from svc_analytics.adapters.queries import ClickHouseReader
+from svc_analytics.model import (
+    AGGREGATIONS,
+    MODEL_CALL_METRICS,
+    Aggregation,
+    Delivery,
+    Metric,
+    Partition,
+    Point,
+    Poison,
+    PoisonReason,
+    Position,
+    SeriesRead,
+    Table,
+)
+from svc_analytics.ports import Warehouse, WarehouseReader
 from tests.support.analytics_events import model_call
 from tests.support.analytics_memory import MemoryWarehouse
 
@@ -27,6 +43,22 @@ async def warehouse(request: pytest.FixtureRequest, chdb_warehouse_url: str) -> 
     real = await ClickHouseWarehouse.open(chdb_warehouse_url)
     try:
         yield real
+    finally:
+        await real.close()
+
+
+@pytest.fixture(params=["memory", "clickhouse"])
+async def store(
+    request: pytest.FixtureRequest, chdb_warehouse_url: str
+) -> AsyncIterator[tuple[Warehouse, WarehouseReader]]:
+    """A warehouse to write and its read side, in memory or ClickHouse."""
+    if request.param == "memory":
+        memory = MemoryWarehouse()
+        yield memory, memory
+        return
+    real = await ClickHouseWarehouse.open(chdb_warehouse_url)
+    try:
+        yield real, ClickHouseReader(real)
     finally:
         await real.close()
 
@@ -144,3 +176,129 @@ async def test_a_policy_decision_is_stored_with_its_latency(chdb_warehouse_url: 
         assert rows == [(f"{tenant}/personas/helper", "can_execute", "tool", "DENY", "NOT_PERMITTED", 0.00125)]
     finally:
         await warehouse.close()
+
+
+# -- the read side: MODEL_FALLBACK_RATE and the role filter ------------------------------------
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+UTILITY = model_pb2.MODEL_ROLE_UTILITY
+
+
+def _call(tenant: str, offset_s: int, **fields: Any) -> Delivery:
+    value = model_call(tenant, at=T0 + timedelta(seconds=offset_s), **fields)
+    record = decode(Position(_topic(), 0, offset_s), b"k", value)
+    assert isinstance(record, Delivery)
+    return record
+
+
+def _rate(metric: Metric, tenant: str, **fields: Any) -> SeriesRead:
+    return SeriesRead(
+        tenant=tenant,
+        metric=metric,
+        aggregation=Aggregation.MEAN,
+        start=T0,
+        end=T0 + timedelta(hours=1),
+        bucket_width=timedelta(hours=1),
+        **fields,
+    )
+
+
+def _values(series: list[Any]) -> list[tuple[str, float, int]]:
+    return [(s.model, round(p.value, 9), p.sample_count) for s in series for p in s.points]
+
+
+async def test_a_failed_call_that_a_later_tier_of_its_turn_recovered_fell_back(
+    store: tuple[Warehouse, WarehouseReader],
+) -> None:
+    warehouse, reader = store
+    a = f"tenants/w{uuid.uuid4().hex[:8]}"
+    b = f"{a}b"  # starts with a's name: the tenant is matched whole
+    fail = "TIMEOUT"
+    await _write(
+        warehouse,
+        [
+            # Turn 1: tier 0 failed, tier 1 (another model) succeeded: a fallback.
+            _call(a, 10, turn="t1", failure=fail),
+            _call(a, 11, turn="t1", tier=1, model="models/m2"),
+            # Turn 2: a failure nothing after it recovered; tenant b's success on a turn of
+            # the same name, and a's own after the range, never count.
+            _call(a, 20, turn="t2", failure=fail),
+            _call(b, 21, turn="t2", tier=1, model="models/m2"),
+            _call(a, 3700, turn="t2", tier=1, model="models/m2"),
+            # Turn 3: a UTILITY call fell back; its PRIMARY call failed with no PRIMARY after.
+            _call(a, 30, turn="t3", failure=fail),
+            _call(a, 31, turn="t3", role=UTILITY, failure=fail),
+            _call(a, 32, turn="t3", role=UTILITY, tier=2, model="models/m2"),
+            # Outside any turn: nothing recovers anything.
+            _call(a, 40, turn="", failure=fail),
+            _call(a, 41, turn="", tier=1, model="models/m2"),
+            # Tenant b: a call that failed with nothing after it.
+            _call(b, 50, turn="t9", failure=fail),
+        ],
+    )
+    # Eight calls of a in the range; two fell back, five failed.
+    fell_back = await reader.series(_rate(Metric.MODEL_FALLBACK_RATE, a))
+    assert _values(fell_back) == [("", 0.25, 8)]
+    assert fell_back[0].unit == "1"
+    assert _values(await reader.series(_rate(Metric.MODEL_FAILURE_RATE, a))) == [("", 0.625, 8)]
+    # Only PRIMARY calls: t1's two, t2's, t3's first, the two outside turns.
+    primary = _rate(Metric.MODEL_FALLBACK_RATE, a, roles=("PRIMARY",), by_model=True)
+    assert _values(await reader.series(primary)) == [("models/m1", 0.25, 4), ("models/m2", 0.0, 2)]
+    utility = _rate(Metric.MODEL_FALLBACK_RATE, a, roles=("UTILITY",))
+    assert _values(await reader.series(utility)) == [("", 0.5, 2)]
+    both = _rate(Metric.TOKENS, a, roles=("PRIMARY", "UTILITY"))
+    assert [p.sample_count for s in await reader.series(both) for p in s.points] == [8]
+    # The model filter narrows the calls that fell back, not the tiers that recovered them.
+    m1 = _rate(Metric.MODEL_FALLBACK_RATE, a, models=("models/m1",))
+    assert _values(await reader.series(m1)) == [("", 0.4, 5)]
+    # Tenant b's own: two calls, none recovered in b.
+    assert _values(await reader.series(_rate(Metric.MODEL_FALLBACK_RATE, b))) == [("", 0.0, 2)]
+
+
+async def test_the_memory_warehouse_computes_every_model_call_series_as_clickhouse(chdb_warehouse_url: str) -> None:
+    tenant = f"tenants/w{uuid.uuid4().hex[:8]}"
+    calls = [
+        _call(
+            tenant,
+            offset,
+            turn=f"t{offset % 4}",
+            tier=offset % 3,
+            role=UTILITY if offset % 5 == 0 else model_pb2.MODEL_ROLE_PRIMARY,
+            model=f"models/m{offset % 2}",
+            failure="TIMEOUT" if offset % 3 == 0 else "",
+            input_tokens=offset,
+            cost_nanos=offset * 1_000,
+        )
+        for offset in range(1, 200, 7)
+    ]
+    memory = MemoryWarehouse()
+    real = await ClickHouseWarehouse.open(chdb_warehouse_url)
+    try:
+        await _write(memory, calls)
+        await _write(real, calls)
+        clickhouse = ClickHouseReader(real)
+        for metric in MODEL_CALL_METRICS:
+            for aggregation in AGGREGATIONS[metric]:
+                for roles in ((), ("UTILITY",)):
+                    read = SeriesRead(
+                        tenant=tenant,
+                        metric=metric,
+                        aggregation=aggregation,
+                        start=T0,
+                        end=T0 + timedelta(minutes=10),
+                        bucket_width=timedelta(minutes=1),
+                        roles=roles,
+                        by_model=True,
+                    )
+                    want = sorted(await clickhouse.series(read), key=lambda s: (s.model, s.unit))
+                    got = await memory.series(read)
+                    assert want or roles, (metric, aggregation)  # TTFT is of PRIMARY calls only
+                    assert [(s.model, s.unit, _rounded(s.points)) for s in got] == [
+                        (s.model, s.unit, _rounded(s.points)) for s in want
+                    ], (metric, aggregation, roles)
+    finally:
+        await real.close()
+
+
+def _rounded(points: Sequence[Point]) -> list[tuple[datetime, float, int]]:
+    return [(p.start_time, round(p.value, 9), p.sample_count) for p in points]

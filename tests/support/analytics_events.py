@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from skm.events.v1 import event_pb2
+from skm.type.v1 import model_pb2
 
 
 def model_call(
@@ -18,7 +19,12 @@ def model_call(
     cost_nanos: int = 1_000,
     input_tokens: int = 100,
     output_tokens: int = 20,
+    turn: str | None = None,
+    role: model_pb2.ModelRole.ValueType = model_pb2.MODEL_ROLE_PRIMARY,
+    tier: int = 0,
+    failure: str = "",
 ) -> bytes:
+    """A ModelCallCompleted; `turn` None: the tenant's turn 1, "" none."""
     event = event_pb2.Event(
         event_id=event_id or str(uuid.uuid4()),
         tenant=tenant,
@@ -27,11 +33,13 @@ def model_call(
     )
     event.event_time.FromDatetime(at or datetime.now(UTC))
     call = event.model_call_completed
-    call.turn = f"{tenant}/sessions/s1/turns/1"
+    call.turn = f"{tenant}/sessions/s1/turns/1" if turn is None else turn
     call.persona = f"{tenant}/personas/helper"
+    call.failure_reason = failure
     usage = call.usage
     usage.model = model
-    usage.role = 2  # PRIMARY
+    usage.role = role
+    usage.tier = tier
     usage.input_tokens = input_tokens
     usage.output_tokens = output_tokens
     usage.time_to_first_token.FromMilliseconds(300)

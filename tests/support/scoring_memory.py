@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 from skm_runtime.errors import ServiceUnavailable
+from skm_runtime.values import ModelRole
 from svc_profiles.errors import EtagMismatch, ModelProfileNotFound
 from svc_profiles.model import (
     AutoSelected,
@@ -118,22 +119,31 @@ class MemoryScoringStore:
 
 
 class MemoryTelemetry:
-    """Telemetry per tenant and model; a tenant in `unavailable` fails as svc_analytics down
+    """Telemetry per tenant and model, the same in every role unless `by_role` holds the
+    tenant's figures of that role; a tenant in `unavailable` fails as svc_analytics down
     does."""
 
     def __init__(self) -> None:
         self.by_tenant: dict[str, dict[str, ModelTelemetry]] = {}
+        self.by_role: dict[tuple[str, ModelRole], dict[str, ModelTelemetry]] = {}
+        # (tenant, role) of each read, in order.
+        self.asked: list[tuple[str, ModelRole]] = []
         self.unavailable: set[str] = set()
         # Tenants whose read fails as a bug would (RuntimeError).
         self.broken: set[str] = set()
         self.windows: list[tuple[datetime, datetime]] = []
 
-    async def model_telemetry(self, tenant: str, start: datetime, end: datetime) -> dict[str, ModelTelemetry]:
+    async def model_telemetry(
+        self, tenant: str, role: ModelRole, start: datetime, end: datetime
+    ) -> dict[str, ModelTelemetry]:
         self.windows.append((start, end))
+        self.asked.append((tenant, role))
         if tenant in self.unavailable:
             raise ServiceUnavailable("svc_analytics cannot give the telemetry (UNAVAILABLE)")
         if tenant in self.broken:
             raise RuntimeError("a bug")
+        if (tenant, role) in self.by_role:
+            return dict(self.by_role[tenant, role])
         return dict(self.by_tenant.get(tenant, {}))
 
 

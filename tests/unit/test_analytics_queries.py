@@ -13,7 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from skm.events.v1 import event_pb2
+from skm.type.v1 import model_pb2
 from skm_runtime.errors import InvalidArgument, SkmError
+from skm_runtime.values import ModelRole
+from svc_analytics.adapters.events import decode
 from svc_analytics.core.queries import Queries
 from svc_analytics.errors import (
     AggregationNotSupported,
@@ -31,14 +34,19 @@ from svc_analytics.model import (
     AuditEvent,
     AuditQuery,
     AuditRead,
+    Delivery,
     Dimension,
     Metric,
     MetricQuery,
     MetricsQuery,
     Point,
+    Position,
     Series,
     SeriesRead,
+    Table,
 )
+from tests.support import analytics_events
+from tests.support.analytics_memory import MemoryWarehouse
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 TENANT = "tenants/t1"
@@ -225,6 +233,7 @@ async def test_every_aggregation_metrics_proto_lists_is_accepted(queries: Querie
         Metric.MEAN_OPINION_SCORE: "MEAN P50",
         Metric.VOICE_RESPONSE_LATENCY: "MEAN P50 P95 P99",
         Metric.MODEL_SCORE: "MEAN",
+        Metric.MODEL_FALLBACK_RATE: "MEAN",
     }
     assert set(accepted) == set(Metric)
     for metric, names in accepted.items():
@@ -341,6 +350,32 @@ async def test_filters_and_grouping_reach_the_warehouse_normalised(queries: Quer
     assert turns == replace(tokens, metric=Metric.TURNS, aggregation=Aggregation.COUNT, models=())
     assert scores.models == ("models/m1", "models/m2")
     assert scores.personas == tokens.personas
+
+
+async def test_the_role_filter_reaches_only_the_metrics_of_model_calls(queries: Queries, reader: MemoryReader) -> None:
+    asked = (
+        MetricQuery(Metric.MODEL_FALLBACK_RATE, Aggregation.MEAN),
+        MetricQuery(Metric.MODEL_FAILURE_RATE, Aggregation.MEAN),
+        MetricQuery(Metric.TURNS, Aggregation.COUNT),
+        MetricQuery(Metric.MODEL_SCORE, Aggregation.MEAN),
+    )
+    roles = (ModelRole.UTILITY, ModelRole.PRIMARY, ModelRole.UTILITY)
+    await queries.query_metrics(metrics_query(queries=asked, roles=roles))
+    # Names as the warehouse's role column holds them, sorted and once each; a model score
+    # is of one role already, and a turn of none.
+    assert [r.roles for r in reader.series_reads] == [("PRIMARY", "UTILITY"), ("PRIMARY", "UTILITY"), (), ()]
+    await queries.query_metrics(metrics_query(queries=asked[:1]))
+    assert reader.series_reads[-1].roles == ()
+
+
+async def test_an_unspecified_or_unknown_role_is_an_invalid_argument(queries: Queries, reader: MemoryReader) -> None:
+    query = metrics_query(queries=(MetricQuery(Metric.TOKENS, Aggregation.SUM),), roles=(ModelRole.PRIMARY, None))
+    error = await refusal(queries.query_metrics(query), InvalidArgument)
+    assert (error.reason, [v.field for v in error.violations]) == ("INVALID_ARGUMENT", ["roles"])
+    # Refused even where no query would use it: the request is wrong either way.
+    error = await refusal(queries.query_metrics(metrics_query(roles=(None,))), InvalidArgument)
+    assert [v.field for v in error.violations] == ["roles"]
+    assert reader.series_reads == []
 
 
 async def test_an_unspecified_dimension_is_an_invalid_argument(queries: Queries) -> None:
@@ -484,3 +519,29 @@ async def test_an_unset_end_stays_the_first_pages_now(queries: Queries, reader: 
     assert reader.audit_reads[-1].end == T0 + timedelta(seconds=10)
     # A new listing sees it.
     assert len((await queries.query_audit_events(AuditQuery(parent=TENANT))).events) == 3
+
+
+async def test_the_fallback_rate_over_the_memory_warehouse_counts_only_recovered_failures() -> None:
+    # Turn 1: PRIMARY tier 0 failed and tier 1 answered; turn 2: a PRIMARY failure nothing
+    # recovered and a UTILITY call that answered at a later tier (another role: no recovery).
+    warehouse = MemoryWarehouse()
+    calls = [
+        ("t1", 0, "TIMEOUT", model_pb2.MODEL_ROLE_PRIMARY),
+        ("t1", 1, "", model_pb2.MODEL_ROLE_PRIMARY),
+        ("t2", 0, "TIMEOUT", model_pb2.MODEL_ROLE_PRIMARY),
+        ("t2", 1, "", model_pb2.MODEL_ROLE_UTILITY),
+    ]
+    for offset, (turn, tier, failure, role) in enumerate(calls):
+        at = T0 + timedelta(seconds=offset)
+        value = analytics_events.model_call(TENANT, at=at, turn=turn, tier=tier, failure=failure, role=role)
+        delivery = decode(Position("audit", 0, offset), None, value)
+        assert isinstance(delivery, Delivery)
+        await warehouse.write(Table.MODEL_CALLS, [(delivery.position, r) for r in delivery.rows[Table.MODEL_CALLS]])
+    queries = Queries(warehouse, now=Clock())
+    asked = (MetricQuery(Metric.MODEL_FALLBACK_RATE, Aggregation.MEAN),)
+    (every,) = await queries.query_metrics(metrics_query(queries=asked, bucket_width=timedelta(hours=1)))
+    assert [(p.value, p.sample_count) for p in every.points] == [(0.25, 4)]
+    (primary,) = await queries.query_metrics(
+        metrics_query(queries=asked, bucket_width=timedelta(hours=1), roles=(ModelRole.PRIMARY,))
+    )
+    assert [(round(p.value, 9), p.sample_count) for p in primary.points] == [(round(1 / 3, 9), 3)]

@@ -189,6 +189,7 @@ def test_the_dashboard_has_a_row_per_series_with_units_and_one_per_panel_without
         "model cost · EUR           █     0.2500 EUR  0.2500 EUR  0.2500 EUR        3",
         "model cost · USD         ▂   █   1.5000 USD  0.0012 USD  1.5000 USD       10",
         "model failure rate                        -           -           -        0",
+        "model fallback rate                       -           -           -        0",
         "refusal rate             ▁  █        25.0 %       0.0 %      25.0 %       10",
         "policy deny rate                          -           -           -        0",
         "policy approval rate                      -           -           -        0",

@@ -101,6 +101,7 @@ def test_score_is_the_documented_weighted_sum_of_normalised_terms() -> None:
             tokens_per_second=100.0,
             failure_rate=0.1,
             cost_per_million=usd(1),
+            fallback_rate=0.05,
         ),
         B: ModelTelemetry(
             calls=20, time_to_first_token_seconds=0.5, tokens_per_second=50.0, failure_rate=0.0, cost_per_million=usd(2)
@@ -115,7 +116,9 @@ def test_score_is_the_documented_weighted_sum_of_normalised_terms() -> None:
     # B: 0.4*0.9 + 0.2*(1/2) + 0.2*(3/4.5) + 0.2*1.0 = 0.36 + 0.1 + 0.13333 + 0.2
     assert b.score == pytest.approx(0.36 + 0.1 + 0.2 * 3 / 4.5 + 0.2)
     assert (a.latency_seconds, b.latency_seconds) == (pytest.approx(3.0), pytest.approx(4.5))
+    # Half of A's failures fell back: counted among its failures, not a second time.
     assert (a.reliability, a.error_rate, a.sample_count) == (pytest.approx(0.9), pytest.approx(0.1), 20)
+    assert (a.fallback_rate, b.fallback_rate) == (pytest.approx(0.05), 0.0)
     assert b.sample_count == 30
     assert a.cost_per_million_tokens == usd(1)
     assert (a.window_start, a.window_end, a.scoring_run) == (*WINDOW, "scoringRuns/r")
@@ -389,6 +392,25 @@ async def test_analytics_down_fails_the_run_and_stores_nothing_for_that_tenant()
     assert "UNAVAILABLE" in run.failure_reason
     assert await j.scoring.list_scores(T2, None, 0, "", None) == ([], "")
     assert len((await j.scoring.list_scores(T1, None, 0, "", None))[0]) == 6  # 2 models x 3 chat roles
+
+
+async def test_each_role_is_scored_on_its_own_calls() -> None:
+    j = job()
+    _fast_and_cheap(j, T1)
+    # As UTILITY, A fails half its calls (a fifth of them fell back); as PRIMARY, none.
+    j.telemetry.by_role[T1, ModelRole.UTILITY] = {
+        A: ModelTelemetry(calls=10, failure_rate=0.5, fallback_rate=0.1),
+        B: ModelTelemetry(calls=10, failure_rate=0.0, fallback_rate=0.0),
+    }
+    await _run(j, T1)
+    assert j.telemetry.asked == [(T1, ModelRole.PRE_SLM), (T1, PRIMARY), (T1, ModelRole.UTILITY)]
+    primary, _ = await j.scoring.list_scores(T1, PRIMARY, 0, "", None)
+    utility, _ = await j.scoring.list_scores(T1, ModelRole.UTILITY, 0, "", None)
+    assert [(s.model, s.reliability, s.fallback_rate) for s in primary] == [(A, 1.0, 0.0), (B, 1.0, 0.0)]
+    assert sorted((s.model, s.reliability, s.error_rate, s.fallback_rate) for s in utility) == [
+        (A, 0.5, 0.5, 0.1),
+        (B, 1.0, 0.0, 0.0),
+    ]
 
 
 async def test_a_run_cut_short_is_finished_by_the_next_start_for_the_tenants_left() -> None:

@@ -31,7 +31,7 @@ from skm.type.v1 import model_pb2 as skm_dot_type_dot_v1_dot_model__pb2
 from skm.type.v1 import money_pb2 as skm_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(skm/analytics/v1/analytics_service.proto\x12\x10skm.analytics.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eskm/analytics/v1/metrics.proto\x1a\x19skm/events/v1/event.proto\x1a\x1askm/options/v1/authz.proto\x1a\x17skm/type/v1/model.proto\x1a\x17skm/type/v1/money.proto\"\xb5\x02\n\x13QueryMetricsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12.\n\x07queries\x18\x02 \x03(\x0b\x32\x1d.skm.analytics.v1.MetricQuery\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0c\x62ucket_width\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08personas\x18\x06 \x03(\t\x12\x0e\n\x06models\x18\x07 \x03(\t\x12-\n\x08group_by\x18\x08 \x03(\x0e\x32\x1b.skm.analytics.v1.Dimension\"k\n\x0bMetricQuery\x12(\n\x06metric\x18\x01 \x01(\x0e\x32\x18.skm.analytics.v1.Metric\x12\x32\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x1d.skm.analytics.v1.Aggregation\"D\n\x14QueryMetricsResponse\x12,\n\x06series\x18\x01 \x03(\x0b\x32\x1c.skm.analytics.v1.TimeSeries\"\xd4\x01\n\x17QueryAuditEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"Y\n\x18QueryAuditEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.skm.events.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x14GetModelSpendRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\"\x86\x01\n\x15GetModelSpendResponse\x12!\n\x05spent\x18\x01 \x01(\x0b\x32\x12.skm.type.v1.Money\x12\x35\n\x11period_start_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmodel_calls\x18\x03 \x01(\x03\x32\xbc\x03\n\x10\x41nalyticsService\x12\x80\x01\n\x0cQueryMetrics\x12%.skm.analytics.v1.QueryMetricsRequest\x1a&.skm.analytics.v1.QueryMetricsResponse\"!\xca\xf3\x18\x1d\n\x0b\x63\x61n_operate\x12\x06tenant\x1a\x06parent\x12\x8f\x01\n\x10QueryAuditEvents\x12).skm.analytics.v1.QueryAuditEventsRequest\x1a*.skm.analytics.v1.QueryAuditEventsResponse\"$\xca\xf3\x18 \n\x0e\x63\x61n_administer\x12\x06tenant\x1a\x06parent\x12\x83\x01\n\rGetModelSpend\x12&.skm.analytics.v1.GetModelSpendRequest\x1a\'.skm.analytics.v1.GetModelSpendResponse\"!\xca\xf3\x18\x1d\n\x0b\x63\x61n_operate\x12\x06tenant\x1a\x06tenant\x1a\r\xd2\xf3\x18\tanalyticsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(skm/analytics/v1/analytics_service.proto\x12\x10skm.analytics.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eskm/analytics/v1/metrics.proto\x1a\x19skm/events/v1/event.proto\x1a\x1askm/options/v1/authz.proto\x1a\x17skm/type/v1/model.proto\x1a\x17skm/type/v1/money.proto\"\xdc\x02\n\x13QueryMetricsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12.\n\x07queries\x18\x02 \x03(\x0b\x32\x1d.skm.analytics.v1.MetricQuery\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0c\x62ucket_width\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08personas\x18\x06 \x03(\t\x12\x0e\n\x06models\x18\x07 \x03(\t\x12-\n\x08group_by\x18\x08 \x03(\x0e\x32\x1b.skm.analytics.v1.Dimension\x12%\n\x05roles\x18\t \x03(\x0e\x32\x16.skm.type.v1.ModelRole\"k\n\x0bMetricQuery\x12(\n\x06metric\x18\x01 \x01(\x0e\x32\x18.skm.analytics.v1.Metric\x12\x32\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x1d.skm.analytics.v1.Aggregation\"D\n\x14QueryMetricsResponse\x12,\n\x06series\x18\x01 \x03(\x0b\x32\x1c.skm.analytics.v1.TimeSeries\"\xd4\x01\n\x17QueryAuditEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"Y\n\x18QueryAuditEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.skm.events.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x14GetModelSpendRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.skm.type.v1.ModelRole\"\x86\x01\n\x15GetModelSpendResponse\x12!\n\x05spent\x18\x01 \x01(\x0b\x32\x12.skm.type.v1.Money\x12\x35\n\x11period_start_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmodel_calls\x18\x03 \x01(\x03\x32\xbc\x03\n\x10\x41nalyticsService\x12\x80\x01\n\x0cQueryMetrics\x12%.skm.analytics.v1.QueryMetricsRequest\x1a&.skm.analytics.v1.QueryMetricsResponse\"!\xca\xf3\x18\x1d\n\x0b\x63\x61n_operate\x12\x06tenant\x1a\x06parent\x12\x8f\x01\n\x10QueryAuditEvents\x12).skm.analytics.v1.QueryAuditEventsRequest\x1a*.skm.analytics.v1.QueryAuditEventsResponse\"$\xca\xf3\x18 \n\x0e\x63\x61n_administer\x12\x06tenant\x1a\x06parent\x12\x83\x01\n\rGetModelSpend\x12&.skm.analytics.v1.GetModelSpendRequest\x1a\'.skm.analytics.v1.GetModelSpendResponse\"!\xca\xf3\x18\x1d\n\x0b\x63\x61n_operate\x12\x06tenant\x1a\x06tenant\x1a\r\xd2\xf3\x18\tanalyticsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,19 +47,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetModelSpend']._loaded_options = None
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetModelSpend']._serialized_options = b'\312\363\030\035\n\013can_operate\022\006tenant\032\006tenant'
   _globals['_QUERYMETRICSREQUEST']._serialized_start=265
-  _globals['_QUERYMETRICSREQUEST']._serialized_end=574
-  _globals['_METRICQUERY']._serialized_start=576
-  _globals['_METRICQUERY']._serialized_end=683
-  _globals['_QUERYMETRICSRESPONSE']._serialized_start=685
-  _globals['_QUERYMETRICSRESPONSE']._serialized_end=753
-  _globals['_QUERYAUDITEVENTSREQUEST']._serialized_start=756
-  _globals['_QUERYAUDITEVENTSREQUEST']._serialized_end=968
-  _globals['_QUERYAUDITEVENTSRESPONSE']._serialized_start=970
-  _globals['_QUERYAUDITEVENTSRESPONSE']._serialized_end=1059
-  _globals['_GETMODELSPENDREQUEST']._serialized_start=1061
-  _globals['_GETMODELSPENDREQUEST']._serialized_end=1137
-  _globals['_GETMODELSPENDRESPONSE']._serialized_start=1140
-  _globals['_GETMODELSPENDRESPONSE']._serialized_end=1274
-  _globals['_ANALYTICSSERVICE']._serialized_start=1277
-  _globals['_ANALYTICSSERVICE']._serialized_end=1721
+  _globals['_QUERYMETRICSREQUEST']._serialized_end=613
+  _globals['_METRICQUERY']._serialized_start=615
+  _globals['_METRICQUERY']._serialized_end=722
+  _globals['_QUERYMETRICSRESPONSE']._serialized_start=724
+  _globals['_QUERYMETRICSRESPONSE']._serialized_end=792
+  _globals['_QUERYAUDITEVENTSREQUEST']._serialized_start=795
+  _globals['_QUERYAUDITEVENTSREQUEST']._serialized_end=1007
+  _globals['_QUERYAUDITEVENTSRESPONSE']._serialized_start=1009
+  _globals['_QUERYAUDITEVENTSRESPONSE']._serialized_end=1098
+  _globals['_GETMODELSPENDREQUEST']._serialized_start=1100
+  _globals['_GETMODELSPENDREQUEST']._serialized_end=1176
+  _globals['_GETMODELSPENDRESPONSE']._serialized_start=1179
+  _globals['_GETMODELSPENDRESPONSE']._serialized_end=1313
+  _globals['_ANALYTICSSERVICE']._serialized_start=1316
+  _globals['_ANALYTICSSERVICE']._serialized_end=1760
 # @@protoc_insertion_point(module_scope)

@@ -38,6 +38,7 @@ class QueryMetricsRequest(_message.Message):
     PERSONAS_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
     GROUP_BY_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The tenant, "tenants/{tenant}"."""
     @_builtins.property
@@ -74,6 +75,14 @@ class QueryMetricsRequest(_message.Message):
         query.
         """
 
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_model_pb2.ModelRole.ValueType]:
+        """Only model calls of these roles; empty: all. Metrics not about model
+        calls ignore it (MODEL_SCORE included: a score is of one role already).
+        MODEL_ROLE_UNSPECIFIED, or a value this service does not know, is
+        INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -85,10 +94,11 @@ class QueryMetricsRequest(_message.Message):
         personas: _abc.Iterable[_builtins.str] | None = ...,
         models: _abc.Iterable[_builtins.str] | None = ...,
         group_by: _abc.Iterable[_metrics_pb2.Dimension.ValueType] | None = ...,
+        roles: _abc.Iterable[_model_pb2.ModelRole.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_width", b"bucket_width", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_width", b"bucket_width", "end_time", b"end_time", "group_by", b"group_by", "models", b"models", "parent", b"parent", "personas", b"personas", "queries", b"queries", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_width", b"bucket_width", "end_time", b"end_time", "group_by", b"group_by", "models", b"models", "parent", b"parent", "personas", b"personas", "queries", b"queries", "roles", b"roles", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

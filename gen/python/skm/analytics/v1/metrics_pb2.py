@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eskm/analytics/v1/metrics.proto\x12\x10skm.analytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\nTimeSeries\x12(\n\x06metric\x18\x01 \x01(\x0e\x32\x18.skm.analytics.v1.Metric\x12\x32\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x1d.skm.analytics.v1.Aggregation\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0f\n\x07persona\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\'\n\x06points\x18\x06 \x03(\x0b\x32\x17.skm.analytics.v1.Point\"\\\n\x05Point\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0csample_count\x18\x03 \x01(\x03*\xdd\x03\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x10\n\x0cMETRIC_TURNS\x10\x01\x12\x17\n\x13METRIC_TURN_LATENCY\x10\x02\x12\x1e\n\x1aMETRIC_TIME_TO_FIRST_TOKEN\x10\x03\x12\x1c\n\x18METRIC_TOKENS_PER_SECOND\x10\x04\x12\x11\n\rMETRIC_TOKENS\x10\x05\x12\x15\n\x11METRIC_MODEL_COST\x10\x06\x12\x1d\n\x19METRIC_MODEL_FAILURE_RATE\x10\x07\x12\x17\n\x13METRIC_REFUSAL_RATE\x10\x08\x12\x1b\n\x17METRIC_POLICY_DENY_RATE\x10\t\x12\x1f\n\x1bMETRIC_POLICY_APPROVAL_RATE\x10\n\x12\x18\n\x14METRIC_APPROVAL_WAIT\x10\x0b\x12\"\n\x1eMETRIC_BLOCKED_ACTIONS_EXPIRED\x10\x0c\x12\x1a\n\x16METRIC_WORD_ERROR_RATE\x10\r\x12\x1d\n\x19METRIC_MEAN_OPINION_SCORE\x10\x0e\x12!\n\x1dMETRIC_VOICE_RESPONSE_LATENCY\x10\x0f\x12\x16\n\x12METRIC_MODEL_SCORE\x10\x10*\xab\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41GGREGATION_MEAN\x10\x01\x12\x13\n\x0f\x41GGREGATION_P50\x10\x02\x12\x13\n\x0f\x41GGREGATION_P95\x10\x03\x12\x13\n\x0f\x41GGREGATION_P99\x10\x04\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x05\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x06*R\n\tDimension\x12\x19\n\x15\x44IMENSION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IMENSION_PERSONA\x10\x01\x12\x13\n\x0f\x44IMENSION_MODEL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eskm/analytics/v1/metrics.proto\x12\x10skm.analytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\nTimeSeries\x12(\n\x06metric\x18\x01 \x01(\x0e\x32\x18.skm.analytics.v1.Metric\x12\x32\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x1d.skm.analytics.v1.Aggregation\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0f\n\x07persona\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\'\n\x06points\x18\x06 \x03(\x0b\x32\x17.skm.analytics.v1.Point\"\\\n\x05Point\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0csample_count\x18\x03 \x01(\x03*\xfd\x03\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x10\n\x0cMETRIC_TURNS\x10\x01\x12\x17\n\x13METRIC_TURN_LATENCY\x10\x02\x12\x1e\n\x1aMETRIC_TIME_TO_FIRST_TOKEN\x10\x03\x12\x1c\n\x18METRIC_TOKENS_PER_SECOND\x10\x04\x12\x11\n\rMETRIC_TOKENS\x10\x05\x12\x15\n\x11METRIC_MODEL_COST\x10\x06\x12\x1d\n\x19METRIC_MODEL_FAILURE_RATE\x10\x07\x12\x17\n\x13METRIC_REFUSAL_RATE\x10\x08\x12\x1b\n\x17METRIC_POLICY_DENY_RATE\x10\t\x12\x1f\n\x1bMETRIC_POLICY_APPROVAL_RATE\x10\n\x12\x18\n\x14METRIC_APPROVAL_WAIT\x10\x0b\x12\"\n\x1eMETRIC_BLOCKED_ACTIONS_EXPIRED\x10\x0c\x12\x1a\n\x16METRIC_WORD_ERROR_RATE\x10\r\x12\x1d\n\x19METRIC_MEAN_OPINION_SCORE\x10\x0e\x12!\n\x1dMETRIC_VOICE_RESPONSE_LATENCY\x10\x0f\x12\x16\n\x12METRIC_MODEL_SCORE\x10\x10\x12\x1e\n\x1aMETRIC_MODEL_FALLBACK_RATE\x10\x11*\xab\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41GGREGATION_MEAN\x10\x01\x12\x13\n\x0f\x41GGREGATION_P50\x10\x02\x12\x13\n\x0f\x41GGREGATION_P95\x10\x03\x12\x13\n\x0f\x41GGREGATION_P99\x10\x04\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x05\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x06*R\n\tDimension\x12\x19\n\x15\x44IMENSION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IMENSION_PERSONA\x10\x01\x12\x13\n\x0f\x44IMENSION_MODEL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.analytics.v1.metrics_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METRIC']._serialized_start=376
-  _globals['_METRIC']._serialized_end=853
-  _globals['_AGGREGATION']._serialized_start=856
-  _globals['_AGGREGATION']._serialized_end=1027
-  _globals['_DIMENSION']._serialized_start=1029
-  _globals['_DIMENSION']._serialized_end=1111
+  _globals['_METRIC']._serialized_end=885
+  _globals['_AGGREGATION']._serialized_start=888
+  _globals['_AGGREGATION']._serialized_end=1059
+  _globals['_DIMENSION']._serialized_start=1061
+  _globals['_DIMENSION']._serialized_end=1143
   _globals['_TIMESERIES']._serialized_start=86
   _globals['_TIMESERIES']._serialized_end=279
   _globals['_POINT']._serialized_start=281

@@ -67,6 +67,15 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     """Models' scores from the scoring job, in [0, 1]. MEAN (per bucket, the
     mean of the scores published in it).
     """
+    METRIC_MODEL_FALLBACK_RATE: _Metric.ValueType  # 17
+    """Share of model calls that the agent loop fell back past, in [0, 1]. MEAN.
+    A call fell back when it failed and a call of a later tier (a higher
+    ModelUsage.tier) of the same turn and role succeeded, within the
+    request's range; a failure that nothing after it recovered is not a
+    fallback (it counts in MODEL_FAILURE_RATE alone), nor is a call without a
+    turn. The denominator is every model call, as for MODEL_FAILURE_RATE, so
+    a fallback is one kind of failure: this rate never exceeds that one.
+    """
 
 class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
     """A measurable quantity of the dashboards. Each value says its unit and the
@@ -114,6 +123,15 @@ seconds. MEAN, P50, P95, P99.
 METRIC_MODEL_SCORE: Metric.ValueType  # 16
 """Models' scores from the scoring job, in [0, 1]. MEAN (per bucket, the
 mean of the scores published in it).
+"""
+METRIC_MODEL_FALLBACK_RATE: Metric.ValueType  # 17
+"""Share of model calls that the agent loop fell back past, in [0, 1]. MEAN.
+A call fell back when it failed and a call of a later tier (a higher
+ModelUsage.tier) of the same turn and role succeeded, within the
+request's range; a failure that nothing after it recovered is not a
+fallback (it counts in MODEL_FAILURE_RATE alone), nor is a call without a
+turn. The denominator is every model call, as for MODEL_FAILURE_RATE, so
+a fallback is one kind of failure: this rate never exceeds that one.
 """
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
