@@ -25,8 +25,9 @@ from svc_profiles.adapters.conversation import GrpcConversations
 from svc_profiles.adapters.defaults import load_defaults, with_served_engine
 from svc_profiles.adapters.events import TOPICS
 from svc_profiles.adapters.keys import Ed25519PersonaKeys, Ed25519PersonaSigner, PersonaKeysInvalid
+from svc_profiles.adapters.pg import SCHEMA
 from svc_profiles.adapters.policy import GrpcTenantPolicy
-from svc_profiles.adapters.postgres import SCHEMA, PostgresProfileStore
+from svc_profiles.adapters.postgres import PostgresProfileStore
 from svc_profiles.adapters.postgres_bundles import PostgresBundleStore
 from svc_profiles.adapters.postgres_scoring import PostgresScoringStore
 from svc_profiles.adapters.postgres_tenants import PostgresTenantStore

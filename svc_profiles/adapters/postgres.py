@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from skm_runtime.errors import ServiceUnavailable
 from skm_runtime.outbox import add_events, outbox_ddl
 from skm_runtime.values import DeploymentMode, ModelOverride, ModelRole, Money
 from svc_profiles.adapters.events import TOPIC_PROFILES, auto_selected_event, record
+from svc_profiles.adapters.pg import SCHEMA, database, migrate, split_name
 from svc_profiles.bundle import example_json, override_json
 from svc_profiles.model import (
     AutoSelectBounds,
@@ -37,8 +36,6 @@ from svc_profiles.model import (
     Revision,
     RevisionOrigin,
 )
-
-SCHEMA = "profiles"
 
 # Revisions: each persona and model profile row carries its current revision (id, origin,
 # author, note, time), and every revision is kept whole as the row was (to_jsonb of it, read
@@ -159,7 +156,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS model_profiles_request ON {SCHEMA}.model_profi
 {_REVISIONS_DDL}{outbox_ddl(SCHEMA)}
 """
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _MODEL_COLUMNS = (
     "name, display_name, endpoint_uri, served_model, credential_secret, context_length, input_cost, output_cost,"
     " capabilities, embedding_dimensions, create_time, update_time, etag"
@@ -174,23 +170,6 @@ _PROFILE_COLUMNS = (
     "tenant, profile_id, role, mode, model_tiers, temperature, max_output_tokens, auto_select, create_time,"
     f" update_time, etag, {_REVISION_COLUMNS}, auto_select_bounds"
 )
-
-
-@contextmanager
-def _database() -> Iterator[None]:
-    """Driver errors become UNAVAILABLE at this boundary (nothing asyncpg leaks upward)."""
-    try:
-        yield
-    except _DB_ERRORS as exc:
-        raise ServiceUnavailable(
-            "the profile service's database cannot be reached", metadata={"error": type(exc).__name__}
-        ) from exc
-
-
-def _split(name: str) -> tuple[str, str]:
-    """ "tenants/{t}/{collection}/{id}" -> ("tenants/{t}", id); the core checked the shape."""
-    parts = name.split("/")
-    return f"{parts[0]}/{parts[1]}", parts[3]
 
 
 # -- rows <-> domain --------------------------------------------------------------------------
@@ -317,7 +296,7 @@ def _persona(row: Any) -> Persona:
 
 
 def _persona_values(persona: Persona) -> tuple[Any, ...]:
-    tenant, persona_id = _split(persona.name)
+    tenant, persona_id = split_name(persona.name)
     lineage = persona.lineage
     return (
         tenant,
@@ -369,7 +348,7 @@ def _profile(row: Any) -> ModelProfile:
 
 
 def _profile_values(profile: ModelProfile) -> tuple[Any, ...]:
-    tenant, profile_id = _split(profile.name)
+    tenant, profile_id = split_name(profile.name)
     assert profile.role is not None  # the core stores only valid profiles
     assert profile.mode is not None
     return (
@@ -404,10 +383,8 @@ class PostgresProfileStore:
     async def open(cls, dsn: str) -> PostgresProfileStore:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10, command_timeout=10)
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                # One migrating process at a time.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('skm.profiles.migrate'))")
-                await conn.execute(_DDL)
+            async with pool.acquire() as conn:
+                await migrate(conn, _DDL)
         except BaseException:
             await pool.close()
             raise
@@ -419,8 +396,8 @@ class PostgresProfileStore:
     # -- personas --------------------------------------------------------------------------
 
     async def get_persona(self, name: str) -> Persona | None:
-        tenant, persona_id = _split(name)
-        with _database():
+        tenant, persona_id = split_name(name)
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_PERSONA_COLUMNS} FROM {SCHEMA}.personas WHERE tenant = $1 AND persona_id = $2",
                 tenant,
@@ -429,7 +406,7 @@ class PostgresProfileStore:
         return None if row is None else _persona(row)
 
     async def persona_by_request(self, tenant: str, request_id: str) -> tuple[Persona, str] | None:
-        with _database():
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_PERSONA_COLUMNS}, request_fingerprint FROM {SCHEMA}.personas"
                 " WHERE tenant = $1 AND request_id = $2 AND request_id <> ''",
@@ -440,7 +417,7 @@ class PostgresProfileStore:
 
     async def insert_persona(self, persona: Persona, request_id: str, fingerprint: str) -> Inserted:
         values = _persona_values(persona)
-        with _database():
+        with database():
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     await conn.execute(
@@ -458,7 +435,7 @@ class PostgresProfileStore:
 
     async def replace_persona(self, persona: Persona, etag: str) -> bool:
         values = _persona_values(persona)
-        with _database():
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 done = await conn.fetchval(
                     f"""UPDATE {SCHEMA}.personas SET display_name = $3, system_prompt = $4, tone = $5, voice = $6,
@@ -477,8 +454,8 @@ class PostgresProfileStore:
         return done is not None
 
     async def delete_persona(self, name: str, etag: str) -> bool:
-        tenant, persona_id = _split(name)
-        with _database():
+        tenant, persona_id = split_name(name)
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 done = await conn.fetchval(
                     f"DELETE FROM {SCHEMA}.personas WHERE tenant = $1 AND persona_id = $2"
@@ -496,8 +473,8 @@ class PostgresProfileStore:
         return done is not None
 
     async def persona_revision(self, name: str, revision_id: int) -> Persona | None:
-        tenant, persona_id = _split(name)
-        with _database():
+        tenant, persona_id = split_name(name)
+        with database():
             row = await self._pool.fetchrow(
                 f"""SELECT r.* FROM {SCHEMA}.persona_revisions v,
                         jsonb_populate_record(NULL::{SCHEMA}.personas, v.persona) r
@@ -509,8 +486,8 @@ class PostgresProfileStore:
         return None if row is None else _persona(row)
 
     async def list_persona_revisions(self, name: str, before: int, limit: int) -> list[Persona]:
-        tenant, persona_id = _split(name)
-        with _database():
+        tenant, persona_id = split_name(name)
+        with database():
             rows = await self._pool.fetch(
                 f"""SELECT r.* FROM {SCHEMA}.persona_revisions v,
                         jsonb_populate_record(NULL::{SCHEMA}.personas, v.persona) r
@@ -524,7 +501,7 @@ class PostgresProfileStore:
         return [_persona(row) for row in rows]
 
     async def list_personas(self, tenant: str, after: PersonaCursor | None, limit: int) -> list[Persona]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"""SELECT {_PERSONA_COLUMNS} FROM {SCHEMA}.personas
                     WHERE tenant = $1 AND ($2::boolean
@@ -540,7 +517,7 @@ class PostgresProfileStore:
         return [_persona(row) for row in rows]
 
     async def stored_persona_ids(self, tenant: str, persona_ids: Collection[str]) -> set[str]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"SELECT persona_id FROM {SCHEMA}.personas WHERE tenant = $1 AND persona_id = ANY($2::text[])",
                 tenant,
@@ -553,14 +530,14 @@ class PostgresProfileStore:
     async def get_models(self, names: Collection[str]) -> dict[str, Model]:
         if not names:
             return {}
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"SELECT {_MODEL_COLUMNS} FROM {SCHEMA}.models WHERE name = ANY($1::text[])", list(names)
             )
         return {row["name"]: _model(row) for row in rows}
 
     async def insert_model(self, model: Model) -> bool:
-        with _database():
+        with database():
             done = await self._pool.fetchval(
                 f"""INSERT INTO {SCHEMA}.models ({_MODEL_COLUMNS})
                     VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13)
@@ -571,7 +548,7 @@ class PostgresProfileStore:
 
     async def replace_model(self, model: Model, etag: str) -> bool:
         values = _model_values(model)
-        with _database():
+        with database():
             done = await self._pool.fetchval(
                 f"""UPDATE {SCHEMA}.models SET display_name = $2, endpoint_uri = $3, served_model = $4,
                     credential_secret = $5, context_length = $6, input_cost = $7::jsonb, output_cost = $8::jsonb,
@@ -587,7 +564,7 @@ class PostgresProfileStore:
     async def upsert_models(self, models: Sequence[Model]) -> None:
         if not models:
             return
-        with _database():
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.executemany(
                     f"""INSERT INTO {SCHEMA}.models AS m ({_MODEL_COLUMNS})
@@ -609,7 +586,7 @@ class PostgresProfileStore:
                 )
 
     async def list_models(self, capability: Capability | None, after: str, limit: int) -> list[Model]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"""SELECT {_MODEL_COLUMNS} FROM {SCHEMA}.models
                     WHERE name COLLATE "C" > $1::text COLLATE "C" AND ($2::text = '' OR $2::text = ANY(capabilities))
@@ -623,8 +600,8 @@ class PostgresProfileStore:
     # -- model profiles --------------------------------------------------------------------
 
     async def get_model_profile(self, name: str) -> ModelProfile | None:
-        tenant, profile_id = _split(name)
-        with _database():
+        tenant, profile_id = split_name(name)
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_PROFILE_COLUMNS} FROM {SCHEMA}.model_profiles WHERE tenant = $1 AND profile_id = $2",
                 tenant,
@@ -633,7 +610,7 @@ class PostgresProfileStore:
         return None if row is None else _profile(row)
 
     async def model_profile_by_request(self, tenant: str, request_id: str) -> tuple[ModelProfile, str] | None:
-        with _database():
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_PROFILE_COLUMNS}, request_fingerprint FROM {SCHEMA}.model_profiles"
                 " WHERE tenant = $1 AND request_id = $2 AND request_id <> ''",
@@ -644,7 +621,7 @@ class PostgresProfileStore:
 
     async def insert_model_profile(self, profile: ModelProfile, request_id: str, fingerprint: str) -> Inserted:
         values = _profile_values(profile)
-        with _database():
+        with database():
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     await conn.execute(
@@ -666,7 +643,7 @@ class PostgresProfileStore:
         self, profile: ModelProfile, etag: str, auto_selected: AutoSelected | None = None
     ) -> bool:
         values = _profile_values(profile)
-        with _database():
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 done = await conn.fetchval(
                     f"""UPDATE {SCHEMA}.model_profiles SET model_tiers = $5, temperature = $6,
@@ -689,8 +666,8 @@ class PostgresProfileStore:
         return done is not None
 
     async def delete_model_profile(self, name: str, etag: str) -> bool:
-        tenant, profile_id = _split(name)
-        with _database():
+        tenant, profile_id = split_name(name)
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 done = await conn.fetchval(
                     f"DELETE FROM {SCHEMA}.model_profiles WHERE tenant = $1 AND profile_id = $2"
@@ -708,8 +685,8 @@ class PostgresProfileStore:
         return done is not None
 
     async def model_profile_revision(self, name: str, revision_id: int) -> ModelProfile | None:
-        tenant, profile_id = _split(name)
-        with _database():
+        tenant, profile_id = split_name(name)
+        with database():
             row = await self._pool.fetchrow(
                 f"""SELECT r.* FROM {SCHEMA}.model_profile_revisions v,
                         jsonb_populate_record(NULL::{SCHEMA}.model_profiles, v.model_profile) r
@@ -721,8 +698,8 @@ class PostgresProfileStore:
         return None if row is None else _profile(row)
 
     async def list_model_profile_revisions(self, name: str, before: int, limit: int) -> list[ModelProfile]:
-        tenant, profile_id = _split(name)
-        with _database():
+        tenant, profile_id = split_name(name)
+        with database():
             rows = await self._pool.fetch(
                 f"""SELECT r.* FROM {SCHEMA}.model_profile_revisions v,
                         jsonb_populate_record(NULL::{SCHEMA}.model_profiles, v.model_profile) r
@@ -736,7 +713,7 @@ class PostgresProfileStore:
         return [_profile(row) for row in rows]
 
     async def list_model_profiles(self, tenant: str) -> list[ModelProfile]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"SELECT {_PROFILE_COLUMNS} FROM {SCHEMA}.model_profiles WHERE tenant = $1", tenant
             )

@@ -8,17 +8,14 @@ refusal's on its own (a refusal changes nothing else).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
 
 from skm.events.v1 import event_pb2
-from skm_runtime.errors import ServiceUnavailable
 from skm_runtime.outbox import add_events
 from svc_profiles.adapters.events import envelope, record
-from svc_profiles.adapters.postgres import SCHEMA
+from svc_profiles.adapters.pg import SCHEMA, database, migrate, split_name
 from svc_profiles.model import (
     BundleInstalled,
     BundlePermissions,
@@ -72,26 +69,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS persona_install_history_request
     ON {SCHEMA}.persona_install_history (tenant, request_id) WHERE request_id <> '';
 """
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _KEY_COLUMNS = "tenant, key_id, public_key, expire_time, display_name, create_time"
 _INSTALL_COLUMNS = "tenant, persona_id, version, key_id, bundle_digest, permissions, relationships, install_time"
-
-
-@contextmanager
-def _database() -> Iterator[None]:
-    """Driver errors become UNAVAILABLE at this boundary."""
-    try:
-        yield
-    except _DB_ERRORS as exc:
-        raise ServiceUnavailable(
-            "the profile service's database cannot be reached", metadata={"error": type(exc).__name__}
-        ) from exc
-
-
-def _split(name: str) -> tuple[str, str]:
-    """ "tenants/{t}/{collection}/{id}" -> ("tenants/{t}", id); the core checked the shape."""
-    parts = name.split("/")
-    return f"{parts[0]}/{parts[1]}", parts[3]
 
 
 def _key(row: Any) -> TrustedKey:
@@ -120,7 +99,7 @@ def _installed(row: Any) -> InstalledBundle:
 
 
 def _install_values(installed: InstalledBundle) -> tuple[Any, ...]:
-    tenant, persona_id = _split(installed.persona)
+    tenant, persona_id = split_name(installed.persona)
     p = installed.permissions
     return (
         tenant,
@@ -166,17 +145,15 @@ class PostgresBundleStore:
         self._pool = pool
 
     async def migrate(self) -> None:
-        with _database():
-            async with self._pool.acquire() as conn, conn.transaction():
-                # One migrating process at a time (the lock PostgresProfileStore takes too).
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('skm.profiles.migrate'))")
-                await conn.execute(_DDL)
+        with database():
+            async with self._pool.acquire() as conn:
+                await migrate(conn, _DDL)
 
     # -- trusted keys ------------------------------------------------------------------------
 
     async def insert_trusted_key(self, key: TrustedKey) -> bool:
-        tenant, key_id = _split(key.name)
-        with _database():
+        tenant, key_id = split_name(key.name)
+        with database():
             done = await self._pool.fetchval(
                 f"INSERT INTO {SCHEMA}.trusted_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
                 " ON CONFLICT DO NOTHING RETURNING 1",
@@ -190,15 +167,15 @@ class PostgresBundleStore:
         return done is not None
 
     async def get_trusted_key(self, name: str) -> TrustedKey | None:
-        tenant, key_id = _split(name)
-        with _database():
+        tenant, key_id = split_name(name)
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_KEY_COLUMNS} FROM {SCHEMA}.trusted_keys WHERE tenant = $1 AND key_id = $2", tenant, key_id
             )
         return None if row is None else _key(row)
 
     async def list_trusted_keys(self, tenant: str, after: str, limit: int) -> list[TrustedKey]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"SELECT {_KEY_COLUMNS} FROM {SCHEMA}.trusted_keys WHERE tenant = $1 AND key_id > $2"
                 " ORDER BY key_id LIMIT $3",
@@ -209,8 +186,8 @@ class PostgresBundleStore:
         return [_key(row) for row in rows]
 
     async def delete_trusted_key(self, name: str) -> bool:
-        tenant, key_id = _split(name)
-        with _database():
+        tenant, key_id = split_name(name)
+        with database():
             done = await self._pool.fetchval(
                 f"DELETE FROM {SCHEMA}.trusted_keys WHERE tenant = $1 AND key_id = $2 RETURNING 1", tenant, key_id
             )
@@ -219,8 +196,8 @@ class PostgresBundleStore:
     # -- installs ----------------------------------------------------------------------------
 
     async def installed_bundle(self, persona: str) -> InstalledBundle | None:
-        tenant, persona_id = _split(persona)
-        with _database():
+        tenant, persona_id = split_name(persona)
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_INSTALL_COLUMNS} FROM {SCHEMA}.persona_installs WHERE tenant = $1 AND persona_id = $2",
                 tenant,
@@ -229,8 +206,8 @@ class PostgresBundleStore:
         return None if row is None else _installed(row)
 
     async def bundle_with_digest(self, persona: str, bundle_digest: str) -> InstalledBundle | None:
-        tenant, persona_id = _split(persona)
-        with _database():
+        tenant, persona_id = split_name(persona)
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_INSTALL_COLUMNS} FROM {SCHEMA}.persona_install_history"
                 " WHERE tenant = $1 AND persona_id = $2 AND bundle_digest = $3 ORDER BY seq DESC LIMIT 1",
@@ -241,7 +218,7 @@ class PostgresBundleStore:
         return None if row is None else _installed(row)
 
     async def install_by_request(self, tenant: str, request_id: str) -> tuple[str, str] | None:
-        with _database():
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT persona_id, bundle_sha256 FROM {SCHEMA}.persona_install_history"
                 " WHERE tenant = $1 AND request_id = $2 AND request_id <> ''",
@@ -254,7 +231,7 @@ class PostgresBundleStore:
         self, installed: InstalledBundle, event: BundleInstalled | None, request_id: str, bundle_sha256: str
     ) -> None:
         values = _install_values(installed)
-        with _database():
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(
                     f"INSERT INTO {SCHEMA}.persona_installs ({_INSTALL_COLUMNS})"
@@ -275,13 +252,13 @@ class PostgresBundleStore:
                     await add_events(conn, SCHEMA, [record(installed_event(values[0], event))])
 
     async def record_refusal(self, refused: BundleRefused) -> None:
-        with _database():
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 await add_events(conn, SCHEMA, [record(refused_event(refused))])
 
     async def forget_installs(self, persona: str) -> None:
-        tenant, persona_id = _split(persona)
-        with _database():
+        tenant, persona_id = split_name(persona)
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 for table in ("persona_installs", "persona_install_history"):
                     await conn.execute(

@@ -18,19 +18,19 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from skm.events.v1 import event_pb2
-from skm_runtime.errors import ServiceUnavailable
 from skm_runtime.outbox import add_events
 from skm_runtime.values import ModelRole, Money
 from skm_runtime.values_wire import role_to
 from svc_profiles import convert
 from svc_profiles.adapters.events import TOPIC_SCORED, envelope, record
+from svc_profiles.adapters.pg import SCHEMA, UNREACHABLE, database, migrate
 from svc_profiles.model import (
     BenchmarkRun,
     ModelRecommendation,
@@ -41,7 +41,6 @@ from svc_profiles.model import (
     ScoringTrigger,
 )
 
-SCHEMA = "profiles"
 # The lock's key: one scoring run at a time across every replica sharing the database.
 _LOCK = "hashtext('skm.profiles.scoring')"
 # Event ids derived from (run, tenant, role): a retried store writes the same ids.
@@ -108,7 +107,6 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.model_recommendations (
 );
 """
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _BENCHMARK_COLUMNS = (
     "model, role, suite, attempts, successes, failures, latency_seconds, input_tokens, output_tokens, end_time"
 )
@@ -116,16 +114,6 @@ _RUN_COLUMNS = (
     "run_id, state, trigger, tenant, window_start, window_end, create_time, end_time, tenants_done, tenants_total,"
     " profiles_changed, failure_reason"
 )
-
-
-@contextlib.contextmanager
-def _database() -> Iterator[None]:
-    try:
-        yield
-    except _DB_ERRORS as exc:
-        raise ServiceUnavailable(
-            f"the profiles database is unavailable ({type(exc).__name__})", retry_after_seconds=1.0
-        ) from None
 
 
 def _benchmark(row: Any) -> BenchmarkRun:
@@ -246,8 +234,8 @@ async def _unlock(conn: Any) -> None:
     the lock went with it, and the connection is of no further use."""
     try:
         await conn.execute(f"SELECT pg_advisory_unlock({_LOCK})")
-    except (*_DB_ERRORS, asyncpg.InternalClientError):
-        with contextlib.suppress(*_DB_ERRORS):
+    except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InternalClientError):
+        with contextlib.suppress(*UNREACHABLE, asyncpg.PostgresError):
             conn.terminate()
 
 
@@ -282,15 +270,14 @@ class PostgresScoringStore:
         self._pool = pool
 
     async def migrate(self) -> None:
-        with _database():
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('skm.profiles.migrate'))")
-                await conn.execute(DDL)
+        with database():
+            async with self._pool.acquire() as conn:
+                await migrate(conn, DDL)
 
     # -- benchmarks --------------------------------------------------------------------------
 
     async def benchmark_by_request(self, request_id: str) -> tuple[BenchmarkRun, str] | None:
-        with _database():
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_BENCHMARK_COLUMNS}, request_fingerprint FROM {SCHEMA}.benchmark_runs WHERE request_id = $1",
                 request_id,
@@ -301,7 +288,7 @@ class PostgresScoringStore:
         # The core stores only valid runs, stamped.
         assert run.role is not None
         assert run.end_time is not None
-        with _database():
+        with database():
             done = await self._pool.fetchval(
                 f"""INSERT INTO {SCHEMA}.benchmark_runs (request_id, request_fingerprint, {_BENCHMARK_COLUMNS})
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -322,7 +309,7 @@ class PostgresScoringStore:
         return done is not None
 
     async def latest_benchmarks(self) -> list[BenchmarkRun]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"""SELECT DISTINCT ON (model, role, suite) {_BENCHMARK_COLUMNS} FROM {SCHEMA}.benchmark_runs
                     ORDER BY model, role, suite, end_time DESC, record_seq DESC"""
@@ -333,10 +320,10 @@ class PostgresScoringStore:
 
     @contextlib.asynccontextmanager
     async def single_flight(self) -> AsyncIterator[bool]:
-        with _database():
+        with database():
             conn = await self._pool.acquire()
         try:
-            with _database():
+            with database():
                 held = bool(await conn.fetchval(f"SELECT pg_try_advisory_lock({_LOCK})"))
             try:
                 yield held
@@ -349,7 +336,7 @@ class PostgresScoringStore:
                 await self._pool.release(conn)
 
     async def unfinished_run(self) -> ScoringRun | None:
-        with _database():
+        with database():
             row = await self._pool.fetchrow(
                 f"SELECT {_RUN_COLUMNS} FROM {SCHEMA}.scoring_runs WHERE state = $1 ORDER BY create_time LIMIT 1",
                 ScoringState.RUNNING.value,
@@ -357,7 +344,7 @@ class PostgresScoringStore:
         return None if row is None else _run(row)
 
     async def latest_run(self, trigger: ScoringTrigger | None = None) -> ScoringRun | None:
-        with _database():
+        with database():
             row = await self._pool.fetchrow(
                 f"""SELECT {_RUN_COLUMNS} FROM {SCHEMA}.scoring_runs WHERE ($1 = '' OR trigger = $1)
                     ORDER BY create_time DESC LIMIT 1""",
@@ -366,7 +353,7 @@ class PostgresScoringStore:
         return None if row is None else _run(row)
 
     async def insert_run(self, run: ScoringRun) -> None:
-        with _database():
+        with database():
             await self._pool.execute(
                 f"""INSERT INTO {SCHEMA}.scoring_runs ({_RUN_COLUMNS})
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
@@ -385,7 +372,7 @@ class PostgresScoringStore:
             )
 
     async def update_run(self, run: ScoringRun) -> None:
-        with _database():
+        with database():
             await self._pool.execute(
                 f"""UPDATE {SCHEMA}.scoring_runs SET state = $2, end_time = $3, tenants_done = $4,
                     tenants_total = $5, profiles_changed = $6, failure_reason = $7 WHERE run_id = $1""",
@@ -399,7 +386,7 @@ class PostgresScoringStore:
             )
 
     async def tenants_scored(self, run: str) -> set[str]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"SELECT tenant FROM {SCHEMA}.scoring_run_tenants WHERE run_id = $1", _run_id(run)
             )
@@ -431,7 +418,7 @@ class PostgresScoringStore:
             for role in ModelRole
             if any(s.role is role for s in scores)
         ]
-        with _database():
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 first = await conn.fetchval(
                     f"""INSERT INTO {SCHEMA}.scoring_run_tenants (run_id, tenant) VALUES ($1, $2)
@@ -454,7 +441,7 @@ class PostgresScoringStore:
                 await add_events(conn, SCHEMA, events)
 
     async def scoring_tenants(self) -> list[str]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"""SELECT tenant FROM {SCHEMA}.model_profiles
                     UNION SELECT tenant FROM {SCHEMA}.scoring_run_tenants ORDER BY 1"""
@@ -469,7 +456,7 @@ class PostgresScoringStore:
         return value
 
     async def latest_scores(self, tenant: str) -> list[ModelScore]:
-        with _database():
+        with database():
             async with self._pool.acquire() as conn:
                 run_id = await self._latest_run_of(conn, tenant)
                 if run_id is None:
@@ -482,7 +469,7 @@ class PostgresScoringStore:
         return [_score(row) for row in rows]
 
     async def latest_recommendations(self, tenant: str) -> list[ModelRecommendation]:
-        with _database():
+        with database():
             async with self._pool.acquire() as conn:
                 run_id = await self._latest_run_of(conn, tenant)
                 if run_id is None:

@@ -9,19 +9,16 @@ only from PROVISIONING, so the event is written once however many creates race t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from skm.events.v1 import event_pb2
-from skm_runtime.errors import ServiceUnavailable
 from skm_runtime.outbox import add_events, outbox_ddl
 from svc_profiles import convert
 from svc_profiles.adapters.events import envelope, record
-from svc_profiles.adapters.postgres import SCHEMA
+from svc_profiles.adapters.pg import SCHEMA, database, migrate
 from svc_profiles.model import Tenant, TenantState
 
 _DDL = f"""
@@ -44,21 +41,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.tenants (
 _COLUMNS = (
     "name, display_name, admins, state, constitution_sha256, personas, relationship_count, create_time, update_time"
 )
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # TenantOnboarded's event id is derived from the tenant and its creation, so a retried
 # activation (should one ever be written twice) keeps one id for consumers to drop.
 _EVENT_IDS = uuid.UUID("3b1f6c9e-2a4d-4f0e-9c55-7d1e8a0b6f21")
-
-
-@contextmanager
-def _database() -> Iterator[None]:
-    """Driver errors become UNAVAILABLE at this boundary."""
-    try:
-        yield
-    except _DB_ERRORS as exc:
-        raise ServiceUnavailable(
-            "the profile service's database cannot be reached", metadata={"error": type(exc).__name__}
-        ) from exc
 
 
 def _tenant(row: Any) -> Tenant:
@@ -90,19 +75,17 @@ class PostgresTenantStore:
         self._pool = pool
 
     async def migrate(self) -> None:
-        with _database():
-            async with self._pool.acquire() as conn, conn.transaction():
-                # One migrating process at a time (the lock PostgresProfileStore takes too).
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('skm.profiles.migrate'))")
-                await conn.execute(_DDL)
+        with database():
+            async with self._pool.acquire() as conn:
+                await migrate(conn, _DDL)
 
     async def get_tenant(self, name: str) -> Tenant | None:
-        with _database():
+        with database():
             row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM {SCHEMA}.tenants WHERE name = $1", name)
         return None if row is None else _tenant(row)
 
     async def insert_tenant(self, tenant: Tenant) -> bool:
-        with _database():
+        with database():
             status = await self._pool.execute(
                 f"INSERT INTO {SCHEMA}.tenants ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
                 " ON CONFLICT (name) DO NOTHING",
@@ -118,7 +101,7 @@ class PostgresTenantStore:
         return bool(status == "INSERT 0 1")
 
     async def activate_tenant(self, tenant: Tenant) -> bool:
-        with _database():
+        with database():
             async with self._pool.acquire() as conn, conn.transaction():
                 status = await conn.execute(
                     f"UPDATE {SCHEMA}.tenants SET state = $2, constitution_sha256 = $3, personas = $4,"
@@ -137,7 +120,7 @@ class PostgresTenantStore:
         return True
 
     async def list_tenants(self, after: str, limit: int) -> list[Tenant]:
-        with _database():
+        with database():
             rows = await self._pool.fetch(
                 f"SELECT {_COLUMNS} FROM {SCHEMA}.tenants WHERE name > $1 ORDER BY name LIMIT $2", after, limit
             )
