@@ -19,6 +19,7 @@ unsigned.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -879,7 +880,19 @@ class Profiles:
         assert mode is not None
         layers: list[tuple[str, ModelOverride]] = []
         base_name = f"{tenant}/modelProfiles/{checks.model_profile_id(role, mode.value)}"
-        profile = await self._store.get_model_profile(base_name)
+        persona_name, revision = "", None
+        if persona:
+            # "{persona}@{revision_id}": a session's pinned revision, whose preferences apply.
+            persona_name, revision = split_revision(persona)
+            if checks.split_persona(persona_name)[0] != tenant:
+                raise _persona_not_found(persona_name)
+
+        async def preferences() -> Persona | None:
+            return await self._find_persona_at(persona_name, revision) if persona_name else None
+
+        # The profile and the persona are read side by side: a resolution is on every turn's
+        # cold path (svc_conversation caches it for seconds).
+        profile, found = await asyncio.gather(self._store.get_model_profile(base_name), preferences())
         if profile is not None:
             layers.append((SOURCE_PROFILE, _as_override(profile)))
         else:
@@ -887,12 +900,7 @@ class Profiles:
             default = self._role_default(role, mode)
             if default is not None:
                 layers.append((SOURCE_DEFAULT, _as_override(default)))
-        if persona:
-            # "{persona}@{revision_id}": a session's pinned revision, whose preferences apply.
-            persona_name, revision = split_revision(persona)
-            if checks.split_persona(persona_name)[0] != tenant:
-                raise _persona_not_found(persona_name)
-            found = await self._find_persona_at(persona_name, revision)
+        if found is not None:
             layers += [(SOURCE_PERSONA, o) for o in found.model_preferences if o.role is role]
         layers += [(SOURCE_SESSION, o) for o in overrides if o.role is role]
 
