@@ -61,8 +61,9 @@ class PersonaStore(Protocol):
         ...
 
     async def delete_persona(self, name: str, etag: str) -> bool:
-        """Delete it and its revisions if it exists and, unless `etag` is "", its etag is
-        still `etag`."""
+        """Delete it if it exists and, unless `etag` is "", its etag is still `etag`. Its
+        revisions stay: sessions pinned to one keep running it, and a persona made again with
+        the id numbers its revisions after them."""
         ...
 
     async def persona_revision(self, name: str, revision_id: int) -> Persona | None:

@@ -464,12 +464,6 @@ class PostgresProfileStore:
                     persona_id,
                     etag,
                 )
-                if done is not None:
-                    await conn.execute(
-                        f"DELETE FROM {SCHEMA}.persona_revisions WHERE tenant = $1 AND persona_id = $2",
-                        tenant,
-                        persona_id,
-                    )
         return done is not None
 
     async def persona_revision(self, name: str, revision_id: int) -> Persona | None:

@@ -66,6 +66,7 @@ from svc_profiles.model import (
     Persona,
     PersonaCursor,
     ResolvedModelProfile,
+    Revision,
     RevisionOrigin,
     RoleDefault,
 )
@@ -314,7 +315,13 @@ class Profiles:
             create_time=now,
             update_time=now,
             etag=_new_etag(),
-            revision=next_revision(None, RevisionOrigin.CREATE, author_of(principal, author), "", now),
+            revision=next_revision(
+                await self._last_revision(f"{tenant}/personas/{persona_id}"),
+                RevisionOrigin.CREATE,
+                author_of(principal, author),
+                "",
+                now,
+            ),
         )
         fingerprint = _fingerprint(
             {
@@ -431,7 +438,13 @@ class Profiles:
             update_time=now,
             etag=_new_etag(),
             built_in=False,
-            revision=next_revision(previous.revision if previous is not None else None, origin, author, note, now),
+            revision=next_revision(
+                previous.revision if previous is not None else await self._last_revision(after.name),
+                origin,
+                author,
+                note,
+                now,
+            ),
         )
         if current is None:
             if await self._store.insert_persona(revised, "", "") is not Inserted.INSERTED:
@@ -502,6 +515,13 @@ class Profiles:
             if await self._store.get_persona(name) is None:
                 raise _persona_not_found(name)
             raise EtagMismatch("the persona changed since it was read", metadata={"persona": name})
+
+    async def _last_revision(self, name: str) -> Revision | None:
+        """The newest revision a deleted persona of this name left behind: a persona made again
+        with the id numbers its revisions after it, so that "{name}@{n}" never changes meaning
+        for the sessions pinned to one."""
+        kept = await self._store.list_persona_revisions(name, 0, 1)
+        return kept[0].revision if kept else None
 
     async def _find_persona_at(self, name: str, revision: int | None) -> Persona:
         """The persona (revision None) or that revision of it: PERSONA_NOT_FOUND when there

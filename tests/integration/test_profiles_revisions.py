@@ -149,20 +149,24 @@ async def test_built_in_personas_have_no_revisions(client: Client) -> None:
     assert list(listed.personas) == []
 
 
-async def test_deleting_a_persona_deletes_its_revisions(client: Client, stack: RunningStack) -> None:
+async def test_a_deleted_personas_revisions_stay_for_its_sessions(client: Client, stack: RunningStack) -> None:
+    """Sessions pinned to a revision keep running it after DeletePersona; a persona made again
+    with the id numbers its revisions after the old ones, so "{name}@{n}" keeps its meaning."""
     made = await client.create_persona("helper")
     await client.update_persona(persona_pb2.Persona(name=made.name, etag=made.etag, tone="cold"), "tone")
     await client.personas.DeletePersona(persona_service_pb2.DeletePersonaRequest(name=made.name), metadata=client.admin)
-    connection = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        left = await connection.fetchval(
-            "SELECT count(*) FROM profiles.persona_revisions WHERE tenant = $1", client.tenant
+    gone = await refused(
+        client.personas.GetPersona(persona_service_pb2.GetPersonaRequest(name=made.name), metadata=client.admin)
+    )
+    assert gone.reason == "PERSONA_NOT_FOUND"
+    pinned = (
+        await client.personas.GetPersona(
+            persona_service_pb2.GetPersonaRequest(name=f"{made.name}@2"), metadata=client.admin
         )
-    finally:
-        await connection.close()
-    assert left == 0
+    ).persona
+    assert (pinned.tone, pinned.revision.revision_id) == ("cold", "2")
     again = await client.create_persona("helper")
-    assert again.revision.revision_id == "1"
+    assert again.revision.revision_id == "3"
 
 
 async def test_model_profile_revisions_and_rollback_keep_auto_select(client: Client) -> None:

@@ -116,7 +116,6 @@ class MemoryStore:
         if found is None or (etag and found[0].etag != etag):
             return False
         del self.personas[name]
-        self.persona_revisions.pop(name, None)
         return True
 
     async def persona_revision(self, name: str, revision_id: int) -> Persona | None:

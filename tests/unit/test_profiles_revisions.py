@@ -158,18 +158,24 @@ async def test_built_in_personas_have_no_revisions_until_the_tenant_replaces_one
     assert _revision(copy) == ("1", RevisionOrigin.UPDATE, f"{T1}/users/ada", "")
     await world.profiles.delete_persona(name, copy.etag, ADMIN)
     assert (await world.profiles.get_persona(name, None)).revision is None
-    assert world.store.persona_revisions.get(name) is None, "deleting a persona deletes its revisions"
+    # The deleted copy's revision stays for the sessions pinned to it.
+    assert (await world.profiles.get_persona(f"{name}@1", None)).tone == "dry"
 
 
-async def test_deleting_a_persona_deletes_its_revisions(world: World) -> None:
+async def test_a_deleted_personas_revisions_stay_for_the_sessions_pinned_to_them(world: World) -> None:
+    """DeletePersona: existing sessions keep running on the revision they loaded; new sessions
+    cannot use the persona; one made again with the id numbers its revisions after the old."""
     made = await _helper(world)
     await world.profiles.update_persona(dataclasses.replace(made, tone="cold"), ["tone"], ADMIN)
     await world.profiles.delete_persona(made.name, "", ADMIN)
     with pytest.raises(PersonaNotFound):
-        await world.profiles.get_persona(f"{made.name}@1", None)
+        await world.profiles.get_persona(made.name, None)
+    with pytest.raises(PersonaNotFound):
+        await world.profiles.list_persona_revisions(made.name, 0, "", None)
+    assert (await world.profiles.get_persona(f"{made.name}@2", None)).tone == "cold"
     again = await _helper(world)
-    assert _revision(again)[0] == "1"
-    assert len((await world.profiles.list_persona_revisions(made.name, 0, "", None))[0]) == 1
+    assert _revision(again)[0] == "3"
+    assert (await world.profiles.get_persona(f"{made.name}@1", None)).tone == "warm"
 
 
 async def test_revise_persona_is_the_write_of_other_origins(world: World) -> None:

@@ -158,8 +158,10 @@ class PersonaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeletePersona(self, request, context):
-        """Deletes a persona and its revisions. Existing sessions keep running on
-        the version they loaded; new sessions cannot use it.
+        """Deletes a persona. Existing sessions keep running on the revision they
+        loaded (its "{name}@{revision_id}" stays readable); new sessions cannot
+        use it; a persona created again with this id numbers its revisions after
+        the deleted one's.
 
         Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
         Callers: tenant admins.
@@ -227,8 +229,9 @@ class PersonaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UninstallPersona(self, request, context):
-        """Removes a persona installed from a bundle, its revisions and the tool and
-        memory relationships installing wrote.
+        """Removes a persona installed from a bundle (as DeletePersona: sessions
+        pinned to a revision keep running it) and the tool and memory
+        relationships installing wrote.
 
         Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
         (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).

@@ -64,8 +64,10 @@ class PersonaServiceStub:
     Callers: tenant admins.
     """
     DeletePersona: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.DeletePersonaRequest, _persona_service_pb2.DeletePersonaResponse]
-    """Deletes a persona and its revisions. Existing sessions keep running on
-    the version they loaded; new sessions cannot use it.
+    """Deletes a persona. Existing sessions keep running on the revision they
+    loaded (its "{name}@{revision_id}" stays readable); new sessions cannot
+    use it; a persona created again with this id numbers its revisions after
+    the deleted one's.
 
     Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
     Callers: tenant admins.
@@ -113,8 +115,9 @@ class PersonaServiceStub:
     Callers: tenant admins.
     """
     UninstallPersona: _grpc.UnaryUnaryMultiCallable[_persona_service_pb2.UninstallPersonaRequest, _persona_service_pb2.UninstallPersonaResponse]
-    """Removes a persona installed from a bundle, its revisions and the tool and
-    memory relationships installing wrote.
+    """Removes a persona installed from a bundle (as DeletePersona: sessions
+    pinned to a revision keep running it) and the tool and memory
+    relationships installing wrote.
 
     Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
     (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).
@@ -189,8 +192,10 @@ class PersonaServiceAsyncStub(PersonaServiceStub):
     Callers: tenant admins.
     """
     DeletePersona: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.DeletePersonaRequest, _persona_service_pb2.DeletePersonaResponse]  # type: ignore[assignment]
-    """Deletes a persona and its revisions. Existing sessions keep running on
-    the version they loaded; new sessions cannot use it.
+    """Deletes a persona. Existing sessions keep running on the revision they
+    loaded (its "{name}@{revision_id}" stays readable); new sessions cannot
+    use it; a persona created again with this id numbers its revisions after
+    the deleted one's.
 
     Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
     Callers: tenant admins.
@@ -238,8 +243,9 @@ class PersonaServiceAsyncStub(PersonaServiceStub):
     Callers: tenant admins.
     """
     UninstallPersona: _aio.UnaryUnaryMultiCallable[_persona_service_pb2.UninstallPersonaRequest, _persona_service_pb2.UninstallPersonaResponse]  # type: ignore[assignment]
-    """Removes a persona installed from a bundle, its revisions and the tool and
-    memory relationships installing wrote.
+    """Removes a persona installed from a bundle (as DeletePersona: sessions
+    pinned to a revision keep running it) and the tool and memory
+    relationships installing wrote.
 
     Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
     (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).
@@ -341,8 +347,10 @@ class PersonaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persona_service_pb2.DeletePersonaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persona_service_pb2.DeletePersonaResponse, _abc.Awaitable[_persona_service_pb2.DeletePersonaResponse]]:
-        """Deletes a persona and its revisions. Existing sessions keep running on
-        the version they loaded; new sessions cannot use it.
+        """Deletes a persona. Existing sessions keep running on the revision they
+        loaded (its "{name}@{revision_id}" stays readable); new sessions cannot
+        use it; a persona created again with this id numbers its revisions after
+        the deleted one's.
 
         Errors: NOT_FOUND (PERSONA_NOT_FOUND), ABORTED (ETAG_MISMATCH).
         Callers: tenant admins.
@@ -420,8 +428,9 @@ class PersonaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _persona_service_pb2.UninstallPersonaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_persona_service_pb2.UninstallPersonaResponse, _abc.Awaitable[_persona_service_pb2.UninstallPersonaResponse]]:
-        """Removes a persona installed from a bundle, its revisions and the tool and
-        memory relationships installing wrote.
+        """Removes a persona installed from a bundle (as DeletePersona: sessions
+        pinned to a revision keep running it) and the tool and memory
+        relationships installing wrote.
 
         Errors: NOT_FOUND (PERSONA_NOT_FOUND), FAILED_PRECONDITION
         (PERSONA_NOT_FROM_BUNDLE), ABORTED (ETAG_MISMATCH).
