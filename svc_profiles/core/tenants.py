@@ -61,8 +61,9 @@ MAX_CONSTITUTION_BYTES = 256 * 1024
 MAX_ADMINS = 100
 
 _TENANT_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
-# A user id as tokens carry it in `sub` and resource names embed it.
-_USER_ID = re.compile(r"[A-Za-z0-9._~@+-]{1,128}")
+# A user id as admission accepts it in a token's `sub` (skm_runtime.tokens): an admin named
+# otherwise could never sign in.
+_USER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def tenant_name(tenant_id: str) -> str:

@@ -175,6 +175,8 @@ async def test_a_create_stopped_by_svc_tools_is_finished_by_a_second_call() -> N
         ("t1", ("tenants/t2/users/alice",), "", "tenant.admins[0]"),
         ("t1", ("alice",), "", "tenant.admins[0]"),
         ("t1", ("tenants/t1/users/a/b",), "", "tenant.admins[0]"),
+        # Not a user id a token's `sub` may carry: such an admin could never sign in.
+        ("t1", ("tenants/t1/users/alice@example.com",), "", "tenant.admins[0]"),
         ("t1", ("tenants/t1/users/alice", "tenants/t1/users/alice"), "", "tenant.admins[1]"),
         ("t1", ("tenants/t1/users/alice",), "x" * (256 * 1024 + 1), "constitution"),
     ],
