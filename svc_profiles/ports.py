@@ -294,7 +294,8 @@ class ScoringStore(BenchmarkStore, Protocol):
         ...
 
     async def scoring_tenants(self) -> list[str]:
-        """The tenants the scheduled job scores: those with a model profile or scores."""
+        """The tenants the scheduled job scores: the onboarded (ACTIVE) ones and any other
+        with a model profile or scores."""
         ...
 
     async def latest_scores(self, tenant: str) -> list[ModelScore]:

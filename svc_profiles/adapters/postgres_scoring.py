@@ -442,10 +442,16 @@ class PostgresScoringStore:
 
     async def scoring_tenants(self) -> list[str]:
         with database():
-            rows = await self._pool.fetch(
-                f"""SELECT tenant FROM {SCHEMA}.model_profiles
-                    UNION SELECT tenant FROM {SCHEMA}.scoring_run_tenants ORDER BY 1"""
-            )
+            async with self._pool.acquire() as conn:
+                # Onboarded tenants too, where onboarding's table exists (PostgresTenantStore
+                # migrates it; a store used without it, as in the scoring bench, has none).
+                onboarded = await conn.fetchval(f"SELECT to_regclass('{SCHEMA}.tenants') IS NOT NULL")
+                rows = await conn.fetch(
+                    f"""SELECT tenant FROM {SCHEMA}.model_profiles
+                        UNION SELECT tenant FROM {SCHEMA}.scoring_run_tenants"""
+                    + (f" UNION SELECT name FROM {SCHEMA}.tenants WHERE state = 'ACTIVE'" if onboarded else "")
+                    + " ORDER BY 1"
+                )
         return [row["tenant"] for row in rows]
 
     async def _latest_run_of(self, conn: Any, tenant: str) -> str | None:

@@ -29,6 +29,7 @@ from skm_runtime.status import details_of, error_info_of
 from skm_stack import RunningStack
 from svc_policy.__main__ import build as build_policy
 from svc_profiles.__main__ import build
+from svc_profiles.adapters.postgres_scoring import PostgresScoringStore
 from svc_profiles.adapters.postgres_tenants import PostgresTenantStore
 from svc_profiles.model import Tenant, TenantState
 from svc_profiles.ports import TenantStore
@@ -378,3 +379,31 @@ async def test_a_tenant_store_inserts_once_and_activates_once(store: TenantStore
     assert active in listed
     assert [t.name for t in listed] == sorted(t.name for t in listed)
     assert await store.list_tenants(name, 1000) == [t for t in listed if t.name > name]
+
+
+async def test_the_scoring_job_scores_every_onboarded_tenant(
+    stub: tenant_service_pb2_grpc.TenantServiceAsyncStub, stack: RunningStack
+) -> None:
+    """An ACTIVE tenant without a model profile of its own is scored against the deployment
+    defaults (its recommendations say what to choose); one left PROVISIONING is not yet."""
+    tenant_id = _new_id()
+    await stub.CreateTenant(_create_request(tenant_id, f"tenants/{tenant_id}/users/alice"), timeout=60)
+    pool = await asyncpg.create_pool(stack.postgres_dsn, min_size=1, max_size=2)
+    try:
+        scoring = PostgresScoringStore(pool)
+        await scoring.migrate()
+        assert f"tenants/{tenant_id}" in await scoring.scoring_tenants()
+        half = f"tenants/{_new_id()}"
+        await PostgresTenantStore(pool).insert_tenant(
+            Tenant(
+                name=half,
+                display_name="",
+                admins=(f"{half}/users/a",),
+                state=TenantState.PROVISIONING,
+                create_time=datetime.now(UTC),
+                update_time=datetime.now(UTC),
+            )
+        )
+        assert half not in await scoring.scoring_tenants()
+    finally:
+        await pool.close()
