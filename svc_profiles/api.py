@@ -18,7 +18,6 @@ from skm.profiles.v1 import (
     tenant_service_pb2_grpc,
 )
 from skm_runtime.access import Principal
-from skm_runtime.errors import NotImplementedYet
 from skm_runtime.interceptors import call_principal
 from skm_runtime.principal import caller_from
 from skm_runtime.values_wire import mode_of, override_of, role_of
@@ -52,23 +51,14 @@ _PROFILES = "/skm.profiles.v1.ModelProfileService/"
 
 
 class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
-    """skm.profiles.v1.PersonaService: tenants' personas and the built-in ones.
+    """skm.profiles.v1.PersonaService: tenants' personas and the built-in ones, their trusted
+    keys and bundles (a rollback goes through `bundles`, which brings back an installed
+    persona's relationships too), and training mode."""
 
-    `bundles`: trusted keys and persona bundles (their RPCs answer UNIMPLEMENTED without);
-    with them, a rollback also brings back an installed persona's relationships.
-    """
-
-    def __init__(self, profiles: Profiles, bundles: Bundles | None = None, training: Training | None = None) -> None:
+    def __init__(self, profiles: Profiles, bundles: Bundles, training: Training) -> None:
         self._profiles = profiles
-        self._bundles_or_none = bundles
+        self._bundles = bundles
         self._training = training
-        self._rollback = bundles.rollback_persona if bundles is not None else profiles.rollback_persona
-
-    @property
-    def _bundles(self) -> Bundles:
-        if self._bundles_or_none is None:
-            raise NotImplementedYet("persona bundles are not served by this server")
-        return self._bundles_or_none
 
     async def CreatePersona(
         self, request: persona_service_pb2.CreatePersonaRequest, context: Context
@@ -129,7 +119,7 @@ class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
     async def RollbackPersona(
         self, request: persona_service_pb2.RollbackPersonaRequest, context: Context
     ) -> persona_service_pb2.RollbackPersonaResponse:
-        persona = await self._rollback(
+        persona = await self._bundles.rollback_persona(
             request.name,
             request.revision_id,
             request.etag,
@@ -165,8 +155,6 @@ class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
     async def TrainPersona(
         self, request: persona_service_pb2.TrainPersonaRequest, context: Context
     ) -> persona_service_pb2.TrainPersonaResponse:
-        if self._training is None:
-            raise NotImplementedYet("training mode is not served by this server")
         persona = await self._training.train_persona(
             request.name, list(request.turns), request.etag, _principal(context)
         )
@@ -198,21 +186,11 @@ class PersonaApi(persona_service_pb2_grpc.PersonaServiceServicer):
 
 
 class ModelApi(model_service_pb2_grpc.ModelServiceServicer):
-    """skm.profiles.v1.ModelService: the deployment's model registry and the scoring job.
+    """skm.profiles.v1.ModelService: the deployment's model registry and the scoring job."""
 
-    Without `scoring` (a composition that leaves the job out) its four RPCs answer
-    UNIMPLEMENTED (NOT_IMPLEMENTED).
-    """
-
-    def __init__(self, profiles: Profiles, scoring: Scoring | None = None) -> None:
+    def __init__(self, profiles: Profiles, scoring: Scoring) -> None:
         self._profiles = profiles
-        self._scoring_job = scoring
-
-    @property
-    def _scoring(self) -> Scoring:
-        if self._scoring_job is None:
-            raise NotImplementedYet("the scoring job is not part of this server")
-        return self._scoring_job
+        self._scoring = scoring
 
     async def CreateModel(
         self, request: model_service_pb2.CreateModelRequest, context: Context
@@ -399,9 +377,9 @@ def register(
     server: grpc.aio.Server,
     profiles: Profiles,
     tenants: Tenants,
-    scoring: Scoring | None = None,
-    bundles: Bundles | None = None,
-    training: Training | None = None,
+    scoring: Scoring,
+    bundles: Bundles,
+    training: Training,
 ) -> None:
     persona_service_pb2_grpc.add_PersonaServiceServicer_to_server(PersonaApi(profiles, bundles, training), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelApi(profiles, scoring), server)

@@ -310,7 +310,9 @@ class ResolveModelProfileRequest(_message.Message):
     """The session's deployment mode. Required."""
     persona: _builtins.str
     """The persona whose model preferences apply,
-    "tenants/{tenant}/personas/{persona}"; empty: none.
+    "tenants/{tenant}/personas/{persona}", or one revision of it,
+    "tenants/{tenant}/personas/{persona}@{revision_id}" (a session's pinned
+    revision); empty: none.
     """
     @_builtins.property
     def overrides(self) -> _containers.RepeatedCompositeFieldContainer[_model_profile_pb2.ModelOverride]:

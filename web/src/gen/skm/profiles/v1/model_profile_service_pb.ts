@@ -319,7 +319,9 @@ export type ResolveModelProfileRequest = Message<"skm.profiles.v1.ResolveModelPr
 
   /**
    * The persona whose model preferences apply,
-   * "tenants/{tenant}/personas/{persona}"; empty: none.
+   * "tenants/{tenant}/personas/{persona}", or one revision of it,
+   * "tenants/{tenant}/personas/{persona}@{revision_id}" (a session's pinned
+   * revision); empty: none.
    *
    * @generated from field: string persona = 4;
    */
