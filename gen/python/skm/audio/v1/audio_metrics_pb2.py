@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n skm/audio/v1/audio_metrics.proto\x12\x0cskm.audio.v1\x1a\x1egoogle/protobuf/duration.proto\"\xf1\x01\n\rAudioFeatures\x12\x11\n\tutterance\x18\x01 \x01(\x05\x12/\n\x0cstart_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0b\n\x03rms\x18\x04 \x01(\x01\x12\x1a\n\x12zero_crossing_rate\x18\x05 \x01(\x01\x12\x18\n\x10spectral_entropy\x18\x06 \x01(\x01\x12\x17\n\x0f\x61gitation_score\x18\x07 \x01(\x01\x12\x11\n\tvector_id\x18\x08 \x01(\t\"\x9d\x02\n\x0eQualityMetrics\x12\x1c\n\x0fword_error_rate\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12mean_opinion_score\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x36\n\x13recognition_latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10response_latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11synthesis_latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\n\x10_word_error_rateB\x15\n\x13_mean_opinion_scoreb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n skm/audio/v1/audio_metrics.proto\x12\x0cskm.audio.v1\x1a\x1egoogle/protobuf/duration.proto\"\xf1\x01\n\rAudioFeatures\x12\x11\n\tutterance\x18\x01 \x01(\x05\x12/\n\x0cstart_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0b\n\x03rms\x18\x04 \x01(\x01\x12\x1a\n\x12zero_crossing_rate\x18\x05 \x01(\x01\x12\x18\n\x10spectral_entropy\x18\x06 \x01(\x01\x12\x17\n\x0f\x61gitation_score\x18\x07 \x01(\x01\x12\x11\n\tvector_id\x18\x08 \x01(\t\"\xa2\x04\n\x0eQualityMetrics\x12\x1c\n\x0fword_error_rate\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12mean_opinion_score\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x36\n\x13recognition_latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10response_latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11synthesis_latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13\x66irst_token_latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x1crecognition_real_time_factor\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\'\n\x1asynthesis_real_time_factor\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x37\n\x14synthesized_duration\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\n\x10_word_error_rateB\x15\n\x13_mean_opinion_scoreB\x1f\n\x1d_recognition_real_time_factorB\x1d\n\x1b_synthesis_real_time_factorb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDIOFEATURES']._serialized_start=83
   _globals['_AUDIOFEATURES']._serialized_end=324
   _globals['_QUALITYMETRICS']._serialized_start=327
-  _globals['_QUALITYMETRICS']._serialized_end=612
+  _globals['_QUALITYMETRICS']._serialized_end=873
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,10 @@ class QualityMetrics(_message.Message):
     RECOGNITION_LATENCY_FIELD_NUMBER: _builtins.int
     RESPONSE_LATENCY_FIELD_NUMBER: _builtins.int
     SYNTHESIS_LATENCY_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_LATENCY_FIELD_NUMBER: _builtins.int
+    RECOGNITION_REAL_TIME_FACTOR_FIELD_NUMBER: _builtins.int
+    SYNTHESIS_REAL_TIME_FACTOR_FIELD_NUMBER: _builtins.int
+    SYNTHESIZED_DURATION_FIELD_NUMBER: _builtins.int
     word_error_rate: _builtins.float
     """Word error rate of the recognised text against
     RecognitionConfig.reference_transcript: (substitutions + deletions +
@@ -103,6 +107,12 @@ class QualityMetrics(_message.Message):
     """Estimated mean opinion score of the synthesised speech, 1 (bad) to 5
     (excellent). Only when a MOS estimator is configured in svc_audio.
     """
+    recognition_real_time_factor: _builtins.float
+    """Recogniser compute time divided by the audio it decoded (final results of
+    the exchange); below 1 is faster than real time.
+    """
+    synthesis_real_time_factor: _builtins.float
+    """Synthesiser compute time divided by the audio it produced."""
     @_builtins.property
     def recognition_latency(self) -> _duration_pb2.Duration:
         """From the end of an utterance (VAD) to its final result."""
@@ -117,6 +127,18 @@ class QualityMetrics(_message.Message):
     def synthesis_latency(self) -> _duration_pb2.Duration:
         """From the start of synthesis to its first audio byte."""
 
+    @_builtins.property
+    def first_token_latency(self) -> _duration_pb2.Duration:
+        """From the final transcript (its user message sent) to the agent's first
+        token (voice conversations only).
+        """
+
+    @_builtins.property
+    def synthesized_duration(self) -> _duration_pb2.Duration:
+        """Audio seconds of the agent's spoken answer (voice conversations) or of the
+        synthesis (StreamingSynthesize).
+        """
+
     def __init__(
         self,
         *,
@@ -125,17 +147,29 @@ class QualityMetrics(_message.Message):
         recognition_latency: _duration_pb2.Duration | None = ...,
         response_latency: _duration_pb2.Duration | None = ...,
         synthesis_latency: _duration_pb2.Duration | None = ...,
+        first_token_latency: _duration_pb2.Duration | None = ...,
+        recognition_real_time_factor: _builtins.float | None = ...,
+        synthesis_real_time_factor: _builtins.float | None = ...,
+        synthesized_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_mean_opinion_score", b"_mean_opinion_score", "_word_error_rate", b"_word_error_rate", "mean_opinion_score", b"mean_opinion_score", "recognition_latency", b"recognition_latency", "response_latency", b"response_latency", "synthesis_latency", b"synthesis_latency", "word_error_rate", b"word_error_rate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mean_opinion_score", b"_mean_opinion_score", "_recognition_real_time_factor", b"_recognition_real_time_factor", "_synthesis_real_time_factor", b"_synthesis_real_time_factor", "_word_error_rate", b"_word_error_rate", "first_token_latency", b"first_token_latency", "mean_opinion_score", b"mean_opinion_score", "recognition_latency", b"recognition_latency", "recognition_real_time_factor", b"recognition_real_time_factor", "response_latency", b"response_latency", "synthesis_latency", b"synthesis_latency", "synthesis_real_time_factor", b"synthesis_real_time_factor", "synthesized_duration", b"synthesized_duration", "word_error_rate", b"word_error_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mean_opinion_score", b"_mean_opinion_score", "_word_error_rate", b"_word_error_rate", "mean_opinion_score", b"mean_opinion_score", "recognition_latency", b"recognition_latency", "response_latency", b"response_latency", "synthesis_latency", b"synthesis_latency", "word_error_rate", b"word_error_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mean_opinion_score", b"_mean_opinion_score", "_recognition_real_time_factor", b"_recognition_real_time_factor", "_synthesis_real_time_factor", b"_synthesis_real_time_factor", "_word_error_rate", b"_word_error_rate", "first_token_latency", b"first_token_latency", "mean_opinion_score", b"mean_opinion_score", "recognition_latency", b"recognition_latency", "recognition_real_time_factor", b"recognition_real_time_factor", "response_latency", b"response_latency", "synthesis_latency", b"synthesis_latency", "synthesis_real_time_factor", b"synthesis_real_time_factor", "synthesized_duration", b"synthesized_duration", "word_error_rate", b"word_error_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__mean_opinion_score: _TypeAlias = _typing.Literal["mean_opinion_score"]  # noqa: Y015
     _WhichOneofArgType__mean_opinion_score: _TypeAlias = _typing.Literal["_mean_opinion_score", b"_mean_opinion_score"]  # noqa: Y015
+    _WhichOneofReturnType__recognition_real_time_factor: _TypeAlias = _typing.Literal["recognition_real_time_factor"]  # noqa: Y015
+    _WhichOneofArgType__recognition_real_time_factor: _TypeAlias = _typing.Literal["_recognition_real_time_factor", b"_recognition_real_time_factor"]  # noqa: Y015
+    _WhichOneofReturnType__synthesis_real_time_factor: _TypeAlias = _typing.Literal["synthesis_real_time_factor"]  # noqa: Y015
+    _WhichOneofArgType__synthesis_real_time_factor: _TypeAlias = _typing.Literal["_synthesis_real_time_factor", b"_synthesis_real_time_factor"]  # noqa: Y015
     _WhichOneofReturnType__word_error_rate: _TypeAlias = _typing.Literal["word_error_rate"]  # noqa: Y015
     _WhichOneofArgType__word_error_rate: _TypeAlias = _typing.Literal["_word_error_rate", b"_word_error_rate"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_opinion_score) -> _WhichOneofReturnType__mean_opinion_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__recognition_real_time_factor) -> _WhichOneofReturnType__recognition_real_time_factor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__synthesis_real_time_factor) -> _WhichOneofReturnType__synthesis_real_time_factor | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__word_error_rate) -> _WhichOneofReturnType__word_error_rate | None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from skm.type.v1 import audio_format_pb2 as skm_dot_type_dot_v1_dot_audio__format__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eskm/audio/v1/recognition.proto\x12\x0cskm.audio.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1eskm/type/v1/audio_format.proto\"\xd0\x01\n\x11RecognitionConfig\x12(\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x18.skm.type.v1.AudioFormat\x12\x15\n\rlanguage_code\x18\x02 \x01(\t\x12\x17\n\x0finterim_results\x18\x03 \x01(\x08\x12$\n\x03vad\x18\x04 \x01(\x0b\x32\x17.skm.audio.v1.VadConfig\x12\x1d\n\x15\x65nable_audio_features\x18\x05 \x01(\x08\x12\x1c\n\x14reference_transcript\x18\x06 \x01(\t\"U\n\tVadConfig\x12\x18\n\x10speech_threshold\x18\x01 \x01(\x01\x12.\n\x0bmin_silence\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb8\x01\n\rVoiceActivity\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .skm.audio.v1.VoiceActivity.Kind\x12)\n\x06offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13KIND_SPEECH_STARTED\x10\x01\x12\x15\n\x11KIND_SPEECH_ENDED\x10\x02\"\xfe\x01\n\x11RecognitionResult\x12\x11\n\tutterance\x18\x01 \x01(\x05\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x12\n\ntranscript\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12%\n\x05words\x18\x05 \x03(\x0b\x32\x16.skm.audio.v1.WordInfo\x12/\n\x0cstart_offset\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rlanguage_code\x18\x08 \x01(\t\"\x8c\x01\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12/\n\x0cstart_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eskm/audio/v1/recognition.proto\x12\x0cskm.audio.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1eskm/type/v1/audio_format.proto\"\xef\x01\n\x11RecognitionConfig\x12(\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x18.skm.type.v1.AudioFormat\x12\x15\n\rlanguage_code\x18\x02 \x01(\t\x12\x17\n\x0finterim_results\x18\x03 \x01(\x08\x12$\n\x03vad\x18\x04 \x01(\x0b\x32\x17.skm.audio.v1.VadConfig\x12\x1d\n\x15\x65nable_audio_features\x18\x05 \x01(\x08\x12\x1c\n\x14reference_transcript\x18\x06 \x01(\t\x12\x1d\n\x15\x65nable_speaker_labels\x18\x07 \x01(\x08\"U\n\tVadConfig\x12\x18\n\x10speech_threshold\x18\x01 \x01(\x01\x12.\n\x0bmin_silence\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb8\x01\n\rVoiceActivity\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .skm.audio.v1.VoiceActivity.Kind\x12)\n\x06offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13KIND_SPEECH_STARTED\x10\x01\x12\x15\n\x11KIND_SPEECH_ENDED\x10\x02\"\x95\x02\n\x11RecognitionResult\x12\x11\n\tutterance\x18\x01 \x01(\x05\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x12\n\ntranscript\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12%\n\x05words\x18\x05 \x03(\x0b\x32\x16.skm.audio.v1.WordInfo\x12/\n\x0cstart_offset\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rlanguage_code\x18\x08 \x01(\t\x12\x15\n\rspeaker_label\x18\t \x01(\t\"\x8c\x01\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12/\n\x0cstart_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.audio.v1.recognition_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOGNITIONCONFIG']._serialized_start=113
-  _globals['_RECOGNITIONCONFIG']._serialized_end=321
-  _globals['_VADCONFIG']._serialized_start=323
-  _globals['_VADCONFIG']._serialized_end=408
-  _globals['_VOICEACTIVITY']._serialized_start=411
-  _globals['_VOICEACTIVITY']._serialized_end=595
-  _globals['_VOICEACTIVITY_KIND']._serialized_start=519
-  _globals['_VOICEACTIVITY_KIND']._serialized_end=595
-  _globals['_RECOGNITIONRESULT']._serialized_start=598
-  _globals['_RECOGNITIONRESULT']._serialized_end=852
-  _globals['_WORDINFO']._serialized_start=855
-  _globals['_WORDINFO']._serialized_end=995
+  _globals['_RECOGNITIONCONFIG']._serialized_end=352
+  _globals['_VADCONFIG']._serialized_start=354
+  _globals['_VADCONFIG']._serialized_end=439
+  _globals['_VOICEACTIVITY']._serialized_start=442
+  _globals['_VOICEACTIVITY']._serialized_end=626
+  _globals['_VOICEACTIVITY_KIND']._serialized_start=550
+  _globals['_VOICEACTIVITY_KIND']._serialized_end=626
+  _globals['_RECOGNITIONRESULT']._serialized_start=629
+  _globals['_RECOGNITIONRESULT']._serialized_end=906
+  _globals['_WORDINFO']._serialized_start=909
+  _globals['_WORDINFO']._serialized_end=1049
 # @@protoc_insertion_point(module_scope)

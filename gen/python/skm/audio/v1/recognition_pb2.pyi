@@ -33,6 +33,7 @@ class RecognitionConfig(_message.Message):
     VAD_FIELD_NUMBER: _builtins.int
     ENABLE_AUDIO_FEATURES_FIELD_NUMBER: _builtins.int
     REFERENCE_TRANSCRIPT_FIELD_NUMBER: _builtins.int
+    ENABLE_SPEAKER_LABELS_FIELD_NUMBER: _builtins.int
     language_code: _builtins.str
     """BCP-47 language of the speech, e.g. "en-US"; empty: detected per utterance."""
     interim_results: _builtins.bool
@@ -42,6 +43,10 @@ class RecognitionConfig(_message.Message):
     reference_transcript: _builtins.str
     """Test mode only: the text actually spoken, so that the server can report
     the word error rate in QualityMetrics. Personal data.
+    """
+    enable_speaker_labels: _builtins.bool
+    """Whether to label each final result with who spoke (speaker_label), from
+    speaker embeddings of the utterances clustered online within the stream.
     """
     @_builtins.property
     def format(self) -> _audio_format_pb2.AudioFormat:
@@ -60,10 +65,11 @@ class RecognitionConfig(_message.Message):
         vad: Global___VadConfig | None = ...,
         enable_audio_features: _builtins.bool = ...,
         reference_transcript: _builtins.str = ...,
+        enable_speaker_labels: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "vad", b"vad"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enable_audio_features", b"enable_audio_features", "format", b"format", "interim_results", b"interim_results", "language_code", b"language_code", "reference_transcript", b"reference_transcript", "vad", b"vad"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enable_audio_features", b"enable_audio_features", "enable_speaker_labels", b"enable_speaker_labels", "format", b"format", "interim_results", b"interim_results", "language_code", b"language_code", "reference_transcript", b"reference_transcript", "vad", b"vad"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,6 +180,7 @@ class RecognitionResult(_message.Message):
     START_OFFSET_FIELD_NUMBER: _builtins.int
     END_OFFSET_FIELD_NUMBER: _builtins.int
     LANGUAGE_CODE_FIELD_NUMBER: _builtins.int
+    SPEAKER_LABEL_FIELD_NUMBER: _builtins.int
     utterance: _builtins.int
     """Index of the utterance in the stream, from 1. Interim results of an
     utterance share its index; exactly one final result closes it.
@@ -188,6 +195,11 @@ class RecognitionResult(_message.Message):
     """
     language_code: _builtins.str
     """BCP-47 language recognised."""
+    speaker_label: _builtins.str
+    """Who spoke the utterance, "S1", "S2", ... in order of first appearance in
+    the stream; final results only, when RecognitionConfig.enable_speaker_labels.
+    A label is a cluster of voices heard in this stream, not an identity.
+    """
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordInfo]:
         """Per-word timings and confidences. Final results only."""
@@ -211,10 +223,11 @@ class RecognitionResult(_message.Message):
         start_offset: _duration_pb2.Duration | None = ...,
         end_offset: _duration_pb2.Duration | None = ...,
         language_code: _builtins.str = ...,
+        speaker_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_offset", b"end_offset", "start_offset", b"start_offset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "end_offset", b"end_offset", "is_final", b"is_final", "language_code", b"language_code", "start_offset", b"start_offset", "transcript", b"transcript", "utterance", b"utterance", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "end_offset", b"end_offset", "is_final", b"is_final", "language_code", b"language_code", "speaker_label", b"speaker_label", "start_offset", b"start_offset", "transcript", b"transcript", "utterance", b"utterance", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,13 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from skm.conversation.v1 import session_pb2 as skm_dot_conversation_dot_v1_dot_session__pb2
 from skm.conversation.v1 import session_event_pb2 as skm_dot_conversation_dot_v1_dot_session__event__pb2
 from skm.conversation.v1 import turn_pb2 as skm_dot_conversation_dot_v1_dot_turn__pb2
 from skm.options.v1 import authz_pb2 as skm_dot_options_dot_v1_dot_authz__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.skm/conversation/v1/conversation_service.proto\x12\x13skm.conversation.v1\x1a google/protobuf/field_mask.proto\x1a!skm/conversation/v1/session.proto\x1a\'skm/conversation/v1/session_event.proto\x1a\x1eskm/conversation/v1/turn.proto\x1a\x1askm/options/v1/authz.proto\"i\n\x14\x43reateSessionRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x07session\x18\x02 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"F\n\x15\x43reateSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x12GetSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\"L\n\x13ListSessionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"_\n\x14ListSessionsResponse\x12.\n\x08sessions\x18\x01 \x03(\x0b\x32\x1c.skm.conversation.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"v\n\x14UpdateSessionRequest\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"F\n\x15UpdateSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\"2\n\x14\x44\x65leteSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"I\n\x10ListTurnsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x11ListTurnsResponse\x12(\n\x05turns\x18\x01 \x03(\x0b\x32\x19.skm.conversation.v1.Turn\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x0eGetTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x0fGetTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"N\n\x15ListTurnEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x16ListTurnEventsResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.skm.conversation.v1.SessionEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xda\x03\n\x0f\x43onverseRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x35\n\x06\x63onfig\x18\x02 \x01(\x0b\x32#.skm.conversation.v1.ConverseConfigH\x00\x12?\n\x0csend_message\x18\x03 \x01(\x0b\x32\'.skm.conversation.v1.SendMessageRequestH\x00\x12\x43\n\x0einterrupt_turn\x18\x04 \x01(\x0b\x32).skm.conversation.v1.InterruptTurnRequestH\x00\x12=\n\x0bresume_turn\x18\x05 \x01(\x0b\x32&.skm.conversation.v1.ResumeTurnRequestH\x00\x12;\n\nnudge_turn\x18\x06 \x01(\x0b\x32%.skm.conversation.v1.NudgeTurnRequestH\x00\x12;\n\nrerun_turn\x18\x07 \x01(\x0b\x32%.skm.conversation.v1.RerunTurnRequestH\x00\x12\x35\n\x03\x61\x63k\x18\x08 \x01(\x0b\x32&.skm.conversation.v1.AcknowledgeEventsH\x00\x42\t\n\x07request\"@\n\x0e\x43onverseConfig\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"%\n\x11\x41\x63knowledgeEvents\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\xc6\x01\n\x10\x43onverseResponse\x12\x38\n\x08\x61ttached\x18\x01 \x01(\x0b\x32$.skm.conversation.v1.SessionAttachedH\x00\x12\x32\n\x05\x65vent\x18\x02 \x01(\x0b\x32!.skm.conversation.v1.SessionEventH\x00\x12\x38\n\x08rejected\x18\x03 \x01(\x0b\x32$.skm.conversation.v1.CommandRejectedH\x00\x42\n\n\x08response\"X\n\x0fSessionAttached\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"T\n\x0f\x43ommandRejected\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\\\n\x12SendMessageRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x13\n\x0btool_choice\x18\x04 \x01(\t\">\n\x13SendMessageResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"V\n\x13StreamEventsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x90\x01\n\x14StreamEventsResponse\x12\x38\n\x08\x61ttached\x18\x01 \x01(\x0b\x32$.skm.conversation.v1.SessionAttachedH\x00\x12\x32\n\x05\x65vent\x18\x02 \x01(\x0b\x32!.skm.conversation.v1.SessionEventH\x00\x42\n\n\x08response\"8\n\x14InterruptTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x15InterruptTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"5\n\x11ResumeTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\x12ResumeTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"B\n\x10NudgeTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x11NudgeTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"4\n\x10RerunTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"<\n\x11RerunTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn2\xe6\x0f\n\x13\x43onversationService\x12\x8a\x01\n\rCreateSession\x12).skm.conversation.v1.CreateSessionRequest\x1a*.skm.conversation.v1.CreateSessionResponse\"\"\xca\xf3\x18\x1e\n\x0c\x63\x61n_converse\x12\x06tenant\x1a\x06parent\x12|\n\nGetSession\x12&.skm.conversation.v1.GetSessionRequest\x1a\'.skm.conversation.v1.GetSessionResponse\"\x1d\xca\xf3\x18\x19\n\x08\x63\x61n_read\x12\x07session\x1a\x04name\x12\x87\x01\n\x0cListSessions\x12(.skm.conversation.v1.ListSessionsRequest\x1a).skm.conversation.v1.ListSessionsResponse\"\"\xca\xf3\x18\x1e\n\x0c\x63\x61n_converse\x12\x06tenant\x1a\x06parent\x12\x8e\x01\n\rUpdateSession\x12).skm.conversation.v1.UpdateSessionRequest\x1a*.skm.conversation.v1.UpdateSessionResponse\"&\xca\xf3\x18\"\n\tcan_write\x12\x07session\x1a\x0csession.name\x12\x87\x01\n\rDeleteSession\x12).skm.conversation.v1.DeleteSessionRequest\x1a*.skm.conversation.v1.DeleteSessionResponse\"\x1f\xca\xf3\x18\x1b\n\ncan_delete\x12\x07session\x1a\x04name\x12{\n\tListTurns\x12%.skm.conversation.v1.ListTurnsRequest\x1a&.skm.conversation.v1.ListTurnsResponse\"\x1f\xca\xf3\x18\x1b\n\x08\x63\x61n_read\x12\x07session\x1a\x06parent\x12s\n\x07GetTurn\x12#.skm.conversation.v1.GetTurnRequest\x1a$.skm.conversation.v1.GetTurnResponse\"\x1d\xca\xf3\x18\x19\n\x08\x63\x61n_read\x12\x07session\x1a\x04name\x12\x8a\x01\n\x0eListTurnEvents\x12*.skm.conversation.v1.ListTurnEventsRequest\x1a+.skm.conversation.v1.ListTurnEventsResponse\"\x1f\xca\xf3\x18\x1b\n\x08\x63\x61n_read\x12\x07session\x1a\x06parent\x12~\n\x08\x43onverse\x12$.skm.conversation.v1.ConverseRequest\x1a%.skm.conversation.v1.ConverseResponse\"!\xca\xf3\x18\x1d\n\tcan_write\x12\x07session\x1a\x07session(\x01\x30\x01\x12\x83\x01\n\x0bSendMessage\x12\'.skm.conversation.v1.SendMessageRequest\x1a(.skm.conversation.v1.SendMessageResponse\"!\xca\xf3\x18\x1d\n\tcan_write\x12\x07session\x1a\x07session\x12\x87\x01\n\x0cStreamEvents\x12(.skm.conversation.v1.StreamEventsRequest\x1a).skm.conversation.v1.StreamEventsResponse\" \xca\xf3\x18\x1c\n\x08\x63\x61n_read\x12\x07session\x1a\x07session0\x01\x12\x86\x01\n\rInterruptTurn\x12).skm.conversation.v1.InterruptTurnRequest\x1a*.skm.conversation.v1.InterruptTurnResponse\"\x1e\xca\xf3\x18\x1a\n\tcan_write\x12\x07session\x1a\x04name\x12}\n\nResumeTurn\x12&.skm.conversation.v1.ResumeTurnRequest\x1a\'.skm.conversation.v1.ResumeTurnResponse\"\x1e\xca\xf3\x18\x1a\n\tcan_write\x12\x07session\x1a\x04name\x12z\n\tNudgeTurn\x12%.skm.conversation.v1.NudgeTurnRequest\x1a&.skm.conversation.v1.NudgeTurnResponse\"\x1e\xca\xf3\x18\x1a\n\tcan_write\x12\x07session\x1a\x04name\x12z\n\tRerunTurn\x12%.skm.conversation.v1.RerunTurnRequest\x1a&.skm.conversation.v1.RerunTurnResponse\"\x1e\xca\xf3\x18\x1a\n\tcan_write\x12\x07session\x1a\x04name\x1a\x10\xd2\xf3\x18\x0c\x63onversationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.skm/conversation/v1/conversation_service.proto\x12\x13skm.conversation.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a!skm/conversation/v1/session.proto\x1a\'skm/conversation/v1/session_event.proto\x1a\x1eskm/conversation/v1/turn.proto\x1a\x1askm/options/v1/authz.proto\"i\n\x14\x43reateSessionRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x07session\x18\x02 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"F\n\x15\x43reateSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x12GetSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\"L\n\x13ListSessionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"_\n\x14ListSessionsResponse\x12.\n\x08sessions\x18\x01 \x03(\x0b\x32\x1c.skm.conversation.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"v\n\x14UpdateSessionRequest\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"F\n\x15UpdateSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\"2\n\x14\x44\x65leteSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"I\n\x10ListTurnsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x11ListTurnsResponse\x12(\n\x05turns\x18\x01 \x03(\x0b\x32\x19.skm.conversation.v1.Turn\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x0eGetTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x0fGetTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"N\n\x15ListTurnEventsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x16ListTurnEventsResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.skm.conversation.v1.SessionEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xda\x03\n\x0f\x43onverseRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x35\n\x06\x63onfig\x18\x02 \x01(\x0b\x32#.skm.conversation.v1.ConverseConfigH\x00\x12?\n\x0csend_message\x18\x03 \x01(\x0b\x32\'.skm.conversation.v1.SendMessageRequestH\x00\x12\x43\n\x0einterrupt_turn\x18\x04 \x01(\x0b\x32).skm.conversation.v1.InterruptTurnRequestH\x00\x12=\n\x0bresume_turn\x18\x05 \x01(\x0b\x32&.skm.conversation.v1.ResumeTurnRequestH\x00\x12;\n\nnudge_turn\x18\x06 \x01(\x0b\x32%.skm.conversation.v1.NudgeTurnRequestH\x00\x12;\n\nrerun_turn\x18\x07 \x01(\x0b\x32%.skm.conversation.v1.RerunTurnRequestH\x00\x12\x35\n\x03\x61\x63k\x18\x08 \x01(\x0b\x32&.skm.conversation.v1.AcknowledgeEventsH\x00\x42\t\n\x07request\"@\n\x0e\x43onverseConfig\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"%\n\x11\x41\x63knowledgeEvents\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\xc6\x01\n\x10\x43onverseResponse\x12\x38\n\x08\x61ttached\x18\x01 \x01(\x0b\x32$.skm.conversation.v1.SessionAttachedH\x00\x12\x32\n\x05\x65vent\x18\x02 \x01(\x0b\x32!.skm.conversation.v1.SessionEventH\x00\x12\x38\n\x08rejected\x18\x03 \x01(\x0b\x32$.skm.conversation.v1.CommandRejectedH\x00\x42\n\n\x08response\"X\n\x0fSessionAttached\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.skm.conversation.v1.Session\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"T\n\x0f\x43ommandRejected\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x8d\x01\n\x12SendMessageRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x13\n\x0btool_choice\x18\x04 \x01(\t\x12/\n\x0epolicy_context\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x13SendMessageResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"V\n\x13StreamEventsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x90\x01\n\x14StreamEventsResponse\x12\x38\n\x08\x61ttached\x18\x01 \x01(\x0b\x32$.skm.conversation.v1.SessionAttachedH\x00\x12\x32\n\x05\x65vent\x18\x02 \x01(\x0b\x32!.skm.conversation.v1.SessionEventH\x00\x42\n\n\x08response\"8\n\x14InterruptTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x15InterruptTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"5\n\x11ResumeTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\x12ResumeTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"B\n\x10NudgeTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x11NudgeTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn\"4\n\x10RerunTurnRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"<\n\x11RerunTurnResponse\x12\'\n\x04turn\x18\x01 \x01(\x0b\x32\x19.skm.conversation.v1.Turn2\xe6\x0f\n\x13\x43onversationService\x12\x8a\x01\n\rCreateSession\x12).skm.conversation.v1.CreateSessionRequest\x1a*.skm.conversation.v1.CreateSessionResponse\"\"\xca\xf3\x18\x1e\n\x0c\x63\x61n_converse\x12\x06tenant\x1a\x06parent\x12|\n\nGetSession\x12&.skm.conversation.v1.GetSessionRequest\x1a\'.skm.conversation.v1.GetSessionResponse\"\x1d\xca\xf3\x18\x19\n\x08\x63\x61n_read\x12\x07session\x1a\x04name\x12\x87\x01\n\x0cListSessions\x12(.skm.conversation.v1.ListSessionsRequest\x1a).skm.conversation.v1.ListSessionsResponse\"\"\xca\xf3\x18\x1e\n\x0c\x63\x61n_converse\x12\x06tenant\x1a\x06parent\x12\x8e\x01\n\rUpdateSession\x12).skm.conversation.v1.UpdateSessionRequest\x1a*.skm.conversation.v1.UpdateSessionResponse\"&\xca\xf3\x18\"\n\tcan_write\x12\x07session\x1a\x0csession.name\x12\x87\x01\n\rDeleteSession\x12).skm.conversation.v1.DeleteSessionRequest\x1a*.skm.conversation.v1.DeleteSessionResponse\"\x1f\xca\xf3\x18\x1b\n\ncan_delete\x12\x07session\x1a\x04name\x12{\n\tListTurns\x12%.skm.conversation.v1.ListTurnsRequest\x1a&.skm.conversation.v1.ListTurnsResponse\"\x1f\xca\xf3\x18\x1b\n\x08\x63\x61n_read\x12\x07session\x1a\x06parent\x12s\n\x07GetTurn\x12#.skm.conversation.v1.GetTurnRequest\x1a$.skm.conversation.v1.GetTurnResponse\"\x1d\xca\xf3\x18\x19\n\x08\x63\x61n_read\x12\x07session\x1a\x04name\x12\x8a\x01\n\x0eListTurnEvents\x12*.skm.conversation.v1.ListTurnEventsRequest\x1a+.skm.conversation.v1.ListTurnEventsResponse\"\x1f\xca\xf3\x18\x1b\n\x08\x63\x61n_read\x12\x07session\x1a\x06parent\x12~\n\x08\x43onverse\x12$.skm.conversation.v1.ConverseRequest\x1a%.skm.conversation.v1.ConverseResponse\"!\xca\xf3\x18\x1d\n\tcan_write\x12\x07session\x1a\x07session(\x01\x30\x01\x12\x83\x01\n\x0bSendMessage\x12\'.skm.conversation.v1.SendMessageRequest\x1a(.skm.conversation.v1.SendMessageResponse\"!\xca\xf3\x18\x1d\n\tcan_write\x12\x07session\x1a\x07session\x12\x87\x01\n\x0cStreamEvents\x12(.skm.conversation.v1.StreamEventsRequest\x1a).skm.conversation.v1.StreamEventsResponse\" \xca\xf3\x18\x1c\n\x08\x63\x61n_read\x12\x07session\x1a\x07session0\x01\x12\x86\x01\n\rInterruptTurn\x12).skm.conversation.v1.InterruptTurnRequest\x1a*.skm.conversation.v1.InterruptTurnResponse\"\x1e\xca\xf3\x18\x1a\n\tcan_write\x12\x07session\x1a\x04name\x12}\n\nResumeTurn\x12&.skm.conversation.v1.ResumeTurnRequest\x1a\'.skm.conversation.v1.ResumeTurnResponse\"\x1e\xca\xf3\x18\x1a\n\tcan_write\x12\x07session\x1a\x04name\x12z\n\tNudgeTurn\x12%.skm.conversation.v1.NudgeTurnRequest\x1a&.skm.conversation.v1.NudgeTurnResponse\"\x1e\xca\xf3\x18\x1a\n\tcan_write\x12\x07session\x1a\x04name\x12z\n\tRerunTurn\x12%.skm.conversation.v1.RerunTurnRequest\x1a&.skm.conversation.v1.RerunTurnResponse\"\x1e\xca\xf3\x18\x1a\n\tcan_write\x12\x07session\x1a\x04name\x1a\x10\xd2\xf3\x18\x0c\x63onversationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -68,74 +69,74 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATIONSERVICE'].methods_by_name['NudgeTurn']._serialized_options = b'\312\363\030\032\n\tcan_write\022\007session\032\004name'
   _globals['_CONVERSATIONSERVICE'].methods_by_name['RerunTurn']._loaded_options = None
   _globals['_CONVERSATIONSERVICE'].methods_by_name['RerunTurn']._serialized_options = b'\312\363\030\032\n\tcan_write\022\007session\032\004name'
-  _globals['_CREATESESSIONREQUEST']._serialized_start=241
-  _globals['_CREATESESSIONREQUEST']._serialized_end=346
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=348
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=418
-  _globals['_GETSESSIONREQUEST']._serialized_start=420
-  _globals['_GETSESSIONREQUEST']._serialized_end=453
-  _globals['_GETSESSIONRESPONSE']._serialized_start=455
-  _globals['_GETSESSIONRESPONSE']._serialized_end=522
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=524
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=600
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=602
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=697
-  _globals['_UPDATESESSIONREQUEST']._serialized_start=699
-  _globals['_UPDATESESSIONREQUEST']._serialized_end=817
-  _globals['_UPDATESESSIONRESPONSE']._serialized_start=819
-  _globals['_UPDATESESSIONRESPONSE']._serialized_end=889
-  _globals['_DELETESESSIONREQUEST']._serialized_start=891
-  _globals['_DELETESESSIONREQUEST']._serialized_end=941
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=943
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=966
-  _globals['_LISTTURNSREQUEST']._serialized_start=968
-  _globals['_LISTTURNSREQUEST']._serialized_end=1041
-  _globals['_LISTTURNSRESPONSE']._serialized_start=1043
-  _globals['_LISTTURNSRESPONSE']._serialized_end=1129
-  _globals['_GETTURNREQUEST']._serialized_start=1131
-  _globals['_GETTURNREQUEST']._serialized_end=1161
-  _globals['_GETTURNRESPONSE']._serialized_start=1163
-  _globals['_GETTURNRESPONSE']._serialized_end=1221
-  _globals['_LISTTURNEVENTSREQUEST']._serialized_start=1223
-  _globals['_LISTTURNEVENTSREQUEST']._serialized_end=1301
-  _globals['_LISTTURNEVENTSRESPONSE']._serialized_start=1303
-  _globals['_LISTTURNEVENTSRESPONSE']._serialized_end=1403
-  _globals['_CONVERSEREQUEST']._serialized_start=1406
-  _globals['_CONVERSEREQUEST']._serialized_end=1880
-  _globals['_CONVERSECONFIG']._serialized_start=1882
-  _globals['_CONVERSECONFIG']._serialized_end=1946
-  _globals['_ACKNOWLEDGEEVENTS']._serialized_start=1948
-  _globals['_ACKNOWLEDGEEVENTS']._serialized_end=1985
-  _globals['_CONVERSERESPONSE']._serialized_start=1988
-  _globals['_CONVERSERESPONSE']._serialized_end=2186
-  _globals['_SESSIONATTACHED']._serialized_start=2188
-  _globals['_SESSIONATTACHED']._serialized_end=2276
-  _globals['_COMMANDREJECTED']._serialized_start=2278
-  _globals['_COMMANDREJECTED']._serialized_end=2362
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=2364
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=2456
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=2458
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=2520
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=2522
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=2608
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=2611
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=2755
-  _globals['_INTERRUPTTURNREQUEST']._serialized_start=2757
-  _globals['_INTERRUPTTURNREQUEST']._serialized_end=2813
-  _globals['_INTERRUPTTURNRESPONSE']._serialized_start=2815
-  _globals['_INTERRUPTTURNRESPONSE']._serialized_end=2879
-  _globals['_RESUMETURNREQUEST']._serialized_start=2881
-  _globals['_RESUMETURNREQUEST']._serialized_end=2934
-  _globals['_RESUMETURNRESPONSE']._serialized_start=2936
-  _globals['_RESUMETURNRESPONSE']._serialized_end=2997
-  _globals['_NUDGETURNREQUEST']._serialized_start=2999
-  _globals['_NUDGETURNREQUEST']._serialized_end=3065
-  _globals['_NUDGETURNRESPONSE']._serialized_start=3067
-  _globals['_NUDGETURNRESPONSE']._serialized_end=3127
-  _globals['_RERUNTURNREQUEST']._serialized_start=3129
-  _globals['_RERUNTURNREQUEST']._serialized_end=3181
-  _globals['_RERUNTURNRESPONSE']._serialized_start=3183
-  _globals['_RERUNTURNRESPONSE']._serialized_end=3243
-  _globals['_CONVERSATIONSERVICE']._serialized_start=3246
-  _globals['_CONVERSATIONSERVICE']._serialized_end=5268
+  _globals['_CREATESESSIONREQUEST']._serialized_start=271
+  _globals['_CREATESESSIONREQUEST']._serialized_end=376
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=378
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=448
+  _globals['_GETSESSIONREQUEST']._serialized_start=450
+  _globals['_GETSESSIONREQUEST']._serialized_end=483
+  _globals['_GETSESSIONRESPONSE']._serialized_start=485
+  _globals['_GETSESSIONRESPONSE']._serialized_end=552
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=554
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=630
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=632
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=727
+  _globals['_UPDATESESSIONREQUEST']._serialized_start=729
+  _globals['_UPDATESESSIONREQUEST']._serialized_end=847
+  _globals['_UPDATESESSIONRESPONSE']._serialized_start=849
+  _globals['_UPDATESESSIONRESPONSE']._serialized_end=919
+  _globals['_DELETESESSIONREQUEST']._serialized_start=921
+  _globals['_DELETESESSIONREQUEST']._serialized_end=971
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=973
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=996
+  _globals['_LISTTURNSREQUEST']._serialized_start=998
+  _globals['_LISTTURNSREQUEST']._serialized_end=1071
+  _globals['_LISTTURNSRESPONSE']._serialized_start=1073
+  _globals['_LISTTURNSRESPONSE']._serialized_end=1159
+  _globals['_GETTURNREQUEST']._serialized_start=1161
+  _globals['_GETTURNREQUEST']._serialized_end=1191
+  _globals['_GETTURNRESPONSE']._serialized_start=1193
+  _globals['_GETTURNRESPONSE']._serialized_end=1251
+  _globals['_LISTTURNEVENTSREQUEST']._serialized_start=1253
+  _globals['_LISTTURNEVENTSREQUEST']._serialized_end=1331
+  _globals['_LISTTURNEVENTSRESPONSE']._serialized_start=1333
+  _globals['_LISTTURNEVENTSRESPONSE']._serialized_end=1433
+  _globals['_CONVERSEREQUEST']._serialized_start=1436
+  _globals['_CONVERSEREQUEST']._serialized_end=1910
+  _globals['_CONVERSECONFIG']._serialized_start=1912
+  _globals['_CONVERSECONFIG']._serialized_end=1976
+  _globals['_ACKNOWLEDGEEVENTS']._serialized_start=1978
+  _globals['_ACKNOWLEDGEEVENTS']._serialized_end=2015
+  _globals['_CONVERSERESPONSE']._serialized_start=2018
+  _globals['_CONVERSERESPONSE']._serialized_end=2216
+  _globals['_SESSIONATTACHED']._serialized_start=2218
+  _globals['_SESSIONATTACHED']._serialized_end=2306
+  _globals['_COMMANDREJECTED']._serialized_start=2308
+  _globals['_COMMANDREJECTED']._serialized_end=2392
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=2395
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=2536
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=2538
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=2600
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=2602
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=2688
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=2691
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=2835
+  _globals['_INTERRUPTTURNREQUEST']._serialized_start=2837
+  _globals['_INTERRUPTTURNREQUEST']._serialized_end=2893
+  _globals['_INTERRUPTTURNRESPONSE']._serialized_start=2895
+  _globals['_INTERRUPTTURNRESPONSE']._serialized_end=2959
+  _globals['_RESUMETURNREQUEST']._serialized_start=2961
+  _globals['_RESUMETURNREQUEST']._serialized_end=3014
+  _globals['_RESUMETURNRESPONSE']._serialized_start=3016
+  _globals['_RESUMETURNRESPONSE']._serialized_end=3077
+  _globals['_NUDGETURNREQUEST']._serialized_start=3079
+  _globals['_NUDGETURNREQUEST']._serialized_end=3145
+  _globals['_NUDGETURNRESPONSE']._serialized_start=3147
+  _globals['_NUDGETURNRESPONSE']._serialized_end=3207
+  _globals['_RERUNTURNREQUEST']._serialized_start=3209
+  _globals['_RERUNTURNREQUEST']._serialized_end=3261
+  _globals['_RERUNTURNRESPONSE']._serialized_start=3263
+  _globals['_RERUNTURNRESPONSE']._serialized_end=3323
+  _globals['_CONVERSATIONSERVICE']._serialized_start=3326
+  _globals['_CONVERSATIONSERVICE']._serialized_end=5348
 # @@protoc_insertion_point(module_scope)

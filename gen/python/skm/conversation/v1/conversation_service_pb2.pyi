@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from skm.conversation.v1 import session_event_pb2 as _session_event_pb2
 from skm.conversation.v1 import session_pb2 as _session_pb2
@@ -677,6 +678,7 @@ class SendMessageRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    POLICY_CONTEXT_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session, "tenants/{tenant}/sessions/{session}"."""
     text: _builtins.str
@@ -690,6 +692,15 @@ class SendMessageRequest(_message.Message):
     (e.g. "code_execution"), like tool_choice in OpenAI's API; it must be one
     of the persona's tools. Empty: the model chooses.
     """
+    @_builtins.property
+    def policy_context(self) -> _struct_pb2.Struct:
+        """Facts for the policy conditions of the turn's tool calls, e.g.
+        {"agitation_score": 0.8} from svc_audio's voice channel; passed on as
+        ExecuteToolRequest.policy_context. Honoured only on calls from inside the
+        mesh (svc_audio sending a final transcript); ignored on public calls, so
+        a client cannot talk its way past a condition. At most 16 keys.
+        """
+
     def __init__(
         self,
         *,
@@ -697,10 +708,11 @@ class SendMessageRequest(_message.Message):
         text: _builtins.str = ...,
         request_id: _builtins.str = ...,
         tool_choice: _builtins.str = ...,
+        policy_context: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy_context", b"policy_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session", b"session", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_context", b"policy_context", "request_id", b"request_id", "session", b"session", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

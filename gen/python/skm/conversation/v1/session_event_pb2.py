@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from skm.conversation.v1 import turn_pb2 as skm_dot_conversation_dot_v1_dot_turn__pb2
 from skm.tools.v1 import execution_pb2 as skm_dot_tools_dot_v1_dot_execution__pb2
@@ -29,37 +30,37 @@ from skm.type.v1 import model_pb2 as skm_dot_type_dot_v1_dot_model__pb2
 from skm.type.v1 import policy_decision_pb2 as skm_dot_type_dot_v1_dot_policy__decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'skm/conversation/v1/session_event.proto\x12\x13skm.conversation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eskm/conversation/v1/turn.proto\x1a\x1cskm/tools/v1/execution.proto\x1a\x17skm/type/v1/model.proto\x1a!skm/type/v1/policy_decision.proto\"\xd3\x06\n\x0cSessionEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04turn\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x43\n\x12turn_state_changed\x18\n \x01(\x0b\x32%.skm.conversation.v1.TurnStateChangedH\x00\x12\x38\n\x0cuser_message\x18\x0b \x01(\x0b\x32 .skm.conversation.v1.UserMessageH\x00\x12\x39\n\x0cintervention\x18\x0c \x01(\x0b\x32!.skm.conversation.v1.InterventionH\x00\x12\x42\n\rpreprocessing\x18\r \x01(\x0b\x32).skm.conversation.v1.PreprocessingVerdictH\x00\x12\x36\n\x0btoken_delta\x18\x0e \x01(\x0b\x32\x1f.skm.conversation.v1.TokenDeltaH\x00\x12\x34\n\nmodel_call\x18\x0f \x01(\x0b\x32\x1e.skm.conversation.v1.ModelCallH\x00\x12\x45\n\x13tool_call_requested\x18\x10 \x01(\x0b\x32&.skm.conversation.v1.ToolCallRequestedH\x00\x12\x41\n\x11tool_call_verdict\x18\x11 \x01(\x0b\x32$.skm.conversation.v1.ToolCallVerdictH\x00\x12\x43\n\x12tool_call_progress\x18\x12 \x01(\x0b\x32%.skm.conversation.v1.ToolCallProgressH\x00\x12?\n\x10tool_call_result\x18\x13 \x01(\x0b\x32#.skm.conversation.v1.ToolCallResultH\x00\x12<\n\x0e\x66inal_response\x18\x14 \x01(\x0b\x32\".skm.conversation.v1.FinalResponseH\x00\x12/\n\x05\x65rror\x18\x15 \x01(\x0b\x32\x1e.skm.conversation.v1.TurnErrorH\x00\x42\x07\n\x05\x65vent\"R\n\x10TurnStateChanged\x12.\n\x05state\x18\x01 \x01(\x0e\x32\x1f.skm.conversation.v1.Turn.State\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x0bUserMessage\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0btool_choice\x18\x03 \x01(\t\"\xdd\x01\n\x0cIntervention\x12\x34\n\x04kind\x18\x01 \x01(\x0e\x32&.skm.conversation.v1.Intervention.Kind\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nrerun_turn\x18\x04 \x01(\t\"a\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_INTERRUPT\x10\x01\x12\x0e\n\nKIND_NUDGE\x10\x02\x12\x0f\n\x0bKIND_RESUME\x10\x03\x12\x0e\n\nKIND_RERUN\x10\x04\"-\n\nTokenDelta\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"s\n\tModelCall\x12\x11\n\titeration\x18\x01 \x01(\x05\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.skm.type.v1.ModelUsage\x12\x16\n\x0e\x66\x61ilure_reason\x18\x03 \x01(\t\x12\x13\n\x0binterrupted\x18\x04 \x01(\x08\"b\n\x11ToolCallRequested\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x05\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\t\"V\n\x0fToolCallVerdict\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.skm.type.v1.PolicyDecision\"\x9e\x01\n\x10ToolCallProgress\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\texecution\x18\x02 \x01(\t\x12*\n\x08progress\x18\x03 \x01(\x0b\x32\x16.skm.tools.v1.ProgressH\x00\x12+\n\x06output\x18\x04 \x01(\x0b\x32\x19.skm.tools.v1.OutputChunkH\x00\x42\x08\n\x06update\"c\n\x0eToolCallResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\texecution\x18\x02 \x01(\t\x12(\n\x06result\x18\x03 \x01(\x0b\x32\x18.skm.tools.v1.ToolResult\"\x1d\n\rFinalResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\",\n\tTurnError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'skm/conversation/v1/session_event.proto\x12\x13skm.conversation.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eskm/conversation/v1/turn.proto\x1a\x1cskm/tools/v1/execution.proto\x1a\x17skm/type/v1/model.proto\x1a!skm/type/v1/policy_decision.proto\"\xd3\x06\n\x0cSessionEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04turn\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x43\n\x12turn_state_changed\x18\n \x01(\x0b\x32%.skm.conversation.v1.TurnStateChangedH\x00\x12\x38\n\x0cuser_message\x18\x0b \x01(\x0b\x32 .skm.conversation.v1.UserMessageH\x00\x12\x39\n\x0cintervention\x18\x0c \x01(\x0b\x32!.skm.conversation.v1.InterventionH\x00\x12\x42\n\rpreprocessing\x18\r \x01(\x0b\x32).skm.conversation.v1.PreprocessingVerdictH\x00\x12\x36\n\x0btoken_delta\x18\x0e \x01(\x0b\x32\x1f.skm.conversation.v1.TokenDeltaH\x00\x12\x34\n\nmodel_call\x18\x0f \x01(\x0b\x32\x1e.skm.conversation.v1.ModelCallH\x00\x12\x45\n\x13tool_call_requested\x18\x10 \x01(\x0b\x32&.skm.conversation.v1.ToolCallRequestedH\x00\x12\x41\n\x11tool_call_verdict\x18\x11 \x01(\x0b\x32$.skm.conversation.v1.ToolCallVerdictH\x00\x12\x43\n\x12tool_call_progress\x18\x12 \x01(\x0b\x32%.skm.conversation.v1.ToolCallProgressH\x00\x12?\n\x10tool_call_result\x18\x13 \x01(\x0b\x32#.skm.conversation.v1.ToolCallResultH\x00\x12<\n\x0e\x66inal_response\x18\x14 \x01(\x0b\x32\".skm.conversation.v1.FinalResponseH\x00\x12/\n\x05\x65rror\x18\x15 \x01(\x0b\x32\x1e.skm.conversation.v1.TurnErrorH\x00\x42\x07\n\x05\x65vent\"R\n\x10TurnStateChanged\x12.\n\x05state\x18\x01 \x01(\x0e\x32\x1f.skm.conversation.v1.Turn.State\x12\x0e\n\x06reason\x18\x02 \x01(\t\"u\n\x0bUserMessage\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0btool_choice\x18\x03 \x01(\t\x12/\n\x0epolicy_context\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xdd\x01\n\x0cIntervention\x12\x34\n\x04kind\x18\x01 \x01(\x0e\x32&.skm.conversation.v1.Intervention.Kind\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nrerun_turn\x18\x04 \x01(\t\"a\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_INTERRUPT\x10\x01\x12\x0e\n\nKIND_NUDGE\x10\x02\x12\x0f\n\x0bKIND_RESUME\x10\x03\x12\x0e\n\nKIND_RERUN\x10\x04\"-\n\nTokenDelta\x12\x11\n\titeration\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"s\n\tModelCall\x12\x11\n\titeration\x18\x01 \x01(\x05\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.skm.type.v1.ModelUsage\x12\x16\n\x0e\x66\x61ilure_reason\x18\x03 \x01(\t\x12\x13\n\x0binterrupted\x18\x04 \x01(\x08\"b\n\x11ToolCallRequested\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x05\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\t\"V\n\x0fToolCallVerdict\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.skm.type.v1.PolicyDecision\"\x9e\x01\n\x10ToolCallProgress\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\texecution\x18\x02 \x01(\t\x12*\n\x08progress\x18\x03 \x01(\x0b\x32\x16.skm.tools.v1.ProgressH\x00\x12+\n\x06output\x18\x04 \x01(\x0b\x32\x19.skm.tools.v1.OutputChunkH\x00\x42\x08\n\x06update\"c\n\x0eToolCallResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\texecution\x18\x02 \x01(\t\x12(\n\x06result\x18\x03 \x01(\x0b\x32\x18.skm.tools.v1.ToolResult\"\x1d\n\rFinalResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\",\n\tTurnError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skm.conversation.v1.session_event_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONEVENT']._serialized_start=220
-  _globals['_SESSIONEVENT']._serialized_end=1071
-  _globals['_TURNSTATECHANGED']._serialized_start=1073
-  _globals['_TURNSTATECHANGED']._serialized_end=1155
-  _globals['_USERMESSAGE']._serialized_start=1157
-  _globals['_USERMESSAGE']._serialized_end=1225
-  _globals['_INTERVENTION']._serialized_start=1228
-  _globals['_INTERVENTION']._serialized_end=1449
-  _globals['_INTERVENTION_KIND']._serialized_start=1352
-  _globals['_INTERVENTION_KIND']._serialized_end=1449
-  _globals['_TOKENDELTA']._serialized_start=1451
-  _globals['_TOKENDELTA']._serialized_end=1496
-  _globals['_MODELCALL']._serialized_start=1498
-  _globals['_MODELCALL']._serialized_end=1613
-  _globals['_TOOLCALLREQUESTED']._serialized_start=1615
-  _globals['_TOOLCALLREQUESTED']._serialized_end=1713
-  _globals['_TOOLCALLVERDICT']._serialized_start=1715
-  _globals['_TOOLCALLVERDICT']._serialized_end=1801
-  _globals['_TOOLCALLPROGRESS']._serialized_start=1804
-  _globals['_TOOLCALLPROGRESS']._serialized_end=1962
-  _globals['_TOOLCALLRESULT']._serialized_start=1964
-  _globals['_TOOLCALLRESULT']._serialized_end=2063
-  _globals['_FINALRESPONSE']._serialized_start=2065
-  _globals['_FINALRESPONSE']._serialized_end=2094
-  _globals['_TURNERROR']._serialized_start=2096
-  _globals['_TURNERROR']._serialized_end=2140
+  _globals['_SESSIONEVENT']._serialized_start=250
+  _globals['_SESSIONEVENT']._serialized_end=1101
+  _globals['_TURNSTATECHANGED']._serialized_start=1103
+  _globals['_TURNSTATECHANGED']._serialized_end=1185
+  _globals['_USERMESSAGE']._serialized_start=1187
+  _globals['_USERMESSAGE']._serialized_end=1304
+  _globals['_INTERVENTION']._serialized_start=1307
+  _globals['_INTERVENTION']._serialized_end=1528
+  _globals['_INTERVENTION_KIND']._serialized_start=1431
+  _globals['_INTERVENTION_KIND']._serialized_end=1528
+  _globals['_TOKENDELTA']._serialized_start=1530
+  _globals['_TOKENDELTA']._serialized_end=1575
+  _globals['_MODELCALL']._serialized_start=1577
+  _globals['_MODELCALL']._serialized_end=1692
+  _globals['_TOOLCALLREQUESTED']._serialized_start=1694
+  _globals['_TOOLCALLREQUESTED']._serialized_end=1792
+  _globals['_TOOLCALLVERDICT']._serialized_start=1794
+  _globals['_TOOLCALLVERDICT']._serialized_end=1880
+  _globals['_TOOLCALLPROGRESS']._serialized_start=1883
+  _globals['_TOOLCALLPROGRESS']._serialized_end=2041
+  _globals['_TOOLCALLRESULT']._serialized_start=2043
+  _globals['_TOOLCALLRESULT']._serialized_end=2142
+  _globals['_FINALRESPONSE']._serialized_start=2144
+  _globals['_FINALRESPONSE']._serialized_end=2173
+  _globals['_TURNERROR']._serialized_start=2175
+  _globals['_TURNERROR']._serialized_end=2219
 # @@protoc_insertion_point(module_scope)

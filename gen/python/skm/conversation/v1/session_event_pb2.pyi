@@ -5,6 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from skm.conversation.v1 import turn_pb2 as _turn_pb2
@@ -196,6 +197,7 @@ class UserMessage(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    POLICY_CONTEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text. Personal data."""
     request_id: _builtins.str
@@ -204,16 +206,24 @@ class UserMessage(_message.Message):
     """The tool the first iteration had to call (SendMessageRequest.tool_choice);
     empty when the model chose.
     """
+    @_builtins.property
+    def policy_context(self) -> _struct_pb2.Struct:
+        """Facts for the policy conditions of the turn's tool calls, as a mesh
+        caller gave them (SendMessageRequest.policy_context), e.g. the voice
+        channel's {"agitation_score": 0.82}; empty otherwise.
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         request_id: _builtins.str = ...,
         tool_choice: _builtins.str = ...,
+        policy_context: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy_context", b"policy_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_context", b"policy_context", "request_id", b"request_id", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

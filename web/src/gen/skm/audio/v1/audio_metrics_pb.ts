@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/audio/v1/audio_metrics.proto.
  */
 export const file_skm_audio_v1_audio_metrics: GenFile = /*@__PURE__*/
-  fileDesc("CiBza20vYXVkaW8vdjEvYXVkaW9fbWV0cmljcy5wcm90bxIMc2ttLmF1ZGlvLnYxIvEBCg1BdWRpb0ZlYXR1cmVzEhEKCXV0dGVyYW5jZRgBIAEoBRIvCgxzdGFydF9vZmZzZXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoKZW5kX29mZnNldBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhILCgNybXMYBCABKAESGgoSemVyb19jcm9zc2luZ19yYXRlGAUgASgBEhgKEHNwZWN0cmFsX2VudHJvcHkYBiABKAESFwoPYWdpdGF0aW9uX3Njb3JlGAcgASgBEhEKCXZlY3Rvcl9pZBgIIAEoCSKdAgoOUXVhbGl0eU1ldHJpY3MSHAoPd29yZF9lcnJvcl9yYXRlGAEgASgBSACIAQESHwoSbWVhbl9vcGluaW9uX3Njb3JlGAIgASgBSAGIAQESNgoTcmVjb2duaXRpb25fbGF0ZW5jeRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIzChByZXNwb25zZV9sYXRlbmN5GAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEXN5bnRoZXNpc19sYXRlbmN5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhIKEF93b3JkX2Vycm9yX3JhdGVCFQoTX21lYW5fb3Bpbmlvbl9zY29yZWIGcHJvdG8z", [file_google_protobuf_duration]);
+  fileDesc("CiBza20vYXVkaW8vdjEvYXVkaW9fbWV0cmljcy5wcm90bxIMc2ttLmF1ZGlvLnYxIvEBCg1BdWRpb0ZlYXR1cmVzEhEKCXV0dGVyYW5jZRgBIAEoBRIvCgxzdGFydF9vZmZzZXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoKZW5kX29mZnNldBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhILCgNybXMYBCABKAESGgoSemVyb19jcm9zc2luZ19yYXRlGAUgASgBEhgKEHNwZWN0cmFsX2VudHJvcHkYBiABKAESFwoPYWdpdGF0aW9uX3Njb3JlGAcgASgBEhEKCXZlY3Rvcl9pZBgIIAEoCSKiBAoOUXVhbGl0eU1ldHJpY3MSHAoPd29yZF9lcnJvcl9yYXRlGAEgASgBSACIAQESHwoSbWVhbl9vcGluaW9uX3Njb3JlGAIgASgBSAGIAQESNgoTcmVjb2duaXRpb25fbGF0ZW5jeRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIzChByZXNwb25zZV9sYXRlbmN5GAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEXN5bnRoZXNpc19sYXRlbmN5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKE2ZpcnN0X3Rva2VuX2xhdGVuY3kYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKQoccmVjb2duaXRpb25fcmVhbF90aW1lX2ZhY3RvchgHIAEoAUgCiAEBEicKGnN5bnRoZXNpc19yZWFsX3RpbWVfZmFjdG9yGAggASgBSAOIAQESNwoUc3ludGhlc2l6ZWRfZHVyYXRpb24YCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CEgoQX3dvcmRfZXJyb3JfcmF0ZUIVChNfbWVhbl9vcGluaW9uX3Njb3JlQh8KHV9yZWNvZ25pdGlvbl9yZWFsX3RpbWVfZmFjdG9yQh0KG19zeW50aGVzaXNfcmVhbF90aW1lX2ZhY3RvcmIGcHJvdG8z", [file_google_protobuf_duration]);
 
 /**
  * Acoustic features of one utterance. svc_audio stores them, with the
@@ -135,6 +135,37 @@ export type QualityMetrics = Message<"skm.audio.v1.QualityMetrics"> & {
    * @generated from field: google.protobuf.Duration synthesis_latency = 5;
    */
   synthesisLatency?: Duration | undefined;
+
+  /**
+   * From the final transcript (its user message sent) to the agent's first
+   * token (voice conversations only).
+   *
+   * @generated from field: google.protobuf.Duration first_token_latency = 6;
+   */
+  firstTokenLatency?: Duration | undefined;
+
+  /**
+   * Recogniser compute time divided by the audio it decoded (final results of
+   * the exchange); below 1 is faster than real time.
+   *
+   * @generated from field: optional double recognition_real_time_factor = 7;
+   */
+  recognitionRealTimeFactor?: number | undefined;
+
+  /**
+   * Synthesiser compute time divided by the audio it produced.
+   *
+   * @generated from field: optional double synthesis_real_time_factor = 8;
+   */
+  synthesisRealTimeFactor?: number | undefined;
+
+  /**
+   * Audio seconds of the agent's spoken answer (voice conversations) or of the
+   * synthesis (StreamingSynthesize).
+   *
+   * @generated from field: google.protobuf.Duration synthesized_duration = 9;
+   */
+  synthesizedDuration?: Duration | undefined;
 };
 
 /**

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file skm/audio/v1/recognition.proto.
  */
 export const file_skm_audio_v1_recognition: GenFile = /*@__PURE__*/
-  fileDesc("Ch5za20vYXVkaW8vdjEvcmVjb2duaXRpb24ucHJvdG8SDHNrbS5hdWRpby52MSLQAQoRUmVjb2duaXRpb25Db25maWcSKAoGZm9ybWF0GAEgASgLMhguc2ttLnR5cGUudjEuQXVkaW9Gb3JtYXQSFQoNbGFuZ3VhZ2VfY29kZRgCIAEoCRIXCg9pbnRlcmltX3Jlc3VsdHMYAyABKAgSJAoDdmFkGAQgASgLMhcuc2ttLmF1ZGlvLnYxLlZhZENvbmZpZxIdChVlbmFibGVfYXVkaW9fZmVhdHVyZXMYBSABKAgSHAoUcmVmZXJlbmNlX3RyYW5zY3JpcHQYBiABKAkiVQoJVmFkQ29uZmlnEhgKEHNwZWVjaF90aHJlc2hvbGQYASABKAESLgoLbWluX3NpbGVuY2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iuAEKDVZvaWNlQWN0aXZpdHkSLgoEa2luZBgBIAEoDjIgLnNrbS5hdWRpby52MS5Wb2ljZUFjdGl2aXR5LktpbmQSKQoGb2Zmc2V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkwKBEtpbmQSFAoQS0lORF9VTlNQRUNJRklFRBAAEhcKE0tJTkRfU1BFRUNIX1NUQVJURUQQARIVChFLSU5EX1NQRUVDSF9FTkRFRBACIv4BChFSZWNvZ25pdGlvblJlc3VsdBIRCgl1dHRlcmFuY2UYASABKAUSEAoIaXNfZmluYWwYAiABKAgSEgoKdHJhbnNjcmlwdBgDIAEoCRISCgpjb25maWRlbmNlGAQgASgBEiUKBXdvcmRzGAUgAygLMhYuc2ttLmF1ZGlvLnYxLldvcmRJbmZvEi8KDHN0YXJ0X29mZnNldBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgplbmRfb2Zmc2V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWxhbmd1YWdlX2NvZGUYCCABKAkijAEKCFdvcmRJbmZvEgwKBHdvcmQYASABKAkSLwoMc3RhcnRfb2Zmc2V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCmVuZF9vZmZzZXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKY29uZmlkZW5jZRgEIAEoAWIGcHJvdG8z", [file_google_protobuf_duration, file_skm_type_v1_audio_format]);
+  fileDesc("Ch5za20vYXVkaW8vdjEvcmVjb2duaXRpb24ucHJvdG8SDHNrbS5hdWRpby52MSLvAQoRUmVjb2duaXRpb25Db25maWcSKAoGZm9ybWF0GAEgASgLMhguc2ttLnR5cGUudjEuQXVkaW9Gb3JtYXQSFQoNbGFuZ3VhZ2VfY29kZRgCIAEoCRIXCg9pbnRlcmltX3Jlc3VsdHMYAyABKAgSJAoDdmFkGAQgASgLMhcuc2ttLmF1ZGlvLnYxLlZhZENvbmZpZxIdChVlbmFibGVfYXVkaW9fZmVhdHVyZXMYBSABKAgSHAoUcmVmZXJlbmNlX3RyYW5zY3JpcHQYBiABKAkSHQoVZW5hYmxlX3NwZWFrZXJfbGFiZWxzGAcgASgIIlUKCVZhZENvbmZpZxIYChBzcGVlY2hfdGhyZXNob2xkGAEgASgBEi4KC21pbl9zaWxlbmNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIrgBCg1Wb2ljZUFjdGl2aXR5Ei4KBGtpbmQYASABKA4yIC5za20uYXVkaW8udjEuVm9pY2VBY3Rpdml0eS5LaW5kEikKBm9mZnNldBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJMCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIXChNLSU5EX1NQRUVDSF9TVEFSVEVEEAESFQoRS0lORF9TUEVFQ0hfRU5ERUQQAiKVAgoRUmVjb2duaXRpb25SZXN1bHQSEQoJdXR0ZXJhbmNlGAEgASgFEhAKCGlzX2ZpbmFsGAIgASgIEhIKCnRyYW5zY3JpcHQYAyABKAkSEgoKY29uZmlkZW5jZRgEIAEoARIlCgV3b3JkcxgFIAMoCzIWLnNrbS5hdWRpby52MS5Xb3JkSW5mbxIvCgxzdGFydF9vZmZzZXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoKZW5kX29mZnNldBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg1sYW5ndWFnZV9jb2RlGAggASgJEhUKDXNwZWFrZXJfbGFiZWwYCSABKAkijAEKCFdvcmRJbmZvEgwKBHdvcmQYASABKAkSLwoMc3RhcnRfb2Zmc2V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCmVuZF9vZmZzZXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKY29uZmlkZW5jZRgEIAEoAWIGcHJvdG8z", [file_google_protobuf_duration, file_skm_type_v1_audio_format]);
 
 /**
  * How to recognise speech on a stream.
@@ -64,6 +64,14 @@ export type RecognitionConfig = Message<"skm.audio.v1.RecognitionConfig"> & {
    * @generated from field: string reference_transcript = 6;
    */
   referenceTranscript: string;
+
+  /**
+   * Whether to label each final result with who spoke (speaker_label), from
+   * speaker embeddings of the utterances clustered online within the stream.
+   *
+   * @generated from field: bool enable_speaker_labels = 7;
+   */
+  enableSpeakerLabels: boolean;
 };
 
 /**
@@ -229,6 +237,15 @@ export type RecognitionResult = Message<"skm.audio.v1.RecognitionResult"> & {
    * @generated from field: string language_code = 8;
    */
   languageCode: string;
+
+  /**
+   * Who spoke the utterance, "S1", "S2", ... in order of first appearance in
+   * the stream; final results only, when RecognitionConfig.enable_speaker_labels.
+   * A label is a cluster of voices heard in this stream, not an identity.
+   *
+   * @generated from field: string speaker_label = 9;
+   */
+  speakerLabel: string;
 };
 
 /**
