@@ -47,7 +47,10 @@ Then the scoring job (bench/scoring.py), on PostgreSQL and the engine's tiny UNT
 5 models x 40 capsule items asked and judged (the expensive part), then the scoring step over
 what is stored, for 1 tenant and for 100 (`--items`, `--tenants` for smaller runs).
 
-Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analytics|profiles|scoring|all]
+Then diarization (bench/diarization.py): svc_audio's online speaker labelling on twelve
+utterances by two TTS voices (piper and espeak-ng), the share labelled right.
+
+Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analytics|profiles|scoring|diarization|all]
                        [--rounds N] [--calls N] [--frames N] [--turns N] [--sessions N]
                        [--llm untrained|real] [--models a,b]
                        [--events N] [--rows N] [--lag-seconds S] [--items N] [--tenants N]
@@ -154,6 +157,7 @@ def main() -> int:
             "analytics",
             "profiles",
             "scoring",
+            "diarization",
             "all",
         ),
         default="all",
@@ -234,6 +238,10 @@ def main() -> int:
         from bench import scoring
 
         scoring.main(items=args.items, tenants=args.tenants)
+    if args.what in ("diarization", "all"):
+        from bench import diarization
+
+        diarization.main()
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from skm_stack.catalogue import models_root
 from skm_stack.devkeys import ensure_dev_keys, ensure_mesh_key
 from skm_stack.envoy import EnvoyServer, start_envoy
 from skm_stack.install import Report, Toolchain, ensure_installed, print_report
@@ -266,6 +267,8 @@ class RunningStack:
             env["SKM_TOOLS_QDRANT_PATH"] = str(self.state_dir / "tools" / "qdrant")
             # Embedded ClickHouse (chdb) allows one process per folder too.
             env["SKM_ANALYTICS_WAREHOUSE_URL"] = f"chdb://{self.state_dir / 'analytics' / 'chdb'}"
+            env["SKM_AUDIO_QDRANT_LOCATION"] = str(self.state_dir / "audio" / "qdrant")
+            env["SKM_AUDIO_MODELS_DIR"] = str(models_root())
         return env
 
     # -- starting ----------------------------------------------------------------------

@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 
 from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import conversation_service_pb2_grpc
 from skm_runtime.access import Principal
 from skm_runtime.interceptors import admitted_from_outside, call_principal
+from skm_runtime.principal import FORWARDED_BY_KEY
 from svc_conversation import convert
 from svc_conversation.core import Conversation
 from svc_conversation.model import Attached, ConverseCommand
@@ -31,9 +33,27 @@ def _routed(context: Context) -> bool:
     return any(key == convert.ROUTED_KEY for key, _ in context.invocation_metadata() or ())
 
 
-async def _commands(requests: AsyncIterator[pb.ConverseRequest]) -> AsyncIterator[ConverseCommand]:
+def _from_inside_the_mesh(context: Context) -> bool:
+    # Facts for policy conditions (SendMessageRequest.policy_context) are honoured only on
+    # calls from inside the mesh: never on a public call (admitted by its token), nor on one
+    # another service makes on a client's behalf (marked as forwarded). The rule is
+    # svc_tools.api's, which honours ExecuteToolRequest.policy_context the same way.
+    if admitted_from_outside():
+        return False
+    return not any(key == FORWARDED_BY_KEY for key, _ in context.invocation_metadata() or ())
+
+
+def _policy_context(message: struct_pb2.Struct, context: Context) -> dict[str, object]:
+    """The policy facts the core gets: a public (or forwarded) call's are dropped silently,
+    neither checked nor stored, so a client cannot talk its way past a policy condition."""
+    return convert.policy_context_of(message) if _from_inside_the_mesh(context) else {}
+
+
+async def _commands(
+    requests: AsyncIterator[pb.ConverseRequest], *, trusted_context: bool
+) -> AsyncIterator[ConverseCommand]:
     async for request in requests:
-        yield convert.converse_command_of(request)
+        yield convert.converse_command_of(request, trusted_context=trusted_context)
 
 
 class ConversationApi(conversation_service_pb2_grpc.ConversationServiceServicer):
@@ -86,7 +106,12 @@ class ConversationApi(conversation_service_pb2_grpc.ConversationServiceServicer)
 
     async def SendMessage(self, request: pb.SendMessageRequest, context: Context) -> pb.SendMessageResponse:
         turn = await self._conversation.send_message(
-            _principal(context), request.session, request.text, request.request_id, request.tool_choice
+            _principal(context),
+            request.session,
+            request.text,
+            request.request_id,
+            request.tool_choice,
+            policy_context=_policy_context(request.policy_context, context),
         )
         return pb.SendMessageResponse(turn=convert.turn_to(turn))
 
@@ -127,7 +152,9 @@ class ConversationApi(conversation_service_pb2_grpc.ConversationServiceServicer)
     async def Converse(
         self, request_iterator: AsyncIterator[pb.ConverseRequest], context: Context
     ) -> AsyncIterator[pb.ConverseResponse]:
-        async for output in self._conversation.converse(_principal(context), _commands(request_iterator)):
+        # Whether a send_message's policy_context counts is the stream's, as for SendMessage.
+        commands = _commands(request_iterator, trusted_context=_from_inside_the_mesh(context))
+        async for output in self._conversation.converse(_principal(context), commands):
             yield convert.converse_output_to(output)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from skm.conversation.v1 import conversation_service_pb2 as pb
 from skm.conversation.v1 import session_event_pb2, session_pb2, turn_pb2
@@ -51,6 +51,8 @@ from svc_conversation.model import (
     NoCommand,
     OutputChunk,
     OutputStream,
+    PolicyContext,
+    PolicyFact,
     Progress,
     Screening,
     SendMessage,
@@ -109,6 +111,42 @@ def principal_of(message: principal_pb2.Principal) -> Principal:
 
 def principal_to(principal: Principal) -> principal_pb2.Principal:
     return principal_message(principal.tenant, principal.user, principal.roles)
+
+
+# -- policy facts ----------------------------------------------------------------------
+
+
+def _plain(value: struct_pb2.Value) -> object:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        # Always a float, as JSON reads it: 1 and 1.0 are the same fact.
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return json_format.MessageToDict(value)  # a list, a struct or null: the core refuses them
+
+
+def policy_context_of(message: struct_pb2.Struct) -> dict[str, object]:
+    """SendMessageRequest.policy_context as sent (the core checks it: turns.policy_facts)."""
+    return {key: _plain(value) for key, value in message.fields.items()}
+
+
+def _stored_facts(message: struct_pb2.Struct) -> PolicyContext:
+    """UserMessage.policy_context as stored (checked before it was)."""
+    facts: dict[str, PolicyFact] = {}
+    for key, value in policy_context_of(message).items():
+        if isinstance(value, bool | str | float):
+            facts[key] = value
+    return facts
+
+
+def policy_context_to(context: PolicyContext) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    if context:
+        message.update(dict(context))
+    return message
 
 
 # -- decisions ---------------------------------------------------------------------------
@@ -364,7 +402,7 @@ def _payload_of(message: session_event_pb2.SessionEvent) -> EventPayload | None:
         return TurnStateChanged(TurnState(changed.state), changed.reason)
     if kind == "user_message":
         user = message.user_message
-        return UserMessage(user.text, user.request_id, user.tool_choice)
+        return UserMessage(user.text, user.request_id, user.tool_choice, _stored_facts(user.policy_context))
     if kind == "intervention":
         done = message.intervention
         return Intervention(InterventionKind(done.kind), done.request_id, done.text, done.rerun_turn)
@@ -413,9 +451,14 @@ def _set_payload(message: session_event_pb2.SessionEvent, payload: EventPayload)
         case TurnStateChanged(state, reason):
             message.turn_state_changed.state = state.value  # type: ignore[assignment]  # the enums share their numbers
             message.turn_state_changed.reason = reason
-        case UserMessage(text, request_id, tool_choice):
+        case UserMessage(text, request_id, tool_choice, policy_context):
             message.user_message.CopyFrom(
-                session_event_pb2.UserMessage(text=text, request_id=request_id, tool_choice=tool_choice)
+                session_event_pb2.UserMessage(
+                    text=text,
+                    request_id=request_id,
+                    tool_choice=tool_choice,
+                    policy_context=policy_context_to(policy_context) if policy_context else None,
+                )
             )
         case Intervention(kind, request_id, text, rerun_turn):
             message.intervention.CopyFrom(
@@ -485,7 +528,9 @@ _INTERVENTIONS = {
 }
 
 
-def converse_command_of(message: pb.ConverseRequest) -> ConverseCommand:
+def converse_command_of(message: pb.ConverseRequest, *, trusted_context: bool = False) -> ConverseCommand:
+    """One message of a Converse stream. ``trusted_context``: the stream comes from inside the
+    mesh, so a send_message's policy_context is kept (dropped otherwise, as SendMessage's)."""
     kind = message.WhichOneof("request")
     command: ConverseCommandKind
     if kind == "config":
@@ -493,7 +538,13 @@ def converse_command_of(message: pb.ConverseRequest) -> ConverseCommand:
         command = Configure(config.after_sequence if config.HasField("after_sequence") else None)
     elif kind == "send_message":
         send = message.send_message
-        command = SendMessage(send.session, send.text, send.request_id, send.tool_choice)
+        command = SendMessage(
+            send.session,
+            send.text,
+            send.request_id,
+            send.tool_choice,
+            policy_context_of(send.policy_context) if trusted_context else {},
+        )
     elif kind == "ack":
         command = Acknowledge(message.ack.sequence)
     elif kind in _INTERVENTIONS:

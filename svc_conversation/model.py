@@ -192,11 +192,21 @@ class TurnStateChanged:
     reason: str = ""
 
 
+# A fact for the policy conditions of a turn's tool calls: a finite number, a string or a bool.
+PolicyFact = float | str | bool
+# The facts a caller inside the mesh gave with a message (SendMessageRequest.policy_context),
+# e.g. the voice channel's {"agitation_score": 0.82}: every tool call of the turn passes them
+# on to svc_tools (ExecuteToolRequest.policy_context), whose policy conditions read them.
+PolicyContext = Mapping[str, PolicyFact]
+
+
 @dataclass(frozen=True, slots=True)
 class UserMessage:
     text: str
     request_id: str = ""
     tool_choice: str = ""
+    # Stored with the message, so a turn resumed by another process still has them.
+    policy_context: PolicyContext = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +495,8 @@ class ToolRequest:
     turn: str
     tool_call_id: str
     timeout_seconds: float = 0.0
+    # The turn's policy facts (its UserMessage's), for svc_policy's conditions.
+    policy_context: PolicyContext = field(default_factory=dict)
 
 
 # -- the Converse stream -----------------------------------------------------------------
@@ -496,6 +508,8 @@ class SendMessage:
     text: str
     request_id: str
     tool_choice: str = ""
+    # As received, not yet checked (empty when the stream is a public call: see api.py).
+    policy_context: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,6 +223,9 @@ def _request_to(request: ToolRequest) -> tool_service_pb2.ExecuteToolRequest:
     )
     if request.timeout_seconds:
         message.timeout.CopyFrom(duration_pb2.Duration(seconds=int(request.timeout_seconds)))
+    if request.policy_context:
+        # svc_tools honours it: this call comes from inside the mesh, not forwarded.
+        message.policy_context.CopyFrom(convert.policy_context_to(request.policy_context))
     return message
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from skm_runtime.access import Principal
@@ -175,9 +175,18 @@ class Conversation:
         return await self._turns.list_turn_events(principal, parent, page_size, page_token)
 
     async def send_message(
-        self, principal: Principal | None, session_name: str, text: str, request_id: str, tool_choice: str
+        self,
+        principal: Principal | None,
+        session_name: str,
+        text: str,
+        request_id: str,
+        tool_choice: str,
+        *,
+        policy_context: Mapping[str, object] | None = None,
     ) -> Turn:
-        return await self._turns.send_message(principal, session_name, text, request_id, tool_choice)
+        return await self._turns.send_message(
+            principal, session_name, text, request_id, tool_choice, policy_context=policy_context
+        )
 
     async def interrupt(self, principal: Principal | None, name: str, request_id: str, *, routed: bool = False) -> Turn:
         return await self._interventions.interrupt(principal, name, request_id, routed=routed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 from skm_runtime.access import Principal
@@ -51,7 +51,14 @@ class ConverseUseCases(Protocol):
     ) -> tuple[Session, int, AsyncIterator[SessionEvent]]: ...
 
     async def send_message(
-        self, principal: Principal | None, session_name: str, text: str, request_id: str, tool_choice: str
+        self,
+        principal: Principal | None,
+        session_name: str,
+        text: str,
+        request_id: str,
+        tool_choice: str,
+        *,
+        policy_context: Mapping[str, object] | None = None,
     ) -> Turn: ...
 
     async def acknowledge(self, principal: Principal | None, session_name: str, sequence: int) -> None: ...
@@ -152,7 +159,14 @@ async def _run(
             request_id = command.request_id
             if command.session and command.session != session:
                 raise SessionMismatch("send_message names another session")
-            await use_cases.send_message(principal, session, command.text, command.request_id, command.tool_choice)
+            await use_cases.send_message(
+                principal,
+                session,
+                command.text,
+                command.request_id,
+                command.tool_choice,
+                policy_context=command.policy_context,
+            )
         elif isinstance(command, Acknowledge):
             await use_cases.acknowledge(principal, session, command.sequence)
         elif isinstance(command, TurnIntervention):

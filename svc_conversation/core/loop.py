@@ -6,7 +6,9 @@ may hold it for an operator); its result goes back into the context. The `respon
 ends the turn. The context is rebuilt from the stored events of the turn, so a turn that
 was interrupted, nudged, or left behind by a process that died resumes where it stopped:
 a tool call that has no result yet is asked for again with the same request id, and
-svc_tools attaches to the execution it already has instead of running it twice.
+svc_tools attaches to the execution it already has instead of running it twice. The facts
+a caller inside the mesh sent with the message (its policy_context, e.g. the voice channel's
+agitation score) are read back from the stored message too, and go with every tool call.
 
 A run gets what it needs explicitly (:class:`LoopServices`); call_subordinate goes to a
 :class:`Spawner` (core/spawns.py), which this module does not know.
@@ -48,6 +50,7 @@ from svc_conversation.model import (
     ModelUsage,
     OutputChunk,
     PersonaBrief,
+    PolicyContext,
     Progress,
     ResolvedProfile,
     Screening,
@@ -141,6 +144,8 @@ class _Context:
 
     messages: list[dict[str, str]]
     tool_choice: str
+    # The facts the message came with, for every tool call of the turn (a resumed one too).
+    policy_context: PolicyContext
     # A tool call without a result yet (resume it), and the calls whose verdict is stored.
     open_call: ToolCallRequested | None
     verdicts: set[str]
@@ -345,7 +350,7 @@ class TurnRun:
                 # E.g. a spawn held for an operator: it finds its blocked action again.
                 result = await services.spawner.spawn(self, context.open_call, call, known_verdict=known)
             else:
-                result = await self._tool(context.open_call, known_verdict=known)
+                result = await self._tool(context.open_call, context.policy_context, known_verdict=known)
             context.messages.extend(exchange(call, result))
         while True:
             iteration = self.turn.iterations + 1
@@ -398,7 +403,7 @@ class TurnRun:
             if call.tool_name == SUBORDINATE_TOOL:
                 result = await services.spawner.spawn(self, requested, call, known_verdict=False)
             else:
-                result = await self._tool(requested, known_verdict=False)
+                result = await self._tool(requested, context.policy_context, known_verdict=False)
             context.messages.extend(exchange(call, result))
 
     async def _context(self, persona: PersonaBrief, offered: Sequence[ToolSpec]) -> _Context:
@@ -410,6 +415,7 @@ class TurnRun:
         messages.extend(await self._history())
         events = await self.services.store.list_events(self.handle.name, 0, 100_000, turn=turn_ordinal(self.turn.name))
         tool_choice = ""
+        policy_context: PolicyContext = {}
         open_call: ToolCallRequested | None = None
         verdicts: set[str] = set()
         for event in events:
@@ -417,6 +423,7 @@ class TurnRun:
             if isinstance(payload, UserMessage):
                 messages.append({"role": "user", "content": payload.text})
                 tool_choice = payload.tool_choice
+                policy_context = payload.policy_context
             elif isinstance(payload, ToolCallRequested):
                 open_call = payload
             elif isinstance(payload, ToolCallVerdict):
@@ -428,7 +435,7 @@ class TurnRun:
             elif isinstance(payload, Intervention) and payload.kind == InterventionKind.NUDGE and payload.text:
                 # A nudge's guidance joins the context where it was given.
                 messages.append({"role": "user", "content": payload.text})
-        return _Context(messages, tool_choice, open_call, verdicts)
+        return _Context(messages, tool_choice, policy_context, open_call, verdicts)
 
     async def _history(self) -> list[dict[str, str]]:
         """Earlier turns of the session as user/assistant messages (answered ones only)."""
@@ -560,7 +567,9 @@ class TurnRun:
     def _request_id(self, tool_call_id: str) -> str:
         return str(uuid.uuid5(_TOOL_NAMESPACE, f"{self.turn.name}#{tool_call_id}"))
 
-    async def _tool(self, requested: ToolCallRequested, *, known_verdict: bool) -> ToolResult:
+    async def _tool(
+        self, requested: ToolCallRequested, policy_context: PolicyContext, *, known_verdict: bool
+    ) -> ToolResult:
         tool_call_id = requested.tool_call_id
         stream = self.services.tools.execute(
             self.principal,
@@ -572,6 +581,7 @@ class TurnRun:
                 turn=self.turn.name,
                 tool_call_id=tool_call_id,
                 timeout_seconds=self.services.limits.tool_timeout_seconds,
+                policy_context=policy_context,
             ),
         )
         result: ToolResult | None = None

@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from skm_runtime.access import Principal
+from skm_runtime.errors import FieldViolation, InvalidArgument
 from svc_conversation.core.attach import Attachments
 from svc_conversation.core.handles import Handles, SessionHandle, now
 from svc_conversation.core.leases import Leases
@@ -39,6 +41,8 @@ from svc_conversation.model import (
     Command,
     Intervention,
     InterventionKind,
+    PolicyContext,
+    PolicyFact,
     SessionEvent,
     Turn,
     TurnState,
@@ -50,6 +54,7 @@ from svc_conversation.model import (
 log = logging.getLogger("skm.conversation")
 
 MAX_TEXT = 32_768
+MAX_POLICY_FACTS = 16
 _INTERRUPT_WAIT = 0.15
 
 
@@ -58,6 +63,31 @@ def _cancelled(future: asyncio.Future[Any] | None) -> None:
     if future is not None:
         future.cancel()
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def policy_facts(sent: Mapping[str, object]) -> dict[str, PolicyFact]:
+    """A message's policy_context, checked: at most MAX_POLICY_FACTS facts, each a finite
+    number (as a float), a string or a bool; raises InvalidArgument naming every bad one."""
+    violations: list[FieldViolation] = []
+    if len(sent) > MAX_POLICY_FACTS:
+        violations.append(FieldViolation("policy_context", f"more than {MAX_POLICY_FACTS} keys"))
+    facts: dict[str, PolicyFact] = {}
+    for key, value in sent.items():
+        if isinstance(value, bool | str):
+            facts[key] = value
+        elif isinstance(value, int | float) and math.isfinite(value):
+            facts[key] = float(value)
+        else:
+            violations.append(
+                FieldViolation(f"policy_context.{key[:64]}", "must be a finite number, a string or a bool")
+            )
+    if violations:
+        raise InvalidArgument(
+            f"{violations[0].field}: {violations[0].description}",
+            metadata={"limit": str(MAX_POLICY_FACTS)} if len(sent) > MAX_POLICY_FACTS else None,
+            violations=violations,
+        )
+    return facts
 
 
 class Turns:
@@ -130,8 +160,18 @@ class Turns:
     # -- starting turns --------------------------------------------------------------
 
     async def send_message(
-        self, principal: Principal | None, session: str, text: str, request_id: str, tool_choice: str
+        self,
+        principal: Principal | None,
+        session: str,
+        text: str,
+        request_id: str,
+        tool_choice: str,
+        *,
+        policy_context: Mapping[str, object] | None = None,
     ) -> Turn:
+        """Starts the session's next turn with ``text``. ``policy_context``: facts for the
+        policy conditions of the turn's tool calls, as a caller inside the mesh gave them (the
+        servicer passes none for a public call); stored with the message."""
         principal, session = session_name(principal, session)
         handle = await self._handles.get(session)
         if not text.strip():
@@ -139,6 +179,7 @@ class Turns:
         if len(text) > MAX_TEXT:
             raise MessageTooLong(f"the message is longer than {MAX_TEXT} characters", metadata={"limit": str(MAX_TEXT)})
         check_uuid(request_id, "request_id")
+        facts = policy_facts(policy_context or {})
         head_start = None
         if handle.active_turn() is None:
             # The screening (the PRE_SLM's call, most of the wait before the first token)
@@ -168,7 +209,13 @@ class Turns:
                         metadata={"tool_choice": tool_choice},
                     )
             turn = await self.new_turn(
-                handle, principal, text, request_id, tool_choice=tool_choice, head_start=head_start
+                handle,
+                principal,
+                text,
+                request_id,
+                tool_choice=tool_choice,
+                policy_context=facts,
+                head_start=head_start,
             )
             head_start = None  # the turn's runner has it
             return turn
@@ -183,6 +230,7 @@ class Turns:
         request_id: str,
         *,
         tool_choice: str = "",
+        policy_context: PolicyContext | None = None,
         rerun_of: Turn | None = None,
         start_tier: int = 0,
         head_start: asyncio.Future[Any] | None = None,
@@ -214,7 +262,10 @@ class Turns:
             )
         turn, _ = await handle.step(
             turn,
-            [TurnStateChanged(TurnState.RUNNING), UserMessage(text, request_id, tool_choice)],
+            [
+                TurnStateChanged(TurnState.RUNNING),
+                UserMessage(text, request_id, tool_choice, dict(policy_context or {})),
+            ],
             actor=principal,
             lease=self._leases.lease(),
         )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from skm_runtime.contract import services_of
-from skm_stack import RunningStack
+from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack, Toolchain
 from skm_stack.health import run_coroutine_sync
 from skm_stack.services import default_services
 
@@ -21,6 +25,8 @@ E2E_DATABASE = "skm_e2e"
 # and a short lease, so a killed svc_conversation's turns are taken over quickly.
 _EXTRA_ENV = {
     "conversation": {"SKM_CONVERSATION_MAX_ITERATIONS": "3", "SKM_CONVERSATION_LEASE_SECONDS": "3"},
+    # A short idle limit, so the test of an idle voice stream does not wait half a minute.
+    "audio": {"SKM_AUDIO_IDLE_SECONDS": "3"},
 }
 
 
@@ -59,3 +65,24 @@ def mesh(stack: RunningStack, mesh_dsn: str) -> RunningStack:
     stack.start_services(specs)
     stack.start_envoy()
     return stack
+
+
+@pytest.fixture(scope="session")
+def real_engine(toolchain: Toolchain, mesh_key_file: Path) -> Iterator[RunningStack]:
+    """An LLM engine serving the catalogue's REAL models, for the tenants of the modules that
+    talk to a real model (the mesh's own engine serves the untrained fixtures)."""
+    state = Path(tempfile.mkdtemp(prefix="skm-test-real-llm-"))
+    running = Stack(
+        state_dir=state,
+        components=("llm",),
+        ports=EPHEMERAL_PORTS,
+        toolchain=toolchain,
+        durable=False,
+        mesh_key_file=mesh_key_file,
+        llm_serve="real",
+    ).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(state, ignore_errors=True)

@@ -10,11 +10,7 @@ persona and the platform's constrained tool-call format.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +18,7 @@ import pytest
 from skm.conversation.v1 import turn_pb2
 from skm.profiles.v1 import model_pb2 as profiles_model_pb2
 from skm.type.v1 import model_pb2
-from skm_stack import EPHEMERAL_PORTS, RunningStack, Stack, Toolchain
+from skm_stack import RunningStack
 from skm_stack.catalogue import real_llms
 from tests.e2e.profiles import CHAT, register_model, set_profile, tenant_admin
 from tests.e2e.test_conversation import Client, _kinds, _read_turn, _tenant
@@ -31,26 +27,6 @@ pytestmark = pytest.mark.timeout(300)
 
 Turn = turn_pb2.Turn
 ROLES = (model_pb2.MODEL_ROLE_PRIMARY, model_pb2.MODEL_ROLE_PRE_SLM, model_pb2.MODEL_ROLE_UTILITY)
-
-
-@pytest.fixture(scope="module")
-def real_engine(toolchain: Toolchain, mesh_key_file: Path) -> Iterator[RunningStack]:
-    """An LLM engine serving the catalogue's REAL models, for this module's tenants."""
-    state = Path(tempfile.mkdtemp(prefix="skm-test-real-llm-"))
-    running = Stack(
-        state_dir=state,
-        components=("llm",),
-        ports=EPHEMERAL_PORTS,
-        toolchain=toolchain,
-        durable=False,
-        mesh_key_file=mesh_key_file,
-        llm_serve="real",
-    ).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 async def _tenant_on_the_real_model(mesh: RunningStack, engine: RunningStack) -> Client:

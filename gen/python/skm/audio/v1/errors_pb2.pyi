@@ -63,6 +63,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the speech recogniser cannot serve now."""
     ERROR_REASON_SYNTHESIZER_UNAVAILABLE: _ErrorReason.ValueType  # 19
     """UNAVAILABLE: the speech synthesiser cannot serve now."""
+    ERROR_REASON_STREAM_IDLE: _ErrorReason.ValueType  # 20
+    """DEADLINE_EXCEEDED: no audio arrived on a stream for longer than its idle
+    limit (metadata: limit_seconds); the stream is ended and its resources freed.
+    """
+    ERROR_REASON_INVALID_VAD_CONFIG: _ErrorReason.ValueType  # 21
+    """INVALID_ARGUMENT: a VadConfig value outside its range (metadata: field)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Reasons svc_audio puts in the google.rpc.ErrorInfo of its errors.
@@ -114,4 +120,10 @@ ERROR_REASON_RECOGNIZER_UNAVAILABLE: ErrorReason.ValueType  # 18
 """UNAVAILABLE: the speech recogniser cannot serve now."""
 ERROR_REASON_SYNTHESIZER_UNAVAILABLE: ErrorReason.ValueType  # 19
 """UNAVAILABLE: the speech synthesiser cannot serve now."""
+ERROR_REASON_STREAM_IDLE: ErrorReason.ValueType  # 20
+"""DEADLINE_EXCEEDED: no audio arrived on a stream for longer than its idle
+limit (metadata: limit_seconds); the stream is ended and its resources freed.
+"""
+ERROR_REASON_INVALID_VAD_CONFIG: ErrorReason.ValueType  # 21
+"""INVALID_ARGUMENT: a VadConfig value outside its range (metadata: field)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

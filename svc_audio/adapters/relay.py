@@ -1,0 +1,75 @@
+"""Hands a PushAudio chunk to the svc_audio replica that holds the voice stream (ports.Relay).
+
+The call carries the pushing user as a principal signed with the mesh key, and the mark
+`x-skm-forwarded-by: audio`, so the holder takes it as a relayed chunk and never relays it on.
+The holder's refusal comes back as the same domain error; a holder that cannot be reached has
+lost the stream (it died with it), which the client learns as VOICE_STREAM_NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from skm.audio.v1 import audio_service_pb2, audio_service_pb2_grpc
+from skm_runtime.access import Principal
+from skm_runtime.principal import FORWARDED_BY_KEY, principal_message, principal_metadata
+from skm_runtime.status import error_info_of
+from svc_audio.errors import (
+    AudioAfterEnd,
+    AudioChunkTooLarge,
+    AudioEmpty,
+    AudioError,
+    AudioSequenceGap,
+    VoiceStreamNotFound,
+)
+
+RELAYED_BY = "audio"
+_CALL_SECONDS = 5.0
+_MAX_CHANNELS = 64
+_ERRORS: dict[str, type[AudioError]] = {
+    error.reason: error
+    for error in (AudioAfterEnd, AudioChunkTooLarge, AudioEmpty, AudioSequenceGap, VoiceStreamNotFound)
+}
+
+
+class GrpcRelay:
+    """One channel per holder address (at most a few dozen replicas)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, holder: str) -> audio_service_pb2_grpc.AudioServiceAsyncStub:
+        channel = self._channels.get(holder)
+        if channel is None:
+            if len(self._channels) >= _MAX_CHANNELS:
+                _, oldest = self._channels.popitem()
+                del oldest  # closed when collected; replicas rarely change
+            channel = self._channels[holder] = grpc.aio.insecure_channel(holder)
+        return audio_service_pb2_grpc.AudioServiceStub(channel)
+
+    async def push(
+        self, holder: str, principal: Principal, voice_stream: str, sequence: int, audio: bytes, last: bool
+    ) -> int:
+        metadata: tuple[tuple[str, str | bytes], ...] = (
+            *principal_metadata(principal_message(principal.tenant, principal.user, principal.roles)),
+            (FORWARDED_BY_KEY, RELAYED_BY),
+        )
+        request = audio_service_pb2.PushAudioRequest(
+            voice_stream=voice_stream, sequence=sequence, audio=audio, last=last
+        )
+        try:
+            reply = await self._stub(holder).PushAudio(request, metadata=metadata, timeout=_CALL_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            info = error_info_of(error)
+            known = _ERRORS.get(info.reason) if info is not None and info.domain == "audio.skm" else None
+            if info is not None and known is not None:
+                raise known(error.details() or known.reason, metadata=dict(info.metadata)) from None
+            raise VoiceStreamNotFound(
+                "no such voice stream, or it has ended", metadata={"voice_stream": voice_stream[:300]}
+            ) from None
+        return int(reply.accepted_sequence)
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
