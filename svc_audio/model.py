@@ -227,6 +227,8 @@ class AgentEvent:
     state: str = ""
     text: str = ""
     request_id: str = ""
+    # The model call a TOKEN belongs to (a turn's calls are numbered from 1).
+    iteration: int = 0
 
 
 # Turn states after which a turn produces no more tokens.

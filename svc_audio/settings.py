@@ -32,8 +32,9 @@ class AudioSettings(ServiceSettings):
     asr_model: str = "whisper-tiny.en"
     # "auto": CUDA when CTranslate2 sees a GPU, else the CPU (int8).
     asr_device: str = "auto"
-    # Beam width of final transcripts; 1 (greedy) is fastest, interim results are always greedy.
-    asr_beam_size: int = bounded(1, low=1, high=10)
+    # Beam width of final transcripts; 1 (greedy) is fastest but misses more words on short
+    # utterances; interim results are always greedy.
+    asr_beam_size: int = bounded(5, low=1, high=10)
     asr_threads: int = bounded(1, low=1, high=16)
     vad_model: str = "silero-vad-v6/silero_vad_v6.onnx"
     # Folders of piper voices (each *.onnx with its .onnx.json); espeak-ng is always added.
@@ -49,7 +50,8 @@ class AudioSettings(ServiceSettings):
     min_silence_ms: int = bounded(500, low=100, high=5000)
     # Speech shorter than this is noise: it starts no utterance and interrupts no answer.
     min_speech_ms: int = bounded(150, low=30, high=2000)
-    speech_pad_ms: int = bounded(200, low=0, high=1000)
+    # Audio kept before the detected onset: soft first sounds ("wh", "h") score low in VAD.
+    speech_pad_ms: int = bounded(300, low=0, high=1000)
     # A stream that carries no audio for this long ends (DEADLINE_EXCEEDED, STREAM_IDLE).
     idle_seconds: float = bounded(30.0, low=1.0, high=3600.0)
 

@@ -45,7 +45,14 @@ def agent_event(event: session_event_pb2.SessionEvent) -> AgentEvent:
             state=_state_name(event.turn_state_changed.state),
         )
     if kind == "token_delta":
-        return AgentEvent(event.sequence, event.turn, AgentEventKind.TOKEN, event, text=event.token_delta.text)
+        return AgentEvent(
+            event.sequence,
+            event.turn,
+            AgentEventKind.TOKEN,
+            event,
+            text=event.token_delta.text,
+            iteration=event.token_delta.iteration,
+        )
     if kind == "final_response":
         return AgentEvent(
             event.sequence, event.turn, AgentEventKind.FINAL_RESPONSE, event, text=event.final_response.text

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from skm_runtime.access import Principal
 from svc_audio.core.engines import Recognition, SpeechDetection, Synthesis
 from svc_audio.core.recognition import RecognitionOptions, Utterance, UtteranceStream, check_language
+from svc_audio.core.replies import ReplyText
 from svc_audio.core.sentences import SentenceCutter, speakable
 from svc_audio.core.speech import AudioInput, LagObserver, pump, storing, stream_format, vad_params
 from svc_audio.core.synthesis import Utterer, output_format, persona_style
@@ -59,6 +60,9 @@ from svc_audio.model import (
 from svc_audio.ports import Conversations, FeatureStore, Personas, QualityLog
 
 log = logging.getLogger("skm.audio.voice")
+
+# Turns whose events are kept while nobody follows them yet.
+_UNCLAIMED_TURNS = 8
 
 _REQUEST_IDS = uuid.UUID("2b7e1c55-0d7e-4c4e-9a51-3f0f0c6d7a10")
 
@@ -103,6 +107,8 @@ class _Answer:
     cutter: SentenceCutter = field(default_factory=SentenceCutter)
     sentences: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     spoken_text: str = ""
+    reply: ReplyText = field(default_factory=ReplyText)
+    iteration: int = 0
     first_token_at: float | None = None
     speaker: asyncio.Task[None] | None = None
     ended: bool = False
@@ -229,6 +235,7 @@ class VoiceCall:
         self._playing_until = 0.0  # monotonic time the client's playback of sent audio ends
         self._input_done = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._unclaimed: dict[str, list[AgentEvent]] = {}
         if running_turn:
             self._follow(running_turn, None, time.monotonic())
 
@@ -338,6 +345,9 @@ class VoiceCall:
         self._current = answer
         if self.output_format is not None:
             answer.speaker = asyncio.get_running_loop().create_task(self._speak(answer), name=f"speak {turn}")
+        for event in self._unclaimed.pop(turn, []):
+            self._outputs.put_nowait(event)
+            self._on_event(answer, event)
 
     # -- the session -------------------------------------------------------------------------
 
@@ -346,6 +356,11 @@ class VoiceCall:
             async for event in self._s._conversations.events(self.principal, self.session, self._last_sequence):
                 answer = self._answers.get(event.turn)
                 if answer is None:
+                    # A turn's first events can arrive before SendMessage has told us its
+                    # name: kept until it does (or until newer turns push them out).
+                    self._unclaimed.setdefault(event.turn, []).append(event)
+                    while len(self._unclaimed) > _UNCLAIMED_TURNS:
+                        self._unclaimed.pop(next(iter(self._unclaimed)))
                     continue
                 self._outputs.put_nowait(event)
                 self._on_event(answer, event)
@@ -358,8 +373,11 @@ class VoiceCall:
         if event.kind is AgentEventKind.TOKEN and not answer.ended:
             if answer.first_token_at is None:
                 answer.first_token_at = time.monotonic()
-            answer.spoken_text += event.text
-            for sentence in answer.cutter.push(event.text):
+            if event.iteration != answer.iteration:  # a new model call: a new reply to read
+                answer.iteration, answer.reply = event.iteration, ReplyText()
+            words = answer.reply.push(event.text)
+            answer.spoken_text += words
+            for sentence in answer.cutter.push(words):
                 answer.sentences.put_nowait(sentence)
         elif event.kind is AgentEventKind.FINAL_RESPONSE and not answer.ended:
             # A reply that came without tokens (a refusal, a tool's answer) is spoken whole;

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from skm_runtime.access import Principal
 from svc_audio.errors import SessionNotFound
@@ -81,15 +83,16 @@ class MemoryConversations:
 
     async def _answer(self, session: _Session, turn: str, text: str) -> None:
         reply = self._reply.format(text=text.strip().rstrip("."))
-        words = reply.split(" ")
-        for index, word in enumerate(words):
+        # Written as the agent loop's model writes it: one JSON tool call, a few characters a token.
+        raw = json.dumps({"thoughts": ["The user spoke."], "tool_name": "response", "tool_args": {"text": reply}})
+        for start in range(0, len(raw), 6):
             await asyncio.sleep(self._token_seconds)
-            await self._append(session, turn, AgentEventKind.TOKEN, text=word if index == 0 else f" {word}")
+            await self._append(session, turn, AgentEventKind.TOKEN, text=raw[start : start + 6], iteration=1)
         await self._append(session, turn, AgentEventKind.FINAL_RESPONSE, text=reply)
         session.running = ""
         await self._append(session, turn, AgentEventKind.TURN_STATE, state="COMPLETED")
 
-    async def _append(self, session: _Session, turn: str, kind: AgentEventKind, **fields: str) -> None:
+    async def _append(self, session: _Session, turn: str, kind: AgentEventKind, **fields: Any) -> None:
         async with session.changed:
             sequence = len(session.events) + 1
             event = AgentEvent(sequence, turn, kind, wire=("event", sequence, kind.value), **fields)

@@ -190,7 +190,7 @@ async def test_three_utterances_start_three_turns_whose_answers_are_spoken_in_or
 
 
 async def test_speech_over_an_answer_interrupts_it_and_a_short_noise_does_not() -> None:
-    world = World(["tell me a long story", "stop, what time is it"], token_seconds=0.2)
+    world = World(["tell me a long story", "stop, what time is it"], token_seconds=0.15)
     mic, outputs = Mic(), []
     running = _start(
         world.voices.converse(ANN, mic.messages(ClientMessage(world.setup(), session=world.session))), outputs
@@ -215,7 +215,7 @@ async def test_speech_over_an_answer_interrupts_it_and_a_short_noise_does_not() 
 
 
 async def test_without_barge_in_the_next_utterance_waits_for_the_turn() -> None:
-    world = World(["one", "two"], token_seconds=0.05)
+    world = World(["one", "two"], token_seconds=0.02)
     mic, outputs = Mic(), []
     setup = world.setup(barge_in=False)
     running = _start(world.voices.converse(ANN, mic.messages(ClientMessage(setup, session=world.session))), outputs)
