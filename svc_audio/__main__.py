@@ -48,7 +48,7 @@ def _engines(settings: AudioSettings) -> tuple[SileroSpeechDetector, Recognizer,
         ("SKM_AUDIO_VAD_MODEL", vad_path),
     ):
         if path is not None and not path.exists():
-            raise SettingsError([f"{what}: {path} does not exist (`python -m skm_stack models` installs the catalogue)"])
+            raise SettingsError([f"{what}: {path} does not exist (`python -m skm_stack models` installs it)"])
     detector = SileroSpeechDetector(vad_path)
     recognizer: Recognizer = (
         NoRecognizer()

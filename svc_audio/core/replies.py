@@ -14,6 +14,7 @@ gives nothing here; the final response, which the session always carries, is spo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -64,10 +65,8 @@ class ReplyText:
                 width = 12 if self._raw[i + 2 : i + 4].lower() in ("d8", "d9", "da", "db") else 6
                 if i + width > len(self._raw):
                     break
-                try:
+                with contextlib.suppress(ValueError):  # not a character: nothing to speak
                     out.append(json.loads(f'"{self._raw[i : i + width]}"'))
-                except ValueError:
-                    pass  # not a character: nothing to speak
                 i += width
                 continue
             out.append(_ESCAPES.get(kind, kind))

@@ -17,7 +17,7 @@ def _stream(raw: str, size: int) -> str:
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
 def test_the_response_text_comes_out_whatever_the_token_boundaries(size: int) -> None:
     text = 'Paris is the "capital" of France.\nIt is \u00e9t\u00e9 \U0001f600 now, 100\\% sure.'
-    raw = json.dumps({"thoughts": ["I know \"this\"."], "tool_name": "response", "tool_args": {"text": text}})
+    raw = json.dumps({"thoughts": ['I know "this".'], "tool_name": "response", "tool_args": {"text": text}})
     assert _stream(raw, size) == text.replace("\n", "\n")
 
 
