@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from skm_runtime.access import Principal
+from skm_runtime.errors import ServiceUnavailable
 from svc_audio.core.engines import Recognition, SpeechDetection, Synthesis
 from svc_audio.core.recognition import RecognitionOptions, Utterance, UtteranceStream, check_language
 from svc_audio.core.replies import ReplyText
@@ -61,6 +62,9 @@ from svc_audio.ports import Conversations, FeatureStore, Personas, QualityLog
 
 log = logging.getLogger("skm.audio.voice")
 
+# Times in a row the session's event stream may break (and be resumed) before the voice
+# stream gives up.
+_EVENT_RETRIES = 5
 # Turns whose events are kept while nobody follows them yet.
 _UNCLAIMED_TURNS = 8
 
@@ -352,22 +356,41 @@ class VoiceCall:
     # -- the session -------------------------------------------------------------------------
 
     async def _session_events(self) -> None:
-        try:
-            async for event in self._s._conversations.events(self.principal, self.session, self._last_sequence):
-                answer = self._answers.get(event.turn)
-                if answer is None:
-                    # A turn's first events can arrive before SendMessage has told us its
-                    # name: kept until it does (or until newer turns push them out).
-                    self._unclaimed.setdefault(event.turn, []).append(event)
-                    while len(self._unclaimed) > _UNCLAIMED_TURNS:
-                        self._unclaimed.pop(next(iter(self._unclaimed)))
-                    continue
-                self._outputs.put_nowait(event)
-                self._on_event(answer, event)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # noqa: BLE001  # the stream ends with it; run() raises it
-            self._outputs.put_nowait(error)
+        """The session's events, resumed after the last one seen when the stream breaks (a
+        svc_conversation process restarting); a few failures in a row end the voice stream."""
+        failures = 0
+        while True:
+            before = self._last_sequence
+            try:
+                await self._follow_events()  # ends only when the server ends the stream
+                error: Exception = ServiceUnavailable("svc_conversation ended the session's event stream")
+            except asyncio.CancelledError:
+                raise
+            except ServiceUnavailable as unavailable:
+                error = unavailable
+            except Exception as other:  # noqa: BLE001  # the stream ends with it; run() raises it
+                self._outputs.put_nowait(other)
+                return
+            failures = 1 if self._last_sequence > before else failures + 1
+            if failures > _EVENT_RETRIES:
+                self._outputs.put_nowait(error)
+                return
+            log.warning("session events broke; resuming", extra={"fields": {"voice_stream": self.name}})
+            await asyncio.sleep(0.2 * failures)
+
+    async def _follow_events(self) -> None:
+        async for event in self._s._conversations.events(self.principal, self.session, self._last_sequence):
+            self._last_sequence = max(self._last_sequence, event.sequence)
+            answer = self._answers.get(event.turn)
+            if answer is None:
+                # A turn's first events can arrive before SendMessage has told us its
+                # name: kept until it does (or until newer turns push them out).
+                self._unclaimed.setdefault(event.turn, []).append(event)
+                while len(self._unclaimed) > _UNCLAIMED_TURNS:
+                    self._unclaimed.pop(next(iter(self._unclaimed)))
+                continue
+            self._outputs.put_nowait(event)
+            self._on_event(answer, event)
 
     def _on_event(self, answer: _Answer, event: AgentEvent) -> None:
         if event.kind is AgentEventKind.TOKEN and not answer.ended:

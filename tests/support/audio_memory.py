@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from skm_runtime.access import Principal
+from skm_runtime.errors import ServiceUnavailable
 from svc_audio.errors import SessionNotFound
 from svc_audio.model import AgentEvent, AgentEventKind, FeaturePoint, PersonaVoice, QualityReport, SessionView
 
@@ -45,6 +46,10 @@ class MemoryConversations:
         self._token_seconds = token_seconds
         self._reply = reply
         self.interrupted: list[str] = []
+        # Event streams still to break (ServiceUnavailable) after `break_after` events, as a
+        # svc_conversation process that restarts would break them.
+        self.breaks = 0
+        self.break_after = 3
 
     def create(self, tenant: str, persona: str = "") -> str:
         name = f"{tenant}/sessions/{uuid.uuid4()}"
@@ -102,13 +107,18 @@ class MemoryConversations:
     async def events(self, principal: Principal, session: str, after_sequence: int | None) -> AsyncIterator[AgentEvent]:
         found = self._get(principal, session)
         position = after_sequence or 0
+        sent = 0
         while True:
             async with found.changed:
                 await found.changed.wait_for(lambda seen=position: len(found.events) > seen)
                 fresh = found.events[position:]
             for event in fresh:
+                if self.breaks and sent >= self.break_after:
+                    self.breaks -= 1
+                    raise ServiceUnavailable("svc_conversation went away")
+                sent += 1
+                position += 1
                 yield event
-            position += len(fresh)
 
     async def interrupt(self, principal: Principal, turn: str, request_id: str) -> None:
         found = self._get(principal, turn.split("/turns/")[0])

@@ -214,6 +214,24 @@ async def test_speech_over_an_answer_interrupts_it_and_a_short_noise_does_not() 
     assert finals == ["tell me a long story", "stop, what time is it"]
 
 
+async def test_a_broken_event_stream_is_resumed_after_the_last_event_seen() -> None:
+    world = World(["first question", "second question"])
+    world.conversations.breaks = 2
+    mic, outputs = Mic(), []
+    running = _start(
+        world.voices.converse(ANN, mic.messages(ClientMessage(world.setup(), session=world.session))), outputs
+    )
+    for n in (1, 2):
+        mic.say(burst(0.6) + quiet(0.1))
+        await _until(lambda n=n: len(_turns(outputs)) >= n and _answered(outputs, _turns(outputs)[n - 1]))
+    mic.hang_up()
+    await asyncio.wait_for(running, 20)
+    assert world.conversations.breaks == 0
+    sequences = [o.sequence for o in outputs if isinstance(o, AgentEvent)]
+    assert sequences == sorted(set(sequences)), "no event twice, none out of order"
+    assert sequences == [e.sequence for e in world.conversations.session(world.session).events]
+
+
 async def test_without_barge_in_the_next_utterance_waits_for_the_turn() -> None:
     world = World(["one", "two"], token_seconds=0.02)
     mic, outputs = Mic(), []
