@@ -17,7 +17,7 @@ from skm_runtime.access import Principal
 from skm_runtime.interceptors import call_principal
 from skm_runtime.principal import FORWARDED_BY_KEY
 from svc_audio import convert
-from svc_audio.adapters.relay import RELAYED_BY
+from svc_audio.convert import RELAYED_BY
 from svc_audio.core.speech import Speech
 from svc_audio.core.streams import VoiceStreams
 from svc_audio.core.voice import VoiceConversations

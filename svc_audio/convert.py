@@ -9,25 +9,28 @@ from skm.conversation.v1 import session_event_pb2
 from skm.type.v1 import audio_format_pb2, principal_pb2
 from skm_runtime.access import Principal
 from skm_runtime.principal import role_names
-from svc_audio.adapters.events import quality_metrics
-from svc_audio.core.recognition import Output
-from svc_audio.core.speech import RecognitionEnd, SynthesisStart
-from svc_audio.core.synthesis import SpokenAudio
-from svc_audio.core.voice import AnswerAudio, AnswerQuality, VoiceOutput, VoiceStarted
 from svc_audio.model import (
     ActivityKind,
     AgentEvent,
+    AnswerAudio,
+    AnswerQuality,
     AudioFormat,
     ClientMessage,
     Encoding,
+    Output,
     Quality,
+    RecognitionEnd,
     RecognitionResult,
     RecognitionSetup,
+    SpokenAudio,
+    SynthesisStart,
     UtteranceFeatures,
     VadRequest,
     Voice,
     VoiceActivity,
+    VoiceOutput,
     VoiceSetup,
+    VoiceStarted,
     WireFormat,
 )
 
@@ -37,6 +40,10 @@ _ENCODINGS = {
     audio_format_pb2.AUDIO_ENCODING_ALAW: Encoding.ALAW,
 }
 _ENCODING_NUMBERS = {encoding: number for number, encoding in _ENCODINGS.items()}
+# What a replica marks the PushAudio it hands to the stream's holder with
+# (`x-skm-forwarded-by`), so that the holder never hands it on again.
+RELAYED_BY = "audio"
+
 _KINDS = {
     ActivityKind.SPEECH_STARTED: recognition_pb2.VoiceActivity.KIND_SPEECH_STARTED,
     ActivityKind.SPEECH_ENDED: recognition_pb2.VoiceActivity.KIND_SPEECH_ENDED,
@@ -148,6 +155,30 @@ def _features(found: UtteranceFeatures) -> audio_metrics_pb2.AudioFeatures:
         agitation_score=found.agitation_score,
         vector_id=found.vector_id,
     )
+
+
+def quality_metrics(q: Quality) -> audio_metrics_pb2.QualityMetrics:
+    """A Quality on the wire; what was not measured (None) stays unset."""
+    metrics = audio_metrics_pb2.QualityMetrics()
+    if q.word_error_rate is not None:
+        metrics.word_error_rate = q.word_error_rate
+    if q.mean_opinion_score is not None:
+        metrics.mean_opinion_score = q.mean_opinion_score
+    if q.recognition_rtf is not None:
+        metrics.recognition_real_time_factor = q.recognition_rtf
+    if q.synthesis_rtf is not None:
+        metrics.synthesis_real_time_factor = q.synthesis_rtf
+    durations = (
+        (metrics.recognition_latency, q.recognition_latency),
+        (metrics.response_latency, q.response_latency),
+        (metrics.synthesis_latency, q.synthesis_latency),
+        (metrics.first_token_latency, q.first_token_latency),
+        (metrics.synthesized_duration, q.synthesized_seconds),
+    )
+    for field, seconds in durations:
+        if seconds is not None:
+            field.CopyFrom(_duration(seconds))
+    return metrics
 
 
 def _quality(quality: Quality) -> audio_metrics_pb2.QualityMetrics:

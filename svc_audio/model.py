@@ -304,3 +304,75 @@ class ClientMessage:
     setup: RecognitionSetup | VoiceSetup | None = None
     audio: bytes | None = None
     session: str = ""
+
+
+# -- what the use cases hand the servicers, in stream order --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """A finished utterance as the voice loop takes it: its final result, its agitation, and
+    when (monotonic seconds) its end was detected and its final result was ready."""
+
+    result: RecognitionResult
+    transcript: Transcript
+    agitation_score: float
+    ended_at: float
+    final_at: float
+    features: Features | None = None
+
+
+# What a stream sends its reader, in order.
+Output = VoiceActivity | RecognitionResult | UtteranceFeatures | Utterance
+
+
+@dataclass(frozen=True, slots=True)
+class RecognitionEnd:
+    """The last message of StreamingRecognize: the stream's quality."""
+
+    quality: Quality
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisStart:
+    """The first message of StreamingSynthesize: the audio's actual format."""
+
+    format: AudioFormat
+
+
+@dataclass(frozen=True, slots=True)
+class SpokenAudio:
+    """A chunk of encoded audio and where it starts in the whole answer (audio seconds)."""
+
+    audio: bytes
+    offset: float
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceStarted:
+    """The first output of a voice stream."""
+
+    voice_stream: str
+    output_format: AudioFormat | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerAudio:
+    """A chunk of a turn's spoken answer; `last` closes the turn's audio."""
+
+    turn: str
+    audio: bytes
+    offset: float
+    last: bool = False
+    failure_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerQuality:
+    turn: str
+    quality: Quality
+
+
+VoiceOutput = (
+    VoiceStarted | VoiceActivity | RecognitionResult | UtteranceFeatures | AgentEvent | AnswerAudio | AnswerQuality
+)

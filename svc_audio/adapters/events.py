@@ -15,50 +15,19 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 import asyncpg
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from skm.audio.v1 import audio_metrics_pb2
 from skm.events.v1 import event_pb2
 from skm_runtime.outbox import BufferedOutbox, OutboxRelay, outbox_ddl
 from skm_runtime.records import OutboxRecord
-from svc_audio.model import Quality, QualityReport
+from svc_audio.convert import quality_metrics
+from svc_audio.model import QualityReport
 
 SCHEMA = "audio"
 SOURCE = "audio"
 TOPIC_ANALYTICS = "analytics"
 
 _MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('skm.audio.migrate'))"
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
-
-
-def quality_metrics(q: Quality) -> audio_metrics_pb2.QualityMetrics:
-    """A Quality on the wire; what was not measured (None) stays unset."""
-    metrics = audio_metrics_pb2.QualityMetrics()
-    if q.word_error_rate is not None:
-        metrics.word_error_rate = q.word_error_rate
-    if q.mean_opinion_score is not None:
-        metrics.mean_opinion_score = q.mean_opinion_score
-    if q.recognition_rtf is not None:
-        metrics.recognition_real_time_factor = q.recognition_rtf
-    if q.synthesis_rtf is not None:
-        metrics.synthesis_real_time_factor = q.synthesis_rtf
-    durations = (
-        (metrics.recognition_latency, q.recognition_latency),
-        (metrics.response_latency, q.response_latency),
-        (metrics.synthesis_latency, q.synthesis_latency),
-        (metrics.first_token_latency, q.first_token_latency),
-        (metrics.synthesized_duration, q.synthesized_seconds),
-    )
-    for field, seconds in durations:
-        if seconds is not None:
-            field.CopyFrom(_duration(seconds))
-    return metrics
 
 
 def quality_event(report: QualityReport, at: datetime) -> event_pb2.Event:

@@ -14,6 +14,7 @@ from skm.audio.v1 import audio_service_pb2, audio_service_pb2_grpc
 from skm_runtime.access import Principal
 from skm_runtime.principal import FORWARDED_BY_KEY, principal_message, principal_metadata
 from skm_runtime.status import error_info_of
+from svc_audio.convert import RELAYED_BY
 from svc_audio.errors import (
     AudioAfterEnd,
     AudioChunkTooLarge,
@@ -23,7 +24,6 @@ from svc_audio.errors import (
     VoiceStreamNotFound,
 )
 
-RELAYED_BY = "audio"
 _CALL_SECONDS = 5.0
 _MAX_CHANNELS = 64
 _ERRORS: dict[str, type[AudioError]] = {

@@ -34,9 +34,10 @@ from svc_audio.model import (
     SPEECH_RATE,
     ActivityKind,
     Features,
+    Output,
     RecognitionResult,
     Samples,
-    Transcript,
+    Utterance,
     UtteranceFeatures,
     VadParams,
     VoiceActivity,
@@ -65,22 +66,6 @@ class RecognitionOptions:
     # Audio a stream may carry before OUT_OF_RANGE.
     max_seconds: float = 15 * 60.0
 
-
-@dataclass(frozen=True, slots=True)
-class Utterance:
-    """A finished utterance as the voice loop takes it: its final result, its agitation, and
-    when (monotonic seconds) its end was detected and its final result was ready."""
-
-    result: RecognitionResult
-    transcript: Transcript
-    agitation_score: float
-    ended_at: float
-    final_at: float
-    features: Features | None = None
-
-
-# What a stream sends its reader, in order.
-Output = VoiceActivity | RecognitionResult | UtteranceFeatures | Utterance
 
 # Stores an utterance's features (Qdrant); the point's id.
 StoreFeatures = Callable[[UtteranceFeatures], Awaitable[str]]

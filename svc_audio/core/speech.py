@@ -14,21 +14,13 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from skm_runtime.access import Principal
 from skm_runtime.errors import ServiceUnavailable
 from svc_audio.core.engines import Recognition, SpeechDetection, Synthesis
 from svc_audio.core.pcm import StreamResampler, check_format, decode
-from svc_audio.core.recognition import (
-    Output,
-    RecognitionOptions,
-    StoreFeatures,
-    Utterance,
-    UtteranceStream,
-    check_language,
-)
-from svc_audio.core.synthesis import SpokenAudio, Utterer, check_text, output_format, persona_style, sentences_of
+from svc_audio.core.recognition import RecognitionOptions, StoreFeatures, UtteranceStream, check_language
+from svc_audio.core.synthesis import Utterer, check_text, output_format, persona_style, sentences_of
 from svc_audio.errors import (
     AudioChunkTooLarge,
     AudioEmpty,
@@ -47,11 +39,16 @@ from svc_audio.model import (
     ClientMessage,
     Encoding,
     FeaturePoint,
+    Output,
     PersonaVoice,
     Quality,
     QualityReport,
+    RecognitionEnd,
     RecognitionSetup,
     Samples,
+    SpokenAudio,
+    SynthesisStart,
+    Utterance,
     UtteranceFeatures,
     VadParams,
     VadRequest,
@@ -176,20 +173,6 @@ async def first_setup(messages: AsyncIterator[ClientMessage]) -> ClientMessage:
     if first.setup is None or first.audio:
         raise FirstMessageNotConfig("the first message of a stream carries the configuration, and only that")
     return first
-
-
-@dataclass(frozen=True, slots=True)
-class RecognitionEnd:
-    """The last message of StreamingRecognize: the stream's quality."""
-
-    quality: Quality
-
-
-@dataclass(frozen=True, slots=True)
-class SynthesisStart:
-    """The first message of StreamingSynthesize: the audio's actual format."""
-
-    format: AudioFormat
 
 
 class Speech:

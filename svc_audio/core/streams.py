@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator
 
 from skm_runtime.access import Principal
 from svc_audio.core.speech import check_chunk
-from svc_audio.core.voice import VoiceConversations, VoiceOutput
+from svc_audio.core.voice import VoiceConversations
 from svc_audio.errors import AudioAfterEnd, AudioChunkTooLarge, AudioSequenceGap, VoiceStreamNotFound
-from svc_audio.model import MAX_CHUNK_BYTES, AudioFormat, ClientMessage, VoiceSetup
+from svc_audio.model import MAX_CHUNK_BYTES, AudioFormat, ClientMessage, VoiceOutput, VoiceSetup
 from svc_audio.ports import Relay, StreamDirectory
+
+_NAME = re.compile(r"^(tenants/[^/]+)/sessions/[^/]+/voiceStreams/[0-9a-f-]{36}$")
 
 _NAME = re.compile(r"^(tenants/[^/]+)/sessions/[^/]+/voiceStreams/[0-9a-f-]{36}$")
 

@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from svc_audio.core.engines import Synthesis
 from svc_audio.core.pcm import StreamResampler, check_format, encode
 from svc_audio.core.sentences import SentenceCutter, speakable, style_of
 from svc_audio.errors import TextEmpty, TextTooLong
-from svc_audio.model import MAX_CHUNK_BYTES, AudioFormat, Encoding, PersonaVoice, Quality, SpeechStyle
+from svc_audio.model import MAX_CHUNK_BYTES, AudioFormat, Encoding, PersonaVoice, Quality, SpeechStyle, SpokenAudio
 
 MAX_TEXT_CHARS = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class SpokenAudio:
-    """A chunk of encoded audio and where it starts in the whole answer (audio seconds)."""
-
-    audio: bytes
-    offset: float
 
 
 def output_format(encoding: Encoding | None, sample_rate: int, native_rate: int) -> AudioFormat:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from skm_runtime.access import Principal
 from skm_runtime.errors import ServiceUnavailable
 from svc_audio.core.engines import Recognition, SpeechDetection, Synthesis
-from svc_audio.core.recognition import RecognitionOptions, Utterance, UtteranceStream, check_language
+from svc_audio.core.recognition import RecognitionOptions, UtteranceStream, check_language
 from svc_audio.core.replies import ReplyText
 from svc_audio.core.sentences import SentenceCutter, speakable
 from svc_audio.core.speech import AudioInput, LagObserver, pump, storing, stream_format, vad_params
@@ -47,16 +47,18 @@ from svc_audio.model import (
     TURN_ENDED,
     AgentEvent,
     AgentEventKind,
+    AnswerAudio,
+    AnswerQuality,
     AudioFormat,
     ClientMessage,
     PersonaVoice,
     Quality,
     QualityReport,
-    RecognitionResult,
-    UtteranceFeatures,
+    Utterance,
     VadParams,
-    VoiceActivity,
+    VoiceOutput,
     VoiceSetup,
+    VoiceStarted,
 )
 from svc_audio.ports import Conversations, FeatureStore, Personas, QualityLog
 
@@ -70,35 +72,13 @@ _UNCLAIMED_TURNS = 8
 
 _REQUEST_IDS = uuid.UUID("2b7e1c55-0d7e-4c4e-9a51-3f0f0c6d7a10")
 
+# Times in a row the session's event stream may break (and be resumed) before the voice
+# stream gives up.
+_EVENT_RETRIES = 5
+# Turns whose events are kept while nobody follows them yet.
+_UNCLAIMED_TURNS = 8
 
-@dataclass(frozen=True, slots=True)
-class VoiceStarted:
-    """The first output of a voice stream."""
-
-    voice_stream: str
-    output_format: AudioFormat | None
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerAudio:
-    """A chunk of a turn's spoken answer; `last` closes the turn's audio."""
-
-    turn: str
-    audio: bytes
-    offset: float
-    last: bool = False
-    failure_reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerQuality:
-    turn: str
-    quality: Quality
-
-
-VoiceOutput = (
-    VoiceStarted | VoiceActivity | RecognitionResult | UtteranceFeatures | AgentEvent | AnswerAudio | AnswerQuality
-)
+_REQUEST_IDS = uuid.UUID("2b7e1c55-0d7e-4c4e-9a51-3f0f0c6d7a10")
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ import pytest
 from skm_runtime.access import Principal
 from svc_audio.core.engines import Recognition, SpeechDetection, Synthesis
 from svc_audio.core.streams import VoiceStreams
-from svc_audio.core.voice import AnswerAudio, AnswerQuality, VoiceConversations, VoiceStarted
+from svc_audio.core.voice import VoiceConversations
 from svc_audio.errors import (
     AudioAfterEnd,
     AudioSequenceGap,
@@ -31,11 +31,14 @@ from svc_audio.errors import (
 )
 from svc_audio.model import (
     AgentEvent,
+    AnswerAudio,
+    AnswerQuality,
     ClientMessage,
     Encoding,
     RecognitionResult,
     VadParams,
     VoiceSetup,
+    VoiceStarted,
     WireFormat,
 )
 from tests.support.audio_fakes import EnergySpeechDetector, ScriptedRecognizer, ToneSynthesizer
