@@ -63,7 +63,7 @@ from skm.policy.v1 import (
 )
 from skm.tools.v1 import execution_pb2, tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from skm.type.v1 import policy_decision_pb2
-from skm_cli import analytics, budget, bundles, chat, models, personas, tenants
+from skm_cli import analytics, budget, bundles, chat, models, personas, tenants, voice
 from skm_cli.errors import CallFailed, CliError, OutputClosed
 from skm_runtime.principal import (
     MESH_KEY_FILE_VAR,
@@ -389,6 +389,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return chat.run(args, _channel(args), _token(args), _auth(args))
 
 
+def cmd_voice(args: argparse.Namespace) -> int:
+    return voice.run(args, _channel(args), _token(args), _auth(args))
+
+
 def cmd_analytics(args: argparse.Namespace) -> int:
     return analytics.run(args, _channel(args), _token(args), _auth(args))
 
@@ -570,6 +574,7 @@ def parser() -> argparse.ArgumentParser:
         "default: only what happens from now on",
     )
     talk.set_defaults(run=cmd_chat)
+    voice.add_parser(commands, common).set_defaults(run=cmd_voice)
 
     dashboard = commands.add_parser(
         "analytics",

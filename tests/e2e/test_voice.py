@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -508,3 +514,52 @@ async def test_bad_voice_streams_get_their_own_status_and_leave_the_session_unto
         conv_pb.GetSessionRequest(name=session.name), metadata=client.metadata, timeout=10
     )
     assert found.session.last_sequence == session.last_sequence, "nothing was written to the session"
+
+
+async def test_skm_voice_speaks_a_wav_file_and_keeps_the_answer(
+    mesh: RunningStack, real_engine: RunningStack, tmp_path: Path
+) -> None:
+    client = await _tenant_on_the_real_model(mesh, real_engine)
+    question = tmp_path / "question.wav"
+    with wave.open(str(question), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(espeak("What is the capital of France?"))
+    answer = tmp_path / "answer.wav"
+    env = {**os.environ, "SKM_URL": mesh.envoy_url, "SKM_TOKEN": client.token}
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "skm_cli", "voice", "--in", str(question), "--out", str(answer), "--fast", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    finals = [e["recognitionResult"]["transcript"] for e in events if e.get("recognitionResult", {}).get("isFinal")]
+    assert len(finals) == 1
+    assert "capital" in finals[0].lower()
+    assert "france" in finals[0].lower()
+    responses = [
+        e["sessionEvent"]["finalResponse"]["text"] for e in events if "finalResponse" in e.get("sessionEvent", {})
+    ]
+    assert responses
+    assert "Paris" in responses[0]
+    with wave.open(str(answer), "rb") as spoken:
+        assert (spoken.getnchannels(), spoken.getframerate()) == (1, RATE)
+        assert spoken.getnframes() > 0.3 * RATE
+    assert "written to" in run.stderr
+    voices = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "skm_cli", "voice", "--list-voices", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert voices.returncode == 0, voices.stderr
+    assert "voices/en_US-joe-medium" in [json.loads(line)["name"] for line in voices.stdout.splitlines()]
