@@ -47,10 +47,16 @@ Then the scoring job (bench/scoring.py), on PostgreSQL and the engine's tiny UNT
 5 models x 40 capsule items asked and judged (the expensive part), then the scoring step over
 what is stored, for 1 tenant and for 100 (`--items`, `--tenants` for smaller runs).
 
+Then voice (bench/audio.py), on PostgreSQL, Redis, Kafka and svc_audio processes: real-time
+20 ms streams one process holds with VAD and features on (its frame-lag p99), the engines inside
+svc_audio against the engines called directly (real-time factors), the svc_audio share of a
+voice turn, and barge-in detection (`--streams`, `--stream-seconds`).
+
 Then diarization (bench/diarization.py): svc_audio's online speaker labelling on twelve
 utterances by two TTS voices (piper and espeak-ng), the share labelled right.
 
-Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analytics|profiles|scoring|diarization|all]
+Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analytics|profiles|scoring|
+                        diarization|audio|all]
                        [--rounds N] [--calls N] [--frames N] [--turns N] [--sessions N]
                        [--llm untrained|real] [--models a,b]
                        [--events N] [--rows N] [--lag-seconds S] [--items N] [--tenants N]
@@ -158,6 +164,7 @@ def main() -> int:
             "profiles",
             "scoring",
             "diarization",
+            "audio",
             "all",
         ),
         default="all",
@@ -193,6 +200,10 @@ def main() -> int:
     parser.add_argument(
         "--lag-seconds", type=float, default=20.0, help="analytics: seconds at each offered rate (default 20)"
     )
+    parser.add_argument(
+        "--streams", default="50,100,250", help="audio: concurrent streams per step (default 50,100,250)"
+    )
+    parser.add_argument("--stream-seconds", type=float, default=15.0, help="audio: seconds per step (default 15)")
     parser.add_argument("--items", type=int, default=40, help="scoring: capsule items per model (default 40)")
     parser.add_argument(
         "--tenants", type=int, default=100, help="scoring: tenants in the larger scoring run (default 100)"
@@ -238,6 +249,10 @@ def main() -> int:
         from bench import scoring
 
         scoring.main(items=args.items, tenants=args.tenants)
+    if args.what in ("audio", "all"):
+        from bench import audio
+
+        audio.main(counts=[int(n) for n in args.streams.split(",")], seconds=args.stream_seconds)
     if args.what in ("diarization", "all"):
         from bench import diarization
 
