@@ -9,7 +9,10 @@ results come before its end, its end before its final result, and finals in utte
     SPEECH_STARTED (the caller's `on_onset` hears of it at once: barge-in acts on that)
     interim results (a growing window decoded greedily, at most one in flight; skipped while
                      busy, so a slow recogniser sends fewer, never late ones)
-    SPEECH_ENDED, final result (full decode with word timings), features
+    SPEECH_ENDED (at once, unless the previous utterance's results are still being decoded)
+    final result (full decode with word timings, often under way already: the utterance is
+                 decoded once a short silence begins, while its end is being confirmed)
+    features
 
 Offsets are audio time since the stream's first sample; `Utterance` adds the wall-clock
 moments (monotonic seconds) the voice loop measures its latencies from.
@@ -37,6 +40,7 @@ from svc_audio.model import (
     Output,
     RecognitionResult,
     Samples,
+    Transcript,
     Utterance,
     UtteranceFeatures,
     VadParams,
@@ -63,6 +67,10 @@ class RecognitionOptions:
     vad: VadParams = field(default_factory=VadParams)
     # Seconds of new speech between two interim decodes.
     interim_interval: float = 0.6
+    # Silence after which the utterance so far is decoded ahead of its end (None: never). If
+    # the silence goes on to end the utterance, its final result is ready (or nearly) when the
+    # end is confirmed; if speech resumes, that decode is thrown away.
+    prefetch_after: float | None = 0.2
     # Audio a stream may carry before OUT_OF_RANGE.
     max_seconds: float = 15 * 60.0
 
@@ -85,13 +93,14 @@ def check_language(language: str, languages: frozenset[str] | None) -> str:
 
 @dataclass(slots=True)
 class _Job:
-    kind: str  # "started" | "interim" | "final"
+    kind: str  # "started" | "interim" | "prefetch" | "final"
     utterance: int
     start: float
     end: float
     audio: Samples
     audio_start: float
     ended_at: float = 0.0
+    end_announced: bool = False
 
 
 class UtteranceStream:
@@ -129,6 +138,11 @@ class UtteranceStream:
         self._utterance_start = 0.0  # where the open utterance's audio starts (with its pad)
         self._last_interim = 0.0
         self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._prefetch_end = -1.0
+        self._finals_pending = 0  # final jobs queued or running
+        self._started_out = 0  # the last utterance whose SPEECH_STARTED is out
+        self._ended_out = 0  # the last utterance whose SPEECH_ENDED is out
+        self._prefetched: tuple[int, float, int, Transcript] | None = None
         self._busy = False
         self._worker = asyncio.get_running_loop().create_task(self._decode_jobs(), name="utterance decoding")
         self.failure: BaseException | None = None
@@ -162,6 +176,7 @@ class UtteranceStream:
         self._detected += whole
         for event in self._segmenter.push(probabilities):
             self._on(event)
+        self._maybe_prefetch()
         self._maybe_interim()
         self._trim()
 
@@ -204,9 +219,31 @@ class UtteranceStream:
             return
         end = min(self.seconds, event.end + _TAIL_SECONDS)
         audio = self._slice(self._utterance_start, end)
-        self._jobs.put_nowait(
-            _Job("final", self._utterance, event.start, event.end, audio, self._utterance_start, self._clock())
-        )
+        job = _Job("final", self._utterance, event.start, event.end, audio, self._utterance_start, self._clock())
+        # The end is announced at once when everything before it is out (the previous
+        # utterance's final result, this one's start); a pending look-ahead decode need not
+        # delay it, and this utterance's interim results still to come are dropped.
+        if self._finals_pending == 0 and self._started_out == self._utterance:
+            self._announce_end(job)
+        self._finals_pending += 1
+        self._jobs.put_nowait(job)
+
+    def _announce_end(self, job: _Job) -> None:
+        self.outputs.put_nowait(VoiceActivity(ActivityKind.SPEECH_ENDED, job.end))
+        self._ended_out = job.utterance
+        job.end_announced = True
+
+    def _maybe_prefetch(self) -> None:
+        after = self._options.prefetch_after
+        silence_from = self._segmenter.last_speech_end
+        if after is None or not self._segmenter.speaking or self._prefetch_end == silence_from:
+            return
+        if self._segmenter.position - silence_from < after:
+            return
+        self._prefetch_end = silence_from
+        end = min(self.seconds, silence_from + _TAIL_SECONDS)
+        audio = self._slice(self._utterance_start, end)
+        self._jobs.put_nowait(_Job("prefetch", self._utterance, 0.0, silence_from, audio, self._utterance_start))
 
     def _maybe_interim(self) -> None:
         if not (self._options.interim and self._segmenter.speaking) or self._busy or not self._jobs.empty():
@@ -242,6 +279,10 @@ class UtteranceStream:
                 try:
                     if job.kind == "started":
                         self.outputs.put_nowait(VoiceActivity(ActivityKind.SPEECH_STARTED, job.start))
+                        self._started_out = job.utterance
+                    elif job.kind == "prefetch":
+                        transcript = await self._recognition.transcribe(job.audio, self._options.language, words=True)
+                        self._prefetched = (job.utterance, job.end, len(job.audio), transcript)
                     elif job.kind == "interim":
                         await self._interim(job)
                     else:
@@ -258,15 +299,21 @@ class UtteranceStream:
 
     async def _interim(self, job: _Job) -> None:
         transcript = await self._recognition.transcribe(job.audio, self._options.language, words=False, partial=True)
-        if transcript.text:
+        if transcript.text and self._ended_out < job.utterance:
             self.outputs.put_nowait(
                 RecognitionResult(job.utterance, False, transcript.text, job.start, job.end, transcript.language)
             )
 
     async def _final(self, job: _Job) -> None:
-        self.outputs.put_nowait(VoiceActivity(ActivityKind.SPEECH_ENDED, job.end))
+        if not job.end_announced:
+            self._announce_end(job)
         offset = job.audio_start
-        transcript = await self._recognition.transcribe(job.audio, self._options.language, words=True)
+        prefetched = self._prefetched
+        self._prefetched = None
+        if prefetched is not None and prefetched[:3] == (job.utterance, job.end, len(job.audio)):
+            transcript = prefetched[3]  # decoded while the silence was being confirmed
+        else:
+            transcript = await self._recognition.transcribe(job.audio, self._options.language, words=True)
         words = tuple(
             Word(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.confidence) for w in transcript.words
         )
@@ -296,3 +343,4 @@ class UtteranceStream:
                 found = replace(found, vector_id=await self._store(found))
             self.outputs.put_nowait(found)
         self.outputs.put_nowait(Utterance(result, transcript, agitation, job.ended_at, final_at, features))
+        self._finals_pending -= 1

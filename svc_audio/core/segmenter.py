@@ -79,6 +79,11 @@ class Segmenter:
         return self._state is _State.SPEAKING
 
     @property
+    def last_speech_end(self) -> float:
+        """End of the last window heard as speech (where a silence now running began)."""
+        return self._last_speech_end
+
+    @property
     def position(self) -> float:
         """Seconds of audio seen (the end of the last window)."""
         return self._index * self._window
