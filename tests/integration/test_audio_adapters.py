@@ -80,8 +80,9 @@ async def test_each_tenant_has_its_own_collection_and_search_finds_the_nearest(
     # Near acme's third point: it first, and only acme's points.
     query = acme[2].features.vector + np.float32(0.01) * _features(7).vector
     found = await features.search_similar(ACME, query.tolist(), 3)
-    assert [hit.id for hit in found][0] == ids[2]
+    assert found[0].id == ids[2]
     assert found[0].score > 0.99
+    assert [hit.score for hit in found] == sorted((hit.score for hit in found), reverse=True)
     assert len(found) == 3
     assert {hit.id for hit in found} <= set(ids)
     # Globex's search sees its one point and nothing of acme's, even for acme's vector.

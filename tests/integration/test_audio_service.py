@@ -21,12 +21,14 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from aiokafka import AIOKafkaConsumer
 from faster_whisper import WhisperModel
 from google.protobuf.duration_pb2 import Duration
 from scipy.signal import resample_poly
 
 from skm.audio.v1 import audio_service_pb2 as pb
 from skm.audio.v1 import audio_service_pb2_grpc, recognition_pb2
+from skm.events.v1 import event_pb2
 from skm.type.v1 import audio_format_pb2
 from skm_runtime.principal import principal_message, principal_metadata
 from skm_runtime.server import RuntimeSettings, signed_channel
@@ -184,6 +186,44 @@ async def test_three_sentences_come_back_as_three_utterances_with_words_features
     assert quality.word_error_rate <= 0.2
     assert quality.HasField("recognition_real_time_factor")
     print(f"stream WER {quality.word_error_rate:.3f}, RTF {quality.recognition_real_time_factor:.3f}")
+
+
+async def _quality_events(bootstrap: str, tenant: str, count: int) -> list[Any]:
+    """AudioQualityMeasured events of `tenant` on topic analytics, once `count` arrived."""
+    consumer = AIOKafkaConsumer(
+        "analytics", bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(found) < count:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        event = event_pb2.Event.FromString(record.value)
+                        if event.tenant == tenant and event.HasField("audio_quality_measured"):
+                            found.append(event)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_quality_goes_out_as_an_event_on_the_analytics_topic(audio: Served, stack: RunningStack) -> None:
+    text = "Turn off the lights when you leave the room."
+    channel, stub = _stub(audio)
+    async with channel:
+        responses = await _recognize(stub, _requests(_config(reference_transcript=text), espeak(text) + silence(0.8)))
+    sent = responses[-1].quality_metrics
+    assert stack.kafka is not None
+    events = await _quality_events(stack.kafka.bootstrap, TENANT, 1)
+    measured = [e.audio_quality_measured for e in events if e.audio_quality_measured.recognizer]
+    assert measured, "the recognition's AudioQualityMeasured"
+    last = measured[-1]
+    assert last.recognizer == "faster-whisper/whisper-tiny.en"
+    assert events[-1].source == "audio"
+    assert last.metrics.HasField("word_error_rate")
+    assert any(m.metrics.word_error_rate == sent.word_error_rate for m in measured)
+    assert not last.metrics.HasField("mean_opinion_score")
 
 
 async def test_two_voices_get_two_speaker_labels(audio: Served) -> None:
