@@ -50,7 +50,7 @@ what is stored, for 1 tenant and for 100 (`--items`, `--tenants` for smaller run
 Then voice (bench/audio.py), on PostgreSQL, Redis, Kafka and svc_audio processes: real-time
 20 ms streams one process holds with VAD and features on (its frame-lag p99), the engines inside
 svc_audio against the engines called directly (real-time factors), the svc_audio share of a
-voice turn, and barge-in detection (`--streams`, `--stream-seconds`).
+voice turn, and barge-in detection (`--streams`, `--stream-seconds`, `--stream-clients`).
 
 Then diarization (bench/diarization.py): svc_audio's online speaker labelling on twelve
 utterances by two TTS voices (piper and espeak-ng), the share labelled right.
@@ -60,6 +60,7 @@ Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analyti
                        [--rounds N] [--calls N] [--frames N] [--turns N] [--sessions N]
                        [--llm untrained|real] [--models a,b]
                        [--events N] [--rows N] [--lag-seconds S] [--items N] [--tenants N]
+                       [--streams N,N] [--stream-seconds S] [--stream-clients N]
 """
 
 from __future__ import annotations
@@ -203,7 +204,12 @@ def main() -> int:
     parser.add_argument(
         "--streams", default="50,100,250", help="audio: concurrent streams per step (default 50,100,250)"
     )
-    parser.add_argument("--stream-seconds", type=float, default=15.0, help="audio: seconds per step (default 15)")
+    parser.add_argument(
+        "--stream-seconds", type=float, default=20.0, help="audio: seconds measured per step, after a ramp (default 20)"
+    )
+    parser.add_argument(
+        "--stream-clients", type=int, default=1, help="audio: client processes sending the streams (default 1)"
+    )
     parser.add_argument("--items", type=int, default=40, help="scoring: capsule items per model (default 40)")
     parser.add_argument(
         "--tenants", type=int, default=100, help="scoring: tenants in the larger scoring run (default 100)"
@@ -252,7 +258,11 @@ def main() -> int:
     if args.what in ("audio", "all"):
         from bench import audio
 
-        audio.main(counts=[int(n) for n in args.streams.split(",")], seconds=args.stream_seconds)
+        audio.main(
+            counts=[int(n) for n in args.streams.split(",") if n],
+            seconds=args.stream_seconds,
+            clients=args.stream_clients,
+        )
     if args.what in ("diarization", "all"):
         from bench import diarization
 

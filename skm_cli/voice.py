@@ -404,7 +404,7 @@ def _first_stops(microphone: Microphone | None) -> Callable[[int, FrameType | No
 
 def _save(out: Path, pcm: bytes, rate: int, answers: int) -> None:
     write_wav(out, pcm, rate)
-    _note(f"{answers} answer(s) spoken: {len(pcm) / 2 / rate:.2f} s of audio in {out}")
+    _note(f"{answers} answer(s) spoken: {len(pcm) / 2 / rate:.2f} s of audio written to {out}")
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -89,7 +89,7 @@ async def build(settings: AudioSettings, runtime: RuntimeSettings) -> ServiceSpe
         raise
     conversation_channel = open_channel(settings.conversation_addr, runtime)
     profiles_channel = open_channel(settings.profiles_addr, runtime)
-    relay = GrpcRelay()
+    relay = GrpcRelay(lambda holder: open_channel(holder, runtime))
     quality_log = OutboxQualityLog(outbox.outbox)
     personas = GrpcPersonas(profiles_channel)
     vad = VadParams(

@@ -8,6 +8,9 @@ lost the stream (it died with it), which the client learns as VOICE_STREAM_NOT_F
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import grpc
 
 from skm.audio.v1 import audio_service_pb2, audio_service_pb2_grpc
@@ -33,19 +36,27 @@ _ERRORS: dict[str, type[AudioError]] = {
 
 
 class GrpcRelay:
-    """One channel per holder address (at most a few dozen replicas)."""
+    """One channel per holder address (at most `_MAX_CHANNELS`, the least recently used one
+    closed beyond that), made by `open_channel` (the runtime's: deadlines, trace context)."""
 
-    def __init__(self) -> None:
+    def __init__(self, open_channel: Callable[[str], grpc.aio.Channel]) -> None:
+        self._open = open_channel
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _stub(self, holder: str) -> audio_service_pb2_grpc.AudioServiceAsyncStub:
-        channel = self._channels.get(holder)
+        channel = self._channels.pop(holder, None)
         if channel is None:
             if len(self._channels) >= _MAX_CHANNELS:
-                _, oldest = self._channels.popitem()
-                del oldest  # closed when collected; replicas rarely change
-            channel = self._channels[holder] = grpc.aio.insecure_channel(holder)
+                self._close(self._channels.pop(next(iter(self._channels))))
+            channel = self._open(holder)
+        self._channels[holder] = channel  # most recently used last
         return audio_service_pb2_grpc.AudioServiceStub(channel)
+
+    def _close(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.get_running_loop().create_task(channel.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def push(
         self, holder: str, principal: Principal, voice_stream: str, sequence: int, audio: bytes, last: bool
@@ -64,6 +75,11 @@ class GrpcRelay:
             known = _ERRORS.get(info.reason) if info is not None and info.domain == "audio.skm" else None
             if info is not None and known is not None:
                 raise known(error.details() or known.reason, metadata=dict(info.metadata)) from None
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                gone = self._channels.pop(holder, None)  # the holder died, and its streams with it
+                if gone is not None:
+                    self._close(gone)
+            # Whatever else went wrong there, the stream cannot be fed: the client opens a new one.
             raise VoiceStreamNotFound(
                 "no such voice stream, or it has ended", metadata={"voice_stream": voice_stream[:300]}
             ) from None
@@ -73,3 +89,5 @@ class GrpcRelay:
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close()
+        for task in list(self._closing):
+            await task

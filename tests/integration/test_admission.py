@@ -9,10 +9,8 @@ a client would, except those that call a service's own port on purpose (what a c
 inside the network reaches without Envoy).
 
 The security cases run against every service that owns public methods, each through one
-representative public unary method (DOORS). svc_audio and svc_analytics own public methods
-in the contract but serve none yet (every RPC answers NOT_IMPLEMENTED): they are not started
-here, so Envoy's routes for them fall back to svc_gateway (which refuses them), and their
-health reads NOT_SERVING.
+representative public unary method (DOORS), or a guarded one (GUARDED): every service that
+owns public methods is started here.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -43,6 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from skm.analytics.v1 import analytics_service_pb2
+from skm.audio.v1 import audio_service_pb2
 from skm.conversation.v1 import conversation_service_pb2
 from skm.policy.v1 import (
     access_pb2,
@@ -72,9 +72,12 @@ from skm_runtime.ratelimit import RedisRateLimiter
 from skm_runtime.server import RuntimeSettings, ServiceSpec, signed_channel
 from skm_runtime.status import details_of, error_info_of
 from skm_stack import RunningStack
+from skm_stack.catalogue import models_root
 from skm_stack.envoy import EnvoyServer, start_envoy
 from svc_analytics.__main__ import build as build_analytics
 from svc_analytics.settings import AnalyticsSettings
+from svc_audio.__main__ import build as build_audio
+from svc_audio.settings import AudioSettings
 from svc_conversation.__main__ import build as build_conversation
 from svc_conversation.settings import ConversationSettings
 from svc_gateway.__main__ import build as build_gateway
@@ -101,11 +104,12 @@ ADMISSION = "gateway.skm"  # the domain of every refusal at admission, whichever
 MESSAGE_LIMIT = 64 * 1024
 # Not a protobuf message: a field tag whose varint never ends.
 GARBAGE = b"\xff\xff\xff\xff\xff"
-# The owners started here: every service that owns public methods and serves them. Each but
-# svc_analytics has a door (below); its public methods need a series (QueryMetrics), a tenant
-# field (GetModelSpend) or an admin (QueryAuditEvents), so it is held to admission by GUARDED.
+# The owners started here: every service that owns public methods. Each but svc_analytics and
+# svc_audio has a door (below); svc_analytics' public methods need a series (QueryMetrics), a
+# tenant field (GetModelSpend) or an admin (QueryAuditEvents), and svc_audio's name a session
+# or take the tenant from the token, so both are held to admission by GUARDED.
 DOOR_OWNERS = ("conversation", "policy", "profiles", "tools")
-OWNERS = (*DOOR_OWNERS, "analytics")
+OWNERS = (*DOOR_OWNERS, "analytics", "audio")
 # A service with outbox relays must live this long before it is stopped (see tests.support.tools).
 _MIN_LIFETIME_SECONDS = 1.0
 
@@ -203,6 +207,17 @@ GUARDED = (
         (grpc.StatusCode.NOT_FOUND, "PERSONA_NOT_FOUND", "profiles.skm"),
         "olga",  # an operator
         "ROLE_INSUFFICIENT",
+    ),
+    Guarded(
+        "audio",
+        "/skm.audio.v1.AudioService/PushAudio",
+        lambda t: audio_service_pb2.PushAudioRequest(
+            voice_stream=f"{t}/sessions/s1/voiceStreams/00000000-0000-4000-8000-000000000000", sequence=1, audio=b"\0\0"
+        ),
+        "mike",  # the session's owner in policy; svc_audio holds no such voice stream
+        (grpc.StatusCode.NOT_FOUND, "VOICE_STREAM_NOT_FOUND", "audio.skm"),
+        "nina",  # a member, not the owner
+        "NOT_SESSION_OWNER",
     ),
     Guarded(
         "analytics",
@@ -330,6 +345,20 @@ async def _service(
                 ),
                 runtime,
             )
+        elif owner == "audio":
+            qdrant = Path(tempfile.mkdtemp(prefix="skm-admission-audio-"))
+            spec = await build_audio(
+                AudioSettings(
+                    postgres_dsn=stack.postgres_dsn,
+                    redis_url=stack.redis_url,
+                    kafka_bootstrap=stack.kafka_bootstrap,
+                    models_dir=models_root(),
+                    qdrant_location=str(qdrant / "qdrant"),
+                    conversation_addr=addrs["conversation"],
+                    profiles_addr=addrs["profiles"],
+                ),
+                runtime,
+            )
         else:
             assert owner == "conversation", owner
             spec = await build_conversation(
@@ -389,11 +418,10 @@ async def mesh(
         admission = dataclasses.replace(admission, policy_addr=policy.target)
         addrs = {"policy": policy.target, "warehouse": chdb_warehouse_url}
         services = {"policy": policy}
-        for owner in ("profiles", "tools", "conversation", "analytics"):
+        for owner in ("profiles", "tools", "conversation", "analytics", "audio"):
             served = await opened.enter_async_context(_service(owner, stack, admission, policy_settings, addrs))
             services[owner] = served
             addrs[owner] = served.target
-        nowhere = f"127.0.0.1:{free_port()}"  # svc_audio: not started
         gateway = await opened.enter_async_context(
             serving(
                 await build_gateway(
@@ -402,7 +430,7 @@ async def mesh(
                         tools_addr=addrs["tools"],
                         policy_addr=addrs["policy"],
                         profiles_addr=addrs["profiles"],
-                        audio_addr=nowhere,
+                        audio_addr=addrs["audio"],
                         analytics_addr=addrs["analytics"],
                         backend_health_timeout_seconds=1.0,
                     ),
@@ -494,9 +522,9 @@ def test_each_door_is_a_public_unary_method_of_its_service() -> None:
     for guarded in GUARDED:
         assert contract[guarded.path].owner == guarded.owner
         assert contract[guarded.path].authz is not None
-    # Every owner of a public method is started here, but for those that serve nothing yet.
+    # Every owner of a public method is started here.
     public_owners = {m.owner for m in contract.values() if m.authz is not None}
-    assert public_owners - set(OWNERS) == {"audio"}
+    assert public_owners == set(OWNERS)
 
 
 @by_owner
