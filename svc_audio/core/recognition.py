@@ -131,7 +131,9 @@ class UtteranceStream:
         self.outputs: asyncio.Queue[Output | None] = asyncio.Queue()
         # The stream's audio from sample `_kept_from` on; older audio is dropped once no
         # utterance can need it.
-        self._audio = np.zeros(0, dtype=np.float32)
+        # A buffer that grows by doubling, so that a chunk's append copies only the chunk.
+        self._buffer = np.zeros(4 * SPEECH_RATE, dtype=np.float32)
+        self._length = 0
         self._kept_from = 0
         self._detected = 0  # samples already given to speech detection
         self._utterance = 0
@@ -148,16 +150,31 @@ class UtteranceStream:
         self.failure: BaseException | None = None
 
     @property
+    def _audio(self) -> Samples:
+        """The kept audio (a view of the buffer)."""
+        return self._buffer[: self._length]
+
+    @property
     def seconds(self) -> float:
         """Audio received so far."""
-        return (self._kept_from + len(self._audio)) / SPEECH_RATE
+        return (self._kept_from + self._length) / SPEECH_RATE
+
+    def _append(self, samples: Samples) -> None:
+        needed = self._length + len(samples)
+        if needed > len(self._buffer):
+            grown = np.zeros(max(needed, 2 * len(self._buffer)), dtype=np.float32)
+            grown[: self._length] = self._buffer[: self._length]
+            self._buffer = grown
+        self._buffer[self._length : needed] = samples
+        self._length = needed
 
     @property
     def speaking(self) -> bool:
         return self._segmenter.speaking
 
-    async def push(self, samples: Samples) -> None:
-        """Takes the next audio; returns once its whole windows went through speech detection."""
+    async def push(self, samples: Samples) -> bool:
+        """Takes the next audio; returns once its whole windows went through speech detection,
+        whether there were any (a chunk shorter than a window may complete none)."""
         if self.failure is not None:
             raise self.failure
         if self.seconds + len(samples) / SPEECH_RATE > self._options.max_seconds:
@@ -165,20 +182,22 @@ class UtteranceStream:
                 "the stream carried more audio than its limit",
                 metadata={"limit_seconds": str(int(self._options.max_seconds))},
             )
-        self._audio = np.concatenate((self._audio, samples.astype(np.float32, copy=False)))
-        total = self._kept_from + len(self._audio)
+        self._append(samples)
+        total = self._kept_from + self._length
         window = self._detection.window
         whole = (total - self._detected) // window * window
         if whole == 0:
-            return
+            return False
         start = self._detected - self._kept_from
-        probabilities = await self._detection.probabilities(self._state, self._audio[start : start + whole])
+        windows = self._buffer[start : start + whole].copy()  # the buffer may move meanwhile
+        probabilities = await self._detection.probabilities(self._state, windows)
         self._detected += whole
         for event in self._segmenter.push(probabilities):
             self._on(event)
         self._maybe_prefetch()
         self._maybe_interim()
         self._trim()
+        return True
 
     async def finish(self) -> None:
         """End of input: the open utterance ends here; returns when every result is out."""
@@ -269,7 +288,9 @@ class UtteranceStream:
         keep_from = min(keep_from, self._detected)
         drop = keep_from - self._kept_from
         if drop > SPEECH_RATE:  # in steps of a second or more, not every frame
-            self._audio = self._audio[drop:]
+            kept = self._length - drop
+            self._buffer[:kept] = self._buffer[drop : self._length]
+            self._length = kept
             self._kept_from += drop
 
     async def _decode_jobs(self) -> None:

@@ -104,19 +104,22 @@ class AudioInput:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[Samples]:
-        while True:
-            try:
-                message = await asyncio.wait_for(anext(self._messages), self._idle)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise StreamIdle(
-                    "no audio arrived for too long", metadata={"limit_seconds": str(int(self._idle))}
-                ) from None
+        async for message in self._messages:
             yield self.take(message)
         tail = self._resampler.flush()
         if len(tail):
             yield tail
+
+    async def watch_idle(self, fail: Callable[[BaseException], None]) -> None:
+        """Fails the stream once no message has come for `idle_seconds` (one timer per stream,
+        rather than one per message)."""
+        last = self.last_arrival or time.monotonic()
+        while True:
+            await asyncio.sleep(max(0.05, last + self._idle - time.monotonic()))
+            last = self.last_arrival or last
+            if time.monotonic() - last >= self._idle:
+                fail(StreamIdle("no audio arrived for too long", metadata={"limit_seconds": str(int(self._idle))}))
+                return
 
     def take(self, message: ClientMessage) -> Samples:
         """One later message's audio at 16 kHz, after the stream rules."""
@@ -293,16 +296,20 @@ class Speech:
 async def pump(source: AudioInput, stream: UtteranceStream, observe_lag: LagObserver | None = None) -> None:
     """Feeds a stream its input; a broken input (a rule broken, an idle client) fails it.
     `observe_lag` gets each chunk's time from arrival to its speech decision (seconds)."""
+    watchdog = asyncio.get_running_loop().create_task(source.watch_idle(stream.fail), name="idle watch")
     try:
         async for samples in source:
-            await stream.push(samples)
-            if observe_lag is not None and source.last_arrival:
+            decided = await stream.push(samples)
+            if decided and observe_lag is not None and source.last_arrival:
                 observe_lag(time.monotonic() - source.last_arrival)
+        watchdog.cancel()  # the input is complete: what is left is the stream's own work
         await stream.finish()
     except asyncio.CancelledError:
         raise
     except Exception as error:  # noqa: BLE001  # the stream fails with it; its reader raises it
         stream.fail(error)
+    finally:
+        watchdog.cancel()
 
 
 def _recognition_quality(finals: list[Utterance], reference: str) -> Quality:
