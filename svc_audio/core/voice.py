@@ -40,7 +40,7 @@ from svc_audio.core.engines import Recognition, SpeechDetection, Synthesis
 from svc_audio.core.recognition import RecognitionOptions, UtteranceStream, check_language
 from svc_audio.core.replies import ReplyText
 from svc_audio.core.sentences import SentenceCutter, speakable
-from svc_audio.core.speech import AudioInput, LagObserver, pump, storing, stream_format, vad_params
+from svc_audio.core.speech import AudioInput, LagObserver, first_setup, pump, storing, stream_format, vad_params
 from svc_audio.core.synthesis import Utterer, output_format, persona_style
 from svc_audio.errors import FirstMessageNotConfig, SessionMismatch, SynthesizerUnavailable, UnsupportedAudioFormat
 from svc_audio.model import (
@@ -498,11 +498,8 @@ class VoiceCall:
 
 
 async def _first_voice_message(messages: AsyncIterator[ClientMessage]) -> ClientMessage:
-    try:
-        first = await anext(messages)
-    except StopAsyncIteration:
-        raise FirstMessageNotConfig("the stream ended before its configuration") from None
-    if not isinstance(first.setup, VoiceSetup) or first.audio or not first.session:
+    first = await first_setup(messages)
+    if not isinstance(first.setup, VoiceSetup) or not first.session:
         raise FirstMessageNotConfig("the first message names the session and carries the configuration, only that")
     return first
 

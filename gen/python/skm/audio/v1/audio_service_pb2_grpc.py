@@ -130,8 +130,10 @@ class AudioServiceServicer:
         Limits: 60 min of audio per stream (then OUT_OF_RANGE,
         STREAM_DURATION_EXCEEDED).
         Errors: INVALID_ARGUMENT (stream rules above; UNSUPPORTED_AUDIO_FORMAT,
-        UNSUPPORTED_LANGUAGE, SESSION_MISMATCH), NOT_FOUND (SESSION_NOT_FOUND,
-        VOICE_NOT_FOUND), UNAVAILABLE (RECOGNIZER_UNAVAILABLE). A failed
+        UNSUPPORTED_LANGUAGE, SESSION_MISMATCH, INVALID_VAD_CONFIG), NOT_FOUND
+        (SESSION_NOT_FOUND, VOICE_NOT_FOUND), DEADLINE_EXCEEDED (STREAM_IDLE: no
+        audio for the service's idle limit, 30 s by default), UNAVAILABLE
+        (RECOGNIZER_UNAVAILABLE). A failed
         synthesis does not end the stream: the conversation goes on in text (see
         SynthesizedAudio.failure_reason).
         Callers: users who may write the session.
@@ -191,7 +193,8 @@ class AudioServiceServicer:
         Limits: 15 min of audio per stream (then OUT_OF_RANGE,
         STREAM_DURATION_EXCEEDED); audio may be sent faster than real time.
         Errors: INVALID_ARGUMENT (stream rules; UNSUPPORTED_AUDIO_FORMAT,
-        UNSUPPORTED_LANGUAGE), UNAVAILABLE (RECOGNIZER_UNAVAILABLE).
+        UNSUPPORTED_LANGUAGE, INVALID_VAD_CONFIG), DEADLINE_EXCEEDED (STREAM_IDLE),
+        UNAVAILABLE (RECOGNIZER_UNAVAILABLE).
         Callers: tenant members with can_converse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

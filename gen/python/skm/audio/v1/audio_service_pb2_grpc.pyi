@@ -77,8 +77,10 @@ class AudioServiceStub:
     Limits: 60 min of audio per stream (then OUT_OF_RANGE,
     STREAM_DURATION_EXCEEDED).
     Errors: INVALID_ARGUMENT (stream rules above; UNSUPPORTED_AUDIO_FORMAT,
-    UNSUPPORTED_LANGUAGE, SESSION_MISMATCH), NOT_FOUND (SESSION_NOT_FOUND,
-    VOICE_NOT_FOUND), UNAVAILABLE (RECOGNIZER_UNAVAILABLE). A failed
+    UNSUPPORTED_LANGUAGE, SESSION_MISMATCH, INVALID_VAD_CONFIG), NOT_FOUND
+    (SESSION_NOT_FOUND, VOICE_NOT_FOUND), DEADLINE_EXCEEDED (STREAM_IDLE: no
+    audio for the service's idle limit, 30 s by default), UNAVAILABLE
+    (RECOGNIZER_UNAVAILABLE). A failed
     synthesis does not end the stream: the conversation goes on in text (see
     SynthesizedAudio.failure_reason).
     Callers: users who may write the session.
@@ -126,7 +128,8 @@ class AudioServiceStub:
     Limits: 15 min of audio per stream (then OUT_OF_RANGE,
     STREAM_DURATION_EXCEEDED); audio may be sent faster than real time.
     Errors: INVALID_ARGUMENT (stream rules; UNSUPPORTED_AUDIO_FORMAT,
-    UNSUPPORTED_LANGUAGE), UNAVAILABLE (RECOGNIZER_UNAVAILABLE).
+    UNSUPPORTED_LANGUAGE, INVALID_VAD_CONFIG), DEADLINE_EXCEEDED (STREAM_IDLE),
+    UNAVAILABLE (RECOGNIZER_UNAVAILABLE).
     Callers: tenant members with can_converse.
     """
     StreamingSynthesize: _grpc.UnaryStreamMultiCallable[_audio_service_pb2.StreamingSynthesizeRequest, _audio_service_pb2.StreamingSynthesizeResponse]
@@ -202,8 +205,10 @@ class AudioServiceAsyncStub(AudioServiceStub):
     Limits: 60 min of audio per stream (then OUT_OF_RANGE,
     STREAM_DURATION_EXCEEDED).
     Errors: INVALID_ARGUMENT (stream rules above; UNSUPPORTED_AUDIO_FORMAT,
-    UNSUPPORTED_LANGUAGE, SESSION_MISMATCH), NOT_FOUND (SESSION_NOT_FOUND,
-    VOICE_NOT_FOUND), UNAVAILABLE (RECOGNIZER_UNAVAILABLE). A failed
+    UNSUPPORTED_LANGUAGE, SESSION_MISMATCH, INVALID_VAD_CONFIG), NOT_FOUND
+    (SESSION_NOT_FOUND, VOICE_NOT_FOUND), DEADLINE_EXCEEDED (STREAM_IDLE: no
+    audio for the service's idle limit, 30 s by default), UNAVAILABLE
+    (RECOGNIZER_UNAVAILABLE). A failed
     synthesis does not end the stream: the conversation goes on in text (see
     SynthesizedAudio.failure_reason).
     Callers: users who may write the session.
@@ -251,7 +256,8 @@ class AudioServiceAsyncStub(AudioServiceStub):
     Limits: 15 min of audio per stream (then OUT_OF_RANGE,
     STREAM_DURATION_EXCEEDED); audio may be sent faster than real time.
     Errors: INVALID_ARGUMENT (stream rules; UNSUPPORTED_AUDIO_FORMAT,
-    UNSUPPORTED_LANGUAGE), UNAVAILABLE (RECOGNIZER_UNAVAILABLE).
+    UNSUPPORTED_LANGUAGE, INVALID_VAD_CONFIG), DEADLINE_EXCEEDED (STREAM_IDLE),
+    UNAVAILABLE (RECOGNIZER_UNAVAILABLE).
     Callers: tenant members with can_converse.
     """
     StreamingSynthesize: _aio.UnaryStreamMultiCallable[_audio_service_pb2.StreamingSynthesizeRequest, _audio_service_pb2.StreamingSynthesizeResponse]  # type: ignore[assignment]
@@ -330,8 +336,10 @@ class AudioServiceServicer(metaclass=_abc_1.ABCMeta):
         Limits: 60 min of audio per stream (then OUT_OF_RANGE,
         STREAM_DURATION_EXCEEDED).
         Errors: INVALID_ARGUMENT (stream rules above; UNSUPPORTED_AUDIO_FORMAT,
-        UNSUPPORTED_LANGUAGE, SESSION_MISMATCH), NOT_FOUND (SESSION_NOT_FOUND,
-        VOICE_NOT_FOUND), UNAVAILABLE (RECOGNIZER_UNAVAILABLE). A failed
+        UNSUPPORTED_LANGUAGE, SESSION_MISMATCH, INVALID_VAD_CONFIG), NOT_FOUND
+        (SESSION_NOT_FOUND, VOICE_NOT_FOUND), DEADLINE_EXCEEDED (STREAM_IDLE: no
+        audio for the service's idle limit, 30 s by default), UNAVAILABLE
+        (RECOGNIZER_UNAVAILABLE). A failed
         synthesis does not end the stream: the conversation goes on in text (see
         SynthesizedAudio.failure_reason).
         Callers: users who may write the session.
@@ -397,7 +405,8 @@ class AudioServiceServicer(metaclass=_abc_1.ABCMeta):
         Limits: 15 min of audio per stream (then OUT_OF_RANGE,
         STREAM_DURATION_EXCEEDED); audio may be sent faster than real time.
         Errors: INVALID_ARGUMENT (stream rules; UNSUPPORTED_AUDIO_FORMAT,
-        UNSUPPORTED_LANGUAGE), UNAVAILABLE (RECOGNIZER_UNAVAILABLE).
+        UNSUPPORTED_LANGUAGE, INVALID_VAD_CONFIG), DEADLINE_EXCEEDED (STREAM_IDLE),
+        UNAVAILABLE (RECOGNIZER_UNAVAILABLE).
         Callers: tenant members with can_converse.
         """
 
