@@ -55,8 +55,12 @@ voice turn, and barge-in detection (`--streams`, `--stream-seconds`, `--stream-c
 Then diarization (bench/diarization.py): svc_audio's online speaker labelling on twelve
 utterances by two TTS voices (piper and espeak-ng), the share labelled right.
 
+Then the browser UI (bench/web.py), in Debian's Chromium on a whole mesh: first load cold and
+cached, and Enter to the first token on screen against the same turn's first token as
+`skm chat --json` receives it.
+
 Usage: python -m bench [runtime|policy|conversation|gateway|frames|tools|analytics|profiles|scoring|
-                        diarization|audio|all]
+                        diarization|audio|web|all]
                        [--rounds N] [--calls N] [--frames N] [--turns N] [--sessions N]
                        [--llm untrained|real] [--models a,b]
                        [--events N] [--rows N] [--lag-seconds S] [--items N] [--tenants N]
@@ -166,6 +170,7 @@ def main() -> int:
             "scoring",
             "diarization",
             "audio",
+            "web",
             "all",
         ),
         default="all",
@@ -267,6 +272,10 @@ def main() -> int:
         from bench import diarization
 
         diarization.main()
+    if args.what in ("web", "all"):
+        from bench import web
+
+        web.main(rounds=args.rounds, llm=args.llm)
     return 0
 
 

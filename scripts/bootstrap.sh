@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs, idempotently, caching under .cache/ (git-ignored):
 # uv (pinned) -> .venv from uv.lock -> web/node_modules from package-lock.json -> the real
-# servers of the local stack (Debian packages, Kafka jars, OpenFGA built with Go).
+# servers of the local stack (Debian packages, Kafka jars, OpenFGA built with Go), and the
+# browser UI built into web/dist.
 # Usage: scripts/bootstrap.sh [--python-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,14 @@ if [ "${1:-}" != "--python-only" ]; then
     # @bufbuild/buf out of the lock file, and `npm ci` then refuses it as out of sync.
     (cd web && npm install --no-audit --no-fund --loglevel=error)
     cp web/package-lock.json web/node_modules/.package-lock.json.skm
+  fi
+  # The browser UI (web/dist, served by `make run`), rebuilt only when its sources changed.
+  ui_hash=$(cd web && find src public index.html vite.config.ts tsconfig.json package-lock.json -type f -print0 2>/dev/null \
+    | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+  if [ ! -f web/dist/index.html ] || [ "$(cat web/dist/.source-hash 2>/dev/null)" != "$ui_hash" ]; then
+    echo "==> browser UI (vite build into web/dist)"
+    (cd web && npm run --silent build -- --logLevel warn)
+    echo "$ui_hash" > web/dist/.source-hash
   fi
   echo "==> real servers of the local stack"
   .venv/bin/python -m skm_stack install

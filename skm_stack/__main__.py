@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 import grpc
+import httpx
 
 from skm_stack.catalogue import AssetError, ensure_assets, load_catalogue, problems_of
 from skm_stack.demo import DEMO_ADMIN, DEMO_TENANT, how_to_use, onboard_demo
@@ -61,6 +62,7 @@ def _print_summary(running: RunningStack) -> None:
     labels = {
         "envoy": "public (Envoy: gRPC + grpc-web)",
         "envoy_admin": "Envoy admin",
+        "web": "browser UI (open this)",
         "postgres": "PostgreSQL",
         "redis": "Redis",
         "kafka": "Kafka bootstrap",
@@ -101,7 +103,7 @@ def _onboard_demo(running: RunningStack) -> None:
 def _watch(running: RunningStack) -> int:
     """Wait for a signal; if a child dies on its own, stop everything and fail."""
     processes = {name: s.process for name, s in running.services.items()}
-    for name in ("postgres", "redis", "kafka", "openfga", "llm", "envoy"):
+    for name in ("postgres", "redis", "kafka", "openfga", "llm", "envoy", "web"):
         server = getattr(running, name)
         if server is not None:
             processes[name] = server.process
@@ -132,8 +134,8 @@ def _up(state_dir: Path, with_services: bool) -> int:
     # Servers check their own ports at start; Envoy's and the services' come later, so
     # check them now rather than after a minute of starting everything else.
     taken = [
-        f"127.0.0.1:{ports[name]} (Envoy; set SKM_STACK_{name.upper()}_PORT)"
-        for name in ("envoy", "envoy_admin")
+        f"127.0.0.1:{ports[name]} ({name}; set SKM_STACK_{name.upper()}_PORT)"
+        for name in ("envoy", "envoy_admin", "web")
         if ports[name] and not port_is_free(ports[name])
     ] + [
         f"{spec.addr} (svc_{spec.name}; set {spec.addr_env_var})"
@@ -155,6 +157,8 @@ def _up(state_dir: Path, with_services: bool) -> int:
         if specs:
             running.start_services(specs)
         running.start_envoy()
+        if specs:
+            running.start_web()
         _print_summary(running)
         if specs:
             _onboard_demo(running)
@@ -187,6 +191,7 @@ def _status(state_dir: Path) -> int:
         "openfga": lambda: probe_healthz(urls["openfga"]),
         "llm": lambda: probe_models(urls["llm"]),
         "envoy": lambda: probe_ready(urls["envoy_admin"]),
+        "web": lambda: httpx.get(f"{urls['web']}config.json", timeout=2.0).raise_for_status(),
     }
     print(f"stack in {state_dir}")
     healthy = True

@@ -49,5 +49,6 @@ def how_to_use(skm: str = ".venv/bin/skm") -> str:
             f"  export SKM_TOKEN=$({skm} token --user {DEMO_ADMIN} --role admin)",
             f'  {skm} chat -m "What is the capital of France?"',
             f"  {skm} tool list    # the tools; `{skm} tenants --help` onboards tenants of your own",
+            'Or open the browser UI (above) and choose "Sign in as the demo admin".',
         ]
     )

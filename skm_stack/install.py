@@ -1,7 +1,7 @@
 """Installs the real servers of the local stack, idempotently, caching under ``.cache``.
 
-- PostgreSQL 15 and Redis (plus bubblewrap and espeak-ng for later work) from Debian with
-  apt-get, only when missing.
+- PostgreSQL 15 and Redis (plus bubblewrap, espeak-ng and Chromium for the UI's browser tests)
+  from Debian with apt-get, only when missing.
 - Apache Kafka (KRaft) as jars from Maven Central, fetched by ``mvn`` from
   ``deploy/kafka/pom.xml``; a marker holding the pom's hash makes reruns instant.
 - OpenFGA built with ``go install`` at a pinned version, its module and build caches kept
@@ -90,6 +90,9 @@ def _missing_debian_packages() -> list[str]:
         ("redis-server", lambda: shutil.which("redis-server") is not None),
         ("bubblewrap", lambda: shutil.which("bwrap") is not None),
         ("espeak-ng", lambda: shutil.which("espeak-ng") is not None),
+        # The browser UI's tests drive Debian's Chromium with playwright-core (no browser
+        # download: test tools' own browser downloads are not reachable).
+        ("chromium", lambda: shutil.which("chromium") is not None),
         # Kafka needs a JVM and Maven; OpenFGA's Go toolchain is not Debian's (too old).
         ("default-jre-headless", lambda: shutil.which("java") is not None),
         ("maven", lambda: shutil.which("mvn") is not None),

@@ -31,6 +31,7 @@ from skm_stack.postgres import PostgresServer, start_postgres
 from skm_stack.process import ProcessRecord, free_port, port_is_free, process_start_ticks
 from skm_stack.redis_server import RedisServer, start_redis
 from skm_stack.services import ServiceProcess, ServiceSpec, start_service
+from skm_stack.web import WebServer, start_web
 
 # Servers in start order; Envoy and the services are started separately, after them.
 SERVERS = ("postgres", "redis", "kafka", "openfga", "llm")
@@ -54,6 +55,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "llm": 58090,
     "envoy": 8080,
     "envoy_admin": 9901,
+    "web": 8081,
 }
 # Every port picked free at start: for test stacks that must not collide with anything.
 EPHEMERAL_PORTS: Mapping[str, int] = {name: 0 for name in DEFAULT_PORTS}
@@ -186,6 +188,7 @@ class RunningStack:
         self.openfga: OpenFGAServer | None = None
         self.llm: LLMServer | None = None
         self.envoy: EnvoyServer | None = None
+        self.web: WebServer | None = None
         self.services: dict[str, ServiceProcess] = {}
         self.service_specs: list[ServiceSpec] = []
         # Seconds from spawn to healthy, per started server.
@@ -374,6 +377,20 @@ class RunningStack:
         self._track(name, service.stop, service.process.record, started)
         return service
 
+    def start_web(self, *, demo_sign_in: bool = True) -> WebServer:
+        """Serve the built browser UI (skm_stack.web), pointed at this stack's Envoy.
+
+        ``demo_sign_in`` offers the one-click sign-in as the demo admin, minted with this
+        state dir's development key (``make run``'s; never a deployment's).
+        """
+        started = time.monotonic()
+        self.report("starting the browser UI's static server...")
+        key = ensure_dev_keys(self.state_dir).private_key if demo_sign_in else None
+        web = start_web(self.state_dir, self._port("web"), self.envoy_url, signing_key=key)
+        self.web = web
+        self._track("web", web.stop, web.process.record, started)
+        return web
+
     def start_envoy(self, upstreams: int | Mapping[str, int] | None = None) -> EnvoyServer:
         """Start Envoy, routing each public method to the started service that owns it.
 
@@ -413,6 +430,7 @@ class RunningStack:
                 self.report(f"stopping {name} failed: {exc!r}")
             self.write_manifest()
         self.postgres = self.redis = self.kafka = self.openfga = self.llm = self.envoy = None
+        self.web = None
         self.services.clear()
         (self.state_dir / MANIFEST).unlink(missing_ok=True)
 
@@ -432,6 +450,8 @@ class RunningStack:
         if self.envoy:
             urls["envoy"] = self.envoy.url
             urls["envoy_admin"] = self.envoy.admin_url
+        if self.web:
+            urls["web"] = self.web.url
         for name, service in self.services.items():
             urls[f"svc_{name}"] = service.addr
         if self.postgres:

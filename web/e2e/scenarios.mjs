@@ -1,0 +1,317 @@
+// The UI's scenarios, each a person's use of the page, driven by accessible names (labels,
+// roles, button text) as a keyboard or screen-reader user would find them.
+import assert from "node:assert/strict";
+
+const TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED"];
+const LONG = { timeout: 180_000 };
+
+async function signIn(page, token) {
+  await page.goto("/");
+  await page.getByLabel("Token").fill(token);
+  await page.getByRole("button", { name: "Sign in with this token" }).click();
+  await page.getByRole("navigation", { name: "Views" }).waitFor();
+}
+
+async function newSession(page) {
+  await page.goto("/#/sessions");
+  await page.getByRole("button", { name: "New session" }).first().click();
+  await page.waitForURL(/#\/sessions\/(?!new)[^/?]+$/);
+}
+
+async function send(page, text, { tool } = {}) {
+  if (tool) await page.getByLabel("Tool").selectOption(tool);
+  await page.getByLabel("Message", { exact: true }).fill(text);
+  await page.getByRole("button", { name: "Send", exact: true }).click();
+}
+
+/** The newest turn element, once it exists. */
+function lastTurn(page) {
+  return page.locator("[data-turn-state]").last();
+}
+
+async function turnState(page) {
+  return (await lastTurn(page).getAttribute("data-turn-state")) ?? "";
+}
+
+async function waitForState(page, states, timeout = 180_000) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const state = await turnState(page).catch(() => "");
+    if (states.some((s) => state.includes(s))) return state;
+    if (Date.now() > deadline) throw new Error(`the turn stayed ${state || "absent"}, wanted ${states.join("/")}`);
+    await page.waitForTimeout(100);
+  }
+}
+
+/** Sign in, send a message that must call a tool; tokens grow on screen, the call and its verdict show. */
+async function chat({ env, open, snap, figures }) {
+  const { page } = await open();
+  await signIn(page, env.token);
+  await newSession(page);
+  await send(page, "Work out 6 times 7 with Python.", { tool: "code_execution" });
+  // Tokens as they come: the agent's text must be seen growing, not only whole.
+  const lengths = new Set();
+  const deadline = Date.now() + 180_000;
+  let state = "";
+  while (Date.now() < deadline) {
+    const text = await lastTurn(page).locator(".agent-text").last().textContent().catch(() => null);
+    if (text) lengths.add(text.length);
+    state = await turnState(page);
+    if (TERMINAL.some((s) => state.includes(s))) break;
+    await page.waitForTimeout(30);
+  }
+  assert.ok(TERMINAL.some((s) => state.includes(s)), `the turn did not end: ${state}`);
+  figures.token_updates_seen = lengths.size;
+  assert.ok(lengths.size >= 2, `the agent text never grew on screen (lengths seen: ${[...lengths]})`);
+  const turn = lastTurn(page);
+  await turn.getByText("code_execution").first().waitFor();
+  await turn.locator(".badge-allow").first().waitFor();
+  const metrics = await page.evaluate(() => window.__skmMetrics ?? {});
+  figures.send_to_first_token_ms = metrics.sendToFirstTokenMs ?? null;
+  await snap(page, "session-workspace");
+}
+
+/** A running turn stops when the person presses Interrupt. */
+async function interrupt({ env, open, snap }) {
+  const { page } = await open();
+  await signIn(page, env.token);
+  await newSession(page);
+  await send(page, "Tell me a long story about a lighthouse keeper.");
+  await waitForState(page, ["RUNNING"]);
+  await page.getByRole("button", { name: "Interrupt" }).click();
+  await waitForState(page, ["INTERRUPTED"]);
+  await snap(page, "interrupted-turn");
+}
+
+/** A high-risk call is held; an operator approves it in the approvals view; the turn goes on. */
+async function approval({ env, open, snap }) {
+  const user = await open();
+  await signIn(user.page, env.token);
+  await newSession(user.page);
+  await send(user.page, "Run this for me.", { tool: "code_execution" });
+  await waitForState(user.page, ["AWAITING_APPROVAL"]);
+  await lastTurn(user.page).locator(".badge-held").first().waitFor();
+  await snap(user.page, "held-call-in-session");
+
+  const operator = await open();
+  await signIn(operator.page, env.operatorToken);
+  await operator.page.goto("/#/approvals");
+  const row = operator.page.getByRole("row").filter({ hasText: "code_execution" }).first();
+  await row.waitFor(LONG);
+  await row.getByLabel("Note").fill("ok from the browser test");
+  await snap(operator.page, "approvals");
+  await row.getByRole("button", { name: "Approve" }).click();
+  await operator.page.getByRole("row").filter({ hasText: "code_execution" }).first().waitFor({ state: "detached", ...LONG }).catch(async () => {
+    // Some queues keep the row and show its new state instead of removing it.
+    await operator.page.getByText(/APPROVED/i).first().waitFor(LONG);
+  });
+
+  // Back in the person's tab, live: the turn leaves AWAITING_APPROVAL and ends.
+  await waitForState(user.page, TERMINAL);
+  await snap(user.page, "session-after-approval");
+}
+
+/** Every view renders (a heading, no console error) and is screenshot. */
+async function views({ env, open, snap }) {
+  const { page } = await open();
+  await page.goto("/");
+  await snap(page, "sign-in");
+  await signIn(page, env.token);
+  for (const [path, label] of [
+    ["sessions", "sessions"],
+    ["approvals", "approvals"],
+    ["audio", "voice"],
+    ["models", "models"],
+    ["dashboards", "dashboards"],
+    ["admin", "tenant-admin"],
+  ]) {
+    await page.goto(`/#/${path}`);
+    await page.getByRole("heading", { level: 1 }).first().waitFor();
+    await page.waitForLoadState("networkidle").catch(() => undefined);
+    await page.waitForTimeout(500);
+    await snap(page, `view-${label}`);
+  }
+  await page.keyboard.press("Control+K");
+  await page.getByRole("dialog", { name: "Quick actions" }).waitFor();
+  await snap(page, "palette");
+}
+
+/** The main flow with the keyboard alone: sign in, palette, new session, send, see the turn end. */
+async function keyboard({ env, open, snap }) {
+  const { page } = await open();
+  await page.goto("/");
+  await page.keyboard.press("Tab");
+  // Tab until the token box has focus, type the token, submit with the keyboard.
+  for (let i = 0; i < 10 && !(await page.getByLabel("Token").evaluate((el) => el === document.activeElement)); i++) {
+    await page.keyboard.press("Tab");
+  }
+  await page.keyboard.insertText(env.token);
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  await page.getByRole("navigation", { name: "Views" }).waitFor();
+  await page.keyboard.press("Control+K");
+  await page.keyboard.type("new session");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/#\/sessions\/(?!new)[^/?]+$/);
+  await page.keyboard.press("Control+K");
+  await page.keyboard.type("focus message");
+  await page.keyboard.press("Enter");
+  await page.keyboard.type("Hello there");
+  await page.keyboard.press("Enter");
+  await waitForState(page, TERMINAL);
+  await snap(page, "keyboard-only");
+}
+
+/** `make run`'s one-click sign-in as the demo tenant's admin. */
+async function demo({ open, snap, figures }) {
+  const { page } = await open();
+  await page.goto("/");
+  await page.getByRole("button", { name: "Sign in as the demo admin" }).click();
+  await page.getByRole("navigation", { name: "Views" }).waitFor();
+  figures.signed_in_as = ((await page.locator(".whoami").textContent()) ?? "").trim();
+  await snap(page, "demo-signed-in");
+}
+
+/** The fake microphone plays a WAV: the question is heard, the answer's audio arrives and plays. */
+async function voice({ env, open, snap, figures }) {
+  const { page } = await open({ permissions: ["microphone"] });
+  await signIn(page, env.token);
+  await page.goto("/#/audio");
+  await page.getByRole("button", { name: "Start talking" }).click();
+  await page.waitForFunction(() => (window.__skmAudio?.audioBytesReceived ?? 0) > 0, null, { timeout: 240_000 });
+  await page.waitForFunction(() => (window.__skmAudio?.audioChunksPlayed ?? 0) > 0, null, { timeout: 60_000 });
+  const audio = await page.evaluate(() => window.__skmAudio);
+  figures.audio_bytes_received = audio.audioBytesReceived;
+  figures.audio_chunks_played = audio.audioChunksPlayed;
+  figures.chunks_sent = audio.chunksSent;
+  figures.transcripts = audio.transcripts;
+  figures.answer = audio.lastAnswerText;
+  assert.ok(audio.transcripts.some((t) => /capital/i.test(t)), `the question was not heard: ${audio.transcripts}`);
+  await snap(page, "voice-console");
+  await page.getByRole("button", { name: "Stop" }).click();
+}
+
+export const scenarios = { chat, interrupt, approval, views, keyboard, demo, voice };
+
+// -- figures (python -m bench web) ------------------------------------------------------
+
+function median(values) {
+  const sorted = values.filter((v) => typeof v === "number").sort((a, b) => a - b);
+  if (!sorted.length) return null;
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+/** Load the page in a fresh context (cold: nothing cached), then again in the same (cached). */
+async function loadOnce(page) {
+  const started = Date.now();
+  await page.goto("/", { waitUntil: "load" });
+  await page.getByLabel("Token").waitFor();
+  const usable = Date.now() - started;
+  return page.evaluate((usableMs) => {
+    const nav = performance.getEntriesByType("navigation")[0];
+    const resources = performance.getEntriesByType("resource");
+    const bytes = [nav, ...resources].reduce((sum, entry) => sum + (entry.transferSize ?? 0), 0);
+    return { usableMs, loadMs: nav.loadEventEnd, domReadyMs: nav.domContentLoadedEventEnd, transferred: bytes };
+  }, usable);
+}
+
+/** Watch the page: the epoch of the next Enter in the message box, and of the first agent
+ * text that appears after it (new, or changed since now), seen by a MutationObserver: the
+ * moment it is on screen. */
+async function armFirstToken(page) {
+  await page.evaluate(() => {
+    const marks = (window.__skmBench = { enter: 0, firstToken: 0 });
+    const before = new Map([...document.querySelectorAll(".agent-text")].map((el) => [el, el.textContent ?? ""]));
+    document.addEventListener(
+      "keydown",
+      (event) => {
+        if (event.key === "Enter" && !event.shiftKey && !marks.enter) marks.enter = performance.timeOrigin + performance.now();
+      },
+      { capture: true },
+    );
+    const observer = new MutationObserver(() => {
+      if (!marks.enter || marks.firstToken) return;
+      const grown = [...document.querySelectorAll(".agent-text")].some((el) => {
+        const text = (el.textContent ?? "").trim();
+        return text.length > 0 && text !== (before.get(el) ?? "").trim();
+      });
+      if (grown) {
+        marks.firstToken = performance.timeOrigin + performance.now();
+        observer.disconnect();
+      }
+    });
+    observer.observe(document.body, { subtree: true, childList: true, characterData: true });
+  });
+}
+
+async function bench({ env, open, figures }) {
+  const rounds = Number(process.env.SKM_UI_ROUNDS ?? "5");
+  const cold = [];
+  const cached = [];
+  for (let i = 0; i < rounds; i++) {
+    const { page, context } = await open();
+    cold.push(await loadOnce(page));
+    cached.push(await loadOnce(page));
+    await context.close();
+  }
+  for (const [label, list] of [["cold", cold], ["cached", cached]]) {
+    figures[`${label}_usable_ms_p50`] = median(list.map((l) => l.usableMs));
+    figures[`${label}_load_event_ms_p50`] = median(list.map((l) => l.loadMs));
+    figures[`${label}_bytes_transferred`] = median(list.map((l) => l.transferred));
+  }
+
+  // Enter -> first token on screen, against the same turn's first token as `skm chat --json`
+  // (a native gRPC client on the same session, started before the message) receives it.
+  const { spawn } = await import("node:child_process");
+  const { page } = await open();
+  await signIn(page, env.token);
+  await newSession(page);
+  const session = decodeURIComponent(new URL(page.url()).hash.split("/").pop());
+  const cli = spawn(process.env.SKM_UI_SKM ?? ".venv/bin/skm", ["chat", "--json", "--session", session], {
+    env: { ...process.env, SKM_TOKEN: env.token, SKM_URL: process.env.SKM_UI_ENVOY ?? "http://127.0.0.1:8080" },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  const lines = [];
+  let buffered = "";
+  cli.stdout.on("data", (chunk) => {
+    const now = Date.now();
+    buffered += chunk.toString();
+    const parts = buffered.split("\n");
+    buffered = parts.pop();
+    for (const line of parts) if (line.trim()) lines.push({ at: now, line });
+  });
+  await page.waitForTimeout(1500); // the CLI attaches to the session's stream
+  const browserMs = [];
+  const cliMs = [];
+  const serverTtftMs = [];
+  try {
+    for (let i = 0; i < rounds; i++) {
+      await armFirstToken(page);
+      const mark = lines.length;
+      await page.getByLabel("Message", { exact: true }).fill(`Say something, round ${i + 1}.`);
+      await page.getByLabel("Message", { exact: true }).press("Enter");
+      await waitForState(page, TERMINAL);
+      await page.waitForTimeout(300);
+      const marks = await page.evaluate(() => window.__skmBench);
+      const mine = lines.slice(mark);
+      const firstDelta = mine.find((l) => l.line.includes('"tokenDelta"'));
+      if (marks.enter && marks.firstToken) browserMs.push(marks.firstToken - marks.enter);
+      if (marks.enter && firstDelta) cliMs.push(firstDelta.at - marks.enter);
+      for (const l of mine) {
+        const ttft = /"timeToFirstToken":\s*"([0-9.]+)s"/.exec(l.line);
+        if (ttft) serverTtftMs.push(Number(ttft[1]) * 1000);
+      }
+    }
+  } finally {
+    cli.kill("SIGINT");
+  }
+  figures.turns = rounds;
+  figures.browser_enter_to_first_token_ms = browserMs;
+  figures.cli_enter_to_first_token_ms = cliMs;
+  figures.model_call_ttft_ms = serverTtftMs;
+  figures.browser_p50 = median(browserMs);
+  figures.cli_p50 = median(cliMs);
+}
+
+scenarios.bench = bench;

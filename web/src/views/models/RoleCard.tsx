@@ -1,0 +1,149 @@
+// One role's card: which models serve it in the chosen mode (the tenant's profile, or the
+// deployment default), its fallback chain and sampling settings, its usage, the scoring
+// job's word on it, the override controls and the profile's revisions.
+import type { Model } from "../../gen/skm/profiles/v1/model_pb.js";
+import type { ModelProfile } from "../../gen/skm/profiles/v1/model_profile_pb.js";
+import type { ModelRecommendation } from "../../gen/skm/profiles/v1/model_score_pb.js";
+import type { DeploymentMode } from "../../gen/skm/type/v1/deployment_mode_pb.js";
+import type { ModelRole } from "../../gen/skm/type/v1/model_pb.js";
+import { OverrideForm } from "./OverrideForm";
+import { Revisions } from "./Revisions";
+import { RoleUsage } from "./RoleUsage";
+import { formatMoney, formatTime, modeTitle, modelTitle } from "./format";
+
+interface Props {
+  parent: string;
+  role: ModelRole;
+  title: string;
+  about: string;
+  mode: DeploymentMode;
+  profile: ModelProfile | undefined;
+  models: Model[] | undefined;
+  recommendation: ModelRecommendation | undefined;
+  refresh: number;
+  onChanged(message: string): void;
+}
+
+function ModelName({ name, models }: { name: string; models: Model[] | undefined }) {
+  const title = modelTitle(name, models);
+  return (
+    <>
+      {title} {title !== name && <code className="muted small">{name}</code>}
+    </>
+  );
+}
+
+function ProfileFacts({ profile, models }: { profile: ModelProfile; models: Model[] | undefined }) {
+  const [first, ...fallbacks] = profile.modelTiers;
+  const bounds = profile.autoSelectBounds;
+  return (
+    <dl className="kv models-facts">
+      <div>
+        <dt>Source</dt>
+        <dd>
+          Tenant profile, revision {profile.revision?.revisionId ?? "?"}{" "}
+          <span className="muted small">(changed {formatTime(profile.updateTime)})</span>
+        </dd>
+      </div>
+      <div>
+        <dt>Model (tier 0)</dt>
+        <dd>{first ? <ModelName name={first} models={models} /> : "none"}</dd>
+      </div>
+      <div>
+        <dt>Fallback chain</dt>
+        <dd>
+          {fallbacks.length === 0 ? (
+            "no fallback"
+          ) : (
+            <ol className="models-tiers" start={1}>
+              {fallbacks.map((t) => (
+                <li key={t}>
+                  <ModelName name={t} models={models} />
+                </li>
+              ))}
+            </ol>
+          )}
+        </dd>
+      </div>
+      <div>
+        <dt>Temperature</dt>
+        <dd>{profile.temperature === undefined ? "engine default" : profile.temperature}</dd>
+      </div>
+      <div>
+        <dt>Max output tokens</dt>
+        <dd>{profile.maxOutputTokens === 0 ? "engine default" : profile.maxOutputTokens.toLocaleString()}</dd>
+      </div>
+      <div>
+        <dt>Auto mode</dt>
+        <dd>
+          {profile.autoSelect ? "on" : "off"}
+          {bounds && (bounds.maxCostPerMillionTokens || bounds.minQuality > 0) && (
+            <span className="muted small">
+              {" "}
+              (bounds:
+              {bounds.maxCostPerMillionTokens && ` cost at most ${formatMoney(bounds.maxCostPerMillionTokens)} per M tokens`}
+              {bounds.minQuality > 0 && ` quality at least ${bounds.minQuality}`})
+            </span>
+          )}
+        </dd>
+      </div>
+    </dl>
+  );
+}
+
+/** The deployment default is svc_profiles configuration, resolved by an internal RPC: the
+ * public contract shows only its tier 0, in the scoring job's recommendation. */
+function DefaultFacts({ recommendation, models }: { recommendation: ModelRecommendation | undefined; models: Model[] | undefined }) {
+  return (
+    <dl className="kv models-facts">
+      <div>
+        <dt>Source</dt>
+        <dd>Deployment default (the tenant has no profile for this role in this mode)</dd>
+      </div>
+      <div>
+        <dt>Model (tier 0)</dt>
+        <dd>
+          {recommendation?.currentModel ? (
+            <>
+              <ModelName name={recommendation.currentModel} models={models} />{" "}
+              <span className="muted small">(as the scoring job last saw the default)</span>
+            </>
+          ) : (
+            <span className="muted">not readable through the public API (ResolveModelProfile is internal)</span>
+          )}
+        </dd>
+      </div>
+      <div>
+        <dt>Fallbacks, settings</dt>
+        <dd className="muted">the deployment's configuration; not readable through the public API</dd>
+      </div>
+    </dl>
+  );
+}
+
+export function RoleCard(props: Props) {
+  const { parent, role, title, about, mode, profile, models, recommendation, refresh, onChanged } = props;
+  const headingId = `models-role-${role}`;
+  return (
+    <section className="card models-role stack" aria-labelledby={headingId}>
+      <div className="row">
+        <h2 id={headingId}>{title}</h2>
+        <span className="badge badge-info">{modeTitle(mode)}</span>
+        {profile?.autoSelect && <span className="badge badge-allow">auto mode</span>}
+      </div>
+      <p className="muted small">{about}</p>
+      {profile ? <ProfileFacts profile={profile} models={models} /> : <DefaultFacts recommendation={recommendation} models={models} />}
+      {recommendation && (
+        <p className="small">
+          <strong>Scoring job:</strong> {recommendation.summary}
+          {!recommendation.applied && recommendation.notAppliedReason && (
+            <span className="muted"> (not applied: {recommendation.notAppliedReason})</span>
+          )}
+        </p>
+      )}
+      <RoleUsage parent={parent} role={role} refresh={refresh} />
+      <OverrideForm key={mode} parent={parent} role={role} mode={mode} profile={profile} models={models} onSaved={onChanged} />
+      {profile && <Revisions profile={profile} models={models} onRolledBack={onChanged} />}
+    </section>
+  );
+}

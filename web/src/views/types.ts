@@ -1,0 +1,6 @@
+import type { Route } from "../lib/router";
+
+/** What the shell gives every view. */
+export interface ViewProps {
+  route: Route;
+}
