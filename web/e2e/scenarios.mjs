@@ -127,6 +127,12 @@ async function views({ env, open, snap }) {
   ]) {
     await page.goto(`/#/${path}`);
     await page.getByRole("heading", { level: 1 }).first().waitFor();
+    if (path === "models") {
+      // What the PRIMARY role resolves to on the deployment default (ResolveModelProfile).
+      const primary = page.getByRole("region", { name: "Primary" });
+      await primary.getByText("Model (tier 0)").waitFor();
+      assert.match((await primary.locator("dl").first().textContent()) ?? "", /untrained/i);
+    }
     await page.waitForLoadState("networkidle").catch(() => undefined);
     await page.waitForTimeout(500);
     await snap(page, `view-${label}`);

@@ -1,11 +1,14 @@
-// One role's card: which models serve it in the chosen mode (the tenant's profile, or the
-// deployment default), its fallback chain and sampling settings, its usage, the scoring
+// One role's card: which models serve it in the chosen mode (the tenant's profile, or what
+// the deployment default resolves to), its fallback chain and sampling settings, its usage, the scoring
 // job's word on it, the override controls and the profile's revisions.
 import type { Model } from "../../gen/skm/profiles/v1/model_pb.js";
 import type { ModelProfile } from "../../gen/skm/profiles/v1/model_profile_pb.js";
 import type { ModelRecommendation } from "../../gen/skm/profiles/v1/model_score_pb.js";
 import type { DeploymentMode } from "../../gen/skm/type/v1/deployment_mode_pb.js";
 import type { ModelRole } from "../../gen/skm/type/v1/model_pb.js";
+import { ErrorBanner } from "../../components/ErrorBanner";
+import { api } from "../../lib/api";
+import { useLoad } from "./data";
 import { OverrideForm } from "./OverrideForm";
 import { Revisions } from "./Revisions";
 import { RoleUsage } from "./RoleUsage";
@@ -91,33 +94,66 @@ function ProfileFacts({ profile, models }: { profile: ModelProfile; models: Mode
   );
 }
 
-/** The deployment default is svc_profiles configuration, resolved by an internal RPC: the
- * public contract shows only its tier 0, in the scoring job's recommendation. */
-function DefaultFacts({ recommendation, models }: { recommendation: ModelRecommendation | undefined; models: Model[] | undefined }) {
+/** Without a tenant profile the role runs on the deployment default: what it resolves to
+ * (ResolveModelProfile, with no persona and no session overrides) is shown as it is. */
+function DefaultFacts({ parent, role, mode, refresh }: { parent: string; role: ModelRole; mode: DeploymentMode; refresh: number }) {
+  const resolved = useLoad(
+    (signal) => api.modelProfiles.resolveModelProfile({ parent, role, mode }, { signal }),
+    [parent, role, mode, refresh],
+  );
+  const profile = resolved.data?.resolvedModelProfile;
+  const [first, ...fallbacks] = profile?.modelTiers ?? [];
   return (
-    <dl className="kv models-facts">
-      <div>
-        <dt>Source</dt>
-        <dd>Deployment default (the tenant has no profile for this role in this mode)</dd>
-      </div>
-      <div>
-        <dt>Model (tier 0)</dt>
-        <dd>
-          {recommendation?.currentModel ? (
-            <>
-              <ModelName name={recommendation.currentModel} models={models} />{" "}
-              <span className="muted small">(as the scoring job last saw the default)</span>
-            </>
-          ) : (
-            <span className="muted">not readable through the public API (ResolveModelProfile is internal)</span>
-          )}
-        </dd>
-      </div>
-      <div>
-        <dt>Fallbacks, settings</dt>
-        <dd className="muted">the deployment's configuration; not readable through the public API</dd>
-      </div>
-    </dl>
+    <>
+      <dl className="kv models-facts">
+        <div>
+          <dt>Source</dt>
+          <dd>Deployment default (the tenant has no profile for this role in this mode)</dd>
+        </div>
+        {profile && (
+          <>
+            <div>
+              <dt>Model (tier 0)</dt>
+              <dd>{first ? <ResolvedName model={first} /> : "none"}</dd>
+            </div>
+            <div>
+              <dt>Fallback chain</dt>
+              <dd>
+                {fallbacks.length === 0 ? (
+                  "no fallback"
+                ) : (
+                  <ol className="models-tiers" start={1}>
+                    {fallbacks.map((m) => (
+                      <li key={m.name}>
+                        <ResolvedName model={m} />
+                      </li>
+                    ))}
+                  </ol>
+                )}
+              </dd>
+            </div>
+            <div>
+              <dt>Temperature</dt>
+              <dd>{profile.temperature === undefined ? "engine default" : profile.temperature}</dd>
+            </div>
+            <div>
+              <dt>Max output tokens</dt>
+              <dd>{profile.maxOutputTokens === 0 ? "engine default" : profile.maxOutputTokens.toLocaleString()}</dd>
+            </div>
+          </>
+        )}
+      </dl>
+      {resolved.loading && !profile && <p className="muted small">Resolving…</p>}
+      <ErrorBanner error={resolved.error} />
+    </>
+  );
+}
+
+function ResolvedName({ model }: { model: Model }) {
+  return (
+    <>
+      {model.displayName || model.name} {model.displayName && <code className="muted small">{model.name}</code>}
+    </>
   );
 }
 
@@ -132,7 +168,7 @@ export function RoleCard(props: Props) {
         {profile?.autoSelect && <span className="badge badge-allow">auto mode</span>}
       </div>
       <p className="muted small">{about}</p>
-      {profile ? <ProfileFacts profile={profile} models={models} /> : <DefaultFacts recommendation={recommendation} models={models} />}
+      {profile ? <ProfileFacts profile={profile} models={models} /> : <DefaultFacts parent={parent} role={role} mode={mode} refresh={refresh} />}
       {recommendation && (
         <p className="small">
           <strong>Scoring job:</strong> {recommendation.summary}

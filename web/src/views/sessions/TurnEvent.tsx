@@ -23,6 +23,10 @@ export function RawOutput({ deltas, label }: { deltas: Delta[]; label: string })
   );
 }
 
+// The platform's tiny test models are named so (skm_stack.tinyllm: "...-untrained"); their
+// output is random and must never pass for an answer.
+const UNTRAINED = /untrained/i;
+
 function ModelCallEntry({ item }: { item: Extract<Item, { kind: "model" }> }) {
   const usage = item.call.usage;
   const facts = [
@@ -37,6 +41,11 @@ function ModelCallEntry({ item }: { item: Extract<Item, { kind: "model" }> }) {
     <div className="sess-event sess-model" data-sequence={String(item.seq)}>
       <span className="badge badge-info">model</span>{" "}
       <span className="mono">{usage ? lastSegment(usage.model) : "unknown model"}</span>
+      {usage && UNTRAINED.test(usage.model) && (
+        <span className="badge badge-held" title="The stack's test fixtures have random weights">
+          UNTRAINED: its text means nothing
+        </span>
+      )}
       {item.call.iteration > 0 && <span className="muted small"> iteration {item.call.iteration}</span>}
       <span className="muted small"> · {facts.join(" · ")}</span>
       {item.call.failureReason && (

@@ -149,7 +149,9 @@ class ModelProfileServiceServicer:
         an unregistered model), INVALID_ARGUMENT (INVALID_MODEL_PROFILE: missing
         role or mode), FAILED_PRECONDITION (NO_MODEL_FOR_ROLE: nothing configured
         for the role, not even a deployment default).
-        Callers: internal (svc_conversation, svc_tools for embeddings).
+        Callers: svc_conversation and svc_tools (embeddings) inside the mesh, and
+        any member of the tenant (the browser UI's model panel shows what each role
+        resolves to); a persona of another tenant is PERSONA_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -81,7 +81,9 @@ class ModelProfileServiceStub:
     an unregistered model), INVALID_ARGUMENT (INVALID_MODEL_PROFILE: missing
     role or mode), FAILED_PRECONDITION (NO_MODEL_FOR_ROLE: nothing configured
     for the role, not even a deployment default).
-    Callers: internal (svc_conversation, svc_tools for embeddings).
+    Callers: svc_conversation and svc_tools (embeddings) inside the mesh, and
+    any member of the tenant (the browser UI's model panel shows what each role
+    resolves to); a persona of another tenant is PERSONA_NOT_FOUND.
     """
     ListModelProfileRevisions: _grpc.UnaryUnaryMultiCallable[_model_profile_service_pb2.ListModelProfileRevisionsRequest, _model_profile_service_pb2.ListModelProfileRevisionsResponse]
     """Lists a profile's revisions, newest first.
@@ -154,7 +156,9 @@ class ModelProfileServiceAsyncStub(ModelProfileServiceStub):
     an unregistered model), INVALID_ARGUMENT (INVALID_MODEL_PROFILE: missing
     role or mode), FAILED_PRECONDITION (NO_MODEL_FOR_ROLE: nothing configured
     for the role, not even a deployment default).
-    Callers: internal (svc_conversation, svc_tools for embeddings).
+    Callers: svc_conversation and svc_tools (embeddings) inside the mesh, and
+    any member of the tenant (the browser UI's model panel shows what each role
+    resolves to); a persona of another tenant is PERSONA_NOT_FOUND.
     """
     ListModelProfileRevisions: _aio.UnaryUnaryMultiCallable[_model_profile_service_pb2.ListModelProfileRevisionsRequest, _model_profile_service_pb2.ListModelProfileRevisionsResponse]  # type: ignore[assignment]
     """Lists a profile's revisions, newest first.
@@ -260,7 +264,9 @@ class ModelProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         an unregistered model), INVALID_ARGUMENT (INVALID_MODEL_PROFILE: missing
         role or mode), FAILED_PRECONDITION (NO_MODEL_FOR_ROLE: nothing configured
         for the role, not even a deployment default).
-        Callers: internal (svc_conversation, svc_tools for embeddings).
+        Callers: svc_conversation and svc_tools (embeddings) inside the mesh, and
+        any member of the tenant (the browser UI's model panel shows what each role
+        resolves to); a persona of another tenant is PERSONA_NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
