@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import mimetypes
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +43,10 @@ log = logging.getLogger("skm_stack.web")
 WEB_DIR = REPO_ROOT / "web"
 DIST_DIR = WEB_DIR / "dist"
 DEMO_HEADER = "x-skm-demo"
+OIDC_SETTINGS = {
+    "SKM_WEB_OIDC_AUTHORIZE_URL": "--oidc-authorize-url",
+    "SKM_WEB_OIDC_CLIENT_ID": "--oidc-client-id",
+}
 # A demo sign-in lasts a working day; `skm token`'s own default (an hour) would sign the
 # page out in the middle of a session.
 DEMO_TOKEN_TTL_SECONDS = 8 * 3600
@@ -245,6 +250,10 @@ def start_web(
     argv = [sys.executable, "-m", "skm_stack.web", "--root", str(root), "--port", str(port), "--envoy-url", envoy_url]
     if signing_key is not None:
         argv += ["--signing-key", str(signing_key)]
+    # A deployment's identity provider (README: the browser UI, OIDC); off by default.
+    for variable, flag in OIDC_SETTINGS.items():
+        if os.environ.get(variable):
+            argv += [flag, os.environ[variable]]
     process = ServerProcess("web", argv, state_dir=state_dir, cwd=REPO_ROOT)
     server = WebServer(process, port)
     deadline = time.monotonic() + timeout

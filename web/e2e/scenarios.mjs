@@ -176,6 +176,12 @@ async function demo({ open, snap, figures }) {
   await page.getByRole("navigation", { name: "Views" }).waitFor();
   figures.signed_in_as = ((await page.locator(".whoami").textContent()) ?? "").trim();
   await snap(page, "demo-signed-in");
+  // The onboarded demo tenant as its admin sees it (the test tenants of the other scenarios
+  // are not onboarded, so their admin view says TENANT_NOT_FOUND for the tenant card).
+  await page.goto("/#/admin");
+  await page.getByRole("heading", { name: "Constitution" }).waitFor();
+  await page.waitForLoadState("networkidle").catch(() => undefined);
+  await snap(page, "demo-tenant-admin");
 }
 
 /** The fake microphone plays a WAV: the question is heard, the answer's audio arrives and plays. */

@@ -250,7 +250,7 @@ export default function Approvals({ route }: ViewProps) {
             <thead>
               <tr>
                 <th scope="col">
-                  <span className="admin-vh">Selected</span>
+                  <span className="visually-hidden">Selected</span>
                 </th>
                 <th scope="col">Tool / action</th>
                 <th scope="col">Session</th>

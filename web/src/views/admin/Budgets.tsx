@@ -161,7 +161,7 @@ export function BudgetsSection({ tenant }: { tenant: string }) {
                 <th scope="col">Used</th>
                 <th scope="col">Spenders</th>
                 <th scope="col">
-                  <span className="admin-vh">Actions</span>
+                  <span className="visually-hidden">Actions</span>
                 </th>
               </tr>
             </thead>

@@ -126,7 +126,7 @@ function Revisions({ persona, onChanged }: { persona: Persona; onChanged(): Prom
               <th scope="col">Why</th>
               <th scope="col">Bundle version</th>
               <th scope="col">
-                <span className="admin-vh">Actions</span>
+                <span className="visually-hidden">Actions</span>
               </th>
             </tr>
           </thead>
@@ -311,7 +311,7 @@ export function PersonasSection({ tenant }: { tenant: string }) {
                 <th scope="col">Signed by</th>
                 <th scope="col">Changed</th>
                 <th scope="col">
-                  <span className="admin-vh">Actions</span>
+                  <span className="visually-hidden">Actions</span>
                 </th>
               </tr>
             </thead>

@@ -184,7 +184,7 @@ export function RelationshipsSection({ tenant }: { tenant: string }) {
                 <th scope="col">On</th>
                 <th scope="col">Condition</th>
                 <th scope="col">
-                  <span className="admin-vh">Actions</span>
+                  <span className="visually-hidden">Actions</span>
                 </th>
               </tr>
             </thead>

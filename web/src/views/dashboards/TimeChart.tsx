@@ -144,7 +144,7 @@ export function TimeChart({ kind, title, labels, lines, format, stacked = false 
         <summary>Data table: {title}</summary>
         <div className="dash-scroll">
           <table className="table small">
-            <caption className="dash-sr-only">{title}</caption>
+            <caption className="visually-hidden">{title}</caption>
             <thead>
               <tr>
                 <th scope="col">Time</th>

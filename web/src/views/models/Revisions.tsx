@@ -76,7 +76,7 @@ export function Revisions({ profile, models, onRolledBack }: Props) {
       {items.length > 0 && (
         <div className="models-scroll">
           <table className="table small">
-            <caption className="models-sr-only">Revisions of {profile.name}</caption>
+            <caption className="visually-hidden">Revisions of {profile.name}</caption>
             <thead>
               <tr>
                 <th scope="col">Revision</th>
@@ -87,7 +87,7 @@ export function Revisions({ profile, models, onRolledBack }: Props) {
                 <th scope="col">Auto mode</th>
                 <th scope="col">Note</th>
                 <th scope="col">
-                  <span className="models-sr-only">Action</span>
+                  <span className="visually-hidden">Action</span>
                 </th>
               </tr>
             </thead>

@@ -1,6 +1,7 @@
 // One role's card: which models serve it in the chosen mode (the tenant's profile, or what
 // the deployment default resolves to), its fallback chain and sampling settings, its usage, the scoring
 // job's word on it, the override controls and the profile's revisions.
+import type { ReactNode } from "react";
 import type { Model } from "../../gen/skm/profiles/v1/model_pb.js";
 import type { ModelProfile } from "../../gen/skm/profiles/v1/model_profile_pb.js";
 import type { ModelRecommendation } from "../../gen/skm/profiles/v1/model_score_pb.js";
@@ -36,6 +37,46 @@ function ModelName({ name, models }: { name: string; models: Model[] | undefined
   );
 }
 
+/** Tier 0, the fallback chain and the sampling settings: the rows a profile and a
+ * resolution share. */
+function TierFacts(props: {
+  first: ReactNode;
+  fallbacks: { key: string; node: ReactNode }[];
+  temperature: number | undefined;
+  maxOutputTokens: number;
+}) {
+  return (
+    <>
+      <div>
+        <dt>Model (tier 0)</dt>
+        <dd>{props.first || "none"}</dd>
+      </div>
+      <div>
+        <dt>Fallback chain</dt>
+        <dd>
+          {props.fallbacks.length === 0 ? (
+            "no fallback"
+          ) : (
+            <ol className="models-tiers" start={1}>
+              {props.fallbacks.map((f) => (
+                <li key={f.key}>{f.node}</li>
+              ))}
+            </ol>
+          )}
+        </dd>
+      </div>
+      <div>
+        <dt>Temperature</dt>
+        <dd>{props.temperature === undefined ? "engine default" : props.temperature}</dd>
+      </div>
+      <div>
+        <dt>Max output tokens</dt>
+        <dd>{props.maxOutputTokens === 0 ? "engine default" : props.maxOutputTokens.toLocaleString()}</dd>
+      </div>
+    </>
+  );
+}
+
 function ProfileFacts({ profile, models }: { profile: ModelProfile; models: Model[] | undefined }) {
   const [first, ...fallbacks] = profile.modelTiers;
   const bounds = profile.autoSelectBounds;
@@ -48,34 +89,12 @@ function ProfileFacts({ profile, models }: { profile: ModelProfile; models: Mode
           <span className="muted small">(changed {formatTime(profile.updateTime)})</span>
         </dd>
       </div>
-      <div>
-        <dt>Model (tier 0)</dt>
-        <dd>{first ? <ModelName name={first} models={models} /> : "none"}</dd>
-      </div>
-      <div>
-        <dt>Fallback chain</dt>
-        <dd>
-          {fallbacks.length === 0 ? (
-            "no fallback"
-          ) : (
-            <ol className="models-tiers" start={1}>
-              {fallbacks.map((t) => (
-                <li key={t}>
-                  <ModelName name={t} models={models} />
-                </li>
-              ))}
-            </ol>
-          )}
-        </dd>
-      </div>
-      <div>
-        <dt>Temperature</dt>
-        <dd>{profile.temperature === undefined ? "engine default" : profile.temperature}</dd>
-      </div>
-      <div>
-        <dt>Max output tokens</dt>
-        <dd>{profile.maxOutputTokens === 0 ? "engine default" : profile.maxOutputTokens.toLocaleString()}</dd>
-      </div>
+      <TierFacts
+        first={first && <ModelName name={first} models={models} />}
+        fallbacks={fallbacks.map((t) => ({ key: t, node: <ModelName name={t} models={models} /> }))}
+        temperature={profile.temperature}
+        maxOutputTokens={profile.maxOutputTokens}
+      />
       <div>
         <dt>Auto mode</dt>
         <dd>
@@ -111,36 +130,12 @@ function DefaultFacts({ parent, role, mode, refresh }: { parent: string; role: M
           <dd>Deployment default (the tenant has no profile for this role in this mode)</dd>
         </div>
         {profile && (
-          <>
-            <div>
-              <dt>Model (tier 0)</dt>
-              <dd>{first ? <ResolvedName model={first} /> : "none"}</dd>
-            </div>
-            <div>
-              <dt>Fallback chain</dt>
-              <dd>
-                {fallbacks.length === 0 ? (
-                  "no fallback"
-                ) : (
-                  <ol className="models-tiers" start={1}>
-                    {fallbacks.map((m) => (
-                      <li key={m.name}>
-                        <ResolvedName model={m} />
-                      </li>
-                    ))}
-                  </ol>
-                )}
-              </dd>
-            </div>
-            <div>
-              <dt>Temperature</dt>
-              <dd>{profile.temperature === undefined ? "engine default" : profile.temperature}</dd>
-            </div>
-            <div>
-              <dt>Max output tokens</dt>
-              <dd>{profile.maxOutputTokens === 0 ? "engine default" : profile.maxOutputTokens.toLocaleString()}</dd>
-            </div>
-          </>
+          <TierFacts
+            first={first && <ResolvedName model={first} />}
+            fallbacks={fallbacks.map((m) => ({ key: m.name, node: <ResolvedName model={m} /> }))}
+            temperature={profile.temperature}
+            maxOutputTokens={profile.maxOutputTokens}
+          />
         )}
       </dl>
       {resolved.loading && !profile && <p className="muted small">Resolving…</p>}

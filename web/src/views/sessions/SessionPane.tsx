@@ -99,7 +99,7 @@ function Header({ session, name, state, link }: { session: Session | null; name:
       <div className="row">
         <h2>{session ? sessionTitle(session) : `Session ${lastSegment(name).slice(0, 8)}`}</h2>
         <span className={stateBadgeClass(state)}>
-          <span className="sess-sr-only">Session state: </span>
+          <span className="visually-hidden">Session state: </span>
           {words(state)}
         </span>
         <span className="spacer" />
