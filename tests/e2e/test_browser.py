@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 
+from skm.conversation.v1 import conversation_service_pb2 as pb
+from skm.policy.v1 import blocked_action_service_pb2, blocked_action_service_pb2_grpc
 from skm_stack import RunningStack
 from skm_stack.demo import DEMO_TENANT
 from skm_stack.paths import REPO_ROOT
 from skm_stack.web import WebServer
-from tests.e2e.test_conversation import _grant, _token
+from tests.e2e.test_conversation import Client, _grant, _token
 from tests.e2e.test_real_model import _tenant_on_the_real_model
 from tests.integration.test_audio_service import RATE, espeak, silence
 
@@ -40,8 +42,8 @@ def web(mesh: RunningStack) -> WebServer:
     return mesh.web or mesh.start_web()
 
 
-def _scenario(name: str, web: WebServer, **settings: str) -> dict[str, Any]:
-    """Run one scenario in Chromium; its JSON result, or a failure with what it printed."""
+def _launch(name: str, web: WebServer, **settings: str) -> subprocess.Popen[str]:
+    """Start one scenario in Chromium (web/e2e/run.mjs); its stdin and stdout are pipes."""
     node = shutil.which("node")
     assert node, "node is needed for the browser tests (the README's requirements)"
     env = {
@@ -50,14 +52,35 @@ def _scenario(name: str, web: WebServer, **settings: str) -> dict[str, Any]:
         "SKM_UI_SHOTS": str(SCREENSHOTS),
         **{f"SKM_UI_{key.upper()}": value for key, value in settings.items()},
     }
-    done = subprocess.run(
-        [node, str(RUNNER), name], capture_output=True, text=True, env=env, timeout=540, check=False, cwd=REPO_ROOT
+    return subprocess.Popen(
+        [node, str(RUNNER), name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
     )
-    lines = done.stdout.strip().splitlines()
-    assert done.returncode == 0, f"scenario {name} failed:\n{done.stderr[-6000:]}\n{done.stdout[-2000:]}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    print(f"\n[{name}] figures {result['figures']}; screenshots: {', '.join(result['screenshots'])}")
+
+
+def _finish(process: subprocess.Popen[str], name: str, *, before: str = "") -> dict[str, Any]:
+    """Wait for the scenario; its JSON result, or a failure with what it printed."""
+    try:
+        stdout, stderr = process.communicate(timeout=540)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    stdout = before + stdout
+    assert process.returncode == 0, f"scenario {name} failed:\n{stderr[-6000:]}\n{stdout[-2000:]}"
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    shown = {k: v for k, v in result["figures"].items() if k != "sequences"}
+    print(f"\n[{name}] figures {shown}; screenshots: {', '.join(result['screenshots'])}")
     return result
+
+
+def _scenario(name: str, web: WebServer, **settings: str) -> dict[str, Any]:
+    """Run one scenario to its end."""
+    return _finish(_launch(name, web, **settings), name)
 
 
 async def _tenant(mesh: RunningStack, *, low_risk: bool) -> tuple[str, dict[str, str]]:
@@ -87,6 +110,59 @@ async def test_a_running_turn_is_interrupted_from_the_page(mesh: RunningStack, w
 async def test_an_operator_approves_a_held_call_and_the_session_goes_on(mesh: RunningStack, web: WebServer) -> None:
     _, tokens = await _tenant(mesh, low_risk=False)
     _scenario("approval", web, token=tokens["token"], operator_token=tokens["operator_token"])
+
+
+async def test_a_stream_dropped_mid_turn_reattaches_without_gaps_or_repeats(mesh: RunningStack, web: WebServer) -> None:
+    tenant, tokens = await _tenant(mesh, low_risk=False)
+    process = _launch("reattach", web, token=tokens["token"])
+    assert process.stdout is not None
+    assert process.stdin is not None
+    seen = ""
+    for line in process.stdout:
+        seen += line
+        if line.strip() == "DROP-NOW":
+            break
+    # A real drop: svc_conversation dies under the page's stream (Envoy answers UNAVAILABLE);
+    # its successor takes the turn over after the lease (3 s in this mesh).
+    mesh.restart_service("conversation", kill=True)
+    operator = Client(mesh, tenant, "olga")
+    blocked = blocked_action_service_pb2_grpc.BlockedActionServiceStub(operator.channel)
+    held = await blocked.ListBlockedActions(
+        blocked_action_service_pb2.ListBlockedActionsRequest(parent=f"tenants/{tenant}"),
+        metadata=operator.metadata,
+        timeout=10,
+    )
+    assert len(held.blocked_actions) == 1
+    await blocked.ApproveBlockedAction(
+        blocked_action_service_pb2.ApproveBlockedActionRequest(name=held.blocked_actions[0].name, note="go on"),
+        metadata=operator.metadata,
+        timeout=10,
+    )
+    process.stdin.write("DROPPED\n")
+    process.stdin.flush()
+    result = _finish(process, "reattach", before=seen)
+    shown = result["figures"]["sequences"]
+    # Every event of the session, as the service keeps it, is on the page (once: the scenario
+    # checked that no sequence shows twice).
+    client = Client(mesh, tenant, "alice")
+    stored: list[int] = []
+    session = f"tenants/{tenant}/sessions/{result['figures']['session_id']}"
+    turns = await client.stub.ListTurns(
+        pb.ListTurnsRequest(parent=session, page_size=100), metadata=client.metadata, timeout=10
+    )
+    for turn in turns.turns:
+        events = await client.stub.ListTurnEvents(
+            pb.ListTurnEventsRequest(parent=turn.name, page_size=1000), metadata=client.metadata, timeout=10
+        )
+        stored += [event.sequence for event in events.events]
+    # Nothing stored is missing. The page shows more: the token deltas it saw live, which the
+    # service compacts away once the turn ends (their text survives in final_response).
+    missing = sorted(set(stored) - set(shown))
+    assert not missing, f"the page lacks stored events {missing}"
+    assert max(stored) > result["figures"]["before_drop"], "no event of the turn came after the drop"
+    print(
+        f"{len(stored)} stored events all shown; {len(set(shown) - set(stored))} token deltas seen live and compacted since"
+    )
 
 
 async def test_every_view_renders_and_the_main_flow_works_by_keyboard_alone(mesh: RunningStack, web: WebServer) -> None:

@@ -111,6 +111,68 @@ async function approval({ env, open, snap }) {
   await snap(user.page, "session-after-approval");
 }
 
+/** The line the test writes on our stdin once it has done what a marker asked for. */
+async function waitForTest(expected) {
+  const { createInterface } = await import("node:readline");
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    if (line.trim() === expected) {
+      lines.close();
+      return;
+    }
+  }
+  throw new Error(`stdin closed before ${expected}`);
+}
+
+/** The session's stream drops mid-turn (the test kills svc_conversation while a call waits
+ * for approval): the page says it is reconnecting, re-attaches after the last event shown,
+ * the rest of the turn arrives, and no event shows twice or is missed. */
+async function reattach({ env, open, snap, allow, figures }) {
+  // Chromium itself reports the cut stream and Envoy's 503 while the service is down; the
+  // page logs nothing of its own.
+  allow(/^console: Failed to load resource: (net::ERR_INCOMPLETE_CHUNKED_ENCODING|the server responded with a status of 503)/);
+  const { page } = await open();
+  await signIn(page, env.token);
+  await newSession(page);
+  // A call held for an operator keeps the turn open while the stream is cut; the test
+  // approves it once svc_conversation is back, so the rest of the turn arrives on the new stream.
+  await send(page, "Run this for me.", { tool: "code_execution" });
+  await waitForState(page, ["AWAITING_APPROVAL"]);
+  figures.before_drop = await page
+    .locator("[data-sequence]")
+    .evaluateAll((elements) => Math.max(...elements.map((el) => Number(el.getAttribute("data-sequence")))));
+  const link = page.locator(".sess-link");
+  // Every text the link status shows from now on, however briefly.
+  await link.evaluate((element) => {
+    const seen = (window.__skmLinkTexts = [element.textContent ?? ""]);
+    new MutationObserver(() => seen.push(element.textContent ?? "")).observe(element, {
+      subtree: true,
+      childList: true,
+      characterData: true,
+    });
+  });
+  console.log("DROP-NOW");
+  await waitForTest("DROPPED");
+  await page
+    .waitForFunction(() => window.__skmLinkTexts.some((t) => /Reconnecting/.test(t)), null, { timeout: 60_000 })
+    .catch(async () => {
+      const texts = await page.evaluate(() => window.__skmLinkTexts);
+      throw new Error(`the page never said it was reconnecting; its link status showed: ${JSON.stringify(texts)}`);
+    });
+  figures.saw_reconnecting = true;
+  await waitForState(page, TERMINAL, 240_000);
+  await link.filter({ hasText: /^\s*Live/ }).waitFor(LONG);
+  const sequences = await page
+    .locator("[data-sequence]")
+    .evaluateAll((elements) => elements.map((el) => Number(el.getAttribute("data-sequence"))));
+  figures.events_shown = sequences.length;
+  assert.equal(new Set(sequences).size, sequences.length, `an event shows twice: ${sequences}`);
+  // The test compares them with the session's events as svc_conversation stored them.
+  figures.sequences = sequences;
+  figures.session_id = decodeURIComponent(page.url().split("#/sessions/")[1]);
+  await snap(page, "re-attached");
+}
+
 /** Every view renders (a heading, no console error) and is screenshot. */
 async function views({ env, open, snap }) {
   const { page } = await open();
@@ -203,7 +265,7 @@ async function voice({ env, open, snap, figures }) {
   await page.getByRole("button", { name: "Stop" }).click();
 }
 
-export const scenarios = { chat, interrupt, approval, views, keyboard, demo, voice };
+export const scenarios = { chat, interrupt, approval, reattach, views, keyboard, demo, voice };
 
 // -- figures (python -m bench web) ------------------------------------------------------
 
