@@ -85,7 +85,7 @@ def main(rounds: int = 5, llm: str = "untrained") -> None:
     print(f"\nEnter -> first token, {len(browser)} turns (p50)")
     print(f"  browser, on screen            {_p50(browser)}   {[round(v) for v in browser]}")
     print(f"  skm chat --json, received     {_p50(cli)}   {[round(v) for v in cli]}")
-    print(f"  model call's own TTFT         {_p50(model)}")
+    print(f"  model calls' own TTFT         {_p50(model)}   (pre-SLM and primary calls, as their ModelCall events say)")
     if browser and cli:
         ratio = statistics.median(browser) / statistics.median(cli)
         gap = statistics.median(browser) - statistics.median(cli)

@@ -21,7 +21,12 @@ from typing import Any
 import pytest
 
 from skm.conversation.v1 import conversation_service_pb2 as pb
-from skm.policy.v1 import blocked_action_service_pb2, blocked_action_service_pb2_grpc
+from skm.policy.v1 import (
+    blocked_action_service_pb2,
+    blocked_action_service_pb2_grpc,
+    constitution_service_pb2,
+    constitution_service_pb2_grpc,
+)
 from skm_stack import RunningStack
 from skm_stack.demo import DEMO_TENANT
 from skm_stack.paths import REPO_ROOT
@@ -160,9 +165,8 @@ async def test_a_stream_dropped_mid_turn_reattaches_without_gaps_or_repeats(mesh
     missing = sorted(set(stored) - set(shown))
     assert not missing, f"the page lacks stored events {missing}"
     assert max(stored) > result["figures"]["before_drop"], "no event of the turn came after the drop"
-    print(
-        f"{len(stored)} stored events all shown; {len(set(shown) - set(stored))} token deltas seen live and compacted since"
-    )
+    compacted = len(set(shown) - set(stored))
+    print(f"{len(stored)} stored events all shown; {compacted} token deltas seen live and compacted since")
 
 
 async def test_every_view_renders_and_the_main_flow_works_by_keyboard_alone(mesh: RunningStack, web: WebServer) -> None:
@@ -170,6 +174,21 @@ async def test_every_view_renders_and_the_main_flow_works_by_keyboard_alone(mesh
     result = _scenario("views", web, token=tokens["admin_token"])
     assert len(result["screenshots"]) >= 6
     _scenario("keyboard", web, token=tokens["token"])
+
+
+async def test_a_tenant_admin_changes_models_roles_budgets_and_the_constitution_from_the_page(
+    mesh: RunningStack, web: WebServer
+) -> None:
+    tenant, tokens = await _tenant(mesh, low_risk=True)
+    _scenario("admin", web, token=tokens["admin_token"])
+    # What the page did, read back from the services.
+    admin = Client(mesh, tenant, "ada")
+    constitution = await constitution_service_pb2_grpc.ConstitutionServiceStub(admin.channel).GetConstitution(
+        constitution_service_pb2.GetConstitutionRequest(name=f"tenants/{tenant}/constitution"),
+        metadata=admin.metadata,
+        timeout=10,
+    )
+    assert constitution.constitution.content == "Be kind. Ask before anything that costs money."
 
 
 async def test_the_demo_sign_in_gives_the_demo_admin(mesh: RunningStack, web: WebServer) -> None:

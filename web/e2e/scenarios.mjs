@@ -173,6 +173,66 @@ async function reattach({ env, open, snap, allow, figures }) {
   await snap(page, "re-attached");
 }
 
+/** A tenant admin's writes from the page: a model override, auto mode on, a roll back, auto
+ * mode off; a
+ * relationship added and deleted; a budget set and removed; the constitution saved (last:
+ * it makes the admin's own token stale, which the page then says). */
+async function admin({ env, open, snap, figures }) {
+  const { page } = await open();
+  await signIn(page, env.token);
+
+  await page.goto("/#/models");
+  const primary = page.getByRole("region", { name: "Primary" });
+  await primary.getByText("Model (tier 0)").first().waitFor();
+  const model = primary.getByLabel("Model", { exact: true });
+  await page.waitForFunction(
+    () => [...document.querySelectorAll("select option")].some((o) => o.value.startsWith("models/")),
+  );
+  const choices = await model.locator("option").evaluateAll((options) => options.map((o) => o.value).filter(Boolean));
+  figures.override_model = choices[0];
+  await model.selectOption(choices[0]);
+  await primary.getByRole("button", { name: "Save override" }).click();
+  await primary.getByText(/Tenant profile, revision 1\b/).waitFor();
+  await primary.getByRole("button", { name: "Use auto mode" }).click();
+  await primary.getByText(/Tenant profile, revision 2\b/).waitFor();
+  await primary.getByText("Revisions", { exact: true }).click();
+  await primary.getByRole("button", { name: "Roll back to revision 1" }).click();
+  await primary.getByText(/Tenant profile, revision 3\b/).waitFor();
+  // A roll back keeps auto mode as it is (the contract: undoing an automatic change must not
+  // turn auto mode back on by itself), so it is still on; turning it off is one more revision.
+  await primary.getByRole("button", { name: "Turn off auto mode" }).click();
+  await primary.getByText(/Tenant profile, revision 4\b/).waitFor();
+  await primary.getByRole("button", { name: "Use auto mode" }).and(page.locator(":enabled")).waitFor();
+  await snap(page, "models-override-rolled-back");
+
+  await page.goto("/#/admin");
+  await page.getByRole("heading", { name: "Users and roles" }).waitFor();
+  await page.getByLabel("User", { exact: true }).fill("bob");
+  await page.getByLabel("Relation", { exact: true }).fill("member");
+  await page.getByRole("button", { name: "Add relationship" }).click();
+  const bob = page.getByRole("row").filter({ hasText: "/users/bob" });
+  await bob.first().waitFor();
+  await bob.first().getByRole("button", { name: "Delete" }).click();
+  await bob.first().waitFor({ state: "detached" });
+
+  await page.getByLabel("Budget role").selectOption({ label: "Primary" });
+  await page.getByLabel("Monthly limit (USD)").fill("25");
+  await page.getByRole("button", { name: "Set budget" }).click();
+  const budgetRow = page.getByRole("row").filter({ has: page.getByRole("button", { name: "Remove budget" }) });
+  await budgetRow.first().waitFor();
+  assert.match((await budgetRow.first().textContent()) ?? "", /25/);
+  await snap(page, "admin-budget-set");
+  await budgetRow.first().getByRole("button", { name: "Remove budget" }).click();
+  await budgetRow.first().waitFor({ state: "detached" });
+
+  const constitution = page.getByLabel("Constitution", { exact: true });
+  await constitution.fill("Be kind. Ask before anything that costs money.");
+  await page.getByRole("button", { name: "Save constitution" }).click();
+  await page.getByText("Constitution saved").waitFor();
+  figures.stale_notice = true;
+  await snap(page, "admin-constitution-saved");
+}
+
 /** Every view renders (a heading, no console error) and is screenshot. */
 async function views({ env, open, snap }) {
   const { page } = await open();
@@ -265,7 +325,7 @@ async function voice({ env, open, snap, figures }) {
   await page.getByRole("button", { name: "Stop" }).click();
 }
 
-export const scenarios = { chat, interrupt, approval, reattach, views, keyboard, demo, voice };
+export const scenarios = { chat, interrupt, approval, reattach, admin, views, keyboard, demo, voice };
 
 // -- figures (python -m bench web) ------------------------------------------------------
 
@@ -363,8 +423,11 @@ async function bench({ env, open, figures }) {
     for (let i = 0; i < rounds; i++) {
       await armFirstToken(page);
       const mark = lines.length;
+      const turnsBefore = await page.locator("[data-turn-state]").count();
       await page.getByLabel("Message", { exact: true }).fill(`Say something, round ${i + 1}.`);
       await page.getByLabel("Message", { exact: true }).press("Enter");
+      // The new turn's element first: until it shows, the last one is the previous turn's.
+      await page.waitForFunction((n) => document.querySelectorAll("[data-turn-state]").length > n, turnsBefore);
       await waitForState(page, TERMINAL);
       await page.waitForTimeout(300);
       const marks = await page.evaluate(() => window.__skmBench);
