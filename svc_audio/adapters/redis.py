@@ -13,7 +13,11 @@ import logging
 import math
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from skm_runtime.errors import ServiceUnavailable
 
@@ -45,7 +49,20 @@ class RedisStreamDirectory:
 
     @classmethod
     def connect(cls, url: str) -> RedisStreamDirectory:
-        return cls(aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, decode_responses=True))
+        # A pooled connection outlives a Redis restart only as a dead socket: without a retry
+        # (a pool made by from_url has none) the first command after it fails. Every command
+        # here may be repeated (SET, GET, the compare-and-delete), so it is retried on a new
+        # connection.
+        return cls(
+            aioredis.from_url(
+                url,
+                socket_timeout=2.0,
+                socket_connect_timeout=2.0,
+                decode_responses=True,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            )
+        )
 
     async def close(self) -> None:
         await self._redis.aclose()

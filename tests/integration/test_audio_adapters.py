@@ -25,6 +25,7 @@ from svc_audio.adapters.qdrant import QdrantFeatureStore, collection_of
 from svc_audio.adapters.redis import RedisStreamDirectory
 from svc_audio.errors import InvalidResourceName
 from svc_audio.model import FeaturePoint, Features, Quality, QualityReport
+from tests.conftest import StackFactory
 from tests.support.databases import fresh_database
 from tests.support.ports import free_port
 
@@ -305,3 +306,19 @@ async def test_an_unreachable_redis_is_unavailable() -> None:
             await gone.holder(_stream())
     finally:
         await gone.close()
+
+
+async def test_the_first_claim_after_a_redis_restart_succeeds(stack_factory: StackFactory) -> None:
+    """A pooled connection is a dead socket once Redis restarts; the claim retries on a new one."""
+    own = stack_factory(("redis",))
+    directory = RedisStreamDirectory.connect(own.redis_url)
+    try:
+        stream = _stream()
+        await directory.claim(stream, "10.0.0.1:50053", 30)
+        assert own.redis is not None
+        own.redis.stop()
+        await asyncio.to_thread(own.start_server, "redis")
+        await directory.claim(stream, "10.0.0.2:50053", 30)
+        assert await directory.holder(stream) == "10.0.0.2:50053"
+    finally:
+        await directory.close()
