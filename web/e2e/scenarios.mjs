@@ -262,6 +262,32 @@ async function views({ env, open, snap }) {
   await page.keyboard.press("Control+K");
   await page.getByRole("dialog", { name: "Quick actions" }).waitFor();
   await snap(page, "palette");
+  await page.keyboard.press("Escape");
+
+  // A phone's width: no view makes the page scroll sideways (wide tables scroll in their box).
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflowing = [];
+  for (const path of ["sessions", "approvals", "audio", "models", "dashboards", "admin"]) {
+    await page.goto(`/#/${path}`);
+    await page.getByRole("heading", { level: 1 }).first().waitFor();
+    await page.waitForTimeout(500);
+    const wide = await page.evaluate(() => {
+      if (document.documentElement.scrollWidth <= window.innerWidth + 1) return "";
+      // The outermost elements that stick out, to say where to look.
+      const out = [...document.querySelectorAll("main *")].filter(
+        (el) => el.getBoundingClientRect().right > window.innerWidth + 1 && !el.parentElement?.closest("[data-wide]"),
+      );
+      const outermost = out.filter((el) => !out.includes(el.parentElement));
+      outermost.forEach((el) => el.setAttribute("data-wide", ""));
+      const name = (el) => `${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ""}${el.className ? `.${String(el.className).split(" ").join(".")}` : ""}`;
+      return `${document.documentElement.scrollWidth} px: ${outermost.slice(0, 5).map(name).join(", ")}`;
+    });
+    if (wide) overflowing.push(`${path} (${wide})`);
+  }
+  await page.goto("/#/sessions");
+  await page.getByRole("heading", { level: 1 }).first().waitFor();
+  await snap(page, "narrow-sessions");
+  assert.deepEqual(overflowing, [], `views wider than a 390 px screen: ${overflowing.join(", ")}`);
 }
 
 /** The main flow with the keyboard alone: sign in, palette, new session, send, see the turn end. */

@@ -115,6 +115,7 @@ function Revisions({ persona, onChanged }: { persona: Persona; onChanged(): Prom
       <ErrorBanner error={list.error} />
       {list.data && revisions.length === 0 && <p className="muted">No revision: a built-in persona has none.</p>}
       {revisions.length > 0 && (
+        <div className="admin-scroll-x">
         <table className="table admin-table">
           <caption className="muted small">Revisions of {persona.displayName || lastSegment(persona.name)}, newest first</caption>
           <thead>
@@ -164,6 +165,7 @@ function Revisions({ persona, onChanged }: { persona: Persona; onChanged(): Prom
             })}
           </tbody>
         </table>
+        </div>
       )}
       <Pager
         what="revisions"
