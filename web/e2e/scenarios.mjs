@@ -101,13 +101,28 @@ async function approval({ env, open, snap }) {
   await row.getByLabel("Note").fill("ok from the browser test");
   await snap(operator.page, "approvals");
   await row.getByRole("button", { name: "Approve" }).click();
-  await operator.page.getByRole("row").filter({ hasText: "code_execution" }).first().waitFor({ state: "detached", ...LONG }).catch(async () => {
-    // Some queues keep the row and show its new state instead of removing it.
-    await operator.page.getByText(/APPROVED/i).first().waitFor(LONG);
-  });
+  await row.waitFor({ state: "detached", timeout: 30_000 });
 
-  // Back in the person's tab, live: the turn leaves AWAITING_APPROVAL and ends.
-  await waitForState(user.page, TERMINAL);
+  // Back in the person's tab, live: the approved call runs, its result shows, the turn goes on.
+  await lastTurn(user.page).locator(".sess-result").first().waitFor(LONG);
+  // The untrained model may ask for the tool again in a later iteration, and each ask is held:
+  // the operator approves each one until the turn ends.
+  const deadline = Date.now() + 240_000;
+  for (;;) {
+    const state = await turnState(user.page);
+    if (TERMINAL.some((s) => state.includes(s))) break;
+    if (Date.now() > deadline) throw new Error(`the turn stayed ${state} after the approval`);
+    const next = operator.page
+      .getByRole("row")
+      .filter({ hasText: "code_execution" })
+      .filter({ has: operator.page.getByRole("button", { name: "Approve" }) })
+      .first();
+    if (state.includes("AWAITING_APPROVAL") && (await next.count()) > 0) {
+      await next.getByRole("button", { name: "Approve" }).click();
+      await next.waitFor({ state: "detached", timeout: 30_000 });
+    }
+    await user.page.waitForTimeout(300);
+  }
   await snap(user.page, "session-after-approval");
 }
 
@@ -160,8 +175,12 @@ async function reattach({ env, open, snap, allow, figures }) {
       throw new Error(`the page never said it was reconnecting; its link status showed: ${JSON.stringify(texts)}`);
     });
   figures.saw_reconnecting = true;
-  await waitForState(page, TERMINAL, 240_000);
+  // The approved call's result arrives on the new stream; then the turn rests: it ends, or the
+  // untrained model asks for the tool again and waits for approval (nothing more comes either way).
+  await lastTurn(page).locator(".sess-result").first().waitFor(LONG);
+  await waitForState(page, [...TERMINAL, "AWAITING_APPROVAL"], 240_000);
   await link.filter({ hasText: /^\s*Live/ }).waitFor(LONG);
+  await page.waitForTimeout(1000);
   const sequences = await page
     .locator("[data-sequence]")
     .evaluateAll((elements) => elements.map((el) => Number(el.getAttribute("data-sequence"))));
