@@ -14,7 +14,6 @@ from types import FrameType
 from typing import Any
 
 import grpc
-import httpx
 
 from skm_stack.catalogue import AssetError, ensure_assets, load_catalogue, problems_of
 from skm_stack.demo import DEMO_ADMIN, DEMO_TENANT, how_to_use, onboard_demo
@@ -30,6 +29,7 @@ from skm_stack.process import ProcessRecord, port_is_free, process_start_ticks
 from skm_stack.redis_server import probe_ping
 from skm_stack.services import DEFAULT_SERVICE_PORTS, default_services, probe_serving
 from skm_stack.stack import PortInUse, RunningStack, Stack, ports_from_env, read_manifest, stop_recorded
+from skm_stack.web import probe_config
 
 
 class _Stop(BaseException):
@@ -191,7 +191,7 @@ def _status(state_dir: Path) -> int:
         "openfga": lambda: probe_healthz(urls["openfga"]),
         "llm": lambda: probe_models(urls["llm"]),
         "envoy": lambda: probe_ready(urls["envoy_admin"]),
-        "web": lambda: httpx.get(f"{urls['web']}config.json", timeout=2.0).raise_for_status(),
+        "web": lambda: probe_config(urls["web"]),
     }
     print(f"stack in {state_dir}")
     healthy = True

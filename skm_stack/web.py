@@ -26,7 +26,6 @@ import mimetypes
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from skm_stack.health import StartError, wait_healthy
 from skm_stack.paths import REPO_ROOT
 from skm_stack.process import ServerProcess
 
@@ -235,6 +235,11 @@ class WebServer:
         self.process.stop()
 
 
+def probe_config(url: str) -> None:
+    """Raise unless the web server at ``url`` (ending in /) answers ``/config.json``."""
+    httpx.get(f"{url}config.json", timeout=2.0).raise_for_status()
+
+
 def start_web(
     state_dir: Path,
     port: int,
@@ -246,7 +251,7 @@ def start_web(
 ) -> WebServer:
     """Start ``python -m skm_stack.web`` and wait until it answers ``/config.json``."""
     if not (root / "index.html").is_file():
-        raise FileNotFoundError(f"the browser UI is not built ({root / 'index.html'} is missing): run `make setup`")
+        raise StartError("web", f"the browser UI is not built ({root / 'index.html'} is missing): run `make setup`", "")
     argv = [sys.executable, "-m", "skm_stack.web", "--root", str(root), "--port", str(port), "--envoy-url", envoy_url]
     if signing_key is not None:
         argv += ["--signing-key", str(signing_key)]
@@ -256,20 +261,17 @@ def start_web(
             argv += [flag, os.environ[variable]]
     process = ServerProcess("web", argv, state_dir=state_dir, cwd=REPO_ROOT)
     server = WebServer(process, port)
-    deadline = time.monotonic() + timeout
-    while True:
-        code = process.exit_code()
-        if code is not None:
-            raise RuntimeError(f"the web server exited with status {code}:\n{process.log_tail()}")
-        try:
-            if httpx.get(f"{server.url}config.json", timeout=1.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.stop()
-            raise RuntimeError(f"the web server did not answer within {timeout:.0f}s:\n{process.log_tail()}")
-        time.sleep(0.1)
+    try:
+        wait_healthy(
+            process,
+            lambda: probe_config(server.url),
+            timeout=timeout,
+            what="/config.json",
+        )
+    except BaseException:
+        process.stop()
+        raise
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import type { Session } from "../../gen/skm/conversation/v1/session_pb.js";
 import type { Persona } from "../../gen/skm/profiles/v1/persona_pb.js";
 import { ErrorBanner } from "../../components/ErrorBanner";
 import { api } from "../../lib/api";
+import { allPages } from "../../lib/pages";
 
 export interface Settings {
   voice: string;
@@ -18,15 +19,11 @@ export interface Settings {
 
 export const DEFAULT_SETTINGS: Settings = { voice: "", language: "en-US", interim: true, bargeIn: true };
 
-async function allVoices(): Promise<Voice[]> {
-  const voices: Voice[] = [];
-  let pageToken = "";
-  do {
+function allVoices(): Promise<Voice[]> {
+  return allPages(async (pageToken) => {
     const page = await api.audio.listVoices({ pageSize: 1000, pageToken });
-    voices.push(...page.voices);
-    pageToken = page.nextPageToken;
-  } while (pageToken);
-  return voices;
+    return { items: page.voices, next: page.nextPageToken };
+  });
 }
 
 function usePersona(session: Session | undefined): { persona: Persona | undefined; error: unknown } {

@@ -5,6 +5,7 @@ import type { ModelProfile } from "../../gen/skm/profiles/v1/model_profile_pb.js
 import type { Model } from "../../gen/skm/profiles/v1/model_pb.js";
 import type { ModelRecommendation, ModelScore } from "../../gen/skm/profiles/v1/model_score_pb.js";
 import { api } from "../../lib/api";
+import { allPages } from "../../lib/pages";
 
 export interface Loaded<T> {
   data: T | undefined;
@@ -40,19 +41,6 @@ export function useLoad<T>(load: (signal: AbortSignal) => Promise<T>, deps: read
   }, [...deps, tick]);
   const reload = useCallback(() => setTick((t) => t + 1), []);
   return { ...state, reload };
-}
-
-/** Follows next_page_token; a bound keeps a misbehaving server from looping us forever. */
-async function allPages<T>(page: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
-  const items: T[] = [];
-  let token = "";
-  for (let i = 0; i < 50; i++) {
-    const reply = await page(token);
-    items.push(...reply.items);
-    if (!reply.next) break;
-    token = reply.next;
-  }
-  return items;
 }
 
 export function listModels(signal: AbortSignal): Promise<Model[]> {

@@ -4,6 +4,7 @@ import { useCallback, useEffect, useRef, useState } from "react";
 import type { Session } from "../../gen/skm/conversation/v1/session_pb.js";
 import type { Persona } from "../../gen/skm/profiles/v1/persona_pb.js";
 import { api } from "../../lib/api";
+import { allPages } from "../../lib/pages";
 import { retrying } from "./retry";
 
 const PAGE = 50;
@@ -81,16 +82,10 @@ export function usePersonas(parent: string): PersonaList {
   const [state, setState] = useState<PersonaList>({ personas: [], settled: false, error: null });
   useEffect(() => {
     let live = true;
-    (async () => {
-      const personas: Persona[] = [];
-      let pageToken = "";
-      do {
-        const reply = await retrying(() => api.personas.listPersonas({ parent, pageSize: 100, pageToken }));
-        personas.push(...reply.personas);
-        pageToken = reply.nextPageToken;
-      } while (pageToken);
-      return personas;
-    })().then(
+    allPages(async (pageToken) => {
+      const reply = await retrying(() => api.personas.listPersonas({ parent, pageSize: 100, pageToken }));
+      return { items: reply.personas, next: reply.nextPageToken };
+    }).then(
       (personas) => live && setState({ personas, settled: true, error: null }),
       (error: unknown) => live && setState({ personas: [], settled: true, error }),
     );

@@ -9,6 +9,7 @@ import type { SessionEvent } from "../../gen/skm/conversation/v1/session_event_p
 import type { Session } from "../../gen/skm/conversation/v1/session_pb.js";
 import type { Turn } from "../../gen/skm/conversation/v1/turn_pb.js";
 import { api } from "../../lib/api";
+import { allPages } from "../../lib/pages";
 import { describe } from "../../lib/errors";
 import { backoff, pause, retrying } from "./retry";
 import { EMPTY, reduce, type Transcript } from "./transcript";
@@ -37,32 +38,24 @@ export interface Feed {
 // Codes after which re-attaching cannot help: the session is gone, or the caller may not read it.
 const FINAL = new Set([Code.NotFound, Code.PermissionDenied, Code.Unauthenticated, Code.InvalidArgument]);
 
-async function allTurns(parent: string, signal: AbortSignal): Promise<Turn[]> {
-  const turns: Turn[] = [];
-  let pageToken = "";
-  do {
+function allTurns(parent: string, signal: AbortSignal): Promise<Turn[]> {
+  return allPages(async (pageToken) => {
     const reply = await retrying(
       () => api.conversation.listTurns({ parent, pageSize: 1000, pageToken }, { signal }),
       signal,
     );
-    turns.push(...reply.turns);
-    pageToken = reply.nextPageToken;
-  } while (pageToken);
-  return turns;
+    return { items: reply.turns, next: reply.nextPageToken };
+  });
 }
 
-async function allTurnEvents(parent: string, signal: AbortSignal): Promise<SessionEvent[]> {
-  const events: SessionEvent[] = [];
-  let pageToken = "";
-  do {
+function allTurnEvents(parent: string, signal: AbortSignal): Promise<SessionEvent[]> {
+  return allPages(async (pageToken) => {
     const reply = await retrying(
       () => api.conversation.listTurnEvents({ parent, pageSize: 1000, pageToken }, { signal }),
       signal,
     );
-    events.push(...reply.events);
-    pageToken = reply.nextPageToken;
-  } while (pageToken);
-  return events;
+    return { items: reply.events, next: reply.nextPageToken };
+  });
 }
 
 /** Runs `work` over `items`, at most `width` at a time (a long session has many turns). */
